@@ -1,0 +1,1 @@
+"""roundtable bench package."""
