@@ -1,0 +1,383 @@
+// Entry point of the join page: read the token from the link, show the camera preview,
+// join, and wire the call (call.js) to the tiles (ui.js). Tests reach the live objects
+// through window.roundtable (peer connections, track map, timings).
+
+import { Call } from "./call.js";
+import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t } from "./i18n.js";
+import { initials, Tiles } from "./ui.js";
+
+const TOKEN_KEY = "roundtable.token";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: null,
+  claims: null,
+  stream: null,
+  call: null,
+  tiles: null,
+  micOn: true,
+  camOn: true,
+  statusKey: null,
+  statusVars: {},
+  deviceKey: null,
+  ended: null, // {titleKey, code, message}
+};
+
+/** Observable for tests and for debugging in the console. */
+const roundtable = {
+  pcs: { publish: null, subscribe: null },
+  trackMap: new Map(),
+  you: null,
+  metrics: { joinClickedAt: null, firstRemoteFrameAt: null, joinToFirstFrameMs: null },
+};
+window.roundtable = roundtable;
+
+// --- token ---------------------------------------------------------------------------
+
+function readToken() {
+  const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+  const fromLink = params.get("token");
+  if (fromLink) {
+    // Keep it for a reload of this tab only, and take it out of the address bar
+    // (and so out of screenshots, bookmarks and screen shares).
+    try {
+      sessionStorage.setItem(TOKEN_KEY, fromLink);
+    } catch {
+      // not fatal
+    }
+    history.replaceState(null, "", location.pathname + location.search);
+    return fromLink;
+  }
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+/** The JWT payload, for display only: the server verifies, the page never trusts it. */
+export function decodeClaims(token) {
+  const parts = String(token || "").split(".");
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const padded = b64 + "===".slice((b64.length + 3) % 4);
+    const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+// --- status line and views -----------------------------------------------------------
+
+function setStatus(key, vars = {}) {
+  state.statusKey = key;
+  state.statusVars = vars;
+  $("status").textContent = key ? t(key, vars) : "";
+}
+
+function showView(name) {
+  for (const v of ["prejoin", "call", "ended"]) $(`view-${v}`).hidden = v !== name;
+  $("callbar").hidden = name !== "call";
+  document.body.dataset.view = name;
+}
+
+function showEnded(titleKey, code = null, message = "") {
+  state.ended = { titleKey, code, message };
+  renderEnded();
+  showView("ended");
+  $("rejoin-button").hidden = !state.token || code === "token_missing";
+  $("ended-title").tabIndex = -1;
+  $("ended-title").focus();
+}
+
+function renderEnded() {
+  if (!state.ended) return;
+  const { titleKey, code, message } = state.ended;
+  $("ended-title").textContent = t(titleKey);
+  $("ended-text").textContent = code ? errorMessage(code, message) : message ? t(message) : "";
+  $("ended-text").dataset.error = code || "";
+}
+
+// --- devices -------------------------------------------------------------------------
+
+async function startPreview() {
+  const hint = $("device-hint");
+  const setHint = (key) => {
+    state.deviceKey = key;
+    hint.textContent = key ? t(key) : "";
+  };
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    setHint("device.insecure");
+    return null;
+  }
+  setHint("device.starting");
+  const video = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
+  const attempts = [
+    [{ audio: true, video }, "device.ready"],
+    [{ audio: true }, "device.audioOnly"],
+    [{ video }, "device.videoOnly"],
+  ];
+  let lastError = null;
+  for (const [constraints, key] of attempts) {
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia(constraints);
+      setHint(key);
+      return stream;
+    } catch (err) {
+      lastError = err;
+      if (err.name === "NotAllowedError" || err.name === "SecurityError") break;
+    }
+  }
+  const name = lastError && lastError.name;
+  setHint(
+    name === "NotAllowedError" || name === "SecurityError"
+      ? "device.denied"
+      : name === "NotFoundError" || name === "OverconstrainedError"
+        ? "device.notFound"
+        : "device.failed",
+  );
+  return null;
+}
+
+function showPreview(stream) {
+  const video = $("preview");
+  video.srcObject = stream;
+  video.play().catch(() => {});
+  updateToggles();
+}
+
+// --- toggles -------------------------------------------------------------------------
+
+function localTrack(kind) {
+  if (!state.stream) return null;
+  return (kind === "audio" ? state.stream.getAudioTracks() : state.stream.getVideoTracks())[0] || null;
+}
+
+function updateToggles() {
+  const mic = localTrack("audio");
+  const cam = localTrack("video");
+  state.micOn = Boolean(mic && mic.enabled);
+  state.camOn = Boolean(cam && cam.enabled);
+  for (const btn of document.querySelectorAll('[data-action="mic"]')) {
+    btn.disabled = !mic;
+    btn.setAttribute("aria-pressed", String(!state.micOn));
+    btn.setAttribute("aria-label", t(state.micOn ? "call.micOn" : "call.micOff"));
+    btn.classList.toggle("is-off", !state.micOn);
+  }
+  for (const btn of document.querySelectorAll('[data-action="cam"]')) {
+    btn.disabled = !cam;
+    btn.setAttribute("aria-pressed", String(!state.camOn));
+    btn.setAttribute("aria-label", t(state.camOn ? "call.camOn" : "call.camOff"));
+    btn.classList.toggle("is-off", !state.camOn);
+  }
+  $("view-prejoin").classList.toggle("no-video", !state.camOn);
+  if (state.tiles) {
+    state.tiles.setLocalMicEnabled(state.micOn);
+    state.tiles.setLocalVideoEnabled(state.camOn);
+  }
+}
+
+function toggle(kind) {
+  const track = localTrack(kind);
+  if (!track) return;
+  // Disabling the track keeps the negotiated sender: others get silence / black frames
+  // and the camera light stays under the browser's control.
+  track.enabled = !track.enabled;
+  updateToggles();
+  if (kind === "audio") setStatus(track.enabled ? "status.micOn" : "status.micOff");
+  else setStatus(track.enabled ? "status.camOn" : "status.camOff");
+}
+
+// --- the call ------------------------------------------------------------------------
+
+function join() {
+  if (state.call) return;
+  roundtable.metrics.joinClickedAt = performance.now();
+  const button = $("join-button");
+  button.disabled = true;
+  button.textContent = t("prejoin.joining");
+  setStatus("status.connecting");
+
+  const call = new Call({ token: state.token, stream: state.stream });
+  state.call = call;
+  roundtable.call = call;
+  roundtable.pcs = call.pcs;
+
+  call.addEventListener("welcome", ({ detail }) => {
+    roundtable.you = detail.you;
+    if (detail.you.state === "waiting") {
+      setStatus("status.waiting");
+      return;
+    }
+    enterCall(detail.you);
+  });
+  call.addEventListener("roster", ({ detail }) => {
+    if (!state.tiles || !call.you) return;
+    if (call.you.state === "admitted" || call.you.state === "connected") enterCall(call.you);
+    const { joined, left } = state.tiles.applyRoster(detail.participants);
+    for (const p of joined) setStatus("status.joined", { name: p.name });
+    for (const p of left) setStatus("status.left", { name: p.name });
+    updateCount();
+  });
+  call.addEventListener("media", ({ detail }) => {
+    roundtable.trackMap = call.trackMap;
+    if (state.tiles) state.tiles.setMedia(detail.participant, detail.stream);
+  });
+  call.addEventListener("media-state", ({ detail }) => {
+    if (detail.state === "failed") setStatus("status.mediaFailed");
+  });
+  call.addEventListener("connect-error", ({ detail }) => {
+    if (detail.transport) {
+      setStatus("status.unreachable");
+      return;
+    }
+    // Refused by the server (bad token, room closed …): socket.io does not retry.
+    call.close();
+    state.call = null;
+    showEnded("ended.errorTitle", detail.error || "unknown", detail.message);
+    setStatus(null);
+  });
+  call.addEventListener("server-error", ({ detail }) => {
+    // Media negotiation errors keep the call; others are followed by a disconnect.
+    state.lastError = detail;
+    $("status").textContent = errorMessage(detail.error, detail.message);
+  });
+  call.addEventListener("reconnecting", () => setStatus("status.reconnecting"));
+  call.addEventListener("disconnected", () => {
+    call.close();
+    state.call = null;
+    const err = state.lastError;
+    if (err && !err.media) showEnded("ended.errorTitle", err.error, err.message);
+    else showEnded("ended.closedTitle", null, "ended.closedText");
+  });
+
+  call.connect();
+}
+
+let inCall = false;
+
+function enterCall(you) {
+  if (!state.tiles) return;
+  state.tiles.setSelf(you, state.stream);
+  updateToggles();
+  if (inCall) return;
+  inCall = true;
+  showView("call");
+  setStatus("status.connected");
+  updateCount();
+  $("main").focus({ preventScroll: true });
+}
+
+function updateCount() {
+  const remote = state.tiles ? state.tiles.remoteCount() : 0;
+  $("count").textContent = String(remote + 1);
+  $("alone").hidden = remote > 0;
+}
+
+async function leave() {
+  const call = state.call;
+  state.call = null;
+  inCall = false;
+  if (call) await call.leave();
+  state.tiles.clear();
+  $("preview").srcObject = null;
+  state.stream = null;
+  showEnded("ended.leftTitle");
+  setStatus(null);
+}
+
+function firstFrame() {
+  const m = roundtable.metrics;
+  if (m.firstRemoteFrameAt !== null || m.joinClickedAt === null) return;
+  m.firstRemoteFrameAt = performance.now();
+  m.joinToFirstFrameMs = Math.round(m.firstRemoteFrameAt - m.joinClickedAt);
+}
+
+// --- language --------------------------------------------------------------------------
+
+function renderDynamic() {
+  if (state.statusKey) setStatus(state.statusKey, state.statusVars);
+  if (state.deviceKey) $("device-hint").textContent = t(state.deviceKey);
+  if (state.claims) $("me-role").textContent = roleLabel(state.claims.role);
+  const joinButton = $("join-button");
+  joinButton.textContent = t(joinButton.disabled && state.call ? "prejoin.joining" : "prejoin.join");
+  renderLinkHint();
+  renderEnded();
+  updateToggles();
+  if (state.tiles) state.tiles.relabel();
+}
+
+let linkHintKey = null;
+function renderLinkHint() {
+  const el = $("link-hint");
+  el.hidden = !linkHintKey;
+  el.textContent = linkHintKey ? t(linkHintKey) : "";
+}
+
+// --- start -----------------------------------------------------------------------------
+
+async function main() {
+  applyStatic();
+  $("lang-toggle").addEventListener("click", () => setLang(lang() === "de" ? "en" : "de"));
+  onLangChange(renderDynamic);
+
+  state.token = readToken();
+  state.claims = decodeClaims(state.token);
+  state.tiles = new Tiles($("tiles"), {
+    onFirstFrame: firstFrame,
+    onAutoplayBlocked: () => {
+      $("sound-button").hidden = false;
+    },
+  });
+
+  if (state.claims) {
+    $("identity").hidden = false;
+    $("me-name").textContent = state.claims.name || "";
+    $("me-role").textContent = roleLabel(state.claims.role);
+    $("preview-avatar").textContent = initials(state.claims.name);
+    if (typeof state.claims.exp === "number" && state.claims.exp * 1000 < Date.now()) {
+      linkHintKey = "prejoin.expiredLink";
+    }
+  } else if (state.token) {
+    linkHintKey = "prejoin.badLink";
+  } else {
+    linkHintKey = "prejoin.noLink";
+    $("join-button").disabled = true;
+  }
+  renderLinkHint();
+
+  for (const btn of document.querySelectorAll('[data-action="mic"]')) {
+    btn.addEventListener("click", () => toggle("audio"));
+  }
+  for (const btn of document.querySelectorAll('[data-action="cam"]')) {
+    btn.addEventListener("click", () => toggle("video"));
+  }
+  $("join-button").addEventListener("click", join);
+  $("leave-button").addEventListener("click", leave);
+  $("rejoin-button").addEventListener("click", () => location.reload());
+  $("sound-button").addEventListener("click", () => {
+    state.tiles.enableSound();
+    $("sound-button").hidden = true;
+  });
+  window.addEventListener("pagehide", () => {
+    if (state.call) state.call.close();
+  });
+
+  showView("prejoin");
+  updateToggles();
+  // Join only once the devices have answered, so what we publish is what the preview shows.
+  const joinButton = $("join-button");
+  const canJoin = Boolean(state.token);
+  joinButton.disabled = true;
+  state.stream = await startPreview();
+  if (state.stream) showPreview(state.stream);
+  else updateToggles();
+  joinButton.disabled = !canJoin;
+  document.body.dataset.ready = "true";
+}
+
+main();

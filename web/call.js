@@ -1,0 +1,284 @@
+// The signalling and media side of the page: one Socket.IO connection and two peer
+// connections (publish: we offer; subscribe: the SFU offers and re-offers), exactly as
+// docs/protocol.md describes. No DOM here; the UI listens to the events this class emits.
+
+const ACK_TIMEOUT_MS = 15000;
+const LIVE_STATES = new Set(["admitted", "connected"]);
+
+export class CallError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.code = code;
+  }
+}
+
+/**
+ * Events (CustomEvent, payload in `detail`):
+ *  welcome {you, room}, roster {participants}, media {participant, stream},
+ *  server-error {error, message}, connect-error {error, message, transport},
+ *  disconnected {reason}, reconnecting {}, media-state {leg, state}
+ */
+export class Call extends EventTarget {
+  constructor({ token, stream }) {
+    super();
+    this.token = token;
+    this.localStream = stream;
+    this.socket = null;
+    this.you = null;
+    this.room = null;
+    this.pcs = { publish: null, subscribe: null };
+    /** mid -> {mid, participant, kind, track} from the latest subscribe.offer */
+    this.trackMap = new Map();
+    /** participant id -> {stream, trackIds} currently shown */
+    this.remote = new Map();
+    this.published = false;
+    this.leaving = false;
+    this._subscribeChain = Promise.resolve();
+    this._generation = 0;
+  }
+
+  connect() {
+    // io is the vendored socket.io client, loaded as a classic script before the modules.
+    const socket = window.io({ auth: { token: this.token }, transports: ["websocket"] });
+    this.socket = socket;
+
+    socket.on("connect_error", (err) => {
+      const data = err && err.data;
+      this._emit("connect-error", {
+        error: data && data.error ? data.error : null,
+        message: (data && data.message) || err.message,
+        // A refusal by the server (bad token …) carries data; a network failure does not,
+        // and socket.io keeps retrying on its own.
+        transport: !data,
+      });
+    });
+    socket.on("welcome", (msg) => this._onWelcome(msg));
+    socket.on("roster", (msg) => this._onRoster(msg));
+    socket.on("subscribe.offer", (msg) => {
+      const gen = this._generation;
+      this._subscribeChain = this._subscribeChain
+        .then(() => (gen === this._generation ? this._onSubscribeOffer(msg) : null))
+        .catch((err) => this._reportError(err, "sdp_invalid"));
+    });
+    socket.on("error", (msg) => {
+      this._emit("server-error", {
+        error: msg && msg.error ? msg.error : "unknown",
+        message: msg && msg.message ? msg.message : "",
+      });
+    });
+    socket.on("disconnect", (reason) => {
+      this._teardownMedia();
+      if (this.leaving) return;
+      if (reason === "io server disconnect") {
+        this._emit("disconnected", { reason });
+      } else {
+        this._emit("reconnecting", { reason });
+      }
+    });
+  }
+
+  /** Leave on purpose: tell the server, then close everything. */
+  async leave() {
+    this.leaving = true;
+    if (this.socket && this.socket.connected) {
+      try {
+        await this._request("leave", {}, 2000);
+      } catch {
+        // leaving anyway; the server also notices the disconnect
+      }
+    }
+    this.close();
+  }
+
+  close() {
+    this.leaving = true;
+    this._teardownMedia();
+    if (this.socket) this.socket.disconnect();
+    if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();
+  }
+
+  // --- server events -------------------------------------------------------------
+
+  _onWelcome(msg) {
+    // A welcome after a reconnect starts the media from scratch.
+    this._teardownMedia();
+    this.you = msg.you;
+    this.room = msg.room;
+    this._emit("welcome", { you: msg.you, room: msg.room });
+    if (LIVE_STATES.has(msg.you.state)) this._startPublish();
+  }
+
+  _onRoster(msg) {
+    const participants = Array.isArray(msg.participants) ? msg.participants : [];
+    if (this.you) {
+      const me = participants.find((p) => p.id === this.you.id);
+      if (me) {
+        this.you = me;
+        // Admitted from the waiting room: start sending now.
+        if (LIVE_STATES.has(me.state) && !this.published) this._startPublish();
+      }
+    }
+    this._emit("roster", { participants });
+  }
+
+  // --- publish leg -----------------------------------------------------------------
+
+  _startPublish() {
+    if (this.published) return;
+    this.published = true;
+    this._publish().catch((err) => this._reportError(err, "sdp_invalid"));
+  }
+
+  async _publish() {
+    const tracks = this.localStream ? this.localStream.getTracks() : [];
+    if (tracks.length === 0) return; // listen-only: nothing to publish
+    const gen = this._generation;
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    this.pcs.publish = pc;
+    this._watchState(pc, "publish");
+    const trickle = this._trickle(pc, "publish");
+    for (const track of tracks) {
+      pc.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    const answer = await this._request("publish", { type: "offer", sdp: pc.localDescription.sdp });
+    if (gen !== this._generation) return;
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    trickle.open();
+  }
+
+  // --- subscribe leg ---------------------------------------------------------------
+
+  async _onSubscribeOffer(msg) {
+    let pc = this.pcs.subscribe;
+    if (!pc) {
+      pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+      this.pcs.subscribe = pc;
+      this._watchState(pc, "subscribe");
+      this._subscribeTrickle = this._trickle(pc, "subscribe");
+      // transceiver.mid is set by the time ontrack fires; trackMap already holds this offer.
+      pc.ontrack = () => this._reconcile();
+    }
+    this.trackMap = new Map(
+      (Array.isArray(msg.tracks) ? msg.tracks : []).map((t) => [String(t.mid), t]),
+    );
+    await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    await this._request("subscribe.answer", { type: "answer", sdp: pc.localDescription.sdp });
+    this._subscribeTrickle.open();
+    this._reconcile();
+  }
+
+  /**
+   * Rebuild "which participant's tracks do we receive" from the transceivers and the
+   * offer's track list. Doing it from scratch after every negotiation copes with added,
+   * removed and re-used m-lines alike.
+   */
+  _reconcile() {
+    const pc = this.pcs.subscribe;
+    const wanted = new Map(); // participant -> [track]
+    if (pc) {
+      for (const tr of pc.getTransceivers()) {
+        if (tr.stopped || tr.mid === null) continue;
+        const info = this.trackMap.get(tr.mid);
+        if (!info || (this.you && info.participant === this.you.id)) continue;
+        const dir = tr.currentDirection;
+        if (dir && dir !== "recvonly" && dir !== "sendrecv") continue;
+        const track = tr.receiver.track;
+        if (!track || track.readyState === "ended") continue;
+        if (!wanted.has(info.participant)) wanted.set(info.participant, []);
+        wanted.get(info.participant).push(track);
+      }
+    }
+    for (const [pid, tracks] of wanted) {
+      const ids = tracks.map((t) => t.id).sort().join(",");
+      const prev = this.remote.get(pid);
+      if (prev && prev.trackIds === ids) continue;
+      const stream = new MediaStream(tracks);
+      this.remote.set(pid, { stream, trackIds: ids });
+      this._emit("media", { participant: pid, stream });
+    }
+    for (const pid of [...this.remote.keys()]) {
+      if (!wanted.has(pid)) {
+        this.remote.delete(pid);
+        this._emit("media", { participant: pid, stream: null });
+      }
+    }
+  }
+
+  // --- helpers ---------------------------------------------------------------------
+
+  /** Send local ICE candidates with `ice`; hold them until the leg's negotiation is acked. */
+  _trickle(pc, leg) {
+    const pending = [];
+    let isOpen = false;
+    const send = (candidate) => {
+      if (!this.socket || !this.socket.connected) return;
+      this._request("ice", { pc: leg, candidate }).catch(() => {
+        // a lost candidate is not fatal: connectivity checks find the path anyway
+      });
+    };
+    pc.onicecandidate = (ev) => {
+      const c = ev.candidate
+        ? { candidate: ev.candidate.candidate, sdpMid: ev.candidate.sdpMid, sdpMLineIndex: ev.candidate.sdpMLineIndex }
+        : null;
+      if (c && !c.candidate) return; // Chrome's empty end-of-generation marker
+      if (isOpen) send(c);
+      else pending.push(c);
+    };
+    return {
+      open() {
+        if (isOpen) return;
+        isOpen = true;
+        for (const c of pending.splice(0)) send(c);
+      },
+    };
+  }
+
+  _watchState(pc, leg) {
+    pc.onconnectionstatechange = () => {
+      this._emit("media-state", { leg, state: pc.connectionState });
+    };
+  }
+
+  _request(event, payload, timeout = ACK_TIMEOUT_MS) {
+    return new Promise((resolve, reject) => {
+      this.socket.timeout(timeout).emit(event, payload, (err, resp) => {
+        if (err) reject(new CallError("timeout", `no answer to ${event}`));
+        else if (!resp || resp.error || resp.ok === false) {
+          reject(new CallError(resp && resp.error ? resp.error : "unknown", resp && resp.message));
+        } else resolve(resp);
+      });
+    });
+  }
+
+  _reportError(err, fallbackCode) {
+    if (this.leaving) return;
+    console.error("roundtable:", err);
+    const code = err instanceof CallError ? err.code : fallbackCode;
+    this._emit("server-error", { error: code, message: err.message, media: true });
+  }
+
+  _teardownMedia() {
+    this._generation += 1;
+    this.published = false;
+    for (const leg of ["publish", "subscribe"]) {
+      const pc = this.pcs[leg];
+      if (pc) {
+        pc.onicecandidate = pc.ontrack = pc.onconnectionstatechange = null;
+        pc.close();
+      }
+      this.pcs[leg] = null;
+    }
+    this.trackMap = new Map();
+    this._subscribeChain = Promise.resolve();
+    for (const pid of [...this.remote.keys()]) {
+      this.remote.delete(pid);
+      this._emit("media", { participant: pid, stream: null });
+    }
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}

@@ -1,0 +1,280 @@
+// Every string the page shows lives in this one dictionary, German first.
+// Error codes are the ones of docs/protocol.md; each has a message in both languages.
+
+const STORAGE_KEY = "roundtable.lang";
+const LANGS = ["de", "en"];
+
+const STRINGS = {
+  de: {
+    "app.subtitle": "Videoberatung",
+    "app.skip": "Zum Inhalt springen",
+    "lang.switch": "English",
+    "lang.switchLabel": "Switch to English",
+
+    "prejoin.title": "Bereit für Ihr Gespräch?",
+    "prejoin.as": "Sie nehmen teil als",
+    "prejoin.privacy":
+      "Das Gespräch wird nicht aufgezeichnet. Bild und Ton laufen nur über die Server Ihrer Behörde.",
+    "prejoin.check": "Prüfen Sie Kamera und Mikrofon in der Vorschau.",
+    "prejoin.join": "Gespräch beitreten",
+    "prejoin.joining": "Verbinde …",
+    "prejoin.previewLabel": "Vorschau Ihrer Kamera",
+    "prejoin.noLink":
+      "Dieser Seite fehlt ein persönlicher Zugangslink. Bitte öffnen Sie den Link, den Sie erhalten haben.",
+    "prejoin.badLink":
+      "Der Zugangslink scheint unvollständig zu sein. Sie können es trotzdem versuchen.",
+    "prejoin.expiredLink": "Dieser Zugangslink ist vermutlich abgelaufen.",
+
+    "device.starting": "Kamera und Mikrofon werden gestartet …",
+    "device.ready": "Kamera und Mikrofon sind bereit.",
+    "device.audioOnly": "Nur das Mikrofon ist verfügbar – Sie nehmen ohne Bild teil.",
+    "device.videoOnly": "Nur die Kamera ist verfügbar – Sie nehmen ohne Ton teil.",
+    "device.denied":
+      "Kamera und Mikrofon wurden nicht freigegeben. Sie können trotzdem beitreten und zuhören.",
+    "device.notFound":
+      "Keine Kamera und kein Mikrofon gefunden. Sie können trotzdem beitreten und zuhören.",
+    "device.insecure":
+      "Kamera und Mikrofon sind nur über eine sichere Verbindung (HTTPS) nutzbar.",
+    "device.failed": "Kamera und Mikrofon konnten nicht gestartet werden.",
+
+    "call.title": "Gespräch",
+    "call.participants": "Teilnehmende",
+    "call.you": "Sie",
+    "call.micOn": "Mikrofon ausschalten",
+    "call.micOff": "Mikrofon einschalten",
+    "call.camOn": "Kamera ausschalten",
+    "call.camOff": "Kamera einschalten",
+    "call.leave": "Gespräch verlassen",
+    "call.leaveShort": "Verlassen",
+    "call.sound": "Ton aktivieren",
+    "call.micMuted": "Mikrofon aus",
+    "call.camMuted": "Kamera aus",
+    "call.waitingOthers": "Warten auf weitere Teilnehmende …",
+
+    "status.connecting": "Verbindung wird aufgebaut …",
+    "status.connected": "Sie sind im Gespräch.",
+    "status.waiting": "Sie sind im Warteraum. Sie werden gleich hereingelassen.",
+    "status.media": "Bild und Ton werden verbunden …",
+    "status.joined": "{name} ist dem Gespräch beigetreten.",
+    "status.left": "{name} hat das Gespräch verlassen.",
+    "status.reconnecting": "Verbindung unterbrochen – neuer Versuch …",
+    "status.unreachable": "Der Server ist nicht erreichbar – neuer Versuch …",
+    "status.mediaFailed":
+      "Die Bild- und Tonverbindung ist unterbrochen. Bitte prüfen Sie Ihr Netzwerk.",
+    "status.micOff": "Ihr Mikrofon ist aus.",
+    "status.micOn": "Ihr Mikrofon ist an.",
+    "status.camOff": "Ihre Kamera ist aus.",
+    "status.camOn": "Ihre Kamera ist an.",
+
+    "ended.leftTitle": "Sie haben das Gespräch verlassen.",
+    "ended.errorTitle": "Das Gespräch ist nicht möglich.",
+    "ended.closedTitle": "Die Verbindung wurde beendet.",
+    "ended.closedText": "Der Server hat die Verbindung beendet.",
+    "ended.rejoin": "Erneut beitreten",
+
+    "role.caseworker": "Beraterin/Berater",
+    "role.client": "Kundin/Kunde",
+    "role.partner": "Partner/in",
+    "role.unknown": "Teilnehmende/r",
+
+    "error.token_missing": "Es fehlt ein Zugangslink. Bitte öffnen Sie Ihren persönlichen Link.",
+    "error.token_malformed": "Der Zugangslink ist ungültig oder unvollständig.",
+    "error.token_bad_signature": "Der Zugangslink ist ungültig.",
+    "error.token_bad_algorithm": "Der Zugangslink ist ungültig.",
+    "error.token_expired":
+      "Der Zugangslink ist abgelaufen. Bitte fordern Sie bei Ihrer Beraterin oder Ihrem Berater einen neuen an.",
+    "error.token_not_yet_valid":
+      "Der Zugangslink ist noch nicht gültig. Bitte versuchen Sie es zum vereinbarten Termin erneut.",
+    "error.token_claims_missing": "Der Zugangslink ist unvollständig.",
+    "error.token_wrong_audience": "Der Zugangslink gehört nicht zu diesem Dienst.",
+    "error.token_wrong_issuer": "Der Zugangslink wurde nicht von diesem Dienst ausgestellt.",
+    "error.token_wrong_room": "Der Zugangslink gilt nicht für dieses Gespräch.",
+    "error.token_revoked": "Der Zugangslink wurde zurückgezogen und gilt nicht mehr.",
+    "error.invite_used":
+      "Diese Einladung wurde bereits verwendet. Bitte fordern Sie eine neue Einladung an.",
+    "error.api_key_missing": "Der Zugang zur Schnittstelle fehlt (API-Schlüssel).",
+    "error.api_key_invalid": "Der API-Schlüssel ist ungültig.",
+    "error.forbidden": "Dazu sind Sie nicht berechtigt.",
+    "error.not_found": "Das Gespräch wurde nicht gefunden.",
+    "error.bad_request": "Die Anfrage war fehlerhaft.",
+    "error.payload_too_large": "Die Anfrage war zu groß.",
+    "error.too_many_requests": "Zu viele Anfragen. Bitte warten Sie einen Moment.",
+    "error.room_closed": "Dieses Gespräch ist beendet.",
+    "error.room_full": "Das Gespräch ist voll. Es können keine weiteren Personen teilnehmen.",
+    "error.unknown_event": "Die Seite hat eine unbekannte Nachricht gesendet. Bitte laden Sie neu.",
+    "error.invalid_payload": "Die Seite hat fehlerhafte Daten gesendet. Bitte laden Sie neu.",
+    "error.sdp_invalid": "Die Bild- und Tonverbindung konnte nicht ausgehandelt werden.",
+    "error.internal": "Auf dem Server ist ein Fehler aufgetreten. Bitte versuchen Sie es erneut.",
+    "error.timeout": "Der Server antwortet nicht. Bitte prüfen Sie Ihre Verbindung.",
+    "error.media": "Die Bild- und Tonverbindung konnte nicht aufgebaut werden.",
+    "error.unknown": "Ein unbekannter Fehler ist aufgetreten.",
+  },
+  en: {
+    "app.subtitle": "Video counselling",
+    "app.skip": "Skip to content",
+    "lang.switch": "Deutsch",
+    "lang.switchLabel": "Auf Deutsch umschalten",
+
+    "prejoin.title": "Ready for your appointment?",
+    "prejoin.as": "You are taking part as",
+    "prejoin.privacy":
+      "The conversation is not recorded. Picture and sound only pass through your agency's own servers.",
+    "prejoin.check": "Check your camera and microphone in the preview.",
+    "prejoin.join": "Join the conversation",
+    "prejoin.joining": "Connecting …",
+    "prejoin.previewLabel": "Preview of your camera",
+    "prejoin.noLink":
+      "This page is missing your personal access link. Please open the link you received.",
+    "prejoin.badLink": "The access link looks incomplete. You can still try to join.",
+    "prejoin.expiredLink": "This access link has probably expired.",
+
+    "device.starting": "Starting camera and microphone …",
+    "device.ready": "Camera and microphone are ready.",
+    "device.audioOnly": "Only the microphone is available – you will join without video.",
+    "device.videoOnly": "Only the camera is available – you will join without sound.",
+    "device.denied":
+      "Camera and microphone were not allowed. You can still join and listen.",
+    "device.notFound": "No camera or microphone found. You can still join and listen.",
+    "device.insecure": "Camera and microphone need a secure connection (HTTPS).",
+    "device.failed": "Camera and microphone could not be started.",
+
+    "call.title": "Conversation",
+    "call.participants": "Participants",
+    "call.you": "You",
+    "call.micOn": "Turn microphone off",
+    "call.micOff": "Turn microphone on",
+    "call.camOn": "Turn camera off",
+    "call.camOff": "Turn camera on",
+    "call.leave": "Leave the conversation",
+    "call.leaveShort": "Leave",
+    "call.sound": "Turn on sound",
+    "call.micMuted": "Microphone off",
+    "call.camMuted": "Camera off",
+    "call.waitingOthers": "Waiting for others to join …",
+
+    "status.connecting": "Connecting …",
+    "status.connected": "You are in the conversation.",
+    "status.waiting": "You are in the waiting room. You will be let in shortly.",
+    "status.media": "Connecting picture and sound …",
+    "status.joined": "{name} joined the conversation.",
+    "status.left": "{name} left the conversation.",
+    "status.reconnecting": "Connection lost – trying again …",
+    "status.unreachable": "The server cannot be reached – trying again …",
+    "status.mediaFailed": "Picture and sound are interrupted. Please check your network.",
+    "status.micOff": "Your microphone is off.",
+    "status.micOn": "Your microphone is on.",
+    "status.camOff": "Your camera is off.",
+    "status.camOn": "Your camera is on.",
+
+    "ended.leftTitle": "You left the conversation.",
+    "ended.errorTitle": "The conversation is not possible.",
+    "ended.closedTitle": "The connection was closed.",
+    "ended.closedText": "The server closed the connection.",
+    "ended.rejoin": "Join again",
+
+    "role.caseworker": "Caseworker",
+    "role.client": "Client",
+    "role.partner": "Partner",
+    "role.unknown": "Participant",
+
+    "error.token_missing": "The access link is missing. Please open your personal link.",
+    "error.token_malformed": "The access link is invalid or incomplete.",
+    "error.token_bad_signature": "The access link is invalid.",
+    "error.token_bad_algorithm": "The access link is invalid.",
+    "error.token_expired": "The access link has expired. Please ask your caseworker for a new one.",
+    "error.token_not_yet_valid":
+      "The access link is not valid yet. Please try again at the agreed time.",
+    "error.token_claims_missing": "The access link is incomplete.",
+    "error.token_wrong_audience": "The access link does not belong to this service.",
+    "error.token_wrong_issuer": "The access link was not issued by this service.",
+    "error.token_wrong_room": "The access link is not valid for this conversation.",
+    "error.token_revoked": "The access link has been withdrawn and is no longer valid.",
+    "error.invite_used": "This invitation has already been used. Please ask for a new one.",
+    "error.api_key_missing": "The API key is missing.",
+    "error.api_key_invalid": "The API key is invalid.",
+    "error.forbidden": "You are not allowed to do this.",
+    "error.not_found": "The conversation was not found.",
+    "error.bad_request": "The request was malformed.",
+    "error.payload_too_large": "The request was too large.",
+    "error.too_many_requests": "Too many requests. Please wait a moment.",
+    "error.room_closed": "This conversation has ended.",
+    "error.room_full": "The conversation is full. No one else can join.",
+    "error.unknown_event": "The page sent an unknown message. Please reload.",
+    "error.invalid_payload": "The page sent malformed data. Please reload.",
+    "error.sdp_invalid": "Picture and sound could not be negotiated.",
+    "error.internal": "The server ran into an error. Please try again.",
+    "error.timeout": "The server does not answer. Please check your connection.",
+    "error.media": "Picture and sound could not be connected.",
+    "error.unknown": "An unknown error occurred.",
+  },
+};
+
+/** Error codes the server can send (docs/protocol.md); tests check each has a message. */
+export const ERROR_CODES = [
+  "token_missing", "token_malformed", "token_bad_signature", "token_bad_algorithm",
+  "token_expired", "token_not_yet_valid", "token_claims_missing", "token_wrong_audience",
+  "token_wrong_issuer", "token_wrong_room", "token_revoked", "invite_used",
+  "api_key_missing", "api_key_invalid", "forbidden", "not_found", "bad_request",
+  "payload_too_large", "too_many_requests", "room_closed", "room_full", "unknown_event",
+  "invalid_payload", "sdp_invalid", "internal",
+];
+
+let current = initialLang();
+const listeners = new Set();
+
+function initialLang() {
+  let stored = null;
+  try {
+    stored = localStorage.getItem(STORAGE_KEY);
+  } catch {
+    // storage may be disabled; fall back to German
+  }
+  return LANGS.includes(stored) ? stored : "de";
+}
+
+export function lang() {
+  return current;
+}
+
+export function t(key, vars = {}) {
+  const text = STRINGS[current][key] ?? STRINGS.de[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (_, name) => String(vars[name] ?? ""));
+}
+
+/** Human message for a server error: our own text when we know the code, else the server's. */
+export function errorMessage(code, serverMessage) {
+  const key = `error.${code}`;
+  if (code && key in STRINGS[current]) return t(key);
+  return serverMessage || t("error.unknown");
+}
+
+export function roleLabel(role) {
+  const key = `role.${role}`;
+  return key in STRINGS[current] ? t(key) : t("role.unknown");
+}
+
+export function setLang(next) {
+  if (!LANGS.includes(next)) return;
+  current = next;
+  try {
+    localStorage.setItem(STORAGE_KEY, next);
+  } catch {
+    // not fatal: the choice just is not remembered
+  }
+  applyStatic();
+  for (const fn of listeners) fn(next);
+}
+
+export function onLangChange(fn) {
+  listeners.add(fn);
+}
+
+/** Fill elements marked with data-i18n (text), data-i18n-aria (aria-label), data-i18n-title. */
+export function applyStatic(root = document) {
+  document.documentElement.lang = current;
+  for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const el of root.querySelectorAll("[data-i18n-aria]")) {
+    el.setAttribute("aria-label", t(el.dataset.i18nAria));
+  }
+  for (const el of root.querySelectorAll("[data-i18n-title]")) el.title = t(el.dataset.i18nTitle);
+}

@@ -1,0 +1,183 @@
+// The participant tiles: one per admitted participant, own tile first and muted.
+// Remote <video> elements carry the automation hooks data-testid="remote-video",
+// data-participant and data-role.
+
+import { roleLabel, t } from "./i18n.js";
+
+const SHOWN_STATES = new Set(["admitted", "connected"]);
+
+export function initials(name) {
+  const parts = String(name || "").trim().split(/\s+/).filter(Boolean);
+  if (parts.length === 0) return "?";
+  const first = parts[0][0] || "";
+  const last = parts.length > 1 ? parts[parts.length - 1][0] : "";
+  return (first + last).toUpperCase();
+}
+
+export class Tiles {
+  /**
+   * @param {HTMLElement} list the <ul> holding the tiles
+   * @param {{onFirstFrame?: () => void, onAutoplayBlocked?: () => void}} hooks
+   */
+  constructor(list, hooks = {}) {
+    this.list = list;
+    this.template = document.getElementById("tile-template");
+    this.hooks = hooks;
+    this.tiles = new Map(); // participant id -> {el, video, participant}
+    this.streams = new Map(); // participant id -> MediaStream (may arrive before the roster)
+    this.selfId = null;
+  }
+
+  setSelf(participant, localStream) {
+    this.selfId = participant.id;
+    const tile = this._ensure(participant, true);
+    tile.video.muted = true;
+    tile.video.srcObject = localStream;
+    this._updateVideoPresence(tile);
+    tile.video.play().catch(() => {});
+  }
+
+  /** Apply a roster: add, update and remove tiles; returns {joined, left} participants. */
+  applyRoster(participants) {
+    const live = participants.filter((p) => SHOWN_STATES.has(p.state));
+    const liveIds = new Set(live.map((p) => p.id));
+    const joined = [];
+    const left = [];
+    for (const p of live) {
+      if (!this.tiles.has(p.id) && p.id !== this.selfId) joined.push(p);
+      this._ensure(p, p.id === this.selfId);
+    }
+    for (const [pid, tile] of [...this.tiles]) {
+      if (pid === this.selfId || liveIds.has(pid)) continue;
+      left.push(tile.participant);
+      this.remove(pid);
+    }
+    return { joined, left };
+  }
+
+  remove(pid) {
+    const tile = this.tiles.get(pid);
+    if (!tile) return;
+    tile.video.srcObject = null;
+    tile.el.remove();
+    this.tiles.delete(pid);
+    this.streams.delete(pid);
+    this._layout();
+  }
+
+  clear() {
+    for (const pid of [...this.tiles.keys()]) this.remove(pid);
+    this.streams.clear();
+  }
+
+  /** Attach (or detach, stream=null) the media received for a participant. */
+  setMedia(pid, stream) {
+    if (stream) this.streams.set(pid, stream);
+    else this.streams.delete(pid);
+    const tile = this.tiles.get(pid);
+    if (tile) this._attach(tile);
+  }
+
+  /** Unmute every remote video after the browser blocked autoplay with sound. */
+  enableSound() {
+    for (const [pid, tile] of this.tiles) {
+      if (pid === this.selfId) continue;
+      tile.video.muted = false;
+      tile.video.play().catch(() => {});
+    }
+  }
+
+  setLocalVideoEnabled(enabled) {
+    const tile = this.tiles.get(this.selfId);
+    if (tile) tile.el.classList.toggle("no-video", !enabled);
+  }
+
+  setLocalMicEnabled(enabled) {
+    const tile = this.tiles.get(this.selfId);
+    if (tile) tile.el.classList.toggle("mic-muted", !enabled);
+  }
+
+  relabel() {
+    for (const tile of this.tiles.values()) this._label(tile);
+  }
+
+  remoteCount() {
+    return [...this.tiles.keys()].filter((pid) => pid !== this.selfId).length;
+  }
+
+  // --- internals -------------------------------------------------------------------
+
+  _ensure(participant, isSelf) {
+    let tile = this.tiles.get(participant.id);
+    if (!tile) {
+      const el = this.template.content.firstElementChild.cloneNode(true);
+      const video = el.querySelector("video");
+      el.dataset.participant = participant.id;
+      if (isSelf) {
+        el.classList.add("self");
+        video.dataset.testid = "local-video";
+        video.muted = true;
+      } else {
+        video.dataset.testid = "remote-video";
+        video.dataset.participant = participant.id;
+      }
+      tile = { el, video, participant, isSelf };
+      this.tiles.set(participant.id, tile);
+      video.addEventListener("resize", () => this._updateVideoPresence(tile));
+      video.addEventListener("loadeddata", () => this._updateVideoPresence(tile));
+      if (isSelf) this.list.prepend(el);
+      else this.list.append(el);
+      if (!isSelf) this._attach(tile);
+      this._layout();
+    }
+    tile.participant = participant;
+    tile.el.dataset.role = participant.role;
+    tile.video.dataset.role = participant.role;
+    const muted = participant.muted || {};
+    if (!isSelf) tile.el.classList.toggle("mic-muted", Boolean(muted.audio));
+    this._label(tile);
+    return tile;
+  }
+
+  _label(tile) {
+    const p = tile.participant;
+    const name = p.name || "?";
+    tile.el.querySelector(".tile-name").textContent = tile.isSelf ? `${name} (${t("call.you")})` : name;
+    const role = roleLabel(p.role);
+    tile.el.querySelector(".tile-role").textContent = p.org ? `${role} · ${p.org}` : role;
+    tile.el.querySelector(".tile-avatar").textContent = initials(name);
+    const mutedIcon = tile.el.querySelector(".tile-muted");
+    mutedIcon.setAttribute("aria-label", t("call.micMuted"));
+    tile.video.setAttribute("aria-label", `${name}, ${role}`);
+  }
+
+  _attach(tile) {
+    const stream = this.streams.get(tile.participant.id) || null;
+    if (tile.video.srcObject === stream) return;
+    tile.video.srcObject = stream;
+    this._updateVideoPresence(tile);
+    if (!stream) return;
+    if (this.hooks.onFirstFrame && "requestVideoFrameCallback" in tile.video) {
+      tile.video.requestVideoFrameCallback(() => this.hooks.onFirstFrame(tile.participant.id));
+    }
+    tile.video.play().catch((err) => {
+      if (err.name !== "NotAllowedError") return;
+      // Autoplay with sound refused (no user gesture): play muted, offer a button.
+      tile.video.muted = true;
+      tile.video.play().catch(() => {});
+      if (this.hooks.onAutoplayBlocked) this.hooks.onAutoplayBlocked();
+    });
+  }
+
+  _updateVideoPresence(tile) {
+    const stream = tile.video.srcObject;
+    const hasVideo =
+      stream instanceof MediaStream &&
+      stream.getVideoTracks().some((tr) => tr.readyState === "live" && tr.enabled);
+    tile.el.classList.toggle("no-video", !hasVideo);
+  }
+
+  _layout() {
+    this.list.dataset.count = String(this.tiles.size);
+  }
+}
