@@ -29,6 +29,7 @@ export class Call extends EventTarget {
     this.pcs = { publish: null, subscribe: null };
     /** mid -> {mid, participant, kind, track} from the latest subscribe.offer */
     this.trackMap = new Map();
+    this._streamOwner = new Map(); // mid -> stream id seen in ontrack
     /** participant id -> {stream, trackIds} currently shown */
     this.remote = new Map();
     this.published = false;
@@ -157,7 +158,12 @@ export class Call extends EventTarget {
       this._watchState(pc, "subscribe");
       this._subscribeTrickle = this._trickle(pc, "subscribe");
       // transceiver.mid is set by the time ontrack fires; trackMap already holds this offer.
-      pc.ontrack = () => this._reconcile();
+      // The SFU names each stream after its publisher: a fallback if the list lacks a mid.
+      pc.ontrack = (ev) => {
+        const mid = ev.transceiver.mid;
+        if (mid !== null && ev.streams[0]) this._streamOwner.set(mid, ev.streams[0].id);
+        this._reconcile();
+      };
     }
     this.trackMap = new Map(
       (Array.isArray(msg.tracks) ? msg.tracks : []).map((t) => [String(t.mid), t]),
@@ -180,7 +186,11 @@ export class Call extends EventTarget {
     if (pc) {
       for (const tr of pc.getTransceivers()) {
         if (tr.stopped || tr.mid === null) continue;
-        const info = this.trackMap.get(tr.mid);
+        const info =
+          this.trackMap.get(tr.mid) ||
+          (this._streamOwner.has(tr.mid)
+            ? { participant: this._streamOwner.get(tr.mid), kind: tr.receiver.track.kind }
+            : null);
         if (!info || (this.you && info.participant === this.you.id)) continue;
         const dir = tr.currentDirection;
         if (dir && dir !== "recvonly" && dir !== "sendrecv") continue;
@@ -271,6 +281,7 @@ export class Call extends EventTarget {
       this.pcs[leg] = null;
     }
     this.trackMap = new Map();
+    this._streamOwner = new Map();
     this._subscribeChain = Promise.resolve();
     for (const pid of [...this.remote.keys()]) {
       this.remote.delete(pid);

@@ -1,0 +1,139 @@
+"""Browser harness: the real server in a subprocess and Debian Chromium driven by Playwright.
+
+Everything runs inside the loopback-only namespace of ``make test``. Chromium keeps its
+mDNS obfuscation of host candidates (``xxxx.local``): the server drops those and learns
+the browser's address from its connectivity checks (peer-reflexive), as in production.
+Helpers the tests call live in ``harness.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import async_playwright
+
+from tests.browser.harness import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Browser,
+    Launch,
+    Server,
+    bin_path,
+    free_port,
+    log_line,
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    port = free_port()
+    state = tmp_path / "state"
+    state.mkdir()
+    env = dict(os.environ)
+    env.update(
+        ROUNDTABLE_SECRET=secrets.token_urlsafe(32),
+        ROUNDTABLE_API_KEY=secrets.token_urlsafe(24),
+        ROUNDTABLE_MEDIA_HOST="127.0.0.1",
+        ROUNDTABLE_STATE_DIR=str(state),
+        ROUNDTABLE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = tmp_path / "server.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [str(bin_path("roundtable")), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=state,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    srv = Server(
+        f"http://127.0.0.1:{port}",
+        env["ROUNDTABLE_API_KEY"],
+        env["ROUNDTABLE_SECRET"],
+        env,
+        log_path,
+        proc,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{srv.log_tail()}")
+            try:
+                with urllib.request.urlopen(srv.base_url + "/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not become healthy:\n{srv.log_tail()}")
+            time.sleep(0.1)
+        yield srv
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+        print(f"\n--- server log tail ({log_path}) ---\n{srv.log_tail(30)}")
+
+
+# --- the browsers ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium() -> str:
+    # Missing browser is a failure, not a skip: CI must not pass without the page tested.
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} missing: the browser tests need Debian's chromium")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def launch(tmp_path: Path, chromium: str) -> AsyncIterator[Launch]:
+    """``await launch("caseworker")`` → a fresh Chromium with fake camera and microphone."""
+    browsers: list[Browser] = []
+    async with async_playwright() as pw:
+
+        async def _launch(
+            name: str = "user", *, width: int = 1280, height: int = 800, locale: str = "de-DE"
+        ) -> Browser:
+            profile = tmp_path / f"profile-{len(browsers)}-{name}"
+            context = await pw.chromium.launch_persistent_context(
+                str(profile),
+                executable_path=chromium,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                permissions=["camera", "microphone"],
+                viewport={"width": width, "height": height},
+                locale=locale,
+            )
+            page = context.pages[0] if context.pages else await context.new_page()
+            browser = Browser(name, context, page)
+            page.on("console", lambda msg: log_line(browser, f"console.{msg.type}: {msg.text}"))
+            page.on("pageerror", lambda exc: log_line(browser, f"pageerror: {exc}"))
+            browsers.append(browser)
+            return browser
+
+        try:
+            yield _launch
+        finally:
+            for b in browsers:
+                try:
+                    await asyncio.wait_for(b.context.close(), 10)
+                except Exception:
+                    pass

@@ -1,0 +1,266 @@
+"""Browser harness helpers: the server handle, Chromium's flags and page probes.
+
+Everything runs inside the loopback-only namespace of ``make test``. Chromium keeps its
+mDNS obfuscation of host candidates (``xxxx.local``): the server drops those and learns
+the browser's address from its connectivity checks (peer-reflexive), as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from playwright.async_api import BrowserContext, Page
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("ROUNDTABLE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+]
+
+
+# --- the server ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    base_url: str
+    api_key: str
+    secret: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def request(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token or self.api_key}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def create_room(self, **body: Any) -> dict[str, Any]:
+        """``POST /api/rooms``; join links are rebased onto this server's address."""
+        status, room = self.request("POST", "/api/rooms", body or {})
+        assert status == 201, (status, room)
+        for key in ("caseworker_url", "client_url"):
+            room[key] = self.local_url(room[key])
+        return room
+
+    def local_url(self, url: str) -> str:
+        # The public base may differ from where the test reaches the server; keep path+fragment.
+        parts = urlsplit(url)
+        return f"{self.base_url}{parts.path}#{parts.fragment}"
+
+    def token(self, room: str, role: str, name: str, *extra: str) -> str:
+        """A token from the operator CLI (``roundtable token``), signed with our secret."""
+        out = subprocess.run(
+            [
+                str(bin_path("roundtable")),
+                "token",
+                "--room",
+                room,
+                "--role",
+                role,
+                "--name",
+                name,
+                *extra,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[-1].strip()
+
+    def join_url(self, token: str) -> str:
+        return f"{self.base_url}/join#token={token}"
+
+
+def bin_path(name: str) -> Path:
+    candidate = Path(sys.executable).parent / name
+    return candidate if candidate.exists() else ROOT / ".venv" / "bin" / name
+
+
+# --- the browsers ----------------------------------------------------------------------
+
+
+@dataclass
+class Browser:
+    """One Chromium (own process, own fresh profile) with one page."""
+
+    name: str
+    context: BrowserContext
+    page: Page
+    console: list[str] = field(default_factory=list)
+
+    async def close(self) -> None:
+        await self.context.close()
+
+
+def log_line(browser: Browser, line: str) -> None:
+    browser.console.append(line)
+    if "error" in line.lower():
+        print(f"[{browser.name}] {line}")
+
+
+# --- page helpers ----------------------------------------------------------------------
+
+
+async def open_join(browser: Browser, url: str) -> None:
+    """Open a join link and wait until the preview has its devices."""
+    await browser.page.goto(url)
+    await browser.page.wait_for_selector("body[data-ready=true]", timeout=15000)
+
+
+async def join(browser: Browser, url: str) -> None:
+    await open_join(browser, url)
+    await browser.page.get_by_test_id("join-button").click()
+    await browser.page.wait_for_function(
+        "window.roundtable && window.roundtable.you", timeout=15000
+    )
+
+
+async def my_id(browser: Browser) -> str:
+    return await browser.page.evaluate("window.roundtable.you.id")
+
+
+# Per remote video: size, clock and frames decoded (inbound-rtp, mapped to the participant
+# through the mid of the subscribe offer's track list).
+_SAMPLE_JS = """
+async () => {
+  const rt = window.roundtable;
+  const pc = rt.pcs && rt.pcs.subscribe;
+  const frames = {};
+  if (pc) {
+    const byTrack = {};
+    for (const tr of pc.getTransceivers()) {
+      if (tr.receiver && tr.receiver.track && tr.mid !== null) byTrack[tr.receiver.track.id] = tr.mid;
+    }
+    const map = rt.call ? rt.call.trackMap : new Map();
+    const stats = await pc.getStats();
+    stats.forEach((s) => {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
+      const mid = s.mid !== undefined ? String(s.mid) : byTrack[s.trackIdentifier];
+      const info = map.get(mid);
+      if (!info) return;
+      frames[info.participant] = (frames[info.participant] || 0) + (s.framesDecoded || 0);
+    });
+  }
+  const out = {};
+  for (const v of document.querySelectorAll('video[data-testid="remote-video"]')) {
+    out[v.dataset.participant] = {
+      role: v.dataset.role, width: v.videoWidth, time: v.currentTime, paused: v.paused,
+      frames: frames[v.dataset.participant] || 0,
+      audio: v.srcObject ? v.srcObject.getAudioTracks().length : 0,
+    };
+  }
+  return out;
+}
+"""
+
+
+async def remote_videos(browser: Browser) -> dict[str, dict[str, Any]]:
+    return await browser.page.evaluate(_SAMPLE_JS)
+
+
+async def wait_remote_playing(
+    browser: Browser, participants: set[str], within: float = 30.0
+) -> dict[str, Any]:
+    """Wait until the page plays video of exactly ``participants``.
+
+    Playing means: ``videoWidth > 0``, ``currentTime`` advancing and inbound-rtp
+    ``framesDecoded`` rising between two samples a second apart.
+    """
+    deadline = time.monotonic() + within
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        first = await remote_videos(browser)
+        await asyncio.sleep(1.0)
+        second = await remote_videos(browser)
+        last = second
+        if set(second) == participants and all(
+            pid in first
+            and second[pid]["width"] > 0
+            and second[pid]["time"] > first[pid]["time"]
+            and second[pid]["frames"] > first[pid]["frames"]
+            for pid in participants
+        ):
+            return second
+    console = "\n".join(browser.console[-30:])
+    raise AssertionError(
+        f"{browser.name}: remote video of {sorted(participants)} not playing within {within}s; "
+        f"last sample {last}\nconsole:\n{console}"
+    )
+
+
+async def wait_remote_set(browser: Browser, participants: set[str], within: float = 10.0) -> float:
+    """Wait until the page's remote tiles are exactly ``participants``; returns seconds taken."""
+    start = time.monotonic()
+    while True:
+        ids = await browser.page.evaluate(
+            "[...document.querySelectorAll('video[data-testid=\"remote-video\"]')].map(v => v.dataset.participant)"
+        )
+        if set(ids) == participants:
+            return time.monotonic() - start
+        if time.monotonic() - start > within:
+            raise AssertionError(
+                f"{browser.name}: remote tiles {sorted(ids)} != {sorted(participants)} after {within}s"
+            )
+        await asyncio.sleep(0.2)
+
+
+async def join_to_first_frame_ms(browser: Browser) -> int | None:
+    return await browser.page.evaluate("window.roundtable.metrics.joinToFirstFrameMs")
+
+
+def claims_of(url: str) -> dict[str, Any]:
+    """The (unverified) JWT payload of a join link."""
+    token = urlsplit(url).fragment.split("token=", 1)[1]
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+Launch = Callable[..., Awaitable[Browser]]
