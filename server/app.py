@@ -1,0 +1,122 @@
+"""Composition root: one ``Config`` → the aiohttp app with both planes wired together.
+
+``signaling/`` and ``sfu/`` do not know each other; this module adapts the SFU's
+``Router`` to ``signaling.media.MediaRouter`` and its events to ``MediaSignal``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from server.config import Config
+from server.metrics import MediaStatsCollector
+from signaling.api import ApiSettings, RestApi
+from signaling.errors import error_middleware
+from signaling.hub import RoomHub
+from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
+from signaling.metrics import Metrics
+from signaling.socket import SignalingSocket, SocketLimits
+from signaling.store import MemoryStore, StateStore
+from signaling.tokens import TokenService
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("roundtable.config", Config)
+STORE = web.AppKey("roundtable.store", StateStore)
+TOKENS = web.AppKey("roundtable.tokens", TokenService)
+HUB = web.AppKey("roundtable.hub", RoomHub)
+METRICS = web.AppKey("roundtable.metrics", Metrics)
+SOCKET = web.AppKey("roundtable.socket", SignalingSocket)
+
+# Room for the Socket.IO long-polling transport carrying a 64 KiB SDP; the REST API
+# enforces its own, smaller limit per route.
+CLIENT_MAX_SIZE = 512 * 1024
+
+
+def sfu_router_factory(config: Config, metrics: Metrics) -> RouterFactory:
+    """Routers from ``sfu.router``, their events translated for the control plane."""
+    # Imported here: the control plane's tests can run with a fake media plane.
+    from sfu import aiortc_hooks
+    from sfu import router as sfu_router
+
+    aiortc_hooks.check_compatible()
+    # aioice gathers host candidates process-wide; restrict them to the media address.
+    aiortc_hooks.use_media_host(config.media_host)
+    media_config = sfu_router.MediaConfig(media_host=config.media_host)
+    collector = MediaStatsCollector()
+    metrics.register(collector)
+
+    def translate(event: Any, emit: Callable[[MediaSignal], None]) -> None:
+        if isinstance(event, sfu_router.RenegotiationNeeded):
+            emit(MediaSignal(SignalKind.RENEGOTIATION_NEEDED, event.pid))
+        elif isinstance(event, sfu_router.TracksChanged):
+            emit(MediaSignal(SignalKind.TRACKS_CHANGED, event.pid))
+        elif isinstance(event, sfu_router.ConnectionState):
+            emit(MediaSignal(SignalKind.CONNECTION_STATE, event.pid, event.leg, str(event.state)))
+
+    def factory(room_id: str, emit: Callable[[MediaSignal], None]) -> MediaRouter:
+        router = sfu_router.Router(room_id, media_config, on_event=lambda ev: translate(ev, emit))
+        collector.track(router)
+        return router
+
+    return factory
+
+
+def build_app(
+    config: Config,
+    *,
+    router_factory: RouterFactory | None = None,
+    store: StateStore | None = None,
+) -> web.Application:
+    if not config.secret or not config.api_key:
+        raise ValueError("config.secret and config.api_key must be set")
+    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    store = store or MemoryStore()
+    metrics = Metrics()
+    tokens = TokenService(config.secret, store)
+    factory = router_factory or sfu_router_factory(config, metrics)
+    hub = RoomHub(store, factory, max_participants=config.max_participants)
+    metrics.watch(hub.snapshot)
+    sock = SignalingSocket(
+        hub,
+        tokens,
+        metrics,
+        SocketLimits(
+            events_per_second=config.events_per_second,
+            event_burst=config.events_per_second,
+            joins_per_ip_per_minute=config.joins_per_ip_per_minute,
+        ),
+    )
+    api = RestApi(
+        ApiSettings(
+            api_key=config.api_key,
+            public_url=config.public_url,
+            web_dir=config.web_dir,
+            room_minutes=config.room_minutes,
+        ),
+        tokens,
+        store,
+        metrics,
+    )
+    app[CONFIG] = config
+    app[STORE] = store
+    app[TOKENS] = tokens
+    app[HUB] = hub
+    app[METRICS] = metrics
+    app[SOCKET] = sock
+    api.setup(app)
+    sock.attach(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        yield
+        # Disconnect clients first so no event arrives while routers close.
+        await sock.shutdown()
+        await hub.shutdown()
+        await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

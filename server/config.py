@@ -1,0 +1,111 @@
+"""One typed configuration for the whole process, built from the environment and the CLI.
+
+Precedence: command-line flag > environment variable > default. Secrets that are not in
+the environment come from the local state file (``server.secrets``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    if env.get("ROUNDTABLE_STATE_DIR"):
+        return Path(env["ROUNDTABLE_STATE_DIR"]).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "roundtable"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None  # as browsers reach us, e.g. behind a TLS proxy
+    secret: str = field(default="", repr=False)
+    api_key: str = field(default="", repr=False)
+    media_host: str | None = None  # the one address media leaves on; None: all non-loopback
+    redis_url: str | None = None  # not used yet: in-memory state only
+    max_participants: int = 12
+    room_minutes: int = 240
+    invite_minutes: int = 30
+    host_grace_seconds: int = 120
+    invite_webhook: str | None = None
+    events_per_second: float = 50.0
+    joins_per_ip_per_minute: int = 30
+    web_dir: Path = WEB_DIR
+    state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Read ``ROUNDTABLE_*`` (and ``REDIS_URL``); ``overrides`` that are None are ignored."""
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def number(name: str, default: int) -> int:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+            if value < 0:
+                raise ConfigError(f"{name} must not be negative")
+            return value
+
+        d = cls.__dataclass_fields__
+        values: dict[str, Any] = {
+            "host": text("ROUNDTABLE_HOST") or d["host"].default,
+            "port": number("ROUNDTABLE_PORT", d["port"].default),
+            "public_url": text("ROUNDTABLE_PUBLIC_URL"),
+            "secret": text("ROUNDTABLE_SECRET") or "",
+            "api_key": text("ROUNDTABLE_API_KEY") or "",
+            "media_host": text("ROUNDTABLE_MEDIA_HOST"),
+            "redis_url": text("REDIS_URL") or text("ROUNDTABLE_REDIS_URL"),
+            "max_participants": number(
+                "ROUNDTABLE_MAX_PARTICIPANTS", d["max_participants"].default
+            ),
+            "room_minutes": number("ROUNDTABLE_ROOM_MINUTES", d["room_minutes"].default),
+            "invite_minutes": number("ROUNDTABLE_INVITE_MINUTES", d["invite_minutes"].default),
+            "host_grace_seconds": number(
+                "ROUNDTABLE_HOST_GRACE_SECONDS", d["host_grace_seconds"].default
+            ),
+            "invite_webhook": text("ROUNDTABLE_INVITE_WEBHOOK"),
+            "joins_per_ip_per_minute": number(
+                "ROUNDTABLE_JOINS_PER_IP_PER_MINUTE", d["joins_per_ip_per_minute"].default
+            ),
+            "web_dir": Path(text("ROUNDTABLE_WEB_DIR") or WEB_DIR),
+            "state_dir": default_state_dir(env),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def with_(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port must be 0-65535")
+        if self.max_participants < 2:
+            raise ConfigError("ROUNDTABLE_MAX_PARTICIPANTS must be at least 2")
+        if not 1 <= self.room_minutes <= 24 * 60:
+            raise ConfigError("ROUNDTABLE_ROOM_MINUTES must be 1-1440")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError("ROUNDTABLE_PUBLIC_URL must start with http:// or https://")
+        if self.secret and len(self.secret.encode()) < 32:
+            raise ConfigError("ROUNDTABLE_SECRET must have at least 32 characters")

@@ -1,0 +1,239 @@
+"""HTTP side of the control plane: health, metrics, session creation, the page.
+
+Routes (docs/protocol.md, "REST"): ``GET /healthz``, ``GET /metrics``, ``POST /api/rooms``
+(operator API key), ``GET /api/rooms/{room}`` (a room token for that room), ``GET /join``
+and ``GET /static/…``. Security headers are added to every response, including
+Socket.IO's, in ``on_response_prepare``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from signaling.errors import ApiKeyError, BadRequest, NotFound, PayloadTooLarge, RoundtableError
+from signaling.metrics import CONTENT_TYPE, Metrics
+from signaling.store import RoomRecord, StateStore
+from signaling.tokens import TokenClaims, TokenService, new_id
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_CHARS = 80
+_HOST_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    api_key: str
+    public_url: str | None  # None: derived from the request (the URL the caller used)
+    web_dir: Path
+    room_minutes: int = 240  # default validity of a session and its two links
+    max_room_minutes: int = 24 * 60
+    max_body_bytes: int = 16 * 1024
+
+
+def iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+class RestApi:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        tokens: TokenService,
+        store: StateStore,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._tokens = tokens
+        self._store = store
+        self._metrics = metrics
+        self._web_dir = settings.web_dir.resolve()
+
+    def setup(self, app: web.Application) -> None:
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/api/rooms", self.create_room)
+        app.router.add_get("/api/rooms/{room}", self.get_room)
+        app.router.add_get("/join", self.join_page)
+        app.router.add_get("/static/{path:.+}", self.static)
+        app.on_response_prepare.append(security_headers)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _check_api_key(self, request: web.Request) -> None:
+        given = _bearer(request)
+        if given is None:
+            self._metrics.refused("api_key_missing")
+            raise ApiKeyError(
+                "api_key_missing", "Send the API key as 'Authorization: Bearer <key>'."
+            )
+        if not hmac.compare_digest(given.encode(), self._settings.api_key.encode()):
+            self._metrics.refused("api_key_invalid")
+            raise ApiKeyError("api_key_invalid", "The API key is wrong.")
+
+    async def authenticate(self, request: web.Request, room: str) -> TokenClaims:
+        """A room token from ``Authorization: Bearer``; for routes under ``/api/rooms/{room}``."""
+        try:
+            return await self._tokens.authenticate(_bearer(request), room=room)
+        except RoundtableError as err:
+            self._metrics.refused(err.code)
+            raise
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        limit = self._settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge("payload_too_large", f"The body is larger than {limit} bytes.")
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            raise PayloadTooLarge("payload_too_large", f"The body is larger than {limit} bytes.")
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("bad_request", "The body is not JSON.") from None
+        if not isinstance(body, dict):
+            raise BadRequest("bad_request", "The body must be a JSON object.")
+        return body
+
+    def _base(self, request: web.Request) -> str:
+        if self._settings.public_url:
+            return self._settings.public_url.rstrip("/")
+        return f"{request.scheme}://{request.host}"
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        resp = web.Response(body=self._metrics.render())
+        resp.headers["Content-Type"] = CONTENT_TYPE
+        return resp
+
+    async def create_room(self, request: web.Request) -> web.Response:
+        self._check_api_key(request)
+        body = await self._json_body(request)
+        unknown = set(body) - {"client_name", "caseworker_name", "valid_minutes"}
+        if unknown:
+            raise BadRequest("bad_request", f"Unknown fields: {', '.join(sorted(unknown))[:200]}.")
+        names: dict[str, str] = {}
+        for key, default in (("client_name", "Client"), ("caseworker_name", "Caseworker")):
+            value = body.get(key, default)
+            if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_CHARS:
+                raise BadRequest(
+                    "bad_request", f"'{key}' must be a name of 1-{MAX_NAME_CHARS} characters."
+                )
+            names[key] = value.strip()
+        minutes = body.get("valid_minutes", self._settings.room_minutes)
+        if (
+            isinstance(minutes, bool)
+            or not isinstance(minutes, int)
+            or not 1 <= minutes <= self._settings.max_room_minutes
+        ):
+            raise BadRequest(
+                "bad_request",
+                f"'valid_minutes' must be an integer from 1 to {self._settings.max_room_minutes}.",
+            )
+        room_id = new_id("r")
+        ttl = minutes * 60
+        cw_token, cw = self._tokens.issue(
+            room=room_id, role="caseworker", name=names["caseworker_name"], ttl=ttl
+        )
+        cl_token, _ = self._tokens.issue(
+            room=room_id, role="client", name=names["client_name"], ttl=ttl
+        )
+        await self._store.put_room(RoomRecord(room_id, cw.iat, cw.exp))
+        self._metrics.rooms_created.inc()
+        log.info("room %s created, valid %d min", room_id, minutes)
+        base = self._base(request)
+        return web.json_response(
+            {
+                "room": room_id,
+                "caseworker_url": f"{base}/join#token={cw_token}",
+                "client_url": f"{base}/join#token={cl_token}",
+                "expires_at": iso(cw.exp),
+            },
+            status=201,
+        )
+
+    async def get_room(self, request: web.Request) -> web.Response:
+        room_id = request.match_info["room"]
+        claims = await self.authenticate(request, room_id)
+        record = await self._store.get_room(room_id)
+        return web.json_response(
+            {
+                "room": room_id,
+                "expires_at": iso(record.expires_at if record else claims.exp),
+                "you": {
+                    "id": claims.sub,
+                    "role": claims.role,
+                    "name": claims.name,
+                    "org": claims.org,
+                    "grants": sorted(claims.grants),
+                    "lobby": claims.lobby,
+                    "expires_at": iso(claims.exp),
+                },
+            }
+        )
+
+    async def join_page(self, request: web.Request) -> web.StreamResponse:
+        page = self._web_dir / "index.html"
+        if not page.is_file():
+            raise NotFound("not_found", "The page is not installed (web/index.html).")
+        return web.FileResponse(page, headers={"Cache-Control": "no-store"})
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        rel = request.match_info["path"]
+        parts = rel.split("/")
+        # No dotfiles, no npm tree (only web/vendor is meant to be served), no traversal.
+        if (
+            any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+            or parts[0] == "node_modules"
+        ):
+            raise NotFound()
+        path = (self._web_dir / rel).resolve()
+        if not path.is_relative_to(self._web_dir) or not path.is_file():
+            raise NotFound()
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Same-origin only: nothing on the page may load from or talk to another host."""
+    host = request.host if _HOST_RE.match(request.host or "") else ""
+    ws = f" ws://{host} wss://{host}" if host else ""
+    h = response.headers
+    h["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"media-src 'self' blob: mediastream:; connect-src 'self'{ws}; font-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+    h["X-Content-Type-Options"] = "nosniff"
+    h["X-Frame-Options"] = "DENY"
+    # The token travels in the URL fragment, which browsers never send; no-referrer also
+    # keeps the path out of any request the page makes.
+    h["Referrer-Policy"] = "no-referrer"
+    h["Permissions-Policy"] = (
+        "camera=(self), microphone=(self), display-capture=(self), geolocation=()"
+    )
+    h["Cross-Origin-Opener-Policy"] = "same-origin"
+    h["Cross-Origin-Resource-Policy"] = "same-origin"
+    if request.path.startswith("/api/"):
+        h["Cache-Control"] = "no-store"

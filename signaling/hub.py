@@ -1,0 +1,426 @@
+"""The rooms of this node: membership, their SFU routers and the tasks they own.
+
+The hub is transport-agnostic: it talks to clients through a ``Notifier`` (implemented by
+``signaling.socket``) and to the media plane through a ``MediaRouter`` per room, created
+lazily on the first join and closed when the room empties or ends. Every task it starts
+belongs to a room and is cancelled and awaited when that room is torn down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from signaling.errors import STATUS_BY_CODE, Forbidden, InvalidPayload, RoundtableError
+from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
+from signaling.participant import Participant, ParticipantState, TrackRef
+from signaling.room import Room
+from signaling.store import RoomRecord, StateStore
+from signaling.tokens import TokenClaims
+
+log = logging.getLogger(__name__)
+
+# Candidates a browser may trickle before its publish offer has been applied.
+MAX_EARLY_CANDIDATES = 64
+
+
+def _media_error(
+    live: _LiveRoom, participant: Participant, what: str, exc: Exception
+) -> RoundtableError:
+    """The SFU's refusals carry a code (``sfu.errors.MediaError``); keep it if we know it."""
+    if isinstance(exc, RoundtableError):
+        return exc
+    code = getattr(exc, "code", None)
+    log.info(
+        "room %s: %s by %s refused: %s",
+        live.room.id,
+        what,
+        participant.id,
+        code or type(exc).__name__,
+    )
+    if code == "no_offer":
+        return InvalidPayload("invalid_payload", "There is no subscribe offer to answer.")
+    if isinstance(code, str) and code in STATUS_BY_CODE and code != "internal":
+        return RoundtableError(code, str(getattr(exc, "message", "")) or None)
+    return RoundtableError("sdp_invalid", "The session description could not be applied.")
+
+
+class Notifier(Protocol):
+    async def send(self, sid: str, event: str, payload: dict[str, Any]) -> None: ...
+
+    async def drop(self, sid: str, error: RoundtableError | None) -> None:
+        """Tell the client why (``error`` event) and disconnect it."""
+
+
+@dataclass(slots=True)
+class _Negotiation:
+    """Per participant: subscribe offers are strictly one at a time.
+
+    aiortc (like a browser) cannot create a new offer while one is outstanding, so a
+    renegotiation requested meanwhile is remembered (``pending``) and run after the answer.
+    """
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    awaiting_answer: bool = False
+    pending: bool = False
+    published: bool = False
+    early_candidates: list[dict[str, Any] | None] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _LiveRoom:
+    room: Room
+    router: MediaRouter | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    negotiations: dict[str, _Negotiation] = field(default_factory=dict)
+
+
+class RoomHub:
+    def __init__(
+        self,
+        store: StateStore,
+        router_factory: RouterFactory,
+        notifier: Notifier | None = None,
+        *,
+        max_participants: int = 12,
+    ) -> None:
+        self._store = store
+        self._router_factory = router_factory
+        self.notifier: Notifier | None = notifier
+        self._max_participants = max_participants
+        self._rooms: dict[str, _LiveRoom] = {}
+
+    # -- queries ------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[int, dict[str, int]]:
+        by_state: dict[str, int] = {}
+        for live in self._rooms.values():
+            for p in live.room.active():
+                by_state[str(p.state)] = by_state.get(str(p.state), 0) + 1
+        return sum(1 for lr in self._rooms.values() if not lr.room.empty), by_state
+
+    def room(self, room_id: str) -> Room | None:
+        live = self._rooms.get(room_id)
+        return live.room if live else None
+
+    # -- membership ---------------------------------------------------------------------
+
+    async def join(self, claims: TokenClaims, sid: str) -> Participant:
+        """Add a verified participant; admitted at once unless its token says lobby."""
+        record = await self._store.get_room(claims.room)
+        if record is None:
+            # A token signed with our secret (e.g. from `roundtable token`) is authority
+            # enough to open its room; the record lets other nodes see the room exists.
+            now = int(time.time())
+            await self._store.put_room(RoomRecord(claims.room, now, claims.exp))
+        live = self._rooms.get(claims.room)
+        if live is None:
+            live = _LiveRoom(Room(claims.room, self._max_participants))
+            self._rooms[claims.room] = live
+        participant = Participant(claims=claims, sid=sid)
+        try:
+            previous = live.room.add(participant)
+        except RoundtableError:
+            if live.room.empty and not live.tasks:
+                self._rooms.pop(claims.room, None)
+            raise
+        if previous is not None:
+            # Same person again (reload, second tab): the newer connection wins.
+            log.info(
+                "room %s: participant %s replaced connection %s",
+                claims.room,
+                previous.id,
+                previous.sid,
+            )
+            previous.leave()
+            await self._forget_media(live, previous.id)
+            if self.notifier:
+                await self.notifier.drop(
+                    previous.sid, Forbidden("forbidden", "You joined from another window.")
+                )
+        live.negotiations[participant.id] = _Negotiation()
+        if not claims.lobby:
+            participant.admit()
+        log.info(
+            "room %s: participant %s (%s) joined as %s",
+            claims.room,
+            participant.id,
+            claims.role,
+            participant.state,
+        )
+        return participant
+
+    def welcome(self, participant: Participant) -> dict[str, Any]:
+        live = self._rooms[participant.claims.room]
+        return {"you": participant.public(), "room": live.room.public(), "ice": {}}
+
+    async def start(self, participant: Participant) -> None:
+        """After ``welcome``: tell the room, and offer what there is to receive."""
+        live = self._rooms.get(participant.claims.room)
+        if live is None or not participant.active:
+            return
+        await self.broadcast_roster(live.room)
+        if participant.admitted:
+            await self._renegotiate(live, participant.id)
+
+    async def leave(
+        self, participant: Participant, state: ParticipantState = ParticipantState.LEFT
+    ) -> None:
+        live = self._rooms.get(participant.claims.room)
+        if state is ParticipantState.REMOVED:
+            participant.remove()
+        else:
+            participant.leave()
+        if live is None or not live.room.discard(participant):
+            return  # replaced by a newer connection, which keeps the media
+        live.negotiations.pop(participant.id, None)
+        log.info("room %s: participant %s %s", live.room.id, participant.id, participant.state)
+        await self._forget_media(live, participant.id)
+        if live.room.empty:
+            await self._teardown(live)
+        else:
+            await self.broadcast_roster(live.room)
+
+    async def end_room(self, room_id: str, until: int) -> None:
+        """End a session for everyone: revoke its tokens, disconnect, close the router."""
+        await self._store.close_room(room_id, until)
+        live = self._rooms.get(room_id)
+        if live is None or not live.room.begin_close():
+            return
+        for p in live.room.active():
+            p.remove()
+            if self.notifier:
+                await self.notifier.drop(
+                    p.sid, RoundtableError("room_closed", "This session has ended.")
+                )
+        await self._teardown(live)
+
+    async def shutdown(self) -> None:
+        for live in list(self._rooms.values()):
+            await self._teardown(live)
+
+    # -- media --------------------------------------------------------------------------
+
+    def _router(self, live: _LiveRoom) -> MediaRouter:
+        if live.router is None:
+            room_id = live.room.id
+            live.router = self._router_factory(room_id, lambda s: self._on_signal(room_id, s))
+        return live.router
+
+    async def publish(self, participant: Participant, offer_sdp: str) -> str:
+        participant.require("publish")
+        live = self._live(participant)
+        kinds = frozenset(k for k in ("audio", "video") if participant.claims.has(k))
+        neg = live.negotiations[participant.id]
+        async with neg.publish_lock:
+            try:
+                answer = await self._router(live).publish(participant.id, offer_sdp, kinds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise _media_error(live, participant, "publish", exc) from exc
+            neg.published = True
+            early, neg.early_candidates = neg.early_candidates, []
+        for candidate in early:
+            await self._add_candidate(live, participant.id, "publish", candidate)
+        return answer
+
+    async def subscribe_answer(self, participant: Participant, answer_sdp: str) -> None:
+        participant.require("subscribe")
+        live = self._live(participant)
+        neg = live.negotiations[participant.id]
+        if not neg.awaiting_answer:
+            raise InvalidPayload("invalid_payload", "There is no subscribe offer to answer.")
+        try:
+            await self._router(live).accept_answer(participant.id, answer_sdp)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _media_error(live, participant, "subscribe.answer", exc) from exc
+        finally:
+            neg.awaiting_answer = False
+        if neg.pending:
+            neg.pending = False
+            self._spawn(live, self._renegotiate(live, participant.id))
+
+    async def ice(
+        self, participant: Participant, leg: str, candidate: dict[str, Any] | None
+    ) -> None:
+        if not participant.admitted:
+            raise Forbidden("forbidden", "You are not admitted to this session yet.")
+        if candidate is not None and ".local" in candidate.get("candidate", ""):
+            # mDNS names are not resolved; the browser's checks reveal its address anyway.
+            return
+        live = self._live(participant)
+        neg = live.negotiations[participant.id]
+        if leg == "publish" and not neg.published:
+            if len(neg.early_candidates) >= MAX_EARLY_CANDIDATES:
+                raise InvalidPayload("invalid_payload", "Too many candidates before the offer.")
+            neg.early_candidates.append(candidate)
+            return
+        await self._add_candidate(live, participant.id, leg, candidate)
+
+    async def _add_candidate(
+        self, live: _LiveRoom, pid: str, leg: str, candidate: dict[str, Any] | None
+    ) -> None:
+        try:
+            await self._router(live).add_ice_candidate(pid, leg, candidate)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A stale or unparsable candidate must not fail the call; ICE has others.
+            log.debug("room %s: candidate for %s/%s ignored: %r", live.room.id, pid, leg, exc)
+
+    def _accept(self, room: Room, subscriber: Participant):
+        def accept(publisher_pid: str, kind: str) -> bool:
+            publisher = room.get(publisher_pid)
+            if publisher is None or not publisher.admitted or not subscriber.admitted:
+                return False
+            if not subscriber.claims.has("subscribe"):
+                return False
+            if (
+                kind == "video"
+                and publisher.role == "client"
+                and not subscriber.claims.has("see_client")
+            ):
+                return False
+            return True
+
+        return accept
+
+    async def _renegotiate(self, live: _LiveRoom, pid: str) -> None:
+        participant = live.room.get(pid)
+        neg = live.negotiations.get(pid)
+        if participant is None or neg is None or not participant.admitted:
+            return
+        if not participant.claims.has("subscribe"):
+            return
+        if neg.awaiting_answer:
+            neg.pending = True
+            return
+        async with neg.lock:
+            if neg.awaiting_answer:
+                neg.pending = True
+                return
+            offer = await self._router(live).subscribe(
+                pid, accept=self._accept(live.room, participant)
+            )
+            if offer is None or not participant.active:
+                return
+            neg.awaiting_answer = True
+        if self.notifier:
+            await self.notifier.send(
+                participant.sid,
+                "subscribe.offer",
+                {
+                    "type": "offer",
+                    "sdp": offer.sdp,
+                    "tracks": [
+                        {
+                            "mid": t.mid,
+                            "participant": t.participant,
+                            "kind": t.kind,
+                            "track": t.track,
+                        }
+                        for t in offer.tracks
+                    ],
+                },
+            )
+
+    def _on_signal(self, room_id: str, signal: MediaSignal) -> None:
+        live = self._rooms.get(room_id)
+        if live is None or live.room.get(signal.pid) is None:
+            return
+        if signal.kind is SignalKind.RENEGOTIATION_NEEDED:
+            self._spawn(live, self._renegotiate(live, signal.pid))
+        elif signal.kind is SignalKind.TRACKS_CHANGED:
+            self._spawn(live, self._tracks_changed(live, signal.pid))
+        elif signal.kind is SignalKind.CONNECTION_STATE and signal.leg == "publish":
+            participant = live.room.get(signal.pid)
+            assert participant is not None
+            changed = False
+            if signal.state == "connected":
+                changed = participant.media_connected()
+            elif signal.state in ("failed", "closed"):
+                changed = participant.media_lost()
+            if changed:
+                self._spawn(live, self.broadcast_roster(live.room))
+
+    async def _tracks_changed(self, live: _LiveRoom, pid: str) -> None:
+        participant = live.room.get(pid)
+        if participant is None or live.router is None:
+            return
+        participant.tracks = [
+            TrackRef(str(getattr(t, "id", "")), str(getattr(t, "kind", "")))
+            for t in live.router.tracks(pid)
+        ]
+        await self.broadcast_roster(live.room)
+
+    async def _forget_media(self, live: _LiveRoom, pid: str) -> None:
+        if live.router is not None:
+            try:
+                await live.router.remove(pid)
+            except Exception:
+                log.exception("room %s: router.remove(%s) failed", live.room.id, pid)
+
+    # -- notifications ------------------------------------------------------------------
+
+    async def broadcast_roster(self, room: Room) -> None:
+        if self.notifier is None:
+            return
+        full = room.roster()
+        for p in room.active():
+            payload = full if p.admitted else {"participants": [p.public()]}
+            await self.notifier.send(p.sid, "roster", payload)
+
+    # -- ownership ----------------------------------------------------------------------
+
+    def _live(self, participant: Participant) -> _LiveRoom:
+        live = self._rooms.get(participant.claims.room)
+        if live is None or live.room.get(participant.id) is not participant:
+            raise Forbidden("forbidden", "You are no longer in this session.")
+        return live
+
+    def spawn_for(self, participant: Participant, coro: Coroutine[Any, Any, None]) -> None:
+        live = self._rooms.get(participant.claims.room)
+        if live is None:
+            coro.close()
+            return
+        self._spawn(live, coro)
+
+    def _spawn(self, live: _LiveRoom, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        live.tasks.add(task)
+        task.add_done_callback(lambda t: self._task_done(live, t))
+
+    @staticmethod
+    def _task_done(live: _LiveRoom, task: asyncio.Task[None]) -> None:
+        live.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("room %s: task failed", live.room.id, exc_info=task.exception())
+
+    async def _teardown(self, live: _LiveRoom) -> None:
+        live.room.begin_close()
+        if self._rooms.get(live.room.id) is live:
+            del self._rooms[live.room.id]
+        current = asyncio.current_task()
+        tasks = [t for t in live.tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if live.router is not None:
+            router, live.router = live.router, None
+            try:
+                await router.close()
+            except Exception:
+                log.exception("room %s: router.close failed", live.room.id)
+        live.room.finish_close()
+        log.info("room %s: closed on this node", live.room.id)

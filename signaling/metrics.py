@@ -1,0 +1,90 @@
+"""Prometheus metrics of the control plane, in a registry owned by the app (not global).
+
+The media plane adds its own collectors (forwarded packets/bytes, forwarding latency) to
+the same registry through ``Metrics.register``; ``/metrics`` renders the lot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _LiveCollector(Collector):
+    """Reads room and participant counts at scrape time instead of mirroring them."""
+
+    def __init__(self, snapshot: Callable[[], tuple[int, dict[str, int]]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        rooms, by_state = self._snapshot()
+        g = GaugeMetricFamily(
+            "roundtable_rooms", "Rooms with at least one participant on this node."
+        )
+        g.add_metric([], rooms)
+        yield g
+        p = GaugeMetricFamily(
+            "roundtable_participants", "Participants on this node by state.", labels=["state"]
+        )
+        for state in ("waiting", "admitted", "connected"):
+            p.add_metric([state], by_state.get(state, 0))
+        yield p
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.refused_joins = Counter(
+            "roundtable_refused_joins",
+            "Joins and API calls refused, by reason (the error code).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.rooms_created = Counter(
+            "roundtable_rooms_created", "Sessions created through the API.", registry=self.registry
+        )
+        self.event_errors = Counter(
+            "roundtable_event_errors",
+            "Socket.IO events refused, by error code.",
+            ["reason"],
+            registry=self.registry,
+        )
+
+        # Pre-create the usual reasons so a scrape shows 0 rather than nothing.
+        for reason in (
+            "token_missing",
+            "token_malformed",
+            "token_bad_signature",
+            "token_bad_algorithm",
+            "token_expired",
+            "token_not_yet_valid",
+            "token_claims_missing",
+            "token_wrong_audience",
+            "token_wrong_issuer",
+            "token_wrong_room",
+            "token_revoked",
+            "invite_used",
+            "room_closed",
+            "room_full",
+            "too_many_requests",
+            "api_key_missing",
+            "api_key_invalid",
+        ):
+            self.refused_joins.labels(reason=reason)
+
+    def watch(self, snapshot: Callable[[], tuple[int, dict[str, int]]]) -> None:
+        self.registry.register(_LiveCollector(snapshot))
+
+    def register(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def refused(self, reason: str) -> None:
+        self.refused_joins.labels(reason=reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,81 @@
+"""A room's membership and lifecycle as an explicit state machine: open → closing → closed.
+
+``closing`` exists because ending a room is not instantaneous: participants are told and
+disconnected and the SFU router is closed; no one may join meanwhile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from signaling.errors import RoomClosed, RoomFull
+from signaling.participant import Participant
+
+
+class RoomState(StrEnum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class Room:
+    """The live participants of one session on this node."""
+
+    id: str
+    max_participants: int
+    state: RoomState = RoomState.OPEN
+    locked: bool = False
+    participants: dict[str, Participant] = field(default_factory=dict)
+
+    def active(self) -> list[Participant]:
+        return [p for p in self.participants.values() if p.active]
+
+    def admitted(self) -> list[Participant]:
+        return [p for p in self.participants.values() if p.admitted]
+
+    def get(self, pid: str) -> Participant | None:
+        return self.participants.get(pid)
+
+    def add(self, participant: Participant) -> Participant | None:
+        """Add a participant; returns the one it replaces (same ``sub`` reconnecting)."""
+        if self.state is not RoomState.OPEN:
+            raise RoomClosed()
+        previous = self.participants.get(participant.id)
+        if previous is not None and not previous.active:
+            previous = None
+        others = sum(1 for p in self.active() if p.id != participant.id)
+        if others >= self.max_participants:
+            raise RoomFull("room_full", f"This session is full ({self.max_participants}).")
+        self.participants[participant.id] = participant
+        return previous
+
+    def discard(self, participant: Participant) -> bool:
+        """Forget a participant that has left; False if another connection replaced it."""
+        if self.participants.get(participant.id) is participant:
+            del self.participants[participant.id]
+            return True
+        return False
+
+    @property
+    def empty(self) -> bool:
+        return not self.active()
+
+    def begin_close(self) -> bool:
+        if self.state is RoomState.OPEN:
+            self.state = RoomState.CLOSING
+            return True
+        return False
+
+    def finish_close(self) -> None:
+        self.state = RoomState.CLOSED
+
+    def roster(self) -> dict[str, Any]:
+        # The waiting room's people are not shown to the room (issue 4 adds a lobby view
+        # for moderators); everyone admitted sees everyone admitted.
+        return {"participants": [p.public() for p in self.admitted()]}
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "locked": self.locked}

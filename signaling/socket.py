@@ -1,0 +1,196 @@
+"""Socket.IO signalling (docs/protocol.md, "Socket.IO") on the app's aiohttp server.
+
+Connect authenticates the token in ``auth`` and joins the room; every later event goes
+through one dispatcher that rate-limits, validates and maps failures to the ``error``
+event and the ack (``signaling.errors``), so no client input can raise into the library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from signaling.errors import (
+    InternalError,
+    RoundtableError,
+    TokenError,
+    TooManyRequests,
+    UnknownEvent,
+    connect_refusal,
+    socket_error,
+)
+from signaling.events import MAX_SDP_BYTES, PARSERS
+from signaling.hub import RoomHub
+from signaling.metrics import Metrics
+from signaling.participant import Participant
+from signaling.ratelimit import SlidingWindow, TokenBucket
+from signaling.tokens import TokenService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketLimits:
+    events_per_second: float = 50.0
+    event_burst: float = 50.0
+    joins_per_ip_per_minute: int = 30
+
+
+@dataclass(slots=True)
+class _Connection:
+    participant: Participant
+    bucket: TokenBucket
+
+
+class SignalingSocket:
+    """The Socket.IO server; also the hub's ``Notifier``."""
+
+    def __init__(
+        self, hub: RoomHub, tokens: TokenService, metrics: Metrics, limits: SocketLimits
+    ) -> None:
+        self._hub = hub
+        self._tokens = tokens
+        self._metrics = metrics
+        self._limits = limits
+        self._joins = SlidingWindow(limits.joins_per_ip_per_minute, 60.0)
+        self._connections: dict[str, _Connection] = {}
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            # None = engine.io's same-origin check (Origin must equal the Host it was
+            # served from); clients without Origin (non-browsers) still need a token.
+            cors_allowed_origins=None,
+            # Large enough for a 64 KiB SDP plus framing so that an oversized SDP gets a
+            # clear `payload_too_large` from us instead of a dropped transport.
+            max_http_buffer_size=4 * MAX_SDP_BYTES,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        self.sio.on("*", self._event)
+        hub.notifier = self
+
+    def attach(self, app: web.Application) -> None:
+        self.sio.attach(app, socketio_path="socket.io")
+
+    # -- Notifier -----------------------------------------------------------------------
+
+    async def send(self, sid: str, event: str, payload: dict[str, Any]) -> None:
+        await self.sio.emit(event, payload, to=sid)
+
+    async def drop(self, sid: str, error: RoundtableError | None) -> None:
+        self._connections.pop(sid, None)
+        if error is not None:
+            await self.sio.emit("error", socket_error(error), to=sid)
+        await self.sio.disconnect(sid)
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        request: web.Request | None = environ.get("aiohttp.request")
+        address = (request.remote if request is not None else None) or environ.get(
+            "REMOTE_ADDR", ""
+        )
+        try:
+            if not self._joins.allow(address):
+                raise TooManyRequests(
+                    "too_many_requests", "Too many joins from your address; wait a minute."
+                )
+            if auth is None:
+                auth = {}
+            if not isinstance(auth, dict):
+                raise TokenError("token_missing", "Connect with auth: {token}.")
+            room = auth.get("room")
+            if room is not None and not isinstance(room, str):
+                raise TokenError("token_wrong_room", "The token is for another session.")
+            claims = await self._tokens.authenticate(
+                auth.get("token"), room=room, consume_invite=True
+            )
+            participant = await self._hub.join(claims, sid)
+        except RoundtableError as err:
+            self._metrics.refused(err.code)
+            log.info("connect %s refused: %s", sid, err.code)
+            raise connect_refusal(err) from None
+        except Exception:
+            log.exception("connect %s failed", sid)
+            self._metrics.refused("internal")
+            raise connect_refusal(InternalError()) from None
+        self._connections[sid] = _Connection(
+            participant, TokenBucket(self._limits.events_per_second, self._limits.event_burst)
+        )
+        self._hub.spawn_for(participant, self._welcome(sid, participant))
+
+    async def _welcome(self, sid: str, participant: Participant) -> None:
+        # python-socketio sends the CONNECT packet after the connect handler returns;
+        # `welcome` must follow it, so wait until the library reports the client connected.
+        for _ in range(200):
+            if self.sio.manager.is_connected(sid, "/"):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            return
+        if self._connections.get(sid) is None or not participant.active:
+            return
+        await self.send(sid, "welcome", self._hub.welcome(participant))
+        await self._hub.start(participant)
+
+    async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        conn = self._connections.pop(sid, None)
+        if conn is not None:
+            await self._hub.leave(conn.participant)
+
+    async def _event(self, event: Any, sid: str, *args: Any) -> dict[str, Any]:
+        conn = self._connections.get(sid)
+        try:
+            if conn is None:
+                raise RoundtableError("forbidden", "This connection has left the session.")
+            if not conn.bucket.allow():
+                raise TooManyRequests("too_many_requests", "Too many events; slow down.")
+            parse = PARSERS.get(event) if isinstance(event, str) else None
+            if parse is None:
+                raise UnknownEvent("unknown_event", "Unknown event.")
+            payload = parse(args)
+            return await self._handle(event, conn.participant, payload)
+        except RoundtableError as err:
+            return await self._refuse(sid, err)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("event from %s failed", sid)
+            return await self._refuse(sid, InternalError())
+
+    async def _refuse(self, sid: str, err: RoundtableError) -> dict[str, Any]:
+        self._metrics.event_errors.labels(reason=err.code).inc()
+        body = socket_error(err)
+        # Both: the ack for clients that asked for one, the event for those that did not.
+        await self.sio.emit("error", body, to=sid)
+        return body
+
+    async def _handle(
+        self, event: str, participant: Participant, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        if event == "publish":
+            answer = await self._hub.publish(participant, payload["sdp"])
+            return {"ok": True, "type": "answer", "sdp": answer}
+        if event == "subscribe.answer":
+            await self._hub.subscribe_answer(participant, payload["sdp"])
+            return {"ok": True}
+        if event == "ice":
+            await self._hub.ice(participant, payload["pc"], payload["candidate"])
+            return {"ok": True}
+        if event == "leave":
+            await self._hub.leave(participant)
+            return {"ok": True}
+        raise UnknownEvent("unknown_event", "Unknown event.")  # pragma: no cover - PARSERS guards
+
+    async def shutdown(self) -> None:
+        for sid in list(self._connections):
+            try:
+                await self.drop(sid, None)
+            except Exception:
+                log.debug("disconnect %s at shutdown failed", sid, exc_info=True)

@@ -1,0 +1,115 @@
+"""State that must outlive one connection and, later, be shared between nodes.
+
+The control plane keeps live objects (``Room``, ``Participant``) in process; what a second
+node or a restart needs — which rooms exist, which have ended, which token ids are
+revoked, which invites were used — goes through ``StateStore``. The in-memory
+implementation serves the embedded single-process mode; a Redis implementation can follow
+behind the same small async interface (every method maps to one Redis command or two).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    """A session as created by ``POST /api/rooms`` (or implicitly by an operator token)."""
+
+    id: str
+    created_at: int
+    expires_at: int
+    closed: bool = False
+
+
+class StateStore(ABC):
+    """Async seam between the control plane and its persistent state.
+
+    Entries about tokens carry ``until`` (the token's ``exp``): after that the token is
+    refused as expired anyway, so the store may forget them (Redis: ``EXPIRE``).
+    """
+
+    @abstractmethod
+    async def put_room(self, room: RoomRecord) -> None: ...
+
+    @abstractmethod
+    async def get_room(self, room_id: str) -> RoomRecord | None: ...
+
+    @abstractmethod
+    async def close_room(self, room_id: str, until: int) -> None:
+        """Mark the room ended; every token for it stops working (see ``is_room_closed``)."""
+
+    @abstractmethod
+    async def is_room_closed(self, room_id: str) -> bool: ...
+
+    @abstractmethod
+    async def revoke_jti(self, jti: str, until: int) -> None: ...
+
+    @abstractmethod
+    async def is_revoked(self, jti: str) -> bool: ...
+
+    @abstractmethod
+    async def use_invite(self, jti: str, until: int) -> bool:
+        """Record the first use of a single-use token; False if it was used before.
+
+        Must be atomic (Redis: ``SET NX``) so two nodes cannot both admit the same invite.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; nothing to do in memory."""
+
+
+class MemoryStore(StateStore):
+    """Single-process store; forgets token entries once their token would be expired."""
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self._now = now
+        self._rooms: dict[str, RoomRecord] = {}
+        self._closed: dict[str, int] = {}
+        self._revoked: dict[str, int] = {}
+        self._used_invites: dict[str, int] = {}
+
+    def _prune(self, table: dict[str, int]) -> None:
+        now = self._now()
+        for key in [k for k, until in table.items() if until < now]:
+            del table[key]
+
+    async def put_room(self, room: RoomRecord) -> None:
+        self._rooms[room.id] = room
+
+    async def get_room(self, room_id: str) -> RoomRecord | None:
+        room = self._rooms.get(room_id)
+        if room is not None and room.expires_at < self._now() and room.id not in self._closed:
+            # An expired room's tokens are expired too; drop the record.
+            del self._rooms[room_id]
+            return None
+        return room
+
+    async def close_room(self, room_id: str, until: int) -> None:
+        self._prune(self._closed)
+        self._closed[room_id] = until
+        room = self._rooms.get(room_id)
+        if room is not None:
+            self._rooms[room_id] = RoomRecord(
+                room.id, room.created_at, room.expires_at, closed=True
+            )
+
+    async def is_room_closed(self, room_id: str) -> bool:
+        return room_id in self._closed
+
+    async def revoke_jti(self, jti: str, until: int) -> None:
+        self._prune(self._revoked)
+        self._revoked[jti] = until
+
+    async def is_revoked(self, jti: str) -> bool:
+        return jti in self._revoked
+
+    async def use_invite(self, jti: str, until: int) -> bool:
+        self._prune(self._used_invites)
+        if jti in self._used_invites:
+            return False
+        self._used_invites[jti] = until
+        return True
