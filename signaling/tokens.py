@@ -162,7 +162,9 @@ class TokenService:
             raise _bad("token_malformed", "The token is not a JWT.") from None
         # Checked before decoding so that `alg: none` and asymmetric algorithms (the
         # classic key-confusion attacks) are named as what they are.
-        if header.get("alg") != ALGORITHM:
+        if not isinstance(header.get("alg"), str):
+            raise _bad("token_malformed", "The token header names no algorithm.")
+        if header["alg"] != ALGORITHM:
             raise _bad("token_bad_algorithm", f"Only {ALGORITHM} tokens are accepted.")
         try:
             payload = jwt.decode(
