@@ -104,6 +104,13 @@ function renderEnded() {
 
 // --- devices -------------------------------------------------------------------------
 
+/** Media kinds the token's grants allow us to publish; everything if we cannot tell. */
+function allowedKinds(claims) {
+  if (!claims || !Array.isArray(claims.grants)) return { audio: true, video: true };
+  const g = new Set(claims.grants);
+  return { audio: g.has("publish") && g.has("audio"), video: g.has("publish") && g.has("video") };
+}
+
 async function startPreview() {
   const hint = $("device-hint");
   const setHint = (key) => {
@@ -114,13 +121,19 @@ async function startPreview() {
     setHint("device.insecure");
     return null;
   }
+  // Ask only for what the token lets us send (the server enforces it anyway).
+  const allowed = allowedKinds(state.claims);
+  if (!allowed.audio && !allowed.video) {
+    setHint("device.listenOnly");
+    return null;
+  }
   setHint("device.starting");
   const video = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
   const attempts = [
     [{ audio: true, video }, "device.ready"],
     [{ audio: true }, "device.audioOnly"],
     [{ video }, "device.videoOnly"],
-  ];
+  ].filter(([c]) => (!c.audio || allowed.audio) && (!c.video || allowed.video));
   let lastError = null;
   for (const [constraints, key] of attempts) {
     try {

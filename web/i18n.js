@@ -36,6 +36,7 @@ const STRINGS = {
     "device.insecure":
       "Kamera und Mikrofon sind nur über eine sichere Verbindung (HTTPS) nutzbar.",
     "device.failed": "Kamera und Mikrofon konnten nicht gestartet werden.",
+    "device.listenOnly": "Sie nehmen ohne Kamera und Mikrofon teil (nur sehen und hören).",
 
     "call.title": "Gespräch",
     "call.participants": "Teilnehmende",
@@ -137,6 +138,7 @@ const STRINGS = {
     "device.notFound": "No camera or microphone found. You can still join and listen.",
     "device.insecure": "Camera and microphone need a secure connection (HTTPS).",
     "device.failed": "Camera and microphone could not be started.",
+    "device.listenOnly": "You take part without camera and microphone (watch and listen only).",
 
     "call.title": "Conversation",
     "call.participants": "Participants",

@@ -80,6 +80,36 @@ class Server:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` as ``{"name{labels}": value}``."""
+        with urllib.request.urlopen(self.base_url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    pass
+        return out
+
+    def _metric_sum(self, name: str) -> float | None:
+        values = [v for k, v in self.metrics().items() if k == name or k.startswith(name + "{")]
+        return sum(values) if values else None
+
+    def participants(self) -> int:
+        """Participants the server holds (all states), from ``/metrics``."""
+        return int(self._metric_sum("roundtable_participants") or 0)
+
+    def peer_connections(self) -> int | None:
+        """Peer connections the SFU holds, if it exports that gauge."""
+        for name in ("roundtable_peer_connections", "roundtable_sfu_peer_connections"):
+            value = self._metric_sum(name)
+            if value is not None:
+                return int(value)
+        return None
+
     def create_room(self, **body: Any) -> dict[str, Any]:
         """``POST /api/rooms``; join links are rebased onto this server's address."""
         status, room = self.request("POST", "/api/rooms", body or {})
@@ -155,12 +185,24 @@ async def open_join(browser: Browser, url: str) -> None:
     await browser.page.wait_for_selector("body[data-ready=true]", timeout=15000)
 
 
-async def join(browser: Browser, url: str) -> None:
-    await open_join(browser, url)
+async def join(browser: Browser, url: str | None = None) -> None:
+    """Open ``url`` (unless the page is already on its link) and press the join button."""
+    if url:
+        await open_join(browser, url)
     await browser.page.get_by_test_id("join-button").click()
-    await browser.page.wait_for_function(
-        "window.roundtable && window.roundtable.you", timeout=15000
-    )
+    await wait_js(browser, "Boolean(window.roundtable && window.roundtable.you)", within=15)
+
+
+async def wait_js(browser: Browser, expression: str, within: float = 10.0) -> Any:
+    """Poll a JS expression until truthy (``wait_for_function`` needs eval, which our CSP forbids)."""
+    start = time.monotonic()
+    while True:
+        value = await browser.page.evaluate(expression)
+        if value:
+            return value
+        if time.monotonic() - start > within:
+            raise AssertionError(f"{browser.name}: {expression} still false after {within}s")
+        await asyncio.sleep(0.1)
 
 
 async def my_id(browser: Browser) -> str:
@@ -264,3 +306,14 @@ def claims_of(url: str) -> dict[str, Any]:
 
 
 Launch = Callable[..., Awaitable[Browser]]
+
+
+async def eventually(check: Callable[[], Any], within: float, what: str) -> Any:
+    """Poll ``check`` (sync) every 0.2 s until it returns something truthy."""
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not within {within}s: {what}")

@@ -1,0 +1,166 @@
+"""Real Chromium pages in a real call through the real server and SFU.
+
+Each page joins through its link, and each must show every other participant's video
+playing (size known, clock running, frames decoded rising). The join → first remote
+frame time is printed for the benchmark notes; it is not asserted (timing goals live in
+bench/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.browser.harness import (
+    Browser,
+    Launch,
+    Server,
+    eventually,
+    join,
+    join_to_first_frame_ms,
+    my_id,
+    open_join,
+    remote_videos,
+    wait_remote_playing,
+    wait_remote_set,
+)
+
+pytestmark = pytest.mark.browser
+
+
+def _partner_token(server: Server, room: str, name: str) -> str:
+    """A partner token from the operator CLI, with the rights an invite would give."""
+    return server.token(
+        room,
+        "partner",
+        name,
+        "--org",
+        "Deutsche Rentenversicherung",
+        "--grants",
+        "publish,subscribe,audio,video,see_client",
+    )
+
+
+async def _join_all(browsers: list[Browser], urls: list[str]) -> dict[str, str]:
+    await asyncio.gather(*(join(b, url) for b, url in zip(browsers, urls, strict=True)))
+    return {b.name: await my_id(b) for b in browsers}
+
+
+async def _all_see_each_other(browsers: list[Browser], ids: dict[str, str]) -> None:
+    everyone = set(ids.values())
+    samples = await asyncio.gather(
+        *(wait_remote_playing(b, everyone - {ids[b.name]}, within=45) for b in browsers)
+    )
+    for b, sample in zip(browsers, samples, strict=True):
+        for pid, video in sample.items():
+            assert video["audio"] >= 1, f"{b.name}: no audio track from {pid}"
+    for b in browsers:
+        ms = await join_to_first_frame_ms(b)
+        print(f"[timing] {b.name}: join click → first remote frame {ms} ms")
+
+
+async def test_two_pages_see_each_other(server: Server, launch: Launch) -> None:
+    room = server.create_room(caseworker_name="Frau Berger", client_name="Herr Yılmaz")
+    caseworker, client = await launch("caseworker"), await launch("client")
+    ids = await _join_all([caseworker, client], [room["caseworker_url"], room["client_url"]])
+
+    await _all_see_each_other([caseworker, client], ids)
+
+    on_caseworker = await remote_videos(caseworker)
+    assert on_caseworker[ids["client"]]["role"] == "client"
+    on_client = await remote_videos(client)
+    assert on_client[ids["caseworker"]]["role"] == "caseworker"
+    # The tile shows the name and the German role label.
+    label = caseworker.page.locator(f'li.tile[data-participant="{ids["client"]}"] .tile-label')
+    assert "Herr Yılmaz" in await label.inner_text()
+    assert "Kundin/Kunde" in await label.inner_text()
+    # The token is taken out of the address bar.
+    assert "token" not in caseworker.page.url
+
+
+async def test_three_pages_see_each_other(server: Server, launch: Launch) -> None:
+    room = server.create_room(caseworker_name="Frau Berger", client_name="Herr Yılmaz")
+    partner_url = server.join_url(_partner_token(server, room["room"], "Frau Sommer"))
+    browsers = [await launch("caseworker"), await launch("client"), await launch("partner")]
+    ids = await _join_all(browsers, [room["caseworker_url"], room["client_url"], partner_url])
+
+    await _all_see_each_other(browsers, ids)
+
+    roles = {v["role"] for v in (await remote_videos(browsers[0])).values()}
+    assert roles == {"client", "partner"}
+
+
+async def test_leaving_removes_tiles(server: Server, launch: Launch) -> None:
+    room = server.create_room()
+    partner_url = server.join_url(_partner_token(server, room["room"], "Herr Adler"))
+    caseworker, client, partner = [await launch(n) for n in ("caseworker", "client", "partner")]
+    ids = await _join_all(
+        [caseworker, client, partner], [room["caseworker_url"], room["client_url"], partner_url]
+    )
+    await _all_see_each_other([caseworker, client, partner], ids)
+    assert server.participants() == 3
+
+    # The partner leaves with the button: its page says so, the others drop its tile.
+    await partner.page.get_by_test_id("leave-button").click()
+    await partner.page.wait_for_selector("#view-ended:not([hidden])", timeout=5000)
+    took = await asyncio.gather(
+        wait_remote_set(caseworker, {ids["client"]}, within=5),
+        wait_remote_set(client, {ids["caseworker"]}, within=5),
+    )
+    print(f"[timing] tiles gone after leave button: {max(took):.2f} s")
+
+    # The client just closes its browser: the caseworker is alone within a few seconds.
+    start = time.monotonic()
+    await client.close()
+    await wait_remote_set(caseworker, set(), within=10)
+    print(f"[timing] tile gone after closing the browser: {time.monotonic() - start:.2f} s")
+    assert await caseworker.page.get_by_test_id("status").inner_text()
+
+    # The server forgot both (participants and their peer connections).
+    await eventually(lambda: server.participants() == 1, 10, "server still holds the others")
+    assert server.peer_connections() in (None, 2)  # the caseworker's publish + subscribe
+
+
+async def test_refused_link_shows_reason(server: Server, launch: Launch) -> None:
+    browser = await launch("stranger")
+    await open_join(browser, server.join_url("not.a.token"))
+    page = browser.page
+    assert await page.get_by_test_id("link-hint").is_visible()
+    await page.get_by_test_id("join-button").click()
+    message = page.get_by_test_id("error-message")
+    await message.wait_for(timeout=10000)
+    assert await message.get_attribute("data-error") == "token_malformed"
+    assert "ungültig" in await message.inner_text()
+    await page.get_by_test_id("lang-toggle").click()
+    assert "invalid" in await message.inner_text()
+    assert await page.evaluate("document.documentElement.lang") == "en"
+
+    # A page opened without any link (a new tab: no token kept for reload) cannot join.
+    page = await browser.context.new_page()
+    await page.goto(server.base_url + "/join")
+    await page.wait_for_selector("body[data-ready=true]")
+    assert await page.get_by_test_id("join-button").is_disabled()
+    # The language choice was remembered.
+    assert await page.evaluate("document.documentElement.lang") == "en"
+
+
+async def test_keyboard_join(server: Server, launch: Launch) -> None:
+    room = server.create_room()
+    browser = await launch("client")
+    await open_join(browser, room["client_url"])
+    page = browser.page
+    for _ in range(10):
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate("document.activeElement.dataset.testid || ''")
+        if focused == "join-button":
+            break
+    else:
+        pytest.fail("the join button is not reachable with Tab")
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector("#view-call:not([hidden])", timeout=10000)
+    for testid in ("mic-toggle", "cam-toggle", "leave-button"):
+        assert await page.get_by_test_id(testid).get_attribute("aria-label")
+    await page.get_by_test_id("mic-toggle").press("Enter")
+    assert await page.get_by_test_id("mic-toggle").get_attribute("aria-pressed") == "true"

@@ -1,0 +1,108 @@
+"""The page itself: every server error has words in both languages, and how it looks.
+
+The screenshots land in ``$ROUNDTABLE_SCREENSHOTS`` (or a temp dir, printed) so a person
+can judge the look; the test asserts only that they were taken of the expected views.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.browser.harness import (
+    ROOT,
+    Launch,
+    Server,
+    join,
+    my_id,
+    open_join,
+    wait_remote_playing,
+)
+
+pytestmark = pytest.mark.browser
+
+
+def _protocol_error_codes() -> list[str]:
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    section = text.split("## Errors", 1)[1].split("\n## ", 1)[0]
+    section = section.split("Token codes:", 1)[1]
+    codes = re.findall(r"`([a-z_]+)`", section)
+    assert len(codes) > 20, codes
+    return codes
+
+
+async def test_every_error_code_has_a_message(server: Server, launch: Launch) -> None:
+    browser = await launch("reader")
+    await open_join(browser, server.base_url + "/join")
+    missing = await browser.page.evaluate(
+        """async (codes) => {
+          const i18n = await import('/static/i18n.js');
+          const missing = [];
+          for (const lang of ['de', 'en']) {
+            i18n.setLang(lang);
+            for (const code of codes) {
+              if (i18n.errorMessage(code, '\\u0000') === '\\u0000') missing.push(`${lang}:${code}`);
+            }
+          }
+          i18n.setLang('de');
+          return missing;
+        }""",
+        _protocol_error_codes(),
+    )
+    assert missing == []
+
+
+def _pngs(path: Path) -> list[str]:
+    return sorted(p.name for p in path.glob("*.png"))
+
+
+@pytest.fixture
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wanted = os.environ.get("ROUNDTABLE_SCREENSHOTS")
+    path = Path(wanted) if wanted else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"\n[screenshots] {path}")
+    return path
+
+
+async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
+    room = server.create_room(caseworker_name="Andrea Berger", client_name="Jürgen Yılmaz")
+    caseworker = await launch("caseworker")
+    client = await launch("client", width=390, height=844)
+
+    await open_join(caseworker, room["caseworker_url"])
+    await caseworker.page.screenshot(path=shots / "1-prejoin-de.png")
+    await caseworker.page.get_by_test_id("join-button").focus()
+    await caseworker.page.keyboard.press("Shift+Tab")
+    await caseworker.page.screenshot(path=shots / "2-prejoin-focus.png")
+    await open_join(client, room["client_url"])
+    await client.page.screenshot(path=shots / "3-prejoin-mobile-de.png", full_page=True)
+
+    await join(caseworker)
+    await caseworker.page.screenshot(path=shots / "4-call-alone-de.png")
+    await join(client)
+    cw_id, cl_id = await my_id(caseworker), await my_id(client)
+    await wait_remote_playing(caseworker, {cl_id})
+    await wait_remote_playing(client, {cw_id})
+    await caseworker.page.screenshot(path=shots / "5-call-two-de.png")
+    await client.page.screenshot(path=shots / "6-call-two-mobile-de.png")
+    await caseworker.page.get_by_test_id("mic-toggle").click()
+    await caseworker.page.get_by_test_id("lang-toggle").click()
+    await caseworker.page.screenshot(path=shots / "7-call-two-en-muted.png")
+
+    await client.page.get_by_test_id("leave-button").click()
+    await client.page.wait_for_selector("#view-ended:not([hidden])")
+    await client.page.screenshot(path=shots / "8-left-mobile-de.png")
+
+    stranger = await launch("stranger")
+    await open_join(stranger, server.join_url("eyJhbGciOiJub25lIn0.e30.x"))
+    await stranger.page.screenshot(path=shots / "9-bad-link-de.png")
+    await stranger.page.get_by_test_id("join-button").click()
+    await stranger.page.get_by_test_id("error-message").wait_for()
+    await stranger.page.screenshot(path=shots / "10-refused-de.png")
+
+    taken = _pngs(shots)
+    assert len(taken) == 10, taken
