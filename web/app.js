@@ -7,6 +7,7 @@ import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t } 
 import { initials, Tiles } from "./ui.js";
 
 const TOKEN_KEY = "roundtable.token";
+const RETRYABLE = new Set(["internal", "timeout", "too_many_requests", "sdp_invalid", "unknown"]);
 
 const $ = (id) => document.getElementById(id);
 
@@ -89,7 +90,8 @@ function showEnded(titleKey, code = null, message = "") {
   state.ended = { titleKey, code, message };
   renderEnded();
   showView("ended");
-  $("rejoin-button").hidden = !state.token || code === "token_missing";
+  // Joining again helps after leaving or a passing fault, not with a refused link.
+  $("rejoin-button").hidden = !state.token || (code !== null && !RETRYABLE.has(code));
   $("ended-title").tabIndex = -1;
   $("ended-title").focus();
 }
@@ -347,6 +349,9 @@ async function main() {
     },
   });
 
+  if (state.claims && (typeof state.claims.room !== "string" || typeof state.claims.sub !== "string")) {
+    state.claims = null; // decodes, but is no room token
+  }
   if (state.claims) {
     $("identity").hidden = false;
     $("me-name").textContent = state.claims.name || "";

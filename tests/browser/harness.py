@@ -80,6 +80,18 @@ class Server:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
+    async def cpu_percent(self, seconds: float) -> float:
+        """CPU the server process used over ``seconds`` (100 = one core)."""
+        import psutil
+
+        proc = psutil.Process(self.proc.pid)
+        before = proc.cpu_times()
+        start = time.monotonic()
+        await asyncio.sleep(seconds)
+        after = proc.cpu_times()
+        used = (after.user - before.user) + (after.system - before.system)
+        return 100.0 * used / (time.monotonic() - start)
+
     def metrics(self) -> dict[str, float]:
         """``/metrics`` as ``{"name{labels}": value}``."""
         with urllib.request.urlopen(self.base_url + "/metrics", timeout=10) as resp:

@@ -90,6 +90,9 @@ async def test_three_pages_see_each_other(server: Server, launch: Launch) -> Non
 
     roles = {v["role"] for v in (await remote_videos(browsers[0])).values()}
     assert roles == {"client", "partner"}
+    print(
+        f"[cpu] server during the three-browser call: {await server.cpu_percent(5.0):.0f}% of one core"
+    )
 
 
 async def test_leaving_removes_tiles(server: Server, launch: Launch) -> None:

@@ -19,6 +19,7 @@ from tests.browser.harness import (
     join,
     my_id,
     open_join,
+    wait_js,
     wait_remote_playing,
 )
 
@@ -82,6 +83,7 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await client.page.screenshot(path=shots / "3-prejoin-mobile-de.png", full_page=True)
 
     await join(caseworker)
+    await wait_js(caseworker, "document.querySelector('[data-testid=local-video]')?.videoWidth > 0")
     await caseworker.page.screenshot(path=shots / "4-call-alone-de.png")
     await join(client)
     cw_id, cl_id = await my_id(caseworker), await my_id(client)
