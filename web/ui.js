@@ -26,6 +26,7 @@ export class Tiles {
     this.tiles = new Map(); // participant id -> {el, video, participant}
     this.streams = new Map(); // participant id -> MediaStream (may arrive before the roster)
     this.selfId = null;
+    if ("ResizeObserver" in window) new ResizeObserver(() => this._layout()).observe(list);
   }
 
   setSelf(participant, localStream) {
@@ -178,6 +179,26 @@ export class Tiles {
   }
 
   _layout() {
-    this.list.dataset.count = String(this.tiles.size);
+    const n = this.tiles.size;
+    this.list.dataset.count = String(n);
+    if (n === 0) return;
+    // Pick the column count that makes 4:3 tiles largest in the space available.
+    const gap = 12;
+    const width = this.list.clientWidth;
+    const height = this.list.clientHeight;
+    if (!width || !height) return;
+    let best = { cols: 1, tileW: 0 };
+    for (let cols = 1; cols <= n; cols++) {
+      const rows = Math.ceil(n / cols);
+      const byWidth = (width - gap * (cols - 1)) / cols;
+      const byHeight = ((height - gap * (rows - 1)) / rows) * (4 / 3);
+      const tileW = Math.min(byWidth, byHeight);
+      if (tileW > best.tileW) best = { cols, tileW };
+    }
+    // Never smaller than a readable tile: below that the stage scrolls instead.
+    const tileW = Math.max(Math.floor(best.tileW), Math.min(width, 220));
+    this.list.style.setProperty("--gap", `${gap}px`);
+    this.list.style.setProperty("--cols", String(best.cols));
+    this.list.style.setProperty("--tile-w", `${tileW}px`);
   }
 }

@@ -57,6 +57,8 @@ async def _all_see_each_other(browsers: list[Browser], ids: dict[str, str]) -> N
         for pid, video in sample.items():
             assert video["audio"] >= 1, f"{b.name}: no audio track from {pid}"
     for b in browsers:
+        errors = [line for line in b.console if line.startswith("pageerror")]
+        assert errors == [], f"{b.name}: {errors}"
         ms = await join_to_first_frame_ms(b)
         print(f"[timing] {b.name}: join click → first remote frame {ms} ms")
 
@@ -167,3 +169,18 @@ async def test_keyboard_join(server: Server, launch: Launch) -> None:
         assert await page.get_by_test_id(testid).get_attribute("aria-label")
     await page.get_by_test_id("mic-toggle").press("Enter")
     assert await page.get_by_test_id("mic-toggle").get_attribute("aria-pressed") == "true"
+
+
+async def test_reload_rejoins_without_anyone_else_reloading(server: Server, launch: Launch) -> None:
+    """A reload keeps the link (per tab) and the others get the new tracks by re-offer."""
+    room = server.create_room()
+    caseworker, client = await launch("caseworker"), await launch("client")
+    ids = await _join_all([caseworker, client], [room["caseworker_url"], room["client_url"]])
+    await _all_see_each_other([caseworker, client], ids)
+
+    await client.page.reload()
+    await client.page.wait_for_selector("body[data-ready=true]")
+    await join(client)
+    assert await my_id(client) == ids["client"]
+    await wait_remote_playing(caseworker, {ids["client"]}, within=30)
+    await wait_remote_playing(client, {ids["caseworker"]}, within=30)

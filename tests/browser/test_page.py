@@ -91,6 +91,20 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await wait_remote_playing(client, {cw_id})
     await caseworker.page.screenshot(path=shots / "5-call-two-de.png")
     await client.page.screenshot(path=shots / "6-call-two-mobile-de.png")
+    partner = await launch("partner")
+    partner_token = server.token(
+        room["room"],
+        "partner",
+        "Dr. Petra Sommer",
+        "--org",
+        "Deutsche Rentenversicherung",
+        "--grants",
+        "publish,subscribe,audio,video,see_client",
+    )
+    await join(partner, server.join_url(partner_token))
+    await wait_remote_playing(caseworker, {cl_id, await my_id(partner)})
+    await caseworker.page.screenshot(path=shots / "6b-call-three-de.png")
+    await partner.close()
     await caseworker.page.get_by_test_id("mic-toggle").click()
     await caseworker.page.get_by_test_id("lang-toggle").click()
     await caseworker.page.screenshot(path=shots / "7-call-two-en-muted.png")
@@ -107,4 +121,4 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await stranger.page.screenshot(path=shots / "10-refused-de.png")
 
     taken = _pngs(shots)
-    assert len(taken) == 10, taken
+    assert len(taken) == 11, taken
