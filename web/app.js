@@ -81,7 +81,7 @@ function setStatus(key, vars = {}) {
 }
 
 function showView(name) {
-  for (const v of ["prejoin", "call", "ended"]) $(`view-${v}`).hidden = v !== name;
+  for (const v of ["prejoin", "waiting", "call", "ended"]) $(`view-${v}`).hidden = v !== name;
   $("callbar").hidden = name !== "call";
   document.body.dataset.view = name;
 }
@@ -225,7 +225,10 @@ function join() {
   call.addEventListener("welcome", ({ detail }) => {
     roundtable.you = detail.you;
     if (detail.you.state === "waiting") {
+      showView("waiting");
       setStatus("status.waiting");
+      $("waiting-title").tabIndex = -1;
+      $("waiting-title").focus();
       return;
     }
     enterCall(detail.you);
@@ -376,6 +379,7 @@ async function main() {
   }
   $("join-button").addEventListener("click", join);
   $("leave-button").addEventListener("click", leave);
+  $("waiting-leave").addEventListener("click", leave);
   $("rejoin-button").addEventListener("click", () => location.reload());
   $("sound-button").addEventListener("click", () => {
     state.tiles.enableSound();
@@ -394,7 +398,15 @@ async function main() {
   state.stream = await startPreview();
   if (state.stream) showPreview(state.stream);
   else updateToggles();
-  joinButton.disabled = !canJoin;
+  // Whoever comes through the waiting room first agrees to the consent text.
+  const consent = $("consent");
+  const needsConsent = Boolean(state.claims && state.claims.lobby);
+  $("consent-row").hidden = !needsConsent;
+  const updateJoin = () => {
+    joinButton.disabled = !canJoin || (needsConsent && !consent.checked);
+  };
+  consent.addEventListener("change", updateJoin);
+  updateJoin();
   document.body.dataset.ready = "true";
 }
 

@@ -24,6 +24,12 @@ const STRINGS = {
     "prejoin.badLink":
       "Der Zugangslink scheint unvollständig zu sein. Sie können es trotzdem versuchen.",
     "prejoin.expiredLink": "Dieser Zugangslink ist vermutlich abgelaufen.",
+    "prejoin.consent":
+      "Ich habe verstanden: Das Gespräch wird nicht aufgezeichnet. Ich nehme freiwillig mit Bild und Ton teil und kann jederzeit gehen.",
+
+    "waiting.title": "Sie sind im Warteraum",
+    "waiting.text":
+      "Sie werden gleich hereingelassen. Bitte lassen Sie diese Seite geöffnet. Bis dahin wird weder Bild noch Ton übertragen.",
 
     "device.starting": "Kamera und Mikrofon werden gestartet …",
     "device.ready": "Kamera und Mikrofon sind bereit.",
@@ -128,6 +134,12 @@ const STRINGS = {
       "This page is missing your personal access link. Please open the link you received.",
     "prejoin.badLink": "The access link looks incomplete. You can still try to join.",
     "prejoin.expiredLink": "This access link has probably expired.",
+    "prejoin.consent":
+      "I understand: the conversation is not recorded. I take part with picture and sound of my own free will and may leave at any time.",
+
+    "waiting.title": "You are in the waiting room",
+    "waiting.text":
+      "You will be let in shortly. Please keep this page open. No picture or sound is sent until then.",
 
     "device.starting": "Starting camera and microphone …",
     "device.ready": "Camera and microphone are ready.",

@@ -184,3 +184,28 @@ async def test_reload_rejoins_without_anyone_else_reloading(server: Server, laun
     assert await my_id(client) == ids["client"]
     await wait_remote_playing(caseworker, {ids["client"]}, within=30)
     await wait_remote_playing(client, {ids["caseworker"]}, within=30)
+
+
+async def test_waiting_room_sends_and_receives_nothing(server: Server, launch: Launch) -> None:
+    """A lobby token: consent first, then the waiting room, with no media either way."""
+    room = server.create_room()
+    caseworker, waiting = await launch("caseworker"), await launch("waiting")
+    await join(caseworker, room["caseworker_url"])
+    lobby_url = server.join_url(server.token(room["room"], "client", "Frau Öztürk", "--lobby"))
+
+    await open_join(waiting, lobby_url)
+    page = waiting.page
+    join_button = page.get_by_test_id("join-button")
+    assert await join_button.is_disabled()
+    await page.get_by_test_id("consent").check()
+    assert await join_button.is_enabled()
+    await join(waiting)
+    await page.get_by_test_id("waiting-room").wait_for(timeout=10000)
+    assert "Warteraum" in await page.get_by_test_id("status").inner_text()
+
+    await asyncio.sleep(2)
+    assert await remote_videos(waiting) == {}
+    assert await page.evaluate(
+        "window.roundtable.pcs.publish === null && window.roundtable.pcs.subscribe === null"
+    )
+    assert await remote_videos(caseworker) == {}

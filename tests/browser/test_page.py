@@ -120,5 +120,15 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await stranger.page.get_by_test_id("error-message").wait_for()
     await stranger.page.screenshot(path=shots / "10-refused-de.png")
 
+    lobby = await launch("lobby", width=1024, height=720)
+    await open_join(
+        lobby, server.join_url(server.token(room["room"], "client", "Sevgi Öztürk", "--lobby"))
+    )
+    await lobby.page.screenshot(path=shots / "11-prejoin-consent-de.png")
+    await lobby.page.get_by_test_id("consent").check()
+    await join(lobby)
+    await lobby.page.get_by_test_id("waiting-room").wait_for()
+    await lobby.page.screenshot(path=shots / "12-waiting-room-de.png")
+
     taken = _pngs(shots)
-    assert len(taken) == 11, taken
+    assert len(taken) == 13, taken
