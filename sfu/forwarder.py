@@ -1,0 +1,303 @@
+"""The hot path: one published track fanned out to per-subscriber legs, packet by packet.
+
+A :class:`Forwarder` receives each decrypted RTP packet of one published track and hands
+it to every attached :class:`Leg`. A leg is that track on one subscriber's connection:
+it owns the subscriber-side SSRC, payload type, sequence numbers and timestamps, a
+bounded queue, and the task that drains it, so one stalled subscriber only ever fills
+its own queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket, unwrap_rtx
+
+from . import aiortc_hooks as hooks
+from .codecs import forwardable, keyframe_detector
+from .stats import RoomStats
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!BBHII")
+_HISTORY = 512  # packets kept per leg to answer a subscriber's NACK
+
+
+class Forwarder:
+    """One published track (a publisher's receiver) and the legs it feeds."""
+
+    def __init__(
+        self,
+        track_id: str,
+        publisher_id: str,
+        kind: str,
+        receiver: RTCRtpReceiver,
+        stats: RoomStats,
+        keyframe_interval: float,
+    ) -> None:
+        self.track_id = track_id
+        self.publisher_id = publisher_id
+        self.kind = kind
+        self.codec: RTCRtpCodecParameters | None = None
+        self.legs: list[Leg] = []
+        self.paused = False
+        self.ssrc: int | None = None
+        self._receiver = receiver
+        self._stats = stats
+        self._is_key: Callable[[bytes], bool] | None = None
+        self._keyframe_interval = keyframe_interval
+        self._last_pli = -1e9
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def ready(self) -> bool:
+        return self.codec is not None
+
+    def set_codecs(self, codecs: list[RTCRtpCodecParameters]) -> None:
+        """Called once the receiver knows the negotiated codecs; the first is what flows."""
+        primary = next((c for c in codecs if forwardable(c)), None)
+        self.codec = primary
+        self._is_key = keyframe_detector(primary.mimeType) if primary else None
+
+    def tap(self, packet: RtpPacket, codecs: dict[int, RTCRtpCodecParameters]) -> None:
+        """Per incoming packet: classify once, then queue it on every leg."""
+        codec = codecs.get(packet.payload_type)
+        if codec is None or self.codec is None or self.paused:
+            return
+        if codec.payloadType != self.codec.payloadType:
+            if codec.name.lower() != "rtx" or self.ssrc is None:
+                return  # FEC, RED, or a codec the legs were not negotiated for
+            if len(packet.payload) < 2:
+                return
+            # A retransmission the SFU asked for: forward the repaired packet.
+            packet = unwrap_rtx(packet, payload_type=self.codec.payloadType, ssrc=self.ssrc)
+        payload = packet.payload
+        if not payload:
+            return  # padding-only bandwidth probe
+        self.ssrc = packet.ssrc
+        key = self._is_key(payload) if self._is_key is not None else False
+        now = time.perf_counter_ns()
+        stats = self._stats
+        stats.packets_in += 1
+        stats.bytes_in += len(payload)
+        for leg in self.legs:
+            leg.push(packet, key, now)
+
+    def request_keyframe(self) -> None:
+        """Relay a key-frame request (PLI) to the publisher, at most once per interval."""
+        if self.kind != "video" or self.ssrc is None:
+            return
+        now = time.monotonic()
+        if now - self._last_pli < self._keyframe_interval:
+            return
+        self._last_pli = now
+        self._stats.keyframe_requests += 1
+        task = asyncio.ensure_future(hooks.request_keyframe(self._receiver, self.ssrc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for leg in list(self.legs):
+            leg.detach()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Leg:
+    """One forwarded track on one subscriber connection.
+
+    Sequence numbers and timestamps are rewritten so the subscriber sees one continuous
+    stream whatever happens upstream:
+
+    * within one source, ``out = in + offset``, so upstream loss stays visible as a gap
+      the subscriber can NACK, and reordering is preserved;
+    * after packets were dropped here (queue overflow, waiting for a key frame), the
+      sequence offset is rebased so the subscriber sees no gap we made ourselves;
+    * when the source changes (publisher restarted, track replaced, leg reused for
+      another publisher), the timestamp offset is rebased too, continuing from the
+      last timestamp sent plus the wall-clock time since.
+
+    Video waits for the first packet of a key frame before anything passes, and asks
+    the publisher for one (rate-limited in :meth:`Forwarder.request_keyframe`).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        transceiver: Any,
+        stats: RoomStats,
+        queue_limit: int,
+    ) -> None:
+        self.kind = kind
+        self.transceiver = transceiver
+        self.sender: RTCRtpSender = transceiver.sender
+        self.source: Forwarder | None = None
+        self.track_id: str | None = None
+        self._stats = stats
+        self._queue: deque[tuple[RtpPacket, int]] = deque()
+        self._limit = queue_limit
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._waiting_key = kind == "video"
+        self._configured = False
+        self._pt = 0
+        self._ssrc = self.sender._ssrc
+        self._ext = b""
+        self._first_byte = 0x80
+        self._clock_rate = 90000
+        # rewriting state
+        self._in_ssrc: int | None = None
+        self._seq_off = 0
+        self._ts_off = 0
+        self._rebase = True
+        self._last_out_seq = random.randint(0, 0x7FFF)
+        self._last_out_ts = random.getrandbits(32)
+        self._last_out_time = 0.0
+        self._history: dict[int, bytes] = {}
+        hooks.take_over_sender(self.sender, self.on_keyframe_request, self.retransmit)
+
+    # -- wiring ----------------------------------------------------------------------
+
+    def configure(
+        self, payload_type: int, clock_rate: int, mid: str | None, mid_ext_id: int | None
+    ) -> None:
+        """Set what the subscriber negotiated for this leg (after its answer)."""
+        self._pt = payload_type
+        self._clock_rate = clock_rate
+        if mid and mid_ext_id:
+            # RFC 8285 one-byte header: 0xBEDE, length in words, then id/len + value.
+            element = bytes([(mid_ext_id << 4) | (len(mid.encode()) - 1)]) + mid.encode()
+            element += b"\x00" * (-len(element) % 4)
+            self._ext = b"\xbe\xde" + struct.pack("!H", len(element) // 4) + element
+            self._first_byte = 0x90
+        else:
+            self._ext, self._first_byte = b"", 0x80
+        self._configured = True
+
+    def attach(self, source: Forwarder) -> None:
+        self.detach()
+        self.source = source
+        self.track_id = source.track_id
+        self._waiting_key = self.kind == "video"
+        self._rebase = True
+        source.legs.append(self)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        source.request_keyframe()
+
+    def detach(self) -> None:
+        if self.source is not None:
+            try:
+                self.source.legs.remove(self)
+            except ValueError:
+                pass
+        self.source = None
+        self.track_id = None
+        self._queue.clear()
+
+    async def close(self) -> None:
+        self.detach()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    # -- hot path --------------------------------------------------------------------
+
+    def push(self, packet: RtpPacket, key: bool, t_in: int) -> None:
+        if self._waiting_key:
+            if not key:
+                self.source.request_keyframe()  # type: ignore[union-attr]
+                return
+            self._waiting_key = False
+            self._rebase = True
+        queue = self._queue
+        if len(queue) >= self._limit:
+            # This subscriber is not draining: drop what it could not take, rather than
+            # delaying it further, and restart it at the next key frame.
+            self._stats.dropped += len(queue) + 1
+            queue.clear()
+            self._rebase = True
+            if self.kind == "video":
+                self._waiting_key = True
+                self.source.request_keyframe()  # type: ignore[union-attr]
+            return
+        queue.append((packet, t_in))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        queue, wake, stats = self._queue, self._wake, self._stats
+        observe = stats.latency.observe
+        while True:
+            await wake.wait()
+            wake.clear()
+            while queue:
+                packet, t_in = queue.popleft()
+                if not self._configured:
+                    continue
+                data, ts = self._rewrite(packet)
+                try:
+                    await hooks.send_rtp(self.sender, data)
+                except ConnectionError:
+                    # Not connected yet (or gone): what reaches the subscriber later
+                    # must start at a key frame again.
+                    self._waiting_key = self.kind == "video"
+                    self._rebase = True
+                    queue.clear()
+                    break
+                observe(time.perf_counter_ns() - t_in)
+                stats.packets_out += 1
+                stats.bytes_out += len(data)
+                hooks.update_sender_report(self.sender, ts, len(packet.payload))
+
+    def _rewrite(self, p: RtpPacket) -> tuple[bytes, int]:
+        seq, ts = p.sequence_number, p.timestamp
+        if p.ssrc != self._in_ssrc or self._rebase:
+            if p.ssrc != self._in_ssrc:
+                step = 1
+                if self._last_out_time:
+                    step = max(1, int((time.monotonic() - self._last_out_time) * self._clock_rate))
+                self._ts_off = (self._last_out_ts + step - ts) & 0xFFFFFFFF
+                self._in_ssrc = p.ssrc
+            self._seq_off = (self._last_out_seq + 1 - seq) & 0xFFFF
+            self._rebase = False
+        out_seq = (seq + self._seq_off) & 0xFFFF
+        out_ts = (ts + self._ts_off) & 0xFFFFFFFF
+        if (out_seq - self._last_out_seq) & 0xFFFF < 0x8000:  # newer than the last sent
+            self._last_out_seq = out_seq
+            self._last_out_ts = out_ts
+            self._last_out_time = time.monotonic()
+        data = (
+            _HEADER.pack(self._first_byte, (p.marker << 7) | self._pt, out_seq, out_ts, self._ssrc)
+            + self._ext
+            + p.payload
+        )
+        self._history[out_seq % _HISTORY] = data
+        return data, out_ts
+
+    # -- feedback from the subscriber -----------------------------------------------
+
+    def on_keyframe_request(self) -> None:
+        if self.source is not None:
+            self.source.request_keyframe()
+
+    async def retransmit(self, sequence_number: int) -> None:
+        data = self._history.get(sequence_number % _HISTORY)
+        if data is not None and (data[2] << 8 | data[3]) == sequence_number:
+            try:
+                await hooks.send_rtp(self.sender, data)
+            except ConnectionError:
+                pass

@@ -1,0 +1,97 @@
+"""A participant's publish connection: the browser offers, the SFU answers and receives."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from . import aiortc_hooks as hooks
+from .forwarder import Forwarder
+from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
+from .stats import RoomStats
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Receives one participant's tracks and owns a :class:`Forwarder` for each.
+
+    Kinds the participant may not publish are answered ``inactive`` and never get a
+    forwarder, so a hand-made client that sends them anyway reaches nobody.
+    """
+
+    def __init__(
+        self,
+        pid: str,
+        kinds: frozenset[str],
+        stats: RoomStats,
+        keyframe_interval: float,
+        on_tracks_changed: Callable[[], None],
+        on_state: Callable[[str], None],
+    ) -> None:
+        self.pid = pid
+        self.kinds = kinds
+        self.forwarders: dict[str, Forwarder] = {}  # by publish-side mid
+        self.pc: RTCPeerConnection = new_peer_connection()
+        self._stats = stats
+        self._keyframe_interval = keyframe_interval
+        self._on_tracks_changed = on_tracks_changed
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", lambda: on_state(self.pc.connectionState))
+
+    async def negotiate(self, offer_sdp: str) -> str:
+        """Apply the browser's (re-)offer and return the SFU's answer."""
+        await set_remote(self.pc, RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        # A re-offer may stop sending a track (screen share ended): drop its forwarder.
+        receiving = {
+            t.mid
+            for t in self.pc.getTransceivers()
+            if t.currentDirection in ("recvonly", "sendrecv")
+        }
+        gone = [mid for mid in self.forwarders if mid not in receiving]
+        for mid in gone:
+            await self.forwarders.pop(mid).close()
+        if gone:
+            self._on_tracks_changed()
+        return self.pc.localDescription.sdp
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        transceiver = next(
+            (t for t in self.pc.getTransceivers() if t.receiver.track is track), None
+        )
+        if transceiver is None:
+            return
+        if track.kind not in self.kinds:
+            transceiver.direction = "inactive"
+            log.info("publisher %s: %s not granted, answered inactive", self.pid, track.kind)
+            return
+        mid = transceiver.mid
+        fwd = Forwarder(
+            track_id=f"{self.pid}:{mid}",
+            publisher_id=self.pid,
+            kind=track.kind,
+            receiver=transceiver.receiver,
+            stats=self._stats,
+            keyframe_interval=self._keyframe_interval,
+        )
+        self.forwarders[mid] = fwd
+
+        def on_receive(codecs: list) -> None:
+            fwd.set_codecs(codecs)
+            if fwd.ready:
+                self._on_tracks_changed()
+
+        hooks.tap_receiver(transceiver.receiver, fwd.tap, on_receive)
+
+    async def add_ice_candidate(self, candidate: dict | None) -> None:
+        await add_candidate(self.pc, candidate)
+
+    async def close(self) -> None:
+        for fwd in self.forwarders.values():
+            await fwd.close()
+        self.forwarders.clear()
+        await close_quietly(self.pc)

@@ -1,0 +1,238 @@
+"""One router per room: publishers, subscribers and the forwarding between them.
+
+The router knows participant ids, tracks and peer connections, never roles, names or
+tokens: the control plane decides who may publish which kinds and who may receive
+what, and tells the router through :meth:`Router.publish` (``kinds``) and
+:meth:`Router.subscribe` (``accept``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import MediaError
+from .forwarder import Forwarder
+from .publisher import Publisher
+from .stats import RoomStats
+from .subscriber import Accept, OfferedTrack, SubscribeOffer, Subscriber
+
+log = logging.getLogger(__name__)
+
+ALL_KINDS = frozenset({"audio", "video"})
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """Media-plane settings, built by ``server/`` from the one typed config."""
+
+    media_host: str | None = None
+    video_queue: int = 256  # packets a subscriber leg may lag behind before it drops
+    audio_queue: int = 64
+    keyframe_interval: float = 0.3  # seconds between PLIs relayed to one publisher
+
+
+@dataclass(frozen=True, slots=True)
+class TrackInfo:
+    id: str
+    kind: str
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TracksChanged:
+    pid: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenegotiationNeeded:
+    pid: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    pid: str
+    leg: str  # "publish" | "subscribe"
+    state: str
+
+
+RouterEvent = TracksChanged | RenegotiationNeeded | ConnectionState
+
+
+class Router:
+    """Forwards encoded media between the participants of one room."""
+
+    def __init__(
+        self,
+        room_id: str,
+        config: MediaConfig | None = None,
+        on_event: Callable[[RouterEvent], None] | None = None,
+    ) -> None:
+        self.room_id = room_id
+        self.config = config or MediaConfig()
+        self.stats = RoomStats()
+        self.publishers: dict[str, Publisher] = {}
+        self.subscribers: dict[str, Subscriber] = {}
+        self._on_event = on_event or (lambda event: None)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.closed = False
+
+    # -- control-plane API --------------------------------------------------------
+
+    async def publish(self, pid: str, offer_sdp: str, kinds: frozenset[str] = ALL_KINDS) -> str:
+        """Apply ``pid``'s publish offer (first or re-offer); returns the SFU's answer."""
+        self._check_open()
+        async with self._lock(pid):
+            publisher = self.publishers.get(pid)
+            if publisher is None:
+                publisher = Publisher(
+                    pid,
+                    frozenset(kinds),
+                    self.stats,
+                    self.config.keyframe_interval,
+                    on_tracks_changed=lambda: self._tracks_changed(pid),
+                    on_state=lambda state: self._emit(ConnectionState(pid, "publish", state)),
+                )
+                self.publishers[pid] = publisher
+            try:
+                return await publisher.negotiate(offer_sdp)
+            except MediaError:
+                if not publisher.forwarders and publisher.pc.remoteDescription is None:
+                    await self.publishers.pop(pid).close()
+                raise
+
+    async def subscribe(self, pid: str, accept: Accept | None = None) -> SubscribeOffer | None:
+        """Register ``pid`` as a subscriber and return an offer if its tracks changed.
+
+        ``None`` means nothing to (re)negotiate now — no tracks yet, nothing changed, or an
+        offer is still waiting for its answer (a new one is asked for after it).
+        """
+        self._check_open()
+        async with self._lock(pid):
+            subscriber = self.subscribers.get(pid)
+            if subscriber is None:
+                subscriber = Subscriber(
+                    pid,
+                    self.stats,
+                    self.config.video_queue,
+                    self.config.audio_queue,
+                    on_state=lambda state: self._emit(ConnectionState(pid, "subscribe", state)),
+                )
+                self.subscribers[pid] = subscriber
+            if accept is not None:
+                subscriber.accept = accept
+            return await subscriber.offer(self._forwarders())
+
+    async def accept_answer(self, pid: str, answer_sdp: str) -> None:
+        self._check_open()
+        subscriber = self.subscribers.get(pid)
+        if subscriber is None:
+            raise MediaError("no_offer", "There is no subscribe offer waiting for an answer.")
+        async with self._lock(pid):
+            due = await subscriber.accept_answer(answer_sdp)
+        if due:
+            self._emit(RenegotiationNeeded(pid))
+
+    async def add_ice_candidate(self, pid: str, leg: str, candidate: dict | None) -> None:
+        self._check_open()
+        if leg == "publish":
+            if pid in self.publishers:
+                await self.publishers[pid].add_ice_candidate(candidate)
+        elif leg == "subscribe":
+            if pid in self.subscribers:
+                await self.subscribers[pid].add_ice_candidate(candidate)
+        else:
+            raise MediaError("invalid_payload", "pc must be 'publish' or 'subscribe'.")
+
+    def set_paused(self, pid: str, kind: str, paused: bool) -> None:
+        """Stop (or resume) forwarding ``pid``'s tracks of ``kind`` — e.g. a moderator mute."""
+        publisher = self.publishers.get(pid)
+        if publisher is None:
+            return
+        for fwd in publisher.forwarders.values():
+            if fwd.kind == kind:
+                fwd.paused = paused
+                if not paused:
+                    for leg in fwd.legs:
+                        leg.on_keyframe_request()
+
+    def tracks(self, pid: str) -> list[TrackInfo]:
+        publisher = self.publishers.get(pid)
+        if publisher is None:
+            return []
+        return [
+            TrackInfo(id=f.track_id, kind=f.kind, paused=f.paused)
+            for f in publisher.forwarders.values()
+            if f.ready
+        ]
+
+    async def remove(self, pid: str) -> None:
+        """Drop everything of ``pid``: its media stops reaching anyone at once."""
+        publisher = self.publishers.pop(pid, None)
+        subscriber = self.subscribers.pop(pid, None)
+        if publisher is not None:
+            gone = {f.track_id for f in publisher.forwarders.values()}
+            for other in self.subscribers.values():
+                other.drop_source(gone)
+            await publisher.close()
+        if subscriber is not None:
+            await subscriber.close()
+        self._locks.pop(pid, None)
+        if publisher is not None:
+            self._tracks_changed(pid)
+
+    async def close(self) -> None:
+        self.closed = True
+        for pid in list(self.publishers) + list(self.subscribers):
+            publisher = self.publishers.pop(pid, None)
+            subscriber = self.subscribers.pop(pid, None)
+            if publisher is not None:
+                await publisher.close()
+            if subscriber is not None:
+                await subscriber.close()
+        self._locks.clear()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _forwarders(self) -> list[Forwarder]:
+        return [f for p in self.publishers.values() for f in p.forwarders.values()]
+
+    def _tracks_changed(self, pid: str) -> None:
+        if self.closed:
+            return
+        self._emit(TracksChanged(pid))
+        for other in self.subscribers:
+            if other != pid:
+                self._emit(RenegotiationNeeded(other))
+
+    def _emit(self, event: RouterEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("router %s: event handler failed for %s", self.room_id, event)
+
+    def _lock(self, pid: str) -> asyncio.Lock:
+        lock = self._locks.get(pid)
+        if lock is None:
+            lock = self._locks[pid] = asyncio.Lock()
+        return lock
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise MediaError("room_closed", "This room's media router is closed.")
+
+
+__all__ = [
+    "ALL_KINDS",
+    "ConnectionState",
+    "MediaConfig",
+    "OfferedTrack",
+    "RenegotiationNeeded",
+    "Router",
+    "RouterEvent",
+    "SubscribeOffer",
+    "TrackInfo",
+    "TracksChanged",
+]

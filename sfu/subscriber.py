@@ -1,0 +1,166 @@
+"""A participant's subscribe connection: the SFU offers the tracks it forwards to them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from . import aiortc_hooks as hooks
+from .codecs import preference_for
+from .errors import MediaError
+from .forwarder import Forwarder, Leg
+from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
+from .stats import RoomStats
+
+log = logging.getLogger(__name__)
+
+Accept = Callable[[str, str], bool]  # (publisher id, kind) -> may this subscriber get it
+
+
+@dataclass(frozen=True, slots=True)
+class OfferedTrack:
+    mid: str
+    participant: str
+    kind: str
+    track: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeOffer:
+    sdp: str
+    tracks: tuple[OfferedTrack, ...]
+
+
+class Subscriber:
+    """Owns the legs that carry other participants' tracks to one participant.
+
+    Negotiation is one offer at a time: a change while an offer is outstanding marks the
+    subscriber dirty, and the router asks for a new offer once the answer arrived.
+    Transceivers of removed tracks go ``inactive`` and are reused for the next track of
+    the same kind and codec, so the SDP does not grow for ever as partners come and go.
+    """
+
+    def __init__(
+        self,
+        pid: str,
+        stats: RoomStats,
+        video_queue: int,
+        audio_queue: int,
+        on_state: Callable[[str], None],
+    ) -> None:
+        self.pid = pid
+        self.accept: Accept = lambda publisher, kind: True
+        self.pc: RTCPeerConnection | None = None
+        self.legs: dict[str, Leg] = {}  # active, by track id
+        self.negotiating = False
+        self.dirty = False
+        self._idle: list[Leg] = []
+        self._pending: list[tuple[Leg, Forwarder]] = []
+        self._stats = stats
+        self._queues = {"video": video_queue, "audio": audio_queue}
+        self._on_state = on_state
+
+    def _wanted(self, forwarders: list[Forwarder]) -> dict[str, Forwarder]:
+        return {
+            f.track_id: f
+            for f in forwarders
+            if f.ready and f.publisher_id != self.pid and self.accept(f.publisher_id, f.kind)
+        }
+
+    async def offer(self, forwarders: list[Forwarder]) -> SubscribeOffer | None:
+        """A new offer if what this participant should receive changed, else ``None``."""
+        if self.negotiating:
+            self.dirty = True
+            return None
+        wanted = self._wanted(forwarders)
+        current = set(self.legs)
+        if wanted.keys() == current:
+            return None
+        if self.pc is None:
+            self.pc = new_peer_connection()
+            pc = self.pc
+            pc.on("connectionstatechange", lambda: self._on_state(pc.connectionState))
+        for track_id in current - wanted.keys():
+            leg = self.legs.pop(track_id)
+            leg.detach()
+            leg.transceiver.direction = "inactive"
+            self._idle.append(leg)
+        self._pending = []
+        for track_id in sorted(wanted.keys() - current):
+            fwd = wanted[track_id]
+            leg = self._reuse(fwd) or self._new_leg(fwd)
+            leg.transceiver.direction = "sendonly"
+            leg.track_id = track_id
+            self.legs[track_id] = leg
+            self._pending.append((leg, fwd))
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        self.negotiating = True
+        tracks = tuple(
+            OfferedTrack(
+                mid=leg.transceiver.mid,
+                participant=track_id.split(":", 1)[0],
+                kind=leg.kind,
+                track=track_id,
+            )
+            for track_id, leg in self.legs.items()
+        )
+        return SubscribeOffer(sdp=self.pc.localDescription.sdp, tracks=tracks)
+
+    def _reuse(self, fwd: Forwarder) -> Leg | None:
+        for leg in self._idle:
+            codec, _ = hooks.negotiated(leg.transceiver)
+            if (
+                leg.kind == fwd.kind
+                and codec is not None
+                and fwd.codec is not None
+                and codec.mimeType.lower() == fwd.codec.mimeType.lower()
+                and codec.parameters == fwd.codec.parameters
+            ):
+                self._idle.remove(leg)
+                return leg
+        return None
+
+    def _new_leg(self, fwd: Forwarder) -> Leg:
+        assert self.pc is not None and fwd.codec is not None
+        transceiver = self.pc.addTransceiver(hooks.SilentTrack(fwd.kind), direction="sendonly")
+        transceiver.setCodecPreferences(preference_for(fwd.kind, fwd.codec))
+        return Leg(fwd.kind, transceiver, self._stats, self._queues[fwd.kind])
+
+    async def accept_answer(self, answer_sdp: str) -> bool:
+        """Apply the browser's answer and start forwarding; ``True`` if a new offer is due."""
+        if not self.negotiating or self.pc is None:
+            raise MediaError("no_offer", "There is no subscribe offer waiting for an answer.")
+        await set_remote(self.pc, RTCSessionDescription(sdp=answer_sdp, type="answer"))
+        self.negotiating = False
+        for leg, fwd in self._pending:
+            codec, mid_ext = hooks.negotiated(leg.transceiver)
+            if codec is None or self.legs.get(fwd.track_id) is not leg:
+                continue
+            leg.configure(codec.payloadType, codec.clockRate, leg.transceiver.mid, mid_ext)
+            leg.attach(fwd)
+        self._pending = []
+        due, self.dirty = self.dirty, False
+        return due
+
+    async def add_ice_candidate(self, candidate: dict | None) -> None:
+        if self.pc is not None:
+            await add_candidate(self.pc, candidate)
+
+    def drop_source(self, track_ids: set[str]) -> None:
+        """Stop legs whose publisher went away, before the re-offer removes them."""
+        for track_id in track_ids & set(self.legs):
+            self.legs[track_id].detach()
+
+    async def close(self) -> None:
+        for leg in [*self.legs.values(), *self._idle]:
+            await leg.close()
+        self.legs.clear()
+        self._idle.clear()
+        self._pending = []
+        if self.pc is not None:
+            await close_quietly(self.pc)
+            self.pc = None

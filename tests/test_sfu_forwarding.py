@@ -1,0 +1,198 @@
+"""The router forwards encoded media between real aiortc peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.media import Room, wait_for
+
+pytestmark = pytest.mark.slow
+
+RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
+
+
+def close_to(a: tuple[int, ...], b: tuple[int, ...], tol: int = 40) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+
+async def test_three_participants_decode_each_other() -> None:
+    room = Room()
+    try:
+        colours = {"a": RED, "b": GREEN, "c": BLUE}
+        for pid, colour in colours.items():
+            await room.join(pid, colour)
+
+        def everyone_decodes() -> bool:
+            return all(
+                room.peers[me].decoded(other, kind) >= 5
+                for me in colours
+                for other in colours
+                if other != me
+                for kind in ("audio", "video")
+            )
+
+        await wait_for(everyone_decodes, timeout=20)
+        # Each receiver got the right publisher behind each track (routing, not just flow).
+        for me in colours:
+            for other, colour in colours.items():
+                if other != me:
+                    assert close_to(room.peers[me].received.colours[other], colour)
+            assert room.peers[me].decoded(me, "video") == 0
+    finally:
+        await room.close()
+
+
+async def test_router_creates_no_decoder_or_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every codec object in this process must belong to a test peer, never to the SFU."""
+    import sys
+
+    import aiortc.rtcrtpreceiver as rtcrtpreceiver
+    import aiortc.rtcrtpsender as rtcrtpsender
+
+    room = Room()
+    made: list[tuple[str, object]] = []
+    real_get_encoder, real_get_decoder = rtcrtpsender.get_encoder, rtcrtpreceiver.get_decoder
+
+    def sfu_senders() -> set[int]:
+        return {
+            id(t.sender)
+            for s in room.router.subscribers.values()
+            if s.pc is not None
+            for t in s.pc.getTransceivers()
+        } | {id(t.sender) for p in room.router.publishers.values() for t in p.pc.getTransceivers()}
+
+    def sfu_receiver_queues() -> set[int]:
+        return {
+            id(t.receiver.track._queue)
+            for p in room.router.publishers.values()
+            for t in p.pc.getTransceivers()
+            if t.receiver.track is not None
+        }
+
+    def get_encoder(codec):  # called from RTCRtpSender._next_encoded_frame
+        owner = sys._getframe(1).f_locals.get("self")
+        made.append(("encoder", owner))
+        if id(owner) in sfu_senders():
+            raise AssertionError("the SFU created an encoder")
+        return real_get_encoder(codec)
+
+    def get_decoder(codec):  # called from aiortc's decoder_worker thread
+        output_q = sys._getframe(1).f_locals.get("output_q")
+        made.append(("decoder", output_q))
+        if id(output_q) in sfu_receiver_queues():
+            raise AssertionError("the SFU created a decoder")
+        return real_get_decoder(codec)
+
+    monkeypatch.setattr(rtcrtpsender, "get_encoder", get_encoder)
+    monkeypatch.setattr(rtcrtpreceiver, "get_decoder", get_decoder)
+    try:
+        pids = ("a", "b", "c")
+        for pid, colour in zip(pids, (RED, GREEN, BLUE), strict=True):
+            await room.join(pid, colour)
+        await wait_for(
+            lambda: all(
+                room.peers[me].decoded(o, k) >= 5
+                for me in pids
+                for o in pids
+                if o != me
+                for k in ("audio", "video")
+            ),
+            timeout=20,
+        )
+        # Exactly what the three test peers need: 3 × (audio + video) encoders and
+        # 3 × 2 publishers × 2 kinds decoders. Anything more is the SFU transcoding.
+        assert sum(1 for kind, _ in made if kind == "encoder") == 6
+        assert sum(1 for kind, _ in made if kind == "decoder") == 12
+        assert room.router.stats.packets_out > 0
+    finally:
+        await room.close()
+
+
+async def test_mid_stream_subscriber_gets_a_keyframe_quickly() -> None:
+    room = Room()
+    try:
+        await room.join("a", RED)
+        await room.join("b", GREEN)
+        await wait_for(lambda: room.peers["b"].decoded("a", "video") >= 30, timeout=20)
+        # a's encoder is now well past its first key frame; c must get one by PLI relay.
+        late = await room.join("c", BLUE, publish=False)
+        waited = await wait_for(
+            lambda: late.decoded("a", "video") >= 1 and late.decoded("b", "video") >= 1,
+            timeout=5,
+        )
+        print(f"mid-stream subscriber: first decoded key frame after {waited * 1000:.0f} ms")
+        assert waited < 2.0
+        assert close_to(late.received.colours["a"], RED)
+    finally:
+        await room.close()
+
+
+async def test_leaving_participant_disappears_and_nothing_is_left() -> None:
+    room = Room()
+    try:
+        for pid, colour in (("a", RED), ("b", GREEN), ("c", BLUE)):
+            await room.join(pid, colour)
+        await wait_for(lambda: room.peers["a"].decoded("c", "video") >= 5, timeout=20)
+        c_mids = {mid for mid, (owner, _) in room.peers["a"].mid_owner.items() if owner == "c"}
+        c_pub = room.router.publishers["c"].pc
+
+        await room.leave("c")
+
+        def c_gone_for(pid: str) -> bool:
+            sub = room.peers[pid].sub
+            return all(
+                t.currentDirection == "inactive"
+                for t in sub.getTransceivers()
+                if t.mid in {m for m, (o, _) in room.peers[pid].mid_owner.items() if o == "c"}
+            )
+
+        took = await wait_for(lambda: c_gone_for("a") and c_gone_for("b"), timeout=2)
+        print(f"departed participant's tracks removed from others in {took * 1000:.0f} ms")
+        assert c_mids
+        router = room.router
+        assert "c" not in router.publishers and "c" not in router.subscribers
+        assert c_pub.connectionState == "closed"
+        assert all(t.publisher_id != "c" for t in router._forwarders())
+        legs = [leg for s in router.subscribers.values() for leg in (*s.legs.values(), *s._idle)]
+        assert all(leg.source is None or leg.source.publisher_id != "c" for leg in legs)
+        leg_tasks = [
+            t
+            for t in asyncio.all_tasks()
+            if getattr(t.get_coro(), "__qualname__", "") == "Leg._run" and not t.done()
+        ]
+        assert len(leg_tasks) == len(legs)  # c's own subscribe legs were cancelled
+        # the other two still talk
+        before = room.peers["a"].decoded("b", "video")
+        await wait_for(lambda: room.peers["a"].decoded("b", "video") >= before + 10, timeout=5)
+    finally:
+        await room.close()
+
+
+async def test_stalled_subscriber_does_not_delay_the_others() -> None:
+    room = Room()
+    never = asyncio.get_running_loop().create_future()
+    try:
+        for pid, colour in (("a", RED), ("b", GREEN), ("c", BLUE)):
+            await room.join(pid, colour)
+        await wait_for(lambda: room.peers["c"].decoded("a", "video") >= 5, timeout=20)
+
+        # c's subscribe transport stops draining: every send on it blocks until the end.
+        async def blocked_send(data: bytes) -> None:
+            await never
+
+        sub_pc = room.router.subscribers["c"].pc
+        for transceiver in sub_pc.getTransceivers():
+            transceiver.sender.transport.transport._send = blocked_send
+
+        a, b = room.peers["a"], room.peers["b"]
+        start_ab, start_ba = a.decoded("b", "video"), b.decoded("a", "video")
+        await asyncio.sleep(3)
+        # ~90 frames at 30 fps; allow for a loaded CI machine but not for a stall.
+        assert a.decoded("b", "video") - start_ab >= 45
+        assert b.decoded("a", "video") - start_ba >= 45
+        assert room.router.stats.dropped > 0  # c's legs shed load instead of growing
+    finally:
+        never.set_result(None)  # let the blocked sends finish so aiortc can shut down
+        await room.close()
