@@ -13,6 +13,23 @@ from .errors import MediaError
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATE_LEN = 512
+MAX_SDP_BYTES = 64 * 1024
+MAX_MEDIA_SECTIONS = 32  # a counselling room has a handful of participants
+
+
+def check_sdp(sdp: str, kind: str) -> None:
+    """Refuse descriptions aiortc would accept but an SFU should not (empty, huge)."""
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise MediaError("sdp_invalid", f"The {kind} is not a session description.")
+    if len(sdp.encode()) > MAX_SDP_BYTES:
+        raise MediaError("sdp_invalid", f"The {kind} is larger than {MAX_SDP_BYTES} bytes.")
+    sections = sdp.count("\nm=")
+    if sections == 0:
+        raise MediaError("sdp_invalid", f"The {kind} has no media section.")
+    if sections > MAX_MEDIA_SECTIONS:
+        raise MediaError(
+            "sdp_invalid", f"The {kind} has more than {MAX_MEDIA_SECTIONS} media sections."
+        )
 
 
 def new_peer_connection() -> RTCPeerConnection:
@@ -31,6 +48,7 @@ def new_peer_connection() -> RTCPeerConnection:
 
 async def set_remote(pc: RTCPeerConnection, description: RTCSessionDescription) -> None:
     """Apply a remote description, turning aiortc's many parse errors into one code."""
+    check_sdp(description.sdp, description.type)
     description = RTCSessionDescription(
         sdp=strip_mdns_candidates(description.sdp), type=description.type
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiortc import RTCSessionDescription
 
-from tests.media import Room, wait_for
+from sfu.errors import MediaError
+from tests.media import Peer, Room, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -195,4 +197,44 @@ async def test_stalled_subscriber_does_not_delay_the_others() -> None:
         assert room.router.stats.dropped > 0  # c's legs shed load instead of growing
     finally:
         never.set_result(None)  # let the blocked sends finish so aiortc can shut down
+        await room.close()
+
+
+async def test_kinds_not_granted_are_never_forwarded() -> None:
+    """A publisher granted audio only gets video answered inactive and forwarded to nobody."""
+    room = Room()
+    try:
+        await room.join("a", RED)
+        partner = Peer("p", room.router, GREEN)
+        room.peers["p"] = partner
+        await partner.renegotiate()
+        # A hand-made client offers video although its invite has no video right.
+        partner.pub.addTrack(partner.audio)
+        partner.pub.addTrack(partner.video)
+        await partner.pub.setLocalDescription(await partner.pub.createOffer())
+        answer = await room.router.publish(
+            "p", partner.pub.localDescription.sdp, kinds=frozenset({"audio"})
+        )
+        await partner.pub.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await wait_for(lambda: room.peers["a"].decoded("p", "audio") >= 10, timeout=20)
+        await asyncio.sleep(1)
+        assert room.peers["a"].decoded("p", "video") == 0
+        assert [t.kind for t in room.router.tracks("p")] == ["audio"]
+        assert "m=video" in answer and "a=inactive" in answer.split("m=video", 1)[1]
+    finally:
+        await room.close()
+
+
+@pytest.mark.parametrize(
+    "sdp",
+    ["", "garbage", "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "v=0\r\n" + "a=x\r\n" * 5000],
+)
+async def test_malformed_offer_is_refused_and_changes_nothing(sdp: str) -> None:
+    room = Room()
+    try:
+        with pytest.raises(MediaError) as excinfo:
+            await room.router.publish("x", sdp)
+        assert excinfo.value.code == "sdp_invalid"
+        assert "x" not in room.router.publishers
+    finally:
         await room.close()
