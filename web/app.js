@@ -72,6 +72,11 @@ export function decodeClaims(token) {
   }
 }
 
+function roleLabelWithOrg(claims) {
+  const role = roleLabel(claims.role);
+  return typeof claims.org === "string" && claims.org ? `${role} · ${claims.org}` : role;
+}
+
 // --- status line and views -----------------------------------------------------------
 
 function setStatus(key, vars = {}) {
@@ -277,6 +282,25 @@ function join() {
 }
 
 let inCall = false;
+let levelTimer = null;
+
+/** Highlight whoever speaks, a few times a second, while in the call. */
+function watchSpeakers() {
+  if (levelTimer !== null) return;
+  let busy = false;
+  levelTimer = setInterval(async () => {
+    const call = state.call;
+    if (!call || busy) return;
+    busy = true;
+    try {
+      state.tiles.setSpeaking(await call.audioLevels());
+    } catch {
+      // a peer connection closing under us; the next tick tries again
+    } finally {
+      busy = false;
+    }
+  }, 400);
+}
 
 function enterCall(you) {
   if (!state.tiles) return;
@@ -284,6 +308,7 @@ function enterCall(you) {
   updateToggles();
   if (inCall) return;
   inCall = true;
+  watchSpeakers();
   showView("call");
   setStatus("status.connected");
   updateCount();
@@ -320,7 +345,7 @@ function firstFrame() {
 function renderDynamic() {
   if (state.statusKey) setStatus(state.statusKey, state.statusVars);
   if (state.deviceKey) $("device-hint").textContent = t(state.deviceKey);
-  if (state.claims) $("me-role").textContent = roleLabel(state.claims.role);
+  if (state.claims) $("me-role").textContent = roleLabelWithOrg(state.claims);
   const joinButton = $("join-button");
   joinButton.textContent = t(joinButton.disabled && state.call ? "prejoin.joining" : "prejoin.join");
   renderLinkHint();
@@ -358,7 +383,7 @@ async function main() {
   if (state.claims) {
     $("identity").hidden = false;
     $("me-name").textContent = state.claims.name || "";
-    $("me-role").textContent = roleLabel(state.claims.role);
+    $("me-role").textContent = roleLabelWithOrg(state.claims);
     $("preview-avatar").textContent = initials(state.claims.name);
     if (typeof state.claims.exp === "number" && state.claims.exp * 1000 < Date.now()) {
       linkHintKey = "prejoin.expiredLink";

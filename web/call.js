@@ -216,6 +216,35 @@ export class Call extends EventTarget {
     }
   }
 
+  /** Audio level (0..1) per remote participant and for ourselves, read from getStats. */
+  async audioLevels() {
+    const levels = new Map();
+    const sub = this.pcs.subscribe;
+    if (sub) {
+      const midOfTrack = new Map();
+      for (const tr of sub.getTransceivers()) {
+        if (tr.mid !== null && tr.receiver.track) midOfTrack.set(tr.receiver.track.id, tr.mid);
+      }
+      const stats = await sub.getStats();
+      stats.forEach((s) => {
+        if (s.type !== "inbound-rtp" || s.kind !== "audio" || typeof s.audioLevel !== "number") return;
+        const mid = s.mid !== undefined ? String(s.mid) : midOfTrack.get(s.trackIdentifier);
+        const info = this.trackMap.get(mid);
+        if (info) levels.set(info.participant, Math.max(levels.get(info.participant) || 0, s.audioLevel));
+      });
+    }
+    const pub = this.pcs.publish;
+    if (pub && this.you) {
+      const stats = await pub.getStats();
+      stats.forEach((s) => {
+        if (s.type === "media-source" && s.kind === "audio" && typeof s.audioLevel === "number") {
+          levels.set(this.you.id, s.audioLevel);
+        }
+      });
+    }
+    return levels;
+  }
+
   // --- helpers ---------------------------------------------------------------------
 
   /** Send local ICE candidates with `ice`; hold them until the leg's negotiation is acked. */

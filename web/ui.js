@@ -98,6 +98,15 @@ export class Tiles {
     if (tile) tile.el.classList.toggle("mic-muted", !enabled);
   }
 
+  /** Mark who is speaking (levels: participant id -> 0..1). */
+  setSpeaking(levels, threshold = 0.03) {
+    for (const [pid, tile] of this.tiles) {
+      const level = levels.get(pid) || 0;
+      const micOff = tile.el.classList.contains("mic-muted");
+      tile.el.classList.toggle("speaking", level > threshold && !micOff);
+    }
+  }
+
   relabel() {
     for (const tile of this.tiles.values()) this._label(tile);
   }

@@ -23,6 +23,7 @@ from tests.browser.harness import (
     my_id,
     open_join,
     remote_videos,
+    wait_js,
     wait_remote_playing,
     wait_remote_set,
 )
@@ -78,6 +79,12 @@ async def test_two_pages_see_each_other(server: Server, launch: Launch) -> None:
     label = caseworker.page.locator(f'li.tile[data-participant="{ids["client"]}"] .tile-label')
     assert "Herr Yılmaz" in await label.inner_text()
     assert "Kundin/Kunde" in await label.inner_text()
+    # Sound arrives too: the fake microphone's beeps light the speaker ring.
+    await wait_js(
+        caseworker,
+        f"document.querySelector('li.tile[data-participant=\"{ids['client']}\"]').classList.contains('speaking')",
+        within=15,
+    )
     # The token is taken out of the address bar.
     assert "token" not in caseworker.page.url
 
