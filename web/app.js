@@ -107,6 +107,10 @@ function renderEnded() {
   $("ended-title").textContent = t(titleKey);
   $("ended-text").textContent = code ? errorMessage(code, message) : message ? t(message) : "";
   $("ended-text").dataset.error = code || "";
+  // The server's own words (English) as a detail, when they say more than our text.
+  const detail = code && message && message !== $("ended-text").textContent ? message : "";
+  $("ended-detail").hidden = !detail;
+  $("ended-detail").textContent = detail ? `${t("ended.detail")}: ${detail}` : "";
 }
 
 // --- devices -------------------------------------------------------------------------

@@ -78,6 +78,7 @@ const STRINGS = {
     "ended.closedTitle": "Die Verbindung wurde beendet.",
     "ended.closedText": "Der Server hat die Verbindung beendet.",
     "ended.rejoin": "Erneut beitreten",
+    "ended.detail": "Hinweis des Servers",
 
     "role.caseworker": "Beraterin/Berater",
     "role.client": "Kundin/Kunde",
@@ -185,6 +186,7 @@ const STRINGS = {
     "ended.closedTitle": "The connection was closed.",
     "ended.closedText": "The server closed the connection.",
     "ended.rejoin": "Join again",
+    "ended.detail": "Server says",
 
     "role.caseworker": "Caseworker",
     "role.client": "Client",

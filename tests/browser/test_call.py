@@ -216,3 +216,18 @@ async def test_waiting_room_sends_and_receives_nothing(server: Server, launch: L
         "window.roundtable.pcs.publish === null && window.roundtable.pcs.subscribe === null"
     )
     assert await remote_videos(caseworker) == {}
+
+
+async def test_server_error_is_shown_before_disconnect(server: Server, launch: Launch) -> None:
+    """Opening the same link elsewhere: the server sends `error`, then disconnects the old page."""
+    room = server.create_room()
+    first, second = await launch("first"), await launch("second")
+    await join(first, room["client_url"])
+    await first.page.wait_for_selector("#view-call:not([hidden])")
+    await join(second, room["client_url"])
+    message = first.page.get_by_test_id("error-message")
+    await message.wait_for(timeout=10000)
+    assert await message.get_attribute("data-error")
+    assert await message.inner_text()
+    assert await first.page.get_by_test_id("error-detail").inner_text()  # the server's words
+    await second.page.wait_for_selector("#view-call:not([hidden])")
