@@ -240,7 +240,9 @@ function join() {
       $("waiting-title").focus();
       return;
     }
+    const again = inCall; // a welcome after a reconnect
     enterCall(detail.you);
+    if (again) setStatus("status.connected");
   });
   call.addEventListener("roster", ({ detail }) => {
     if (!state.tiles || !call.you) return;

@@ -231,3 +231,18 @@ async def test_server_error_is_shown_before_disconnect(server: Server, launch: L
     assert await message.inner_text()
     assert await first.page.get_by_test_id("error-detail").inner_text()  # the server's words
     await second.page.wait_for_selector("#view-call:not([hidden])")
+
+
+async def test_reconnects_after_the_connection_drops(server: Server, launch: Launch) -> None:
+    """A dropped signalling connection: socket.io reconnects, the page renegotiates both legs."""
+    room = server.create_room()
+    caseworker, client = await launch("caseworker"), await launch("client")
+    ids = await _join_all([caseworker, client], [room["caseworker_url"], room["client_url"]])
+    await _all_see_each_other([caseworker, client], ids)
+
+    # Cut the transport under the page, as a network blip would.
+    await client.page.evaluate("window.roundtable.call.socket.io.engine.close()")
+    await wait_js(client, "window.roundtable.pcs.publish === null", within=5)
+    await wait_remote_playing(client, {ids["caseworker"]}, within=30)
+    await wait_remote_playing(caseworker, {ids["client"]}, within=30)
+    assert await client.page.get_by_test_id("status").inner_text() == "Sie sind im Gespräch."
