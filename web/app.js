@@ -23,6 +23,7 @@ const state = {
   statusVars: {},
   deviceKey: null,
   ended: null, // {titleKey, code, message}
+  lastError: null, // the last `error` event or failed request, shown if we get disconnected
 };
 
 /** Observable for tests and for debugging in the console. */

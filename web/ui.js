@@ -33,9 +33,12 @@ export class Tiles {
     this.selfId = participant.id;
     const tile = this._ensure(participant, true);
     tile.video.muted = true;
-    tile.video.srcObject = localStream;
+    // Every roster calls this: assign only once, re-assigning would reload the element.
+    if (tile.video.srcObject !== localStream) {
+      tile.video.srcObject = localStream;
+      if (localStream) tile.video.play().catch(() => {});
+    }
     this._updateVideoPresence(tile);
-    tile.video.play().catch(() => {});
   }
 
   /** Apply a roster: add, update and remove tiles; returns {joined, left} participants. */
