@@ -21,6 +21,7 @@ const state = {
   camOn: true,
   statusKey: null,
   statusVars: {},
+  statusError: null, // {code, message} when the status line shows a server error
   deviceKey: null,
   ended: null, // {titleKey, code, message}
   lastError: null, // the last `error` event or failed request, shown if we get disconnected
@@ -83,7 +84,15 @@ function roleLabelWithOrg(claims) {
 function setStatus(key, vars = {}) {
   state.statusKey = key;
   state.statusVars = vars;
+  state.statusError = null;
   $("status").textContent = key ? t(key, vars) : "";
+}
+
+/** A server error in the status line; re-rendered when the language changes. */
+function setStatusError(code, message) {
+  setStatus(null);
+  state.statusError = { code, message };
+  $("status").textContent = errorMessage(code, message);
 }
 
 function showView(name) {
@@ -274,7 +283,7 @@ function join() {
   call.addEventListener("server-error", ({ detail }) => {
     // Media negotiation errors keep the call; others are followed by a disconnect.
     state.lastError = detail;
-    $("status").textContent = errorMessage(detail.error, detail.message);
+    setStatusError(detail.error, detail.message);
   });
   call.addEventListener("reconnecting", () => setStatus("status.reconnecting"));
   call.addEventListener("disconnected", () => {
@@ -351,6 +360,7 @@ function firstFrame() {
 
 function renderDynamic() {
   if (state.statusKey) setStatus(state.statusKey, state.statusVars);
+  else if (state.statusError) setStatusError(state.statusError.code, state.statusError.message);
   if (state.deviceKey) $("device-hint").textContent = t(state.deviceKey);
   if (state.claims) $("me-role").textContent = roleLabelWithOrg(state.claims);
   const joinButton = $("join-button");

@@ -58,7 +58,10 @@ async def _all_see_each_other(browsers: list[Browser], ids: dict[str, str]) -> N
         for pid, video in sample.items():
             assert video["audio"] >= 1, f"{b.name}: no audio track from {pid}"
     for b in browsers:
-        errors = [line for line in b.console if line.startswith("pageerror")]
+        # No script errors, and nothing the Content-Security-Policy had to refuse.
+        errors = [
+            line for line in b.console if line.startswith("pageerror") or "Refused to" in line
+        ]
         assert errors == [], f"{b.name}: {errors}"
         ms = await join_to_first_frame_ms(b)
         print(f"[timing] {b.name}: join click → first remote frame {ms} ms")
