@@ -177,8 +177,57 @@ async function startPreview() {
   return null;
 }
 
+/** Offer a choice of camera and microphone when there is more than one of a kind. */
+async function listDevices() {
+  if (!state.stream || !navigator.mediaDevices.enumerateDevices) return;
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  let any = false;
+  for (const [kind, selectId, rowId] of [
+    ["videoinput", "camera-select", "camera-row"],
+    ["audioinput", "mic-select", "mic-row"],
+  ]) {
+    const track = localTrack(kind === "videoinput" ? "video" : "audio");
+    const options = devices.filter((d) => d.kind === kind && d.deviceId);
+    const select = $(selectId);
+    select.replaceChildren(
+      ...options.map((d, i) => {
+        const opt = document.createElement("option");
+        opt.value = d.deviceId;
+        opt.textContent = d.label || `${t(kind === "videoinput" ? "device.camera" : "device.microphone")} ${i + 1}`;
+        return opt;
+      }),
+    );
+    const current = track && track.getSettings().deviceId;
+    if (current) select.value = current;
+    const show = Boolean(track) && options.length > 1;
+    $(rowId).hidden = !show;
+    any = any || show;
+  }
+  $("devices").hidden = !any;
+}
+
+/** Swap one kind of local track for the chosen device (before joining). */
+async function switchDevice(kind, deviceId) {
+  const old = localTrack(kind);
+  if (!old || !deviceId) return;
+  const video = { deviceId: { exact: deviceId }, width: { ideal: 640 }, height: { ideal: 480 } };
+  const constraints = kind === "video" ? { video } : { audio: { deviceId: { exact: deviceId } } };
+  try {
+    const fresh = await navigator.mediaDevices.getUserMedia(constraints);
+    const track = kind === "video" ? fresh.getVideoTracks()[0] : fresh.getAudioTracks()[0];
+    track.enabled = old.enabled;
+    state.stream.removeTrack(old);
+    old.stop();
+    state.stream.addTrack(track);
+    showPreview(state.stream);
+  } catch {
+    setStatus("device.failed");
+  }
+}
+
 function showPreview(stream) {
   const video = $("preview");
+  video.srcObject = null; // re-assign so a swapped track shows at once
   video.srcObject = stream;
   video.play().catch(() => {});
   updateToggles();
@@ -438,8 +487,12 @@ async function main() {
   const canJoin = Boolean(state.token);
   joinButton.disabled = true;
   state.stream = await startPreview();
-  if (state.stream) showPreview(state.stream);
-  else updateToggles();
+  if (state.stream) {
+    showPreview(state.stream);
+    listDevices().catch(() => {});
+  } else updateToggles();
+  $("camera-select").addEventListener("change", (ev) => switchDevice("video", ev.target.value));
+  $("mic-select").addEventListener("change", (ev) => switchDevice("audio", ev.target.value));
   // Whoever comes through the waiting room first agrees to the consent text.
   const consent = $("consent");
   const needsConsent = Boolean(state.claims && state.claims.lobby);

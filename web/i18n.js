@@ -32,6 +32,8 @@ const STRINGS = {
       "Sie werden gleich hereingelassen. Bitte lassen Sie diese Seite geöffnet. Bis dahin wird weder Bild noch Ton übertragen.",
 
     "device.starting": "Kamera und Mikrofon werden gestartet …",
+    "device.camera": "Kamera",
+    "device.microphone": "Mikrofon",
     "device.ready": "Kamera und Mikrofon sind bereit.",
     "device.audioOnly": "Nur das Mikrofon ist verfügbar – Sie nehmen ohne Bild teil.",
     "device.videoOnly": "Nur die Kamera ist verfügbar – Sie nehmen ohne Ton teil.",
@@ -143,6 +145,8 @@ const STRINGS = {
       "You will be let in shortly. Please keep this page open. No picture or sound is sent until then.",
 
     "device.starting": "Starting camera and microphone …",
+    "device.camera": "Camera",
+    "device.microphone": "Microphone",
     "device.ready": "Camera and microphone are ready.",
     "device.audioOnly": "Only the microphone is available – you will join without video.",
     "device.videoOnly": "Only the camera is available – you will join without sound.",

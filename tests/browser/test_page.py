@@ -132,3 +132,35 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
 
     taken = _pngs(shots)
     assert len(taken) == 13, taken
+
+
+async def test_device_choice_swaps_the_preview_track(server: Server, launch: Launch) -> None:
+    room = server.create_room()
+    browser = await launch("client")
+    await open_join(browser, room["client_url"])
+    page = browser.page
+    counts = await page.evaluate(
+        """async () => {
+          const d = await navigator.mediaDevices.enumerateDevices();
+          return {video: d.filter(x => x.kind === 'videoinput').length,
+                  audio: d.filter(x => x.kind === 'audioinput').length};
+        }"""
+    )
+    print(f"[devices] fake devices: {counts}")
+    select = page.get_by_test_id("mic-select")
+    if counts["audio"] < 2:
+        assert await select.is_hidden()
+        return
+    await select.wait_for()
+    before = await page.evaluate(
+        "document.getElementById('preview').srcObject.getAudioTracks()[0].getSettings().deviceId"
+    )
+    options = await select.locator("option").evaluate_all("os => os.map(o => o.value)")
+    other = next(o for o in options if o != before)
+    await select.select_option(other)
+    await wait_js(
+        browser,
+        f"document.getElementById('preview').srcObject.getAudioTracks()[0].getSettings().deviceId === {other!r}",
+    )
+    await join(browser)
+    await page.wait_for_selector("#view-call:not([hidden])")
