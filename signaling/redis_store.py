@@ -1,0 +1,80 @@
+"""``StateStore`` on Redis, so several nodes share rooms, revocations and used invites.
+
+Every entry about a token expires with that token (``EXPIREAT`` = the token's ``exp``),
+so Redis forgets what no longer matters without a sweeper. Single-use invites rely on
+``SET NX``: of two nodes admitting the same invite at the same moment, exactly one wins.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis.asyncio as aioredis
+
+from signaling.store import RoomRecord, StateStore
+
+PREFIX = "roundtable:"
+
+
+class RedisStore(StateStore):
+    def __init__(self, url: str, *, prefix: str = PREFIX) -> None:
+        self._redis = aioredis.from_url(url, decode_responses=True)
+        self._p = prefix
+
+    async def ping(self) -> None:
+        """Fail at start-up, not at the first join, when Redis is unreachable."""
+        await self._redis.ping()
+
+    def _key(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    @staticmethod
+    def _until(until: int) -> int:
+        # EXPIREAT in the past deletes at once; keep entries a little past their token.
+        return max(int(until), int(time.time())) + 60
+
+    async def put_room(self, room: RoomRecord) -> None:
+        value = json.dumps(
+            {"created_at": room.created_at, "expires_at": room.expires_at, "closed": room.closed}
+        )
+        key = self._key("room", room.id)
+        await self._redis.set(key, value, exat=self._until(room.expires_at))
+
+    async def get_room(self, room_id: str) -> RoomRecord | None:
+        raw = await self._redis.get(self._key("room", room_id))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        closed = bool(data.get("closed")) or await self.is_room_closed(room_id)
+        return RoomRecord(room_id, int(data["created_at"]), int(data["expires_at"]), closed)
+
+    async def close_room(self, room_id: str, until: int) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key("closed", room_id), "1", exat=self._until(until))
+            await pipe.execute()
+        raw = await self._redis.get(self._key("room", room_id))
+        if raw is not None:
+            data = json.loads(raw)
+            data["closed"] = True
+            await self._redis.set(
+                self._key("room", room_id), json.dumps(data), exat=self._until(data["expires_at"])
+            )
+
+    async def is_room_closed(self, room_id: str) -> bool:
+        return bool(await self._redis.exists(self._key("closed", room_id)))
+
+    async def revoke_jti(self, jti: str, until: int) -> None:
+        await self._redis.set(self._key("revoked", jti), "1", exat=self._until(until))
+
+    async def is_revoked(self, jti: str) -> bool:
+        return bool(await self._redis.exists(self._key("revoked", jti)))
+
+    async def use_invite(self, jti: str, until: int) -> bool:
+        first = await self._redis.set(
+            self._key("invite", jti), "1", nx=True, exat=self._until(until)
+        )
+        return bool(first)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,84 @@
+"""The state store contract, for the in-memory store and for a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from signaling.redis_store import RedisStore
+from signaling.store import MemoryStore, RoomRecord, StateStore
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def store(request: pytest.FixtureRequest):
+    if request.param == "memory":
+        s: StateStore = MemoryStore()
+    else:
+        s = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
+    yield s
+    await s.close()
+
+
+def later(seconds: int = 600) -> int:
+    return int(time.time()) + seconds
+
+
+async def test_rooms_are_stored_and_closed(store: StateStore) -> None:
+    await store.put_room(RoomRecord("r1", int(time.time()), later()))
+    room = await store.get_room("r1")
+    assert room is not None and not room.closed
+    assert await store.get_room("nope") is None
+    assert not await store.is_room_closed("r1")
+    await store.close_room("r1", later())
+    assert await store.is_room_closed("r1")
+    room = await store.get_room("r1")
+    assert room is not None and room.closed
+
+
+async def test_revocation(store: StateStore) -> None:
+    assert not await store.is_revoked("j1")
+    await store.revoke_jti("j1", later())
+    assert await store.is_revoked("j1")
+    assert not await store.is_revoked("j2")
+
+
+async def test_invite_is_single_use(store: StateStore) -> None:
+    assert await store.use_invite("inv", later())
+    assert not await store.use_invite("inv", later())
+    assert await store.use_invite("other", later())
+
+
+@pytest.mark.redis
+async def test_two_nodes_share_state_and_race_for_an_invite(redis_url: str) -> None:
+    prefix = f"t{uuid.uuid4().hex}:"
+    node_a, node_b = RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
+    try:
+        await node_a.ping()
+        await node_a.put_room(RoomRecord("shared", int(time.time()), later()))
+        assert (await node_b.get_room("shared")) is not None
+        await node_a.revoke_jti("removed-partner", later())
+        assert await node_b.is_revoked("removed-partner")
+        await node_b.close_room("shared", later())
+        assert await node_a.is_room_closed("shared")
+        # Many concurrent first uses across both nodes: exactly one wins.
+        results = await asyncio.gather(
+            *[(node_a if i % 2 else node_b).use_invite("hot", later()) for i in range(20)]
+        )
+        assert results.count(True) == 1
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+@pytest.mark.redis
+async def test_token_entries_expire_with_their_token(redis_url: str) -> None:
+    store = RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:")
+    try:
+        await store.revoke_jti("short", int(time.time()) + 1)
+        ttl = await store._redis.ttl(store._key("revoked", "short"))
+        assert 0 < ttl <= 62  # forgotten shortly after the token would be expired anyway
+    finally:
+        await store.close()
