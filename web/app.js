@@ -270,6 +270,7 @@ function toggle(kind) {
   // Disabling the track keeps the negotiated sender: others get silence / black frames
   // and the camera light stays under the browser's control.
   track.enabled = !track.enabled;
+  if (kind === "video" && state.call) state.call.setSending("video", track.enabled).catch(() => {});
   updateToggles();
   if (kind === "audio") setStatus(track.enabled ? "status.micOn" : "status.micOff");
   else setStatus(track.enabled ? "status.camOn" : "status.camOff");
@@ -349,16 +350,31 @@ function join() {
 let inCall = false;
 let levelTimer = null;
 
-/** Highlight whoever speaks, a few times a second, while in the call. */
-function watchSpeakers() {
+const STALL_MS = 2000;
+
+/**
+ * A few times a second while in the call: highlight whoever speaks, and show the avatar
+ * instead of a frozen or black picture for anyone whose video frames stopped coming.
+ */
+function watchMedia() {
   if (levelTimer !== null) return;
   let busy = false;
+  const lastFrames = new Map(); // pid -> {count, at}
   levelTimer = setInterval(async () => {
     const call = state.call;
     if (!call || busy) return;
     busy = true;
     try {
-      state.tiles.setSpeaking(await call.audioLevels());
+      const { levels, frames } = await call.mediaLevels();
+      state.tiles.setSpeaking(levels);
+      const now = performance.now();
+      const flowing = new Set();
+      for (const [pid, count] of frames) {
+        const last = lastFrames.get(pid);
+        if (!last || count > last.count) lastFrames.set(pid, { count, at: now });
+        if (count > 0 && now - lastFrames.get(pid).at < STALL_MS) flowing.add(pid);
+      }
+      state.tiles.setVideoFlowing(flowing);
     } catch {
       // a peer connection closing under us; the next tick tries again
     } finally {
@@ -373,7 +389,7 @@ function enterCall(you) {
   updateToggles();
   if (inCall) return;
   inCall = true;
-  watchSpeakers();
+  watchMedia();
   showView("call");
   setStatus("status.connected");
   updateCount();

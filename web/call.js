@@ -33,6 +33,8 @@ export class Call extends EventTarget {
     /** participant id -> {stream, trackIds} currently shown */
     this.remote = new Map();
     this.published = false;
+    /** kind -> {sender, track} of the publish leg */
+    this.senders = {};
     this.leaving = false;
     this._subscribeChain = Promise.resolve();
     this._generation = 0;
@@ -139,7 +141,9 @@ export class Call extends EventTarget {
     this._watchState(pc, "publish");
     const trickle = this._trickle(pc, "publish");
     for (const track of tracks) {
-      pc.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
+      const tr = pc.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
+      this.senders[track.kind] = { sender: tr.sender, track };
+      if (track.kind === "video" && !track.enabled) tr.sender.replaceTrack(null);
     }
     await pc.setLocalDescription(await pc.createOffer());
     const answer = await this._request("publish", { type: "offer", sdp: pc.localDescription.sdp });
@@ -216,9 +220,23 @@ export class Call extends EventTarget {
     }
   }
 
-  /** Audio level (0..1) per remote participant and for ourselves, read from getStats. */
-  async audioLevels() {
+  /**
+   * Stop or resume sending a kind without renegotiating. A camera turned off sends no
+   * frames at all (not black ones), so the others show the avatar and save bandwidth.
+   */
+  async setSending(kind, on) {
+    const entry = this.senders[kind];
+    if (!entry || !this.pcs.publish) return;
+    await entry.sender.replaceTrack(on ? entry.track : null);
+  }
+
+  /**
+   * From getStats: audio level (0..1) per remote participant and for ourselves, and
+   * video frames decoded so far per remote participant.
+   */
+  async mediaLevels() {
     const levels = new Map();
+    const frames = new Map();
     const sub = this.pcs.subscribe;
     if (sub) {
       const midOfTrack = new Map();
@@ -227,10 +245,16 @@ export class Call extends EventTarget {
       }
       const stats = await sub.getStats();
       stats.forEach((s) => {
-        if (s.type !== "inbound-rtp" || s.kind !== "audio" || typeof s.audioLevel !== "number") return;
+        if (s.type !== "inbound-rtp") return;
         const mid = s.mid !== undefined ? String(s.mid) : midOfTrack.get(s.trackIdentifier);
         const info = this.trackMap.get(mid);
-        if (info) levels.set(info.participant, Math.max(levels.get(info.participant) || 0, s.audioLevel));
+        if (!info) return;
+        const pid = info.participant;
+        if (s.kind === "audio" && typeof s.audioLevel === "number") {
+          levels.set(pid, Math.max(levels.get(pid) || 0, s.audioLevel));
+        } else if (s.kind === "video") {
+          frames.set(pid, (frames.get(pid) || 0) + (s.framesDecoded || 0));
+        }
       });
     }
     const pub = this.pcs.publish;
@@ -242,7 +266,7 @@ export class Call extends EventTarget {
         }
       });
     }
-    return levels;
+    return { levels, frames };
   }
 
   // --- helpers ---------------------------------------------------------------------
@@ -301,6 +325,7 @@ export class Call extends EventTarget {
   _teardownMedia() {
     this._generation += 1;
     this.published = false;
+    this.senders = {};
     for (const leg of ["publish", "subscribe"]) {
       const pc = this.pcs[leg];
       if (pc) {

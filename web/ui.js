@@ -110,6 +110,14 @@ export class Tiles {
     }
   }
 
+  /** Remote tiles whose video frames are not arriving show the avatar instead. */
+  setVideoFlowing(flowing) {
+    for (const [pid, tile] of this.tiles) {
+      if (pid === this.selfId) continue;
+      tile.el.classList.toggle("video-stalled", !flowing.has(pid));
+    }
+  }
+
   relabel() {
     for (const tile of this.tiles.values()) this._label(tile);
   }

@@ -249,3 +249,18 @@ async def test_reconnects_after_the_connection_drops(server: Server, launch: Lau
     await wait_remote_playing(client, {ids["caseworker"]}, within=30)
     await wait_remote_playing(caseworker, {ids["client"]}, within=30)
     assert await client.page.get_by_test_id("status").inner_text() == "Sie sind im Gespräch."
+
+
+async def test_camera_off_shows_the_avatar_to_the_others(server: Server, launch: Launch) -> None:
+    room = server.create_room()
+    caseworker, client = await launch("caseworker"), await launch("client")
+    ids = await _join_all([caseworker, client], [room["caseworker_url"], room["client_url"]])
+    await _all_see_each_other([caseworker, client], ids)
+    tile = f"document.querySelector('li.tile[data-participant=\"{ids['caseworker']}\"]')"
+
+    assert not await client.page.evaluate(f"{tile}.classList.contains('video-stalled')")
+    await caseworker.page.get_by_test_id("cam-toggle").click()
+    await wait_js(client, f"{tile}.classList.contains('video-stalled')", within=10)
+    await caseworker.page.get_by_test_id("cam-toggle").click()
+    await wait_js(client, f"!{tile}.classList.contains('video-stalled')", within=10)
+    await wait_remote_playing(client, {ids["caseworker"]})

@@ -109,6 +109,11 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await caseworker.page.get_by_test_id("lang-toggle").click()
     await caseworker.page.screenshot(path=shots / "7-call-two-en-muted.png")
 
+    await caseworker.page.get_by_test_id("cam-toggle").click()
+    await wait_js(client, "document.querySelector('li.tile.video-stalled') !== null")
+    await client.page.screenshot(path=shots / "7b-camera-off-mobile-de.png")
+    await caseworker.page.screenshot(path=shots / "7c-own-camera-off-en.png")
+
     await client.page.get_by_test_id("leave-button").click()
     await client.page.wait_for_selector("#view-ended:not([hidden])")
     await client.page.screenshot(path=shots / "8-left-mobile-de.png")
@@ -131,7 +136,7 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await lobby.page.screenshot(path=shots / "12-waiting-room-de.png")
 
     taken = _pngs(shots)
-    assert len(taken) == 13, taken
+    assert len(taken) == 15, taken
 
 
 async def test_device_choice_swaps_the_preview_track(server: Server, launch: Launch) -> None:
