@@ -111,12 +111,16 @@ def build_app(
     api.setup(app)
     sock.attach(app)
 
+    async def close_connections(app: web.Application) -> None:
+        # First, so no event arrives while routers close and aiohttp need not wait for
+        # open websockets.
+        await sock.shutdown()
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
-        # Disconnect clients first so no event arrives while routers close.
-        await sock.shutdown()
         await hub.shutdown()
         await store.close()
 
+    app.on_shutdown.append(close_connections)
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -189,8 +189,21 @@ class SignalingSocket:
         raise UnknownEvent("unknown_event", "Unknown event.")  # pragma: no cover - PARSERS guards
 
     async def shutdown(self) -> None:
+        """Close every client connection (aiohttp ``on_shutdown``).
+
+        Open websockets keep aiohttp's shutdown waiting for its timeout, so they are closed
+        before the server waits for its handlers, not in ``cleanup_ctx``.
+        """
         for sid in list(self._connections):
             try:
                 await self.drop(sid, None)
             except Exception:
                 log.debug("disconnect %s at shutdown failed", sid, exc_info=True)
+        # Not engine.io's disconnect-all: it waits for each socket's send queue to drain,
+        # forever for a client that has already gone.
+        # A None in the send queue is engine.io's own "writer, stop" marker: the websocket is
+        # closed at once instead of when the client gets round to it.
+        for eio_socket in list(self.sio.eio.sockets.values()):
+            await eio_socket.close(wait=False)
+            eio_socket.queue.put_nowait(None)
+        await self.sio.shutdown()

@@ -178,3 +178,98 @@ def refusal_code(client: SignalClient) -> str | None:
     assert client.refusal["message"] == data["error"], client.refusal
     assert isinstance(data.get("message"), str) and data["message"]
     return data["error"]
+
+
+class MediaParticipant:
+    """A real aiortc participant that joins through Socket.IO like the page does:
+    offers on its publish connection, answers the server's subscribe offers."""
+
+    def __init__(self, client: SignalClient, colour: tuple[int, int, int]) -> None:
+        from aiortc import RTCConfiguration, RTCPeerConnection
+
+        self.client = client
+        self.colour = colour
+        self.pub = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.sub: RTCPeerConnection | None = None
+        self.frames: dict[tuple[str, str], int] = defaultdict(int)
+        self.colours: dict[str, tuple[int, int, int]] = {}
+        self.mid_owner: dict[str, tuple[str, str]] = {}
+        self.answers: list[Any] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._answering = asyncio.Lock()
+        client.sio.on("subscribe.offer", self._on_offer)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_offer(self, offer: dict[str, Any]) -> None:
+        self.client.events["subscribe.offer"].append(offer)
+        # Handlers run inside the client's read loop; answering needs an ack, so not here.
+        self._spawn(self._answer(offer))
+
+    async def _answer(self, offer: dict[str, Any]) -> None:
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+        async with self._answering:
+            if self.sub is None:
+                self.sub = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                self.sub.on("track", self._on_track)
+            for t in offer["tracks"]:
+                self.mid_owner[t["mid"]] = (t["participant"], t["kind"])
+            await self.sub.setRemoteDescription(
+                RTCSessionDescription(sdp=offer["sdp"], type="offer")
+            )
+            await self.sub.setLocalDescription(await self.sub.createAnswer())
+            ack = await self.client.call(
+                "subscribe.answer", {"type": "answer", "sdp": self.sub.localDescription.sdp}
+            )
+            self.answers.append(ack)
+
+    def _on_track(self, track: Any) -> None:
+        assert self.sub is not None
+        transceiver = next(t for t in self.sub.getTransceivers() if t.receiver.track is track)
+        self._spawn(self._consume(transceiver.mid, track))
+
+    async def _consume(self, mid: str, track: Any) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while True:
+                frame = await track.recv()
+                owner, kind = self.mid_owner.get(mid, ("?", track.kind))
+                self.frames[(owner, kind)] += 1
+                if kind == "video":
+                    rgb = frame.to_ndarray(format="rgb24")
+                    h, w, _ = rgb.shape
+                    self.colours[owner] = tuple(int(v) for v in rgb[h // 2, w // 2])
+        except MediaStreamError:
+            pass
+
+    async def publish(self) -> dict[str, Any]:
+        from aiortc import RTCSessionDescription
+        from aiortc.mediastreams import AudioStreamTrack
+
+        from tests.media import ColourVideoTrack
+
+        self.pub.addTrack(AudioStreamTrack())
+        self.pub.addTrack(ColourVideoTrack(self.colour))
+        await self.pub.setLocalDescription(await self.pub.createOffer())
+        ack = await self.client.call(
+            "publish", {"type": "offer", "sdp": self.pub.localDescription.sdp}
+        )
+        if ack.get("ok"):
+            await self.pub.setRemoteDescription(
+                RTCSessionDescription(sdp=ack["sdp"], type="answer")
+            )
+        return ack
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pub.close()
+        if self.sub is not None:
+            await self.sub.close()
+        await self.client.close()
