@@ -1,0 +1,215 @@
+"""The `roundtable` command: `serve` with no secrets configured prints a command that,
+pasted, creates a session; `token` prints a token the server accepts."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from signaling.store import MemoryStore
+from signaling.tokens import TokenService
+
+BIN = Path(sys.executable).parent / "roundtable"
+
+
+def _env(state: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUNDTABLE_")}
+    env.update(
+        ROUNDTABLE_STATE_DIR=str(state),
+        ROUNDTABLE_MEDIA_HOST="127.0.0.1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class Serve:
+    """`roundtable serve` in a subprocess, its stdout read line by line."""
+
+    def __init__(self, state: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            env=_env(state),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def line_with(self, needle: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.seen.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"{needle!r} not printed; output so far:\n" + "\n".join(self.seen))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[callable]:
+    started: list[Serve] = []
+
+    def start(*args: str) -> Serve:
+        s = Serve(tmp_path / "state", *args)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def _run_printed_command(command: str) -> tuple[int, dict]:
+    """Run what an operator would paste: with curl if present, else the same request."""
+    argv = shlex.split(command)
+    assert argv[0] == "curl" and "-X" in argv and argv[argv.index("-X") + 1] == "POST"
+    if shutil.which("curl"):
+        out = subprocess.run(
+            [*argv, "-sS", "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=30
+        )
+        body, _, code = out.stdout.rpartition("\n")
+        return int(code), json.loads(body)
+    header = argv[argv.index("-H") + 1]
+    name, _, value = header.partition(": ")
+    req = urllib.request.Request(argv[-1], method="POST", headers={name: value})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+def test_help_texts() -> None:
+    for args, needle in (([], "serve"), (["serve"], "--public-url"), (["token"], "--role")):
+        out = subprocess.run(
+            [str(BIN), *args, "--help"], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0 and needle in out.stdout, out
+
+
+def test_serve_without_secrets_prints_a_command_that_creates_a_session(
+    serve, tmp_path: Path
+) -> None:
+    first = serve()
+    url = first.line_with("listening on").rsplit(" ", 1)[1]
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+    assert "secrets created" in first.line_with("secrets ")
+    key = first.line_with("API key:").split(": ", 1)[1]
+    command = first.line_with("curl -X POST").strip()
+    assert key in command
+
+    secrets_file = tmp_path / "state" / "secrets.json"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    stored = json.loads(secrets_file.read_text())
+    assert stored["api_key"] == key
+
+    status, room = _run_printed_command(command)
+    assert status == 201, room
+    assert room["client_url"].startswith(f"{url}/join#token=")
+
+    # The printed links carry tokens signed with the stored secret.
+    token = room["client_url"].split("#token=", 1)[1]
+    claims = TokenService(stored["secret"], MemoryStore()).verify(token, room=room["room"])
+    assert claims.role == "client"
+
+    # A bad key is refused by the running server.
+    status, _ = _try(command.replace(key, "nope"))
+    assert status == 401
+    assert first.stop() == 0
+
+    # A restart reuses the same secrets: links stay valid, the key stays the same.
+    second = serve()
+    assert "secrets loaded" in second.line_with("secrets ")
+    assert second.line_with("API key:").split(": ", 1)[1] == key
+
+
+def _try(command: str) -> tuple[int, dict]:
+    try:
+        return _run_printed_command(command)
+    except urllib.error.HTTPError as exc:  # the urllib fallback raises on 401
+        return exc.code, json.loads(exc.read())
+
+
+def test_token_command_uses_the_generated_secret(serve, tmp_path: Path) -> None:
+    env = _env(tmp_path / "state")
+    missing = subprocess.run(
+        [str(BIN), "token", "--room", "r_x", "--role", "client", "--name", "K"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert missing.returncode == 2 and "ROUNDTABLE_SECRET" in missing.stderr
+
+    s = serve()
+    s.line_with("curl -X POST")
+    out = subprocess.run(
+        [
+            str(BIN),
+            "token",
+            "--room",
+            "r_x",
+            "--role",
+            "partner",
+            "--name",
+            "DRV",
+            "--grants",
+            "audio,subscribe",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    token = out.stdout.strip()
+    secret = json.loads((tmp_path / "state" / "secrets.json").read_text())["secret"]
+    claims = TokenService(secret, MemoryStore()).verify(token, room="r_x")
+    assert (claims.role, claims.name, claims.grants) == (
+        "partner",
+        "DRV",
+        frozenset({"audio", "subscribe"}),
+    )
+
+    bad = subprocess.run(
+        [str(BIN), "token", "--room", "r_x", "--role", "client", "--name", "K", "--grants", "root"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2 and "unknown grants" in bad.stderr
