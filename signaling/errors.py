@@ -39,6 +39,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "payload_too_large": 413,
     "too_many_requests": 429,
     "room_closed": 410,
+    "room_ended": 410,
     "room_full": 403,
     "unknown_event": 400,
     "invalid_payload": 400,

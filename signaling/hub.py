@@ -197,7 +197,7 @@ class RoomHub:
             p.remove()
             if self.notifier:
                 await self.notifier.drop(
-                    p.sid, RoundtableError("room_closed", "This session has ended.")
+                    p.sid, RoundtableError("room_ended", "This session has ended.")
                 )
         await self._teardown(live)
 

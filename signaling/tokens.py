@@ -2,8 +2,8 @@
 
 Verification refuses each failure with its own code so an operator (and the page) can
 tell an expired link from a forged one. Revocation lives in the ``StateStore``: a removed
-participant's ``jti`` is revoked, an ended room revokes every token naming it, and a
-partner's invite token is single-use (its ``jti`` is recorded on first join).
+participant's ``jti`` is revoked, an ended room revokes every token naming it, and an
+invite token (``invite: true``) is single-use (its ``jti`` is recorded on first join).
 """
 
 from __future__ import annotations
@@ -59,14 +59,15 @@ class TokenClaims:
     nbf: int
     iat: int
     jti: str
+    invite: bool = False  # made by POST /api/rooms/{room}/invites: single-use
+    org_type: str | None = None
 
     def has(self, grant: str) -> bool:
         return grant in self.grants
 
     @property
     def single_use(self) -> bool:
-        # Partners join through invites, and invites are single-use by contract.
-        return self.role == "partner"
+        return self.invite
 
 
 def _bad(code: str, message: str) -> TokenError:
@@ -104,6 +105,8 @@ class TokenService:
         org: str | None = None,
         grants: Iterable[str] | None = None,
         lobby: bool = False,
+        invite: bool = False,
+        org_type: str | None = None,
     ) -> tuple[str, TokenClaims]:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
@@ -125,6 +128,8 @@ class TokenService:
             nbf=now,
             iat=now,
             jti=secrets.token_urlsafe(16),
+            invite=invite,
+            org_type=org_type,
         )
         payload: dict[str, Any] = {
             "iss": ISSUER,
@@ -142,6 +147,10 @@ class TokenService:
         }
         if org is not None:
             payload["org"] = org
+        if org_type is not None:
+            payload["org_type"] = org_type
+        if invite:
+            payload["invite"] = True
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims
 
     # -- verifying ---------------------------------------------------------------------
@@ -249,8 +258,12 @@ class TokenService:
         if org is not None and (not isinstance(org, str) or len(org) > 120):
             raise _bad("token_malformed", "The 'org' claim is not valid.")
         lobby = p.get("lobby", False)
-        if not isinstance(lobby, bool):
-            raise _bad("token_malformed", "The 'lobby' claim is not valid.")
+        invite = p.get("invite", False)
+        if not isinstance(lobby, bool) or not isinstance(invite, bool):
+            raise _bad("token_malformed", "The 'lobby'/'invite' claim is not valid.")
+        org_type = p.get("org_type")
+        if org_type is not None and (not isinstance(org_type, str) or len(org_type) > 40):
+            raise _bad("token_malformed", "The 'org_type' claim is not valid.")
         name = p.get("name", "")
         if not isinstance(name, str) or len(name) > 120:
             raise _bad("token_malformed", "The 'name' claim is not valid.")
@@ -266,4 +279,6 @@ class TokenService:
             nbf=integer("nbf"),
             iat=integer("iat"),
             jti=text("jti", 128),
+            invite=invite,
+            org_type=org_type,
         )

@@ -100,7 +100,9 @@ async def test_revocation_room_end_and_single_use_invites() -> None:
         await service.authenticate(token)
     assert info.value.code == "token_revoked"
 
-    invite, _ = service.issue(room=ROOM, role="partner", name="P", ttl=60, grants=["audio"])
+    invite, _ = service.issue(
+        room=ROOM, role="partner", name="P", ttl=60, grants=["audio"], invite=True
+    )
     await service.authenticate(invite, consume_invite=True)
     with pytest.raises(RoundtableError) as info:
         await service.authenticate(invite, consume_invite=True)
@@ -179,7 +181,9 @@ async def test_revoked_and_ended_room_tokens_are_refused(server: RunningServer) 
 
 
 async def test_invite_is_single_use_at_connect(server: RunningServer) -> None:
-    invite = server.token(role="partner", name="DRV", grants=["publish", "subscribe", "audio"])
+    invite = server.token(
+        role="partner", name="DRV", grants=["publish", "subscribe", "audio"], invite=True
+    )
     first = SignalClient()
     try:
         assert await first.connect(server.url, invite)
