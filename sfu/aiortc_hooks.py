@@ -31,10 +31,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aioice.ice
-from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender, clock
+from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtp import RtpPacket
+from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci, unwrap_rtx
 
 __all__ = [
     "SilentTrack",
@@ -46,6 +49,7 @@ __all__ = [
     "update_sender_report",
     "use_media_host",
     "send_rtp",
+    "send_rtp_now",
     "negotiated",
     "request_keyframe",
     "decoder_running",
@@ -58,6 +62,16 @@ _SENDER_NTP = "_RTCRtpSender__ntp_timestamp"
 _SENDER_RTP_TS = "_RTCRtpSender__rtp_timestamp"
 _SENDER_OCTETS = "_RTCRtpSender__octet_count"
 _SENDER_PACKETS = "_RTCRtpSender__packet_count"
+_RX_REMB = "_RTCRtpReceiver__remote_bitrate_estimator"
+_RX_RTCP_SSRC = "_RTCRtpReceiver__rtcp_ssrc"
+_RX_ACTIVE_SSRC = "_RTCRtpReceiver__active_ssrc"
+_RX_CODECS = "_RTCRtpReceiver__codecs"
+_RX_REMOTE_STREAMS = "_RTCRtpReceiver__remote_streams"
+_RX_RTX_SSRC = "_RTCRtpReceiver__rtx_ssrc"
+_RX_NACK = "_RTCRtpReceiver__nack_generator"
+_DTLS_TX_BYTES = "_RTCDtlsTransport__tx_bytes"
+_DTLS_TX_PACKETS = "_RTCDtlsTransport__tx_packets"
+_ICE_CONNECTION_SEND = aioice.ice.Connection.send
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
 
@@ -68,7 +82,14 @@ def check_compatible() -> None:
     for cls, methods in (
         (
             RTCRtpReceiver,
-            ["_handle_rtp_packet", "receive", _RECEIVER_STOP_DECODER, "_send_rtcp_pli"],
+            [
+                "_handle_rtp_packet",
+                "receive",
+                _RECEIVER_STOP_DECODER,
+                "_send_rtcp_pli",
+                "_send_rtcp",
+                "_send_rtcp_nack",
+            ],
         ),
         (RTCRtpSender, ["_send_keyframe", "_retransmit", "_handle_rtcp_packet", "send"]),
         (RTCDtlsTransport, ["_send_rtp", "_handle_rtp_data"]),
@@ -76,9 +97,30 @@ def check_compatible() -> None:
         problems += [f"{cls.__name__}.{m}" for m in methods if not callable(getattr(cls, m, None))]
     for cls, attrs in (
         (RTCRtpSender, [_SENDER_NTP, _SENDER_RTP_TS, _SENDER_OCTETS, _SENDER_PACKETS]),
-        (RTCRtpReceiver, [_RECEIVER_DECODER_THREAD]),
+        (
+            RTCRtpReceiver,
+            [
+                _RECEIVER_DECODER_THREAD,
+                _RX_REMB,
+                _RX_ACTIVE_SSRC,
+                _RX_CODECS,
+                _RX_REMOTE_STREAMS,
+                _RX_RTX_SSRC,
+                _RX_NACK,
+                _RX_RTCP_SSRC,
+                "_enabled",
+            ],
+        ),
+        (RTCDtlsTransport, [_DTLS_TX_BYTES, _DTLS_TX_PACKETS, "_tx_srtp", "_state"]),
+        (aioice.ice.Connection, ["_nominated"]),
     ):
         problems += [f"{cls.__name__}.{a}" for a in attrs if not _init_assigns(cls, a)]
+    if not callable(getattr(RemoteBitrateEstimator, "add", None)) or not callable(
+        getattr(StreamStatistics, "add", None)
+    ):
+        problems.append("aiortc receiver statistics")
+    if "transport" not in aioice.ice.StunProtocol.connection_made.__code__.co_names:
+        problems.append("aioice.ice.StunProtocol.transport")
     if not callable(getattr(aioice.ice, "get_host_addresses", None)):
         problems.append("aioice.ice.get_host_addresses")
     if problems:
@@ -153,7 +195,6 @@ def tap_receiver(
     (media is about to flow). Must be called before the receiver's ``receive()`` runs, i.e. from the
     peer connection's ``track`` event.
     """
-    original_handle = receiver._handle_rtp_packet
     original_receive = receiver.receive
     codecs: dict[int, Any] = {}
 
@@ -168,10 +209,63 @@ def tap_receiver(
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         tap(packet, codecs)
-        await original_handle(packet, arrival_time_ms)
+        await _account_rtp(receiver, packet, arrival_time_ms)
 
     receiver.receive = receive  # type: ignore[method-assign]
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+
+
+async def _account_rtp(receiver: RTCRtpReceiver, packet: RtpPacket, arrival_time_ms: int) -> None:
+    """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` without what only a decoder needs.
+
+    Kept: REMB bandwidth estimation (the publisher's encoder ramps up on it), the
+    synchronisation-source list, RTCP receiver statistics and NACKs for missing packets
+    (after unwrapping RTX, as aiortc does). Dropped: depayloading and the jitter buffer,
+    whose frames would only feed the decoder we stopped — about a third of aiortc's
+    per-packet work on the receive side.
+    """
+    d = receiver.__dict__
+    if not receiver._enabled:
+        return
+    estimator = d[_RX_REMB]
+    if estimator is not None and packet.extensions.abs_send_time is not None:
+        remb = estimator.add(
+            abs_send_time=packet.extensions.abs_send_time,
+            arrival_time_ms=arrival_time_ms,
+            payload_size=len(packet.payload) + packet.padding_size,
+            ssrc=packet.ssrc,
+        )
+        rtcp_ssrc = d[_RX_RTCP_SSRC]
+        if rtcp_ssrc is not None and remb is not None:
+            await receiver._send_rtcp(
+                RtcpPsfbPacket(
+                    fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+                )
+            )
+    d[_RX_ACTIVE_SSRC][packet.ssrc] = clock.current_datetime()
+    codecs = d[_RX_CODECS]
+    codec = codecs.get(packet.payload_type)
+    if codec is None:
+        return
+    streams = d[_RX_REMOTE_STREAMS]
+    stream = streams.get(packet.ssrc)
+    if stream is None:
+        stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+    stream.add(packet)
+    if is_rtx(codec):
+        original_ssrc = d[_RX_RTX_SSRC].get(packet.ssrc)
+        apt = codec.parameters.get("apt")
+        if (
+            original_ssrc is None
+            or len(packet.payload) < 2
+            or not isinstance(apt, int)
+            or apt not in codecs
+        ):
+            return
+        packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+    nack = d[_RX_NACK]
+    if nack is not None and nack.add(packet):
+        await receiver._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
 
 
 def decoder_running(receiver: RTCRtpReceiver) -> bool:
@@ -220,6 +314,40 @@ def send_rtp(sender: RTCRtpSender, data: bytes) -> Awaitable[None]:
     Raises ``ConnectionError`` while the transport is not connected.
     """
     return sender.transport._send_rtp(data)
+
+
+def send_rtp_now(sender: RTCRtpSender, data: bytes) -> bool:
+    """Protect and send one RTP packet synchronously; ``False``: use :func:`send_rtp`.
+
+    ``_send_rtp`` → ``Connection.send`` → ``sendto`` → ``StunProtocol.send_data`` are
+    coroutines that never suspend; walking them costs four coroutine frames and, for
+    the forwarder, a task switch per packet. This does the same work in place, but only
+    on the chain it knows (a host pair through aioice's own ``Connection.send``) and
+    only while the socket takes data at once (nothing buffered in the asyncio
+    transport); otherwise the caller queues the packet and awaits :func:`send_rtp`.
+    Raises ``ConnectionError`` while the transport is not connected.
+    """
+    dtls = sender.transport
+    if dtls._state is not State.CONNECTED:
+        raise ConnectionError("Cannot send encrypted RTP, not connected")
+    send = dtls.transport._send
+    if getattr(send, "__func__", None) is not _ICE_CONNECTION_SEND:
+        return False
+    pair = send.__self__._nominated.get(1)
+    if pair is None:
+        raise ConnectionError("Cannot send data, not connected")
+    protocol = pair.protocol
+    if type(protocol) is not aioice.ice.StunProtocol:
+        return False
+    udp = protocol.transport
+    if udp is None or udp.get_write_buffer_size():
+        return False
+    protected = dtls._tx_srtp.protect(data)
+    udp.sendto(protected, pair.remote_addr)
+    d = dtls.__dict__
+    d[_DTLS_TX_BYTES] += len(protected)
+    d[_DTLS_TX_PACKETS] += 1
+    return True
 
 
 def negotiated(transceiver: Any) -> tuple[Any | None, int | None]:

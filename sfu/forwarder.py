@@ -144,7 +144,9 @@ class Leg:
         self.source: Forwarder | None = None
         self.track_id: str | None = None
         self._stats = stats
-        self._queue: deque[tuple[RtpPacket, int]] = deque()
+        # Packets waiting for the socket: (packet, t_in, (data, ts) if already rewritten).
+        self._queue: deque[tuple[RtpPacket, int, tuple[bytes, int] | None]] = deque()
+        self._sending = False
         self._limit = queue_limit
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -224,7 +226,25 @@ class Leg:
                 return
             self._waiting_key = False
             self._rebase = True
+        if not self._configured:
+            return  # legs are configured before they are attached; never reached
         queue = self._queue
+        if not queue and not self._sending:
+            # Fast path: nothing of this leg is waiting, so send now, in order, without
+            # a task switch. Falls back to the queue when the socket is backed up.
+            data, ts = self._rewrite(packet)
+            try:
+                sent = hooks.send_rtp_now(self.sender, data)
+            except ConnectionError:
+                self._waiting_key = self.kind == "video"
+                self._rebase = True
+                return
+            if sent:
+                self._sent(data, ts, len(packet.payload), t_in)
+                return
+            queue.append((packet, t_in, (data, ts)))
+            self._wake.set()
+            return
         if len(queue) >= self._limit:
             # This subscriber is not draining: drop what it could not take, rather than
             # delaying it further, and restart it at the next key frame.
@@ -235,20 +255,29 @@ class Leg:
                 self._waiting_key = True
                 self.source.request_keyframe()  # type: ignore[union-attr]
             return
-        queue.append((packet, t_in))
+        queue.append((packet, t_in, None))
         self._wake.set()
 
+    def _sent(self, data: bytes, ts: int, payload_len: int, t_in: int) -> None:
+        stats = self._stats
+        stats.latency.observe(time.perf_counter_ns() - t_in)
+        stats.packets_out += 1
+        stats.bytes_out += len(data)
+        hooks.update_sender_report(self.sender, ts, payload_len)
+
     async def _run(self) -> None:
-        queue, wake, stats = self._queue, self._wake, self._stats
-        observe = stats.latency.observe
+        """Drains what the fast path could not send at once (a backed-up socket)."""
+        queue, wake = self._queue, self._wake
         while True:
             await wake.wait()
             wake.clear()
             while queue:
-                packet, t_in = queue.popleft()
+                packet, t_in, prepared = queue.popleft()
                 if not self._configured:
                     continue
-                data, ts = self._rewrite(packet)
+                # Rewritten when sent, so packets dropped from the queue leave no gap.
+                data, ts = prepared or self._rewrite(packet)
+                self._sending = True
                 try:
                     await hooks.send_rtp(self.sender, data)
                 except ConnectionError:
@@ -258,10 +287,9 @@ class Leg:
                     self._rebase = True
                     queue.clear()
                     break
-                observe(time.perf_counter_ns() - t_in)
-                stats.packets_out += 1
-                stats.bytes_out += len(data)
-                hooks.update_sender_report(self.sender, ts, len(packet.payload))
+                finally:
+                    self._sending = False
+                self._sent(data, ts, len(packet.payload), t_in)
 
     def _rewrite(self, p: RtpPacket) -> tuple[bytes, int]:
         seq, ts = p.sequence_number, p.timestamp

@@ -1,0 +1,337 @@
+"""``roundtable-bench``: load-test a roundtable server and report what the SFU adds.
+
+Synthetic participants are real aiortc peers that join through the server's HTTP API
+and Socket.IO signalling, publish pre-encoded VP8/Opus with a timestamp trailer and
+measure what they receive without decoding (see ``bench/participant.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import report as report_mod
+from .generator import Scenario
+from .media import encode_media
+from .runner import cpu_plan, run_load, start_local
+
+EPILOG = """\
+examples:
+  roundtable-bench --local --rooms 10 --participants 3 --duration 20 \\
+      --json bench-out/bench.json --plot bench-out/bench.png
+  roundtable-bench --local --baseline --rooms 4 --participants 3 --duration 15
+  roundtable-bench --local --find-capacity --rooms 5 --capacity-step 5 --duration 10
+  roundtable-bench --url https://talk.example.org --api-key KEY --secret SECRET \\
+      --rooms 20 --participants 4 --workers 4
+
+Against a remote server, raise its ROUNDTABLE_JOINS_PER_IP_PER_MINUTE (one generator
+host makes every join) and ROUNDTABLE_MAX_PARTICIPANTS if --participants exceeds it.
+Partners (participants beyond caseworker and client) need tokens signed with the
+server's secret (--secret or ROUNDTABLE_SECRET), as `roundtable token` makes them.
+Server CPU/RSS come from psutil with --local; against --url only if the server
+exports process_cpu_seconds_total / process_resident_memory_bytes on /metrics.
+
+The JSON report holds overall.{sfu_latency_ms,e2e_latency_ms}.{p50,p95,p99,max},
+overall.loss_pct, overall.server_cpu_pct, overall.tracks_forwarded, ... and a `rooms`
+list with the same per room.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="roundtable-bench",
+        description=(
+            "Load-test roundtable with synthetic aiortc participants through the real HTTP "
+            "API and Socket.IO signalling. Reports per room and overall: SFU-added forwarding "
+            "latency (the server's /metrics histogram), end-to-end latency, packet loss, join "
+            "time, server CPU and memory, forwarded packets/s and tracks per core."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    target = p.add_argument_group("target")
+    target.add_argument("--url", help="server base URL, e.g. http://127.0.0.1:8080")
+    target.add_argument(
+        "--api-key",
+        default=os.environ.get("ROUNDTABLE_API_KEY"),
+        help="operator API key for POST /api/rooms (default: $ROUNDTABLE_API_KEY)",
+    )
+    target.add_argument(
+        "--secret",
+        default=os.environ.get("ROUNDTABLE_SECRET"),
+        help="token secret, to mint partner tokens like `roundtable token` (default: $ROUNDTABLE_SECRET)",
+    )
+    target.add_argument(
+        "--local",
+        action="store_true",
+        help="start a private `roundtable serve` on a free loopback port with generated "
+        "secrets (server pinned to one core with taskset, generators to another)",
+    )
+    target.add_argument(
+        "--media-host",
+        default=os.environ.get("ROUNDTABLE_MEDIA_HOST", "127.0.0.1"),
+        help="address the synthetic peers (and a --local server) gather ICE on "
+        "(default: $ROUNDTABLE_MEDIA_HOST or 127.0.0.1)",
+    )
+    target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+
+    load = p.add_argument_group("load")
+    load.add_argument("--rooms", type=int, default=2, help="rooms (sessions) to run (default 2)")
+    load.add_argument(
+        "--participants",
+        type=int,
+        default=3,
+        help="participants per room: caseworker, client, then partners (default 3)",
+    )
+    load.add_argument(
+        "--partner-delay",
+        type=float,
+        default=1.0,
+        help="seconds after caseworker and client before partners are dialled in (default 1)",
+    )
+    load.add_argument(
+        "--duration", type=float, default=10.0, help="measurement window in seconds (default 10)"
+    )
+    load.add_argument(
+        "--join-pacing",
+        type=float,
+        default=0.05,
+        help="seconds between joins within a room and between room starts (default 0.05)",
+    )
+    load.add_argument("--audio-only", action="store_true", help="publish Opus only, no video")
+    load.add_argument(
+        "--video-bitrate", type=int, default=500, help="VP8 bitrate in kbit/s (default 500)"
+    )
+    load.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="generator processes (rooms are split between them; default 1)",
+    )
+    load.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of media before measuring (default 2)"
+    )
+
+    out = p.add_argument_group("output")
+    out.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    out.add_argument("--plot", metavar="FILE", help="write a PNG: latency per room, CPU over time")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    modes = p.add_argument_group("modes")
+    modes.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run the same load through a transcoding relay (aiortc MediaRelay, "
+        "decode → re-encode; started locally) and report the ratios",
+    )
+    modes.add_argument(
+        "--find-capacity",
+        action="store_true",
+        help="raise the number of rooms from --rooms by --capacity-step until p99 SFU "
+        "latency or loss pass their thresholds; print the largest load that held",
+    )
+    modes.add_argument(
+        "--p99-threshold-ms", type=float, default=10.0, help="capacity: p99 limit (default 10 ms)"
+    )
+    modes.add_argument(
+        "--loss-threshold", type=float, default=1.0, help="capacity: loss limit in %% (default 1)"
+    )
+    modes.add_argument(
+        "--capacity-step", type=int, default=5, help="capacity: rooms added per step (default 5)"
+    )
+    modes.add_argument(
+        "--capacity-max-rooms", type=int, default=200, help="capacity: stop at this many rooms"
+    )
+    return p
+
+
+def _scenario_dict(args: argparse.Namespace, rooms: int) -> dict[str, Any]:
+    return {
+        "rooms": rooms,
+        "participants": args.participants,
+        "duration_s": args.duration,
+        "audio_only": args.audio_only,
+        "video_kbps": None if args.audio_only else args.video_bitrate,
+        "partner_delay_s": args.partner_delay,
+        "join_pacing_s": args.join_pacing,
+        "workers": args.workers,
+        "local": args.local,
+        "cpus": os.cpu_count(),
+    }
+
+
+async def _run(args: argparse.Namespace) -> int:
+    progress = not args.no_progress
+    t = time.monotonic()
+    media = encode_media(args.video_bitrate * 1000, video=not args.audio_only)
+    if progress:
+        print(
+            f"media: {len(media.video)} VP8 frames (~{media.measured_video_kbps:.0f} kbit/s), "
+            f"{len(media.audio)} Opus frames, encoded once in {time.monotonic() - t:.1f} s",
+            file=sys.stderr,
+        )
+    server_cpu, gen_cpu = cpu_plan() if args.local else (None, None)
+    max_rooms = args.capacity_max_rooms if args.find_capacity else args.rooms
+    servers = []
+    try:
+        if args.local:
+            sfu = await start_local("sfu", args.media_host, args.participants, server_cpu)
+            servers.append(sfu)
+            url, api_key, secret, pid = sfu.url, sfu.api_key, sfu.secret, sfu.pid
+            if progress:
+                print(
+                    f"local server {url} (pid {pid}, core {server_cpu}), generators on core {gen_cpu}",
+                    file=sys.stderr,
+                )
+        else:
+            url, api_key, secret, pid = args.url.rstrip("/"), args.api_key, args.secret, None
+
+        def scenario(target_url: str, key: str, sec: str | None) -> Scenario:
+            return Scenario(
+                url=target_url,
+                api_key=key,
+                secret=sec,
+                participants=args.participants,
+                partner_delay=args.partner_delay,
+                join_pacing=args.join_pacing,
+                audio_only=args.audio_only,
+                media=media,
+                media_host=args.media_host,
+                tls_verify=not args.insecure,
+            )
+
+        async def one(
+            label: str, target: str, key: str, sec: str | None, rooms: int, spid: int | None
+        ) -> dict[str, Any]:
+            raw = await run_load(
+                label,
+                target,
+                scenario(target, key, sec),
+                rooms,
+                args.workers,
+                args.duration,
+                spid,
+                gen_cpu,
+                progress=progress,
+                warmup=args.warmup,
+            )
+            return report_mod.summarise(raw, _scenario_dict(args, rooms))
+
+        if args.find_capacity:
+            result = await _find_capacity(args, one, url, api_key, secret, pid, max_rooms)
+        else:
+            result = await one("roundtable", url, api_key, secret, args.rooms, pid)
+            print(report_mod.table(result))
+            if args.baseline:
+                base = await start_local(
+                    "baseline", args.media_host, args.participants, server_cpu, api_key=None
+                )
+                servers.append(base)
+                base_report = await one(
+                    "transcoding", base.url, base.api_key, base.secret, args.rooms, base.pid
+                )
+                print(report_mod.table(base_report))
+                cmp = report_mod.compare(result, base_report)
+                print(report_mod.comparison_table(cmp, result, base_report))
+                result = {**result, "baseline": base_report, "comparison": cmp}
+        if args.json:
+            report_mod.write_json(args.json, result)
+        if args.plot and "rooms" in result:
+            report_mod.plot(args.plot, result, result.get("baseline"))
+        ok = result.get("overall", {}).get("complete", True) if not args.find_capacity else True
+        return 0 if ok else 1
+    finally:
+        for s in servers:
+            await s.stop()
+
+
+async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dict[str, Any]:
+    steps = []
+    held: dict[str, Any] | None = None
+    rooms = max(1, args.rooms)
+    while rooms <= max_rooms:
+        rep = await one(f"capacity {rooms} rooms", url, api_key, secret, rooms, pid)
+        o = rep["overall"]
+        p99 = o["sfu_latency_ms"]["p99"]
+        ok = (
+            o["complete"]
+            and p99 is not None
+            and p99 <= args.p99_threshold_ms
+            and o["loss_pct"] <= args.loss_threshold
+        )
+        step = {
+            "rooms": rooms,
+            "tracks_forwarded": o["tracks_forwarded"],
+            "sfu_p50_ms": o["sfu_latency_ms"]["p50"],
+            "sfu_p99_ms": p99,
+            "e2e_p99_ms": o["e2e_latency_ms"]["p99"],
+            "loss_pct": o["loss_pct"],
+            "server_cpu_pct": o["server_cpu_pct"],
+            "tracks_per_core": o["tracks_per_core"],
+            "complete": o["complete"],
+            "held": ok,
+        }
+        steps.append(step)
+        print(
+            f"{rooms:>4} rooms: {o['tracks_forwarded']} tracks, SFU p99 {p99} ms, "
+            f"loss {o['loss_pct']} %, server CPU {o['server_cpu_pct']} % -> {'held' if ok else 'FAILED'}"
+        )
+        if not ok:
+            break
+        held = rep
+        rooms += args.capacity_step
+    if held is not None:
+        o = held["overall"]
+        print(
+            f"largest load that held: {held['scenario']['rooms']} rooms × {args.participants} "
+            f"participants = {o['tracks_forwarded']} forwarded tracks at SFU p99 "
+            f"{o['sfu_latency_ms']['p99']} ms, loss {o['loss_pct']} %, server CPU "
+            f"{o['server_cpu_pct']} % ({o['tracks_per_core']} tracks per core)"
+        )
+        print(report_mod.table(held))
+    else:
+        print("no load held (even the first step failed)")
+    return {
+        "capacity": {
+            "p99_threshold_ms": args.p99_threshold_ms,
+            "loss_threshold_pct": args.loss_threshold,
+            "steps": steps,
+            "held_rooms": held["scenario"]["rooms"] if held else 0,
+            "held_tracks": held["overall"]["tracks_forwarded"] if held else 0,
+        },
+        **(held or {}),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.local and not args.url:
+        parser().error("give --url (and --api-key) or --local")
+    if not args.local and not args.api_key:
+        parser().error("--api-key (or $ROUNDTABLE_API_KEY) is needed with --url")
+    if not args.local and args.participants > 2 and not args.secret:
+        parser().error("partners need --secret (or $ROUNDTABLE_SECRET) to mint their tokens")
+    if args.baseline and args.find_capacity:
+        parser().error("--baseline and --find-capacity are separate runs")
+    if args.rooms < 1 or args.participants < 1 or args.duration <= 0:
+        parser().error("--rooms, --participants and --duration must be positive")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("aioice", "aiortc", "socketio", "engineio"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from sfu import aiortc_hooks
+
+    aiortc_hooks.use_media_host(args.media_host)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

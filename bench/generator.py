@@ -1,0 +1,280 @@
+"""One load-generator process: the rooms it was given, joined, measured, then left.
+
+The coordinator (``bench.runner``) starts one or more of these with
+``multiprocessing`` and steers them with two events: ``start`` opens the measurement
+window in every process at once, ``stop`` closes it. A process reports over a queue:
+``("joined", 1)`` per participant, ``("ready", ...)`` once every subscriber of its rooms
+receives every publisher (or the join timeout passed), then ``("result", ...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from .media import EncodedMedia
+from .participant import SyntheticParticipant, Window
+
+log = logging.getLogger(__name__)
+
+ROLES = ("caseworker", "client")
+PARTNER_GRANTS = ("publish", "subscribe", "audio", "video", "see_client")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    url: str
+    api_key: str
+    secret: str | None  # mints partner tokens (`roundtable token` equivalent)
+    participants: int
+    partner_delay: float
+    join_pacing: float
+    audio_only: bool
+    media: EncodedMedia
+    media_host: str | None
+    join_timeout: float = 60.0
+    tls_verify: bool = True
+
+
+@dataclass(slots=True)
+class RoomRun:
+    index: int
+    room_id: str = ""
+    participants: list[SyntheticParticipant] | None = None
+    error: str | None = None
+
+
+def _token_from(link: str) -> str:
+    fragment = urlsplit(link).fragment
+    for part in fragment.split("&"):
+        if part.startswith("token="):
+            return part[len("token=") :]
+    raise ValueError("join link without #token=")
+
+
+def partner_token(secret: str, room: str, n: int) -> str:
+    """What `roundtable token --role partner` prints, with an invite's usual grants."""
+    from signaling.store import MemoryStore
+    from signaling.tokens import TokenService
+
+    token, _ = TokenService(secret, MemoryStore()).issue(
+        room=room,
+        role="partner",
+        name=f"Partner {n}",
+        org="Bench",
+        grants=PARTNER_GRANTS,
+        ttl=3600,
+    )
+    return token
+
+
+class Generator:
+    """The rooms of one process."""
+
+    def __init__(self, scenario: Scenario, room_indices: list[int], report: Any) -> None:
+        self.s = scenario
+        self.rooms = [RoomRun(i) for i in room_indices]
+        self.window = Window()
+        self.report = report  # callable(tuple)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def join_all(self) -> None:
+        connector = aiohttp.TCPConnector(ssl=None if self.s.tls_verify else False)
+        self._http = aiohttp.ClientSession(connector=connector)
+        tasks = []
+        for n, room in enumerate(self.rooms):
+            tasks.append(asyncio.ensure_future(self._run_room(room, n * self.s.join_pacing)))
+        await asyncio.gather(*tasks)
+
+    async def _run_room(self, room: RoomRun, delay: float) -> None:
+        await asyncio.sleep(delay)
+        s = self.s
+        room.participants = []
+        try:
+            t0 = time.monotonic_ns()
+            assert self._http is not None
+            async with self._http.post(
+                f"{s.url}/api/rooms",
+                json={"client_name": "Bench client", "caseworker_name": "Bench caseworker"},
+                headers={"Authorization": f"Bearer {s.api_key}"},
+            ) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status != 201:
+                    raise RuntimeError(f"POST /api/rooms: {resp.status} {body}")
+            room.room_id = body["room"]
+            tokens = [_token_from(body["caseworker_url"]), _token_from(body["client_url"])]
+            for i in range(min(2, s.participants)):
+                p = self._participant(tokens[i], ROLES[i], room, i)
+                await p.join(t0)
+                self.report(("joined", 1))
+                if s.join_pacing:
+                    await asyncio.sleep(s.join_pacing)
+            if s.participants > 2:
+                await asyncio.sleep(s.partner_delay)
+                for i in range(2, s.participants):
+                    t1 = time.monotonic_ns()
+                    assert s.secret is not None
+                    token = partner_token(s.secret, room.room_id, i - 1)
+                    p = self._participant(token, "partner", room, i)
+                    await p.join(t1)
+                    self.report(("joined", 1))
+                    if s.join_pacing:
+                        await asyncio.sleep(s.join_pacing)
+        except Exception as exc:
+            room.error = f"{type(exc).__name__}: {exc}"
+            log.warning("room %d: %s", room.index, room.error)
+            self.report(("joined", 0))
+
+    def _participant(self, token: str, role: str, room: RoomRun, i: int) -> SyntheticParticipant:
+        p = SyntheticParticipant(
+            self.s.url,
+            token,
+            role,
+            index=room.index * 100 + i,
+            media=self.s.media,
+            window=self.window,
+            audio_only=self.s.audio_only,
+            tls_verify=self.s.tls_verify,
+        )
+        assert room.participants is not None
+        room.participants.append(p)
+        return p
+
+    def complete(self) -> tuple[int, int]:
+        """(publisher→subscriber pairs receiving media, pairs expected)."""
+        have = want = 0
+        for room in self.rooms:
+            people = room.participants or []
+            pids = {p.pid for p in people if p.pid and p.tracks}
+            for p in people:
+                others = pids - {p.pid}
+                want += len(others)
+                have += len(others & p.received_from())
+        return have, want
+
+    async def wait_flowing(self, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            have, want = self.complete()
+            if want and have >= want:
+                return
+            await asyncio.sleep(0.2)
+
+    def results(self, window_s: float) -> list[dict[str, Any]]:
+        out = []
+        for room in self.rooms:
+            people = room.participants or []
+            pids = {p.pid: p for p in people if p.pid}
+            flows = []
+            e2e: list[int] = []
+            for p in people:
+                e2e.extend(p.rx.e2e_ns)
+                for f in p.rx.flows.values():
+                    flows.append(
+                        {
+                            "subscriber": p.pid,
+                            "publisher": f.publisher,
+                            "kind": f.kind,
+                            "packets": f.packets,
+                            "w_packets": f.w_packets,
+                            "w_bytes": f.w_bytes,
+                            "frames": f.frames,
+                            "frames_expected": (f.last_seq - f.first_seq + 1)
+                            if f.first_seq is not None
+                            else 0,
+                            "rtp_expected": (f.rtp_last - f.rtp_first + 1)
+                            if f.rtp_first is not None
+                            else 0,
+                            "rtp_received": f.rtp_count,
+                        }
+                    )
+            out.append(
+                {
+                    "index": room.index,
+                    "room": room.room_id,
+                    "error": room.error,
+                    "participants": [
+                        {
+                            "id": p.pid,
+                            "role": p.role,
+                            "publishes": bool(p.tracks),
+                            "join_ms": (p.rx.first_media_ns - p.join_started_ns) / 1e6
+                            if p.rx.first_media_ns
+                            else None,
+                            "received_from": sorted(p.received_from()),
+                            "errors": p.errors[:5],
+                            "sent_frames": p.sent_frames,
+                        }
+                        for p in people
+                    ],
+                    "publishers": sorted(pid for pid, p in pids.items() if p.tracks),
+                    "flows": flows,
+                    "e2e_ns": e2e,
+                    "window_s": window_s,
+                }
+            )
+        return out
+
+    async def close(self) -> None:
+        people = [p for room in self.rooms for p in (room.participants or [])]
+        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+
+async def run(
+    scenario: Scenario, room_indices: list[int], report: Any, start: Any, stop: Any
+) -> None:
+    """Join, report ready, measure between ``start`` and ``stop`` (threading-like events)."""
+    gen = Generator(scenario, room_indices, report)
+    try:
+        await gen.join_all()
+        await gen.wait_flowing(scenario.join_timeout)
+        have, want = gen.complete()
+        report(("ready", {"pairs": have, "pairs_expected": want}))
+        parent = os.getppid()
+        while not start.is_set():  # noqa: ASYNC110 - see below
+            if stop.is_set() or os.getppid() != parent:
+                break
+            await asyncio.sleep(0.02)
+        gen.window.active = True
+        t0 = time.monotonic()
+        # multiprocessing events cannot be awaited; poll them (bounded by the coordinator).
+        while not stop.is_set() and os.getppid() == parent:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        gen.window.active = False
+        report(("result", gen.results(time.monotonic() - t0)))
+    except Exception as exc:
+        log.exception("generator failed")
+        report(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        try:
+            await asyncio.wait_for(gen.close(), 30)
+        except Exception:
+            pass
+
+
+def process_main(
+    scenario: Scenario, room_indices: list[int], queue: Any, start: Any, stop: Any, cpu: int | None
+) -> None:
+    """Entry point of a generator process (``multiprocessing``, spawn)."""
+    logging.basicConfig(level=logging.WARNING)
+    for noisy in ("aioice", "aiortc", "socketio", "engineio"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+    from sfu import aiortc_hooks
+
+    # aioice skips loopback; the synthetic peers gather on the media host like the server.
+    aiortc_hooks.use_media_host(scenario.media_host)
+    asyncio.run(run(scenario, room_indices, queue.put, start, stop))

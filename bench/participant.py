@@ -1,0 +1,281 @@
+"""A synthetic participant: a real aiortc peer behind a real Socket.IO signalling client.
+
+It joins the way the page does (docs/protocol.md): connect with ``auth: {token}``, wait
+for ``welcome``, publish an offer with ack, answer every ``subscribe.offer``. It
+publishes pre-encoded media (``bench.media.ReplayTrack``) and measures what it receives
+without decoding: ``sfu.aiortc_hooks.tap_receiver`` hands it every RTP packet below
+aiortc's decoder and stops the decoder thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.rtp import RtpPacket
+
+from sfu import aiortc_hooks
+
+from .media import TRAILER, EncodedMedia, ReplayTrack, read_trailer
+
+log = logging.getLogger(__name__)
+
+# No STUN/TURN (nothing may leave the host), one transport like a browser's max-bundle.
+CLIENT_CONFIG = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+SIGNAL_TIMEOUT = 30.0
+
+
+@dataclass(slots=True)
+class Window:
+    """The measurement window shared by every participant of one generator process."""
+
+    active: bool = False
+
+
+@dataclass(slots=True)
+class Flow:
+    """What one subscriber received of one publisher's track."""
+
+    publisher: str
+    kind: str
+    packets: int = 0  # every packet, window or not
+    # in the measurement window:
+    w_packets: int = 0
+    w_bytes: int = 0
+    first_seq: int | None = None  # trailer frame sequence numbers
+    last_seq: int = 0
+    frames: int = 0
+    rtp_first: int | None = None  # extended RTP sequence numbers
+    rtp_last: int = 0
+    rtp_last16: int = 0
+    rtp_count: int = 0
+
+
+@dataclass(slots=True)
+class Rx:
+    """Everything one participant measured as a subscriber."""
+
+    flows: dict[str, Flow] = field(default_factory=dict)  # by subscribe-side mid
+    e2e_ns: list[int] = field(default_factory=list)
+    first_media_ns: int | None = None
+
+
+class SyntheticParticipant:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        role: str,
+        index: int,
+        media: EncodedMedia,
+        window: Window,
+        audio_only: bool = False,
+        tls_verify: bool = True,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.role = role
+        self.index = index  # publisher index written into the trailer
+        self.media = media
+        self.window = window
+        self.audio_only = audio_only
+        self.pid: str | None = None
+        self.rx = Rx()
+        self.pub: RTCPeerConnection | None = None
+        self.sub: RTCPeerConnection | None = None
+        self.tracks: list[ReplayTrack] = []
+        self.errors: list[str] = []
+        self.join_started_ns = 0
+        self.mid_owner: dict[str, tuple[str, str]] = {}
+        self._sub_lock = asyncio.Lock()
+        self._welcome = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._grants: set[str] = set()
+        self.sio = socketio.AsyncClient(reconnection=False, ssl_verify=tls_verify)
+        self.sio.on("welcome", self._on_welcome)
+        self.sio.on("subscribe.offer", self._on_offer)
+        self.sio.on("error", self._on_error)
+
+    # -- joining ------------------------------------------------------------------------
+
+    async def join(self, started_ns: int | None = None) -> None:
+        """Connect, wait for ``welcome``, publish. Raises on refusal or timeout."""
+        self.join_started_ns = started_ns or time.monotonic_ns()
+        await self.sio.connect(
+            self.url,
+            auth={"token": self.token},
+            transports=["websocket"],
+            socketio_path="socket.io",
+            wait_timeout=SIGNAL_TIMEOUT,
+        )
+        await asyncio.wait_for(self._welcome.wait(), SIGNAL_TIMEOUT)
+        if "publish" in self._grants:
+            await self._publish()
+
+    async def _on_welcome(self, data: dict[str, Any]) -> None:
+        you = data.get("you", {})
+        self.pid = you.get("id")
+        self._grants = {"publish", "subscribe"}  # the server enforces the real grants
+        if you.get("state") == "waiting":
+            self.errors.append("waiting_room")
+        self._welcome.set()
+
+    async def _on_error(self, data: Any) -> None:
+        code = data.get("error") if isinstance(data, dict) else str(data)
+        self.errors.append(str(code))
+
+    async def _publish(self) -> None:
+        self.pub = RTCPeerConnection(CLIENT_CONFIG)
+        kinds = [("audio", self.media.audio)]
+        if not self.audio_only and self.media.video:
+            kinds.append(("video", self.media.video))
+        for kind, frames in kinds:
+            track = ReplayTrack(kind, frames, self.index)
+            sender = self.pub.addTrack(track)
+            # A PLI/FIR relayed by the server restarts the replay at its key frame,
+            # the way a live encoder answers it (aiortc's sender cannot: it only packs).
+            sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+            self.tracks.append(track)
+        await self.pub.setLocalDescription(await self.pub.createOffer())
+        ack = await self.sio.call(
+            "publish",
+            {"type": "offer", "sdp": self.pub.localDescription.sdp},
+            timeout=SIGNAL_TIMEOUT,
+        )
+        if not isinstance(ack, dict) or not ack.get("ok"):
+            raise RuntimeError(f"publish refused: {ack}")
+        await self.pub.setRemoteDescription(RTCSessionDescription(sdp=ack["sdp"], type="answer"))
+
+    async def _on_offer(self, data: dict[str, Any]) -> None:
+        # Answer in a task: an event handler must not hold up the client's reader.
+        task = asyncio.ensure_future(self._answer(data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, data: dict[str, Any]) -> None:
+        async with self._sub_lock:
+            try:
+                if self.sub is None:
+                    self.sub = RTCPeerConnection(CLIENT_CONFIG)
+                    self.sub.on("track", self._on_track)
+                for t in data.get("tracks", []):
+                    self.mid_owner[t["mid"]] = (t["participant"], t["kind"])
+                await self.sub.setRemoteDescription(
+                    RTCSessionDescription(sdp=data["sdp"], type="offer")
+                )
+                await self.sub.setLocalDescription(await self.sub.createAnswer())
+                ack = await self.sio.call(
+                    "subscribe.answer",
+                    {"type": "answer", "sdp": self.sub.localDescription.sdp},
+                    timeout=SIGNAL_TIMEOUT,
+                )
+                if isinstance(ack, dict) and not ack.get("ok"):
+                    self.errors.append(str(ack.get("error")))
+            except Exception as exc:  # recorded and reported; the run goes on
+                self.errors.append(f"subscribe: {type(exc).__name__}: {exc}")
+
+    # -- measuring ----------------------------------------------------------------------
+
+    def _on_track(self, track: Any) -> None:
+        assert self.sub is not None
+        transceiver = next(
+            (t for t in self.sub.getTransceivers() if t.receiver.track is track), None
+        )
+        if transceiver is None:
+            return
+        tap = self._make_tap(transceiver)
+        aiortc_hooks.tap_receiver(transceiver.receiver, tap, lambda codecs: None)
+
+        # Count and timestamp only: no REMB, RTCP statistics or NACKs from synthetic
+        # subscribers, so the generator stays cheap and an overloaded generator does not
+        # make the server retransmit what it merely failed to read in time.
+        async def measure_only(packet: RtpPacket, arrival_time_ms: int) -> None:
+            tap(packet, {})
+
+        transceiver.receiver._handle_rtp_packet = measure_only
+
+    def _make_tap(self, transceiver: Any):
+        rx, window, owners = self.rx, self.window, self.mid_owner
+        trailer_size = TRAILER.size
+        flows = rx.flows
+        e2e = rx.e2e_ns
+
+        def tap(packet: RtpPacket, codecs: dict[int, Any]) -> None:
+            now = time.monotonic_ns()
+            mid = transceiver.mid
+            flow = flows.get(mid)
+            owner = owners.get(mid)
+            if owner is None:
+                return
+            if flow is None or flow.publisher != owner[0]:
+                flow = flows[mid] = Flow(owner[0], owner[1])
+            if rx.first_media_ns is None:
+                rx.first_media_ns = now
+            flow.packets += 1
+            if not window.active:
+                return
+            payload = packet.payload
+            flow.w_packets += 1
+            flow.w_bytes += len(payload)
+            seq = packet.sequence_number
+            if flow.rtp_first is None:
+                flow.rtp_first = flow.rtp_last = flow.rtp_last16 = seq
+            else:
+                # Extend the 16-bit sequence number; older (reordered) ones only count.
+                delta = (seq - flow.rtp_last16) & 0xFFFF
+                if delta < 0x8000:
+                    flow.rtp_last += delta
+                    flow.rtp_last16 = seq
+            flow.rtp_count += 1
+            if packet.marker and len(payload) >= trailer_size:
+                found = read_trailer(payload)
+                if found is not None:
+                    _, fseq, sent = found
+                    e2e.append(now - sent)
+                    flow.frames += 1
+                    if flow.first_seq is None or fseq < flow.first_seq:
+                        flow.first_seq = fseq
+                    if fseq > flow.last_seq:
+                        flow.last_seq = fseq
+
+        return tap
+
+    def received_from(self) -> set[str]:
+        """Publishers this participant received at least one packet from."""
+        return {f.publisher for f in self.rx.flows.values() if f.packets > 0}
+
+    @property
+    def sent_frames(self) -> int:
+        return sum(t.sent for t in self.tracks)
+
+    # -- leaving ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            if self.sio.connected:
+                await asyncio.wait_for(self.sio.call("leave", {}, timeout=5), 5)
+        except Exception:
+            pass
+        try:
+            await asyncio.wait_for(self.sio.disconnect(), 5)
+        except Exception:
+            pass
+        for pc in (self.pub, self.sub):
+            if pc is not None:
+                try:
+                    await asyncio.wait_for(pc.close(), 5)
+                except Exception:
+                    pass

@@ -1,0 +1,328 @@
+"""From raw measurements to the report: per-room and overall statistics, table, JSON, plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runner import RawRun
+from .scrape import Histogram
+
+
+def _pcts_ms(values_ns: list[int]) -> dict[str, float | None]:
+    if not values_ns:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+    a = np.asarray(values_ns, dtype=np.float64) / 1e6
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {
+        "p50": round(float(p50), 3),
+        "p95": round(float(p95), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(a.max()), 3),
+        "n": int(a.size),
+    }
+
+
+def _hist_ms(h: Histogram | None) -> dict[str, float | None]:
+    if h is None or h.count <= 0:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None, "n": 0}
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1e3, 3)
+
+    return {
+        "p50": ms(h.quantile(0.50)),
+        "p95": ms(h.quantile(0.95)),
+        "p99": ms(h.quantile(0.99)),
+        "max": ms(h.max_bound()),  # upper bound of the highest non-empty bucket
+        "mean": ms(h.mean),
+        "n": int(h.count),
+    }
+
+
+def _loss(flows: list[dict[str, Any]]) -> dict[str, float]:
+    f_exp = sum(f["frames_expected"] for f in flows)
+    f_got = sum(min(f["frames"], f["frames_expected"]) for f in flows)
+    r_exp = sum(f["rtp_expected"] for f in flows)
+    r_got = sum(min(f["rtp_received"], f["rtp_expected"]) for f in flows)
+    frame_loss = 100.0 * (f_exp - f_got) / f_exp if f_exp else 0.0
+    rtp_loss = 100.0 * (r_exp - r_got) / r_exp if r_exp else 0.0
+    return {
+        # The SFU renumbers around packets it drops itself, so RTP gaps alone would hide
+        # its drops; the trailer's frame numbers do not. Report the worse of the two.
+        "loss_pct": round(max(frame_loss, rtp_loss), 3),
+        "frame_loss_pct": round(frame_loss, 3),
+        "rtp_loss_pct": round(rtp_loss, 3),
+    }
+
+
+def _complete(room: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Did every subscriber receive media from every other publisher of its room?"""
+    missing = []
+    publishers = set(room["publishers"])
+    for p in room["participants"]:
+        lacking = publishers - {p["id"]} - set(p["received_from"])
+        if lacking:
+            missing.append(f"{p['id']} got nothing from {', '.join(sorted(lacking))}")
+    expected = room["error"] is None and len(publishers) == len(room["participants"])
+    return expected and not missing, missing
+
+
+def summarise(raw: RawRun, scenario: dict[str, Any]) -> dict[str, Any]:
+    """The report for one load run (``--json`` layout; ``rooms`` holds the same per room)."""
+    window = raw.window_s or 1.0
+    hists: dict[str, Histogram] = {}
+    if raw.after is not None:
+        for room_id, h in raw.after.latency.items():
+            before = raw.before.latency.get(room_id) if raw.before else None
+            hists[room_id] = h.minus(before)
+    rooms_out = []
+    all_e2e: list[int] = []
+    all_flows: list[dict[str, Any]] = []
+    joins: list[float] = []
+    total_hist = Histogram()
+    all_complete = bool(raw.rooms) and not raw.errors
+    for room in raw.rooms:
+        h = hists.get(room["room"])
+        if h is not None:
+            total_hist = total_hist.plus(h)
+        active = [f for f in room["flows"] if f["w_packets"] > 0]
+        complete, missing = _complete(room)
+        all_complete = all_complete and complete
+        room_joins = [p["join_ms"] for p in room["participants"] if p["join_ms"] is not None]
+        joins += room_joins
+        all_e2e += room["e2e_ns"]
+        all_flows += room["flows"]
+        rooms_out.append(
+            {
+                "room": room["room"],
+                "index": room["index"],
+                "participants": len(room["participants"]),
+                "sfu_latency_ms": _hist_ms(h),
+                "e2e_latency_ms": _pcts_ms(room["e2e_ns"]),
+                **_loss(room["flows"]),
+                "tracks_forwarded": len(active),
+                "forwarded_pps": round(h.count / window, 1) if h else None,
+                "received_pps": round(sum(f["w_packets"] for f in active) / window, 1),
+                "received_kbps": round(sum(f["w_bytes"] for f in active) * 8 / window / 1e3, 1),
+                "join_ms": _pcts_ms([int(j * 1e6) for j in room_joins]),
+                "complete": complete,
+                "missing": missing,
+                "error": room["error"],
+                "flows": [
+                    {
+                        k: f[k]
+                        for k in (
+                            "subscriber",
+                            "publisher",
+                            "kind",
+                            "w_packets",
+                            "frames",
+                            "frames_expected",
+                            "rtp_received",
+                            "rtp_expected",
+                        )
+                    }
+                    for f in room["flows"]
+                ],
+                "participant_errors": sorted(
+                    {e for p in room["participants"] for e in p["errors"]}
+                )[:5],
+            }
+        )
+    tracks = sum(r["tracks_forwarded"] for r in rooms_out)
+    cpu = raw.cpu_pct
+    overall = {
+        "sfu_latency_ms": _hist_ms(total_hist if total_hist.count else None),
+        "e2e_latency_ms": _pcts_ms(all_e2e),
+        **_loss(all_flows),
+        "tracks_forwarded": tracks,
+        "forwarded_pps": round(total_hist.count / window, 1) if total_hist.count else None,
+        "received_pps": round(sum(r["received_pps"] for r in rooms_out), 1),
+        "received_kbps": round(sum(r["received_kbps"] for r in rooms_out), 1),
+        "join_ms": _pcts_ms([int(j * 1e6) for j in joins]),
+        "server_cpu_pct": None if cpu is None else round(cpu, 1),
+        "server_rss_mb": None if raw.rss_mb is None else round(raw.rss_mb, 1),
+        "generator_cpu_pct": None
+        if raw.generator_cpu_pct is None
+        else round(raw.generator_cpu_pct, 1),
+        "tracks_per_core": round(tracks / (cpu / 100.0), 1) if cpu else None,
+        "cpu_pct_per_track": round(cpu / tracks, 3) if cpu and tracks else None,
+        "dropped_packets": _counter_delta(raw, "roundtable_media_dropped_total"),
+        "keyframe_requests": _counter_delta(raw, "roundtable_media_keyframe_requests_total"),
+        "complete": all_complete,
+        "joined": raw.joined,
+    }
+    return {
+        "label": raw.label,
+        "scenario": scenario,
+        "window_s": round(window, 2),
+        "overall": overall,
+        "rooms": rooms_out,
+        "cpu_series": [list(s) for s in raw.cpu_series],
+        "errors": raw.errors,
+    }
+
+
+def _counter_delta(raw: RawRun, name: str) -> float | None:
+    if raw.before is None or raw.after is None or name not in raw.after.counters:
+        return None
+    return raw.after.counters[name] - raw.before.counters.get(name, 0.0)
+
+
+def compare(sfu: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Forwarding against transcoding as ratios (how many times cheaper/faster we are)."""
+    a, b = sfu["overall"], baseline["overall"]
+
+    def ratio(x: float | None, y: float | None) -> float | None:
+        return round(y / x, 2) if x and y else None
+
+    per_track_sfu = a["cpu_pct_per_track"]
+    per_track_base = b["cpu_pct_per_track"]
+    # A saturated relay delivers less than was sent; charge its CPU per packet delivered.
+    per_kpkt_sfu = (
+        a["server_cpu_pct"] / a["received_pps"] * 1000
+        if a["server_cpu_pct"] and a["received_pps"]
+        else None
+    )
+    per_kpkt_base = (
+        b["server_cpu_pct"] / b["received_pps"] * 1000
+        if b["server_cpu_pct"] and b["received_pps"]
+        else None
+    )
+    return {
+        "cpu_per_stream_ratio": ratio(per_track_sfu, per_track_base),
+        "cpu_per_delivered_packet_ratio": ratio(per_kpkt_sfu, per_kpkt_base),
+        "sfu_cpu_pct_per_track": per_track_sfu,
+        "baseline_cpu_pct_per_track": per_track_base,
+        "e2e_p50_ratio": ratio(a["e2e_latency_ms"]["p50"], b["e2e_latency_ms"]["p50"]),
+        "delivered_pps": {"sfu": a["received_pps"], "baseline": b["received_pps"]},
+    }
+
+
+def _f(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def table(report: dict[str, Any]) -> str:
+    """The terminal table: one row per room and one for the whole run."""
+    head = (
+        f"{'room':<20} {'trk':>4} {'fwd pps':>8} | {'SFU ms p50':>10} {'p95':>6} {'p99':>6} "
+        f"{'max≤':>6} | {'e2e ms p50':>10} {'p95':>6} {'p99':>6} {'max':>7} | "
+        f"{'loss %':>6} | {'join ms p50':>11} | ok"
+    )
+    lines = [f"== {report['label']} ==", head, "-" * len(head)]
+
+    def row(name: str, r: dict[str, Any]) -> str:
+        s, e, j = r["sfu_latency_ms"], r["e2e_latency_ms"], r["join_ms"]
+        ok = r.get("complete")
+        return (
+            f"{name:<20} {_f(r['tracks_forwarded']):>4} {_f(r['forwarded_pps'], 0):>8} | "
+            f"{_f(s['p50'], 3):>10} {_f(s['p95'], 3):>6} {_f(s['p99'], 3):>6} {_f(s['max'], 1):>6} | "
+            f"{_f(e['p50']):>10} {_f(e['p95']):>6} {_f(e['p99']):>6} {_f(e['max'], 1):>7} | "
+            f"{_f(r['loss_pct']):>6} | {_f(j['p50'], 0):>11} | {'yes' if ok else 'NO'}"
+        )
+
+    for r in report["rooms"]:
+        lines.append(row(r["room"] or f"#{r['index']} (failed)", r))
+    lines.append("-" * len(head))
+    o = report["overall"]
+    lines.append(row("overall", o))
+    lines.append(
+        f"server CPU {_f(o['server_cpu_pct'], 1)} % · RSS {_f(o['server_rss_mb'], 0)} MB · "
+        f"{o['tracks_forwarded']} tracks forwarded · {_f(o['tracks_per_core'], 0)} tracks per core · "
+        f"received {_f(o['received_pps'], 0)} pkt/s, {_f(o['received_kbps'] / 1000 if o['received_kbps'] else None, 1)} Mbit/s · "
+        f"dropped {_f(o['dropped_packets'], 0)} · window {report['window_s']} s · "
+        f"generator CPU {_f(o['generator_cpu_pct'], 0)} %"
+    )
+    if o["generator_cpu_pct"] and o["generator_cpu_pct"] > 85 * max(
+        1, report["scenario"]["workers"]
+    ):
+        lines.append(
+            "warning: the generator was saturated; end-to-end latency and loss measure it, "
+            "not the server (add --workers on a machine with more cores)"
+        )
+    for err in report["errors"][:5]:
+        lines.append(f"error: {err}")
+    for r in report["rooms"]:
+        for m in r["missing"][:3]:
+            lines.append(f"room {r['room']}: {m}")
+        if r["error"]:
+            lines.append(f"room #{r['index']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def comparison_table(cmp: dict[str, Any], sfu: dict[str, Any], base: dict[str, Any]) -> str:
+    a, b = sfu["overall"], base["overall"]
+    lines = [
+        "== forwarding (roundtable) vs transcoding (aiortc MediaRelay) ==",
+        f"{'':<28} {'roundtable':>12} {'transcoding':>12} {'ratio':>8}",
+        f"{'server CPU %':<28} {_f(a['server_cpu_pct'], 1):>12} {_f(b['server_cpu_pct'], 1):>12}",
+        f"{'tracks forwarded':<28} {_f(a['tracks_forwarded']):>12} {_f(b['tracks_forwarded']):>12}",
+        f"{'CPU % per stream':<28} {_f(a['cpu_pct_per_track'], 3):>12} {_f(b['cpu_pct_per_track'], 3):>12} "
+        f"{_f(cmp['cpu_per_stream_ratio'], 1):>7}×",
+        f"{'delivered pkt/s':<28} {_f(a['received_pps'], 0):>12} {_f(b['received_pps'], 0):>12}",
+        f"{'CPU per delivered packet':<28} {'':>12} {'':>12} {_f(cmp['cpu_per_delivered_packet_ratio'], 1):>7}×",
+        f"{'RSS MB':<28} {_f(a['server_rss_mb'], 0):>12} {_f(b['server_rss_mb'], 0):>12}",
+    ]
+    return "\n".join(lines)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def plot(path: str, report: dict[str, Any], baseline: dict[str, Any] | None = None) -> None:
+    """Latency percentiles per room (SFU-added and end-to-end) and server CPU over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rooms = report["rooms"]
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 11))
+    x = np.arange(len(rooms))
+    labels = [str(r["index"]) for r in rooms]
+    for ax, key, title in (
+        (ax1, "sfu_latency_ms", "SFU-added forwarding latency per room (from /metrics)"),
+        (
+            ax2,
+            "e2e_latency_ms",
+            "end-to-end latency per room (publisher send → subscriber receive)",
+        ),
+    ):
+        for k, (q, colour) in enumerate(
+            (("p50", "#4c72b0"), ("p95", "#dd8452"), ("p99", "#c44e52"))
+        ):
+            vals = [r[key][q] if r[key][q] is not None else np.nan for r in rooms]
+            ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=q, color=colour)
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("room #")
+        ax.set_ylabel("ms")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(axis="y", alpha=0.3)
+    series = report["cpu_series"]
+    if series:
+        ax3.plot([s[0] for s in series], [s[1] for s in series], label=f"{report['label']} CPU %")
+    if baseline and baseline["cpu_series"]:
+        bs = baseline["cpu_series"]
+        ax3.plot([s[0] for s in bs], [s[1] for s in bs], label=f"{baseline['label']} CPU %")
+    ax3.set_xlabel("s into the measurement window")
+    ax3.set_ylabel("server CPU %")
+    ax3.set_title("server CPU over time")
+    ax3.grid(alpha=0.3)
+    ax3.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,342 @@
+"""Coordinating a run: the local server, the generator processes, scrapes and CPU samples."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import queue as queue_mod
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from tqdm import tqdm
+
+from . import scrape as scrape_mod
+from .generator import Scenario, process_main
+
+LISTENING = "listening on "
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _open_log(path: Path) -> Any:
+    return open(path, "wb")  # noqa: SIM115 - handed to the child, closed by the caller
+
+
+@dataclass
+class LocalServer:
+    """A server process this bench started (``roundtable serve`` or the baseline relay)."""
+
+    kind: str
+    proc: asyncio.subprocess.Process
+    url: str
+    api_key: str
+    secret: str
+    workdir: Path
+    stderr_path: Path
+    _drain: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._drain
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def cpu_plan() -> tuple[int | None, int | None]:
+    """(server core, generator core): split the first two CPUs we may run on, if two."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        allowed = list(range(os.cpu_count() or 1))
+    if len(allowed) < 2:
+        return None, None
+    return allowed[0], allowed[1]
+
+
+async def start_local(
+    kind: str,
+    media_host: str,
+    max_participants: int,
+    server_cpu: int | None,
+    api_key: str | None = None,
+    secret: str | None = None,
+) -> LocalServer:
+    """Start ``roundtable serve`` (kind ``sfu``) or ``bench.baseline`` on a free loopback port."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"roundtable-bench-{kind}-"))
+    secret = secret or secrets.token_urlsafe(48)
+    api_key = api_key or secrets.token_urlsafe(24)
+    env = dict(os.environ)
+    env.update(
+        {
+            "ROUNDTABLE_SECRET": secret,
+            "ROUNDTABLE_API_KEY": api_key,
+            "ROUNDTABLE_STATE_DIR": str(workdir / "state"),
+            "ROUNDTABLE_MEDIA_HOST": media_host,
+            # One generator host makes every join: lift the per-address join limit.
+            "ROUNDTABLE_JOINS_PER_IP_PER_MINUTE": "1000000",
+            "ROUNDTABLE_MAX_PARTICIPANTS": str(max(12, max_participants)),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if kind == "sfu":
+        module = ["server.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+        module += ["--media-host", media_host, "--log-level", "WARNING"]
+    else:
+        module = ["bench.baseline", "--host", "127.0.0.1", "--port", "0"]
+    cmd = [sys.executable, "-m", *module]
+    if server_cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(server_cpu), *cmd]
+    stderr_path = workdir / "stderr.log"
+    err = _open_log(stderr_path)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env=env,
+            cwd=str(REPO_ROOT),
+        )
+    finally:
+        err.close()
+    url = None
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            line = await asyncio.wait_for(
+                proc.stdout.readline(), max(0.1, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            break
+        if not line:
+            break
+        text = line.decode(errors="replace").strip()
+        if LISTENING in text:
+            url = text.split(LISTENING, 1)[1].split()[0]
+            break
+    server = LocalServer(kind, proc, url or "", api_key, secret, workdir, stderr_path)
+    if url is None:
+        tail = server.stderr_tail()
+        await server.stop()
+        raise RuntimeError(f"{kind} server did not start:\n{tail}")
+
+    async def drain() -> None:
+        assert proc.stdout is not None
+        while await proc.stdout.readline():
+            pass
+
+    server._drain = asyncio.ensure_future(drain())
+    return server
+
+
+@dataclass
+class RawRun:
+    """What one load run collected, before any statistics."""
+
+    label: str
+    rooms: list[dict[str, Any]] = field(default_factory=list)
+    before: scrape_mod.Scrape | None = None
+    after: scrape_mod.Scrape | None = None
+    window_s: float = 0.0
+    cpu_series: list[tuple[float, float, float]] = field(default_factory=list)  # t, %, RSS MB
+    cpu_pct: float | None = None
+    rss_mb: float | None = None
+    generator_cpu_pct: float | None = None  # all generator processes, in % of one core
+    ready: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    joined: int = 0
+
+
+class CpuSampler:
+    """The server's CPU % and RSS: psutil on a local pid, else ``process_*`` from /metrics."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.proc = psutil.Process(pid) if pid else None
+        if self.proc is not None:
+            self.proc.cpu_percent(None)
+
+    def times(self) -> float | None:
+        if self.proc is None:
+            return None
+        t = self.proc.cpu_times()
+        return t.user + t.system
+
+    def sample(self) -> tuple[float, float] | None:
+        if self.proc is None:
+            return None
+        return self.proc.cpu_percent(None), self.proc.memory_info().rss / 2**20
+
+
+async def run_load(
+    label: str,
+    url: str,
+    scenario: Scenario,
+    rooms: int,
+    workers: int,
+    duration: float,
+    server_pid: int | None,
+    generator_cpu: int | None,
+    progress: bool = True,
+    warmup: float = 2.0,
+) -> RawRun:
+    """Join ``rooms`` rooms from ``workers`` processes, measure ``duration`` seconds, leave."""
+    raw = RawRun(label)
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    start, stop = ctx.Event(), ctx.Event()
+    workers = max(1, min(workers, rooms))
+    shares = [list(range(w, rooms, workers)) for w in range(workers)]
+    procs = [
+        ctx.Process(
+            target=process_main,
+            args=(scenario, share, q, start, stop, generator_cpu),
+            name=f"bench-generator-{w}",
+            daemon=True,
+        )
+        for w, share in enumerate(shares)
+    ]
+    for p in procs:
+        p.start()
+    total = rooms * scenario.participants
+    sampler = CpuSampler(server_pid)
+    results: list[list[dict[str, Any]]] = []
+    http = aiohttp.ClientSession()
+    try:
+        with tqdm(total=total, desc=f"{label}: joining", unit="peer", disable=not progress) as bar:
+            budget = (
+                30
+                + rooms * scenario.join_pacing * scenario.participants / workers
+                + scenario.partner_delay
+                + scenario.join_timeout
+            )
+            deadline = time.monotonic() + budget
+            while len(raw.ready) + len(raw.errors) < workers and time.monotonic() < deadline:
+                msg = await _next(q)
+                if msg is None:
+                    if not any(p.is_alive() for p in procs):
+                        raw.errors.append("generator processes exited early")
+                        break
+                    continue
+                kind, data = msg
+                if kind == "joined":
+                    raw.joined += data
+                    bar.update(1)
+                elif kind == "ready":
+                    raw.ready.append(data)
+                elif kind == "error":
+                    raw.errors.append(data)
+            have = sum(r["pairs"] for r in raw.ready)
+            want = sum(r["pairs_expected"] for r in raw.ready)
+            bar.set_postfix_str(f"media flowing {have}/{want}")
+        await asyncio.sleep(warmup)
+        raw.before = await _try_scrape(http, url)
+        gens = [psutil.Process(p.pid) for p in procs if p.pid]
+        g_cpu0 = _cpu_seconds(gens)
+        t_cpu0, t0 = sampler.times(), time.monotonic()
+        start.set()
+        with tqdm(
+            total=round(duration), desc=f"{label}: measuring", unit="s", disable=not progress
+        ) as bar:
+            shown = 0
+            while (elapsed := time.monotonic() - t0) < duration:
+                await asyncio.sleep(min(0.5, duration - elapsed))
+                s = sampler.sample()
+                if s is not None:
+                    raw.cpu_series.append((round(time.monotonic() - t0, 2), s[0], s[1]))
+                    bar.set_postfix_str(f"server CPU {s[0]:.0f}%")
+                now = min(round(time.monotonic() - t0), round(duration))
+                bar.update(now - shown)
+                shown = now
+        stop.set()
+        raw.window_s = time.monotonic() - t0
+        t_cpu1 = sampler.times()
+        raw.generator_cpu_pct = 100.0 * (_cpu_seconds(gens) - g_cpu0) / raw.window_s
+        raw.after = await _try_scrape(http, url)
+        if t_cpu0 is not None and t_cpu1 is not None:
+            raw.cpu_pct = 100.0 * (t_cpu1 - t_cpu0) / raw.window_s
+            raw.rss_mb = max((s[2] for s in raw.cpu_series), default=None)
+        elif raw.before is not None and raw.after is not None:
+            c0 = raw.before.counters.get("process_cpu_seconds_total")
+            c1 = raw.after.counters.get("process_cpu_seconds_total")
+            if c0 is not None and c1 is not None:
+                raw.cpu_pct = 100.0 * (c1 - c0) / raw.window_s
+            rss = raw.after.counters.get("process_resident_memory_bytes")
+            raw.rss_mb = rss / 2**20 if rss else None
+        deadline = time.monotonic() + 60
+        while len(results) + len(raw.errors) < workers and time.monotonic() < deadline:
+            msg = await _next(q)
+            if msg is None:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            kind, data = msg
+            if kind == "result":
+                results.append(data)
+            elif kind == "error":
+                raw.errors.append(data)
+    finally:
+        stop.set()
+        start.set()
+        await http.close()
+        for p in procs:
+            await asyncio.get_running_loop().run_in_executor(None, p.join, 40)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    for share in results:
+        raw.rooms.extend(share)
+    raw.rooms.sort(key=lambda r: r["index"])
+    return raw
+
+
+def _cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+async def _next(q: Any) -> tuple[str, Any] | None:
+    try:
+        return q.get_nowait()
+    except queue_mod.Empty:
+        await asyncio.sleep(0.05)
+        return None
+
+
+async def _try_scrape(http: aiohttp.ClientSession, url: str) -> scrape_mod.Scrape | None:
+    try:
+        return await scrape_mod.scrape(http, url)
+    except Exception:
+        return None

@@ -1,0 +1,157 @@
+"""bench/: a short real run, and the server's latency histogram as bench reads it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from bench import cli
+from bench.generator import partner_token
+from bench.media import encode_media, read_trailer
+from bench.participant import SyntheticParticipant, Window
+from bench.scrape import Histogram, parse, scrape
+from server.app import build_app
+from server.config import Config
+from tests.media import wait_for
+
+pytestmark = pytest.mark.slow
+
+MEDIA_HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def media():
+    # Lower bitrate and a short loop: the test checks plumbing, not quality.
+    return encode_media(video_bitrate=300_000, seconds=1.0, size=(320, 180))
+
+
+def test_short_run_reports_every_room_and_every_flow(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    png = tmp_path / "bench.png"
+    code = cli.main(
+        [
+            "--local",
+            "--rooms",
+            "2",
+            "--participants",
+            "3",
+            "--duration",
+            "3",
+            "--warmup",
+            "1",
+            "--partner-delay",
+            "0.2",
+            "--video-bitrate",
+            "300",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+            "--no-progress",
+            "--media-host",
+            MEDIA_HOST,
+        ]
+    )
+    report = json.loads(out.read_text())
+    assert code == 0, report.get("errors")
+    o = report["overall"]
+    for key in ("sfu_latency_ms", "e2e_latency_ms"):
+        for q in ("p50", "p95", "p99", "max"):
+            assert isinstance(o[key][q], float), (key, q, o[key])
+    assert o["sfu_latency_ms"]["p50"] <= o["sfu_latency_ms"]["p99"]
+    assert isinstance(o["loss_pct"], float)
+    assert isinstance(o["server_cpu_pct"], float) and o["server_cpu_pct"] > 0
+    # 2 rooms × 3 participants × (2 others × audio + video)
+    assert o["tracks_forwarded"] == 2 * 3 * 2 * 2
+    assert o["forwarded_pps"] > 0 and o["join_ms"]["p50"] > 0
+    assert len(report["rooms"]) == 2
+    for room in report["rooms"]:
+        assert room["complete"], room["missing"]
+        assert room["participants"] == 3
+        assert room["tracks_forwarded"] == 12
+        for key in ("sfu_latency_ms", "e2e_latency_ms"):
+            assert room[key]["p99"] is not None
+        # every subscriber got audio and video from every other publisher in the window
+        pairs = {
+            (f["subscriber"], f["publisher"], f["kind"]) for f in room["flows"] if f["w_packets"]
+        }
+        subscribers = {f["subscriber"] for f in room["flows"]}
+        assert len(subscribers) == 3
+        for sub in subscribers:
+            for pub in subscribers - {sub}:
+                assert (sub, pub, "audio") in pairs and (sub, pub, "video") in pairs
+    assert png.stat().st_size > 10_000
+
+
+async def test_latency_histogram_moves_when_packets_flow(tmp_path: Path, media) -> None:
+    config = Config(
+        host="127.0.0.1",
+        port=0,
+        secret=secrets.token_urlsafe(48),
+        api_key=secrets.token_urlsafe(24),
+        media_host=MEDIA_HOST,
+        state_dir=tmp_path / "state",
+    )
+    server = TestServer(build_app(config), host="127.0.0.1", port=0)
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    window = Window(active=True)
+    people: list[SyntheticParticipant] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            before = await scrape(http, url)
+            room = "r_benchtest"
+            for i in range(2):
+                token = partner_token(config.secret, room, i)
+                p = SyntheticParticipant(url, token, "partner", i, media, window)
+                people.append(p)
+                await p.join()
+            await wait_for(lambda: all(len(p.rx.e2e_ns) >= 20 for p in people), timeout=20)
+            after = await scrape(http, url)
+        assert all(len(p.rx.e2e_ns) >= 20 for p in people), [p.errors for p in people]
+        moved = after.latency[room].minus(before.latency.get(room))
+        assert moved.count > 0 and moved.total > 0
+        assert moved.quantile(0.5) is not None and moved.quantile(0.99) < 1.0
+        # and what flowed carried the publisher's trailer, byte for byte
+        assert all(p.received_from() == {q.pid for q in people} - {p.pid} for p in people)
+    finally:
+        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
+        await server.close()
+
+
+def test_histogram_quantiles_interpolate_like_promql() -> None:
+    h = Histogram({0.001: 50.0, 0.002: 90.0, 0.005: 100.0, float("inf"): 100.0}, 100.0, 0.15)
+    assert h.quantile(0.5) == pytest.approx(0.001)
+    assert h.quantile(0.7) == pytest.approx(0.0015)
+    assert h.quantile(0.95) == pytest.approx(0.0035)
+    assert h.max_bound() == 0.005
+    text = (
+        "# TYPE roundtable_forwarding_latency_seconds histogram\n"
+        'roundtable_forwarding_latency_seconds_bucket{room="r1",le="0.001"} 3.0\n'
+        'roundtable_forwarding_latency_seconds_bucket{room="r1",le="+Inf"} 4.0\n'
+        'roundtable_forwarding_latency_seconds_count{room="r1"} 4.0\n'
+        'roundtable_forwarding_latency_seconds_sum{room="r1"} 0.01\n'
+    )
+    parsed = parse(text)
+    assert parsed.latency["r1"].count == 4.0
+    assert parsed.latency["r1"].quantile(0.5) == pytest.approx(0.001 * 2 / 3)
+
+
+def test_trailer_survives_replay(media) -> None:
+    from bench.media import TRAILER, ReplayTrack
+
+    track = ReplayTrack("audio", media.audio, publisher_index=7)
+
+    async def one():
+        return await track.recv()
+
+    packet = asyncio.run(one())
+    found = read_trailer(bytes(packet))
+    assert found is not None and found[0] == 7 and found[1] == 1
+    assert len(bytes(packet)) == len(media.audio[0]) + TRAILER.size
