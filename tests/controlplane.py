@@ -135,12 +135,16 @@ class SignalClient:
             self.events["_disconnect"].append(args)
             self._changed.set()
 
-    async def connect(self, url: str, token: Any = None, **auth: Any) -> bool:
+    async def connect(
+        self, url: str, token: Any = None, headers: dict[str, str] | None = None, **auth: Any
+    ) -> bool:
         payload = dict(auth)
         if token is not None:
             payload["token"] = token
         try:
-            await self.sio.connect(url, auth=payload, transports=["websocket"], wait_timeout=10)
+            await self.sio.connect(
+                url, auth=payload, headers=headers or {}, transports=["websocket"], wait_timeout=10
+            )
         except socketio.exceptions.ConnectionError:
             return False
         return True
@@ -168,6 +172,9 @@ class SignalClient:
         if self.sio.connected:
             await self.sio.disconnect()
         await self.sio.shutdown()
+        # A refused handshake (e.g. a foreign Origin) leaves engine.io's HTTP session open.
+        if getattr(self.sio.eio, "http", None) is not None and not self.sio.eio.http.closed:
+            await self.sio.eio.http.close()
 
 
 def refusal_code(client: SignalClient) -> str | None:

@@ -280,3 +280,35 @@ async def test_two_aiortc_peers_call_each_other_through_signalling(
         for p in peers:
             await p.close()
     await wait_for(lambda: server.hub.room(room["room"]) is None, timeout=5)
+
+
+async def test_foreign_origin_is_refused(server: RunningServer, clients) -> None:
+    token = server.token(room=ROOM)
+    foreign = clients()
+    assert not await foreign.connect(server.url, token, headers={"Origin": "http://evil.example"})
+    assert "welcome" not in foreign.events
+    same = clients()
+    assert await same.connect(server.url, token, headers={"Origin": server.url})
+    await same.wait("welcome")
+
+
+def test_participant_state_machine() -> None:
+    from signaling.participant import IllegalTransition, Participant, ParticipantState
+    from signaling.store import MemoryStore
+    from signaling.tokens import TokenService
+
+    _, claims = TokenService("k" * 64, MemoryStore()).issue(
+        room=ROOM, role="client", name="C", ttl=60
+    )
+    p = Participant(claims=claims, sid="s1")
+    assert p.state is ParticipantState.WAITING and not p.admitted
+    assert not p.media_connected()  # media cannot come up before admission
+    p.admit()
+    assert p.media_connected() and p.state is ParticipantState.CONNECTED
+    assert p.media_lost() and p.state is ParticipantState.ADMITTED
+    p.remove()
+    assert p.state is ParticipantState.REMOVED
+    p.leave()  # terminal: stays removed
+    assert p.state is ParticipantState.REMOVED
+    with pytest.raises(IllegalTransition):
+        p.admit()
