@@ -52,6 +52,12 @@ async def _join(
     return client
 
 
+async def _metrics(server: RunningServer) -> str:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/metrics") as resp:
+            return await resp.text()
+
+
 def _ids(roster: dict) -> set[str]:
     return {p["id"] for p in roster["participants"]}
 
@@ -272,10 +278,18 @@ async def test_two_aiortc_peers_call_each_other_through_signalling(
             if line.startswith("roundtable_forwarded_packets_total")
         )
         assert forwarded > 0
+        assert f'roundtable_forwarding_latency_seconds_count{{room="{room["room"]}"}}' in text
+        assert 'roundtable_participants{state="connected"} 2.0' in text
 
         # One leaves: the other's roster drops it and the server holds no media for it.
         await b.close()
         await a.client.wait("roster", lambda r: _ids(r) == {ids[0]})
+        text = await _metrics(server)
+        assert 'roundtable_participants{state="connected"} 1.0' in text
+        # Nothing of b is forwarded any more: a's decoded count from b stops growing.
+        seen = a.frames[(ids[1], "video")]
+        await asyncio.sleep(0.5)
+        assert a.frames[(ids[1], "video")] - seen <= 2
     finally:
         for p in peers:
             await p.close()
