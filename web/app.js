@@ -3,6 +3,7 @@
 // through window.roundtable (peer connections, track map, timings).
 
 import { Call } from "./call.js";
+import { allowedKinds, listInputs, openDevices, swapDevice } from "./devices.js";
 import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t } from "./i18n.js";
 import { initials, Tiles } from "./ui.js";
 
@@ -125,103 +126,53 @@ function renderEnded() {
 
 // --- devices -------------------------------------------------------------------------
 
-/** Media kinds the token's grants allow us to publish; everything if we cannot tell. */
-function allowedKinds(claims) {
-  if (!claims || !Array.isArray(claims.grants)) return { audio: true, video: true };
-  const g = new Set(claims.grants);
-  return { audio: g.has("publish") && g.has("audio"), video: g.has("publish") && g.has("video") };
+function setDeviceHint(key) {
+  state.deviceKey = key;
+  $("device-hint").textContent = key ? t(key) : "";
 }
 
 async function startPreview() {
-  const hint = $("device-hint");
-  const setHint = (key) => {
-    state.deviceKey = key;
-    hint.textContent = key ? t(key) : "";
-  };
-  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    setHint("device.insecure");
-    return null;
-  }
+  setDeviceHint("device.starting");
   // Ask only for what the token lets us send (the server enforces it anyway).
-  const allowed = allowedKinds(state.claims);
-  if (!allowed.audio && !allowed.video) {
-    setHint("device.listenOnly");
-    return null;
-  }
-  setHint("device.starting");
-  const video = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
-  const attempts = [
-    [{ audio: true, video }, "device.ready"],
-    [{ audio: true }, "device.audioOnly"],
-    [{ video }, "device.videoOnly"],
-  ].filter(([c]) => (!c.audio || allowed.audio) && (!c.video || allowed.video));
-  let lastError = null;
-  for (const [constraints, key] of attempts) {
-    try {
-      const stream = await navigator.mediaDevices.getUserMedia(constraints);
-      setHint(key);
-      return stream;
-    } catch (err) {
-      lastError = err;
-      if (err.name === "NotAllowedError" || err.name === "SecurityError") break;
-    }
-  }
-  const name = lastError && lastError.name;
-  setHint(
-    name === "NotAllowedError" || name === "SecurityError"
-      ? "device.denied"
-      : name === "NotFoundError" || name === "OverconstrainedError"
-        ? "device.notFound"
-        : "device.failed",
-  );
-  return null;
+  const { stream, hint } = await openDevices(allowedKinds(state.claims));
+  setDeviceHint(hint);
+  return stream;
 }
 
 /** Offer a choice of camera and microphone when there is more than one of a kind. */
-async function listDevices() {
-  if (!state.stream || !navigator.mediaDevices.enumerateDevices) return;
-  const devices = await navigator.mediaDevices.enumerateDevices();
+async function showDeviceChoice() {
+  if (!state.stream) return;
+  const inputs = await listInputs();
   let any = false;
-  for (const [kind, selectId, rowId] of [
-    ["videoinput", "camera-select", "camera-row"],
-    ["audioinput", "mic-select", "mic-row"],
+  for (const [kind, selectId, rowId, labelKey] of [
+    ["video", "camera-select", "camera-row", "device.camera"],
+    ["audio", "mic-select", "mic-row", "device.microphone"],
   ]) {
-    const track = localTrack(kind === "videoinput" ? "video" : "audio");
-    const options = devices.filter((d) => d.kind === kind && d.deviceId);
     const select = $(selectId);
     select.replaceChildren(
-      ...options.map((d, i) => {
+      ...inputs[kind].map((d, i) => {
         const opt = document.createElement("option");
         opt.value = d.deviceId;
-        opt.textContent = d.label || `${t(kind === "videoinput" ? "device.camera" : "device.microphone")} ${i + 1}`;
+        opt.textContent = d.label || `${t(labelKey)} ${i + 1}`;
         return opt;
       }),
     );
+    const track = localTrack(kind);
     const current = track && track.getSettings().deviceId;
     if (current) select.value = current;
-    const show = Boolean(track) && options.length > 1;
+    const show = Boolean(track) && inputs[kind].length > 1;
     $(rowId).hidden = !show;
     any = any || show;
   }
   $("devices").hidden = !any;
 }
 
-/** Swap one kind of local track for the chosen device (before joining). */
-async function switchDevice(kind, deviceId) {
-  const old = localTrack(kind);
-  if (!old || !deviceId) return;
-  const video = { deviceId: { exact: deviceId }, width: { ideal: 640 }, height: { ideal: 480 } };
-  const constraints = kind === "video" ? { video } : { audio: { deviceId: { exact: deviceId } } };
+async function chooseDevice(kind, deviceId) {
   try {
-    const fresh = await navigator.mediaDevices.getUserMedia(constraints);
-    const track = kind === "video" ? fresh.getVideoTracks()[0] : fresh.getAudioTracks()[0];
-    track.enabled = old.enabled;
-    state.stream.removeTrack(old);
-    old.stop();
-    state.stream.addTrack(track);
+    await swapDevice(state.stream, kind, deviceId);
     showPreview(state.stream);
   } catch {
-    setStatus("device.failed");
+    setDeviceHint("device.failed");
   }
 }
 
@@ -505,10 +456,10 @@ async function main() {
   state.stream = await startPreview();
   if (state.stream) {
     showPreview(state.stream);
-    listDevices().catch(() => {});
+    showDeviceChoice().catch(() => {});
   } else updateToggles();
-  $("camera-select").addEventListener("change", (ev) => switchDevice("video", ev.target.value));
-  $("mic-select").addEventListener("change", (ev) => switchDevice("audio", ev.target.value));
+  $("camera-select").addEventListener("change", (ev) => chooseDevice("video", ev.target.value));
+  $("mic-select").addEventListener("change", (ev) => chooseDevice("audio", ev.target.value));
   // Whoever comes through the waiting room first agrees to the consent text.
   const consent = $("consent");
   const needsConsent = Boolean(state.claims && state.claims.lobby);

@@ -115,6 +115,12 @@ const STRINGS = {
     "error.invalid_payload": "Die Seite hat fehlerhafte Daten gesendet. Bitte laden Sie neu.",
     "error.sdp_invalid": "Die Bild- und Tonverbindung konnte nicht ausgehandelt werden.",
     "error.internal": "Auf dem Server ist ein Fehler aufgetreten. Bitte versuchen Sie es erneut.",
+    "error.lobby_denied": "Sie wurden nicht in das Gespräch eingelassen.",
+    "error.removed": "Die Beraterin oder der Berater hat Sie aus dem Gespräch entfernt.",
+    "error.room_ended": "Die Beraterin oder der Berater hat das Gespräch für alle beendet.",
+    "error.room_locked":
+      "Das Gespräch ist gerade gesperrt. Es werden keine weiteren Personen eingelassen.",
+    "error.invite_revoked": "Diese Einladung wurde zurückgezogen.",
     "error.timeout": "Der Server antwortet nicht. Bitte prüfen Sie Ihre Verbindung.",
     "error.media": "Die Bild- und Tonverbindung konnte nicht aufgebaut werden.",
     "error.unknown": "Ein unbekannter Fehler ist aufgetreten.",
@@ -223,6 +229,11 @@ const STRINGS = {
     "error.invalid_payload": "The page sent malformed data. Please reload.",
     "error.sdp_invalid": "Picture and sound could not be negotiated.",
     "error.internal": "The server ran into an error. Please try again.",
+    "error.lobby_denied": "You were not let into the conversation.",
+    "error.removed": "The caseworker removed you from the conversation.",
+    "error.room_ended": "The caseworker ended the conversation for everyone.",
+    "error.room_locked": "The conversation is locked. No one else is let in right now.",
+    "error.invite_revoked": "This invitation has been withdrawn.",
     "error.timeout": "The server does not answer. Please check your connection.",
     "error.media": "Picture and sound could not be connected.",
     "error.unknown": "An unknown error occurred.",
@@ -237,6 +248,7 @@ export const ERROR_CODES = [
   "api_key_missing", "api_key_invalid", "forbidden", "not_found", "bad_request",
   "payload_too_large", "too_many_requests", "room_closed", "room_full", "unknown_event",
   "invalid_payload", "sdp_invalid", "internal",
+  "lobby_denied", "removed", "room_ended", "room_locked", "invite_revoked",
 ];
 
 let current = initialLang();

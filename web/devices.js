@@ -1,0 +1,70 @@
+// Camera and microphone: what the token allows us to send, opening the devices with
+// fallbacks, and swapping one device for another. No DOM here; app.js shows the results.
+
+const VIDEO = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
+
+/** Media kinds the token's grants allow us to publish; everything if we cannot tell. */
+export function allowedKinds(claims) {
+  if (!claims || !Array.isArray(claims.grants)) return { audio: true, video: true };
+  const g = new Set(claims.grants);
+  return { audio: g.has("publish") && g.has("audio"), video: g.has("publish") && g.has("video") };
+}
+
+/**
+ * Open what we may send, falling back to audio only, then video only.
+ * Returns {stream, hint} where hint is the i18n key describing the outcome.
+ */
+export async function openDevices(allowed) {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    return { stream: null, hint: "device.insecure" };
+  }
+  if (!allowed.audio && !allowed.video) return { stream: null, hint: "device.listenOnly" };
+  const attempts = [
+    [{ audio: true, video: VIDEO }, "device.ready"],
+    [{ audio: true }, "device.audioOnly"],
+    [{ video: VIDEO }, "device.videoOnly"],
+  ].filter(([c]) => (!c.audio || allowed.audio) && (!c.video || allowed.video));
+  let lastError = null;
+  for (const [constraints, hint] of attempts) {
+    try {
+      return { stream: await navigator.mediaDevices.getUserMedia(constraints), hint };
+    } catch (err) {
+      lastError = err;
+      if (err.name === "NotAllowedError" || err.name === "SecurityError") break;
+    }
+  }
+  const name = lastError && lastError.name;
+  const hint =
+    name === "NotAllowedError" || name === "SecurityError"
+      ? "device.denied"
+      : name === "NotFoundError" || name === "OverconstrainedError"
+        ? "device.notFound"
+        : "device.failed";
+  return { stream: null, hint };
+}
+
+/** The inputs of each kind, for a choice: {video: [MediaDeviceInfo], audio: [...]}. */
+export async function listInputs() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) {
+    return { video: [], audio: [] };
+  }
+  const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.deviceId);
+  return {
+    video: devices.filter((d) => d.kind === "videoinput"),
+    audio: devices.filter((d) => d.kind === "audioinput"),
+  };
+}
+
+/** Replace the stream's track of `kind` with one from `deviceId`, in place. */
+export async function swapDevice(stream, kind, deviceId) {
+  const old = kind === "video" ? stream.getVideoTracks()[0] : stream.getAudioTracks()[0];
+  if (!old || !deviceId) return;
+  const exact = { deviceId: { exact: deviceId } };
+  const constraints = kind === "video" ? { video: { ...VIDEO, ...exact } } : { audio: exact };
+  const fresh = await navigator.mediaDevices.getUserMedia(constraints);
+  const track = kind === "video" ? fresh.getVideoTracks()[0] : fresh.getAudioTracks()[0];
+  track.enabled = old.enabled;
+  stream.removeTrack(old);
+  old.stop();
+  stream.addTrack(track);
+}
