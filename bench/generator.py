@@ -186,6 +186,7 @@ class Generator:
                             "w_packets": f.w_packets,
                             "w_bytes": f.w_bytes,
                             "frames": f.frames,
+                            "markers": f.markers,
                             "frames_expected": (f.last_seq - f.first_seq + 1)
                             if f.first_seq is not None
                             else 0,

@@ -54,7 +54,8 @@ class Flow:
     w_bytes: int = 0
     first_seq: int | None = None  # trailer frame sequence numbers
     last_seq: int = 0
-    frames: int = 0
+    frames: int = 0  # with a readable trailer
+    markers: int = 0  # packets ending a frame (trailer or not: also counts transcoded media)
     rtp_first: int | None = None  # extended RTP sequence numbers
     rtp_last: int = 0
     rtp_last16: int = 0
@@ -237,6 +238,8 @@ class SyntheticParticipant:
                     flow.rtp_last += delta
                     flow.rtp_last16 = seq
             flow.rtp_count += 1
+            if packet.marker:
+                flow.markers += 1
             if packet.marker and len(payload) >= trailer_size:
                 found = read_trailer(payload)
                 if found is not None:

@@ -108,6 +108,7 @@ def summarise(raw: RawRun, scenario: dict[str, Any]) -> dict[str, Any]:
                 "forwarded_pps": round(h.count / window, 1) if h else None,
                 "received_pps": round(sum(f["w_packets"] for f in active) / window, 1),
                 "received_kbps": round(sum(f["w_bytes"] for f in active) * 8 / window / 1e3, 1),
+                "received_fps": round(sum(f["markers"] for f in active) / window, 1),
                 "join_ms": _pcts_ms([int(j * 1e6) for j in room_joins]),
                 "complete": complete,
                 "missing": missing,
@@ -143,6 +144,7 @@ def summarise(raw: RawRun, scenario: dict[str, Any]) -> dict[str, Any]:
         "forwarded_pps": round(total_hist.count / window, 1) if total_hist.count else None,
         "received_pps": round(sum(r["received_pps"] for r in rooms_out), 1),
         "received_kbps": round(sum(r["received_kbps"] for r in rooms_out), 1),
+        "received_fps": round(sum(r["received_fps"] for r in rooms_out), 1),
         "join_ms": _pcts_ms([int(j * 1e6) for j in joins]),
         "server_cpu_pct": None if cpu is None else round(cpu, 1),
         "server_rss_mb": None if raw.rss_mb is None else round(raw.rss_mb, 1),
@@ -182,23 +184,20 @@ def compare(sfu: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
 
     per_track_sfu = a["cpu_pct_per_track"]
     per_track_base = b["cpu_pct_per_track"]
-    # A saturated relay delivers less than was sent; charge its CPU per packet delivered.
-    per_kpkt_sfu = (
-        a["server_cpu_pct"] / a["received_pps"] * 1000
-        if a["server_cpu_pct"] and a["received_pps"]
-        else None
-    )
-    per_kpkt_base = (
-        b["server_cpu_pct"] / b["received_pps"] * 1000
-        if b["server_cpu_pct"] and b["received_pps"]
-        else None
-    )
+
+    # A saturated relay delivers less than it is sent: charge CPU per frame delivered.
+    def per_kframe(o: dict[str, Any]) -> float | None:
+        if not o["server_cpu_pct"] or not o["received_fps"]:
+            return None
+        return o["server_cpu_pct"] / o["received_fps"] * 1000
+
     return {
         "cpu_per_stream_ratio": ratio(per_track_sfu, per_track_base),
-        "cpu_per_delivered_packet_ratio": ratio(per_kpkt_sfu, per_kpkt_base),
+        "cpu_per_delivered_frame_ratio": ratio(per_kframe(a), per_kframe(b)),
         "sfu_cpu_pct_per_track": per_track_sfu,
         "baseline_cpu_pct_per_track": per_track_base,
         "e2e_p50_ratio": ratio(a["e2e_latency_ms"]["p50"], b["e2e_latency_ms"]["p50"]),
+        "delivered_fps": {"sfu": a["received_fps"], "baseline": b["received_fps"]},
         "delivered_pps": {"sfu": a["received_pps"], "baseline": b["received_pps"]},
     }
 
@@ -269,7 +268,9 @@ def comparison_table(cmp: dict[str, Any], sfu: dict[str, Any], base: dict[str, A
         f"{'CPU % per stream':<28} {_f(a['cpu_pct_per_track'], 3):>12} {_f(b['cpu_pct_per_track'], 3):>12} "
         f"{_f(cmp['cpu_per_stream_ratio'], 1):>7}×",
         f"{'delivered pkt/s':<28} {_f(a['received_pps'], 0):>12} {_f(b['received_pps'], 0):>12}",
-        f"{'CPU per delivered packet':<28} {'':>12} {'':>12} {_f(cmp['cpu_per_delivered_packet_ratio'], 1):>7}×",
+        f"{'delivered frames/s':<28} {_f(a['received_fps'], 0):>12} {_f(b['received_fps'], 0):>12}",
+        f"{'CPU per delivered frame':<28} {'':>12} {'':>12} "
+        f"{_f(cmp['cpu_per_delivered_frame_ratio'], 1):>7}×",
         f"{'RSS MB':<28} {_f(a['server_rss_mb'], 0):>12} {_f(b['server_rss_mb'], 0):>12}",
     ]
     return "\n".join(lines)
