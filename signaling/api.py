@@ -100,9 +100,18 @@ class RestApi:
         limit = self._settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge("payload_too_large", f"The body is larger than {limit} bytes.")
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            raise PayloadTooLarge("payload_too_large", f"The body is larger than {limit} bytes.")
+        # Read to the end (a single read() may return only the first chunk) but never
+        # more than the limit, whatever Content-Length claimed.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(8192):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    "payload_too_large", f"The body is larger than {limit} bytes."
+                )
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         if not raw.strip():
             return {}
         try:

@@ -171,3 +171,21 @@ async def test_page_static_files_and_security_headers(server: RunningServer) -> 
                 f"ws://{host}",
                 f"wss://{host}",
             ), source
+
+
+async def test_chunked_body_without_length_is_limited_too(server: RunningServer) -> None:
+    async def body():
+        yield b'{"client_name": "'
+        for _ in range(40):
+            yield b"x" * 1024
+        yield b'"}'
+
+    status, got = await _post_rooms(server, _bearer(server.config.api_key), data=body())
+    assert (status, got["error"]) == (413, "payload_too_large")
+
+    async def small():
+        yield b'{"client_name": '
+        yield b'"Herr K"}'
+
+    status, got = await _post_rooms(server, _bearer(server.config.api_key), data=small())
+    assert status == 201, got
