@@ -185,7 +185,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for noisy in ("aioice", "aiortc", "socketio", "engineio", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     config, generated = _with_secrets(_config(args), create=True)
-    asyncio.run(_serve(config, generated))
+    try:
+        asyncio.run(_serve(config, generated))
+    except OSError as exc:
+        # Typically the port is taken or the address is not ours: say so, no traceback.
+        print(
+            f"roundtable: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
