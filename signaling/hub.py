@@ -111,6 +111,13 @@ class RoomHub:
 
     # -- membership ---------------------------------------------------------------------
 
+    def check_room(self, claims: TokenClaims) -> None:
+        """Would ``join`` refuse for room reasons (full, closing)? Checked before a
+        single-use invite is spent, so a full room does not burn the invite."""
+        live = self._rooms.get(claims.room)
+        if live is not None:
+            live.room.check_capacity(claims.sub)
+
     async def join(self, claims: TokenClaims, sid: str) -> Participant:
         """Add a verified participant; admitted at once unless its token says lobby."""
         record = await self._store.get_room(claims.room)

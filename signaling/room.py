@@ -39,16 +39,20 @@ class Room:
     def get(self, pid: str) -> Participant | None:
         return self.participants.get(pid)
 
-    def add(self, participant: Participant) -> Participant | None:
-        """Add a participant; returns the one it replaces (same ``sub`` reconnecting)."""
+    def check_capacity(self, pid: str) -> None:
         if self.state is not RoomState.OPEN:
             raise RoomClosed()
+        # The same person reconnecting replaces itself, so it does not count twice.
+        others = sum(1 for p in self.active() if p.id != pid)
+        if others >= self.max_participants:
+            raise RoomFull("room_full", f"This session is full ({self.max_participants}).")
+
+    def add(self, participant: Participant) -> Participant | None:
+        """Add a participant; returns the one it replaces (same ``sub`` reconnecting)."""
+        self.check_capacity(participant.id)
         previous = self.participants.get(participant.id)
         if previous is not None and not previous.active:
             previous = None
-        others = sum(1 for p in self.active() if p.id != participant.id)
-        if others >= self.max_participants:
-            raise RoomFull("room_full", f"This session is full ({self.max_participants}).")
         self.participants[participant.id] = participant
         return previous
 

@@ -112,9 +112,10 @@ class SignalingSocket:
             room = auth.get("room")
             if room is not None and not isinstance(room, str):
                 raise TokenError("token_wrong_room", "The token is for another session.")
-            claims = await self._tokens.authenticate(
-                auth.get("token"), room=room, consume_invite=True
-            )
+            claims = await self._tokens.authenticate(auth.get("token"), room=room)
+            # Room checks first: a full room must not spend a single-use invite.
+            self._hub.check_room(claims)
+            await self._tokens.consume_invite(claims)
             participant = await self._hub.join(claims, sid)
         except RoundtableError as err:
             self._metrics.refused(err.code)

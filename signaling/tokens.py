@@ -221,10 +221,14 @@ class TokenService:
             raise RoomClosed("room_closed", "This session has ended.")
         if await self._store.is_revoked(claims.jti):
             raise _bad("token_revoked", "This link was withdrawn.")
-        if consume_invite and claims.single_use:
-            if not await self._store.use_invite(claims.jti, claims.exp):
-                raise _bad("invite_used", "This invitation was already used.")
+        if consume_invite:
+            await self.consume_invite(claims)
         return claims
+
+    async def consume_invite(self, claims: TokenClaims) -> None:
+        """Record the use of a single-use token; ``invite_used`` if it was used before."""
+        if claims.single_use and not await self._store.use_invite(claims.jti, claims.exp):
+            raise _bad("invite_used", "This invitation was already used.")
 
     async def revoke(self, claims: TokenClaims) -> None:
         await self._store.revoke_jti(claims.jti, claims.exp)

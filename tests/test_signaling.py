@@ -161,14 +161,24 @@ async def test_events_are_rate_limited(tmp_path: Path, clients) -> None:
 
 async def test_room_full(tmp_path: Path, clients) -> None:
     async with running_server(tmp_path, max_participants=2) as server:
-        await _join(server, clients)
+        first = await _join(server, clients)
         await _join(server, clients)
         third = clients()
         assert not await third.connect(server.url, server.token(room=ROOM))
         assert refusal_code(third) == "room_full"
+        # A full room does not spend an invite: it works once there is space.
+        invite = server.token(room=ROOM, role="partner", grants=["audio"], invite=True)
+        partner = clients()
+        assert not await partner.connect(server.url, invite)
+        assert refusal_code(partner) == "room_full"
+        await first.close()
+        await wait_for(lambda: len(server.hub.room(ROOM).active()) == 1, timeout=5)
+        partner = clients()
+        assert await partner.connect(server.url, invite)
+        await partner.wait("welcome")
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{server.url}/metrics") as resp:
-                assert 'roundtable_refused_joins_total{reason="room_full"} 1.0' in await resp.text()
+                assert 'roundtable_refused_joins_total{reason="room_full"} 2.0' in await resp.text()
 
 
 async def test_joins_per_address_are_limited(tmp_path: Path, clients) -> None:
