@@ -4,6 +4,7 @@
 
 import { Call } from "./call.js";
 import { allowedKinds, listInputs, openDevices, swapDevice } from "./devices.js";
+import { InviteDialog, Panel } from "./moderation.js";
 import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t } from "./i18n.js";
 import { initials, Tiles } from "./ui.js";
 
@@ -26,6 +27,9 @@ const state = {
   deviceKey: null,
   ended: null, // {titleKey, code, message}
   lastError: null, // the last `error` event or failed request, shown if we get disconnected
+  panel: null,
+  invite: null,
+  mutedByHost: new Set(), // kinds a moderator muted; turning them on asks the server first
 };
 
 /** Observable for tests and for debugging in the console. */
@@ -73,6 +77,10 @@ export function decodeClaims(token) {
   } catch {
     return null;
   }
+}
+
+function hasGrant(name) {
+  return Boolean(state.claims && Array.isArray(state.claims.grants) && state.claims.grants.includes(name));
 }
 
 function roleLabelWithOrg(claims) {
@@ -215,14 +223,20 @@ function updateToggles() {
   }
 }
 
-function toggle(kind) {
+function toggle(kind, { quiet = false } = {}) {
   const track = localTrack(kind);
   if (!track) return;
+  if (!track.enabled && state.mutedByHost.has(kind) && state.call) {
+    // A moderator muted us: the server resumes forwarding only when we say so.
+    state.mutedByHost.delete(kind);
+    state.call.request("unmute", { kind }).catch((err) => setStatusError(err.code, err.message));
+  }
   // Disabling the track keeps the negotiated sender: others get silence / black frames
   // and the camera light stays under the browser's control.
   track.enabled = !track.enabled;
   if (kind === "video" && state.call) state.call.setSending("video", track.enabled).catch(() => {});
   updateToggles();
+  if (quiet) return;
   if (kind === "audio") setStatus(track.enabled ? "status.micOn" : "status.micOff");
   else setStatus(track.enabled ? "status.camOn" : "status.camOff");
 }
@@ -257,6 +271,7 @@ function join() {
   });
   call.addEventListener("roster", ({ detail }) => {
     if (!state.tiles || !call.you) return;
+    state.panel.setRoster(detail.participants, call.you.id);
     if (call.you.state === "admitted" || call.you.state === "connected") enterCall(call.you);
     const { joined, left } = state.tiles.applyRoster(detail.participants);
     for (const p of joined) setStatus("status.joined", { name: p.name });
@@ -290,9 +305,47 @@ function join() {
   call.addEventListener("disconnected", () => {
     call.close();
     state.call = null;
+    inCall = false;
     const err = state.lastError;
-    if (err && !err.media) showEnded("ended.errorTitle", err.error, err.message);
+    if (err && !err.media) showEnded(ENDED_TITLES[err.error] || "ended.errorTitle", err.error, err.message);
     else showEnded("ended.closedTitle", null, "ended.closedText");
+  });
+
+  // --- counselling flows: waiting room, moderation, host presence ---------------------
+  const moderator = hasGrant("moderate");
+  state.panel = new Panel({
+    call,
+    moderator,
+    onStatus: setStatus,
+    onError: (code, message) => setStatusError(code, message),
+  });
+  $("dial-in-button").hidden = !hasGrant("invite");
+  $("end-session").hidden = !moderator;
+  call.addEventListener("admitted", () => {
+    if (!call.you) return;
+    enterCall(call.you);
+    setStatus("status.admitted");
+  });
+  call.addEventListener("lobby", ({ detail }) => state.panel.setLobby(detail.waiting));
+  call.addEventListener("room-state", ({ detail }) => {
+    state.panel.setLocked(detail.locked);
+    setStatus(detail.locked ? "status.locked" : "status.unlocked");
+  });
+  call.addEventListener("host-status", ({ detail }) => {
+    const away = detail.present === false;
+    $("host-banner").hidden = !away;
+    $("host-banner").textContent = away ? t("status.hostAway") : "";
+    setStatus(away ? "status.hostAway" : "status.hostBack");
+  });
+  call.addEventListener("moderation-muted", ({ detail }) => {
+    const kind = detail.kind === "video" ? "video" : "audio";
+    state.mutedByHost.add(kind);
+    const track = localTrack(kind);
+    if (track && track.enabled) toggle(kind, { quiet: true });
+    setStatus(kind === "video" ? "status.videoMutedByHost" : "status.mutedByHost");
+  });
+  call.addEventListener("invite-delivery", ({ detail }) => {
+    if (state.invite) state.invite.delivery(detail);
   });
 
   call.connect();
@@ -302,6 +355,12 @@ let inCall = false;
 let levelTimer = null;
 
 const STALL_MS = 2000;
+const ENDED_TITLES = {
+  room_ended: "ended.endedTitle",
+  room_closed: "ended.endedTitle",
+  removed: "ended.removedTitle",
+  lobby_denied: "ended.deniedTitle",
+};
 
 /**
  * A few times a second while in the call: highlight whoever speaks, and show the avatar
@@ -385,6 +444,7 @@ function renderDynamic() {
   renderEnded();
   updateToggles();
   if (state.tiles) state.tiles.relabel();
+  if (state.panel) state.panel.relabel();
 }
 
 let linkHintKey = null;
@@ -438,6 +498,22 @@ async function main() {
   $("join-button").addEventListener("click", join);
   $("leave-button").addEventListener("click", leave);
   $("waiting-leave").addEventListener("click", leave);
+  $("dial-in-button").addEventListener("click", () => {
+    const roomId = (state.call && state.call.room && state.call.room.id) || state.claims.room;
+    if (!state.invite) state.invite = new InviteDialog({ token: state.token, roomId });
+    state.invite.open();
+  });
+  $("end-session").addEventListener("click", () => $("end-dialog").showModal());
+  $("end-cancel").addEventListener("click", () => $("end-dialog").close());
+  $("end-confirm").addEventListener("click", async () => {
+    $("end-dialog").close();
+    if (!state.call) return;
+    try {
+      await state.call.request("room.end", {});
+    } catch (err) {
+      setStatusError(err.code, err.message);
+    }
+  });
   $("rejoin-button").addEventListener("click", () => location.reload());
   $("sound-button").addEventListener("click", () => {
     state.tiles.enableSound();

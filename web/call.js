@@ -16,7 +16,9 @@ export class CallError extends Error {
  * Events (CustomEvent, payload in `detail`):
  *  welcome {you, room}, roster {participants}, media {participant, stream},
  *  server-error {error, message}, connect-error {error, message, transport},
- *  disconnected {reason}, reconnecting {}, media-state {leg, state}
+ *  disconnected {reason}, reconnecting {}, media-state {leg, state},
+ *  admitted {}, lobby {waiting}, moderation-muted {kind}, host-status {present, grace_seconds},
+ *  room-state {locked}, invite-delivery {id, status, attempts, message}
  */
 export class Call extends EventTarget {
   constructor({ token, stream }) {
@@ -63,6 +65,19 @@ export class Call extends EventTarget {
         .then(() => (gen === this._generation ? this._onSubscribeOffer(msg) : null))
         .catch((err) => this._reportError(err, "sdp_invalid"));
     });
+    // Counselling flows (docs/protocol.md, issue 4).
+    socket.on("admitted", () => {
+      if (this.you) this.you = { ...this.you, state: "admitted" };
+      this._startPublish();
+      this._emit("admitted", {});
+    });
+    socket.on("lobby", (msg) => {
+      this._emit("lobby", { waiting: msg && Array.isArray(msg.waiting) ? msg.waiting : [] });
+    });
+    socket.on("moderation.muted", (msg) => this._emit("moderation-muted", { kind: msg && msg.kind }));
+    socket.on("host.status", (msg) => this._emit("host-status", msg || {}));
+    socket.on("room.state", (msg) => this._emit("room-state", msg || {}));
+    socket.on("invite.delivery", (msg) => this._emit("invite-delivery", msg || {}));
     socket.on("error", (msg) => {
       this._emit("server-error", {
         error: msg && msg.error ? msg.error : "unknown",
@@ -91,6 +106,14 @@ export class Call extends EventTarget {
       }
     }
     this.close();
+  }
+
+  /** Emit a client → server event and wait for its ack (rejects with CallError). */
+  request(event, payload) {
+    if (!this.socket || !this.socket.connected) {
+      return Promise.reject(new CallError("timeout", "not connected"));
+    }
+    return this._request(event, payload);
   }
 
   close() {

@@ -1,0 +1,268 @@
+// The side panel (participants, waiting room, lock) and the caseworker's dialogs (dial in a
+// partner, end for all). Buttons only ask; the server checks the `moderate` and `invite`
+// grants on every action (docs/protocol.md, "Counselling flows").
+
+import { errorMessage, roleLabel, t } from "./i18n.js";
+
+const $ = (id) => document.getElementById(id);
+
+function who(p) {
+  const role = roleLabel(p.role);
+  return p.org ? `${role} · ${p.org}` : role;
+}
+
+function button(label, aria, testid, onClick, cls = "btn btn-small btn-secondary") {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = cls;
+  b.textContent = label;
+  b.setAttribute("aria-label", aria);
+  b.dataset.testid = testid;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+export class Panel {
+  /**
+   * @param {{call: import("./call.js").Call, moderator: boolean, onStatus: Function,
+   *          onError: Function}} opts
+   */
+  constructor({ call, moderator, onStatus, onError }) {
+    this.call = call;
+    this.moderator = moderator;
+    this.onStatus = onStatus;
+    this.onError = onError;
+    this.people = [];
+    this.waiting = [];
+    this.selfId = null;
+    this.el = $("panel");
+    this.toggleButton = $("panel-toggle");
+    $("lobby-section").hidden = !moderator;
+    $("room-section").hidden = !moderator;
+    this.toggleButton.onclick = () => this.setOpen(this.el.hidden);
+    $("lock-toggle").onchange = (ev) => this._act("room.lock", { locked: ev.target.checked });
+    this._syncToggle();
+  }
+
+  setOpen(open) {
+    this.el.hidden = !open;
+    this._syncToggle();
+  }
+
+  setRoster(participants, selfId) {
+    this.selfId = selfId;
+    this.people = participants.filter((p) => p.state === "admitted" || p.state === "connected");
+    this._renderPeople();
+  }
+
+  setLobby(waiting) {
+    const before = new Set(this.waiting.map((p) => p.id));
+    this.waiting = waiting;
+    for (const p of waiting) if (!before.has(p.id)) this.onStatus("status.someoneWaiting", { name: p.name });
+    // Someone waiting is the one thing a caseworker must not miss: show the panel.
+    if (waiting.length > 0) this.setOpen(true);
+    this._renderLobby();
+    this._syncToggle();
+  }
+
+  setLocked(locked) {
+    $("lock-toggle").checked = Boolean(locked);
+  }
+
+  relabel() {
+    this._renderPeople();
+    this._renderLobby();
+    this._syncToggle();
+  }
+
+  // --- internals -------------------------------------------------------------------
+
+  _syncToggle() {
+    const open = !this.el.hidden;
+    this.toggleButton.setAttribute("aria-expanded", String(open));
+    this.toggleButton.setAttribute("aria-label", t(open ? "panel.close" : "panel.open"));
+    const badge = $("lobby-count");
+    badge.hidden = !this.moderator || this.waiting.length === 0;
+    badge.textContent = String(this.waiting.length);
+  }
+
+  _row(p) {
+    const li = $("person-template").content.firstElementChild.cloneNode(true);
+    li.dataset.participant = p.id;
+    li.dataset.role = p.role;
+    li.querySelector(".person-name").textContent =
+      p.id === this.selfId ? `${p.name} (${t("call.you")})` : p.name;
+    li.querySelector(".person-role").textContent = who(p);
+    return li;
+  }
+
+  _renderPeople() {
+    const list = $("people-list");
+    list.replaceChildren(
+      ...this.people.map((p) => {
+        const li = this._row(p);
+        const actions = li.querySelector(".person-actions");
+        const muted = p.muted && p.muted.audio;
+        if (muted) {
+          const note = document.createElement("span");
+          note.className = "person-note";
+          note.textContent = t("mod.mutedNote");
+          actions.append(note);
+        }
+        if (this.moderator && p.id !== this.selfId) {
+          if (!muted) {
+            actions.append(
+              button(t("mod.mute"), t("mod.muteLabel", { name: p.name }), "mute-participant", () =>
+                this._act("moderate.mute", { participant: p.id, kind: "audio" }),
+              ),
+            );
+          }
+          const remove = button(
+            t("mod.remove"),
+            t("mod.removeLabel", { name: p.name }),
+            "remove-participant",
+            () => this._act("moderate.remove", { participant: p.id }),
+            "btn btn-small btn-danger-outline",
+          );
+          remove.dataset.participant = p.id;
+          actions.append(remove);
+        }
+        return li;
+      }),
+    );
+  }
+
+  _renderLobby() {
+    const list = $("lobby-list");
+    $("lobby-section").hidden = !this.moderator || this.waiting.length === 0;
+    list.replaceChildren(
+      ...this.waiting.map((p) => {
+        const li = this._row(p);
+        li.dataset.testid = "lobby-entry";
+        const actions = li.querySelector(".person-actions");
+        const admit = button(t("lobby.admit"), t("lobby.admitLabel", { name: p.name }), "admit", () =>
+          this._act("lobby.admit", { participant: p.id }),
+          "btn btn-small btn-primary",
+        );
+        const deny = button(t("lobby.deny"), t("lobby.denyLabel", { name: p.name }), "deny", () =>
+          this._act("lobby.deny", { participant: p.id }),
+        );
+        admit.dataset.participant = deny.dataset.participant = p.id;
+        actions.append(admit, deny);
+        return li;
+      }),
+    );
+  }
+
+  async _act(event, payload) {
+    try {
+      await this.call.request(event, payload);
+    } catch (err) {
+      this.onError(err.code || "unknown", err.message);
+    }
+  }
+}
+
+/** "Partner hinzuschalten": the invite form, POST /api/rooms/{room}/invites, the link. */
+export class InviteDialog {
+  constructor({ token, roomId }) {
+    this.token = token;
+    this.roomId = roomId;
+    this.inviteId = null;
+    this.dialog = $("invite-dialog");
+    this.form = $("invite-form");
+    this.form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      this._submit();
+    });
+    $("invite-cancel").onclick = () => this.dialog.close();
+    $("invite-done").onclick = () => this.dialog.close();
+    $("invite-copy").onclick = () => this._copy();
+  }
+
+  open() {
+    this.form.reset();
+    this.form.hidden = false;
+    $("invite-result").hidden = true;
+    $("invite-error").hidden = true;
+    this.dialog.showModal();
+    $("invite-organisation").focus();
+  }
+
+  /** Webhook outcome for an invite (event `invite.delivery`). */
+  delivery(msg) {
+    if (!msg || (this.inviteId && msg.id !== this.inviteId)) return;
+    const key = `invite.delivery.${msg.status}`;
+    $("invite-delivery").textContent = t(key);
+  }
+
+  async _submit() {
+    const organisation = $("invite-organisation").value.trim();
+    const name = $("invite-name").value.trim();
+    const error = $("invite-error");
+    if (!organisation || !name) {
+      error.textContent = t("invite.required");
+      error.hidden = false;
+      (organisation ? $("invite-name") : $("invite-organisation")).focus();
+      return;
+    }
+    const minutes = Number.parseInt($("invite-minutes").value, 10);
+    const body = {
+      organisation_type: $("invite-type").value,
+      organisation,
+      name,
+      rights: [...this.form.querySelectorAll('input[name="rights"]:checked')].map((i) => i.value),
+      valid_minutes: Number.isFinite(minutes) ? minutes : 30,
+      waiting_room: $("invite-waiting").checked,
+    };
+    const submit = $("invite-submit");
+    submit.disabled = true;
+    try {
+      const resp = await fetch(`/api/rooms/${encodeURIComponent(this.roomId)}/invites`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${this.token}`, "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      const data = await resp.json().catch(() => ({}));
+      if (!resp.ok) {
+        error.textContent = errorMessage(data.error, data.message);
+        error.hidden = false;
+        return;
+      }
+      this._showResult(data);
+    } catch {
+      error.textContent = errorMessage("timeout");
+      error.hidden = false;
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
+  _showResult(data) {
+    this.inviteId = data.id;
+    this.form.hidden = true;
+    $("invite-result").hidden = false;
+    const link = $("invite-link");
+    link.value = data.invite_url;
+    const expires = new Date(data.expires_at);
+    $("invite-link-label").textContent = Number.isNaN(expires.getTime())
+      ? ""
+      : t("invite.expires", {
+          time: expires.toLocaleTimeString(document.documentElement.lang, { hour: "2-digit", minute: "2-digit" }),
+        });
+    $("invite-delivery").textContent = data.webhook === "queued" ? t("invite.delivery.queued") : "";
+    link.focus();
+    link.select();
+  }
+
+  async _copy() {
+    const link = $("invite-link");
+    try {
+      await navigator.clipboard.writeText(link.value);
+    } catch {
+      link.select();
+      document.execCommand("copy");
+    }
+    $("invite-delivery").textContent = t("invite.copied");
+  }
+}
