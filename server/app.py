@@ -66,6 +66,16 @@ def sfu_router_factory(config: Config, metrics: Metrics) -> RouterFactory:
     return factory
 
 
+def _default_store(config: Config) -> StateStore:
+    """Embedded default: in memory. With ``REDIS_URL``: rooms, revocations and used
+    invites are shared by every node that points at the same Redis."""
+    if config.redis_url:
+        from signaling.redis_store import RedisStore
+
+        return RedisStore(config.redis_url)
+    return MemoryStore()
+
+
 def build_app(
     config: Config,
     *,
@@ -75,7 +85,7 @@ def build_app(
     if not config.secret or not config.api_key:
         raise ValueError("config.secret and config.api_key must be set")
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
-    store = store or MemoryStore()
+    store = store or _default_store(config)
     metrics = Metrics()
     tokens = TokenService(config.secret, store)
     factory = router_factory or sfu_router_factory(config, metrics)
@@ -117,6 +127,9 @@ def build_app(
         await sock.shutdown()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        ping = getattr(store, "ping", None)
+        if ping is not None:
+            await ping()  # an unreachable Redis fails the start, not the first join
         yield
         await hub.shutdown()
         await store.close()

@@ -25,7 +25,7 @@ environment:
   ROUNDTABLE_PUBLIC_URL      base of join links as browsers reach the server
   ROUNDTABLE_MEDIA_HOST      the one address media leaves on (default: every non-loopback)
   ROUNDTABLE_MAX_PARTICIPANTS, ROUNDTABLE_ROOM_MINUTES, ROUNDTABLE_INVITE_MINUTES,
-  ROUNDTABLE_HOST_GRACE_SECONDS, ROUNDTABLE_INVITE_WEBHOOK, REDIS_URL (not used yet)
+  ROUNDTABLE_HOST_GRACE_SECONDS, ROUNDTABLE_INVITE_WEBHOOK, REDIS_URL (share rooms, revocations and used invites between nodes)
 """
 
 

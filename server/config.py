@@ -34,7 +34,7 @@ class Config:
     secret: str = field(default="", repr=False)
     api_key: str = field(default="", repr=False)
     media_host: str | None = None  # the one address media leaves on; None: all non-loopback
-    redis_url: str | None = None  # not used yet: in-memory state only
+    redis_url: str | None = None  # shared state store; None: in memory
     max_participants: int = 12
     room_minutes: int = 240
     invite_minutes: int = 30
