@@ -259,12 +259,18 @@ async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dic
         rep = await one(f"capacity {rooms} rooms", url, api_key, secret, rooms, pid)
         o = rep["overall"]
         p99 = o["sfu_latency_ms"]["p99"]
-        ok = (
-            o["complete"]
-            and p99 is not None
-            and p99 <= args.p99_threshold_ms
-            and o["loss_pct"] <= args.loss_threshold
-        )
+        reasons = []
+        if not o["complete"]:
+            reasons.append("not every subscriber received every publisher")
+        if p99 is None or p99 > args.p99_threshold_ms:
+            reasons.append(f"SFU p99 {p99} ms > {args.p99_threshold_ms} ms")
+        if o["loss_pct"] > args.loss_threshold:
+            reasons.append(f"loss {o['loss_pct']} % > {args.loss_threshold} %")
+        gen = o["generator_cpu_pct"]
+        if gen is not None and gen > 85 * max(1, args.workers):
+            # Loss and lateness from here on would measure the generator, not the server.
+            reasons.append(f"generator saturated ({gen:.0f} % CPU): add cores or --workers")
+        ok = not reasons
         step = {
             "rooms": rooms,
             "tracks_forwarded": o["tracks_forwarded"],
@@ -275,12 +281,15 @@ async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dic
             "server_cpu_pct": o["server_cpu_pct"],
             "tracks_per_core": o["tracks_per_core"],
             "complete": o["complete"],
+            "generator_cpu_pct": o["generator_cpu_pct"],
             "held": ok,
+            "why_not": reasons,
         }
         steps.append(step)
         print(
             f"{rooms:>4} rooms: {o['tracks_forwarded']} tracks, SFU p99 {p99} ms, "
-            f"loss {o['loss_pct']} %, server CPU {o['server_cpu_pct']} % -> {'held' if ok else 'FAILED'}"
+            f"loss {o['loss_pct']} %, server CPU {o['server_cpu_pct']} % -> "
+            + ("held" if ok else "FAILED: " + "; ".join(reasons))
         )
         if not ok:
             break

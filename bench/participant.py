@@ -194,16 +194,12 @@ class SyntheticParticipant:
         )
         if transceiver is None:
             return
-        tap = self._make_tap(transceiver)
-        aiortc_hooks.tap_receiver(transceiver.receiver, tap, lambda codecs: None)
-
-        # Count and timestamp only: no REMB, RTCP statistics or NACKs from synthetic
-        # subscribers, so the generator stays cheap and an overloaded generator does not
-        # make the server retransmit what it merely failed to read in time.
-        async def measure_only(packet: RtpPacket, arrival_time_ms: int) -> None:
-            tap(packet, {})
-
-        transceiver.receiver._handle_rtp_packet = measure_only
+        # Count and timestamp only (account=False): no REMB, RTCP statistics or NACKs
+        # from synthetic subscribers, so the generator stays cheap and an overloaded
+        # generator does not make the server retransmit what it merely read late.
+        aiortc_hooks.tap_receiver(
+            transceiver.receiver, self._make_tap(transceiver), lambda codecs: None, account=False
+        )
 
     def _make_tap(self, transceiver: Any):
         rx, window, owners = self.rx, self.window, self.mid_owner

@@ -25,19 +25,30 @@ moves any of this fails loudly instead of silently decoding or dropping media.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aioice.ice
+import pylibsrtp
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpreceiver import StreamStatistics
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci, unwrap_rtx
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+    is_rtcp,
+    pack_remb_fci,
+    unwrap_rtx,
+)
 
 __all__ = [
     "SilentTrack",
@@ -71,9 +82,14 @@ _RX_RTX_SSRC = "_RTCRtpReceiver__rtx_ssrc"
 _RX_NACK = "_RTCRtpReceiver__nack_generator"
 _DTLS_TX_BYTES = "_RTCDtlsTransport__tx_bytes"
 _DTLS_TX_PACKETS = "_RTCDtlsTransport__tx_packets"
+_DTLS_RX_BYTES = "_RTCDtlsTransport__rx_bytes"
+_DTLS_RX_PACKETS = "_RTCDtlsTransport__rx_packets"
+_FAST_RECEIVE = "_roundtable_fast_receive"  # marks an aioice Connection we hooked
+_RTP_HANDLER = "_roundtable_rtp"  # a receiver's synchronous RTP handler
 _ICE_CONNECTION_SEND = aioice.ice.Connection.send
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
+log = logging.getLogger(__name__)
 
 
 def check_compatible() -> None:
@@ -111,8 +127,21 @@ def check_compatible() -> None:
                 "_enabled",
             ],
         ),
-        (RTCDtlsTransport, [_DTLS_TX_BYTES, _DTLS_TX_PACKETS, "_tx_srtp", "_state"]),
-        (aioice.ice.Connection, ["_nominated"]),
+        (
+            RTCDtlsTransport,
+            [
+                _DTLS_TX_BYTES,
+                _DTLS_TX_PACKETS,
+                _DTLS_RX_BYTES,
+                _DTLS_RX_PACKETS,
+                "_tx_srtp",
+                "_rx_srtp",
+                "_state",
+                "_rtp_router",
+                "_rtp_header_extensions_map",
+            ],
+        ),
+        (aioice.ice.Connection, ["_nominated", "_protocols", "_queue"]),
     ):
         problems += [f"{cls.__name__}.{a}" for a in attrs if not _init_assigns(cls, a)]
     if not callable(getattr(RemoteBitrateEstimator, "add", None)) or not callable(
@@ -121,6 +150,10 @@ def check_compatible() -> None:
         problems.append("aiortc receiver statistics")
     if "transport" not in aioice.ice.StunProtocol.connection_made.__code__.co_names:
         problems.append("aioice.ice.StunProtocol.transport")
+    if not callable(getattr(aioice.ice.Connection, "data_received", None)) or not callable(
+        getattr(aioice.ice.StunProtocol, "datagram_received", None)
+    ):
+        problems.append("aioice receive path")
     if not callable(getattr(aioice.ice, "get_host_addresses", None)):
         problems.append("aioice.ice.get_host_addresses")
     if problems:
@@ -185,15 +218,23 @@ PacketTap = Callable[[RtpPacket, dict[int, Any]], None]
 
 
 def tap_receiver(
-    receiver: RTCRtpReceiver, tap: PacketTap, on_receive: Callable[[list[Any]], None]
+    receiver: RTCRtpReceiver,
+    tap: PacketTap,
+    on_receive: Callable[[list[Any]], None],
+    account: bool = True,
 ) -> None:
     """Route a receiver's RTP through ``tap`` and keep aiortc from ever decoding it.
 
     ``tap(packet, codecs)`` is called synchronously with each packet and the receiver's
-    payload-type → codec map; aiortc's own handling (RTCP statistics, NACK, REMB)
-    follows. ``on_receive(codecs)`` is called once the negotiated codecs are known
-    (media is about to flow). Must be called before the receiver's ``receive()`` runs, i.e. from the
-    peer connection's ``track`` event.
+    payload-type → codec map; aiortc's receive-side bookkeeping (REMB, RTCP statistics,
+    NACKs; see :func:`_account_rtp`) follows unless ``account`` is false (a measuring
+    client that only counts). ``on_receive(codecs)`` is called once the negotiated
+    codecs are known (media is about to flow). Must be called before the receiver's
+    ``receive()`` runs, i.e. from the peer connection's ``track`` event.
+
+    Once the receiver runs, RTP reaches it through :func:`_install_fast_receive`,
+    straight from the socket callback, instead of through aioice's queue and the DTLS
+    transport's task.
     """
     original_receive = receiver.receive
     codecs: dict[int, Any] = {}
@@ -205,24 +246,34 @@ def tap_receiver(
         # receive() started the decoder thread; stop it before the event loop can
         # feed it a frame (no await lies between), so no decoder is ever created.
         getattr(receiver, _RECEIVER_STOP_DECODER)()
+        _install_fast_receive(receiver.transport)
         on_receive(list(parameters.codecs))
 
-    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
-        tap(packet, codecs)
-        await _account_rtp(receiver, packet, arrival_time_ms)
+    if account:
 
+        def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+            tap(packet, codecs)
+            _account_rtp(receiver, packet, arrival_time_ms)
+    else:
+
+        def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+            tap(packet, codecs)
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        handle(packet, arrival_time_ms)
+
+    setattr(receiver, _RTP_HANDLER, handle)
     receiver.receive = receive  # type: ignore[method-assign]
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
-async def _account_rtp(receiver: RTCRtpReceiver, packet: RtpPacket, arrival_time_ms: int) -> None:
+def _account_rtp(receiver: RTCRtpReceiver, packet: RtpPacket, arrival_time_ms: int) -> None:
     """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` without what only a decoder needs.
 
     Kept: REMB bandwidth estimation (the publisher's encoder ramps up on it), the
     synchronisation-source list, RTCP receiver statistics and NACKs for missing packets
     (after unwrapping RTX, as aiortc does). Dropped: depayloading and the jitter buffer,
-    whose frames would only feed the decoder we stopped — about a third of aiortc's
-    per-packet work on the receive side.
+    whose frames would only feed the decoder we stopped.
     """
     d = receiver.__dict__
     if not receiver._enabled:
@@ -237,10 +288,11 @@ async def _account_rtp(receiver: RTCRtpReceiver, packet: RtpPacket, arrival_time
         )
         rtcp_ssrc = d[_RX_RTCP_SSRC]
         if rtcp_ssrc is not None and remb is not None:
-            await receiver._send_rtcp(
+            _send_rtcp(
+                receiver,
                 RtcpPsfbPacket(
                     fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
-                )
+                ),
             )
     d[_RX_ACTIVE_SSRC][packet.ssrc] = clock.current_datetime()
     codecs = d[_RX_CODECS]
@@ -265,7 +317,99 @@ async def _account_rtp(receiver: RTCRtpReceiver, packet: RtpPacket, arrival_time
         packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
     nack = d[_RX_NACK]
     if nack is not None and nack.add(packet):
-        await receiver._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
+        rtcp_ssrc = d[_RX_RTCP_SSRC]
+        if rtcp_ssrc is not None:
+            fb = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=packet.ssrc)
+            fb.lost = sorted(nack.missing)
+            _send_rtcp(receiver, fb)
+
+
+# RTCP sends that had to go through aiortc's coroutines (unusual transports); held here
+# until done so none is collected mid-flight. Each is one non-blocking send.
+_rtcp_in_flight: set[asyncio.Future[None]] = set()
+
+
+def _send_rtcp(receiver: RTCRtpReceiver, packet: Any) -> None:
+    try:
+        if _send_now(receiver.transport, bytes(packet)):
+            return
+    except ConnectionError:
+        return
+    task = asyncio.ensure_future(receiver._send_rtcp(packet))
+    _rtcp_in_flight.add(task)
+    task.add_done_callback(_rtcp_in_flight.discard)
+
+
+def _install_fast_receive(dtls: RTCDtlsTransport) -> None:
+    """Hand SRTP packets from the socket callback straight to their receiver.
+
+    aioice queues every datagram for the DTLS transport's task, which unprotects,
+    parses and routes it through three more coroutines; StunProtocol first tries to
+    parse each one as STUN. For an RTP packet (first byte 128-191, not RTCP) on a
+    connected transport whose receiver has a synchronous handler (``tap_receiver``),
+    this does the same steps in the callback: same counters, same SRTP session, same
+    router. Anything else — DTLS, STUN, RTCP, a non-empty queue (order) — takes
+    aiortc's path unchanged. Idempotent per ICE connection (BUNDLE shares one).
+    """
+    connection = getattr(dtls.transport, "_connection", None)
+    if connection is None or getattr(connection, _FAST_RECEIVE, False):
+        return
+    queued = connection.data_received
+    pending = connection._queue
+    rx = dtls.__dict__
+    parse = RtpPacket.parse
+
+    def data_received(data: bytes, component: int) -> None:
+        if (
+            len(data) > 12
+            and 127 < data[0] < 192
+            and not 191 < data[1] < 224  # RTCP packet types 192-223
+            and dtls._state is State.CONNECTED
+            and dtls._rx_srtp is not None
+            and pending.empty()
+        ):
+            rx[_DTLS_RX_BYTES] += len(data)
+            rx[_DTLS_RX_PACKETS] += 1
+            arrival_time_ms = clock.current_ms()
+            try:
+                packet = parse(dtls._rx_srtp.unprotect(data), dtls._rtp_header_extensions_map)
+            except (pylibsrtp.Error, ValueError):
+                return  # aiortc drops these too
+            receiver = dtls._rtp_router.route_rtp(packet)
+            if receiver is None:
+                return
+            handle = getattr(receiver, _RTP_HANDLER, None)
+            if handle is not None:
+                try:
+                    handle(packet, arrival_time_ms)
+                except Exception:
+                    # Never let one packet's failure reach asyncio, which would close
+                    # the socket; aiortc's own task logs and carries on the same way.
+                    log.exception("RTP handler failed")
+                return
+            task = asyncio.ensure_future(receiver._handle_rtp_packet(packet, arrival_time_ms))
+            _rtcp_in_flight.add(task)
+            task.add_done_callback(_rtcp_in_flight.discard)
+            return
+        queued(data, component)
+
+    connection.data_received = data_received
+    for protocol in list(connection._protocols):
+        _skip_stun_parse(protocol)
+    setattr(connection, _FAST_RECEIVE, True)
+
+
+def _skip_stun_parse(protocol: Any) -> None:
+    """RTP/RTCP (first byte 128-191) can never be STUN (0-3): do not try to parse it."""
+    original = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: tuple[str, int]) -> None:
+        if data and 127 < data[0] < 192 and protocol.receiver is not None:
+            protocol.receiver.data_received(data, protocol.local_candidate.component)
+        else:
+            original(data, addr)
+
+    protocol.datagram_received = datagram_received
 
 
 def decoder_running(receiver: RTCRtpReceiver) -> bool:
@@ -327,7 +471,10 @@ def send_rtp_now(sender: RTCRtpSender, data: bytes) -> bool:
     transport); otherwise the caller queues the packet and awaits :func:`send_rtp`.
     Raises ``ConnectionError`` while the transport is not connected.
     """
-    dtls = sender.transport
+    return _send_now(sender.transport, data)
+
+
+def _send_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
     if dtls._state is not State.CONNECTED:
         raise ConnectionError("Cannot send encrypted RTP, not connected")
     send = dtls.transport._send
@@ -342,7 +489,10 @@ def send_rtp_now(sender: RTCRtpSender, data: bytes) -> bool:
     udp = protocol.transport
     if udp is None or udp.get_write_buffer_size():
         return False
-    protected = dtls._tx_srtp.protect(data)
+    if is_rtcp(data):
+        protected = dtls._tx_srtp.protect_rtcp(data)
+    else:
+        protected = dtls._tx_srtp.protect(data)
     udp.sendto(protected, pair.remote_addr)
     d = dtls.__dict__
     d[_DTLS_TX_BYTES] += len(protected)
