@@ -41,6 +41,7 @@ export class Panel {
     $("room-section").hidden = !moderator;
     this.toggleButton.onclick = () => this.setOpen(this.el.hidden);
     $("lock-toggle").onchange = (ev) => this._act("room.lock", { locked: ev.target.checked });
+    this._renderLobby();
     this._syncToggle();
   }
 
@@ -79,8 +80,8 @@ export class Panel {
 
   _syncToggle() {
     const open = !this.el.hidden;
+    // The visible text names the button; aria-expanded tells whether the list is open.
     this.toggleButton.setAttribute("aria-expanded", String(open));
-    this.toggleButton.setAttribute("aria-label", t(open ? "panel.close" : "panel.open"));
     const badge = $("lobby-count");
     badge.hidden = !this.moderator || this.waiting.length === 0;
     badge.textContent = String(this.waiting.length);

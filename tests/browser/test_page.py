@@ -94,6 +94,15 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await wait_remote_playing(client, {cw_id})
     await caseworker.page.screenshot(path=shots / "5-call-two-de.png")
     await client.page.screenshot(path=shots / "6-call-two-mobile-de.png")
+    cw = caseworker.page
+    await cw.get_by_test_id("panel-toggle").click()
+    await cw.get_by_test_id("panel").wait_for()
+    await cw.screenshot(path=shots / "5b-panel-de.png")
+    await cw.get_by_test_id("panel-toggle").click()
+    await cw.get_by_test_id("dial-in-button").click()
+    await cw.get_by_test_id("invite-organisation").fill("Deutsche Rentenversicherung")
+    await cw.screenshot(path=shots / "5c-dial-in-form-de.png")
+    await cw.keyboard.press("Escape")
     partner = await launch("partner")
     partner_token = server.token(
         room["room"],
@@ -139,7 +148,7 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await lobby.page.screenshot(path=shots / "12-waiting-room-de.png")
 
     taken = _pngs(shots)
-    assert len(taken) == 15, taken
+    assert len(taken) == 17, taken
 
 
 async def test_device_choice_swaps_the_preview_track(server: Server, launch: Launch) -> None:
