@@ -151,8 +151,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _scenario_dict(args: argparse.Namespace, rooms: int) -> dict[str, Any]:
+def _scenario_dict(args: argparse.Namespace, rooms: int, media: Any = None) -> dict[str, Any]:
+    kinds = ["audio"] if args.audio_only else ["audio", "video"]
+    pps = [media.packets_per_second(k) for k in kinds] if media is not None else []
     return {
+        # RTP packets/s of one forwarded track, averaged over the kinds published
+        "track_pps": round(sum(pps) / len(pps), 1) if pps else None,
         "rooms": rooms,
         "participants": args.participants,
         "duration_s": args.duration,
@@ -221,7 +225,7 @@ async def _run(args: argparse.Namespace) -> int:
                 progress=progress,
                 warmup=args.warmup,
             )
-            return report_mod.summarise(raw, _scenario_dict(args, rooms))
+            return report_mod.summarise(raw, _scenario_dict(args, rooms, media))
 
         if args.find_capacity:
             result = await _find_capacity(args, one, url, api_key, secret, pid, max_rooms)
@@ -280,6 +284,8 @@ async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dic
             "loss_pct": o["loss_pct"],
             "server_cpu_pct": o["server_cpu_pct"],
             "tracks_per_core": o["tracks_per_core"],
+            "tracks_per_core_at_nominal_rate": o["tracks_per_core_at_nominal_rate"],
+            "cpu_us_per_forwarded_packet": o["cpu_us_per_forwarded_packet"],
             "complete": o["complete"],
             "generator_cpu_pct": o["generator_cpu_pct"],
             "held": ok,
@@ -301,7 +307,8 @@ async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dic
             f"largest load that held: {held['scenario']['rooms']} rooms × {args.participants} "
             f"participants = {o['tracks_forwarded']} forwarded tracks at SFU p99 "
             f"{o['sfu_latency_ms']['p99']} ms, loss {o['loss_pct']} %, server CPU "
-            f"{o['server_cpu_pct']} % ({o['tracks_per_core']} tracks per core)"
+            f"{o['server_cpu_pct']} % ({o['tracks_per_core']} tracks per core; "
+            f"{o['tracks_per_core_at_nominal_rate']} at the nominal packet rate)"
         )
         print(report_mod.table(held))
     else:

@@ -42,6 +42,15 @@ class EncodedMedia:
     audio: tuple[bytes, ...]
     video_bitrate: int
 
+    def packets_per_second(self, kind: str) -> float:
+        """RTP packets per second one track of ``kind`` sends (as aiortc packetises it)."""
+        if kind == "audio":
+            return 1.0 / AUDIO_PTIME
+        if not self.video:
+            return 0.0
+        packets = sum(-(-(len(f) + TRAILER.size) // _VP8_CHUNK) for f in self.video)
+        return packets * FPS / len(self.video)
+
     @property
     def measured_video_kbps(self) -> float:
         return (

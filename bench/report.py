@@ -136,6 +136,8 @@ def summarise(raw: RawRun, scenario: dict[str, Any]) -> dict[str, Any]:
         )
     tracks = sum(r["tracks_forwarded"] for r in rooms_out)
     cpu = raw.cpu_pct
+    fwd_pps = total_hist.count / window if total_hist.count else None
+    track_pps = scenario.get("track_pps")
     overall = {
         "sfu_latency_ms": _hist_ms(total_hist if total_hist.count else None),
         "e2e_latency_ms": _pcts_ms(all_e2e),
@@ -152,6 +154,13 @@ def summarise(raw: RawRun, scenario: dict[str, Any]) -> dict[str, Any]:
         if raw.generator_cpu_pct is None
         else round(raw.generator_cpu_pct, 1),
         "tracks_per_core": round(tracks / (cpu / 100.0), 1) if cpu else None,
+        # Per forwarded packet, so a generator that sent less does not flatter the server:
+        "cpu_us_per_forwarded_packet": round(cpu / 100.0 / fwd_pps * 1e6, 1)
+        if cpu and fwd_pps
+        else None,
+        "tracks_per_core_at_nominal_rate": round(fwd_pps / (cpu / 100.0) / track_pps, 1)
+        if cpu and fwd_pps and track_pps
+        else None,
         "cpu_pct_per_track": round(cpu / tracks, 3) if cpu and tracks else None,
         "dropped_packets": _counter_delta(raw, "roundtable_media_dropped_total"),
         "keyframe_requests": _counter_delta(raw, "roundtable_media_keyframe_requests_total"),
@@ -236,7 +245,9 @@ def table(report: dict[str, Any]) -> str:
     lines.append(row("overall", o))
     lines.append(
         f"server CPU {_f(o['server_cpu_pct'], 1)} % · RSS {_f(o['server_rss_mb'], 0)} MB · "
-        f"{o['tracks_forwarded']} tracks forwarded · {_f(o['tracks_per_core'], 0)} tracks per core · "
+        f"{o['tracks_forwarded']} tracks forwarded · {_f(o['tracks_per_core'], 0)} tracks per core "
+        f"({_f(o['tracks_per_core_at_nominal_rate'], 0)} at the nominal packet rate, "
+        f"{_f(o['cpu_us_per_forwarded_packet'], 1)} µs CPU per forwarded packet) · "
         f"received {_f(o['received_pps'], 0)} pkt/s, {_f(o['received_kbps'] / 1000 if o['received_kbps'] else None, 1)} Mbit/s · "
         f"dropped {_f(o['dropped_packets'], 0)} · window {report['window_s']} s · "
         f"generator CPU {_f(o['generator_cpu_pct'], 0)} %"
