@@ -30,6 +30,7 @@ const state = {
   panel: null,
   invite: null,
   mutedByHost: new Set(), // kinds a moderator muted; turning them on asks the server first
+  screen: null, // the shared screen's track while sharing
 };
 
 /** Observable for tests and for debugging in the console. */
@@ -241,6 +242,62 @@ function toggle(kind, { quiet = false } = {}) {
   else setStatus(track.enabled ? "status.camOn" : "status.camOff");
 }
 
+// --- screen sharing --------------------------------------------------------------------
+
+function canShareScreen() {
+  return (
+    hasGrant("screen") &&
+    Boolean(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia) &&
+    Boolean(localTrack("video"))
+  );
+}
+
+function updateScreenButton() {
+  const btn = $("screen-toggle");
+  btn.hidden = !canShareScreen();
+  const sharing = Boolean(state.screen);
+  btn.setAttribute("aria-pressed", String(sharing));
+  btn.setAttribute("aria-label", t(sharing ? "call.screenOff" : "call.screenOn"));
+  btn.title = t(sharing ? "call.screenOff" : "call.screenOn");
+  btn.classList.toggle("is-active", sharing);
+}
+
+async function toggleScreen() {
+  if (state.screen) {
+    stopScreen();
+    return;
+  }
+  if (!state.call) return;
+  let track = null;
+  try {
+    const display = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    track = display.getVideoTracks()[0];
+    await state.call.shareScreen(track);
+  } catch (err) {
+    if (track) track.stop();
+    // Cancelling the browser's picker is a choice, not an error.
+    if (err && err.name !== "NotAllowedError") setStatus("status.screenFailed");
+    return;
+  }
+  state.screen = track;
+  track.addEventListener("ended", stopScreen); // "Stop sharing" in the browser's own bar
+  state.tiles.setSelfScreen(new MediaStream([track]), state.stream);
+  updateScreenButton();
+  setStatus("status.screenOn");
+}
+
+function stopScreen() {
+  const track = state.screen;
+  if (!track) return;
+  state.screen = null;
+  track.stop();
+  if (state.call) state.call.shareScreen(null).catch(() => {});
+  state.tiles.setSelfScreen(null, state.stream);
+  updateToggles();
+  updateScreenButton();
+  setStatus("status.screenOff");
+}
+
 // --- the call ------------------------------------------------------------------------
 
 function join() {
@@ -301,7 +358,10 @@ function join() {
     state.lastError = detail;
     setStatusError(detail.error, detail.message);
   });
-  call.addEventListener("reconnecting", () => setStatus("status.reconnecting"));
+  call.addEventListener("reconnecting", () => {
+    stopScreen(); // the new publish leg starts from the camera
+    setStatus("status.reconnecting");
+  });
   call.addEventListener("disconnected", () => {
     call.close();
     state.call = null;
@@ -399,6 +459,7 @@ function enterCall(you) {
   updateToggles();
   if (inCall) return;
   inCall = true;
+  updateScreenButton();
   watchMedia();
   showView("call");
   setStatus("status.connected");
@@ -413,6 +474,10 @@ function updateCount() {
 }
 
 async function leave() {
+  if (state.screen) {
+    state.screen.stop();
+    state.screen = null;
+  }
   const call = state.call;
   state.call = null;
   inCall = false;
@@ -445,6 +510,7 @@ function renderDynamic() {
   updateToggles();
   if (state.tiles) state.tiles.relabel();
   if (state.panel) state.panel.relabel();
+  if (inCall) updateScreenButton();
 }
 
 let linkHintKey = null;
@@ -498,6 +564,7 @@ async function main() {
   $("join-button").addEventListener("click", join);
   $("leave-button").addEventListener("click", leave);
   $("waiting-leave").addEventListener("click", leave);
+  $("screen-toggle").addEventListener("click", toggleScreen);
   $("dial-in-button").addEventListener("click", () => {
     const roomId = (state.call && state.call.room && state.call.room.id) || state.claims.room;
     if (!state.invite) state.invite = new InviteDialog({ token: state.token, roomId });

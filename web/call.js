@@ -37,6 +37,7 @@ export class Call extends EventTarget {
     this.published = false;
     /** kind -> {sender, track} of the publish leg */
     this.senders = {};
+    this.screenTrack = null;
     this.leaving = false;
     this._subscribeChain = Promise.resolve();
     this._generation = 0;
@@ -250,7 +251,19 @@ export class Call extends EventTarget {
   async setSending(kind, on) {
     const entry = this.senders[kind];
     if (!entry || !this.pcs.publish) return;
+    if (kind === "video" && this.screenTrack) return; // a shared screen keeps going
     await entry.sender.replaceTrack(on ? entry.track : null);
+  }
+
+  /**
+   * Share a screen track in place of the camera (null: back to the camera). Using the
+   * camera's sender needs no renegotiation; the others see the screen in our tile.
+   */
+  async shareScreen(track) {
+    const entry = this.senders.video;
+    if (!entry || !this.pcs.publish) throw new CallError("forbidden", "no video is being sent");
+    this.screenTrack = track;
+    await entry.sender.replaceTrack(track || (entry.track.enabled ? entry.track : null));
   }
 
   /**
@@ -349,6 +362,7 @@ export class Call extends EventTarget {
     this._generation += 1;
     this.published = false;
     this.senders = {};
+    this.screenTrack = null;
     for (const leg of ["publish", "subscribe"]) {
       const pc = this.pcs[leg];
       if (pc) {

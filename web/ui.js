@@ -91,9 +91,20 @@ export class Tiles {
     }
   }
 
+  /** Show a shared screen (or, with null, the camera again) in our own tile. */
+  setSelfScreen(screenStream, localStream) {
+    const tile = this.tiles.get(this.selfId);
+    if (!tile) return;
+    tile.el.classList.toggle("sharing", Boolean(screenStream));
+    tile.video.srcObject = screenStream || localStream;
+    tile.video.play().catch(() => {});
+    if (screenStream) tile.el.classList.remove("no-video");
+    else this._updateVideoPresence(tile);
+  }
+
   setLocalVideoEnabled(enabled) {
     const tile = this.tiles.get(this.selfId);
-    if (tile) tile.el.classList.toggle("no-video", !enabled);
+    if (tile && !tile.el.classList.contains("sharing")) tile.el.classList.toggle("no-video", !enabled);
   }
 
   setLocalMicEnabled(enabled) {

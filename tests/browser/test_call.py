@@ -264,3 +264,26 @@ async def test_camera_off_shows_the_avatar_to_the_others(server: Server, launch:
     await caseworker.page.get_by_test_id("cam-toggle").click()
     await wait_js(client, f"!{tile}.classList.contains('video-stalled')", within=10)
     await wait_remote_playing(client, {ids["caseworker"]})
+
+
+async def test_screen_share_replaces_the_camera(server: Server, launch: Launch) -> None:
+    room = server.create_room()
+    caseworker, client = await launch("caseworker"), await launch("client")
+    ids = await _join_all([caseworker, client], [room["caseworker_url"], room["client_url"]])
+    await _all_see_each_other([caseworker, client], ids)
+    size = f"document.querySelector('video[data-participant=\"{ids['caseworker']}\"]').videoWidth"
+    camera_width = await client.page.evaluate(size)
+
+    button = caseworker.page.get_by_test_id("screen-toggle")
+    await button.click()
+    await wait_js(
+        caseworker,
+        "document.querySelector('[data-testid=screen-toggle]').getAttribute('aria-pressed') === 'true'",
+    )
+    # The client now receives the (fake) screen: a different picture size, still playing.
+    await wait_js(client, f"{size} !== {camera_width}", within=15)
+    await wait_remote_playing(client, {ids["caseworker"]})
+
+    await button.click()
+    await wait_js(client, f"{size} === {camera_width}", within=15)
+    await wait_remote_playing(client, {ids["caseworker"]})
