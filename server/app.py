@@ -17,11 +17,13 @@ from server.metrics import MediaStatsCollector
 from signaling.api import ApiSettings, RestApi
 from signaling.errors import error_middleware
 from signaling.hub import RoomHub
+from signaling.invites import InviteApi
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.metrics import Metrics
 from signaling.socket import SignalingSocket, SocketLimits
 from signaling.store import MemoryStore, StateStore
 from signaling.tokens import TokenService
+from signaling.webhook import Delivery, InviteWebhook, WebhookSettings, derive_secret
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,32 @@ def _default_store(config: Config) -> StateStore:
     return MemoryStore()
 
 
+def _invite_webhook(config: Config, hub: RoomHub) -> InviteWebhook | None:
+    if not config.invite_webhook:
+        return None
+
+    async def report(room: str, invite_id: str, delivery: Delivery) -> None:
+        await hub.notify_moderators(
+            room,
+            "invite.delivery",
+            {
+                "id": invite_id,
+                "status": delivery.status,
+                "attempts": delivery.attempts,
+                "message": delivery.message,
+            },
+        )
+
+    settings = WebhookSettings(
+        url=config.invite_webhook,
+        secret=config.invite_webhook_secret or derive_secret(config.secret),
+        attempts=config.webhook_attempts,
+        backoff_seconds=config.webhook_backoff_seconds,
+        timeout_seconds=config.webhook_timeout_seconds,
+    )
+    return InviteWebhook(settings, report)
+
+
 def build_app(
     config: Config,
     *,
@@ -89,7 +117,12 @@ def build_app(
     metrics = Metrics()
     tokens = TokenService(config.secret, store)
     factory = router_factory or sfu_router_factory(config, metrics)
-    hub = RoomHub(store, factory, max_participants=config.max_participants)
+    hub = RoomHub(
+        store,
+        factory,
+        max_participants=config.max_participants,
+        host_grace_seconds=config.host_grace_seconds,
+    )
     metrics.watch(hub.snapshot)
     sock = SignalingSocket(
         hub,
@@ -112,6 +145,15 @@ def build_app(
         store,
         metrics,
     )
+    webhook = _invite_webhook(config, hub)
+    invites = InviteApi(
+        api,
+        tokens,
+        store,
+        metrics,
+        webhook,
+        default_minutes=config.invite_minutes,
+    )
     app[CONFIG] = config
     app[STORE] = store
     app[TOKENS] = tokens
@@ -119,6 +161,7 @@ def build_app(
     app[METRICS] = metrics
     app[SOCKET] = sock
     api.setup(app)
+    invites.setup(app)
     sock.attach(app)
 
     async def close_connections(app: web.Application) -> None:
@@ -131,6 +174,8 @@ def build_app(
         if ping is not None:
             await ping()  # an unreachable Redis fails the start, not the first join
         yield
+        if webhook is not None:
+            await webhook.close()
         await hub.shutdown()
         await store.close()
 

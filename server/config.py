@@ -38,8 +38,13 @@ class Config:
     max_participants: int = 12
     room_minutes: int = 240
     invite_minutes: int = 30
-    host_grace_seconds: int = 120
+    host_grace_seconds: float = 120  # the host's connection dropped: the room waits this long
     invite_webhook: str | None = None
+    # Key of the webhook's HMAC signature; empty: derived from `secret`.
+    invite_webhook_secret: str = field(default="", repr=False)
+    webhook_attempts: int = 3
+    webhook_backoff_seconds: float = 1.0  # before retry n: backoff * 2**(n-1)
+    webhook_timeout_seconds: float = 10.0
     events_per_second: float = 50.0
     joins_per_ip_per_minute: int = 30
     web_dir: Path = WEB_DIR
@@ -84,6 +89,7 @@ class Config:
                 "ROUNDTABLE_HOST_GRACE_SECONDS", d["host_grace_seconds"].default
             ),
             "invite_webhook": text("ROUNDTABLE_INVITE_WEBHOOK"),
+            "invite_webhook_secret": text("ROUNDTABLE_INVITE_WEBHOOK_SECRET") or "",
             "joins_per_ip_per_minute": number(
                 "ROUNDTABLE_JOINS_PER_IP_PER_MINUTE", d["joins_per_ip_per_minute"].default
             ),
@@ -107,5 +113,11 @@ class Config:
             raise ConfigError("ROUNDTABLE_ROOM_MINUTES must be 1-1440")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("ROUNDTABLE_PUBLIC_URL must start with http:// or https://")
+        if not 1 <= self.invite_minutes <= 240:
+            raise ConfigError("ROUNDTABLE_INVITE_MINUTES must be 1-240")
+        if self.invite_webhook and not self.invite_webhook.startswith(("http://", "https://")):
+            raise ConfigError("ROUNDTABLE_INVITE_WEBHOOK must start with http:// or https://")
+        if self.webhook_attempts < 1:
+            raise ConfigError("webhook_attempts must be at least 1")
         if self.secret and len(self.secret.encode()) < 32:
             raise ConfigError("ROUNDTABLE_SECRET must have at least 32 characters")

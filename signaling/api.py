@@ -96,7 +96,7 @@ class RestApi:
             self._metrics.refused(err.code)
             raise
 
-    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+    async def json_body(self, request: web.Request) -> dict[str, Any]:
         limit = self._settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge("payload_too_large", f"The body is larger than {limit} bytes.")
@@ -122,7 +122,7 @@ class RestApi:
             raise BadRequest("bad_request", "The body must be a JSON object.")
         return body
 
-    def _base(self, request: web.Request) -> str:
+    def base_url(self, request: web.Request) -> str:
         if self._settings.public_url:
             return self._settings.public_url.rstrip("/")
         return f"{request.scheme}://{request.host}"
@@ -139,7 +139,7 @@ class RestApi:
 
     async def create_room(self, request: web.Request) -> web.Response:
         self._check_api_key(request)
-        body = await self._json_body(request)
+        body = await self.json_body(request)
         unknown = set(body) - {"client_name", "caseworker_name", "valid_minutes"}
         if unknown:
             raise BadRequest("bad_request", f"Unknown fields: {', '.join(sorted(unknown))[:200]}.")
@@ -172,7 +172,7 @@ class RestApi:
         await self._store.put_room(RoomRecord(room_id, cw.iat, cw.exp))
         self._metrics.rooms_created.inc()
         log.info("room %s created, valid %d min", room_id, minutes)
-        base = self._base(request)
+        base = self.base_url(request)
         return web.json_response(
             {
                 "room": room_id,

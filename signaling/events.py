@@ -89,9 +89,59 @@ def parse_leave(args: tuple[Any, ...]) -> dict[str, Any]:
     return _object(args, set(), optional=True)
 
 
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+KINDS = ("audio", "video")
+
+
+def _participant(payload: dict[str, Any]) -> str:
+    pid = payload.get("participant")
+    if not isinstance(pid, str) or not 0 < len(pid) <= 64 or not set(pid) <= _ID_CHARS:
+        raise InvalidPayload("invalid_payload", "'participant' must be a participant id.")
+    return pid
+
+
+def _kind(payload: dict[str, Any]) -> str:
+    kind = payload.get("kind")
+    if kind not in KINDS:
+        raise InvalidPayload("invalid_payload", "'kind' must be 'audio' or 'video'.")
+    return kind
+
+
+def parse_target(args: tuple[Any, ...]) -> dict[str, Any]:
+    """``lobby.admit``, ``lobby.deny``, ``moderate.remove``: ``{"participant": id}``."""
+    return {"participant": _participant(_object(args, {"participant"}))}
+
+
+def parse_mute(args: tuple[Any, ...]) -> dict[str, Any]:
+    payload = _object(args, {"participant", "kind"})
+    return {"participant": _participant(payload), "kind": _kind(payload)}
+
+
+def parse_unmute(args: tuple[Any, ...]) -> dict[str, Any]:
+    return {"kind": _kind(_object(args, {"kind"}))}
+
+
+def parse_lock(args: tuple[Any, ...]) -> dict[str, Any]:
+    locked = _object(args, {"locked"}).get("locked")
+    if not isinstance(locked, bool):
+        raise InvalidPayload("invalid_payload", "'locked' must be true or false.")
+    return {"locked": locked}
+
+
+def parse_end(args: tuple[Any, ...]) -> dict[str, Any]:
+    return _object(args, set(), optional=True)
+
+
 PARSERS: dict[str, Callable[[tuple[Any, ...]], dict[str, Any]]] = {
     "publish": parse_publish,
     "subscribe.answer": parse_subscribe_answer,
     "ice": parse_ice,
     "leave": parse_leave,
+    "lobby.admit": parse_target,
+    "lobby.deny": parse_target,
+    "moderate.mute": parse_mute,
+    "moderate.remove": parse_target,
+    "room.lock": parse_lock,
+    "room.end": parse_end,
+    "unmute": parse_unmute,
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from signaling.errors import STATUS_BY_CODE, Forbidden, InvalidPayload, RoundtableError
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.participant import Participant, ParticipantState, TrackRef
-from signaling.room import Room
+from signaling.room import Room, RoomState
 from signaling.store import RoomRecord, StateStore
 from signaling.tokens import TokenClaims
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # Candidates a browser may trickle before its publish offer has been applied.
 MAX_EARLY_CANDIDATES = 64
+# How long the "room ended" mark outlives a session at least: tokens minted outside the
+# REST API (``roundtable token``) carry their own expiry, which the hub does not know.
+ENDED_AT_LEAST_SECONDS = 24 * 3600
 
 
 def _media_error(
@@ -79,6 +83,8 @@ class _LiveRoom:
     router: MediaRouter | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     negotiations: dict[str, _Negotiation] = field(default_factory=dict)
+    # Caseworkers whose connection dropped: participant id -> (deadline, grace task).
+    host_away: dict[str, tuple[float, asyncio.Task[None]]] = field(default_factory=dict)
 
 
 class RoomHub:
@@ -89,8 +95,10 @@ class RoomHub:
         notifier: Notifier | None = None,
         *,
         max_participants: int = 12,
+        host_grace_seconds: float = 120.0,
     ) -> None:
         self._store = store
+        self._host_grace = host_grace_seconds
         self._router_factory = router_factory
         self.notifier: Notifier | None = notifier
         self._max_participants = max_participants
@@ -112,11 +120,33 @@ class RoomHub:
     # -- membership ---------------------------------------------------------------------
 
     def check_room(self, claims: TokenClaims) -> None:
-        """Would ``join`` refuse for room reasons (full, closing)? Checked before a
+        """Would ``join`` refuse for room reasons (full, closing, locked)? Checked before a
         single-use invite is spent, so a full room does not burn the invite."""
         live = self._rooms.get(claims.room)
         if live is not None:
             live.room.check_capacity(claims.sub)
+            self._check_lock(live, claims)
+
+    def present(self, claims: TokenClaims) -> bool:
+        """Is this very token's participant still in its room on this node?
+
+        A single-use invite reconnecting (reload, network change) while its participant is
+        still in the room replaces the old connection instead of counting as a second use.
+        """
+        live = self._rooms.get(claims.room)
+        current = live.room.get(claims.sub) if live is not None else None
+        return current is not None and current.active and current.claims.jti == claims.jti
+
+    @staticmethod
+    def _check_lock(live: _LiveRoom, claims: TokenClaims) -> None:
+        # Locked: nobody new gets in directly (the waiting room still takes people, but
+        # nobody is admitted from it). The host and reconnects of people inside may.
+        if not live.room.locked or claims.lobby or claims.has("moderate"):
+            return
+        current = live.room.get(claims.sub)
+        if current is not None and current.active:
+            return
+        raise RoundtableError("room_locked", "This session is locked; nobody new may enter.")
 
     async def join(self, claims: TokenClaims, sid: str) -> Participant:
         """Add a verified participant; admitted at once unless its token says lobby."""
@@ -132,7 +162,9 @@ class RoomHub:
             self._rooms[claims.room] = live
         participant = Participant(claims=claims, sid=sid)
         try:
+            self._check_lock(live, claims)
             previous = live.room.add(participant)
+            was_admitted = previous is not None and previous.admitted
         except RoundtableError:
             if live.room.empty and not live.tasks:
                 self._rooms.pop(claims.room, None)
@@ -152,8 +184,16 @@ class RoomHub:
                     previous.sid, Forbidden("forbidden", "You joined from another window.")
                 )
         live.negotiations[participant.id] = _Negotiation()
-        if not claims.lobby:
+        # A reload of someone already admitted does not send them back to the waiting room.
+        if not claims.lobby or was_admitted:
             participant.admit()
+        away = live.host_away.pop(participant.id, None)
+        if away is not None:
+            away[1].cancel()
+            log.info("room %s: host %s is back", claims.room, participant.id)
+            await self.notify_admitted(
+                live.room, "host.status", {"present": True, "grace_seconds": 0}, but=participant
+            )
         log.info(
             "room %s: participant %s (%s) joined as %s",
             claims.room,
@@ -173,13 +213,98 @@ class RoomHub:
         if live is None or not participant.active:
             return
         await self.broadcast_roster(live.room)
-        if participant.admitted:
-            await self._renegotiate(live, participant.id)
+        if participant.state is ParticipantState.WAITING:
+            await self.broadcast_lobby(live.room)
+        elif participant.admitted:
+            await self._entered(live, participant)
+
+    async def _entered(self, live: _LiveRoom, participant: Participant) -> None:
+        """Someone is in the room proper (joined directly or admitted from the lobby)."""
+        if self.notifier is not None:
+            if participant.claims.has("moderate"):
+                await self.notifier.send(participant.sid, "lobby", self._lobby(live.room))
+            status = self._host_status(live)
+            if status is not None:
+                await self.notifier.send(participant.sid, "host.status", status)
+        await self._renegotiate(live, participant.id)
+
+    async def admit(self, participant: Participant) -> None:
+        """Let a waiting participant into the room (a moderator's ``lobby.admit``)."""
+        live = self._live(participant)
+        if participant.state is not ParticipantState.WAITING:
+            raise InvalidPayload("invalid_payload", "This participant is not waiting.")
+        if live.room.locked:
+            raise RoundtableError("room_locked", "The session is locked; unlock it to admit.")
+        participant.admit()
+        log.info("room %s: participant %s admitted", live.room.id, participant.id)
+        if self.notifier is not None:
+            await self.notifier.send(participant.sid, "admitted", {})
+        await self.broadcast_roster(live.room)
+        await self.broadcast_lobby(live.room)
+        await self._entered(live, participant)
+
+    async def set_locked(self, room_id: str, locked: bool) -> None:
+        live = self._rooms.get(room_id)
+        if live is None:
+            return
+        live.room.locked = locked
+        log.info("room %s: %s", room_id, "locked" if locked else "unlocked")
+        await self.notify_admitted(live.room, "room.state", {"locked": locked})
+
+    def set_muted(self, participant: Participant, kind: str, muted: bool) -> None:
+        """Stop (or resume) forwarding a participant's ``kind``; the page cannot override."""
+        live = self._live(participant)
+        participant.muted[kind] = muted
+        if live.router is not None:
+            live.router.set_paused(participant.id, kind, muted)
+        self._spawn(live, self.broadcast_roster(live.room))
+
+    async def disconnected(self, participant: Participant) -> None:
+        """The connection went away without ``leave``: for the host, a grace period."""
+        live = self._rooms.get(participant.claims.room)
+        hosting = (
+            live is not None
+            and self._host_grace > 0
+            and participant.role == "caseworker"
+            and participant.admitted
+            and live.room.state is RoomState.OPEN
+            and live.room.get(participant.id) is participant
+            and any(p.id != participant.id for p in live.room.active())
+        )
+        await self.leave(participant)
+        if not hosting or live is None or self._rooms.get(live.room.id) is not live:
+            return
+        deadline = time.monotonic() + self._host_grace
+        task = self._spawn(live, self._host_grace_expiry(live, participant.id, deadline))
+        live.host_away[participant.id] = (deadline, task)
+        log.info(
+            "room %s: host %s dropped, grace %.0f s", live.room.id, participant.id, self._host_grace
+        )
+        await self.notify_admitted(
+            live.room,
+            "host.status",
+            {"present": False, "grace_seconds": math.ceil(self._host_grace)},
+        )
+
+    async def _host_grace_expiry(self, live: _LiveRoom, pid: str, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        if live.host_away.get(pid, (None,))[0] != deadline:
+            return
+        log.info("room %s: host %s did not come back; ending the session", live.room.id, pid)
+        await self.end_room(live.room.id)
+
+    @staticmethod
+    def _host_status(live: _LiveRoom) -> dict[str, Any] | None:
+        if not live.host_away:
+            return None
+        deadline = min(d for d, _ in live.host_away.values())
+        return {"present": False, "grace_seconds": max(0, math.ceil(deadline - time.monotonic()))}
 
     async def leave(
         self, participant: Participant, state: ParticipantState = ParticipantState.LEFT
     ) -> None:
         live = self._rooms.get(participant.claims.room)
+        was_waiting = participant.state is ParticipantState.WAITING
         if state is ParticipantState.REMOVED:
             participant.remove()
         else:
@@ -193,16 +318,39 @@ class RoomHub:
             await self._teardown(live)
         else:
             await self.broadcast_roster(live.room)
+            if was_waiting:
+                await self.broadcast_lobby(live.room)
 
-    async def end_room(self, room_id: str, until: int) -> None:
-        """End a session for everyone: revoke its tokens, disconnect, close the router."""
+    async def expel(self, participant: Participant, error: RoundtableError) -> None:
+        """Remove someone (``removed``, ``lobby_denied``): media stops before they are told."""
+        await self.leave(participant, ParticipantState.REMOVED)
+        if self.notifier is not None:
+            await self.notifier.drop(participant.sid, error)
+
+    async def room_until(self, room_id: str) -> int:
+        """How long the "ended" mark must last: past every token the room can have."""
+        record = await self._store.get_room(room_id)
+        floor = int(time.time()) + ENDED_AT_LEAST_SECONDS
+        return max(floor, record.expires_at if record is not None else 0)
+
+    async def end_room(
+        self, room_id: str, until: int | None = None, *, spare: str | None = None
+    ) -> None:
+        """End a session for everyone: revoke its tokens, disconnect, close the router.
+
+        ``spare``: a connection not to drop here (the moderator who ended the session is
+        dropped after its ack has gone out).
+        """
+        if until is None:
+            until = await self.room_until(room_id)
         await self._store.close_room(room_id, until)
         live = self._rooms.get(room_id)
         if live is None or not live.room.begin_close():
             return
+        log.info("room %s: ended for everyone", room_id)
         for p in live.room.active():
             p.remove()
-            if self.notifier:
+            if self.notifier and p.sid != spare:
                 await self.notifier.drop(
                     p.sid, RoundtableError("room_ended", "This session has ended.")
                 )
@@ -223,7 +371,14 @@ class RoomHub:
     async def publish(self, participant: Participant, offer_sdp: str) -> str:
         participant.require("publish")
         live = self._live(participant)
-        kinds = frozenset(k for k in ("audio", "video") if participant.claims.has(k))
+        # A screen share is a second video track; until the SFU tells them apart, the
+        # `screen` right lets a participant publish video as well.
+        grants = participant.claims.grants
+        kinds = frozenset(
+            k
+            for k, rights in (("audio", {"audio"}), ("video", {"video", "screen"}))
+            if rights & grants
+        )
         neg = live.negotiations[participant.id]
         async with neg.publish_lock:
             try:
@@ -363,6 +518,10 @@ class RoomHub:
         participant = live.room.get(pid)
         if participant is None or live.router is None:
             return
+        # A track published after a moderator's mute starts paused too.
+        for kind, muted in participant.muted.items():
+            if muted:
+                live.router.set_paused(pid, kind, True)
         participant.tracks = [
             TrackRef(str(getattr(t, "id", "")), str(getattr(t, "kind", "")))
             for t in live.router.tracks(pid)
@@ -386,6 +545,39 @@ class RoomHub:
             payload = full if p.admitted else {"participants": [p.public()]}
             await self.notifier.send(p.sid, "roster", payload)
 
+    @staticmethod
+    def _lobby(room: Room) -> dict[str, Any]:
+        return {"waiting": [p.public() for p in room.waiting()]}
+
+    async def broadcast_lobby(self, room: Room) -> None:
+        """The waiting room, to the moderators only, on every change."""
+        if self.notifier is None:
+            return
+        payload = self._lobby(room)
+        for p in room.moderators():
+            await self.notifier.send(p.sid, "lobby", payload)
+
+    async def notify_admitted(
+        self,
+        room: Room,
+        event: str,
+        payload: dict[str, Any],
+        *,
+        but: Participant | None = None,
+    ) -> None:
+        if self.notifier is None:
+            return
+        for p in room.admitted():
+            if p is not but:
+                await self.notifier.send(p.sid, event, payload)
+
+    async def notify_moderators(self, room_id: str, event: str, payload: dict[str, Any]) -> None:
+        live = self._rooms.get(room_id)
+        if live is None or self.notifier is None:
+            return
+        for p in live.room.moderators():
+            await self.notifier.send(p.sid, event, payload)
+
     # -- ownership ----------------------------------------------------------------------
 
     def _live(self, participant: Participant) -> _LiveRoom:
@@ -401,10 +593,11 @@ class RoomHub:
             return
         self._spawn(live, coro)
 
-    def _spawn(self, live: _LiveRoom, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, live: _LiveRoom, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         live.tasks.add(task)
         task.add_done_callback(lambda t: self._task_done(live, t))
+        return task
 
     @staticmethod
     def _task_done(live: _LiveRoom, task: asyncio.Task[None]) -> None:

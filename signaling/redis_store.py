@@ -12,7 +12,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from signaling.store import RoomRecord, StateStore
+from signaling.store import InviteRecord, RoomRecord, StateStore
 
 PREFIX = "roundtable:"
 
@@ -75,6 +75,26 @@ class RedisStore(StateStore):
             self._key("invite", jti), "1", nx=True, exat=self._until(until)
         )
         return bool(first)
+
+    async def put_invite(self, invite: InviteRecord) -> None:
+        value = json.dumps({"jti": invite.jti, "expires_at": invite.expires_at})
+        key = self._key("invite-record", invite.room, invite.id)
+        await self._redis.set(key, value, exat=self._until(invite.expires_at))
+
+    async def get_invite(self, room_id: str, invite_id: str) -> InviteRecord | None:
+        raw = await self._redis.get(self._key("invite-record", room_id, invite_id))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        if int(data["expires_at"]) < time.time():
+            return None
+        return InviteRecord(invite_id, room_id, str(data["jti"]), int(data["expires_at"]))
+
+    async def revoke_invite(self, jti: str, until: int) -> None:
+        await self._redis.set(self._key("invite-revoked", jti), "1", exat=self._until(until))
+
+    async def is_invite_revoked(self, jti: str) -> bool:
+        return bool(await self._redis.exists(self._key("invite-revoked", jti)))
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -36,6 +36,12 @@ class Room:
     def admitted(self) -> list[Participant]:
         return [p for p in self.participants.values() if p.admitted]
 
+    def waiting(self) -> list[Participant]:
+        return [p for p in self.participants.values() if p.state == "waiting"]
+
+    def moderators(self) -> list[Participant]:
+        return [p for p in self.admitted() if p.claims.has("moderate")]
+
     def get(self, pid: str) -> Participant | None:
         return self.participants.get(pid)
 
@@ -77,8 +83,8 @@ class Room:
         self.state = RoomState.CLOSED
 
     def roster(self) -> dict[str, Any]:
-        # The waiting room's people are not shown to the room (issue 4 adds a lobby view
-        # for moderators); everyone admitted sees everyone admitted.
+        # The waiting room's people are not shown to the room (moderators get them in the
+        # `lobby` event); everyone admitted sees everyone admitted.
         return {"participants": [p.public() for p in self.admitted()]}
 
     def public(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from signaling.errors import (
 from signaling.events import MAX_SDP_BYTES, PARSERS
 from signaling.hub import RoomHub
 from signaling.metrics import Metrics
+from signaling.moderation import Moderation
 from signaling.participant import Participant
 from signaling.ratelimit import SlidingWindow, TokenBucket
 from signaling.tokens import TokenService
@@ -59,6 +60,9 @@ class SignalingSocket:
         self._limits = limits
         self._joins = SlidingWindow(limits.joins_per_ip_per_minute, 60.0)
         self._connections: dict[str, _Connection] = {}
+        self._moderation = Moderation(hub, tokens)
+        # Drops that must follow an ack (``room.end``); cancelled at shutdown.
+        self._tasks: set[asyncio.Task[None]] = set()
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
             # None = engine.io's same-origin check (Origin must equal the Host it was
@@ -115,7 +119,10 @@ class SignalingSocket:
             claims = await self._tokens.authenticate(auth.get("token"), room=room)
             # Room checks first: a full room must not spend a single-use invite.
             self._hub.check_room(claims)
-            await self._tokens.consume_invite(claims)
+            # An invite is spent on first use; reconnecting while its participant is still
+            # in the room replaces that connection (docs/protocol.md, "Invites").
+            if not self._hub.present(claims):
+                await self._tokens.consume_invite(claims)
             participant = await self._hub.join(claims, sid)
         except RoundtableError as err:
             self._metrics.refused(err.code)
@@ -147,7 +154,8 @@ class SignalingSocket:
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
         conn = self._connections.pop(sid, None)
         if conn is not None:
-            await self._hub.leave(conn.participant)
+            # Gone without `leave`: for the host, the room waits (host grace).
+            await self._hub.disconnected(conn.participant)
 
     async def _event(self, event: Any, sid: str, *args: Any) -> dict[str, Any]:
         conn = self._connections.get(sid)
@@ -191,7 +199,39 @@ class SignalingSocket:
         if event == "leave":
             await self._hub.leave(participant)
             return {"ok": True}
-        raise UnknownEvent("unknown_event", "Unknown event.")  # pragma: no cover - PARSERS guards
+        mod = self._moderation
+        if event == "lobby.admit":
+            await mod.admit(participant, payload["participant"])
+        elif event == "lobby.deny":
+            await mod.deny(participant, payload["participant"])
+        elif event == "moderate.mute":
+            await mod.mute(participant, payload["participant"], payload["kind"])
+        elif event == "moderate.remove":
+            await mod.remove(participant, payload["participant"])
+        elif event == "unmute":
+            mod.unmute(participant, payload["kind"])
+        elif event == "room.lock":
+            await mod.lock(participant, payload["locked"])
+        elif event == "room.end":
+            await mod.end(participant)
+            self._after_ack(
+                participant.sid, RoundtableError("room_ended", "This session has ended.")
+            )
+        else:
+            raise UnknownEvent("unknown_event", "Unknown event.")  # pragma: no cover
+        return {"ok": True}
+
+    def _after_ack(self, sid: str, error: RoundtableError) -> None:
+        """Drop a connection once the ack of the current event has gone out."""
+
+        async def later() -> None:
+            # The ack is queued when the handler returns; give it a moment on the wire.
+            await asyncio.sleep(0.1)
+            await self.drop(sid, error)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def shutdown(self) -> None:
         """Close every client connection (aiohttp ``on_shutdown``).
@@ -199,6 +239,9 @@ class SignalingSocket:
         Open websockets keep aiohttp's shutdown waiting for its timeout, so they are closed
         before the server waits for its handlers, not in ``cleanup_ctx``.
         """
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for sid in list(self._connections):
             try:
                 await self.drop(sid, None)

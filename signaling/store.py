@@ -25,6 +25,16 @@ class RoomRecord:
     closed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class InviteRecord:
+    """A partner invite made by ``POST /api/rooms/{room}/invites``: enough to revoke it."""
+
+    id: str
+    room: str
+    jti: str
+    expires_at: int
+
+
 class StateStore(ABC):
     """Async seam between the control plane and its persistent state.
 
@@ -58,6 +68,19 @@ class StateStore(ABC):
         Must be atomic (Redis: ``SET NX``) so two nodes cannot both admit the same invite.
         """
 
+    @abstractmethod
+    async def put_invite(self, invite: InviteRecord) -> None: ...
+
+    @abstractmethod
+    async def get_invite(self, room_id: str, invite_id: str) -> InviteRecord | None: ...
+
+    @abstractmethod
+    async def revoke_invite(self, jti: str, until: int) -> None:
+        """Withdraw an invite before its use: joins with it are refused ``invite_revoked``."""
+
+    @abstractmethod
+    async def is_invite_revoked(self, jti: str) -> bool: ...
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; nothing to do in memory."""
 
@@ -71,6 +94,8 @@ class MemoryStore(StateStore):
         self._closed: dict[str, int] = {}
         self._revoked: dict[str, int] = {}
         self._used_invites: dict[str, int] = {}
+        self._invites: dict[tuple[str, str], InviteRecord] = {}
+        self._revoked_invites: dict[str, int] = {}
 
     def _prune(self, table: dict[str, int]) -> None:
         now = self._now()
@@ -113,3 +138,22 @@ class MemoryStore(StateStore):
             return False
         self._used_invites[jti] = until
         return True
+
+    async def put_invite(self, invite: InviteRecord) -> None:
+        now = self._now()
+        for key in [k for k, v in self._invites.items() if v.expires_at < now]:
+            del self._invites[key]
+        self._invites[(invite.room, invite.id)] = invite
+
+    async def get_invite(self, room_id: str, invite_id: str) -> InviteRecord | None:
+        invite = self._invites.get((room_id, invite_id))
+        if invite is None or invite.expires_at < self._now():
+            return None
+        return invite
+
+    async def revoke_invite(self, jti: str, until: int) -> None:
+        self._prune(self._revoked_invites)
+        self._revoked_invites[jti] = until
+
+    async def is_invite_revoked(self, jti: str) -> bool:
+        return jti in self._revoked_invites

@@ -221,6 +221,8 @@ class TokenService:
             raise RoomClosed("room_closed", "This session has ended.")
         if await self._store.is_revoked(claims.jti):
             raise _bad("token_revoked", "This link was withdrawn.")
+        if claims.invite and await self._store.is_invite_revoked(claims.jti):
+            raise _bad("invite_revoked", "This invitation was withdrawn.")
         if consume_invite:
             await self.consume_invite(claims)
         return claims

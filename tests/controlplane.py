@@ -49,9 +49,34 @@ class RunningServer:
                 assert resp.status == 201, await resp.text()
                 return await resp.json()
 
+    async def invite(
+        self, room: str, token: str | None, body: Any = None, **extra: Any
+    ) -> tuple[int, dict[str, Any]]:
+        """``POST /api/rooms/{room}/invites`` with ``token`` as Bearer; (status, JSON)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        body = {"organisation": "DRV", "name": "Frau P", **extra} if body is None else body
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{self.url}/api/rooms/{room}/invites", json=body, headers=headers
+            ) as resp:
+                return resp.status, await resp.json()
+
+    async def revoke_invite(self, room: str, token: str | None, invite_id: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(
+                f"{self.url}/api/rooms/{room}/invites/{invite_id}", headers=headers
+            ) as resp:
+                return resp.status
+
     @property
     def hub(self):
         return self.app[HUB]
+
+
+def link_token(url: str) -> str:
+    """The token in a ``…/join#token=<jwt>`` link."""
+    return url.split("#token=", 1)[1]
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
@@ -192,11 +217,13 @@ class MediaParticipant:
     offers on its publish connection, answers the server's subscribe offers."""
 
     def __init__(self, client: SignalClient, colour: tuple[int, int, int]) -> None:
-        from aiortc import RTCConfiguration, RTCPeerConnection
+        from aiortc import RTCPeerConnection
+
+        from tests.media import CLIENT_CONFIG
 
         self.client = client
         self.colour = colour
-        self.pub = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pub = RTCPeerConnection(CLIENT_CONFIG)
         self.sub: RTCPeerConnection | None = None
         self.frames: dict[tuple[str, str], int] = defaultdict(int)
         self.colours: dict[str, tuple[int, int, int]] = {}
@@ -217,11 +244,13 @@ class MediaParticipant:
         self._spawn(self._answer(offer))
 
     async def _answer(self, offer: dict[str, Any]) -> None:
-        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        from tests.media import CLIENT_CONFIG
 
         async with self._answering:
             if self.sub is None:
-                self.sub = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                self.sub = RTCPeerConnection(CLIENT_CONFIG)
                 self.sub.on("track", self._on_track)
             for t in offer["tracks"]:
                 self.mid_owner[t["mid"]] = (t["participant"], t["kind"])
@@ -254,14 +283,17 @@ class MediaParticipant:
         except MediaStreamError:
             pass
 
-    async def publish(self) -> dict[str, Any]:
+    async def publish(self, audio: bool = True, video: bool = True) -> dict[str, Any]:
+        """Offer camera and microphone — whatever the token's rights (a hand-made client)."""
         from aiortc import RTCSessionDescription
         from aiortc.mediastreams import AudioStreamTrack
 
         from tests.media import ColourVideoTrack
 
-        self.pub.addTrack(AudioStreamTrack())
-        self.pub.addTrack(ColourVideoTrack(self.colour))
+        if audio:
+            self.pub.addTrack(AudioStreamTrack())
+        if video:
+            self.pub.addTrack(ColourVideoTrack(self.colour))
         await self.pub.setLocalDescription(await self.pub.createOffer())
         ack = await self.client.call(
             "publish", {"type": "offer", "sdp": self.pub.localDescription.sdp}
@@ -280,3 +312,53 @@ class MediaParticipant:
         if self.sub is not None:
             await self.sub.close()
         await self.client.close()
+
+
+class Clients:
+    """Socket.IO clients (and aiortc participants) made by a test, all closed at its end."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.server = server
+        self._made: list[SignalClient] = []
+        self._media: list[MediaParticipant] = []
+
+    def new(self) -> SignalClient:
+        client = SignalClient()
+        self._made.append(client)
+        return client
+
+    async def join(self, token: str) -> SignalClient:
+        """Connect with ``token`` and wait for ``welcome``."""
+        client = self.new()
+        assert await client.connect(self.server.url, token), client.refusal
+        await client.wait("welcome")
+        return client
+
+    async def join_media(self, token: str, colour: tuple[int, int, int]) -> MediaParticipant:
+        client = self.new()
+        peer = MediaParticipant(client, colour)
+        self._media.append(peer)
+        assert await client.connect(self.server.url, token), client.refusal
+        await client.wait("welcome")
+        return peer
+
+    async def refused(self, token: str) -> str | None:
+        """Connect and expect a refusal; returns its code."""
+        client = self.new()
+        assert not await client.connect(self.server.url, token), "expected a refusal"
+        return refusal_code(client)
+
+    async def close(self) -> None:
+        for peer in self._media:
+            await peer.close()
+        for client in self._made:
+            await client.close()
+
+
+def me(client: SignalClient) -> str:
+    """The participant id a client was welcomed as."""
+    return client.events["welcome"][0]["you"]["id"]
+
+
+def roster_ids(roster: dict[str, Any]) -> set[str]:
+    return {p["id"] for p in roster["participants"]}
