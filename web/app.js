@@ -113,6 +113,7 @@ function showView(name) {
 
 function showEnded(titleKey, code = null, message = "") {
   state.ended = { titleKey, code, message };
+  setStatus(null); // the view says it all; no echo in the status line
   renderEnded();
   showView("ended");
   // Joining again helps after leaving or a passing fault, not with a refused link.

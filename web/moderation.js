@@ -252,8 +252,10 @@ export class InviteDialog {
           time: expires.toLocaleTimeString(document.documentElement.lang, { hour: "2-digit", minute: "2-digit" }),
         });
     $("invite-delivery").textContent = data.webhook === "queued" ? t("invite.delivery.queued") : "";
+    // Focus the link from its start (a selected textarea would scroll to the token's end).
     link.focus();
-    link.select();
+    link.setSelectionRange(0, 0);
+    link.scrollTop = 0;
   }
 
   async _copy() {

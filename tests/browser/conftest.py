@@ -137,3 +137,13 @@ async def launch(tmp_path: Path, chromium: str) -> AsyncIterator[Launch]:
                     await asyncio.wait_for(b.context.close(), 10)
                 except Exception:
                     pass
+
+
+@pytest.fixture
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: ``$ROUNDTABLE_SCREENSHOTS`` or a fresh temp dir (printed)."""
+    wanted = os.environ.get("ROUNDTABLE_SCREENSHOTS")
+    path = Path(wanted) if wanted else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"\n[screenshots] {path}")
+    return path

@@ -6,7 +6,6 @@ can judge the look; the test asserts only that they were taken of the expected v
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -61,15 +60,6 @@ async def test_every_error_code_has_a_message(server: Server, launch: Launch) ->
 
 def _pngs(path: Path) -> list[str]:
     return sorted(p.name for p in path.glob("*.png"))
-
-
-@pytest.fixture
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    wanted = os.environ.get("ROUNDTABLE_SCREENSHOTS")
-    path = Path(wanted) if wanted else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    print(f"\n[screenshots] {path}")
-    return path
 
 
 async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
