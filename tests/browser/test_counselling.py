@@ -21,6 +21,7 @@ from tests.browser.harness import (
     join_to_first_frame_ms,
     my_id,
     open_join,
+    remote_videos,
     wait_js,
     wait_remote_playing,
     wait_remote_set,
@@ -153,3 +154,54 @@ async def test_host_away_banner(server: Server, launch: Launch) -> None:
     await banner.wait_for(timeout=15000)
     assert "kurz getrennt" in await banner.inner_text()
     await wait_js(client, "!document.getElementById('view-call').hidden")
+
+
+async def test_mute_lock_and_deny(server: Server, launch: Launch) -> None:
+    room = server.create_room(caseworker_name="Andrea Berger", client_name="Jürgen Yılmaz")
+    caseworker, client, guest = [await launch(n) for n in ("caseworker", "client", "guest")]
+    await join(caseworker, room["caseworker_url"])
+    cw_id = await my_id(caseworker)
+    cl_id = await _join_through_lobby(client, caseworker, room["client_url"])
+    await wait_remote_playing(caseworker, {cl_id})
+    cw = caseworker.page
+    client_tile = f"document.querySelector('li.tile[data-participant=\"{cl_id}\"]')"
+
+    # Mute: the client is told and its toggle shows it; unmuting is the client's choice.
+    await cw.get_by_test_id("panel-toggle").click()
+    await cw.locator(
+        f'li.person[data-participant="{cl_id}"] [data-testid="mute-participant"]'
+    ).click()
+    await wait_js(
+        client,
+        "document.querySelector('[data-testid=mic-toggle]').getAttribute('aria-pressed') === 'true'",
+    )
+    assert "stummgeschaltet" in await client.page.get_by_test_id("status").inner_text()
+    await wait_js(caseworker, f"{client_tile}.classList.contains('mic-muted')")
+    await client.page.get_by_test_id("mic-toggle").click()
+    await wait_js(caseworker, f"!{client_tile}.classList.contains('mic-muted')")
+
+    # Lock: everyone is told; a waiting guest cannot be admitted, then is declined.
+    await cw.get_by_test_id("lock-toggle").check()
+    await wait_js(
+        client, "document.querySelector('[data-testid=status]').textContent.includes('gesperrt')"
+    )
+    lobby_url = server.join_url(server.token(room["room"], "client", "Frau Öztürk", "--lobby"))
+    await open_join(guest, lobby_url)
+    await guest.page.get_by_test_id("consent").check()
+    await join(guest)
+    guest_id = await my_id(guest)
+    await guest.page.get_by_test_id("waiting-room").wait_for()
+    entry = cw.locator(f'[data-testid="lobby-entry"][data-participant="{guest_id}"]')
+    await entry.get_by_test_id("admit").click()
+    # The refusal (room_locked) reaches the caseworker in words, not just a silent no.
+    await wait_js(
+        caseworker,
+        "document.querySelector('[data-testid=status]').textContent.includes('gerade gesperrt')",
+    )
+    assert await guest.page.get_by_test_id("waiting-room").is_visible()
+    await entry.get_by_test_id("deny").click()
+    message = guest.page.get_by_test_id("error-message")
+    await message.wait_for(timeout=10000)
+    assert await message.get_attribute("data-error") == "lobby_denied"
+    assert set(await remote_videos(caseworker)) == {cl_id}
+    assert set(await remote_videos(client)) == {cw_id}
