@@ -231,6 +231,7 @@ class MediaParticipant:
         self.answers: list[Any] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._answering = asyncio.Lock()
+        self._closed = False
         client.sio.on("subscribe.offer", self._on_offer)
 
     def _spawn(self, coro: Any) -> None:
@@ -240,6 +241,8 @@ class MediaParticipant:
 
     async def _on_offer(self, offer: dict[str, Any]) -> None:
         self.client.events["subscribe.offer"].append(offer)
+        if self._closed:
+            return
         # Handlers run inside the client's read loop; answering needs an ack, so not here.
         self._spawn(self._answer(offer))
 
@@ -305,6 +308,7 @@ class MediaParticipant:
         return ack
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
