@@ -155,6 +155,13 @@ async def test_host_away_banner(server: Server, launch: Launch) -> None:
     assert "kurz getrennt" in await banner.inner_text()
     await wait_js(client, "!document.getElementById('view-call').hidden")
 
+    # Back with the same link: host rights resume, the banner goes, the call goes on.
+    returned = await launch("caseworker-again")
+    await join(returned, room["caseworker_url"])
+    await banner.wait_for(state="hidden", timeout=15000)
+    await wait_remote_playing(client, {await my_id(returned)})
+    assert await returned.page.get_by_test_id("end-session").is_visible()
+
 
 async def test_mute_lock_and_deny(server: Server, launch: Launch) -> None:
     room = server.create_room(caseworker_name="Andrea Berger", client_name="Jürgen Yılmaz")
