@@ -387,6 +387,10 @@ class RoomHub:
                 raise
             except Exception as exc:
                 raise _media_error(live, participant, "publish", exc) from exc
+            if not participant.active:
+                # Removed while its offer was being applied: drop what the router made.
+                await self._forget_if_gone(live, participant)
+                raise Forbidden("forbidden", "You are no longer in this session.")
             neg.published = True
             early, neg.early_candidates = neg.early_candidates, []
         for candidate in early:
@@ -473,7 +477,10 @@ class RoomHub:
             offer = await self._router(live).subscribe(
                 pid, accept=self._accept(live.room, participant)
             )
-            if offer is None or not participant.active:
+            if not participant.active:
+                await self._forget_if_gone(live, participant)
+                return
+            if offer is None:
                 return
             neg.awaiting_answer = True
         if self.notifier:
@@ -527,6 +534,11 @@ class RoomHub:
             for t in live.router.tracks(pid)
         ]
         await self.broadcast_roster(live.room)
+
+    async def _forget_if_gone(self, live: _LiveRoom, participant: Participant) -> None:
+        # Not when a newer connection of the same person took over: the media is its own.
+        if live.room.get(participant.id) is None:
+            await self._forget_media(live, participant.id)
 
     async def _forget_media(self, live: _LiveRoom, pid: str) -> None:
         if live.router is not None:

@@ -3,6 +3,7 @@ expiry at connect, and the rights of an invite enforced on real media."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -266,3 +267,25 @@ async def test_dial_in_to_first_partner_frame(
     print(
         f"dial in -> partner's first frame at the caseworker: {total:.2f} s ({took:.2f} s after publish)"
     )
+
+
+@pytest.mark.redis
+async def test_invites_are_shared_between_nodes(tmp_path: Path, redis_url: str) -> None:
+    shared = {"secret": secrets.token_urlsafe(48), "redis_url": redis_url}
+    async with (
+        running_server(tmp_path / "a", **shared) as node_a,
+        running_server(tmp_path / "b", **shared) as node_b,
+    ):
+        room = await node_a.create_room()
+        cw = link_token(room["caseworker_url"])
+        _, revoked = await node_a.invite(room["room"], cw)
+        _, used = await node_a.invite(room["room"], cw)
+        # Made on A, withdrawn on B, refused on A.
+        assert await node_b.revoke_invite(room["room"], cw, revoked["id"]) == 204
+        on_a = Clients(node_a)
+        try:
+            assert await on_a.refused(link_token(revoked["invite_url"])) == "invite_revoked"
+            await on_a.join(link_token(used["invite_url"]))
+            assert await node_b.revoke_invite(room["room"], cw, used["id"]) == 403
+        finally:
+            await on_a.close()
