@@ -317,6 +317,9 @@ def plot(path: str, report: dict[str, Any], baseline: dict[str, Any] | None = No
         ):
             vals = [r[key][q] if r[key][q] is not None else np.nan for r in rooms]
             ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=q, color=colour)
+        finite = [r[key][q] for r in rooms for q in ("p50", "p99") if r[key][q]]
+        if finite and min(finite) > 0 and max(finite) / min(finite) > 30:
+            ax.set_yscale("log")  # keep p50 visible next to a long tail
         ax.set_xticks(x, labels)
         ax.set_xlabel("room #")
         ax.set_ylabel("ms")

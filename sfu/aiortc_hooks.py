@@ -59,6 +59,7 @@ __all__ = [
     "take_over_sender",
     "update_sender_report",
     "use_media_host",
+    "arrival_ns",
     "send_rtp",
     "send_rtp_now",
     "negotiated",
@@ -360,6 +361,7 @@ def _install_fast_receive(dtls: RTCDtlsTransport) -> None:
     parse = RtpPacket.parse
 
     def data_received(data: bytes, component: int) -> None:
+        t_in = time.perf_counter_ns()
         if (
             len(data) > 12
             and 127 < data[0] < 192
@@ -375,6 +377,7 @@ def _install_fast_receive(dtls: RTCDtlsTransport) -> None:
                 packet = parse(dtls._rx_srtp.unprotect(data), dtls._rtp_header_extensions_map)
             except (pylibsrtp.Error, ValueError):
                 return  # aiortc drops these too
+            packet.arrival_ns = t_in  # type: ignore[attr-defined]
             receiver = dtls._rtp_router.route_rtp(packet)
             if receiver is None:
                 return
@@ -397,6 +400,12 @@ def _install_fast_receive(dtls: RTCDtlsTransport) -> None:
     for protocol in list(connection._protocols):
         _skip_stun_parse(protocol)
     setattr(connection, _FAST_RECEIVE, True)
+
+
+def arrival_ns(packet: RtpPacket) -> int:
+    """When the packet's datagram reached us (``perf_counter_ns``), before SRTP and
+    parsing when it came through :func:`_install_fast_receive`; else now."""
+    return getattr(packet, "arrival_ns", 0) or time.perf_counter_ns()
 
 
 def _skip_stun_parse(protocol: Any) -> None:

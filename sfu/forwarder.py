@@ -79,13 +79,17 @@ class Forwarder:
             if len(packet.payload) < 2:
                 return
             # A retransmission the SFU asked for: forward the repaired packet.
+            arrived = hooks.arrival_ns(packet)
             packet = unwrap_rtx(packet, payload_type=self.codec.payloadType, ssrc=self.ssrc)
+            packet.arrival_ns = arrived  # type: ignore[attr-defined]
         payload = packet.payload
         if not payload:
             return  # padding-only bandwidth probe
         self.ssrc = packet.ssrc
         key = self._is_key(payload) if self._is_key is not None else False
-        now = time.perf_counter_ns()
+        # Forwarding latency counts from the datagram's arrival (before SRTP unprotect)
+        # to the sendto for each subscriber.
+        now = hooks.arrival_ns(packet)
         stats = self._stats
         stats.packets_in += 1
         stats.bytes_in += len(payload)
