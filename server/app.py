@@ -144,6 +144,7 @@ def build_app(
         tokens,
         store,
         metrics,
+        present=hub.present,
     )
     webhook = _invite_webhook(config, hub)
     invites = InviteApi(

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,14 @@ from typing import Any
 
 from aiohttp import web
 
-from signaling.errors import ApiKeyError, BadRequest, NotFound, PayloadTooLarge, RoundtableError
+from signaling.errors import (
+    ApiKeyError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    RoundtableError,
+    TokenError,
+)
 from signaling.metrics import CONTENT_TYPE, Metrics
 from signaling.store import RoomRecord, StateStore
 from signaling.tokens import TokenClaims, TokenService, new_id
@@ -59,8 +67,10 @@ class RestApi:
         tokens: TokenService,
         store: StateStore,
         metrics: Metrics,
+        present: Callable[[TokenClaims], bool] = lambda claims: False,
     ) -> None:
         self._settings = settings
+        self._present = present
         self._tokens = tokens
         self._store = store
         self._metrics = metrics
@@ -186,6 +196,15 @@ class RestApi:
     async def get_room(self, request: web.Request) -> web.Response:
         room_id = request.match_info["room"]
         claims = await self.authenticate(request, room_id)
+        # A spent invite is refused here as at the connect, before the page asks for the
+        # camera; its participant reloading while still in the room is not refused.
+        if (
+            claims.invite
+            and await self._store.is_invite_used(claims.jti)
+            and not self._present(claims)
+        ):
+            self._metrics.refused("invite_used")
+            raise TokenError("invite_used", "This invitation was already used.")
         record = await self._store.get_room(room_id)
         return web.json_response(
             {

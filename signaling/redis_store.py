@@ -76,6 +76,9 @@ class RedisStore(StateStore):
         )
         return bool(first)
 
+    async def is_invite_used(self, jti: str) -> bool:
+        return bool(await self._redis.exists(self._key("invite", jti)))
+
     async def put_invite(self, invite: InviteRecord) -> None:
         value = json.dumps({"jti": invite.jti, "expires_at": invite.expires_at})
         key = self._key("invite-record", invite.room, invite.id)

@@ -69,6 +69,10 @@ class StateStore(ABC):
         """
 
     @abstractmethod
+    async def is_invite_used(self, jti: str) -> bool:
+        """Has ``use_invite`` recorded this token? (A look, not a use.)"""
+
+    @abstractmethod
     async def put_invite(self, invite: InviteRecord) -> None: ...
 
     @abstractmethod
@@ -138,6 +142,9 @@ class MemoryStore(StateStore):
             return False
         self._used_invites[jti] = until
         return True
+
+    async def is_invite_used(self, jti: str) -> bool:
+        return jti in self._used_invites
 
     async def put_invite(self, invite: InviteRecord) -> None:
         now = self._now()

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import jwt
 import pytest
 
@@ -146,6 +147,7 @@ async def test_invite_is_single_use_but_survives_a_reconnect(
     await cw.call("lobby.admit", {"participant": pid})
     await first.wait("admitted")
 
+    assert await _check_link(server, room["room"], invite) == (200, None)
     # Still in the room: the same link replaces the connection (reload, network change).
     second = await clients.join(invite)
     assert me(second) == pid and second.events["welcome"][0]["you"]["state"] == "admitted"
@@ -155,6 +157,17 @@ async def test_invite_is_single_use_but_survives_a_reconnect(
     # Once that participant has left, the invite is spent.
     assert await second.call("leave", {}) == {"ok": True}
     assert await clients.refused(invite) == "invite_used"
+    # The page's link check says so too, before it asks for the camera.
+    assert await _check_link(server, room["room"], invite) == (403, "invite_used")
+
+
+async def _check_link(server: RunningServer, room: str, token: str) -> tuple[int, str | None]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            f"{server.url}/api/rooms/{room}", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            body = await resp.json()
+            return resp.status, body.get("error")
 
 
 async def test_expired_invite_is_refused(

@@ -11,9 +11,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from server.config import Config, ConfigError
 from signaling.webhook import derive_secret
 from tests.controlplane import Clients, link_token, running_server
 
@@ -158,3 +160,18 @@ async def test_pending_delivery_is_cancelled_at_shutdown(tmp_path: Path) -> None
                 await asyncio.sleep(0.02)
             await clients.close()
         assert len(rec.requests) == 1
+
+
+def test_webhook_settings_from_the_environment() -> None:
+    config = Config.from_env(
+        {
+            "ROUNDTABLE_INVITE_WEBHOOK": "https://agency.example/hook",
+            "ROUNDTABLE_INVITE_WEBHOOK_SECRET": "shared",
+            "ROUNDTABLE_HOST_GRACE_SECONDS": "30",
+        }
+    )
+    assert config.invite_webhook == "https://agency.example/hook"
+    assert config.invite_webhook_secret == "shared" and config.host_grace_seconds == 30
+    assert "shared" not in repr(config)
+    with pytest.raises(ConfigError):
+        Config.from_env({"ROUNDTABLE_INVITE_WEBHOOK": "ftp://agency.example/hook"})
