@@ -271,19 +271,21 @@ async def test_screen_share_replaces_the_camera(server: Server, launch: Launch) 
     caseworker, client = await launch("caseworker"), await launch("client")
     ids = await _join_all([caseworker, client], [room["caseworker_url"], room["client_url"]])
     await _all_see_each_other([caseworker, client], ids)
-    size = f"document.querySelector('video[data-participant=\"{ids['caseworker']}\"]').videoWidth"
-    camera_width = await client.page.evaluate(size)
+    # Aspect ratio, not size: under CPU load Chrome scales the camera down, keeping its shape.
+    video = f"document.querySelector('video[data-participant=\"{ids['caseworker']}\"]')"
+    ratio = f"({video}.videoWidth / {video}.videoHeight)"
+    camera = await client.page.evaluate(ratio)
+    sending = "window.roundtable.call.senders.video.sender.track"
 
     button = caseworker.page.get_by_test_id("screen-toggle")
     await button.click()
-    await wait_js(
-        caseworker,
-        "document.querySelector('[data-testid=screen-toggle]').getAttribute('aria-pressed') === 'true'",
-    )
-    # The client now receives the (fake) screen: a different picture size, still playing.
-    await wait_js(client, f"{size} !== {camera_width}", within=15)
+    await wait_js(caseworker, f"{sending} === window.roundtable.call.screenTrack")
+    assert await button.get_attribute("aria-pressed") == "true"
+    # The client now receives the (fake) screen: another shape, still playing.
+    await wait_js(client, f"Math.abs({ratio} - {camera}) > 0.1", within=20)
     await wait_remote_playing(client, {ids["caseworker"]})
 
     await button.click()
-    await wait_js(client, f"{size} === {camera_width}", within=15)
+    await wait_js(caseworker, f"{sending} === window.roundtable.call.senders.video.track")
+    await wait_js(client, f"Math.abs({ratio} - {camera}) < 0.05", within=20)
     await wait_remote_playing(client, {ids["caseworker"]})
