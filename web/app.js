@@ -393,6 +393,7 @@ function join() {
     setStatus(detail.locked ? "status.locked" : "status.unlocked");
   });
   call.addEventListener("host-status", ({ detail }) => {
+    if (call.you && call.you.role === "caseworker") return; // about us: nothing to tell
     const away = detail.present === false;
     $("host-banner").hidden = !away;
     $("host-banner").textContent = away ? t("status.hostAway") : "";

@@ -380,17 +380,6 @@ const STRINGS = {
   },
 };
 
-/** Error codes the server can send (docs/protocol.md); tests check each has a message. */
-export const ERROR_CODES = [
-  "token_missing", "token_malformed", "token_bad_signature", "token_bad_algorithm",
-  "token_expired", "token_not_yet_valid", "token_claims_missing", "token_wrong_audience",
-  "token_wrong_issuer", "token_wrong_room", "token_revoked", "invite_used",
-  "api_key_missing", "api_key_invalid", "forbidden", "not_found", "bad_request",
-  "payload_too_large", "too_many_requests", "room_closed", "room_full", "unknown_event",
-  "invalid_payload", "sdp_invalid", "internal",
-  "lobby_denied", "removed", "room_ended", "room_locked", "invite_revoked",
-];
-
 let current = initialLang();
 const listeners = new Set();
 
