@@ -212,3 +212,29 @@ async def test_mute_lock_and_deny(server: Server, launch: Launch) -> None:
     assert await message.get_attribute("data-error") == "lobby_denied"
     assert set(await remote_videos(caseworker)) == {cl_id}
     assert set(await remote_videos(client)) == {cw_id}
+
+
+async def test_dial_in_by_keyboard_alone(server: Server, launch: Launch) -> None:
+    """Tab to "Partner hinzuschalten", Enter, type, Enter: the invite link appears."""
+    room = server.create_room()
+    caseworker = await launch("caseworker")
+    await join(caseworker, room["caseworker_url"])
+    page = caseworker.page
+    await page.wait_for_selector("#view-call:not([hidden])")
+    for _ in range(20):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("document.activeElement.dataset.testid || ''") == "dial-in-button":
+            break
+    else:
+        pytest.fail("the dial-in button is not reachable with Tab")
+    await page.keyboard.press("Enter")
+    assert await page.evaluate("document.activeElement.dataset.testid") == "invite-organisation"
+    await page.keyboard.type("Handwerkskammer")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type("Herr Adler")
+    await page.keyboard.press("Enter")
+    link = page.get_by_test_id("invite-link")
+    await link.wait_for(timeout=10000)
+    assert "#token=" in await link.input_value()
+    await page.keyboard.press("Escape")
+    await page.get_by_test_id("invite-dialog").wait_for(state="hidden")
