@@ -34,7 +34,8 @@ from tests.browser.harness import (
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """The real server; ``parametrize("server", [{"ENV": "value"}], indirect=True)`` adds env."""
     port = free_port()
     state = tmp_path / "state"
     state.mkdir()
@@ -47,6 +48,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         ROUNDTABLE_PUBLIC_URL=f"http://127.0.0.1:{port}",
         PYTHONUNBUFFERED="1",
     )
+    env.update(getattr(request, "param", None) or {})
     log_path = tmp_path / "server.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(

@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.browser.harness import (
     Browser,
     Launch,
     Server,
+    free_port,
     join,
     join_to_first_frame_ms,
     my_id,
@@ -238,3 +240,45 @@ async def test_dial_in_by_keyboard_alone(server: Server, launch: Launch) -> None
     assert "#token=" in await link.input_value()
     await page.keyboard.press("Escape")
     await page.get_by_test_id("invite-dialog").wait_for(state="hidden")
+
+
+WEBHOOK_PORT = free_port()
+
+
+@pytest.mark.parametrize(
+    "server",
+    [{"ROUNDTABLE_INVITE_WEBHOOK": f"http://127.0.0.1:{WEBHOOK_PORT}/invites"}],
+    indirect=True,
+)
+async def test_invite_delivery_reaches_the_caseworker(server: Server, launch: Launch) -> None:
+    """With a webhook configured, the dialog tells whether the agency's service got the invite."""
+    received: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/invites", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", WEBHOOK_PORT).start()
+    try:
+        room = server.create_room()
+        caseworker = await launch("caseworker")
+        await join(caseworker, room["caseworker_url"])
+        page = caseworker.page
+        await page.get_by_test_id("dial-in-button").click()
+        await page.get_by_test_id("invite-organisation").fill("IHK Köln")
+        await page.get_by_test_id("invite-name").fill("Frau Lange")
+        await page.get_by_test_id("invite-submit").click()
+        delivery = page.get_by_test_id("invite-delivery")
+        await wait_js(
+            caseworker,
+            "document.querySelector('[data-testid=invite-delivery]').textContent.includes('zugestellt.')",
+            within=15,
+        )
+        assert "automatisch zugestellt" in await delivery.inner_text()
+        assert [r["organisation"] for r in received] == ["IHK Köln"]
+    finally:
+        await runner.cleanup()
