@@ -270,6 +270,10 @@ class RoomHub:
             and live.room.state is RoomState.OPEN
             and live.room.get(participant.id) is participant
             and any(p.id != participant.id for p in live.room.active())
+            # Another caseworker still inside keeps hosting.
+            and not any(
+                p.role == "caseworker" and p.id != participant.id for p in live.room.admitted()
+            )
         )
         await self.leave(participant)
         if not hosting or live is None or self._rooms.get(live.room.id) is not live:

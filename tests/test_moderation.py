@@ -218,3 +218,15 @@ async def test_explicit_leave_of_the_host_is_no_drop(
     await client.wait("roster", lambda r: roster_ids(r) == {me(client)})
     await asyncio.sleep(2.0)
     assert "host.status" not in client.events and client.sio.connected
+
+
+async def test_no_grace_while_another_caseworker_is_inside(
+    server: RunningServer, clients: Clients
+) -> None:
+    first = await clients.join(server.token(room=ROOM, role="caseworker", name="A"))
+    second = await clients.join(server.token(room=ROOM, role="caseworker", name="B"))
+    client = await clients.join(server.token(room=ROOM, role="client"))
+    await first.sio.disconnect()
+    await client.wait("roster", lambda r: roster_ids(r) == {me(second), me(client)})
+    await asyncio.sleep(2.0)
+    assert "host.status" not in client.events and client.sio.connected
