@@ -58,17 +58,15 @@ class Histogram:
         return lower_bound
 
     def max_bound(self) -> float | None:
-        """Upper bound of the highest non-empty bucket (the histogram's notion of max)."""
+        """Upper bound of the lowest bucket holding every sample (the histogram's max);
+        the largest finite bound if some fell in +Inf."""
         if self.count <= 0:
             return None
-        previous = 0.0
         finite = [le for le in sorted(self.buckets) if not math.isinf(le)]
-        for le in sorted(self.buckets):
+        for le in finite:
             if self.buckets[le] >= self.count:
-                return finite[-1] if math.isinf(le) and finite else le
-            previous = self.buckets[le]
-        del previous
-        return None
+                return le
+        return finite[-1] if finite else None
 
     @property
     def mean(self) -> float | None:
