@@ -170,6 +170,7 @@ export class InviteDialog {
     this.token = token;
     this.roomId = roomId;
     this.inviteId = null;
+    this.outcomes = new Map(); // invite id -> webhook outcome
     this.dialog = $("invite-dialog");
     this.form = $("invite-form");
     this.form.addEventListener("submit", (ev) => {
@@ -190,11 +191,14 @@ export class InviteDialog {
     $("invite-organisation").focus();
   }
 
-  /** Webhook outcome for an invite (event `invite.delivery`). */
+  /**
+   * Webhook outcome for an invite (event `invite.delivery`). It can arrive before the
+   * POST's own answer, so outcomes are kept by invite id.
+   */
   delivery(msg) {
-    if (!msg || (this.inviteId && msg.id !== this.inviteId)) return;
-    const key = `invite.delivery.${msg.status}`;
-    $("invite-delivery").textContent = t(key);
+    if (!msg || !msg.id) return;
+    this.outcomes.set(msg.id, msg.status);
+    if (msg.id === this.inviteId) $("invite-delivery").textContent = t(`invite.delivery.${msg.status}`);
   }
 
   async _submit() {
@@ -251,7 +255,12 @@ export class InviteDialog {
       : t("invite.expires", {
           time: expires.toLocaleTimeString(document.documentElement.lang, { hour: "2-digit", minute: "2-digit" }),
         });
-    $("invite-delivery").textContent = data.webhook === "queued" ? t("invite.delivery.queued") : "";
+    const outcome = this.outcomes.get(data.id);
+    $("invite-delivery").textContent = outcome
+      ? t(`invite.delivery.${outcome}`)
+      : data.webhook === "queued"
+        ? t("invite.delivery.queued")
+        : "";
     // Focus the link from its start (a selected textarea would scroll to the token's end).
     link.focus();
     link.setSelectionRange(0, 0);
@@ -266,6 +275,11 @@ export class InviteDialog {
       link.select();
       document.execCommand("copy");
     }
-    $("invite-delivery").textContent = t("invite.copied");
+    // Feedback on the button itself, so the delivery line keeps its news.
+    const copy = $("invite-copy");
+    copy.textContent = t("invite.copiedShort");
+    setTimeout(() => {
+      copy.textContent = t("invite.copy");
+    }, 2000);
   }
 }
