@@ -32,8 +32,9 @@ examples:
 
 Against a remote server, raise its ROUNDTABLE_JOINS_PER_IP_PER_MINUTE (one generator
 host makes every join) and ROUNDTABLE_MAX_PARTICIPANTS if --participants exceeds it.
-Partners (participants beyond caseworker and client) need tokens signed with the
-server's secret (--secret or ROUNDTABLE_SECRET), as `roundtable token` makes them.
+Partners (participants beyond caseworker and client) are dialled in by the
+caseworker through POST /api/rooms/{room}/invites (no waiting room); a server without
+the invite API needs --secret (or ROUNDTABLE_SECRET) to mint partner tokens instead.
 Server CPU/RSS come from psutil with --local; against --url only if the server
 exports process_cpu_seconds_total / process_resident_memory_bytes on /metrics.
 
@@ -65,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--secret",
         default=os.environ.get("ROUNDTABLE_SECRET"),
-        help="token secret, to mint partner tokens like `roundtable token` (default: $ROUNDTABLE_SECRET)",
+        help="token secret, to mint partner tokens like `roundtable token` where the server "
+        "has no invite API (default: $ROUNDTABLE_SECRET)",
     )
     target.add_argument(
         "--local",
@@ -346,8 +348,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error("give --url (and --api-key) or --local")
     if not args.local and not args.api_key:
         parser().error("--api-key (or $ROUNDTABLE_API_KEY) is needed with --url")
-    if not args.local and args.participants > 2 and not args.secret:
-        parser().error("partners need --secret (or $ROUNDTABLE_SECRET) to mint their tokens")
     if args.baseline and args.find_capacity:
         parser().error("--baseline and --find-capacity are separate runs")
     if args.rooms < 1 or args.participants < 1 or args.duration <= 0:

@@ -32,7 +32,7 @@ PARTNER_GRANTS = ("publish", "subscribe", "audio", "video", "see_client")
 class Scenario:
     url: str
     api_key: str
-    secret: str | None  # mints partner tokens (`roundtable token` equivalent)
+    secret: str | None  # mints partner tokens where there is no invite API
     participants: int
     partner_delay: float
     join_pacing: float
@@ -120,9 +120,9 @@ class Generator:
                 await asyncio.sleep(s.partner_delay)
                 for i in range(2, s.participants):
                     t1 = time.monotonic_ns()
-                    assert s.secret is not None
-                    token = partner_token(s.secret, room.room_id, i - 1)
+                    token, via = await self._invite(room.room_id, tokens[0], i - 1)
                     p = self._participant(token, "partner", room, i)
+                    p.via = via
                     await p.join(t1)
                     self.report(("joined", 1))
                     if s.join_pacing:
@@ -131,6 +131,28 @@ class Generator:
             room.error = f"{type(exc).__name__}: {exc}"
             log.warning("room %d: %s", room.index, room.error)
             self.report(("joined", 0))
+
+    async def _invite(self, room_id: str, caseworker_token: str, n: int) -> tuple[str, str]:
+        """A partner's token: dialled in by the caseworker through the invite API
+        (``POST /api/rooms/{room}/invites``, no waiting room), or, where a server has no
+        invite API (the baseline relay), minted with the secret like `roundtable token`."""
+        assert self._http is not None
+        async with self._http.post(
+            f"{self.s.url}/api/rooms/{room_id}/invites",
+            json={
+                "organisation_type": "other",
+                "organisation": "Bench",
+                "name": f"Partner {n}",
+                "rights": ["audio", "video", "see_client"],
+                "waiting_room": False,
+            },
+            headers={"Authorization": f"Bearer {caseworker_token}"},
+        ) as resp:
+            if resp.status == 201:
+                return _token_from((await resp.json())["invite_url"]), "invite"
+            if resp.status not in (404, 405) or not self.s.secret:
+                raise RuntimeError(f"POST invites: {resp.status} {await resp.text()}")
+        return partner_token(self.s.secret, room_id, n), "token"
 
     def _participant(self, token: str, role: str, room: RoomRun, i: int) -> SyntheticParticipant:
         p = SyntheticParticipant(
@@ -205,6 +227,7 @@ class Generator:
                         {
                             "id": p.pid,
                             "role": p.role,
+                            "via": p.via,
                             "publishes": bool(p.tracks),
                             "join_ms": (p.rx.first_media_ns - p.join_started_ns) / 1e6
                             if p.rx.first_media_ns

@@ -91,6 +91,7 @@ class SyntheticParticipant:
         self.window = window
         self.audio_only = audio_only
         self.pid: str | None = None
+        self.via = "room"  # how the token came: the room's links, an invite, or minted
         self.rx = Rx()
         self.pub: RTCPeerConnection | None = None
         self.sub: RTCPeerConnection | None = None

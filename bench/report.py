@@ -101,6 +101,9 @@ def summarise(raw: RawRun, scenario: dict[str, Any]) -> dict[str, Any]:
                 "room": room["room"],
                 "index": room["index"],
                 "participants": len(room["participants"]),
+                "joined_via": sorted(
+                    {f"{p['role']}:{p.get('via', 'room')}" for p in room["participants"]}
+                ),
                 "sfu_latency_ms": _hist_ms(h),
                 "e2e_latency_ms": _pcts_ms(room["e2e_ns"]),
                 **_loss(room["flows"]),

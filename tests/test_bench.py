@@ -74,6 +74,8 @@ def test_short_run_reports_every_room_and_every_flow(tmp_path: Path) -> None:
     for room in report["rooms"]:
         assert room["complete"], room["missing"]
         assert room["participants"] == 3
+        # the partner was dialled in through the invite API, not a minted token
+        assert room["joined_via"] == ["caseworker:room", "client:room", "partner:invite"]
         assert room["tracks_forwarded"] == 12
         for key in ("sfu_latency_ms", "e2e_latency_ms"):
             assert room[key]["p99"] is not None
