@@ -81,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
         help="address the synthetic peers (and a --local server) gather ICE on "
         "(default: $ROUNDTABLE_MEDIA_HOST or 127.0.0.1)",
     )
+    target.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="with --local: let the OS place server and generators (on a shared machine "
+        "a pinned process cannot escape a busy core)",
+    )
     target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
 
     load = p.add_argument_group("load")
@@ -189,7 +195,7 @@ async def _run(args: argparse.Namespace) -> int:
             f"{len(media.audio)} Opus frames, encoded once in {time.monotonic() - t:.1f} s",
             file=sys.stderr,
         )
-    server_cpu, gen_cpu = cpu_plan() if args.local else (None, None)
+    server_cpu, gen_cpu = cpu_plan() if args.local and not args.no_pin else (None, None)
     max_rooms = args.capacity_max_rooms if args.find_capacity else args.rooms
     servers = []
     try:
