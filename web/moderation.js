@@ -22,6 +22,21 @@ function button(label, aria, testid, onClick, cls = "btn btn-small btn-secondary
   return b;
 }
 
+/** Re-render `list` without losing keyboard focus on one of its buttons. */
+function keepFocus(list, render) {
+  const active = document.activeElement;
+  const key =
+    active && list.contains(active)
+      ? `[data-testid="${active.dataset.testid}"][data-participant="${active.dataset.participant}"]`
+      : null;
+  render();
+  if (key) {
+    const again = list.querySelector(key);
+    if (again) again.focus();
+    else list.closest(".panel").focus();
+  }
+}
+
 export class Panel {
   /**
    * @param {{call: import("./call.js").Call, moderator: boolean, onStatus: Function,
@@ -99,6 +114,10 @@ export class Panel {
 
   _renderPeople() {
     const list = $("people-list");
+    keepFocus(list, () => this._fillPeople(list));
+  }
+
+  _fillPeople(list) {
     list.replaceChildren(
       ...this.people.map((p) => {
         const li = this._row(p);
@@ -112,11 +131,11 @@ export class Panel {
         }
         if (this.moderator && p.id !== this.selfId) {
           if (!muted) {
-            actions.append(
-              button(t("mod.mute"), t("mod.muteLabel", { name: p.name }), "mute-participant", () =>
-                this._act("moderate.mute", { participant: p.id, kind: "audio" }),
-              ),
+            const mute = button(t("mod.mute"), t("mod.muteLabel", { name: p.name }), "mute-participant", () =>
+              this._act("moderate.mute", { participant: p.id, kind: "audio" }),
             );
+            mute.dataset.participant = p.id;
+            actions.append(mute);
           }
           const remove = button(
             t("mod.remove"),
@@ -136,6 +155,10 @@ export class Panel {
   _renderLobby() {
     const list = $("lobby-list");
     $("lobby-section").hidden = !this.moderator || this.waiting.length === 0;
+    keepFocus(list, () => this._fillLobby(list));
+  }
+
+  _fillLobby(list) {
     list.replaceChildren(
       ...this.waiting.map((p) => {
         const li = this._row(p);
