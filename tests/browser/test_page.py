@@ -137,8 +137,13 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await lobby.page.get_by_test_id("waiting-room").wait_for()
     await lobby.page.screenshot(path=shots / "12-waiting-room-de.png")
 
+    await caseworker.page.set_viewport_size({"width": 390, "height": 844})
+    if await caseworker.page.get_by_test_id("panel").is_hidden():
+        await caseworker.page.get_by_test_id("panel-toggle").click()
+    await caseworker.page.screenshot(path=shots / "13-caseworker-phone-en.png")
+
     taken = _pngs(shots)
-    assert len(taken) == 17, taken
+    assert len(taken) == 18, taken
 
 
 async def test_device_choice_swaps_the_preview_track(server: Server, launch: Launch) -> None:
