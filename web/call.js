@@ -4,6 +4,8 @@
 
 const ACK_TIMEOUT_MS = 15000;
 const LIVE_STATES = new Set(["admitted", "connected"]);
+const MAX_RESTARTS = 3;
+const RESTART_WINDOW_MS = 5 * 60 * 1000;
 
 export class CallError extends Error {
   constructor(code, message) {
@@ -337,7 +339,24 @@ export class Call extends EventTarget {
   _watchState(pc, leg) {
     pc.onconnectionstatechange = () => {
       this._emit("media-state", { leg, state: pc.connectionState });
+      if (pc.connectionState === "failed") this._recover(pc);
     };
+  }
+
+  /**
+   * A leg whose ICE/DTLS failed does not heal by itself. Reconnecting the signalling
+   * starts both legs afresh (welcome → publish → subscribe offer), at most a few times.
+   */
+  _recover(pc) {
+    const now = Date.now();
+    this._restarts = (this._restarts || []).filter((at) => now - at < RESTART_WINDOW_MS);
+    if (this._restarts.length >= MAX_RESTARTS || !this.socket) return;
+    setTimeout(() => {
+      if (this.leaving || pc.connectionState !== "failed" || !this.socket.connected) return;
+      this._restarts.push(Date.now());
+      this.socket.disconnect();
+      this.socket.connect();
+    }, 2000);
   }
 
   _request(event, payload, timeout = ACK_TIMEOUT_MS) {
