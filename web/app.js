@@ -317,6 +317,9 @@ function join() {
   call.addEventListener("welcome", ({ detail }) => {
     roundtable.you = detail.you;
     if (detail.you.state === "waiting") {
+      // Still only a preview: nothing is sent until someone admits us.
+      $("waiting-preview").hidden = !state.stream || !state.camOn;
+      $("waiting-preview").srcObject = state.stream;
       showView("waiting");
       setStatus("status.waiting");
       $("waiting-title").tabIndex = -1;
