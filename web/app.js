@@ -316,6 +316,7 @@ function join() {
 
   call.addEventListener("welcome", ({ detail }) => {
     roundtable.you = detail.you;
+    if (state.panel && detail.room) state.panel.setLocked(detail.room.locked);
     if (detail.you.state === "waiting") {
       // Still only a preview: nothing is sent until someone admits us.
       $("waiting-preview").hidden = !state.stream || !state.camOn;
@@ -606,6 +607,10 @@ async function main() {
     showPreview(state.stream);
     showDeviceChoice().catch(() => {});
   } else updateToggles();
+  if (navigator.mediaDevices) {
+    // A headset plugged in before joining shows up in the choice at once.
+    navigator.mediaDevices.addEventListener("devicechange", () => showDeviceChoice().catch(() => {}));
+  }
   $("camera-select").addEventListener("change", (ev) => chooseDevice("video", ev.target.value));
   $("mic-select").addEventListener("change", (ev) => chooseDevice("audio", ev.target.value));
   // Whoever comes through the waiting room first agrees to the consent text.
