@@ -280,7 +280,7 @@ const STRINGS = {
     "lobby.title": "Waiting room",
     "lobby.admit": "Let in",
     "lobby.deny": "Decline",
-    "lobby.admitLabel": "Let {name} in",
+    "lobby.admitLabel": "Let in {name}",
     "lobby.denyLabel": "Decline {name}",
     "mod.mute": "Mute",
     "mod.muteLabel": "Mute {name}'s microphone",
