@@ -329,3 +329,23 @@ async def eventually(check: Callable[[], Any], within: float, what: str) -> Any:
             return value
         await asyncio.sleep(0.2)
     raise AssertionError(f"not within {within}s: {what}")
+
+
+_UNNAMED_JS = """
+() => {
+  const visible = (el) => el.offsetParent !== null || el.getClientRects().length > 0;
+  const named = (el) =>
+    (el.getAttribute('aria-label') || '').trim() ||
+    (el.getAttribute('aria-labelledby') || '').trim() ||
+    (el.labels && el.labels.length > 0) ||
+    (el.tagName === 'BUTTON' && el.textContent.trim());
+  return [...document.querySelectorAll('button, input, select, textarea, video')]
+    .filter((el) => visible(el) && !named(el))
+    .map((el) => el.outerHTML.slice(0, 120));
+}
+"""
+
+
+async def unnamed_controls(browser: Browser) -> list[str]:
+    """Visible buttons, fields and videos that a screen reader could not name."""
+    return await browser.page.evaluate(_UNNAMED_JS)

@@ -18,6 +18,7 @@ from tests.browser.harness import (
     join,
     my_id,
     open_join,
+    unnamed_controls,
     wait_js,
     wait_remote_playing,
 )
@@ -69,6 +70,7 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
 
     await open_join(caseworker, room["caseworker_url"])
     await caseworker.page.screenshot(path=shots / "1-prejoin-de.png")
+    assert await unnamed_controls(caseworker) == []
     await caseworker.page.get_by_test_id("join-button").focus()
     await caseworker.page.keyboard.press("Shift+Tab")
     await caseworker.page.screenshot(path=shots / "2-prejoin-focus.png")
@@ -88,10 +90,12 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await cw.get_by_test_id("panel-toggle").click()
     await cw.get_by_test_id("panel").wait_for()
     await cw.screenshot(path=shots / "5b-panel-de.png")
+    assert await unnamed_controls(caseworker) == []
     await cw.get_by_test_id("panel-toggle").click()
     await cw.get_by_test_id("dial-in-button").click()
     await cw.get_by_test_id("invite-organisation").fill("Deutsche Rentenversicherung")
     await cw.screenshot(path=shots / "5c-dial-in-form-de.png")
+    assert await unnamed_controls(caseworker) == []
     await cw.keyboard.press("Escape")
     partner = await launch("partner")
     partner_token = server.token(
@@ -136,6 +140,7 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
     await join(lobby)
     await lobby.page.get_by_test_id("waiting-room").wait_for()
     await lobby.page.screenshot(path=shots / "12-waiting-room-de.png")
+    assert await unnamed_controls(lobby) == []
 
     await caseworker.page.set_viewport_size({"width": 390, "height": 844})
     if await caseworker.page.get_by_test_id("panel").is_hidden():
