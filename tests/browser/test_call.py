@@ -289,3 +289,22 @@ async def test_screen_share_replaces_the_camera(server: Server, launch: Launch) 
     await wait_js(caseworker, f"{sending} === window.roundtable.call.senders.video.track")
     await wait_js(client, f"Math.abs({ratio} - {camera}) < 0.05", within=20)
     await wait_remote_playing(client, {ids["caseworker"]})
+
+
+async def test_listen_only_participant(server: Server, launch: Launch) -> None:
+    """A token without `publish`: no camera asked for, sees and hears the others, shows as an avatar."""
+    room = server.create_room()
+    caseworker, listener = await launch("caseworker"), await launch("listener")
+    token = server.token(room["room"], "partner", "Frau Kaya", "--grants", "subscribe,see_client")
+    await open_join(listener, server.join_url(token))
+    assert (
+        "ohne Kamera und Mikrofon" in await listener.page.get_by_test_id("device-hint").inner_text()
+    )
+    ids = await _join_all([caseworker, listener], [room["caseworker_url"], ""])
+    await wait_remote_playing(listener, {ids["caseworker"]})
+    assert await listener.page.evaluate("window.roundtable.pcs.publish") is None
+    tile = f'li.tile[data-participant="{ids["listener"]}"]'
+    await caseworker.page.locator(tile).wait_for()
+    await wait_js(
+        caseworker, f"document.querySelector('{tile}').classList.contains('video-stalled')"
+    )
