@@ -181,8 +181,14 @@ async function chooseDevice(kind, deviceId) {
   try {
     await swapDevice(state.stream, kind, deviceId);
     showPreview(state.stream);
+    if (state.call && inCall) {
+      // Mid-call: the publish leg sends the new device without renegotiating.
+      await state.call.replaceLocalTrack(kind, localTrack(kind));
+      state.tiles.refreshSelf(state.stream);
+    }
   } catch {
     setDeviceHint("device.failed");
+    if (inCall) setStatus("device.failed");
   }
 }
 
@@ -465,6 +471,8 @@ function enterCall(you) {
   updateToggles();
   if (inCall) return;
   inCall = true;
+  // The device choice moves along into the side panel, so it can be changed mid-call.
+  $("panel-devices").append($("devices"));
   updateScreenButton();
   watchMedia();
   showView("call");

@@ -257,6 +257,15 @@ export class Call extends EventTarget {
     await entry.sender.replaceTrack(on ? entry.track : null);
   }
 
+  /** A new device's track for `kind` (chosen mid-call): send it instead of the old one. */
+  async replaceLocalTrack(kind, track) {
+    const entry = this.senders[kind];
+    if (!entry || !this.pcs.publish) return;
+    entry.track = track;
+    if (kind === "video" && (this.screenTrack || !track.enabled)) return;
+    await entry.sender.replaceTrack(track);
+  }
+
   /**
    * Share a screen track in place of the camera (null: back to the camera). Using the
    * camera's sender needs no renegotiation; the others see the screen in our tile.

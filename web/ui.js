@@ -91,6 +91,15 @@ export class Tiles {
     }
   }
 
+  /** Our stream's tracks changed (another device): make the own tile show the new ones. */
+  refreshSelf(localStream) {
+    const tile = this.tiles.get(this.selfId);
+    if (!tile || tile.el.classList.contains("sharing")) return;
+    tile.video.srcObject = null;
+    tile.video.srcObject = localStream;
+    tile.video.play().catch(() => {});
+  }
+
   /** Show a shared screen (or, with null, the camera again) in our own tile. */
   setSelfScreen(screenStream, localStream) {
     const tile = this.tiles.get(this.selfId);

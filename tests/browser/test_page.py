@@ -181,3 +181,11 @@ async def test_device_choice_swaps_the_preview_track(server: Server, launch: Lau
     )
     await join(browser)
     await page.wait_for_selector("#view-call:not([hidden])")
+
+    # Mid-call, from the side panel: the publish leg sends the new microphone.
+    await page.get_by_test_id("panel-toggle").click()
+    sender = "window.roundtable.call.senders.audio.sender.track"
+    await wait_js(browser, f"{sender} !== null")
+    third = next((o for o in options if o not in (before, other)), before)
+    await page.get_by_test_id("mic-select").select_option(third)
+    await wait_js(browser, f"{sender}.getSettings().deviceId === {third!r}")
