@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import shlex
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from aiohttp import web
 
@@ -141,7 +139,6 @@ async def _serve(config: Config, generated: secret_store.Secrets | None) -> None
     from server.app import build_app
 
     app = build_app(config)
-    log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
@@ -180,19 +177,6 @@ async def _serve(config: Config, generated: secret_store.Secrets | None) -> None
         await runner.cleanup()
 
 
-def _run(main: Any) -> None:
-    """Run on uvloop where installed (C datagram and event-loop paths: the SFU handles
-    every RTP packet in a socket callback); ``ROUNDTABLE_LOOP=asyncio`` opts out."""
-    if os.environ.get("ROUNDTABLE_LOOP", "uvloop") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(main)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -202,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     config, generated = _with_secrets(_config(args), create=True)
     try:
-        _run(_serve(config, generated))
+        asyncio.run(_serve(config, generated))
     except OSError as exc:
         # Typically the port is taken or the address is not ours: say so, no traceback.
         print(
