@@ -3,7 +3,7 @@
 // through window.roundtable (peer connections, track map, timings).
 
 import { Call } from "./call.js";
-import { allowedKinds, listInputs, openDevices, swapDevice } from "./devices.js";
+import { allowedKinds, listInputs, meterLevel, openDevices, swapDevice } from "./devices.js";
 import { InviteDialog, Panel } from "./moderation.js";
 import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t } from "./i18n.js";
 import { initials, Tiles } from "./ui.js";
@@ -192,7 +192,20 @@ async function chooseDevice(kind, deviceId) {
   }
 }
 
+let stopMeter = () => {};
+
+/** The microphone level bar under the preview, until we join. */
+function startMeter(stream) {
+  stopMeter();
+  const bar = $("mic-level");
+  stopMeter = meterLevel(stream, (level) => {
+    const mic = localTrack("audio");
+    bar.style.setProperty("--level", String(mic && mic.enabled ? level : 0));
+  });
+}
+
 function showPreview(stream) {
+  if (!inCall) startMeter(stream);
   const video = $("preview");
   video.srcObject = null; // re-assign so a swapped track shows at once
   video.srcObject = stream;
@@ -309,6 +322,7 @@ function stopScreen() {
 
 function join() {
   if (state.call) return;
+  stopMeter();
   roundtable.metrics.joinClickedAt = performance.now();
   const button = $("join-button");
   button.disabled = true;

@@ -68,3 +68,37 @@ export async function swapDevice(stream, kind, deviceId) {
   old.stop();
   stream.addTrack(track);
 }
+
+/**
+ * Follow the microphone's loudness (0..1) so people can see they are heard before joining.
+ * Returns a stop function. Uses an AnalyserNode; nothing leaves the page.
+ */
+export function meterLevel(stream, onLevel) {
+  const Ctx = window.AudioContext || window.webkitAudioContext;
+  if (!Ctx || !stream || stream.getAudioTracks().length === 0) return () => {};
+  const ctx = new Ctx();
+  const source = ctx.createMediaStreamSource(stream);
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 512;
+  source.connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  let frame = 0;
+  const tick = () => {
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const v of samples) sum += v * v;
+    onLevel(Math.min(1, Math.sqrt(sum / samples.length) * 4));
+    frame = requestAnimationFrame(tick);
+  };
+  // A context made before any click may start suspended; the first click wakes it.
+  const wake = () => ctx.resume().catch(() => {});
+  document.addEventListener("pointerdown", wake, { once: true });
+  wake();
+  tick();
+  return () => {
+    cancelAnimationFrame(frame);
+    document.removeEventListener("pointerdown", wake);
+    source.disconnect();
+    ctx.close().catch(() => {});
+  };
+}

@@ -164,6 +164,13 @@ async def test_device_choice_swaps_the_preview_track(server: Server, launch: Lau
         }"""
     )
     print(f"[devices] fake devices: {counts}")
+    # The level bar moves with the (fake, beeping) microphone before anyone joins.
+    await page.get_by_test_id("local-preview").click()
+    await wait_js(
+        browser,
+        "parseFloat(document.getElementById('mic-level').style.getPropertyValue('--level') || 0) > 0.05",
+        within=10,
+    )
     select = page.get_by_test_id("mic-select")
     if counts["audio"] < 2:
         assert await select.is_hidden()
