@@ -63,3 +63,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def clients(server):
+    """Socket.IO participants of the module's ``server`` fixture, closed after the test."""
+    from tests.controlplane import Clients
+
+    made = Clients(server)
+    yield made
+    await made.close()

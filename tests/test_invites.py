@@ -31,13 +31,6 @@ async def server(tmp_path: Path):
 
 
 @pytest.fixture
-async def clients(server: RunningServer):
-    made = Clients(server)
-    yield made
-    await made.close()
-
-
-@pytest.fixture
 async def room(server: RunningServer) -> dict:
     return await server.create_room(client_name="Herr K", caseworker_name="Frau B")
 

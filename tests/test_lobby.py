@@ -29,13 +29,6 @@ async def server(tmp_path: Path):
         yield srv
 
 
-@pytest.fixture
-async def clients(server: RunningServer):
-    made = Clients(server)
-    yield made
-    await made.close()
-
-
 def _waiting_ids(lobby: dict) -> list[str]:
     return [p["id"] for p in lobby["waiting"]]
 

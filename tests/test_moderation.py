@@ -31,13 +31,6 @@ async def server(tmp_path: Path):
         yield srv
 
 
-@pytest.fixture
-async def clients(server: RunningServer):
-    made = Clients(server)
-    yield made
-    await made.close()
-
-
 def _muted(roster: dict, pid: str) -> dict:
     return next((p["muted"] for p in roster["participants"] if p["id"] == pid), {})
 
