@@ -25,6 +25,7 @@ moves any of this fails loudly instead of silently decoding or dropping media.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import logging
 import re
 import time
@@ -49,6 +50,8 @@ from aiortc.rtp import (
     pack_remb_fci,
     unwrap_rtx,
 )
+from pylibsrtp._binding import ffi as srtp_ffi
+from pylibsrtp._binding import lib as srtp_lib
 
 __all__ = [
     "SilentTrack",
@@ -65,6 +68,8 @@ __all__ = [
     "negotiated",
     "request_keyframe",
     "decoder_running",
+    "fast_route",
+    "account_sent",
 ]
 
 # Name-mangled private attributes of aiortc 1.16.0 that we read or write.
@@ -157,6 +162,7 @@ def check_compatible() -> None:
         problems.append("aioice receive path")
     if not callable(getattr(aioice.ice, "get_host_addresses", None)):
         problems.append("aioice.ice.get_host_addresses")
+    problems += _check_fast_route()
     if problems:
         raise RuntimeError(
             "aiortc internals used by sfu/aiortc_hooks.py changed: " + ", ".join(problems)
@@ -521,3 +527,66 @@ def negotiated(transceiver: Any) -> tuple[Any | None, int | None]:
         None,
     )
     return codec, mid_id
+
+
+# -- the C send path (sfu._fastpath.Leg) ------------------------------------------------
+
+_SRTP_PROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
+
+
+def fast_route(dtls: RTCDtlsTransport) -> tuple[Any, ...] | None:
+    """What ``sfu._fastpath.Leg.set_route`` needs to send on ``dtls`` by itself.
+
+    ``(srtp_ctx, srtp_protect, session, socket, host, port, dtls, State.CONNECTED)``:
+    the libsrtp context of aiortc's own tx session (so SRTP indexes and keys stay
+    aiortc's), the function that protects with it, the UDP socket and remote address of
+    the nominated ICE pair. ``None`` unless the transport is connected over the chain
+    :func:`_send_now` knows (a host pair through aioice's own ``Connection.send``).
+    The C side re-checks the DTLS state and that the socket is open before each send.
+    """
+    if dtls._state is not State.CONNECTED or dtls._tx_srtp is None:
+        return None
+    send = dtls.transport._send
+    if getattr(send, "__func__", None) is not _ICE_CONNECTION_SEND:
+        return None
+    pair = send.__self__._nominated.get(1)
+    if pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
+        return None
+    udp = pair.protocol.transport
+    sock = getattr(udp, "_sock", None)
+    if sock is None or udp.is_closing() or udp.get_write_buffer_size():
+        return None
+    session = dtls._tx_srtp
+    ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
+    host, port = pair.remote_addr[:2]
+    return (ctx, _SRTP_PROTECT, session, sock, host, port, dtls, State.CONNECTED)
+
+
+def account_sent(sender: RTCRtpSender, counters: tuple[int, ...]) -> None:
+    """Fold what the C path sent (``Leg.take_counters()``) into aiortc's own counters,
+    so RTCP sender reports and getStats stay true."""
+    packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, _errors = counters
+    if packets:
+        d = sender.__dict__
+        d[_SENDER_NTP] = ntp
+        d[_SENDER_RTP_TS] = rtp_ts
+        d[_SENDER_OCTETS] += octets
+        d[_SENDER_PACKETS] += packets
+    dtls = sender.transport
+    if tx_packets and dtls is not None:
+        t = dtls.__dict__
+        t[_DTLS_TX_BYTES] += tx_bytes
+        t[_DTLS_TX_PACKETS] += tx_packets
+
+
+def _check_fast_route() -> list[str]:
+    problems = []
+    if "_sock" not in asyncio.selector_events._SelectorTransport.__init__.__code__.co_names:
+        problems.append("asyncio _SelectorTransport._sock")
+    if not _init_assigns(pylibsrtp.Session, "_srtp"):
+        problems.append("pylibsrtp.Session._srtp")
+    if srtp_ffi.typeof(srtp_lib.srtp_protect).cname != (
+        "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+    ):
+        problems.append("libsrtp srtp_protect signature")
+    return problems

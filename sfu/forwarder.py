@@ -22,14 +22,14 @@ from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket, unwrap_rtx
 
+from . import _fastpath
 from . import aiortc_hooks as hooks
 from .codecs import forwardable, keyframe_detector
 from .stats import RoomStats
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("!BBHII")
-_HISTORY = 512  # packets kept per leg to answer a subscriber's NACK
+_SYNC_INTERVAL = 0.5  # s between folding the C path's counters into aiortc's
 
 
 class Forwarder:
@@ -133,6 +133,12 @@ class Leg:
 
     Video waits for the first packet of a key frame before anything passes, and asks
     the publisher for one (rate-limited in :meth:`Forwarder.request_keyframe`).
+
+    The per-packet work — rewrite, NACK history, SRTP protect, ``sendto`` and the
+    room's counters — is done by a C :class:`sfu._fastpath.Leg` while the subscriber's
+    connection is up and its socket takes data. Before that (no route yet) and while
+    packets are queued behind a full socket, this class does the same steps through
+    aiortc (:func:`hooks.send_rtp_now`, :func:`hooks.send_rtp`).
     """
 
     def __init__(
@@ -148,28 +154,16 @@ class Leg:
         self.source: Forwarder | None = None
         self.track_id: str | None = None
         self._stats = stats
-        # Packets waiting for the socket: (packet, t_in, (data, ts) if already rewritten).
-        self._queue: deque[tuple[RtpPacket, int, tuple[bytes, int] | None]] = deque()
+        # Packets waiting for the socket: (packet, t_in, the rewritten packet if done).
+        self._queue: deque[tuple[RtpPacket, int, bytes | None]] = deque()
         self._sending = False
         self._limit = queue_limit
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._waiting_key = kind == "video"
         self._configured = False
-        self._pt = 0
         self._ssrc = self.sender._ssrc
-        self._ext = b""
-        self._first_byte = 0x80
-        self._clock_rate = 90000
-        # rewriting state
-        self._in_ssrc: int | None = None
-        self._seq_off = 0
-        self._ts_off = 0
-        self._rebase = True
-        self._last_out_seq = random.randint(0, 0x7FFF)
-        self._last_out_ts = random.getrandbits(32)
-        self._last_out_time = 0.0
-        self._history: dict[int, bytes] = {}
+        self._fast = _fastpath.Leg(stats.meter, random.randint(0, 0x7FFF), random.getrandbits(32))
         hooks.take_over_sender(self.sender, self.on_keyframe_request, self.retransmit)
 
     # -- wiring ----------------------------------------------------------------------
@@ -178,16 +172,13 @@ class Leg:
         self, payload_type: int, clock_rate: int, mid: str | None, mid_ext_id: int | None
     ) -> None:
         """Set what the subscriber negotiated for this leg (after its answer)."""
-        self._pt = payload_type
-        self._clock_rate = clock_rate
+        ext = b""
         if mid and mid_ext_id:
             # RFC 8285 one-byte header: 0xBEDE, length in words, then id/len + value.
             element = bytes([(mid_ext_id << 4) | (len(mid.encode()) - 1)]) + mid.encode()
             element += b"\x00" * (-len(element) % 4)
-            self._ext = b"\xbe\xde" + struct.pack("!H", len(element) // 4) + element
-            self._first_byte = 0x90
-        else:
-            self._ext, self._first_byte = b"", 0x80
+            ext = b"\xbe\xde" + struct.pack("!H", len(element) // 4) + element
+        self._fast.configure(payload_type, self._ssrc, clock_rate, ext)
         self._configured = True
 
     def attach(self, source: Forwarder) -> None:
@@ -195,7 +186,7 @@ class Leg:
         self.source = source
         self.track_id = source.track_id
         self._waiting_key = self.kind == "video"
-        self._rebase = True
+        self._fast.rebase()
         source.legs.append(self)
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
@@ -220,6 +211,8 @@ class Leg:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        self._sync()
+        self._fast.clear_route()
 
     # -- hot path --------------------------------------------------------------------
 
@@ -229,24 +222,26 @@ class Leg:
                 self.source.request_keyframe()  # type: ignore[union-attr]
                 return
             self._waiting_key = False
-            self._rebase = True
+            self._fast.rebase()
         if not self._configured:
             return  # legs are configured before they are attached; never reached
         queue = self._queue
         if not queue and not self._sending:
-            # Fast path: nothing of this leg is waiting, so send now, in order, without
-            # a task switch. Falls back to the queue when the socket is backed up.
-            data, ts = self._rewrite(packet)
-            try:
-                sent = hooks.send_rtp_now(self.sender, data)
-            except ConnectionError:
-                self._waiting_key = self.kind == "video"
-                self._rebase = True
+            # Nothing of this leg is waiting: send now, in order, without a task switch.
+            sent = self._fast.send(
+                packet.payload,
+                packet.marker,
+                packet.sequence_number,
+                packet.timestamp,
+                packet.ssrc,
+                t_in,
+            )
+            if sent is None:
                 return
-            if sent:
-                self._sent(data, ts, len(packet.payload), t_in)
+            if sent is False:
+                self._send_without_route(packet, t_in)
                 return
-            queue.append((packet, t_in, (data, ts)))
+            queue.append((packet, t_in, sent))  # the socket is full: wait for it
             self._wake.set()
             return
         if len(queue) >= self._limit:
@@ -254,7 +249,7 @@ class Leg:
             # delaying it further, and restart it at the next key frame.
             self._stats.dropped += len(queue) + 1
             queue.clear()
-            self._rebase = True
+            self._fast.rebase()
             if self.kind == "video":
                 self._waiting_key = True
                 self.source.request_keyframe()  # type: ignore[union-attr]
@@ -262,25 +257,78 @@ class Leg:
         queue.append((packet, t_in, None))
         self._wake.set()
 
-    def _sent(self, data: bytes, ts: int, payload_len: int, t_in: int) -> None:
-        stats = self._stats
-        stats.latency.observe(time.perf_counter_ns() - t_in)
-        stats.packets_out += 1
-        stats.bytes_out += len(data)
-        hooks.update_sender_report(self.sender, ts, payload_len)
+    def _send_without_route(self, packet: RtpPacket, t_in: int) -> None:
+        """The C path has no usable route: find one, or send through aiortc."""
+        route = hooks.fast_route(self.sender.transport)
+        if route is not None:
+            self._fast.set_route(*route)
+            sent = self._fast.send(
+                packet.payload,
+                packet.marker,
+                packet.sequence_number,
+                packet.timestamp,
+                packet.ssrc,
+                t_in,
+            )
+            if sent is None:
+                return
+            if sent is not False:
+                self._queue.append((packet, t_in, sent))
+                self._wake.set()
+                return
+        data, _ = self._fast.rewrite(
+            packet.payload, packet.marker, packet.sequence_number, packet.timestamp, packet.ssrc
+        )
+        try:
+            sent_now = hooks.send_rtp_now(self.sender, data)
+        except ConnectionError:
+            # Not connected yet (or gone): what reaches the subscriber later must
+            # start at a key frame again.
+            self._waiting_key = self.kind == "video"
+            self._fast.rebase()
+            return
+        if sent_now:
+            self._sent(data, len(packet.payload), t_in)
+            return
+        self._queue.append((packet, t_in, data))
+        self._wake.set()
+
+    def _sent(self, data: bytes, payload_len: int, t_in: int) -> None:
+        """Count a packet sent through aiortc (the C path counts its own)."""
+        self._stats.meter.sent(len(data), time.perf_counter_ns() - t_in)
+        hooks.update_sender_report(self.sender, int.from_bytes(data[4:8]), payload_len)
+
+    def _sync(self) -> None:
+        hooks.account_sent(self.sender, self._fast.take_counters())
 
     async def _run(self) -> None:
-        """Drains what the fast path could not send at once (a backed-up socket)."""
+        """Drains what could not be sent at once (a backed-up socket), and folds the C
+        path's counters into aiortc's RTCP sender reports every half second."""
         queue, wake = self._queue, self._wake
         while True:
-            await wake.wait()
+            try:
+                await asyncio.wait_for(wake.wait(), _SYNC_INTERVAL)
+            except TimeoutError:
+                pass
+            self._sync()
+            if not wake.is_set():
+                continue
             wake.clear()
             while queue:
                 packet, t_in, prepared = queue.popleft()
                 if not self._configured:
                     continue
                 # Rewritten when sent, so packets dropped from the queue leave no gap.
-                data, ts = prepared or self._rewrite(packet)
+                data = (
+                    prepared
+                    or self._fast.rewrite(
+                        packet.payload,
+                        packet.marker,
+                        packet.sequence_number,
+                        packet.timestamp,
+                        packet.ssrc,
+                    )[0]
+                )
                 self._sending = True
                 try:
                     await hooks.send_rtp(self.sender, data)
@@ -288,37 +336,12 @@ class Leg:
                     # Not connected yet (or gone): what reaches the subscriber later
                     # must start at a key frame again.
                     self._waiting_key = self.kind == "video"
-                    self._rebase = True
+                    self._fast.rebase()
                     queue.clear()
                     break
                 finally:
                     self._sending = False
-                self._sent(data, ts, len(packet.payload), t_in)
-
-    def _rewrite(self, p: RtpPacket) -> tuple[bytes, int]:
-        seq, ts = p.sequence_number, p.timestamp
-        if p.ssrc != self._in_ssrc or self._rebase:
-            if p.ssrc != self._in_ssrc:
-                step = 1
-                if self._last_out_time:
-                    step = max(1, int((time.monotonic() - self._last_out_time) * self._clock_rate))
-                self._ts_off = (self._last_out_ts + step - ts) & 0xFFFFFFFF
-                self._in_ssrc = p.ssrc
-            self._seq_off = (self._last_out_seq + 1 - seq) & 0xFFFF
-            self._rebase = False
-        out_seq = (seq + self._seq_off) & 0xFFFF
-        out_ts = (ts + self._ts_off) & 0xFFFFFFFF
-        if (out_seq - self._last_out_seq) & 0xFFFF < 0x8000:  # newer than the last sent
-            self._last_out_seq = out_seq
-            self._last_out_ts = out_ts
-            self._last_out_time = time.monotonic()
-        data = (
-            _HEADER.pack(self._first_byte, (p.marker << 7) | self._pt, out_seq, out_ts, self._ssrc)
-            + self._ext
-            + p.payload
-        )
-        self._history[out_seq % _HISTORY] = data
-        return data, out_ts
+                self._sent(data, len(packet.payload), t_in)
 
     # -- feedback from the subscriber -----------------------------------------------
 
@@ -327,8 +350,8 @@ class Leg:
             self.source.request_keyframe()
 
     async def retransmit(self, sequence_number: int) -> None:
-        data = self._history.get(sequence_number % _HISTORY)
-        if data is not None and (data[2] << 8 | data[3]) == sequence_number:
+        data = self._fast.history(sequence_number)
+        if data is not None:
             try:
                 await hooks.send_rtp(self.sender, data)
             except ConnectionError:

@@ -7,11 +7,15 @@ prometheus_client's Histogram takes a lock and walks its buckets in Python on ev
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
+
+from ._fastpath import Meter
 
 # Upper bounds in nanoseconds: sub-millisecond resolution where an SFU should live.
 LATENCY_BUCKETS_NS: tuple[int, ...] = (
+    10_000,
+    20_000,
+    30_000,
     50_000,
     100_000,
     200_000,
@@ -28,37 +32,66 @@ LATENCY_BUCKETS_NS: tuple[int, ...] = (
 )
 
 
-@dataclass(slots=True)
 class LatencyHistogram:
-    """Counts of packet-in → packet-out delays (ns), Prometheus-style cumulative on read."""
+    """Counts of packet-in → packet-out delays (ns), Prometheus-style cumulative on read.
 
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_NS) + 1))
-    total_ns: int = 0
-    n: int = 0
+    The counts live in a C :class:`sfu._fastpath.Meter`, which the C send path bumps
+    directly; this is the Python view of them.
+    """
+
+    __slots__ = ("meter",)
+
+    def __init__(self, meter: Meter | None = None) -> None:
+        self.meter = meter if meter is not None else Meter(LATENCY_BUCKETS_NS)
 
     def observe(self, ns: int) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS_NS, ns)] += 1
-        self.total_ns += ns
-        self.n += 1
+        self.meter.observe(ns)
+
+    @property
+    def counts(self) -> list[int]:
+        return self.meter.counts
+
+    @property
+    def total_ns(self) -> int:
+        return self.meter.total_ns
+
+    @property
+    def n(self) -> int:
+        return self.meter.n
 
     def cumulative(self) -> list[tuple[float, int]]:
         """``[(upper bound in seconds, cumulative count), …, (inf, n)]``."""
         out, running = [], 0
-        for bound, c in zip(LATENCY_BUCKETS_NS, self.counts, strict=False):
+        counts = self.meter.counts
+        for bound, c in zip(LATENCY_BUCKETS_NS, counts, strict=False):
             running += c
             out.append((bound / 1e9, running))
-        out.append((float("inf"), self.n))
+        out.append((float("inf"), running + counts[-1]))
         return out
 
 
 @dataclass(slots=True)
 class RoomStats:
-    """What one router has forwarded since it was created."""
+    """What one router has forwarded since it was created.
+
+    ``packets_out``/``bytes_out`` and the latency histogram are kept by ``meter``
+    (C, updated by every leg's send path); the rest are plain integers.
+    """
 
     packets_in: int = 0
     bytes_in: int = 0
-    packets_out: int = 0
-    bytes_out: int = 0
     dropped: int = 0
     keyframe_requests: int = 0
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    meter: Meter = field(default_factory=lambda: Meter(LATENCY_BUCKETS_NS))
+    latency: LatencyHistogram = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.latency = LatencyHistogram(self.meter)
+
+    @property
+    def packets_out(self) -> int:
+        return self.meter.packets
+
+    @property
+    def bytes_out(self) -> int:
+        return self.meter.bytes

@@ -187,6 +187,10 @@ async def test_stalled_subscriber_does_not_delay_the_others() -> None:
         sub_pc = room.router.subscribers["c"].pc
         for transceiver in sub_pc.getTransceivers():
             transceiver.sender.transport.transport._send = blocked_send
+        # The legs' C send path writes to the socket itself; make it look the route up
+        # again, so it finds the stalled transport and queues like a full socket would.
+        for leg in room.router.subscribers["c"].legs.values():
+            leg._fast.clear_route()
 
         a, b = room.peers["a"], room.peers["b"]
         start_ab, start_ba = a.decoded("b", "video"), b.decoded("a", "video")

@@ -1,0 +1,125 @@
+"""sfu._fastpath, the C rewrite/protect/send path, against what the Leg docstring promises.
+
+The forwarding tests (test_sfu_forwarding.py) show real aiortc peers decoding what it
+sends; these pin the rewriting rules and the send path's SRTP against pylibsrtp.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+from pylibsrtp import Policy, Session
+
+from sfu import _fastpath
+from sfu.aiortc_hooks import _SRTP_PROTECT, srtp_ffi
+from sfu.stats import LATENCY_BUCKETS_NS, RoomStats
+
+KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80: 16-byte key + 14-byte salt
+
+
+def header(data: bytes) -> tuple[int, int, int, int, int]:
+    """(first byte, marker|pt byte, seq, ts, ssrc)"""
+    return struct.unpack("!BBHII", data[:12])
+
+
+def make_leg(seq: int = 1000, ts: int = 5000) -> tuple[_fastpath.Leg, RoomStats]:
+    stats = RoomStats()
+    leg = _fastpath.Leg(stats.meter, seq, ts)
+    leg.configure(96, 0xCAFE, 90000, b"")
+    return leg, stats
+
+
+def test_sequence_continues_from_the_random_start_and_keeps_upstream_gaps() -> None:
+    leg, _ = make_leg(seq=1000)
+    out = [header(leg.rewrite(b"x", False, s, 0, 1)[0])[2] for s in (50, 51, 53, 52)]
+    assert out == [1001, 1002, 1004, 1003]  # a gap stays a gap, reordering stays
+
+
+def test_rebase_hides_our_own_drops() -> None:
+    leg, _ = make_leg(seq=1000)
+    leg.rewrite(b"x", False, 50, 0, 1)
+    leg.rebase()  # e.g. we dropped 51..59 for a slow subscriber
+    assert header(leg.rewrite(b"x", False, 60, 0, 1)[0])[2] == 1002
+
+
+def test_new_source_continues_timestamps_and_wraps() -> None:
+    leg, _ = make_leg(seq=0xFFFF, ts=0xFFFFFFF0)
+    data, ts1 = leg.rewrite(b"x", True, 7, 100, 1)
+    first, pt, seq, ts, ssrc = header(data)
+    assert (first, pt, seq, ssrc) == (0x80, 0x80 | 96, 0, 0xCAFE)
+    assert ts == ts1 and ts1 != 0xFFFFFFF0
+    _, ts2 = leg.rewrite(b"x", False, 9000, 3000, 2)  # another publisher
+    assert 0 < (ts2 - ts1) & 0xFFFFFFFF < 90000  # moves on by the time since (~0 s)
+    _, ts3 = leg.rewrite(b"x", False, 9001, 6000, 2)
+    assert (ts3 - ts2) & 0xFFFFFFFF == 3000
+
+
+def test_mid_extension_and_history() -> None:
+    leg, _ = make_leg()
+    ext = b"\xbe\xde\x00\x01" + bytes([(4 << 4) | 0]) + b"1\x00\x00"
+    leg.configure(111, 0xBEEF, 48000, ext)
+    data, _ = leg.rewrite(b"payload", False, 1, 1, 1)
+    assert data[0] == 0x90 and data[12:20] == ext and data[20:] == b"payload"
+    seq = header(data)[2]
+    assert leg.history(seq) == data
+    assert leg.history((seq + 1) & 0xFFFF) is None
+    with pytest.raises(ValueError):
+        leg.configure(111, 1, 48000, b"\xbe\xde\x00")  # not whole words
+    with pytest.raises(ValueError):
+        leg.rewrite(b"x" * 4000, False, 1, 1, 1)
+
+
+def test_send_protects_with_the_given_session_and_counts() -> None:
+    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2)
+
+    class Dtls:  # what the C path checks before each send
+        _state = "connected"
+
+    dtls = Dtls()
+    leg, stats = make_leg()
+    assert leg.send(b"x", False, 1, 1, 1, 0) is False  # no route: nothing happens
+    assert stats.packets_out == 0
+    ctx = int(srtp_ffi.cast("uintptr_t", tx._srtp[0]))
+    port = receiver.getsockname()[1]
+    leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, dtls, "connected")
+    try:
+        assert leg.send(b"hello", True, 10, 900, 7, time.perf_counter_ns()) is None
+        plain = rx.unprotect(receiver.recv(2048))
+        assert plain[12:] == b"hello" and header(plain)[4] == 0xCAFE
+        assert plain == leg.history(header(plain)[2])
+        assert stats.packets_out == 1 and stats.bytes_out == len(plain)
+        assert stats.latency.n == 1 and stats.latency.counts[-1] == 0
+        packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors = leg.take_counters()
+        assert (packets, octets, rtp_ts, tx_packets, errors) == (1, 5, header(plain)[3], 1, 0)
+        assert tx_bytes == len(plain) + 10 and ntp >> 32 > 3_900_000_000
+        assert leg.take_counters()[0] == 0
+
+        dtls._state = "closed"  # the transport went away: the route is dropped
+        assert leg.send(b"x", False, 11, 900, 7, 0) is False
+        assert not leg.routed
+        leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, dtls, "closed")
+        sender.close()  # a closed socket is never written to, even if its fd is reused
+        assert leg.send(b"x", False, 12, 900, 7, 0) is False
+    finally:
+        receiver.close()
+        sender.close()
+
+
+def test_meter_histogram_is_cumulative_with_sub_50us_buckets() -> None:
+    stats = RoomStats()
+    for ns in (5_000, 25_000, 80_000, 10**12):
+        stats.latency.observe(ns)
+    cumulative = dict(stats.latency.cumulative())
+    assert LATENCY_BUCKETS_NS[0] <= 10_000
+    assert cumulative[10e-6] == 1 and cumulative[30e-6] == 2 and cumulative[100e-6] == 3
+    assert cumulative[float("inf")] == 4 == stats.latency.n
+    with pytest.raises(ValueError):
+        _fastpath.Meter((2, 1))
