@@ -53,6 +53,8 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
+from .remb import RembThrottle
+
 __all__ = [
     "SilentTrack",
     "check_compatible",
@@ -90,6 +92,7 @@ _DTLS_TX_BYTES = "_RTCDtlsTransport__tx_bytes"
 _DTLS_TX_PACKETS = "_RTCDtlsTransport__tx_packets"
 _DTLS_RX_BYTES = "_RTCDtlsTransport__rx_bytes"
 _DTLS_RX_PACKETS = "_RTCDtlsTransport__rx_packets"
+_ACTIVE_SSRC_REFRESH_MS = 100  # see _account_rtp
 _FAST_RECEIVE = "_roundtable_fast_receive"  # marks an aioice Connection we hooked
 _RTP_HANDLER = "_roundtable_rtp"  # a receiver's synchronous RTP handler
 _ICE_CONNECTION_SEND = aioice.ice.Connection.send
@@ -257,10 +260,11 @@ def tap_receiver(
         on_receive(list(parameters.codecs))
 
     if account:
+        account_rtp = _account_rtp(receiver)
 
         def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
             tap(packet, codecs)
-            _account_rtp(receiver, packet, arrival_time_ms)
+            account_rtp(packet, arrival_time_ms)
     else:
 
         def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
@@ -274,61 +278,86 @@ def tap_receiver(
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
-def _account_rtp(receiver: RTCRtpReceiver, packet: RtpPacket, arrival_time_ms: int) -> None:
+def _account_rtp(receiver: RTCRtpReceiver) -> Callable[[RtpPacket, int], None]:
     """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` without what only a decoder needs.
 
-    Kept: REMB bandwidth estimation (the publisher's encoder ramps up on it), the
-    synchronisation-source list, RTCP receiver statistics and NACKs for missing packets
-    (after unwrapping RTX, as aiortc does). Dropped: depayloading and the jitter buffer,
-    whose frames would only feed the decoder we stopped.
+    Returns the per-packet function for ``receiver``. Kept: REMB bandwidth estimation
+    (the publisher's encoder ramps up on it), the synchronisation-source list, RTCP
+    receiver statistics and NACKs for missing packets (after unwrapping RTX, as aiortc
+    does). Dropped: depayloading and the jitter buffer, whose frames would only feed
+    the decoder we stopped. Cheaper than aiortc's on purpose, where nothing observable
+    changes: the estimator sees every packet but its estimates go out as REMB at
+    libwebrtc's pace (:class:`~sfu.remb.RembThrottle`) instead of once per packet while
+    it reports overuse, and the synchronisation-source time (only read by
+    ``getSynchronizationSources``, to a 10 s cutoff) is refreshed every
+    :data:`_ACTIVE_SSRC_REFRESH_MS` per SSRC rather than on every packet.
     """
     d = receiver.__dict__
-    if not receiver._enabled:
-        return
+    # aiortc fills these containers in place and never replaces them.
     estimator = d[_RX_REMB]
-    if estimator is not None and packet.extensions.abs_send_time is not None:
-        remb = estimator.add(
-            abs_send_time=packet.extensions.abs_send_time,
-            arrival_time_ms=arrival_time_ms,
-            payload_size=len(packet.payload) + packet.padding_size,
-            ssrc=packet.ssrc,
-        )
-        rtcp_ssrc = d[_RX_RTCP_SSRC]
-        if rtcp_ssrc is not None and remb is not None:
-            _send_rtcp(
-                receiver,
-                RtcpPsfbPacket(
-                    fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
-                ),
-            )
-    d[_RX_ACTIVE_SSRC][packet.ssrc] = clock.current_datetime()
+    active_ssrc = d[_RX_ACTIVE_SSRC]
     codecs = d[_RX_CODECS]
-    codec = codecs.get(packet.payload_type)
-    if codec is None:
-        return
     streams = d[_RX_REMOTE_STREAMS]
-    stream = streams.get(packet.ssrc)
-    if stream is None:
-        stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
-    stream.add(packet)
-    if is_rtx(codec):
-        original_ssrc = d[_RX_RTX_SSRC].get(packet.ssrc)
-        apt = codec.parameters.get("apt")
-        if (
-            original_ssrc is None
-            or len(packet.payload) < 2
-            or not isinstance(apt, int)
-            or apt not in codecs
-        ):
-            return
-        packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+    rtx_ssrc = d[_RX_RTX_SSRC]
     nack = d[_RX_NACK]
-    if nack is not None and nack.add(packet):
-        rtcp_ssrc = d[_RX_RTCP_SSRC]
-        if rtcp_ssrc is not None:
-            fb = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=packet.ssrc)
-            fb.lost = sorted(nack.missing)
-            _send_rtcp(receiver, fb)
+    throttle = RembThrottle()
+    active_until: dict[int, int] = {}  # ssrc -> arrival ms until which its time is fresh
+    now_datetime = clock.current_datetime
+
+    def account(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not receiver._enabled:
+            return
+        ssrc = packet.ssrc
+        if estimator is not None:
+            abs_send_time = packet.extensions.abs_send_time
+            if abs_send_time is not None:
+                remb = estimator.add(
+                    abs_send_time=abs_send_time,
+                    arrival_time_ms=arrival_time_ms,
+                    payload_size=len(packet.payload) + packet.padding_size,
+                    ssrc=ssrc,
+                )
+                if remb is not None and throttle.should_send(remb[0], arrival_time_ms):
+                    rtcp_ssrc = d[_RX_RTCP_SSRC]
+                    if rtcp_ssrc is not None:
+                        _send_rtcp(
+                            receiver,
+                            RtcpPsfbPacket(
+                                fmt=RTCP_PSFB_APP,
+                                ssrc=rtcp_ssrc,
+                                media_ssrc=0,
+                                fci=pack_remb_fci(*remb),
+                            ),
+                        )
+        if arrival_time_ms >= active_until.get(ssrc, 0):
+            active_ssrc[ssrc] = now_datetime()
+            active_until[ssrc] = arrival_time_ms + _ACTIVE_SSRC_REFRESH_MS
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        stream = streams.get(ssrc)
+        if stream is None:
+            stream = streams[ssrc] = StreamStatistics(codec.clockRate)
+        stream.add(packet)
+        if is_rtx(codec):
+            original_ssrc = rtx_ssrc.get(ssrc)
+            apt = codec.parameters.get("apt")
+            if (
+                original_ssrc is None
+                or len(packet.payload) < 2
+                or not isinstance(apt, int)
+                or apt not in codecs
+            ):
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+        if nack is not None and nack.add(packet):
+            rtcp_ssrc = d[_RX_RTCP_SSRC]
+            if rtcp_ssrc is not None:
+                fb = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=packet.ssrc)
+                fb.lost = sorted(nack.missing)
+                _send_rtcp(receiver, fb)
+
+    return account
 
 
 # RTCP sends that had to go through aiortc's coroutines (unusual transports); held here
