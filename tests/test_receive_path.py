@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCRtpReceiver
+from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtp import RTCP_PSFB_APP, RtpPacket, unpack_remb_fci
 
 from sfu import aiortc_hooks
@@ -72,3 +74,24 @@ def test_remb_is_paced_while_the_estimator_reports_overuse(receiver) -> None:
 def _remb(data: bytes) -> tuple[int, list[int]]:
     assert data[1] == 206 and data[0] & 0x1F == RTCP_PSFB_APP  # PSFB, application layer
     return unpack_remb_fci(data[12:])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_our_estimator_estimates_exactly_what_aiortcs_does(seed: int) -> None:
+    # A jittery trace: bursts within a millisecond, frame gaps, a queue that fills and
+    # drains, rare long stalls, two SSRCs; the estimator overuses and recovers.
+    rng = random.Random(seed)
+    ours, theirs = aiortc_hooks._bitrate_estimator(), RemoteBitrateEstimator()
+    send_ms, arrival_ms, queue_ms = 0, 10_000, 0.0
+    for i in range(20_000):
+        send_ms += rng.choice([0, 0, 0, 1, 5, 33])
+        queue_ms = max(0.0, queue_ms + rng.uniform(-1.5, 1.6))
+        stall = rng.randrange(3000) if rng.random() < 0.001 else 0
+        arrival_ms = max(arrival_ms, 10_000 + send_ms + int(queue_ms) + stall)
+        packet = {
+            "arrival_time_ms": arrival_ms,
+            "abs_send_time": (send_ms * (1 << 18) // 1000) & 0xFFFFFF,
+            "payload_size": rng.randrange(100, 1200),
+            "ssrc": SSRC + i % 2,
+        }
+        assert ours.add(**packet) == theirs.add(**packet), i
