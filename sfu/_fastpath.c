@@ -1020,10 +1020,50 @@ static int Reader_fallback(Reader *self, Py_ssize_t n, const struct sockaddr_sto
     return 0;
 }
 
+static PyObject *str_rx_packets, *str_rx_bytes;
+
+/* Add to an integer attribute (aiortc's transport counters, read by getStats). */
+static int add_to_attr(PyObject *obj, PyObject *name, unsigned long long n)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v)
+        return -1;
+    PyObject *d = PyLong_FromUnsignedLongLong(n);
+    PyObject *sum = d ? PyNumber_Add(v, d) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    if (!sum)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+static PyObject *Reader_drain(Reader *self);
+
 static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds)
 {
     /* The event loop's read callback: up to BATCH datagrams, then back to the loop. */
     self->wakeups++;
+    unsigned long long packets = self->rx_packets, bytes = self->rx_bytes;
+    PyObject *dtls = self->dtls;
+    Py_XINCREF(dtls);
+    PyObject *r = Reader_drain(self);
+    /* the DTLS transport's counters, once per callback rather than per packet */
+    if (dtls && self->rx_packets != packets) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (add_to_attr(dtls, str_rx_packets, self->rx_packets - packets) < 0 ||
+            add_to_attr(dtls, str_rx_bytes, self->rx_bytes - bytes) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_XDECREF(dtls);
+    return r;
+}
+
+static PyObject *Reader_drain(Reader *self)
+{
     for (int i = 0; i < BATCH; i++) {
         struct sockaddr_storage addr;
         socklen_t alen = sizeof(addr);
@@ -1085,17 +1125,14 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds)
     Py_RETURN_NONE;
 }
 
-static PyObject *Reader_take_counters(Reader *self, PyObject *unused)
-{
-    /* take_counters() -> (rx_packets, rx_bytes) of SRTP read here since the last call */
-    PyObject *out = Py_BuildValue("(KK)", self->rx_packets, self->rx_bytes);
-    self->rx_packets = self->rx_bytes = 0;
-    return out;
-}
-
 static PyObject *Reader_get_rtp(Reader *self, void *closure)
 {
     return PyBool_FromLong(self->rtp);
+}
+
+static PyObject *Reader_get_rx(Reader *self, void *closure)
+{
+    return Py_BuildValue("(KK)", self->rx_packets, self->rx_bytes);
 }
 
 static PyObject *Reader_get_stats(Reader *self, void *closure)
@@ -1107,14 +1144,13 @@ static PyMethodDef Reader_methods[] = {
     {"set_rtp", (PyCFunction)Reader_set_rtp, METH_VARARGS,
      "set_rtp(srtp_ctx, unprotect_fn, session, dtls, connected, on_rtp, abs_id, mid_id)"},
     {"clear_rtp", (PyCFunction)Reader_clear_rtp, METH_NOARGS, "Stop handling RTP here."},
-    {"take_counters", (PyCFunction)Reader_take_counters, METH_NOARGS,
-     "(rx_packets, rx_bytes) since the last call"},
     {NULL},
 };
 
 static PyGetSetDef Reader_getset[] = {
     {"rtp", (getter)Reader_get_rtp, NULL, "whether SRTP is handled here", NULL},
     {"stats", (getter)Reader_get_stats, NULL, "(datagrams, wakeups) so far", NULL},
+    {"rx", (getter)Reader_get_rx, NULL, "(SRTP packets, bytes) read here so far", NULL},
     {NULL},
 };
 
@@ -1156,7 +1192,10 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         return NULL;
     str_state = PyUnicode_InternFromString("_state");
     str_fileno = PyUnicode_InternFromString("fileno");
-    if (!str_state || !str_fileno)
+    /* aiortc 1.16's RTCDtlsTransport counters (checked by sfu.aiortc_hooks) */
+    str_rx_packets = PyUnicode_InternFromString("_RTCDtlsTransport__rx_packets");
+    str_rx_bytes = PyUnicode_InternFromString("_RTCDtlsTransport__rx_bytes");
+    if (!str_state || !str_fileno || !str_rx_packets || !str_rx_bytes)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (!m)

@@ -48,6 +48,7 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
     RtcpPsfbPacket,
     RtcpRtpfbPacket,
     RtpPacket,
@@ -58,6 +59,7 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
+from . import _fastpath
 from .remb import RembThrottle
 
 __all__ = [
@@ -98,6 +100,7 @@ _DTLS_TX_PACKETS = "_RTCDtlsTransport__tx_packets"
 _DTLS_RX_BYTES = "_RTCDtlsTransport__rx_bytes"
 _DTLS_RX_PACKETS = "_RTCDtlsTransport__rx_packets"
 _ACTIVE_SSRC_REFRESH_MS = 100  # see _account_rtp
+_EXT_IDS = "_HeaderExtensionsMap__ids"
 _FAST_RECEIVE = "_roundtable_fast_receive"  # marks an aioice Connection we hooked
 _RTP_HANDLER = "_roundtable_rtp"  # a receiver's synchronous RTP handler
 _ICE_CONNECTION_SEND = aioice.ice.Connection.send
@@ -171,7 +174,7 @@ def check_compatible() -> None:
         problems.append("aioice receive path")
     if not callable(getattr(aioice.ice, "get_host_addresses", None)):
         problems.append("aioice.ice.get_host_addresses")
-    problems += _check_fast_route()
+    problems += _check_fast_route() + _check_c_reader()
     if problems:
         raise RuntimeError(
             "aiortc internals used by sfu/aiortc_hooks.py changed: " + ", ".join(problems)
@@ -263,6 +266,7 @@ def tap_receiver(
         # feed it a frame (no await lies between), so no decoder is ever created.
         getattr(receiver, _RECEIVER_STOP_DECODER)()
         _install_fast_receive(receiver.transport)
+        _install_c_reader(receiver.transport)
         on_receive(list(parameters.codecs))
 
     if account:
@@ -646,6 +650,7 @@ def negotiated(transceiver: Any) -> tuple[Any | None, int | None]:
 # -- the C send path (sfu._fastpath.Leg) ------------------------------------------------
 
 _SRTP_PROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
+_SRTP_UNPROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_unprotect")))
 
 
 def fast_route(dtls: RTCDtlsTransport) -> tuple[Any, ...] | None:
@@ -699,8 +704,102 @@ def _check_fast_route() -> list[str]:
         problems.append("asyncio _SelectorTransport._sock")
     if not _init_assigns(pylibsrtp.Session, "_srtp"):
         problems.append("pylibsrtp.Session._srtp")
-    if srtp_ffi.typeof(srtp_lib.srtp_protect).cname != (
-        "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+    for fn in (srtp_lib.srtp_protect, srtp_lib.srtp_unprotect):
+        if srtp_ffi.typeof(fn).cname != "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)":
+            problems.append("libsrtp srtp_(un)protect signature")
+    return problems
+
+
+# -- the C receive path (sfu._fastpath.Reader) ----------------------------------------
+
+_C_READER = "_roundtable_reader"  # the sfu._fastpath.Reader reading a StunProtocol's socket
+
+
+def _install_c_reader(dtls: RTCDtlsTransport) -> None:
+    """Read ``dtls``'s ICE sockets with a C :class:`sfu._fastpath.Reader`.
+
+    asyncio reads one datagram per event-loop pass, then aioice, the DTLS transport and
+    pylibsrtp each add Python around the decryption. The reader replaces asyncio's read
+    callback on each socket of the ICE connection: per pass it drains up to 64
+    datagrams; SRTP packets (while the DTLS transport stays connected) are decrypted
+    with aiortc's own rx session, parsed in C, routed by aiortc's RTP router and handed
+    to the receiver's synchronous handler (``tap_receiver``); every other datagram
+    (STUN, DTLS, SRTCP) goes to the protocol's ``datagram_received`` exactly as
+    asyncio would hand it. Closing the transport removes the reader with it.
+    Called on every receiver start: it refreshes the extension ids and the session.
+    """
+    connection = getattr(dtls.transport, "_connection", None)
+    loop = asyncio.get_running_loop()
+    if (
+        connection is None
+        or dtls._state is not State.CONNECTED
+        or dtls._rx_srtp is None
+        or not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
     ):
-        problems.append("libsrtp srtp_protect signature")
+        return
+    router = dtls._rtp_router
+    ids = dtls._rtp_header_extensions_map.__dict__[_EXT_IDS]
+    session = dtls._rx_srtp
+    ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
+
+    def on_rtp(packet: Any, arrival_time_ms: int) -> None:
+        receiver = router.route_rtp(packet)
+        if receiver is None:
+            return
+        handle = getattr(receiver, _RTP_HANDLER, None)
+        if handle is None:  # a receiver that decodes: give it aiortc's own packet type
+            rtp = RtpPacket(
+                packet.payload_type,
+                packet.marker,
+                packet.sequence_number,
+                packet.timestamp,
+                packet.ssrc,
+                packet.payload,
+            )
+            rtp.extensions.abs_send_time = packet.abs_send_time
+            rtp.extensions.mid = packet.mid
+            task = asyncio.ensure_future(receiver._handle_rtp_packet(rtp, arrival_time_ms))
+            _rtcp_in_flight.add(task)
+            task.add_done_callback(_rtcp_in_flight.discard)
+            return
+        try:
+            handle(packet, arrival_time_ms)
+        except Exception:
+            # Never let one packet's failure reach asyncio, which would close the
+            # socket; aiortc's own task logs and carries on the same way.
+            log.exception("RTP handler failed")
+
+    for protocol in list(connection._protocols):
+        udp = protocol.transport
+        sock = getattr(udp, "_sock", None)
+        if type(protocol) is not aioice.ice.StunProtocol or sock is None or udp.is_closing():
+            continue
+        reader = getattr(protocol, _C_READER, None)
+        if reader is None:
+            fd = sock.fileno()
+            reader = _fastpath.Reader(fd, protocol.datagram_received, protocol.error_received)
+            # The public add_reader refuses a transport's fd; the transport's close()
+            # removes whichever reader is registered for it.
+            loop._remove_reader(fd)
+            loop._add_reader(fd, reader)
+            setattr(protocol, _C_READER, reader)
+        reader.set_rtp(
+            ctx,
+            _SRTP_UNPROTECT,
+            session,
+            dtls,
+            State.CONNECTED,
+            on_rtp,
+            ids.abs_send_time or 0,
+            ids.mid or 0,
+        )
+
+
+def _check_c_reader() -> list[str]:
+    problems = []
+    loop_cls = asyncio.selector_events.BaseSelectorEventLoop
+    if not all(callable(getattr(loop_cls, m, None)) for m in ("_add_reader", "_remove_reader")):
+        problems.append("asyncio BaseSelectorEventLoop._add_reader/_remove_reader")
+    if not _init_assigns(HeaderExtensionsMap, _EXT_IDS):
+        problems.append("aiortc HeaderExtensionsMap ids")
     return problems

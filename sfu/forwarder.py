@@ -29,7 +29,7 @@ from .stats import RoomStats
 
 log = logging.getLogger(__name__)
 
-_SYNC_INTERVAL = 0.5  # s between folding the C path's counters into aiortc's
+SYNC_INTERVAL = 0.5  # s between folding the C path's counters into aiortc's (Subscriber)
 
 
 class Forwarder:
@@ -211,7 +211,7 @@ class Leg:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        self._sync()
+        self.sync()
         self._fast.clear_route()
 
     # -- hot path --------------------------------------------------------------------
@@ -298,21 +298,15 @@ class Leg:
         self._stats.meter.sent(len(data), time.perf_counter_ns() - t_in)
         hooks.update_sender_report(self.sender, int.from_bytes(data[4:8]), payload_len)
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """Fold what the C path sent into aiortc's counters (RTCP SR, getStats)."""
         hooks.account_sent(self.sender, self._fast.take_counters())
 
     async def _run(self) -> None:
-        """Drains what could not be sent at once (a backed-up socket), and folds the C
-        path's counters into aiortc's RTCP sender reports every half second."""
+        """Drains what could not be sent at once (a backed-up socket)."""
         queue, wake = self._queue, self._wake
         while True:
-            try:
-                await asyncio.wait_for(wake.wait(), _SYNC_INTERVAL)
-            except TimeoutError:
-                pass
-            self._sync()
-            if not wake.is_set():
-                continue
+            await wake.wait()
             wake.clear()
             while queue:
                 packet, t_in, prepared = queue.popleft()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from . import aiortc_hooks as hooks
 from .codecs import preference_for
 from .errors import MediaError
-from .forwarder import Forwarder, Leg
+from .forwarder import SYNC_INTERVAL, Forwarder, Leg
 from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
 from .stats import RoomStats
 
@@ -62,6 +64,7 @@ class Subscriber:
         self._stats = stats
         self._queues = {"video": video_queue, "audio": audio_queue}
         self._on_state = on_state
+        self._sync_task: asyncio.Task[None] | None = None
 
     def _wanted(self, forwarders: list[Forwarder]) -> dict[str, Forwarder]:
         return {
@@ -128,7 +131,17 @@ class Subscriber:
         assert self.pc is not None and fwd.codec is not None
         transceiver = self.pc.addTransceiver(hooks.SilentTrack(fwd.kind), direction="sendonly")
         transceiver.setCodecPreferences(preference_for(fwd.kind, fwd.codec))
+        if self._sync_task is None:
+            self._sync_task = asyncio.ensure_future(self._sync_legs())
         return Leg(fwd.kind, transceiver, self._stats, self._queues[fwd.kind])
+
+    async def _sync_legs(self) -> None:
+        """Keep aiortc's RTCP sender reports and getStats true for what the legs' C send
+        path sent (aiortc sends a report every 0.5-1.5 s)."""
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL)
+            for leg in [*self.legs.values(), *self._idle]:
+                leg.sync()
 
     async def accept_answer(self, answer_sdp: str) -> bool:
         """Apply the browser's answer and start forwarding; ``True`` if a new offer is due."""
@@ -156,6 +169,11 @@ class Subscriber:
             self.legs[track_id].detach()
 
     async def close(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+            self._sync_task = None
         for leg in [*self.legs.values(), *self._idle]:
             await leg.close()
         self.legs.clear()

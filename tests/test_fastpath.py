@@ -123,3 +123,92 @@ def test_meter_histogram_is_cumulative_with_sub_50us_buckets() -> None:
     assert cumulative[float("inf")] == 4 == stats.latency.n
     with pytest.raises(ValueError):
         _fastpath.Meter((2, 1))
+
+
+def test_parse_rtp_reads_what_aiortc_writes() -> None:
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
+    from aiortc.rtcrtpparameters import RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    extensions = HeaderExtensionsMap()
+    extensions.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                Ext(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+                Ext(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+            ]
+        )
+    )
+    sent = RtpPacket(96, 1, 0xFFFF, 0xFFFFFFFF, 0xDEADBEEF, b"\x01" * 300)
+    sent.extensions.abs_send_time = 0x123456
+    sent.extensions.mid = "7"
+    sent.csrc = [1, 2]
+    data = sent.serialize(extensions)
+    got = _fastpath.parse_rtp(data, 3, 1)
+    for name in ("marker", "payload_type", "sequence_number", "timestamp", "ssrc", "payload"):
+        assert getattr(got, name) == getattr(sent, name), name
+    assert got.extensions.abs_send_time == 0x123456 and got.extensions.mid == "7"
+    assert got.csrc == [1, 2] and got.padding_size == 0
+    assert _fastpath.parse_rtp(data, 0, 0).extensions.mid is None  # ids not negotiated
+    # malformed: truncated, wrong version, padding longer than the packet
+    for bad in (data[:14], b"\x00" * 40, b"\xa0" + data[1:12] + b"\xff"):
+        assert _fastpath.parse_rtp(bad, 3, 1) is None
+
+
+async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> None:
+    import asyncio
+
+    from sfu.aiortc_hooks import _SRTP_UNPROTECT
+
+    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    client.bind(("127.0.0.1", 0))
+
+    class Dtls:
+        _state = "connected"
+        _RTCDtlsTransport__rx_packets = 0
+        _RTCDtlsTransport__rx_bytes = 0
+
+    other: list[tuple[bytes, tuple[str, int]]] = []
+    rtp: list[tuple[object, int]] = []
+    reader = _fastpath.Reader(server.fileno(), lambda d, a: other.append((d, a)), print)
+    dtls = Dtls()
+    ctx = int(srtp_ffi.cast("uintptr_t", rx._srtp[0]))
+    reader.set_rtp(
+        ctx, _SRTP_UNPROTECT, rx, dtls, "connected", lambda p, ms: rtp.append((p, ms)), 0, 0
+    )
+    loop = asyncio.get_running_loop()
+    loop.add_reader(server.fileno(), reader)
+    try:
+        plain = [struct.pack("!BBHII", 0x80, 96, seq, 1000, 42) + b"media" for seq in range(5)]
+        for p in plain:
+            client.sendto(tx.protect(p), server.getsockname())
+        client.sendto(b"\x00\x01stun-ish", server.getsockname())
+        client.sendto(struct.pack("!BBHII", 0x80, 96, 9, 1, 42) + b"forged", server.getsockname())
+        for _ in range(100):
+            if len(rtp) == 5 and other:
+                break
+            await asyncio.sleep(0.01)
+        assert [p.sequence_number for p, _ in rtp] == [0, 1, 2, 3, 4]  # the forgery is dropped
+        assert all(p.payload == b"media" and p.arrival_ns > 0 for p, _ in rtp)
+        assert abs(rtp[0][1] / 1000 - 2208988800 - time.time()) < 5  # NTP-epoch ms, like aiortc
+        assert other == [(b"\x00\x01stun-ish", client.getsockname())]
+        datagrams, wakeups = reader.stats
+        assert datagrams == 7 and wakeups < 7  # several datagrams per event-loop callback
+        assert dtls._RTCDtlsTransport__rx_packets == 6 == reader.rx[0]  # aiortc's counters
+
+        dtls._state = "closed"  # no longer ours to decrypt: handed to the protocol as is
+        client.sendto(tx.protect(struct.pack("!BBHII", 0x80, 96, 5, 1, 42)), server.getsockname())
+        for _ in range(100):
+            if len(other) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(other) == 2 and not reader.rtp and len(rtp) == 5
+    finally:
+        loop.remove_reader(server.fileno())
+        server.close()
+        client.close()

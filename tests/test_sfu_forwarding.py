@@ -242,3 +242,35 @@ async def test_malformed_offer_is_refused_and_changes_nothing(sdp: str) -> None:
         assert "x" not in room.router.publishers
     finally:
         await room.close()
+
+
+async def test_sender_reports_count_what_the_sfu_forwarded() -> None:
+    """The legs send through C, outside aiortc's sender: its RTCP sender reports must
+    still carry the packet counts and the NTP/RTP mapping (lip sync, getStats)."""
+    room = Room()
+    try:
+        for pid, colour in (("a", RED), ("b", GREEN)):
+            await room.join(pid, colour)
+        await wait_for(lambda: room.peers["b"].decoded("a", "video") >= 1, timeout=20)
+        sub = room.peers["b"].sub
+        assert sub is not None
+        receivers = [t.receiver for t in sub.getTransceivers() if t.kind == "video"]
+        assert receivers
+
+        async def reported() -> int:
+            stats = await receivers[0].getStats()
+            return max(
+                (s.packetsSent for s in stats.values() if s.type == "remote-outbound-rtp"),
+                default=0,
+            )
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while await reported() < 30:  # ~1 s of video, from a report the SFU sent
+            assert asyncio.get_running_loop().time() < deadline, "no sender report arrived"
+            await asyncio.sleep(0.2)
+        leg = next(iter(room.router.subscribers["b"].legs.values()))
+        leg.sync()
+        sent = await leg.sender.getStats()
+        assert any(s.type == "outbound-rtp" and s.packetsSent > 0 for s in sent.values())
+    finally:
+        await room.close()
