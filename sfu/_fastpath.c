@@ -881,11 +881,11 @@ typedef struct {
     int fd;
     PyObject *datagram_received; /* the protocol's datagram_received(data, addr) */
     PyObject *error_received;    /* the protocol's error_received(exc) */
-    /* set once the DTLS transport is connected: SRTP RTP goes to on_rtp directly */
+    /* set once the DTLS transport is connected: SRTP goes to on_rtp/on_rtcp directly */
     int rtp;
     void *srtp_ctx;
-    srtp_fn unprotect;
-    PyObject *session, *dtls, *connected, *on_rtp;
+    srtp_fn unprotect, unprotect_rtcp;
+    PyObject *session, *dtls, *connected, *on_rtp, *on_rtcp;
     int abs_id, mid_id;
     unsigned long long rx_packets, rx_bytes, datagrams, wakeups;
 } Reader;
@@ -894,11 +894,12 @@ static void Reader_clear_rtp_(Reader *self)
 {
     self->rtp = 0;
     self->srtp_ctx = NULL;
-    self->unprotect = NULL;
+    self->unprotect = self->unprotect_rtcp = NULL;
     Py_CLEAR(self->session);
     Py_CLEAR(self->dtls);
     Py_CLEAR(self->connected);
     Py_CLEAR(self->on_rtp);
+    Py_CLEAR(self->on_rtcp);
 }
 
 static int Reader_traverse(Reader *self, visitproc visit, void *arg)
@@ -909,6 +910,7 @@ static int Reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->dtls);
     Py_VISIT(self->connected);
     Py_VISIT(self->on_rtp);
+    Py_VISIT(self->on_rtcp);
     return 0;
 }
 
@@ -944,20 +946,22 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
 
 static PyObject *Reader_set_rtp(Reader *self, PyObject *args)
 {
-    /* set_rtp(srtp_ctx, unprotect_fn, session, dtls, connected, on_rtp, abs_id, mid_id) */
-    unsigned long long ctx, fn;
-    PyObject *session, *dtls, *connected, *on_rtp;
+    /* set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected,
+     *         on_rtp, on_rtcp, abs_id, mid_id) */
+    unsigned long long ctx, fn, fn_rtcp;
+    PyObject *session, *dtls, *connected, *on_rtp, *on_rtcp;
     int abs_id, mid_id;
-    if (!PyArg_ParseTuple(args, "KKOOOOii", &ctx, &fn, &session, &dtls, &connected, &on_rtp,
-                          &abs_id, &mid_id))
+    if (!PyArg_ParseTuple(args, "KKKOOOOOii", &ctx, &fn, &fn_rtcp, &session, &dtls, &connected,
+                          &on_rtp, &on_rtcp, &abs_id, &mid_id))
         return NULL;
-    if (!ctx || !fn || !PyCallable_Check(on_rtp)) {
+    if (!ctx || !fn || !fn_rtcp || !PyCallable_Check(on_rtp) || !PyCallable_Check(on_rtcp)) {
         PyErr_SetString(PyExc_ValueError, "incomplete RTP route");
         return NULL;
     }
     Reader_clear_rtp_(self);
     self->srtp_ctx = (void *)(uintptr_t)ctx;
     self->unprotect = (srtp_fn)(uintptr_t)fn;
+    self->unprotect_rtcp = (srtp_fn)(uintptr_t)fn_rtcp;
     Py_INCREF(session);
     self->session = session;
     Py_INCREF(dtls);
@@ -966,6 +970,8 @@ static PyObject *Reader_set_rtp(Reader *self, PyObject *args)
     self->connected = connected;
     Py_INCREF(on_rtp);
     self->on_rtp = on_rtp;
+    Py_INCREF(on_rtcp);
+    self->on_rtcp = on_rtcp;
     self->abs_id = abs_id;
     self->mid_id = mid_id;
     self->rtp = 1;
@@ -1088,7 +1094,7 @@ static PyObject *Reader_drain(Reader *self)
         self->datagrams++;
         int64_t t_in = mono_ns();
         unsigned char b0 = recv_buf[0], b1 = n > 1 ? recv_buf[1] : 0;
-        if (!(self->rtp && n > 12 && b0 > 127 && b0 < 192 && !(b1 > 191 && b1 < 224))) {
+        if (!(self->rtp && n > 12 && b0 > 127 && b0 < 192)) {
             if (Reader_fallback(self, n, &addr) < 0)
                 return NULL;
             continue;
@@ -1107,6 +1113,17 @@ static PyObject *Reader_drain(Reader *self)
         self->rx_packets++;
         self->rx_bytes += (unsigned long long)n;
         int len = (int)n;
+        if (b1 > 191 && b1 < 224) { /* SRTCP */
+            if (self->unprotect_rtcp(self->srtp_ctx, recv_buf, &len) != 0)
+                continue;
+            PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, len);
+            PyObject *r = data ? PyObject_CallOneArg(self->on_rtcp, data) : NULL;
+            Py_XDECREF(data);
+            if (!r)
+                return NULL;
+            Py_DECREF(r);
+            continue;
+        }
         if (self->unprotect(self->srtp_ctx, recv_buf, &len) != 0)
             continue; /* not authentic, or replayed: dropped, as aiortc does */
         Packet *p = parse_rtp(recv_buf, len, self->abs_id, self->mid_id);
@@ -1142,7 +1159,8 @@ static PyObject *Reader_get_stats(Reader *self, void *closure)
 
 static PyMethodDef Reader_methods[] = {
     {"set_rtp", (PyCFunction)Reader_set_rtp, METH_VARARGS,
-     "set_rtp(srtp_ctx, unprotect_fn, session, dtls, connected, on_rtp, abs_id, mid_id)"},
+     "set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected, on_rtp, "
+     "on_rtcp, abs_id, mid_id)"},
     {"clear_rtp", (PyCFunction)Reader_clear_rtp, METH_NOARGS, "Stop handling RTP here."},
     {NULL},
 };

@@ -29,7 +29,7 @@ import asyncio.selector_events
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aioice.ice
@@ -79,6 +79,7 @@ __all__ = [
     "decoder_running",
     "fast_route",
     "account_sent",
+    "read_in_c",
 ]
 
 # Name-mangled private attributes of aiortc 1.16.0 that we read or write.
@@ -651,6 +652,9 @@ def negotiated(transceiver: Any) -> tuple[Any | None, int | None]:
 
 _SRTP_PROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
 _SRTP_UNPROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_unprotect")))
+_SRTP_UNPROTECT_RTCP = int(
+    srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_unprotect_rtcp"))
+)
 
 
 def fast_route(dtls: RTCDtlsTransport) -> tuple[Any, ...] | None:
@@ -704,9 +708,9 @@ def _check_fast_route() -> list[str]:
         problems.append("asyncio _SelectorTransport._sock")
     if not _init_assigns(pylibsrtp.Session, "_srtp"):
         problems.append("pylibsrtp.Session._srtp")
-    for fn in (srtp_lib.srtp_protect, srtp_lib.srtp_unprotect):
+    for fn in (srtp_lib.srtp_protect, srtp_lib.srtp_unprotect, srtp_lib.srtp_unprotect_rtcp):
         if srtp_ffi.typeof(fn).cname != "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)":
-            problems.append("libsrtp srtp_(un)protect signature")
+            problems.append("libsrtp srtp_protect/unprotect signatures")
     return problems
 
 
@@ -723,10 +727,12 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
     callback on each socket of the ICE connection: per pass it drains up to 64
     datagrams; SRTP packets (while the DTLS transport stays connected) are decrypted
     with aiortc's own rx session, parsed in C, routed by aiortc's RTP router and handed
-    to the receiver's synchronous handler (``tap_receiver``); every other datagram
-    (STUN, DTLS, SRTCP) goes to the protocol's ``datagram_received`` exactly as
-    asyncio would hand it. Closing the transport removes the reader with it.
-    Called on every receiver start: it refreshes the extension ids and the session.
+    to the receiver's synchronous handler (``tap_receiver``); SRTCP is decrypted there
+    too and handed to aiortc's RTCP routing (:func:`_drive`, no task per packet); every
+    other datagram (STUN, DTLS) goes to the protocol's ``datagram_received`` exactly
+    as asyncio would hand it. Closing the transport removes the reader with it.
+    Called on every receiver start (it refreshes the extension ids and the session)
+    and by :func:`read_in_c` for the SFU's send-only connections.
     """
     connection = getattr(dtls.transport, "_connection", None)
     loop = asyncio.get_running_loop()
@@ -769,6 +775,9 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
             # socket; aiortc's own task logs and carries on the same way.
             log.exception("RTP handler failed")
 
+    def on_rtcp(data: bytes) -> None:
+        _drive(dtls._handle_rtcp_data(data))
+
     for protocol in list(connection._protocols):
         udp = protocol.transport
         sock = getattr(udp, "_sock", None)
@@ -786,13 +795,64 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
         reader.set_rtp(
             ctx,
             _SRTP_UNPROTECT,
+            _SRTP_UNPROTECT_RTCP,
             session,
             dtls,
             State.CONNECTED,
             on_rtp,
+            on_rtcp,
             ids.abs_send_time or 0,
             ids.mid or 0,
         )
+
+
+def read_in_c(pc: Any) -> None:
+    """Read a connected peer connection's sockets in C (:func:`_install_c_reader`).
+
+    For the SFU's send-only subscribe connections, where only RTCP arrives (receiver
+    reports, NACKs, PLIs, REMB); publish connections get it from ``tap_receiver``.
+    """
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.sender.transport
+        if dtls is not None:
+            _install_c_reader(dtls)
+
+
+def _drive(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine of aiortc's RTCP handling now, in the caller's callback.
+
+    aiortc's RTCP handlers are coroutines that in practice never suspend (their awaits
+    are non-blocking sends); a task per RTCP packet would cost more than the handling.
+    Should one suspend, it is resumed when what it awaits is done, as a task would.
+    """
+    try:
+        awaited = coro.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        log.exception("RTCP handler failed")
+        return
+    task = asyncio.ensure_future(_finish(coro, awaited))
+    _rtcp_in_flight.add(task)
+    task.add_done_callback(_rtcp_in_flight.discard)
+
+
+async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    try:
+        while True:
+            if isinstance(awaited, asyncio.Future):
+                await asyncio.wait([awaited])  # the coroutine reads its outcome itself
+            else:
+                await asyncio.sleep(0)  # a bare yield
+            try:
+                awaited = coro.send(None)
+            except StopIteration:
+                return
+            except Exception:
+                log.exception("RTCP handler failed")
+                return
+    finally:
+        coro.close()
 
 
 def _check_c_reader() -> list[str]:

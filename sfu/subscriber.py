@@ -85,7 +85,7 @@ class Subscriber:
         if self.pc is None:
             self.pc = new_peer_connection()
             pc = self.pc
-            pc.on("connectionstatechange", lambda: self._on_state(pc.connectionState))
+            pc.on("connectionstatechange", lambda: self._connection_state(pc))
         for track_id in current - wanted.keys():
             leg = self.legs.pop(track_id)
             leg.detach()
@@ -134,6 +134,11 @@ class Subscriber:
         if self._sync_task is None:
             self._sync_task = asyncio.ensure_future(self._sync_legs())
         return Leg(fwd.kind, transceiver, self._stats, self._queues[fwd.kind])
+
+    def _connection_state(self, pc: RTCPeerConnection) -> None:
+        if pc.connectionState == "connected":
+            hooks.read_in_c(pc)
+        self._on_state(pc.connectionState)
 
     async def _sync_legs(self) -> None:
         """Keep aiortc's RTCP sender reports and getStats true for what the legs' C send

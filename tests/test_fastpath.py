@@ -158,7 +158,7 @@ def test_parse_rtp_reads_what_aiortc_writes() -> None:
 async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> None:
     import asyncio
 
-    from sfu.aiortc_hooks import _SRTP_UNPROTECT
+    from sfu.aiortc_hooks import _SRTP_UNPROTECT, _SRTP_UNPROTECT_RTCP
 
     tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
@@ -175,11 +175,21 @@ async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> 
 
     other: list[tuple[bytes, tuple[str, int]]] = []
     rtp: list[tuple[object, int]] = []
+    rtcp: list[bytes] = []
     reader = _fastpath.Reader(server.fileno(), lambda d, a: other.append((d, a)), print)
     dtls = Dtls()
     ctx = int(srtp_ffi.cast("uintptr_t", rx._srtp[0]))
     reader.set_rtp(
-        ctx, _SRTP_UNPROTECT, rx, dtls, "connected", lambda p, ms: rtp.append((p, ms)), 0, 0
+        ctx,
+        _SRTP_UNPROTECT,
+        _SRTP_UNPROTECT_RTCP,
+        rx,
+        dtls,
+        "connected",
+        lambda p, ms: rtp.append((p, ms)),
+        rtcp.append,
+        0,
+        0,
     )
     loop = asyncio.get_running_loop()
     loop.add_reader(server.fileno(), reader)
@@ -189,17 +199,20 @@ async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> 
             client.sendto(tx.protect(p), server.getsockname())
         client.sendto(b"\x00\x01stun-ish", server.getsockname())
         client.sendto(struct.pack("!BBHII", 0x80, 96, 9, 1, 42) + b"forged", server.getsockname())
+        receiver_report = struct.pack("!BBHI", 0x80, 201, 1, 42)  # RR, no report blocks
+        client.sendto(tx.protect_rtcp(receiver_report), server.getsockname())
         for _ in range(100):
-            if len(rtp) == 5 and other:
+            if len(rtp) == 5 and other and rtcp:
                 break
             await asyncio.sleep(0.01)
         assert [p.sequence_number for p, _ in rtp] == [0, 1, 2, 3, 4]  # the forgery is dropped
         assert all(p.payload == b"media" and p.arrival_ns > 0 for p, _ in rtp)
         assert abs(rtp[0][1] / 1000 - 2208988800 - time.time()) < 5  # NTP-epoch ms, like aiortc
         assert other == [(b"\x00\x01stun-ish", client.getsockname())]
+        assert rtcp == [receiver_report]
         datagrams, wakeups = reader.stats
-        assert datagrams == 7 and wakeups < 7  # several datagrams per event-loop callback
-        assert dtls._RTCDtlsTransport__rx_packets == 6 == reader.rx[0]  # aiortc's counters
+        assert datagrams == 8 and wakeups < 8  # several datagrams per event-loop callback
+        assert dtls._RTCDtlsTransport__rx_packets == 7 == reader.rx[0]  # aiortc's counters
 
         dtls._state = "closed"  # no longer ours to decrypt: handed to the protocol as is
         client.sendto(tx.protect(struct.pack("!BBHII", 0x80, 96, 5, 1, 42)), server.getsockname())
