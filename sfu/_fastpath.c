@@ -216,6 +216,7 @@ typedef struct {
     uint32_t clock_rate;
     uint8_t ext[MAX_EXT];
     int ext_len;
+    int abs_off; /* where in ext to stamp abs-send-time at send, 0: not at all */
     /* rewriting state (see sfu.forwarder.Leg) */
     int have_in_ssrc;
     uint32_t in_ssrc;
@@ -301,13 +302,17 @@ static int Leg_init(Leg *self, PyObject *args, PyObject *kwds)
 
 static PyObject *Leg_configure(Leg *self, PyObject *args)
 {
-    /* configure(payload_type, ssrc, clock_rate, ext): ext is the ready header extension
-     * block (0xBEDE profile, length, elements) or b"". */
+    /* configure(payload_type, ssrc, clock_rate, ext[, abs_send_time_offset]): ext is the
+     * ready header extension block (0xBEDE profile, length, elements) or b""; if an
+     * offset is given, the 3 bytes there get the abs-send-time of each send (a
+     * publisher, like the benchmark's; the SFU's legs never set it). */
     unsigned int pt, ssrc, clock_rate;
+    int abs_off = 0;
     Py_buffer ext;
-    if (!PyArg_ParseTuple(args, "IIIy*", &pt, &ssrc, &clock_rate, &ext))
+    if (!PyArg_ParseTuple(args, "IIIy*|i", &pt, &ssrc, &clock_rate, &ext, &abs_off))
         return NULL;
-    if (pt > 127 || ext.len > MAX_EXT || ext.len % 4 || clock_rate == 0) {
+    if (pt > 127 || ext.len > MAX_EXT || ext.len % 4 || clock_rate == 0 || abs_off < 0 ||
+        (abs_off && (abs_off < 5 || abs_off + 3 > ext.len))) {
         PyBuffer_Release(&ext);
         PyErr_SetString(PyExc_ValueError, "bad payload type, clock rate or extension block");
         return NULL;
@@ -317,6 +322,7 @@ static PyObject *Leg_configure(Leg *self, PyObject *args)
     self->clock_rate = clock_rate;
     memcpy(self->ext, ext.buf, ext.len);
     self->ext_len = (int)ext.len;
+    self->abs_off = abs_off;
     self->first_byte = ext.len ? 0x90 : 0x80;
     self->configured = 1;
     PyBuffer_Release(&ext);
@@ -469,6 +475,14 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
     b[10] = (self->ssrc >> 8) & 0xFF;
     b[11] = self->ssrc & 0xFF;
     memcpy(b + 12, self->ext, self->ext_len);
+    if (self->abs_off) {
+        /* abs-send-time: NTP time in 6.18 fixed point, 24 bits */
+        uint32_t abs = (uint32_t)(ntp_now() >> 14) & 0xFFFFFF;
+        unsigned char *a = b + 12 + self->abs_off;
+        a[0] = abs >> 16;
+        a[1] = (abs >> 8) & 0xFF;
+        a[2] = abs & 0xFF;
+    }
     memcpy(b + 12 + self->ext_len, PyBytes_AS_STRING(payload), plen);
     *out_ts_p = out_ts;
     return len;
@@ -617,7 +631,7 @@ static PyObject *Leg_get_last_out_ts(Leg *self, void *closure)
 
 static PyMethodDef Leg_methods[] = {
     {"configure", (PyCFunction)Leg_configure, METH_VARARGS,
-     "configure(payload_type, ssrc, clock_rate, ext_block)"},
+     "configure(payload_type, ssrc, clock_rate, ext_block[, abs_send_time_offset])"},
     {"rebase", (PyCFunction)Leg_rebase, METH_NOARGS,
      "Rebase the sequence offset at the next packet (we dropped packets)."},
     {"set_route", (PyCFunction)Leg_set_route, METH_VARARGS,

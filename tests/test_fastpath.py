@@ -225,3 +225,16 @@ async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> 
         loop.remove_reader(server.fileno())
         server.close()
         client.close()
+
+
+def test_a_publishing_leg_stamps_abs_send_time() -> None:
+    leg, _ = make_leg()
+    # mid (id 1, "0") then abs-send-time (id 3, 3 bytes), padded to whole words
+    ext = b"\xbe\xde\x00\x02" + b"\x10" + b"0" + b"\x32" + b"\x00\x00\x00" + b"\x00\x00"
+    leg.configure(96, 1, 90000, ext, 7)
+    data, _ = leg.rewrite(b"x", False, 1, 1, 1)
+    got = _fastpath.parse_rtp(data, 3, 1)
+    now = int((time.time() + 2208988800) * (1 << 18)) & 0xFFFFFF
+    assert got.mid == "0" and abs(got.abs_send_time - now) < (1 << 18)  # within a second
+    with pytest.raises(ValueError):
+        leg.configure(96, 1, 90000, ext, 10)  # would write past the block
