@@ -217,6 +217,7 @@ typedef struct {
     uint8_t ext[MAX_EXT];
     int ext_len;
     int abs_off; /* where in ext to stamp abs-send-time at send, 0: not at all */
+    int ready;   /* set by Python: nothing queued or awaited, sends go out at once */
     /* rewriting state (see sfu.forwarder.Leg) */
     int have_in_ssrc;
     uint32_t in_ssrc;
@@ -532,25 +533,17 @@ static PyObject *Leg_rewrite(Leg *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(NI)", data, out_ts);
 }
 
-static PyObject *Leg_send(Leg *self, PyObject *const *args, Py_ssize_t nargs)
+/* Rewrite, remember, protect and send one packet; see Leg.send for the result. */
+static PyObject *leg_send(Leg *self, PyObject *payload, int marker, uint32_t seq, uint32_t ts,
+                          uint32_t ssrc, long long t_in)
 {
-    /* send(payload, marker, seq, ts, ssrc, t_in_ns) ->
-     *   None: sent (or dropped by SRTP/the kernel, counted in `errors`);
-     *   False: no usable route, nothing changed, take the Python path;
-     *   bytes: rewritten but the socket would block: queue this packet. */
-    int marker;
-    uint32_t seq, ts, ssrc, out_ts;
-    if (parse_packet_args(args, nargs, 6, &marker, &seq, &ts, &ssrc) < 0)
-        return NULL;
-    long long t_in = PyLong_AsLongLong(args[5]);
-    if (t_in == -1 && PyErr_Occurred())
-        return NULL;
+    uint32_t out_ts;
     if (!self->configured)
         Py_RETURN_FALSE;
     int fd = Leg_route_fd(self);
     if (fd < 0)
         Py_RETURN_FALSE;
-    Py_ssize_t len = Leg_rewrite_into(self, args[0], marker, seq, ts, ssrc, &out_ts);
+    Py_ssize_t len = Leg_rewrite_into(self, payload, marker, seq, ts, ssrc, &out_ts);
     if (len < 0)
         return NULL;
     PyObject *data = Leg_remember(self, len);
@@ -583,6 +576,84 @@ static PyObject *Leg_send(Leg *self, PyObject *const *args, Py_ssize_t nargs)
     self->tx_packets++;
     self->tx_bytes += (unsigned long long)plen;
     Py_RETURN_NONE;
+}
+
+static PyObject *Leg_send(Leg *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* send(payload, marker, seq, ts, ssrc, t_in_ns) ->
+     *   None: sent (or dropped by SRTP/the kernel, counted in `errors`);
+     *   False: no usable route, nothing changed, take the Python path;
+     *   bytes: rewritten but the socket would block: queue this packet. */
+    int marker;
+    uint32_t seq, ts, ssrc;
+    if (parse_packet_args(args, nargs, 6, &marker, &seq, &ts, &ssrc) < 0)
+        return NULL;
+    long long t_in = PyLong_AsLongLong(args[5]);
+    if (t_in == -1 && PyErr_Occurred())
+        return NULL;
+    return leg_send(self, args[0], marker, seq, ts, ssrc, t_in);
+}
+
+static PyTypeObject LegType;
+
+static PyObject *py_fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* fanout(legs, payload, marker, seq, ts, ssrc, t_in_ns) -> None | [(index, result)]
+     * One packet to every ready Leg in the list. Legs that are not ready, and ready
+     * legs whose send did not simply go out (result False or bytes, as Leg.send), are
+     * returned for Python to handle; such a leg is no longer ready. */
+    int marker;
+    uint32_t seq, ts, ssrc;
+    if (nargs != 7 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "fanout(legs, payload, marker, seq, ts, ssrc, t_in)");
+        return NULL;
+    }
+    if (parse_packet_args(args + 1, nargs - 1, 6, &marker, &seq, &ts, &ssrc) < 0)
+        return NULL;
+    long long t_in = PyLong_AsLongLong(args[6]);
+    if (t_in == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *legs = args[0], *slow = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(legs); i++) {
+        PyObject *item = PyList_GET_ITEM(legs, i);
+        if (!PyObject_TypeCheck(item, &LegType)) {
+            Py_XDECREF(slow);
+            PyErr_SetString(PyExc_TypeError, "legs must be sfu._fastpath.Leg objects");
+            return NULL;
+        }
+        Leg *leg = (Leg *)item;
+        PyObject *r;
+        if (leg->ready) {
+            Py_INCREF(item); /* a send cannot drop the list's reference, but be safe */
+            r = leg_send(leg, args[1], marker, seq, ts, ssrc, t_in);
+            Py_DECREF(item);
+            if (!r) {
+                Py_XDECREF(slow);
+                return NULL;
+            }
+            if (r == Py_None) {
+                Py_DECREF(r);
+                continue;
+            }
+            leg->ready = 0;
+        } else {
+            r = Py_NewRef(Py_None);
+        }
+        if (!slow && !(slow = PyList_New(0))) {
+            Py_DECREF(r);
+            return NULL;
+        }
+        PyObject *pair = Py_BuildValue("(nN)", i, r);
+        if (!pair || PyList_Append(slow, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(slow);
+            return NULL;
+        }
+        Py_DECREF(pair);
+    }
+    if (!slow)
+        Py_RETURN_NONE;
+    return slow;
 }
 
 static PyObject *Leg_history(Leg *self, PyObject *arg)
@@ -647,7 +718,23 @@ static PyMethodDef Leg_methods[] = {
     {NULL},
 };
 
+static PyObject *Leg_get_ready(Leg *self, void *closure)
+{
+    return PyBool_FromLong(self->ready);
+}
+
+static int Leg_set_ready(Leg *self, PyObject *value, void *closure)
+{
+    int v = value ? PyObject_IsTrue(value) : 0;
+    if (v < 0)
+        return -1;
+    self->ready = v;
+    return 0;
+}
+
 static PyGetSetDef Leg_getset[] = {
+    {"ready", (getter)Leg_get_ready, (setter)Leg_set_ready,
+     "whether fanout() may send to this leg at once (kept by sfu.forwarder.Leg)", NULL},
     {"routed", (getter)Leg_get_routed, NULL, "whether a usable route is set", NULL},
     {"last_out_seq", (getter)Leg_get_last_out_seq, NULL, "last sequence number sent", NULL},
     {"last_out_ts", (getter)Leg_get_last_out_ts, NULL, "last timestamp sent", NULL},
@@ -1204,6 +1291,8 @@ static PyTypeObject ReaderType = {
 };
 
 static PyMethodDef module_methods[] = {
+    {"fanout", (PyCFunction)(void (*)(void))py_fanout, METH_FASTCALL,
+     "fanout(legs, payload, marker, seq, ts, ssrc, t_in_ns) -> None | [(index, result)]"},
     {"parse_rtp", py_parse_rtp, METH_VARARGS,
      "parse_rtp(data, abs_send_time_id, mid_id) -> Packet | None"},
     {NULL},

@@ -49,6 +49,7 @@ class Forwarder:
         self.kind = kind
         self.codec: RTCRtpCodecParameters | None = None
         self.legs: list[Leg] = []
+        self._fast_legs: list[_fastpath.Leg] = []  # the legs' C halves, in the same order
         self.paused = False
         self.ssrc: int | None = None
         self._receiver = receiver
@@ -93,8 +94,33 @@ class Forwarder:
         stats = self._stats
         stats.packets_in += 1
         stats.bytes_in += len(payload)
-        for leg in self.legs:
-            leg.push(packet, key, now)
+        # Every leg that can send at once gets the packet from C; the rest (waiting for
+        # a key frame, queued, not connected) come back for Leg.push.
+        slow = _fastpath.fanout(
+            self._fast_legs,
+            payload,
+            packet.marker,
+            packet.sequence_number,
+            packet.timestamp,
+            packet.ssrc,
+            now,
+        )
+        if slow is not None:
+            legs = self.legs
+            for i, tried in slow:
+                legs[i].push(packet, key, now, tried)
+
+    def add_leg(self, leg: Leg) -> None:
+        self.legs.append(leg)
+        self._fast_legs.append(leg._fast)
+
+    def remove_leg(self, leg: Leg) -> None:
+        try:
+            i = self.legs.index(leg)
+        except ValueError:
+            return
+        del self.legs[i]
+        del self._fast_legs[i]
 
     def request_keyframe(self) -> None:
         """Relay a key-frame request (PLI) to the publisher, at most once per interval."""
@@ -180,6 +206,7 @@ class Leg:
             ext = b"\xbe\xde" + struct.pack("!H", len(element) // 4) + element
         self._fast.configure(payload_type, self._ssrc, clock_rate, ext)
         self._configured = True
+        self._refresh()
 
     def attach(self, source: Forwarder) -> None:
         self.detach()
@@ -187,20 +214,19 @@ class Leg:
         self.track_id = source.track_id
         self._waiting_key = self.kind == "video"
         self._fast.rebase()
-        source.legs.append(self)
+        source.add_leg(self)
+        self._refresh()
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
         source.request_keyframe()
 
     def detach(self) -> None:
         if self.source is not None:
-            try:
-                self.source.legs.remove(self)
-            except ValueError:
-                pass
+            self.source.remove_leg(self)
         self.source = None
         self.track_id = None
         self._queue.clear()
+        self._refresh()
 
     async def close(self) -> None:
         self.detach()
@@ -216,7 +242,28 @@ class Leg:
 
     # -- hot path --------------------------------------------------------------------
 
-    def push(self, packet: RtpPacket, key: bool, t_in: int) -> None:
+    def _refresh(self) -> None:
+        """Let :func:`_fastpath.fanout` send to this leg directly only while nothing of
+        it is waiting (a key frame, a queue, a send in flight)."""
+        self._fast.ready = (
+            self._configured and not self._waiting_key and not self._queue and not self._sending
+        )
+
+    def push(self, packet: RtpPacket, key: bool, t_in: int, tried: Any = None) -> None:
+        """A packet the C fan-out did not send: this leg was not ready, or (``tried``)
+        its C send found no route (``False``) or a full socket (the rewritten bytes)."""
+        if tried is not None:
+            if tried is False:
+                self._send_without_route(packet, t_in)
+            else:
+                self._queue.append((packet, t_in, tried))  # the socket is full
+                self._wake.set()
+            self._refresh()
+            return
+        self._push(packet, key, t_in)
+        self._refresh()
+
+    def _push(self, packet: RtpPacket, key: bool, t_in: int) -> None:
         if self._waiting_key:
             if not key:
                 self.source.request_keyframe()  # type: ignore[union-attr]
@@ -306,6 +353,7 @@ class Leg:
         """Drains what could not be sent at once (a backed-up socket)."""
         queue, wake = self._queue, self._wake
         while True:
+            self._refresh()
             await wake.wait()
             wake.clear()
             while queue:

@@ -238,3 +238,32 @@ def test_a_publishing_leg_stamps_abs_send_time() -> None:
     assert got.mid == "0" and abs(got.abs_send_time - now) < (1 << 18)  # within a second
     with pytest.raises(ValueError):
         leg.configure(96, 1, 90000, ext, 10)  # would write past the block
+
+
+def test_fanout_sends_to_ready_legs_and_returns_the_rest() -> None:
+    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2)
+
+    class Dtls:
+        _state = "connected"
+
+    try:
+        routed, waiting, unrouted = (make_leg()[0] for _ in range(3))
+        ctx = int(srtp_ffi.cast("uintptr_t", tx._srtp[0]))
+        port = receiver.getsockname()[1]
+        routed.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, Dtls(), "connected")
+        routed.ready = unrouted.ready = True  # `waiting` stays not ready (e.g. a key frame)
+        legs = [routed, waiting, unrouted]
+        slow = _fastpath.fanout(legs, b"x", False, 1, 1, 1, time.perf_counter_ns())
+        assert slow == [(1, None), (2, False)]
+        assert receiver.recv(2048)  # the ready, routed leg sent at once
+        assert routed.ready and not unrouted.ready  # a leg that could not send waits now
+        assert _fastpath.fanout([routed], b"x", False, 2, 1, 1, 0) is None
+        with pytest.raises(TypeError):
+            _fastpath.fanout([object()], b"x", False, 2, 1, 1, 0)
+    finally:
+        receiver.close()
+        sender.close()
