@@ -1116,9 +1116,11 @@ static int Reader_fallback(Reader *self, Py_ssize_t n, const struct sockaddr_sto
 {
     PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, n);
     PyObject *a = make_addr(addr);
-    PyObject *r = NULL;
+    PyObject *r = NULL, *callback = self->datagram_received;
+    Py_INCREF(callback); /* the call may replace what the reader holds */
     if (data && a)
-        r = PyObject_CallFunctionObjArgs(self->datagram_received, data, a, NULL);
+        r = PyObject_CallFunctionObjArgs(callback, data, a, NULL);
+    Py_DECREF(callback);
     Py_XDECREF(data);
     Py_XDECREF(a);
     if (!r)
@@ -1183,7 +1185,10 @@ static PyObject *Reader_drain(Reader *self)
             PyObject *type, *value, *tb;
             PyErr_Fetch(&type, &value, &tb);
             PyErr_NormalizeException(&type, &value, &tb);
-            PyObject *r = PyObject_CallOneArg(self->error_received, value);
+            PyObject *callback = self->error_received;
+            Py_INCREF(callback);
+            PyObject *r = PyObject_CallOneArg(callback, value);
+            Py_DECREF(callback);
             Py_XDECREF(type);
             Py_XDECREF(value);
             Py_XDECREF(tb);
@@ -1218,7 +1223,10 @@ static PyObject *Reader_drain(Reader *self)
             if (self->unprotect_rtcp(self->srtp_ctx, recv_buf, &len) != 0)
                 continue;
             PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, len);
-            PyObject *r = data ? PyObject_CallOneArg(self->on_rtcp, data) : NULL;
+            PyObject *callback = self->on_rtcp;
+            Py_INCREF(callback); /* the call may replace what the reader holds */
+            PyObject *r = data ? PyObject_CallOneArg(callback, data) : NULL;
+            Py_DECREF(callback);
             Py_XDECREF(data);
             if (!r)
                 return NULL;
@@ -1232,8 +1240,10 @@ static PyObject *Reader_drain(Reader *self)
             continue;
         p->arrival_ns = t_in;
         PyObject *ms = PyLong_FromLongLong(ntp_ms());
-        PyObject *r = ms ? PyObject_CallFunctionObjArgs(self->on_rtp, (PyObject *)p, ms, NULL)
-                         : NULL;
+        PyObject *callback = self->on_rtp;
+        Py_INCREF(callback); /* the call may replace what the reader holds */
+        PyObject *r = ms ? PyObject_CallFunctionObjArgs(callback, (PyObject *)p, ms, NULL) : NULL;
+        Py_DECREF(callback);
         Py_XDECREF(ms);
         Py_DECREF(p);
         if (!r)
