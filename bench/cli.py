@@ -117,6 +117,12 @@ def parser() -> argparse.ArgumentParser:
         "--video-bitrate", type=int, default=500, help="VP8 bitrate in kbit/s (default 500)"
     )
     load.add_argument(
+        "--aiortc-publisher",
+        action="store_true",
+        help="publish through aiortc's RTCRtpSender (packetised per frame, sent from Python) "
+        "instead of the cheaper pre-packetised C send path, for comparison",
+    )
+    load.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -180,6 +186,7 @@ def _scenario_dict(args: argparse.Namespace, rooms: int, media: Any = None) -> d
         "partner_delay_s": args.partner_delay,
         "join_pacing_s": args.join_pacing,
         "workers": args.workers,
+        "publisher": "aiortc" if args.aiortc_publisher else "c",
         "local": args.local,
         "cpus": os.cpu_count(),
     }
@@ -223,6 +230,7 @@ async def _run(args: argparse.Namespace) -> int:
                 media=media,
                 media_host=args.media_host,
                 tls_verify=not args.insecure,
+                aiortc_publisher=args.aiortc_publisher,
             )
 
         async def one(

@@ -41,6 +41,7 @@ class Scenario:
     media_host: str | None
     join_timeout: float = 60.0
     tls_verify: bool = True
+    aiortc_publisher: bool = False  # publish through aiortc's RTCRtpSender (slower)
 
 
 @dataclass(slots=True)
@@ -164,6 +165,7 @@ class Generator:
             window=self.window,
             audio_only=self.s.audio_only,
             tls_verify=self.s.tls_verify,
+            aiortc_publisher=self.s.aiortc_publisher,
         )
         assert room.participants is not None
         room.participants.append(p)
@@ -235,6 +237,7 @@ class Generator:
                             "received_from": sorted(p.received_from()),
                             "errors": p.errors[:5],
                             "sent_frames": p.sent_frames,
+                            "send_drops": p.send_drops,
                         }
                         for p in people
                     ],

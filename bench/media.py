@@ -1,10 +1,11 @@
 """Pre-encoded synthetic media with a measurement trailer, and the tracks that replay it.
 
 Publishers must be cheap so that the generator is not what a benchmark measures: VP8
-and Opus are encoded once at setup (aiortc's own encoders, from a moving synthetic
-pattern and a tone) and then replayed as ``av.Packet`` objects. aiortc's sender only
-packetises packets it gets from a track (``RTCRtpSender._next_encoded_frame``), so no
-encoder runs while the benchmark does.
+and Opus are encoded once at setup (libvpx and libopus through PyAV, from a moving
+synthetic pattern and a tone) and packetised once (:func:`packetize_video`, aiortc's own
+VP8 packetiser). ``bench.publisher`` sends those payloads as they are; the slower
+:class:`ReplayTrack` hands the frames to aiortc's sender, which packetises them again
+for every frame (``--aiortc-publisher``).
 
 Every replayed frame ends with an 18-byte :data:`TRAILER`: magic, publisher index,
 frame sequence and the send time (``time.monotonic_ns()``, one clock for every process
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
+from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor
 from aiortc.mediastreams import MediaStreamError
 
 TRAILER = struct.Struct("!2sIIQ")  # magic, publisher index, frame sequence, send ns
@@ -48,7 +50,7 @@ class EncodedMedia:
             return 1.0 / AUDIO_PTIME
         if not self.video:
             return 0.0
-        packets = sum(-(-(len(f) + TRAILER.size) // _VP8_CHUNK) for f in self.video)
+        packets = sum(len(p) for p in packetize_video(self.video))
         return packets * FPS / len(self.video)
 
     @property
@@ -223,6 +225,40 @@ def _keep_trailer_whole(frame: bytes) -> bytes:
     if 0 < rest < TRAILER.size:
         frame += b"\x00" * (TRAILER.size - rest)
     return frame
+
+
+# The payload descriptor aiortc writes (RFC 7741): X=1, S on a frame's first packet,
+# partition 0, and a 15-bit picture id (I=1, M=1) that a live encoder bumps per frame.
+VP8_DESCRIPTOR = 4
+_S_BIT = 0x10
+
+
+def packetize_video(frames: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], ...]:
+    """Each VP8 frame (with room for the trailer) cut into RTP payloads by aiortc's own
+    packetiser (``Vp8Encoder._packetize``), once, and returned without their 4-byte
+    descriptors: a sender prefixes :func:`vp8_descriptor` of its picture id to each.
+    The last payload of a frame ends with :data:`TRAILER`'s room (zeros)."""
+    out = []
+    blank = bytes(TRAILER.size)
+    for frame in frames:
+        payloads = Vp8Encoder._packetize(_keep_trailer_whole(frame) + blank, 0)
+        bodies = []
+        for payload in payloads:
+            descriptor, _ = VpxPayloadDescriptor.parse(payload)
+            if len(bytes(descriptor)) != VP8_DESCRIPTOR or descriptor.picture_id != 0:
+                raise RuntimeError("aiortc's VP8 payload descriptor changed")
+            bodies.append(payload[VP8_DESCRIPTOR:])
+        if len(bodies[-1]) < TRAILER.size:
+            raise RuntimeError("the trailer straddles two RTP packets")
+        out.append(tuple(bodies))
+    return tuple(out)
+
+
+def vp8_descriptor(picture_id: int, start: bool) -> bytes:
+    """What aiortc's packetiser puts before each payload (see :func:`packetize_video`)."""
+    return bytes(
+        (0x80 | (_S_BIT if start else 0), 0x80, 0x80 | (picture_id >> 8) & 0x7F, picture_id & 0xFF)
+    )
 
 
 def read_trailer(payload: bytes) -> tuple[int, int, int] | None:

@@ -2,8 +2,9 @@
 
 It joins the way the page does (docs/protocol.md): connect with ``auth: {token}``, wait
 for ``welcome``, publish an offer with ack, answer every ``subscribe.offer``. It
-publishes pre-encoded media (``bench.media.ReplayTrack``) and measures what it receives
-without decoding: ``sfu.aiortc_hooks.tap_receiver`` hands it every RTP packet below
+publishes pre-encoded, pre-packetised media through the C send path of
+``bench.publisher`` (or, with ``aiortc_publisher``, through aiortc's own sender from a
+``bench.media.ReplayTrack``) and measures what it receives without decoding: ``sfu.aiortc_hooks.tap_receiver`` hands it every RTP packet below
 aiortc's decoder and stops the decoder thread.
 """
 
@@ -27,6 +28,7 @@ from aiortc.rtp import RtpPacket
 from sfu import aiortc_hooks
 
 from .media import TRAILER, EncodedMedia, ReplayTrack, read_trailer
+from .publisher import PacedSender
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class SyntheticParticipant:
         window: Window,
         audio_only: bool = False,
         tls_verify: bool = True,
+        aiortc_publisher: bool = False,
     ) -> None:
         self.url = url
         self.token = token
@@ -90,12 +93,13 @@ class SyntheticParticipant:
         self.media = media
         self.window = window
         self.audio_only = audio_only
+        self.aiortc_publisher = aiortc_publisher
         self.pid: str | None = None
         self.via = "room"  # how the token came: the room's links, an invite, or minted
         self.rx = Rx()
         self.pub: RTCPeerConnection | None = None
         self.sub: RTCPeerConnection | None = None
-        self.tracks: list[ReplayTrack] = []
+        self.tracks: list[ReplayTrack | PacedSender] = []
         self.errors: list[str] = []
         self.join_started_ns = 0
         self.mid_owner: dict[str, tuple[str, str]] = {}
@@ -141,13 +145,24 @@ class SyntheticParticipant:
         kinds = [("audio", self.media.audio)]
         if not self.audio_only and self.media.video:
             kinds.append(("video", self.media.video))
+        paced: list[tuple[PacedSender, Any]] = []
         for kind, frames in kinds:
-            track = ReplayTrack(kind, frames, self.index)
-            sender = self.pub.addTrack(track)
-            # A PLI/FIR relayed by the server restarts the replay at its key frame,
-            # the way a live encoder answers it (aiortc's sender cannot: it only packs).
-            sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
-            self.tracks.append(track)
+            if self.aiortc_publisher:
+                track = ReplayTrack(kind, frames, self.index)
+                sender = self.pub.addTrack(track)
+                # A PLI/FIR relayed by the server restarts the replay at its key frame,
+                # the way a live encoder answers it (aiortc's sender cannot: it only packs).
+                sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+                self.tracks.append(track)
+                continue
+            # aiortc negotiates and keeps RTCP; its encoder loop waits on a silent track
+            # and bench.publisher sends the media.
+            sender = self.pub.addTrack(aiortc_hooks.SilentTrack(kind))
+            publisher = PacedSender(kind, frames, self.index)
+            publisher.attach(sender)
+            transceiver = next(t for t in self.pub.getTransceivers() if t.sender is sender)
+            paced.append((publisher, transceiver))
+            self.tracks.append(publisher)
         await self.pub.setLocalDescription(await self.pub.createOffer())
         ack = await self.sio.call(
             "publish",
@@ -157,6 +172,8 @@ class SyntheticParticipant:
         if not isinstance(ack, dict) or not ack.get("ok"):
             raise RuntimeError(f"publish refused: {ack}")
         await self.pub.setRemoteDescription(RTCSessionDescription(sdp=ack["sdp"], type="answer"))
+        for publisher, transceiver in paced:
+            publisher.start(transceiver)
 
     async def _on_offer(self, data: dict[str, Any]) -> None:
         # Answer in a task: an event handler must not hold up the client's reader.
@@ -258,9 +275,17 @@ class SyntheticParticipant:
     def sent_frames(self) -> int:
         return sum(t.sent for t in self.tracks)
 
+    @property
+    def send_drops(self) -> int:
+        """Packets the publisher's socket did not take (the C publish path only)."""
+        return sum(t.dropped for t in self.tracks if isinstance(t, PacedSender))
+
     # -- leaving ------------------------------------------------------------------------
 
     async def close(self) -> None:
+        for track in self.tracks:
+            if isinstance(track, PacedSender):
+                await track.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
