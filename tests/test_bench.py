@@ -145,6 +145,106 @@ def test_histogram_quantiles_interpolate_like_promql() -> None:
     assert parsed.latency["r1"].quantile(0.5) == pytest.approx(0.001 * 2 / 3)
 
 
+async def test_paced_publisher_sends_mid_abs_send_time_and_trailers(media) -> None:
+    """The default publish path, straight to an aiortc peer (no SFU in between, which
+    rewrites extensions): what a subscriber of the publisher's connection receives."""
+    import time
+
+    from aiortc import RTCPeerConnection
+
+    from bench.media import AUDIO_CLOCK, VIDEO_CLOCK, is_vp8_keyframe, packetize_video
+    from bench.publisher import PacedSender
+    from sfu import aiortc_hooks
+
+    pub, sub = RTCPeerConnection(), RTCPeerConnection()
+    got: dict[str, list] = {"audio": [], "video": []}
+    mids: dict[str, str] = {}
+
+    def on_track(track) -> None:
+        transceiver = next(t for t in sub.getTransceivers() if t.receiver.track is track)
+        rx = got[track.kind]
+
+        def tap(packet, codecs) -> None:
+            rx.append(
+                (
+                    packet.extensions.mid,
+                    packet.extensions.abs_send_time,
+                    int((time.time() + 2208988800) * (1 << 18)) & 0xFFFFFF,
+                    packet.marker,
+                    packet.timestamp,
+                    packet.sequence_number,
+                    bytes(packet.payload),
+                )
+            )
+
+        aiortc_hooks.tap_receiver(transceiver.receiver, tap, lambda codecs: None, account=False)
+
+    sub.on("track", on_track)
+    senders = []
+    try:
+        for kind, frames in (("audio", media.audio), ("video", media.video)):
+            sender = pub.addTrack(aiortc_hooks.SilentTrack(kind))
+            publisher = PacedSender(kind, frames, publisher_index=5)
+            publisher.attach(sender)
+            transceiver = next(t for t in pub.getTransceivers() if t.sender is sender)
+            mids[kind] = transceiver
+            senders.append((publisher, transceiver))
+        await pub.setLocalDescription(await pub.createOffer())
+        await sub.setRemoteDescription(pub.localDescription)
+        await sub.setLocalDescription(await sub.createAnswer())
+        await pub.setRemoteDescription(sub.localDescription)
+        for publisher, transceiver in senders:
+            publisher.start(transceiver)
+        await wait_for(lambda: len(got["video"]) >= 60 and len(got["audio"]) >= 40, timeout=20)
+        video_sender = senders[1][0]
+        video_sender.request_keyframe()
+        await wait_for(lambda: len(got["video"]) >= 90, timeout=10)
+        stats = await pub.getStats()
+    finally:
+        for publisher, _ in senders:
+            await publisher.stop()
+        await pub.close()
+        await sub.close()
+
+    for kind, clock in (("audio", AUDIO_CLOCK), ("video", VIDEO_CLOCK)):
+        rx = got[kind]
+        assert rx, kind
+        assert {mid for mid, *_ in rx} == {mids[kind].mid}
+        if kind == "video":  # aiortc negotiates abs-send-time for video only
+            for _, abs_send_time, now, *_ in rx:  # stamped per packet, 6.18 s fixed point
+                assert abs_send_time is not None and (now - abs_send_time) & 0xFFFFFF < 1 << 18
+        seqs = [seq for *_, seq, _ in rx]
+        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+        frames = [read_trailer(payload) for *_, marker, _, _, payload in rx if marker]
+        assert all(f is not None and f[0] == 5 for f in frames)
+        numbers = [f[1] for f in frames if f]
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+        stamps = sorted({(ts - rx[0][4]) & 0xFFFFFFFF for *_, ts, _, _ in rx})
+        step = clock // 30 if kind == "video" else clock // 50
+        assert all(b - a == step for a, b in zip(stamps, stamps[1:], strict=False))
+    # video: aiortc's VP8 packetisation, a key frame first and again after the request,
+    # a picture id that moves on per frame
+    video = got["video"]
+    starts = [payload for *_, payload in video if payload[0] & 0x10]
+    assert is_vp8_keyframe(starts[0][4:])
+    assert sum(is_vp8_keyframe(p[4:]) for p in starts) >= 2
+    picture_ids = [int.from_bytes(p[2:4]) & 0x7FFF for p in starts]
+    assert all((b - a) & 0x7FFF == 1 for a, b in zip(picture_ids, picture_ids[1:], strict=False))
+    # the first loop, frame by frame, as packetised at setup, which is the rate the
+    # report's "tracks per core at the nominal packet rate" assumes
+    packets = packetize_video(media.video)
+    per_frame: dict[int, int] = {}
+    for *_, ts, _, _ in video:
+        ts = (ts - video[0][4]) & 0xFFFFFFFF
+        per_frame[ts] = per_frame.get(ts, 0) + 1
+    first_loop = [per_frame[ts] for ts in sorted(per_frame)][: len(packets)]
+    assert first_loop == [len(p) for p in packets]
+    assert media.packets_per_second("video") == sum(first_loop) * 30 / len(packets)
+    # aiortc's RTCP sender reports count what the C path sent
+    outbound = [s for s in stats.values() if s.type == "outbound-rtp"]
+    assert outbound and all(s.packetsSent > 0 for s in outbound)
+
+
 def test_trailer_survives_replay(media) -> None:
     from bench.media import TRAILER, ReplayTrack
 
