@@ -18,7 +18,7 @@ help:
 	@echo "make bench  - short load test against a server it starts itself"
 	@echo "make lint   - ruff check"
 
-$(STAMP): pyproject.toml setup.py sfu/_fastpath.c
+$(STAMP): pyproject.toml setup.py sfu/_fastpath.c sfu/_bwe.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'

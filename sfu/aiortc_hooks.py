@@ -37,12 +37,7 @@ import pylibsrtp
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rate import (
-    MIN_FRAME_PERIOD_HISTORY_LENGTH,
-    OveruseEstimator,
-    RateCounter,
-    RemoteBitrateEstimator,
-)
+from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
@@ -59,7 +54,7 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
-from . import _fastpath
+from . import _bwe, _fastpath
 from .remb import RembThrottle
 
 __all__ = [
@@ -166,7 +161,6 @@ def check_compatible() -> None:
         getattr(StreamStatistics, "add", None)
     ):
         problems.append("aiortc receiver statistics")
-    problems += _check_bitrate_estimator()
     if "transport" not in aioice.ice.StunProtocol.connection_made.__code__.co_names:
         problems.append("aioice.ice.StunProtocol.transport")
     if not callable(getattr(aioice.ice.Connection, "data_received", None)) or not callable(
@@ -374,80 +368,11 @@ def _account_rtp(receiver: RTCRtpReceiver) -> Callable[[RtpPacket, int], None]:
     return account
 
 
-class _RateCounter(RateCounter):
-    """aiortc's 1 ms-bucket rate counter with its per-millisecond expiry loop on locals.
-
-    Same buckets, same totals, same results; a gap of a whole window clears at once.
-    """
-
-    def _erase_old(self, now_ms: int) -> None:
-        origin_ms = self._origin_ms
-        new_origin_ms = now_ms - self._window_size + 1
-        if origin_ms >= new_origin_ms:
-            return
-        window = self._window_size
-        buckets = self._buckets
-        total = self._total
-        index = self._origin_index
-        steps = new_origin_ms - origin_ms
-        if steps >= window:
-            for bucket in buckets:
-                bucket.count = bucket.value = 0
-            total.count = total.value = 0
-            index = (index + steps) % window
-        else:
-            for _ in range(steps):
-                bucket = buckets[index]
-                total.count -= bucket.count
-                total.value -= bucket.value
-                bucket.count = bucket.value = 0
-                index += 1
-                if index == window:
-                    index = 0
-        self._origin_index = index
-        self._origin_ms = new_origin_ms
-
-
-class _OveruseEstimator(OveruseEstimator):
-    """aiortc's Kalman overuse estimator, its minimum over the last 60 frame periods
-    taken with the builtin ``min`` instead of a Python loop (same result)."""
-
-    def update_min_frame_period(self, ts_delta: float) -> float:
-        history = self.ts_delta_hist
-        if len(history) >= MIN_FRAME_PERIOD_HISTORY_LENGTH:
-            del history[0]
-        smallest = min(history, default=ts_delta)
-        history.append(ts_delta)
-        return smallest if smallest < ts_delta else ts_delta
-
-
-def _check_bitrate_estimator() -> list[str]:
-    # What _RateCounter, _OveruseEstimator and _bitrate_estimator read or replace.
-    needs = (
-        (RemoteBitrateEstimator.__init__, ["incoming_bitrate", "estimator"]),
-        (RateCounter.__init__, ["_window_size", "_scale", "_origin_ms", "_origin_index"]),
-        (RateCounter.reset, ["_buckets", "_total"]),
-        (RateCounter.rate, ["_erase_old"]),
-        (RateCounter.add, ["_erase_old"]),
-        (OveruseEstimator.__init__, ["ts_delta_hist"]),
-        (OveruseEstimator.update, ["update_min_frame_period"]),
-    )
-    return [
-        f"aiortc.rate {f.__qualname__}: {name}"
-        for f, names in needs
-        for name in names
-        if name not in f.__code__.co_names
-    ]
-
-
-def _bitrate_estimator() -> RemoteBitrateEstimator:
-    """aiortc's receive-side bandwidth estimator, with cheaper equivalents of the two
-    parts that dominate its per-packet cost; its estimates are unchanged."""
-    estimator = RemoteBitrateEstimator()
-    counter = estimator.incoming_bitrate
-    estimator.incoming_bitrate = _RateCounter(counter._window_size, counter._scale)
-    estimator.estimator = _OveruseEstimator()
-    return estimator
+def _bitrate_estimator() -> _bwe.RemoteBitrateEstimator:
+    """aiortc's receive-side bandwidth estimator (``aiortc.rate.RemoteBitrateEstimator``
+    of aiortc 1.16.0) ported to C: the same estimates for the same packets, call by
+    call (``tests/test_bwe.py``), at a fraction of the per-packet cost."""
+    return _bwe.RemoteBitrateEstimator()
 
 
 # RTCP sends that had to go through aiortc's coroutines (unusual transports); held here
