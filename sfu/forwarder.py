@@ -29,6 +29,10 @@ from .stats import RoomStats
 
 log = logging.getLogger(__name__)
 
+# Larger payloads than any browser sends (they keep packets under ~1200 bytes) would not
+# fit a subscriber's packet with its header, extension and SRTP tag in pylibsrtp's
+# 1500-byte buffer; they are dropped on the way in rather than failing per leg.
+MAX_PAYLOAD = 1300
 SYNC_INTERVAL = 0.5  # s between folding the C path's counters into aiortc's (Subscriber)
 
 
@@ -58,6 +62,7 @@ class Forwarder:
         self._keyframe_interval = keyframe_interval
         self._last_pli = -1e9
         self._tasks: set[asyncio.Task[None]] = set()
+        self._warned_oversized = False
 
     @property
     def ready(self) -> bool:
@@ -86,6 +91,13 @@ class Forwarder:
         payload = packet.payload
         if not payload:
             return  # padding-only bandwidth probe
+        if len(payload) > MAX_PAYLOAD:
+            if not self._warned_oversized:
+                self._warned_oversized = True
+                log.warning(
+                    "track %s: dropping RTP payloads over %d bytes", self.track_id, MAX_PAYLOAD
+                )
+            return
         self.ssrc = packet.ssrc
         key = self._is_key(payload) if self._is_key is not None else False
         # Forwarding latency counts from the datagram's arrival (before SRTP unprotect)

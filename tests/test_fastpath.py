@@ -267,3 +267,20 @@ def test_fanout_sends_to_ready_legs_and_returns_the_rest() -> None:
     finally:
         receiver.close()
         sender.close()
+
+
+def test_oversized_payloads_are_dropped_on_the_way_in() -> None:
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from sfu.forwarder import MAX_PAYLOAD, Forwarder
+
+    opus = RTCRtpCodecParameters(
+        mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111
+    )
+    stats = RoomStats()
+    forwarder = Forwarder("t", "p", "audio", None, stats, 0.3)  # type: ignore[arg-type]
+    forwarder.set_codecs([opus])
+    for size in (MAX_PAYLOAD, MAX_PAYLOAD + 1, 4000):
+        data = struct.pack("!BBHII", 0x80, 111, size, 0, 7) + b"\x01" * size
+        forwarder.tap(_fastpath.parse_rtp(data, 0, 0), {111: opus})
+    assert stats.packets_in == 1 and stats.bytes_in == MAX_PAYLOAD
