@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,6 +39,9 @@ class _LiveCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # CPU seconds and resident memory of this process: what an operator's dashboard,
+        # and roundtable-bench against a remote --url, read the server's load from.
+        ProcessCollector(registry=self.registry)
         self.refused_joins = Counter(
             "roundtable_refused_joins",
             "Joins and API calls refused, by reason (the error code).",

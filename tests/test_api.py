@@ -43,6 +43,8 @@ async def test_healthz_and_metrics(server: RunningServer) -> None:
         "roundtable_forwarded_packets_total",
         "roundtable_forwarded_bytes_total",
         "roundtable_refused_joins_total{",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
     ):
         assert name in text, name
 
