@@ -750,12 +750,8 @@ def _drive(coro: Coroutine[Any, Any, None]) -> None:
     are non-blocking sends); a task per RTCP packet would cost more than the handling.
     Should one suspend, it is resumed when what it awaits is done, as a task would.
     """
-    try:
-        awaited = coro.send(None)
-    except StopIteration:
-        return
-    except Exception:
-        log.exception("RTCP handler failed")
+    done, awaited = _step(coro)
+    if done:
         return
     task = asyncio.ensure_future(_finish(coro, awaited))
     _rtcp_in_flight.add(task)
@@ -769,15 +765,22 @@ async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
                 await asyncio.wait([awaited])  # the coroutine reads its outcome itself
             else:
                 await asyncio.sleep(0)  # a bare yield
-            try:
-                awaited = coro.send(None)
-            except StopIteration:
-                return
-            except Exception:
-                log.exception("RTCP handler failed")
+            done, awaited = _step(coro)
+            if done:
                 return
     finally:
         coro.close()
+
+
+def _step(coro: Coroutine[Any, Any, None]) -> tuple[bool, Any]:
+    """Resume ``coro`` once: (whether it is finished, what it awaits now)."""
+    try:
+        return False, coro.send(None)
+    except StopIteration:
+        return True, None
+    except Exception:
+        log.exception("RTCP handler failed")
+        return True, None
 
 
 def _check_c_reader() -> list[str]:

@@ -265,11 +265,7 @@ class Leg:
         """A packet the C fan-out did not send: this leg was not ready, or (``tried``)
         its C send found no route (``False``) or a full socket (the rewritten bytes)."""
         if tried is not None:
-            if tried is False:
-                self._send_without_route(packet, t_in)
-            else:
-                self._queue.append((packet, t_in, tried))  # the socket is full
-                self._wake.set()
+            self._after_c_send(packet, t_in, tried)
             self._refresh()
             return
         self._push(packet, key, t_in)
@@ -287,21 +283,7 @@ class Leg:
         queue = self._queue
         if not queue and not self._sending:
             # Nothing of this leg is waiting: send now, in order, without a task switch.
-            sent = self._fast.send(
-                packet.payload,
-                packet.marker,
-                packet.sequence_number,
-                packet.timestamp,
-                packet.ssrc,
-                t_in,
-            )
-            if sent is None:
-                return
-            if sent is False:
-                self._send_without_route(packet, t_in)
-                return
-            queue.append((packet, t_in, sent))  # the socket is full: wait for it
-            self._wake.set()
+            self._after_c_send(packet, t_in, self._c_send(packet, t_in))
             return
         if len(queue) >= self._limit:
             # This subscriber is not draining: drop what it could not take, rather than
@@ -316,24 +298,35 @@ class Leg:
         queue.append((packet, t_in, None))
         self._wake.set()
 
+    def _c_send(self, packet: RtpPacket, t_in: int) -> Any:
+        return self._fast.send(
+            packet.payload,
+            packet.marker,
+            packet.sequence_number,
+            packet.timestamp,
+            packet.ssrc,
+            t_in,
+        )
+
+    def _after_c_send(self, packet: RtpPacket, t_in: int, sent: Any) -> None:
+        """Act on what the C send returned: ``None`` sent, ``False`` no route, bytes:
+        rewritten, but the socket is full, so it waits in the queue."""
+        if sent is None:
+            return
+        if sent is False:
+            self._send_without_route(packet, t_in)
+            return
+        self._queue.append((packet, t_in, sent))
+        self._wake.set()
+
     def _send_without_route(self, packet: RtpPacket, t_in: int) -> None:
         """The C path has no usable route: find one, or send through aiortc."""
         route = hooks.fast_route(self.sender.transport)
         if route is not None:
             self._fast.set_route(*route)
-            sent = self._fast.send(
-                packet.payload,
-                packet.marker,
-                packet.sequence_number,
-                packet.timestamp,
-                packet.ssrc,
-                t_in,
-            )
-            if sent is None:
-                return
+            sent = self._c_send(packet, t_in)
             if sent is not False:
-                self._queue.append((packet, t_in, sent))
-                self._wake.set()
+                self._after_c_send(packet, t_in, sent)
                 return
         data, _ = self._fast.rewrite(
             packet.payload, packet.marker, packet.sequence_number, packet.timestamp, packet.ssrc
