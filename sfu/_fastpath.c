@@ -879,43 +879,37 @@ static Packet *parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int m
         if (n < pos + xlen)
             return NULL;
         Py_ssize_t i = pos, end = pos + xlen;
-        if (profile == 0xBEDE) {
-            while (i < end) {
-                int id = d[i] >> 4, len = (d[i] & 0x0F) + 1;
-                if (id == 0) { /* padding byte */
-                    i++;
-                    continue;
-                }
-                if (id == 15 || i + 1 + len > end)
-                    break;
-                if (id == abs_id && len == 3)
-                    abs_send_time = d[i + 1] << 16 | d[i + 2] << 8 | d[i + 3];
-                else if (id == mid_id) {
-                    mid = d + i + 1;
-                    mid_len = len;
-                }
-                i += 1 + len;
+        /* as aiortc's unpack_header_extensions: a zero byte is padding, a truncated
+         * element makes the packet malformed; only 0xBEDE and 0x1000 carry elements */
+        while ((profile == 0xBEDE || profile == 0x1000) && i < end) {
+            if (d[i] == 0) {
+                i++;
+                continue;
             }
-        } else if ((profile & 0xFFF0) == 0x1000) {
-            while (i < end) {
-                int id = d[i];
-                if (id == 0) {
-                    i++;
-                    continue;
-                }
+            int id, len;
+            const unsigned char *value;
+            if (profile == 0xBEDE) {
+                id = d[i] >> 4;
+                len = (d[i] & 0x0F) + 1;
+                value = d + i + 1;
+            } else {
                 if (i + 2 > end)
-                    break;
-                int len = d[i + 1];
-                if (i + 2 + len > end)
-                    break;
-                if (id == abs_id && len == 3)
-                    abs_send_time = d[i + 2] << 16 | d[i + 3] << 8 | d[i + 4];
-                else if (id == mid_id && len > 0) {
-                    mid = d + i + 2;
-                    mid_len = len;
-                }
-                i += 2 + len;
+                    return NULL;
+                id = d[i];
+                len = d[i + 1];
+                value = d + i + 2;
             }
+            if (value + len > d + end)
+                return NULL;
+            if (abs_id && id == abs_id) {
+                if (len != 3)
+                    return NULL; /* aiortc cannot read it either */
+                abs_send_time = value[0] << 16 | value[1] << 8 | value[2];
+            } else if (mid_id && id == mid_id) {
+                mid = value;
+                mid_len = len;
+            }
+            i = (value - d) + len;
         }
         pos = end;
     }
@@ -946,7 +940,7 @@ static Packet *parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int m
     if (abs_send_time >= 0)
         p->abs_send_time = PyLong_FromLong(abs_send_time);
     if (mid)
-        p->mid = PyUnicode_DecodeUTF8((const char *)mid, mid_len, "replace");
+        p->mid = PyUnicode_DecodeUTF8((const char *)mid, mid_len, NULL);
     if (!p->payload || (abs_send_time >= 0 && !p->abs_send_time) || (mid && !p->mid)) {
         Py_DECREF(p);
         PyErr_Clear();
