@@ -217,7 +217,7 @@ class Generator:
                             "rtp_expected": (f.rtp_last - f.rtp_first + 1)
                             if f.rtp_first is not None
                             else 0,
-                            "rtp_received": f.rtp_count,
+                            "rtp_received": f.w_packets,
                         }
                     )
             out.append(

@@ -4,8 +4,9 @@ It joins the way the page does (docs/protocol.md): connect with ``auth: {token}`
 for ``welcome``, publish an offer with ack, answer every ``subscribe.offer``. It
 publishes pre-encoded, pre-packetised media through the C send path of
 ``bench.publisher`` (or, with ``aiortc_publisher``, through aiortc's own sender from a
-``bench.media.ReplayTrack``) and measures what it receives without decoding: ``sfu.aiortc_hooks.tap_receiver`` hands it every RTP packet below
-aiortc's decoder and stops the decoder thread.
+``bench.media.ReplayTrack``) and measures what it receives without decoding:
+``sfu.aiortc_hooks.tap_receiver`` stops aiortc's decoder thread and the C reader hands
+every RTP packet straight to the participant, which routes it by SSRC itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.rtp import RtpPacket
+from aiortc.sdp import SessionDescription
 
 from sfu import aiortc_hooks
 
@@ -61,7 +63,6 @@ class Flow:
     rtp_first: int | None = None  # extended RTP sequence numbers
     rtp_last: int = 0
     rtp_last16: int = 0
-    rtp_count: int = 0
 
 
 @dataclass(slots=True)
@@ -71,6 +72,16 @@ class Rx:
     flows: dict[str, Flow] = field(default_factory=dict)  # by subscribe-side mid
     e2e_ns: list[int] = field(default_factory=list)
     first_media_ns: int | None = None
+
+
+def offered_ssrcs(sdp: str) -> dict[int, str]:
+    """SSRC → mid of every media section of an offer (its ``a=ssrc`` lines)."""
+    return {
+        ssrc.ssrc: media.rtp.muxId
+        for media in SessionDescription.parse(sdp).media
+        if media.rtp.muxId
+        for ssrc in media.ssrc
+    }
 
 
 class SyntheticParticipant:
@@ -103,6 +114,11 @@ class SyntheticParticipant:
         self.errors: list[str] = []
         self.join_started_ns = 0
         self.mid_owner: dict[str, tuple[str, str]] = {}
+        # what on_rtp routes by: SSRCs from the subscribe offers, and each SSRC's flow
+        # (forgotten at every offer: a mid may have passed to another publisher)
+        self._ssrc_mid: dict[int, str] = {}
+        self._by_ssrc: dict[int, Flow] = {}
+        self._on_rtp = self._make_on_rtp()
         self._sub_lock = asyncio.Lock()
         self._welcome = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -189,6 +205,8 @@ class SyntheticParticipant:
                     self.sub.on("track", self._on_track)
                 for t in data.get("tracks", []):
                     self.mid_owner[t["mid"]] = (t["participant"], t["kind"])
+                self._ssrc_mid.update(offered_ssrcs(data["sdp"]))
+                self._by_ssrc.clear()
                 await self.sub.setRemoteDescription(
                     RTCSessionDescription(sdp=data["sdp"], type="offer")
                 )
@@ -215,27 +233,48 @@ class SyntheticParticipant:
         # Count and timestamp only (account=False): no REMB, RTCP statistics or NACKs
         # from synthetic subscribers, so the generator stays cheap and an overloaded
         # generator does not make the server retransmit what it merely read late.
-        aiortc_hooks.tap_receiver(
-            transceiver.receiver, self._make_tap(transceiver), lambda codecs: None, account=False
-        )
+        aiortc_hooks.tap_receiver(transceiver.receiver, self._tap, self._read_in_c, account=False)
 
-    def _make_tap(self, transceiver: Any):
-        rx, window, owners = self.rx, self.window, self.mid_owner
+    def _read_in_c(self, codecs: list[Any]) -> None:
+        # The receiver has just started the C reader on the connection: have it hand
+        # every RTP packet to on_rtp, which routes by SSRC itself, rather than through
+        # aiortc's router and the receiver's handler to _tap (two Python calls fewer).
+        assert self.sub is not None
+        aiortc_hooks.read_in_c(self.sub, on_rtp=self._on_rtp)
+
+    def _tap(self, packet: Any, codecs: dict[int, Any]) -> None:
+        # Only where the C reader could not be installed: aiortc routed the packet.
+        packet.arrival_ns = aiortc_hooks.arrival_ns(packet)
+        self._on_rtp(packet, 0)
+
+    def _learn(self, packet: Any) -> Flow | None:
+        """The flow of a packet from an SSRC not seen since the last offer, if known."""
+        mid = self._ssrc_mid.get(packet.ssrc) or packet.extensions.mid
+        owner = self.mid_owner.get(mid) if mid else None
+        if owner is None:
+            return None
+        flows = self.rx.flows
+        flow = flows.get(mid)
+        if flow is None or flow.publisher != owner[0]:
+            flow = flows[mid] = Flow(owner[0], owner[1])
+        self._by_ssrc[packet.ssrc] = flow
+        if self.rx.first_media_ns is None:
+            self.rx.first_media_ns = packet.arrival_ns
+        return flow
+
+    def _make_on_rtp(self) -> Callable[[Any, int], None]:
+        """Per received packet: count it, extend its sequence number and, on a frame's
+        last packet only, read the trailer. Everything it touches is bound here."""
+        by_ssrc, learn, window = self._by_ssrc, self._learn, self.window
+        e2e = self.rx.e2e_ns
         trailer_size = TRAILER.size
-        flows = rx.flows
-        e2e = rx.e2e_ns
 
-        def tap(packet: RtpPacket, codecs: dict[int, Any]) -> None:
-            now = time.monotonic_ns()
-            mid = transceiver.mid
-            flow = flows.get(mid)
-            owner = owners.get(mid)
-            if owner is None:
-                return
-            if flow is None or flow.publisher != owner[0]:
-                flow = flows[mid] = Flow(owner[0], owner[1])
-            if rx.first_media_ns is None:
-                rx.first_media_ns = now
+        def on_rtp(packet: Any, arrival_time_ms: int) -> None:
+            flow = by_ssrc.get(packet.ssrc)
+            if flow is None:
+                flow = learn(packet)
+                if flow is None:
+                    return
             flow.packets += 1
             if not window.active:
                 return
@@ -251,21 +290,20 @@ class SyntheticParticipant:
                 if delta < 0x8000:
                     flow.rtp_last += delta
                     flow.rtp_last16 = seq
-            flow.rtp_count += 1
             if packet.marker:
                 flow.markers += 1
-            if packet.marker and len(payload) >= trailer_size:
-                found = read_trailer(payload)
-                if found is not None:
-                    _, fseq, sent = found
-                    e2e.append(now - sent)
-                    flow.frames += 1
-                    if flow.first_seq is None or fseq < flow.first_seq:
-                        flow.first_seq = fseq
-                    if fseq > flow.last_seq:
-                        flow.last_seq = fseq
+                if len(payload) >= trailer_size:
+                    found = read_trailer(payload)
+                    if found is not None:
+                        _, fseq, sent = found
+                        e2e.append(packet.arrival_ns - sent)
+                        flow.frames += 1
+                        if flow.first_seq is None or fseq < flow.first_seq:
+                            flow.first_seq = fseq
+                        if fseq > flow.last_seq:
+                            flow.last_seq = fseq
 
-        return tap
+        return on_rtp
 
     def received_from(self) -> set[str]:
         """Publishers this participant received at least one packet from."""

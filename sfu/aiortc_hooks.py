@@ -642,6 +642,7 @@ def _check_fast_route() -> list[str]:
 # -- the C receive path (sfu._fastpath.Reader) ----------------------------------------
 
 _C_READER = "_roundtable_reader"  # the sfu._fastpath.Reader reading a StunProtocol's socket
+_ON_RTP = "_roundtable_on_rtp"  # a DTLS transport's own RTP handler, given to read_in_c
 
 
 def _install_c_reader(dtls: RTCDtlsTransport) -> None:
@@ -703,6 +704,7 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
     def on_rtcp(data: bytes) -> None:
         _drive(dtls._handle_rtcp_data(data))
 
+    rtp_handler = getattr(dtls, _ON_RTP, None) or on_rtp
     for protocol in list(connection._protocols):
         udp = protocol.transport
         sock = getattr(udp, "_sock", None)
@@ -724,22 +726,29 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
             session,
             dtls,
             State.CONNECTED,
-            on_rtp,
+            rtp_handler,
             on_rtcp,
             ids.abs_send_time or 0,
             ids.mid or 0,
         )
 
 
-def read_in_c(pc: Any) -> None:
+def read_in_c(pc: Any, on_rtp: Callable[[Any, int], None] | None = None) -> None:
     """Read a connected peer connection's sockets in C (:func:`_install_c_reader`).
 
     For the SFU's send-only subscribe connections, where only RTCP arrives (receiver
     reports, NACKs, PLIs, REMB); publish connections get it from ``tap_receiver``.
+    With ``on_rtp(packet, arrival_time_ms)`` (the load generator's subscribers, which
+    only count), every RTP packet of the connection's transports goes straight there
+    instead of through aiortc's router to a receiver's handler; it stays with the
+    transport, so receivers started later keep it. RTCP is handled as without it.
+    ``on_rtp`` must not raise: an exception ends the reader's batch and reaches asyncio.
     """
     for transceiver in pc.getTransceivers():
         dtls = transceiver.sender.transport
         if dtls is not None:
+            if on_rtp is not None:
+                setattr(dtls, _ON_RTP, on_rtp)
             _install_c_reader(dtls)
 
 
