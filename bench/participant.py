@@ -158,6 +158,7 @@ class SyntheticParticipant:
 
     async def _publish(self) -> None:
         self.pub = RTCPeerConnection(CLIENT_CONFIG)
+        self.pub.on("connectionstatechange", self._publish_state)
         kinds = [("audio", self.media.audio)]
         if not self.audio_only and self.media.video:
             kinds.append(("video", self.media.video))
@@ -190,6 +191,13 @@ class SyntheticParticipant:
         await self.pub.setRemoteDescription(RTCSessionDescription(sdp=ack["sdp"], type="answer"))
         for publisher, transceiver in paced:
             publisher.start(transceiver)
+
+    def _publish_state(self) -> None:
+        # Only RTCP arrives on the publish connection (receiver reports, REMB, PLI,
+        # NACK): read it in C like the SFU's send-only connections, not through
+        # asyncio's one-datagram reads, aioice's queue and the DTLS transport's task.
+        if self.pub is not None and self.pub.connectionState == "connected":
+            aiortc_hooks.read_in_c(self.pub)
 
     async def _on_offer(self, data: dict[str, Any]) -> None:
         # Answer in a task: an event handler must not hold up the client's reader.
