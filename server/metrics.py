@@ -13,7 +13,15 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-_FIELDS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "dropped", "keyframe_requests")
+_FIELDS = (
+    "packets_in",
+    "bytes_in",
+    "packets_out",
+    "bytes_out",
+    "dropped",
+    "send_errors",
+    "keyframe_requests",
+)
 
 
 class MediaStatsCollector(Collector):
@@ -41,7 +49,8 @@ class MediaStatsCollector(Collector):
             ("bytes_in", "RTP payload bytes received from publishers."),
             ("packets_out", "RTP packets forwarded to subscribers."),
             ("bytes_out", "RTP payload bytes forwarded to subscribers."),
-            ("dropped", "Packets dropped for slow subscribers."),
+            ("dropped", "Packets dropped for slow subscribers (and late ones after a restart)."),
+            ("send_errors", "Packets the SFU failed to protect or send."),
             ("keyframe_requests", "Key-frame requests relayed to publishers."),
         ):
             metric_name = {

@@ -722,11 +722,18 @@ static int rate_control_update(Estimator *s, int bandwidth_usage, int has_throug
 
 /* ---- RemoteBitrateEstimator ---------------------------------------------- */
 
+/* A publisher can send under any number of SSRCs; aiortc keeps them all in a dict. The
+ * REMB lists the first MAX_SSRCS only (a real track uses one or two: media and RTX), so
+ * this linear scan stays short whatever a peer sends. */
+#define MAX_SSRCS 32
+
 static int note_ssrc(Estimator *s, int64_t ssrc, PyObject *obj)
 {
     for (Py_ssize_t i = 0; i < s->n_ssrcs; i++)
         if (s->ssrc_values[i] == ssrc)
             return 0;
+    if (s->n_ssrcs >= MAX_SSRCS)
+        return 0;
     if (s->n_ssrcs == s->ssrc_capacity) {
         Py_ssize_t capacity = s->ssrc_capacity ? 2 * s->ssrc_capacity : 4;
         int64_t *values = PyMem_Realloc(s->ssrc_values, capacity * sizeof(int64_t));

@@ -40,7 +40,7 @@
 
 typedef int (*srtp_fn)(void *ctx, void *hdr, int *len);
 
-static PyObject *str_state, *str_fileno;
+static PyObject *str_state, *str_fileno, *str_buffer_size;
 
 static inline int64_t mono_ns(void)
 {
@@ -227,6 +227,11 @@ typedef struct {
     uint16_t last_out_seq;
     uint32_t last_out_ts;
     int64_t last_out_time_ns; /* 0: never */
+    /* The first output sequence number after the last rebase: a late packet (reordered,
+     * or a repair) that would map below it would reuse a number, and an SRTP index,
+     * already sent before the rebase, so it is dropped instead. */
+    uint16_t floor;
+    unsigned long long stale;
     PyObject *history[HISTORY];
     /* route: where and how to send */
     int routed;
@@ -234,6 +239,7 @@ typedef struct {
     srtp_fn protect;
     PyObject *session; /* keeps srtp_ctx alive */
     PyObject *sock;
+    PyObject *transport; /* asyncio's datagram transport on sock, or NULL */
     PyObject *dtls;
     PyObject *connected; /* the State the DTLS transport must be in */
     struct sockaddr_storage addr;
@@ -252,6 +258,7 @@ static void Leg_clear_route_(Leg *self)
     self->protect = NULL;
     Py_CLEAR(self->session);
     Py_CLEAR(self->sock);
+    Py_CLEAR(self->transport);
     Py_CLEAR(self->dtls);
     Py_CLEAR(self->connected);
 }
@@ -261,6 +268,7 @@ static int Leg_traverse(Leg *self, visitproc visit, void *arg)
     Py_VISIT(self->meter);
     Py_VISIT(self->session);
     Py_VISIT(self->sock);
+    Py_VISIT(self->transport);
     Py_VISIT(self->dtls);
     Py_VISIT(self->connected);
     return 0;
@@ -292,6 +300,7 @@ static int Leg_init(Leg *self, PyObject *args, PyObject *kwds)
     Py_INCREF(meter);
     Py_XSETREF(self->meter, (Meter *)meter);
     self->last_out_seq = (uint16_t)seq;
+    self->floor = (uint16_t)(seq + 1);
     self->last_out_ts = (uint32_t)ts;
     self->last_out_time_ns = 0;
     self->rebase = 1;
@@ -338,13 +347,15 @@ static PyObject *Leg_rebase(Leg *self, PyObject *unused)
 
 static PyObject *Leg_set_route(Leg *self, PyObject *args)
 {
-    /* set_route(srtp_ctx, protect_fn, session, sock, host, port, dtls, connected) */
+    /* set_route(srtp_ctx, protect_fn, session, sock, host, port, dtls, connected[,
+     *           transport]): transport is asyncio's on sock, whose pending writes a send
+     *           must not overtake */
     unsigned long long ctx, fn;
-    PyObject *session, *sock, *dtls, *connected;
+    PyObject *session, *sock, *dtls, *connected, *transport = NULL;
     const char *host;
     int port;
-    if (!PyArg_ParseTuple(args, "KKOOsiOO", &ctx, &fn, &session, &sock, &host, &port, &dtls,
-                          &connected))
+    if (!PyArg_ParseTuple(args, "KKOOsiOO|O", &ctx, &fn, &session, &sock, &host, &port, &dtls,
+                          &connected, &transport))
         return NULL;
     if (!ctx || !fn || port <= 0 || port > 65535) {
         PyErr_SetString(PyExc_ValueError, "incomplete route");
@@ -374,6 +385,10 @@ static PyObject *Leg_set_route(Leg *self, PyObject *args)
     self->session = session;
     Py_INCREF(sock);
     self->sock = sock;
+    if (transport && transport != Py_None) {
+        Py_INCREF(transport);
+        self->transport = transport;
+    }
     Py_INCREF(dtls);
     self->dtls = dtls;
     Py_INCREF(connected);
@@ -388,6 +403,26 @@ static PyObject *Leg_clear_route(Leg *self, PyObject *unused)
 {
     Leg_clear_route_(self);
     Py_RETURN_NONE;
+}
+
+/* Whether asyncio's transport for the route still buffers earlier writes (RTCP, queued
+ * packets): a direct send would overtake them. Unknown counts as buffered. */
+static int Leg_buffered(Leg *self)
+{
+    if (!self->transport)
+        return 0;
+    PyObject *size = PyObject_GetAttr(self->transport, str_buffer_size);
+    if (!size) {
+        PyErr_Clear();
+        return 1;
+    }
+    int buffered = PyObject_IsTrue(size);
+    Py_DECREF(size);
+    if (buffered < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    return buffered;
 }
 
 /* The socket's fd while the route is usable, else -1 (and the route is dropped). */
@@ -423,7 +458,8 @@ static int Leg_route_fd(Leg *self)
     return (int)fd;
 }
 
-/* Rewrite into self->buf; returns the packet length, or -1 with an exception set. */
+/* Rewrite into self->buf; returns the packet length, 0 for a packet to drop (stale), or
+ * -1 with an exception set. */
 static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uint32_t seq,
                                    uint32_t ts, uint32_t ssrc, uint32_t *out_ts_p)
 {
@@ -453,14 +489,21 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
             self->have_in_ssrc = 1;
         }
         self->seq_off = (uint16_t)(self->last_out_seq + 1 - seq);
+        self->floor = (uint16_t)(self->last_out_seq + 1);
         self->rebase = 0;
     }
     uint16_t out_seq = (uint16_t)(seq + self->seq_off);
     uint32_t out_ts = ts + self->ts_off;
+    if ((int16_t)(uint16_t)(out_seq - self->floor) < 0) {
+        self->stale++;
+        return 0; /* older than the rebase point: its number may already be taken */
+    }
     if ((uint16_t)(out_seq - self->last_out_seq) < 0x8000) { /* newer than the last sent */
         self->last_out_seq = out_seq;
         self->last_out_ts = out_ts;
         self->last_out_time_ns = now;
+        if ((uint16_t)(out_seq - self->floor) > 0x4000) /* keep the comparison in range */
+            self->floor = (uint16_t)(out_seq - 0x4000);
     }
     unsigned char *b = self->buf;
     b[0] = self->first_byte;
@@ -519,7 +562,8 @@ static PyObject *Leg_remember(Leg *self, Py_ssize_t len)
 
 static PyObject *Leg_rewrite(Leg *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    /* rewrite(payload, marker, seq, ts, ssrc) -> (packet, out_ts) without sending. */
+    /* rewrite(payload, marker, seq, ts, ssrc) -> (packet, out_ts) without sending, or
+     * None for a packet older than the last rebase (drop it). */
     int marker;
     uint32_t seq, ts, ssrc, out_ts;
     if (parse_packet_args(args, nargs, 5, &marker, &seq, &ts, &ssrc) < 0)
@@ -527,6 +571,8 @@ static PyObject *Leg_rewrite(Leg *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t len = Leg_rewrite_into(self, args[0], marker, seq, ts, ssrc, &out_ts);
     if (len < 0)
         return NULL;
+    if (len == 0)
+        Py_RETURN_NONE;
     PyObject *data = Leg_remember(self, len);
     if (!data)
         return NULL;
@@ -538,7 +584,7 @@ static PyObject *leg_send(Leg *self, PyObject *payload, int marker, uint32_t seq
                           uint32_t ssrc, long long t_in)
 {
     uint32_t out_ts;
-    if (!self->configured)
+    if (!self->configured || !self->meter)
         Py_RETURN_FALSE;
     int fd = Leg_route_fd(self);
     if (fd < 0)
@@ -546,9 +592,14 @@ static PyObject *leg_send(Leg *self, PyObject *payload, int marker, uint32_t seq
     Py_ssize_t len = Leg_rewrite_into(self, payload, marker, seq, ts, ssrc, &out_ts);
     if (len < 0)
         return NULL;
-    PyObject *data = Leg_remember(self, len);
+    if (len == 0)
+        Py_RETURN_NONE; /* stale: dropped */
+    PyObject *data = Leg_remember(self, len); /* may run the GC, hence Python code */
     if (!data)
         return NULL;
+    if (!self->routed || Leg_buffered(self))
+        return data; /* the route went, or asyncio holds earlier writes: queue behind */
+    /* no Python code runs from here to the end: the route stays as checked */
     int plen = (int)len;
     if (self->protect(self->srtp_ctx, self->buf, &plen) != 0) {
         self->errors++;
@@ -559,7 +610,7 @@ static PyObject *leg_send(Leg *self, PyObject *payload, int marker, uint32_t seq
                        (struct sockaddr *)&self->addr, self->addrlen);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
-            return data; /* Python queues it; the re-protect of this index is allowed */
+            return data; /* Python queues it (aiortc's tx session allows the re-protect) */
         self->errors++;
         Py_DECREF(data);
         Py_RETURN_NONE;
@@ -675,13 +726,16 @@ static PyObject *Leg_history(Leg *self, PyObject *arg)
 
 static PyObject *Leg_take_counters(Leg *self, PyObject *unused)
 {
-    /* take_counters() -> (packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors)
-     * sent by this path since the last call; ntp/rtp_ts are those of the last packet. */
-    PyObject *out = Py_BuildValue("(KKKIKKK)", self->sr_packets, self->sr_octets,
+    /* take_counters() -> (packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors,
+     * stale) since the last call: sent by this path (ntp/rtp_ts of the last packet),
+     * failed sends, and late packets dropped at a rebase point. */
+    PyObject *out = Py_BuildValue("(KKKIKKKK)", self->sr_packets, self->sr_octets,
                                   (unsigned long long)self->sr_ntp, self->sr_rtp_ts,
-                                  self->tx_packets, self->tx_bytes, self->errors);
+                                  self->tx_packets, self->tx_bytes, self->errors, self->stale);
+    if (!out)
+        return NULL;
     self->sr_packets = self->sr_octets = self->tx_packets = self->tx_bytes = 0;
-    self->errors = 0;
+    self->errors = self->stale = 0;
     return out;
 }
 
@@ -1147,6 +1201,10 @@ static PyObject *Reader_drain(Reader *self);
 static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds)
 {
     /* The event loop's read callback: up to BATCH datagrams, then back to the loop. */
+    if (!self->datagram_received || !self->error_received) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader was not initialised");
+        return NULL;
+    }
     self->wakeups++;
     unsigned long long packets = self->rx_packets, bytes = self->rx_bytes;
     PyObject *dtls = self->dtls;
@@ -1213,7 +1271,7 @@ static PyObject *Reader_drain(Reader *self)
         self->rx_packets++;
         self->rx_bytes += (unsigned long long)n;
         int len = (int)n;
-        if (b1 > 191 && b1 < 224) { /* SRTCP */
+        if (b1 > 191 && b1 < 209) { /* SRTCP, by aiortc's is_rtcp */
             if (self->unprotect_rtcp(self->srtp_ctx, recv_buf, &len) != 0)
                 continue;
             PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, len);
@@ -1317,10 +1375,11 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         return NULL;
     str_state = PyUnicode_InternFromString("_state");
     str_fileno = PyUnicode_InternFromString("fileno");
+    str_buffer_size = PyUnicode_InternFromString("_buffer_size");
     /* aiortc 1.16's RTCDtlsTransport counters (checked by sfu.aiortc_hooks) */
     str_rx_packets = PyUnicode_InternFromString("_RTCDtlsTransport__rx_packets");
     str_rx_bytes = PyUnicode_InternFromString("_RTCDtlsTransport__rx_bytes");
-    if (!str_state || !str_fileno || !str_rx_packets || !str_rx_bytes)
+    if (!str_state || !str_fileno || !str_buffer_size || !str_rx_packets || !str_rx_bytes)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (!m)

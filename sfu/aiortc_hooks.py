@@ -375,9 +375,10 @@ def _bitrate_estimator() -> _bwe.RemoteBitrateEstimator:
     return _bwe.RemoteBitrateEstimator()
 
 
-# RTCP sends that had to go through aiortc's coroutines (unusual transports); held here
-# until done so none is collected mid-flight. Each is one non-blocking send.
-_rtcp_in_flight: set[asyncio.Future[None]] = set()
+# Tasks for work that had to go through aiortc's coroutines (an RTCP send on an unusual
+# transport, a packet for a receiver that decodes, an RTCP handler that suspended); held
+# here until done so none is collected mid-flight.
+_in_flight: set[asyncio.Future[None]] = set()
 
 
 def _send_rtcp(receiver: RTCRtpReceiver, packet: Any) -> None:
@@ -387,8 +388,8 @@ def _send_rtcp(receiver: RTCRtpReceiver, packet: Any) -> None:
     except ConnectionError:
         return
     task = asyncio.ensure_future(receiver._send_rtcp(packet))
-    _rtcp_in_flight.add(task)
-    task.add_done_callback(_rtcp_in_flight.discard)
+    _in_flight.add(task)
+    task.add_done_callback(_in_flight.discard)
 
 
 def _install_fast_receive(dtls: RTCDtlsTransport) -> None:
@@ -436,13 +437,12 @@ def _install_fast_receive(dtls: RTCDtlsTransport) -> None:
                 try:
                     handle(packet, arrival_time_ms)
                 except Exception:
-                    # Never let one packet's failure reach asyncio, which would close
-                    # the socket; aiortc's own task logs and carries on the same way.
+                    # Log and carry on with the next packet, as aiortc's own task does.
                     log.exception("RTP handler failed")
                 return
             task = asyncio.ensure_future(receiver._handle_rtp_packet(packet, arrival_time_ms))
-            _rtcp_in_flight.add(task)
-            task.add_done_callback(_rtcp_in_flight.discard)
+            _in_flight.add(task)
+            task.add_done_callback(_in_flight.discard)
             return
         queued(data, component)
 
@@ -585,12 +585,15 @@ _SRTP_UNPROTECT_RTCP = int(
 def fast_route(dtls: RTCDtlsTransport) -> tuple[Any, ...] | None:
     """What ``sfu._fastpath.Leg.set_route`` needs to send on ``dtls`` by itself.
 
-    ``(srtp_ctx, srtp_protect, session, socket, host, port, dtls, State.CONNECTED)``:
-    the libsrtp context of aiortc's own tx session (so SRTP indexes and keys stay
-    aiortc's), the function that protects with it, the UDP socket and remote address of
-    the nominated ICE pair. ``None`` unless the transport is connected over the chain
-    :func:`_send_now` knows (a host pair through aioice's own ``Connection.send``).
-    The C side re-checks the DTLS state and that the socket is open before each send.
+    ``(srtp_ctx, srtp_protect, session, socket, host, port, dtls, State.CONNECTED,
+    transport)``: the libsrtp context of aiortc's own tx session (so SRTP indexes and
+    keys stay aiortc's), the function that protects with it, the UDP socket and remote
+    address of the nominated ICE pair, and asyncio's transport on that socket. ``None``
+    unless the transport is connected over the chain :func:`_send_now` knows (a host
+    pair through aioice's own ``Connection.send``). Before each send the C side checks
+    that the DTLS transport is still connected, that the socket is open, and that
+    asyncio holds no earlier writes to it; a caller compares a fresh route with the one
+    it set now and then (the nominated pair or BUNDLE transport could change).
     """
     if dtls._state is not State.CONNECTED or dtls._tx_srtp is None:
         return None
@@ -607,13 +610,13 @@ def fast_route(dtls: RTCDtlsTransport) -> tuple[Any, ...] | None:
     session = dtls._tx_srtp
     ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
     host, port = pair.remote_addr[:2]
-    return (ctx, _SRTP_PROTECT, session, sock, host, port, dtls, State.CONNECTED)
+    return (ctx, _SRTP_PROTECT, session, sock, host, port, dtls, State.CONNECTED, udp)
 
 
 def account_sent(sender: RTCRtpSender, counters: tuple[int, ...]) -> None:
     """Fold what the C path sent (``Leg.take_counters()``) into aiortc's own counters,
     so RTCP sender reports and getStats stay true."""
-    packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, _errors = counters
+    packets, octets, ntp, rtp_ts, tx_packets, tx_bytes = counters[:6]
     if packets:
         d = sender.__dict__
         d[_SENDER_NTP] = ntp
@@ -629,6 +632,15 @@ def account_sent(sender: RTCRtpSender, counters: tuple[int, ...]) -> None:
 
 def _check_fast_route() -> list[str]:
     problems = []
+    # A packet the C path rewrote and protected, but could not send (full socket), is
+    # protected again by pylibsrtp when the queue drains: the tx policy must allow it.
+    if "allow_repeat_tx" not in RTCDtlsTransport._setup_srtp.__code__.co_names:
+        problems.append("aiortc RTCDtlsTransport._setup_srtp allow_repeat_tx")
+    if (
+        "_buffer_size"
+        not in asyncio.selector_events._SelectorDatagramTransport.__init__.__code__.co_names
+    ):
+        problems.append("asyncio _SelectorDatagramTransport._buffer_size")
     if "_sock" not in asyncio.selector_events._SelectorTransport.__init__.__code__.co_names:
         problems.append("asyncio _SelectorTransport._sock")
     if not _init_assigns(pylibsrtp.Session, "_srtp"):
@@ -691,14 +703,14 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
             rtp.extensions.abs_send_time = packet.abs_send_time
             rtp.extensions.mid = packet.mid
             task = asyncio.ensure_future(receiver._handle_rtp_packet(rtp, arrival_time_ms))
-            _rtcp_in_flight.add(task)
-            task.add_done_callback(_rtcp_in_flight.discard)
+            _in_flight.add(task)
+            task.add_done_callback(_in_flight.discard)
             return
         try:
             handle(packet, arrival_time_ms)
         except Exception:
-            # Never let one packet's failure reach asyncio, which would close the
-            # socket; aiortc's own task logs and carries on the same way.
+            # One packet's failure must not end the batch the reader is draining;
+            # aiortc's own task logs and carries on the same way.
             log.exception("RTP handler failed")
 
     def on_rtcp(data: bytes) -> None:
@@ -763,8 +775,8 @@ def _drive(coro: Coroutine[Any, Any, None]) -> None:
     if done:
         return
     task = asyncio.ensure_future(_finish(coro, awaited))
-    _rtcp_in_flight.add(task)
-    task.add_done_callback(_rtcp_in_flight.discard)
+    _in_flight.add(task)
+    task.add_done_callback(_in_flight.discard)
 
 
 async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:

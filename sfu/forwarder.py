@@ -202,6 +202,7 @@ class Leg:
         self._configured = False
         self._ssrc = self.sender._ssrc
         self._fast = _fastpath.Leg(stats.meter, random.randint(0, 0x7FFF), random.getrandbits(32))
+        self._route: tuple[Any, ...] | None = None  # what the C half was last pointed at
         hooks.take_over_sender(self.sender, self.on_keyframe_request, self.retransmit)
 
     # -- wiring ----------------------------------------------------------------------
@@ -228,7 +229,7 @@ class Leg:
         self._fast.rebase()
         source.add_leg(self)
         self._refresh()
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         source.request_keyframe()
 
@@ -324,13 +325,17 @@ class Leg:
         route = hooks.fast_route(self.sender.transport)
         if route is not None:
             self._fast.set_route(*route)
+            self._route = route
             sent = self._c_send(packet, t_in)
             if sent is not False:
                 self._after_c_send(packet, t_in, sent)
                 return
-        data, _ = self._fast.rewrite(
+        rewritten = self._fast.rewrite(
             packet.payload, packet.marker, packet.sequence_number, packet.timestamp, packet.ssrc
         )
+        if rewritten is None:
+            return  # older than the last rebase point: its number may be taken
+        data = rewritten[0]
         try:
             sent_now = hooks.send_rtp_now(self.sender, data)
         except ConnectionError:
@@ -351,8 +356,18 @@ class Leg:
         hooks.update_sender_report(self.sender, int.from_bytes(data[4:8]), payload_len)
 
     def sync(self) -> None:
-        """Fold what the C path sent into aiortc's counters (RTCP SR, getStats)."""
-        hooks.account_sent(self.sender, self._fast.take_counters())
+        """Fold what the C path sent into aiortc's counters (RTCP SR, getStats) and the
+        room's; drop the C route if it is no longer what aiortc would use, or if every
+        send since the last sync failed (the next packet looks it up again)."""
+        counters = self._fast.take_counters()
+        hooks.account_sent(self.sender, counters)
+        packets, errors, stale = counters[0], counters[6], counters[7]
+        self._stats.send_errors += errors
+        self._stats.dropped += stale
+        if self._fast.routed and (
+            (errors and not packets) or hooks.fast_route(self.sender.transport) != self._route
+        ):
+            self._fast.clear_route()
 
     async def _run(self) -> None:
         """Drains what could not be sent at once (a backed-up socket)."""
@@ -365,20 +380,22 @@ class Leg:
                 packet, t_in, prepared = queue.popleft()
                 if not self._configured:
                     continue
-                # Rewritten when sent, so packets dropped from the queue leave no gap.
-                data = (
-                    prepared
-                    or self._fast.rewrite(
+                # Packets queued unrewritten are rewritten when sent, so packets dropped
+                # from the queue leave no gap; the C path queues what it already wrote.
+                if prepared is None:
+                    rewritten = self._fast.rewrite(
                         packet.payload,
                         packet.marker,
                         packet.sequence_number,
                         packet.timestamp,
                         packet.ssrc,
-                    )[0]
-                )
+                    )
+                    if rewritten is None:
+                        continue  # older than the last rebase point
+                    prepared = rewritten[0]
                 self._sending = True
                 try:
-                    await hooks.send_rtp(self.sender, data)
+                    await hooks.send_rtp(self.sender, prepared)
                 except ConnectionError:
                     # Not connected yet (or gone): what reaches the subscriber later
                     # must start at a key frame again.
@@ -386,9 +403,12 @@ class Leg:
                     self._fast.rebase()
                     queue.clear()
                     break
+                except Exception:
+                    log.exception("leg %s: send failed", self.track_id)
+                    continue  # this packet is lost; the leg goes on
                 finally:
                     self._sending = False
-                self._sent(data, len(packet.payload), t_in)
+                self._sent(prepared, len(packet.payload), t_in)
 
     # -- feedback from the subscriber -----------------------------------------------
 

@@ -81,6 +81,7 @@ class RoomStats:
     packets_in: int = 0
     bytes_in: int = 0
     dropped: int = 0
+    send_errors: int = 0
     keyframe_requests: int = 0
     meter: Meter = field(default_factory=lambda: Meter(LATENCY_BUCKETS_NS))
     latency: LatencyHistogram = field(init=False)

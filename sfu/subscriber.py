@@ -137,7 +137,10 @@ class Subscriber:
 
     def _connection_state(self, pc: RTCPeerConnection) -> None:
         if pc.connectionState == "connected":
-            hooks.read_in_c(pc)
+            try:
+                hooks.read_in_c(pc)
+            except Exception:  # aiortc's own read path stays in place
+                log.exception("subscriber %s: reading in C failed", self.pid)
         self._on_state(pc.connectionState)
 
     async def _sync_legs(self) -> None:

@@ -45,6 +45,22 @@ def test_rebase_hides_our_own_drops() -> None:
     assert header(leg.rewrite(b"x", False, 60, 0, 1)[0])[2] == 1002
 
 
+def test_a_late_packet_never_reuses_a_number_sent_before_a_rebase() -> None:
+    # Reusing an output sequence number would reuse its SRTP index (same keystream,
+    # other plaintext) and hand a NACK the wrong packet.
+    leg, _ = make_leg(seq=1000)
+    assert header(leg.rewrite(b"a", False, 50, 0, 1)[0])[2] == 1001
+    leg.rebase()
+    assert header(leg.rewrite(b"b", False, 60, 0, 1)[0])[2] == 1002
+    assert leg.rewrite(b"late", False, 59, 0, 1) is None  # would be 1001 again: dropped
+    assert leg.history(1001)[12:] == b"a"
+    assert header(leg.rewrite(b"c", False, 62, 0, 1)[0])[2] == 1004  # a gap stays a gap
+    assert header(leg.rewrite(b"d", False, 61, 0, 1)[0])[2] == 1003  # reordering after it too
+    assert leg.take_counters()[7] == 1
+    for seq in range(63, 63 + 70_000):  # the rule holds across wraparounds
+        assert leg.rewrite(b"x", False, seq & 0xFFFF, 0, 1) is not None
+
+
 def test_new_source_continues_timestamps_and_wraps() -> None:
     leg, _ = make_leg(seq=0xFFFF, ts=0xFFFFFFF0)
     data, ts1 = leg.rewrite(b"x", True, 7, 100, 1)
@@ -97,17 +113,36 @@ def test_send_protects_with_the_given_session_and_counts() -> None:
         assert plain == leg.history(header(plain)[2])
         assert stats.packets_out == 1 and stats.bytes_out == len(plain)
         assert stats.latency.n == 1 and stats.latency.counts[-1] == 0
-        packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors = leg.take_counters()
-        assert (packets, octets, rtp_ts, tx_packets, errors) == (1, 5, header(plain)[3], 1, 0)
+        packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors, stale = leg.take_counters()
+        assert (packets, octets, rtp_ts, tx_packets, errors, stale) == (
+            1,
+            5,
+            header(plain)[3],
+            1,
+            0,
+            0,
+        )
         assert tx_bytes == len(plain) + 10 and ntp >> 32 > 3_900_000_000
         assert leg.take_counters()[0] == 0
 
         dtls._state = "closed"  # the transport went away: the route is dropped
         assert leg.send(b"x", False, 11, 900, 7, 0) is False
         assert not leg.routed
-        leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, dtls, "closed")
-        sender.close()  # a closed socket is never written to, even if its fd is reused
-        assert leg.send(b"x", False, 12, 900, 7, 0) is False
+
+        class Transport:  # asyncio's, on the socket: it may hold earlier writes
+            _buffer_size = 1
+
+        dtls._state = "connected"
+        leg.set_route(
+            ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, dtls, "connected", Transport()
+        )
+        queued = leg.send(b"late", False, 12, 900, 7, 0)  # must not overtake them: queue it
+        assert isinstance(queued, bytes) and queued[12:] == b"late"
+        Transport._buffer_size = 0
+        assert leg.send(b"x", False, 13, 900, 7, 0) is None
+        assert rx.unprotect(receiver.recv(2048))[12:] == b"x"
+        sender.close()  # a closed socket (fileno -1) is never written to
+        assert leg.send(b"x", False, 14, 900, 7, 0) is False
     finally:
         receiver.close()
         sender.close()
@@ -339,3 +374,12 @@ def test_parse_rtp_agrees_with_aiortc_on_random_and_mangled_packets() -> None:
         assert got.mid == want.extensions.mid, data.hex()
         agreed += 1
     assert agreed > 10_000
+
+
+def test_objects_created_without_init_refuse_instead_of_crashing() -> None:
+    leg = _fastpath.Leg.__new__(_fastpath.Leg)
+    leg.configure(96, 1, 90000, b"")
+    assert leg.send(b"x", False, 1, 1, 1, 0) is False
+    assert _fastpath.fanout([leg], b"x", False, 1, 1, 1, 0) == [(0, None)]
+    with pytest.raises(RuntimeError):
+        _fastpath.Reader.__new__(_fastpath.Reader)()
