@@ -11,6 +11,9 @@ import struct
 import time
 
 import pytest
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
+from aiortc.rtcrtpparameters import RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from pylibsrtp import Policy, Session
 
 from sfu import _fastpath
@@ -18,6 +21,20 @@ from sfu.aiortc_hooks import _SRTP_PROTECT, srtp_ffi
 from sfu.stats import LATENCY_BUCKETS_NS, RoomStats
 
 KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80: 16-byte key + 14-byte salt
+
+
+def aiortc_extensions() -> HeaderExtensionsMap:
+    """aiortc's extension map with abs-send-time as id 3 and the MID as id 1."""
+    extensions = HeaderExtensionsMap()
+    extensions.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                Ext(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+                Ext(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+            ]
+        )
+    )
+    return extensions
 
 
 def header(data: bytes) -> tuple[int, int, int, int, int]:
@@ -161,19 +178,7 @@ def test_meter_histogram_is_cumulative_with_sub_50us_buckets() -> None:
 
 
 def test_parse_rtp_reads_what_aiortc_writes() -> None:
-    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
-    from aiortc.rtcrtpparameters import RTCRtpParameters
-    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
-
-    extensions = HeaderExtensionsMap()
-    extensions.configure(
-        RTCRtpParameters(
-            headerExtensions=[
-                Ext(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
-                Ext(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
-            ]
-        )
-    )
+    extensions = aiortc_extensions()
     sent = RtpPacket(96, 1, 0xFFFF, 0xFFFFFFFF, 0xDEADBEEF, b"\x01" * 300)
     sent.extensions.abs_send_time = 0x123456
     sent.extensions.mid = "7"
@@ -326,19 +331,7 @@ def test_parse_rtp_agrees_with_aiortc_on_random_and_mangled_packets() -> None:
     bounds, and must accept and decode exactly what aiortc's parser does."""
     import random
 
-    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
-    from aiortc.rtcrtpparameters import RTCRtpParameters
-    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
-
-    extensions = HeaderExtensionsMap()
-    extensions.configure(
-        RTCRtpParameters(
-            headerExtensions=[
-                Ext(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
-                Ext(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
-            ]
-        )
-    )
+    extensions = aiortc_extensions()
     rng = random.Random(7)
     agreed = 0
     for i in range(20_000):
