@@ -21,7 +21,6 @@ import contextlib
 import hmac
 import logging
 import os
-import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
+from server.cli import until_stopped
 from signaling.store import MemoryStore
 from signaling.tokens import TokenService, new_id
 
@@ -240,12 +240,8 @@ async def serve(host: str, port: int) -> None:
     await site.start()
     bound = runner.addresses[0][1]
     print(f"transcoding relay listening on http://{host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await relay.close()
         await runner.cleanup()

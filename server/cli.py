@@ -166,15 +166,20 @@ async def _serve(config: Config, generated: secret_store.Secrets | None) -> None
     )
     print(f"  {command}", flush=True)
 
+    try:
+        await until_stopped()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+async def until_stopped() -> None:
+    """Return on SIGINT or SIGTERM; the caller then shuts down in order."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        await runner.cleanup()
+    await stop.wait()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
