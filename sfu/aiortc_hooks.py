@@ -6,16 +6,17 @@ say there is no switch to skip either (aiortc issues #449, #544, #1155). An SFU 
 forward encoded media, so we keep SDP, ICE and DTLS on the public API and step in at
 the two points where RTP enters and leaves:
 
-* **in**: a receiver's ``_handle_rtp_packet`` is called by the DTLS transport's
-  ``RtpRouter`` with every decrypted RTP packet. We wrap it so the forwarder sees the
-  packet first; aiortc's own handling still runs afterwards for receiver reports,
-  NACKs and REMB, but its decoder thread is stopped right after ``receive()`` starts
-  it, before any frame can reach it, so no decoder is ever created.
+* **in**: once a connection's DTLS is up, a C reader (``sfu._fastpath.Reader``,
+  :func:`_install_c_reader`) takes over its sockets, decrypts SRTP with aiortc's own
+  session, and hands each packet through aiortc's ``RtpRouter`` to the receiver's
+  handler, which we replace so the forwarder sees it first; receiver reports, NACKs
+  and REMB are kept (:func:`_account_rtp`). The decoder thread is stopped right after
+  ``receive()`` starts it, before any frame can reach it, so no decoder is created.
 * **out**: a sender is given a :class:`SilentTrack` that never yields, so its encoder
-  loop waits forever and no encoder is created. We write RTP ourselves through the
-  DTLS transport's ``_send_rtp`` (SRTP protect + ICE send) with the sender's SSRC,
-  keep its RTCP sender-report counters true, and take over its key-frame request and
-  NACK handlers.
+  loop waits forever and no encoder is created. We write RTP ourselves with the
+  sender's SSRC — in C on the nominated pair's socket with aiortc's tx session
+  (:func:`fast_route`), else through the DTLS transport's ``_send_rtp`` — keep its
+  RTCP sender-report counters true, and take over its key-frame and NACK handlers.
 
 ``check_compatible()`` asserts that every name used here still exists; it runs when
 the SFU starts and in ``tests/test_aiortc_hooks.py`` so that an aiortc upgrade that
@@ -97,7 +98,6 @@ _DTLS_RX_BYTES = "_RTCDtlsTransport__rx_bytes"
 _DTLS_RX_PACKETS = "_RTCDtlsTransport__rx_packets"
 _ACTIVE_SSRC_REFRESH_MS = 100  # see _account_rtp
 _EXT_IDS = "_HeaderExtensionsMap__ids"
-_FAST_RECEIVE = "_roundtable_fast_receive"  # marks an aioice Connection we hooked
 _RTP_HANDLER = "_roundtable_rtp"  # a receiver's synchronous RTP handler
 _ICE_CONNECTION_SEND = aioice.ice.Connection.send
 
@@ -154,7 +154,7 @@ def check_compatible() -> None:
                 "_rtp_header_extensions_map",
             ],
         ),
-        (aioice.ice.Connection, ["_nominated", "_protocols", "_queue"]),
+        (aioice.ice.Connection, ["_nominated", "_protocols"]),
     ):
         problems += [f"{cls.__name__}.{a}" for a in attrs if not _init_assigns(cls, a)]
     if not callable(getattr(RemoteBitrateEstimator, "add", None)) or not callable(
@@ -163,9 +163,7 @@ def check_compatible() -> None:
         problems.append("aiortc receiver statistics")
     if "transport" not in aioice.ice.StunProtocol.connection_made.__code__.co_names:
         problems.append("aioice.ice.StunProtocol.transport")
-    if not callable(getattr(aioice.ice.Connection, "data_received", None)) or not callable(
-        getattr(aioice.ice.StunProtocol, "datagram_received", None)
-    ):
+    if not callable(getattr(aioice.ice.StunProtocol, "datagram_received", None)):
         problems.append("aioice receive path")
     if not callable(getattr(aioice.ice, "get_host_addresses", None)):
         problems.append("aioice.ice.get_host_addresses")
@@ -246,8 +244,8 @@ def tap_receiver(
     codecs are known (media is about to flow). Must be called before the receiver's
     ``receive()`` runs, i.e. from the peer connection's ``track`` event.
 
-    Once the receiver runs, RTP reaches it through :func:`_install_fast_receive`,
-    straight from the socket callback, instead of through aioice's queue and the DTLS
+    Once the receiver runs, RTP reaches it through :func:`_install_c_reader`, straight
+    from the socket callback, instead of through aioice's queue and the DTLS
     transport's task.
     """
     original_receive = receiver.receive
@@ -260,7 +258,6 @@ def tap_receiver(
         # receive() started the decoder thread; stop it before the event loop can
         # feed it a frame (no await lies between), so no decoder is ever created.
         getattr(receiver, _RECEIVER_STOP_DECODER)()
-        _install_fast_receive(receiver.transport)
         _install_c_reader(receiver.transport)
         on_receive(list(parameters.codecs))
 
@@ -392,83 +389,10 @@ def _send_rtcp(receiver: RTCRtpReceiver, packet: Any) -> None:
     task.add_done_callback(_in_flight.discard)
 
 
-def _install_fast_receive(dtls: RTCDtlsTransport) -> None:
-    """Hand SRTP packets from the socket callback straight to their receiver.
-
-    aioice queues every datagram for the DTLS transport's task, which unprotects,
-    parses and routes it through three more coroutines; StunProtocol first tries to
-    parse each one as STUN. For an RTP packet (first byte 128-191, not RTCP) on a
-    connected transport whose receiver has a synchronous handler (``tap_receiver``),
-    this does the same steps in the callback: same counters, same SRTP session, same
-    router. Anything else — DTLS, STUN, RTCP, a non-empty queue (order) — takes
-    aiortc's path unchanged. Idempotent per ICE connection (BUNDLE shares one).
-    """
-    connection = getattr(dtls.transport, "_connection", None)
-    if connection is None or getattr(connection, _FAST_RECEIVE, False):
-        return
-    queued = connection.data_received
-    pending = connection._queue
-    rx = dtls.__dict__
-    parse = RtpPacket.parse
-
-    def data_received(data: bytes, component: int) -> None:
-        t_in = time.perf_counter_ns()
-        if (
-            len(data) > 12
-            and 127 < data[0] < 192
-            and not 191 < data[1] < 224  # RTCP packet types 192-223
-            and dtls._state is State.CONNECTED
-            and dtls._rx_srtp is not None
-            and pending.empty()
-        ):
-            rx[_DTLS_RX_BYTES] += len(data)
-            rx[_DTLS_RX_PACKETS] += 1
-            arrival_time_ms = clock.current_ms()
-            try:
-                packet = parse(dtls._rx_srtp.unprotect(data), dtls._rtp_header_extensions_map)
-            except (pylibsrtp.Error, ValueError):
-                return  # aiortc drops these too
-            packet.arrival_ns = t_in  # type: ignore[attr-defined]
-            receiver = dtls._rtp_router.route_rtp(packet)
-            if receiver is None:
-                return
-            handle = getattr(receiver, _RTP_HANDLER, None)
-            if handle is not None:
-                try:
-                    handle(packet, arrival_time_ms)
-                except Exception:
-                    # Log and carry on with the next packet, as aiortc's own task does.
-                    log.exception("RTP handler failed")
-                return
-            task = asyncio.ensure_future(receiver._handle_rtp_packet(packet, arrival_time_ms))
-            _in_flight.add(task)
-            task.add_done_callback(_in_flight.discard)
-            return
-        queued(data, component)
-
-    connection.data_received = data_received
-    for protocol in list(connection._protocols):
-        _skip_stun_parse(protocol)
-    setattr(connection, _FAST_RECEIVE, True)
-
-
 def arrival_ns(packet: RtpPacket) -> int:
     """When the packet's datagram reached us (``perf_counter_ns``), before SRTP and
-    parsing when it came through :func:`_install_fast_receive`; else now."""
+    parsing when the C reader read it (:func:`_install_c_reader`); else now."""
     return getattr(packet, "arrival_ns", 0) or time.perf_counter_ns()
-
-
-def _skip_stun_parse(protocol: Any) -> None:
-    """RTP/RTCP (first byte 128-191) can never be STUN (0-3): do not try to parse it."""
-    original = protocol.datagram_received
-
-    def datagram_received(data: bytes, addr: tuple[str, int]) -> None:
-        if data and 127 < data[0] < 192 and protocol.receiver is not None:
-            protocol.receiver.data_received(data, protocol.local_candidate.component)
-        else:
-            original(data, addr)
-
-    protocol.datagram_received = datagram_received
 
 
 def decoder_running(receiver: RTCRtpReceiver) -> bool:
