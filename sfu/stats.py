@@ -41,8 +41,8 @@ class LatencyHistogram:
 
     __slots__ = ("meter",)
 
-    def __init__(self, meter: Meter | None = None) -> None:
-        self.meter = meter if meter is not None else Meter(LATENCY_BUCKETS_NS)
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
 
     def observe(self, ns: int) -> None:
         self.meter.observe(ns)
