@@ -744,16 +744,6 @@ static PyObject *Leg_get_routed(Leg *self, void *closure)
     return PyBool_FromLong(self->routed);
 }
 
-static PyObject *Leg_get_last_out_seq(Leg *self, void *closure)
-{
-    return PyLong_FromLong(self->last_out_seq);
-}
-
-static PyObject *Leg_get_last_out_ts(Leg *self, void *closure)
-{
-    return PyLong_FromUnsignedLong(self->last_out_ts);
-}
-
 static PyMethodDef Leg_methods[] = {
     {"configure", (PyCFunction)Leg_configure, METH_VARARGS,
      "configure(payload_type, ssrc, clock_rate, ext_block[, abs_send_time_offset])"},
@@ -790,8 +780,6 @@ static PyGetSetDef Leg_getset[] = {
     {"ready", (getter)Leg_get_ready, (setter)Leg_set_ready,
      "whether fanout() may send to this leg at once (kept by sfu.forwarder.Leg)", NULL},
     {"routed", (getter)Leg_get_routed, NULL, "whether a usable route is set", NULL},
-    {"last_out_seq", (getter)Leg_get_last_out_seq, NULL, "last sequence number sent", NULL},
-    {"last_out_ts", (getter)Leg_get_last_out_ts, NULL, "last timestamp sent", NULL},
     {NULL},
 };
 
@@ -1127,12 +1115,6 @@ static PyObject *Reader_set_rtp(Reader *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *Reader_clear_rtp(Reader *self, PyObject *unused)
-{
-    Reader_clear_rtp_(self);
-    Py_RETURN_NONE;
-}
-
 static PyObject *make_addr(const struct sockaddr_storage *a)
 {
     char host[INET6_ADDRSTRLEN];
@@ -1324,7 +1306,6 @@ static PyMethodDef Reader_methods[] = {
     {"set_rtp", (PyCFunction)Reader_set_rtp, METH_VARARGS,
      "set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected, on_rtp, "
      "on_rtcp, abs_id, mid_id)"},
-    {"clear_rtp", (PyCFunction)Reader_clear_rtp, METH_NOARGS, "Stop handling RTP here."},
     {NULL},
 };
 
@@ -1391,8 +1372,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     if (PyModule_AddObject(m, "Meter", (PyObject *)&MeterType) < 0 ||
         PyModule_AddObject(m, "Leg", (PyObject *)&LegType) < 0 ||
         PyModule_AddObject(m, "Packet", (PyObject *)&PacketType) < 0 ||
-        PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0 ||
-        PyModule_AddIntConstant(m, "HISTORY", HISTORY) < 0) {
+        PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
