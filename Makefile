@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run    - install into .venv and start roundtable on http://127.0.0.1:8080"
-	@echo "make test   - install everything the tests need (Debian chromium, redis-server) and run them"
+	@echo "make test   - install everything the tests need (Debian chromium, redis-server, coturn) and run them"
 	@echo "make bench  - short load test against a server it starts itself"
 	@echo "make lint   - ruff check"
 
@@ -40,8 +40,9 @@ $(VENDOR): web/package.json
 run: install
 	$(BIN)/roundtable serve
 
-# Debian packages the tests use: a real browser, a real Redis, and the tools for the
-# loopback-only namespace. Installed only when missing.
+# Debian packages the tests use: a real browser, a real Redis, a real TURN server (coturn),
+# and the tools for the loopback-only namespace and the namespaces tests build inside it
+# (iproute2, nftables). Installed only when missing.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -49,6 +50,8 @@ system-deps:
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v turnserver >/dev/null || missing="$$missing coturn"; \
+	command -v nft >/dev/null || missing="$$missing nftables"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -23,6 +23,7 @@ from signaling.metrics import Metrics
 from signaling.socket import SignalingSocket, SocketLimits
 from signaling.store import MemoryStore, StateStore
 from signaling.tokens import TokenService
+from signaling.turn import IceServers, TurnSettings
 from signaling.webhook import Delivery, InviteWebhook, WebhookSettings, derive_secret
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,14 @@ def build_app(
         factory,
         max_participants=config.max_participants,
         host_grace_seconds=config.host_grace_seconds,
+        ice_servers=IceServers(
+            TurnSettings(
+                urls=config.turn_urls,
+                secret=config.turn_secret,
+                ttl=config.turn_ttl,
+                policy=config.ice_policy,
+            )
+        ),
     )
     metrics.watch(hub.snapshot)
     sock = SignalingSocket(

@@ -26,6 +26,10 @@ environment:
   ROUNDTABLE_MEDIA_HOST      the one address media leaves on (default: every non-loopback)
   ROUNDTABLE_MAX_PARTICIPANTS, ROUNDTABLE_ROOM_MINUTES, ROUNDTABLE_INVITE_MINUTES,
   ROUNDTABLE_HOST_GRACE_SECONDS, ROUNDTABLE_INVITE_WEBHOOK, REDIS_URL (share rooms, revocations and used invites between nodes)
+  ROUNDTABLE_TURN_URLS       stun:/turn:/turns: URLs for browsers, comma-separated
+  ROUNDTABLE_TURN_SECRET     coturn's static-auth-secret (use-auth-secret credentials)
+  ROUNDTABLE_TURN_TTL        TURN credential lifetime in s (default: the link's, max 24 h)
+  ROUNDTABLE_ICE_POLICY      all (default) or relay: media only through TURN
 """
 
 

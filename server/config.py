@@ -47,6 +47,13 @@ class Config:
     webhook_timeout_seconds: float = 10.0
     events_per_second: float = 50.0
     joins_per_ip_per_minute: int = 30
+    # TURN (coturn `use-auth-secret`): URLs for browsers, the shared secret, the credential
+    # lifetime (None: the token's remaining lifetime, at most 24 h), and "relay" to make
+    # every browser send media through TURN.
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str = field(default="", repr=False)
+    turn_ttl: int | None = None
+    ice_policy: str = "all"
     web_dir: Path = WEB_DIR
     state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
 
@@ -93,6 +100,14 @@ class Config:
             "joins_per_ip_per_minute": number(
                 "ROUNDTABLE_JOINS_PER_IP_PER_MINUTE", d["joins_per_ip_per_minute"].default
             ),
+            "turn_urls": tuple(
+                u.strip() for u in (text("ROUNDTABLE_TURN_URLS") or "").split(",") if u.strip()
+            ),
+            "turn_secret": text("ROUNDTABLE_TURN_SECRET") or "",
+            "turn_ttl": None
+            if text("ROUNDTABLE_TURN_TTL") is None
+            else number("ROUNDTABLE_TURN_TTL", 0),
+            "ice_policy": (text("ROUNDTABLE_ICE_POLICY") or d["ice_policy"].default).lower(),
             "web_dir": Path(text("ROUNDTABLE_WEB_DIR") or WEB_DIR),
             "state_dir": default_state_dir(env),
         }
@@ -119,5 +134,24 @@ class Config:
             raise ConfigError("ROUNDTABLE_INVITE_WEBHOOK must start with http:// or https://")
         if self.webhook_attempts < 1:
             raise ConfigError("webhook_attempts must be at least 1")
+        self._validate_turn()
         if self.secret and len(self.secret.encode()) < 32:
             raise ConfigError("ROUNDTABLE_SECRET must have at least 32 characters")
+
+    def _validate_turn(self) -> None:
+        if self.ice_policy not in ("all", "relay"):
+            raise ConfigError("ROUNDTABLE_ICE_POLICY must be all or relay")
+        for url in self.turn_urls:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ConfigError(
+                    f"ROUNDTABLE_TURN_URLS: {url!r} must start with stun:, turn: or turns:"
+                )
+        has_turn = any(u.startswith(("turn:", "turns:")) for u in self.turn_urls)
+        if has_turn and not self.turn_secret:
+            raise ConfigError("ROUNDTABLE_TURN_URLS has TURN servers: set ROUNDTABLE_TURN_SECRET")
+        if self.ice_policy == "relay" and not has_turn:
+            raise ConfigError(
+                "ROUNDTABLE_ICE_POLICY=relay needs a turn: or turns: URL in ROUNDTABLE_TURN_URLS"
+            )
+        if self.turn_ttl is not None and not 60 <= self.turn_ttl <= 24 * 3600:
+            raise ConfigError("ROUNDTABLE_TURN_TTL must be 60-86400 seconds")

@@ -23,6 +23,7 @@ from signaling.participant import Participant, ParticipantState, TrackRef
 from signaling.room import Room, RoomState
 from signaling.store import RoomRecord, StateStore
 from signaling.tokens import TokenClaims
+from signaling.turn import IceServers, TurnSettings
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ class RoomHub:
         *,
         max_participants: int = 12,
         host_grace_seconds: float = 120.0,
+        ice_servers: IceServers | None = None,
     ) -> None:
         self._store = store
+        self._ice = ice_servers or IceServers(TurnSettings())
         self._host_grace = host_grace_seconds
         self._router_factory = router_factory
         self.notifier: Notifier | None = notifier
@@ -205,7 +208,11 @@ class RoomHub:
 
     def welcome(self, participant: Participant) -> dict[str, Any]:
         live = self._rooms[participant.claims.room]
-        return {"you": participant.public(), "room": live.room.public(), "ice": {}}
+        # A credential per welcome: every (re)connect gets a fresh one, and one that ran out
+        # is replaced only by connecting again, which a removed participant's revoked
+        # token cannot do.
+        ice = self._ice.for_participant(participant.id, participant.claims.exp)
+        return {"you": participant.public(), "room": live.room.public(), "ice": ice}
 
     async def start(self, participant: Participant) -> None:
         """After ``welcome``: tell the room, and offer what there is to receive."""

@@ -70,7 +70,7 @@ async def test_welcome_then_roster_to_everyone_on_every_change(
     me = welcome["you"]
     assert set(me) == {"id", "role", "name", "org", "state", "tracks", "muted"}
     assert me["state"] == "admitted" and me["role"] == "caseworker" and me["name"] == "Frau B"
-    assert welcome["ice"] == {}
+    assert welcome["ice"] == {"iceServers": [], "iceTransportPolicy": "all"}
     await cw.wait("roster", lambda r: _ids(r) == {me["id"]})
 
     cl = await _join(server, clients, "client", "Herr K")

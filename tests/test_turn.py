@@ -1,0 +1,253 @@
+"""TURN credentials (coturn's ``use-auth-secret`` scheme) in ``welcome``, checked against a
+real coturn: the credential a participant is handed allocates a relay; an expired or a
+forged one is refused with 401; a removed participant gets no new one."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aioice import stun
+from aioice.turn import create_turn_endpoint
+
+from server.config import Config, ConfigError
+from signaling.turn import MAX_TTL_SECONDS, IceServers, TurnSettings, credential
+from tests.controlplane import RunningServer, SignalClient, me, refusal_code, running_server
+from tests.coturn import Coturn, run_coturn
+
+ROOM = "r_turn"
+URLS = ("stun:turn.example.org:3478", "turn:turn.example.org:3478?transport=udp")
+
+
+# --- the credential itself ---------------------------------------------------------------
+
+
+def test_credential_lifetime_is_the_tokens_capped_by_ttl_and_a_day() -> None:
+    now = 1_900_000_000
+    ice = IceServers(TurnSettings(URLS, "s" * 32), clock=lambda: now)
+    assert ice.expiry(now + 600) == now + 600
+    assert ice.expiry(now + 3 * 86400) == now + MAX_TTL_SECONDS
+    short = IceServers(TurnSettings(URLS, "s" * 32, ttl=300), clock=lambda: now)
+    assert short.expiry(now + 600) == now + 300
+    assert short.expiry(now + 100) == now + 100
+
+
+def test_ice_object_splits_stun_from_turn_and_names_the_participant() -> None:
+    now = 1_900_000_000
+    ice = IceServers(TurnSettings(URLS, "s" * 32, policy="relay"), clock=lambda: now)
+    out = ice.for_participant("p_one", now + 600)
+    assert out["iceTransportPolicy"] == "relay"
+    stun_entry, turn_entry = out["iceServers"]
+    assert stun_entry == {"urls": ["stun:turn.example.org:3478"]}
+    assert turn_entry["urls"] == ["turn:turn.example.org:3478?transport=udp"]
+    assert turn_entry["username"] == f"{now + 600}:p_one"
+    assert turn_entry["credential"] == credential("s" * 32, turn_entry["username"])
+    other = ice.for_participant("p_two", now + 600)["iceServers"][1]
+    assert other["credential"] != turn_entry["credential"]
+
+
+def test_no_turn_configured_gives_no_servers() -> None:
+    assert IceServers(TurnSettings()).for_participant("p", 0) == {
+        "iceServers": [],
+        "iceTransportPolicy": "all",
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ROUNDTABLE_ICE_POLICY": "sometimes"}, "all or relay"),
+        ({"ROUNDTABLE_ICE_POLICY": "relay"}, "needs a turn"),
+        ({"ROUNDTABLE_TURN_URLS": "turn:t.example:3478"}, "ROUNDTABLE_TURN_SECRET"),
+        ({"ROUNDTABLE_TURN_URLS": "http://t.example"}, "must start with"),
+        (
+            {
+                "ROUNDTABLE_TURN_URLS": "turn:t:3478",
+                "ROUNDTABLE_TURN_SECRET": "x",
+                "ROUNDTABLE_TURN_TTL": "5",
+            },
+            "60-86400",
+        ),
+    ],
+)
+def test_bad_turn_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env(env)
+
+
+def test_turn_settings_from_env() -> None:
+    config = Config.from_env(
+        {
+            "ROUNDTABLE_TURN_URLS": " turn:a:3478?transport=udp , turns:a:443?transport=tcp ",
+            "ROUNDTABLE_TURN_SECRET": "shh",
+            "ROUNDTABLE_TURN_TTL": "3600",
+            "ROUNDTABLE_ICE_POLICY": "RELAY",
+        }
+    )
+    assert config.turn_urls == ("turn:a:3478?transport=udp", "turns:a:443?transport=tcp")
+    assert (config.turn_secret, config.turn_ttl, config.ice_policy) == ("shh", 3600, "relay")
+    assert "shh" not in repr(config)
+    assert Config.from_env({}).turn_ttl is None
+
+
+# --- against a real coturn ---------------------------------------------------------------
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Any:
+    with run_coturn(tmp_path / "coturn") as turn:
+        yield turn
+        print(f"\n--- coturn log tail ---\n{turn.log_tail(15)}")
+
+
+@pytest.fixture
+async def server(tmp_path: Path, coturn: Coturn):
+    async with running_server(
+        tmp_path,
+        turn_urls=(coturn.url_udp, coturn.url_tcp),
+        turn_secret=coturn.secret,
+        ice_policy="relay",
+        joins_per_ip_per_minute=1000,
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def clients():
+    made: list[SignalClient] = []
+
+    async def join(server: RunningServer, token: str) -> SignalClient:
+        client = SignalClient()
+        made.append(client)
+        assert await client.connect(server.url, token), client.refusal
+        await client.wait("welcome")
+        return client
+
+    yield join
+    for c in made:
+        await c.close()
+
+
+def _turn_entry(welcome: dict[str, Any]) -> dict[str, Any]:
+    (entry,) = [s for s in welcome["ice"]["iceServers"] if "credential" in s]
+    return entry
+
+
+class _Echo(asyncio.DatagramProtocol):
+    """A UDP peer on loopback that answers every datagram with the same bytes."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+
+class _Inbox(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.got.put_nowait(data)
+
+
+async def _relay_roundtrip(turn: Coturn, username: str, password: str, transport: str) -> bytes:
+    """Allocate on coturn, send a datagram through the relay to an echo peer, return the echo."""
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(_Echo, local_addr=("127.0.0.1", 0))
+    relay, inbox = await create_turn_endpoint(
+        _Inbox, (turn.host, turn.port), username, password, transport=transport
+    )
+    try:
+        relay.sendto(b"hello through the relay", echo.get_extra_info("sockname"))
+        return await asyncio.wait_for(inbox.got.get(), 10)
+    finally:
+        relay.close()
+        echo.close()
+
+
+async def _refusal(turn: Coturn, username: str, password: str) -> int:
+    """The STUN error code coturn answers an Allocate with these credentials."""
+    with pytest.raises(stun.TransactionFailed) as failed:
+        relay, _ = await create_turn_endpoint(
+            _Inbox, (turn.host, turn.port), username, password, transport="tcp"
+        )
+        relay.close()
+    return failed.value.response.attributes["ERROR-CODE"][0]
+
+
+async def test_welcome_credential_allocates_a_relay_on_coturn(
+    server: RunningServer, coturn: Coturn, clients
+) -> None:
+    a = await clients(server, server.token(room=ROOM, role="caseworker", name="A", ttl=900))
+    b = await clients(server, server.token(room=ROOM, role="client", name="B", ttl=900))
+    welcome = a.events["welcome"][0]
+    assert welcome["ice"]["iceTransportPolicy"] == "relay"
+    entry = _turn_entry(welcome)
+    assert entry["urls"] == [coturn.url_udp, coturn.url_tcp]
+    expiry, pid = entry["username"].split(":", 1)
+    assert pid == me(a)
+    # Lifetime = the token's remaining lifetime.
+    assert abs(int(expiry) - (time.time() + 900)) < 5
+    # Each participant its own credential.
+    other = _turn_entry(b.events["welcome"][0])
+    assert other["username"].endswith(":" + me(b)) and other["credential"] != entry["credential"]
+
+    for transport in ("udp", "tcp"):
+        echoed = await _relay_roundtrip(coturn, entry["username"], entry["credential"], transport)
+        assert echoed == b"hello through the relay"
+
+    # coturn's own client, over TCP like a browser behind a TCP-only firewall.
+    def uclient(username: str, password: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["/usr/bin/turnutils_uclient", "-t", "-n", "2", "-m", "1", "-u", username,
+             "-w", password, "-p", str(coturn.port), "-e", "127.0.0.1", coturn.host],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    ok = uclient(entry["username"], entry["credential"])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    forged = uclient(entry["username"], "Zm9yZ2VkIGNyZWRlbnRpYWw=")
+    assert forged.returncode != 0 and "Cannot complete Allocation" in forged.stdout + forged.stderr
+
+
+async def test_expired_and_forged_credentials_are_refused_401(
+    server: RunningServer, coturn: Coturn, clients
+) -> None:
+    a = await clients(server, server.token(room=ROOM, role="caseworker", name="A"))
+    entry = _turn_entry(a.events["welcome"][0])
+    _, pid = entry["username"].split(":", 1)
+    # Forged: the right username with a password not made from coturn's secret.
+    assert (
+        await _refusal(coturn, entry["username"], credential("not the secret", entry["username"]))
+        == 401
+    )
+    # Forged: a later expiry with the password of the real one.
+    later = f"{int(time.time()) + 86400}:{pid}"
+    assert await _refusal(coturn, later, entry["credential"]) == 401
+    # Expired: correctly signed with the real secret, but its time has passed.
+    past = f"{int(time.time()) - 5}:{pid}"
+    assert await _refusal(coturn, past, credential(coturn.secret, past)) == 401
+    # And the real one still works after all that.
+    assert await _relay_roundtrip(coturn, entry["username"], entry["credential"], "udp")
+
+
+async def test_removed_participant_gets_no_new_credential(server: RunningServer, clients) -> None:
+    cw = await clients(server, server.token(room=ROOM, role="caseworker", name="CW"))
+    token = server.token(room=ROOM, role="client", name="C")
+    client = await clients(server, token)
+    assert _turn_entry(client.events["welcome"][0])["username"].endswith(":" + me(client))
+    assert await cw.call("moderate.remove", {"participant": me(client)}) == {"ok": True}
+    await client.wait("error", lambda e: e["error"] == "removed")
+    # Connecting again is the only way to a new credential; the revoked token cannot.
+    again = SignalClient()
+    try:
+        assert not await again.connect(server.url, token)
+        assert refusal_code(again) == "token_revoked"
+        assert "welcome" not in again.events
+    finally:
+        await again.close()
