@@ -21,7 +21,9 @@ from signaling.invites import InviteApi
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.metrics import Metrics
 from signaling.socket import SignalingSocket, SocketLimits
-from signaling.store import MemoryStore, StateStore
+from signaling.sqlite_store import FILE_NAME as STATE_FILE
+from signaling.sqlite_store import SqliteStore
+from signaling.store import StateStore
 from signaling.tokens import TokenService
 from signaling.turn import IceServers, TurnSettings
 from signaling.webhook import Delivery, InviteWebhook, WebhookSettings, derive_secret
@@ -70,13 +72,14 @@ def sfu_router_factory(config: Config, metrics: Metrics) -> RouterFactory:
 
 
 def _default_store(config: Config) -> StateStore:
-    """Embedded default: in memory. With ``REDIS_URL``: rooms, revocations and used
-    invites are shared by every node that points at the same Redis."""
+    """Embedded default: a SQLite file in the state directory, so a restart (even after
+    ``kill -9``) forgets no revocation, ended session or spent invite. With ``REDIS_URL``:
+    rooms, revocations and used invites are shared by every node on the same Redis."""
     if config.redis_url:
         from signaling.redis_store import RedisStore
 
         return RedisStore(config.redis_url)
-    return MemoryStore()
+    return SqliteStore(config.state_dir / STATE_FILE)
 
 
 def _invite_webhook(config: Config, hub: RoomHub) -> InviteWebhook | None:

@@ -25,6 +25,22 @@ class RedisStore(StateStore):
     async def ping(self) -> None:
         """Fail at start-up, not at the first join, when Redis is unreachable."""
         await self._redis.ping()
+        await self.epoch()
+
+    async def epoch(self) -> int:
+        """When this Redis started remembering (``SET NX`` by whichever node is first).
+
+        Read on every join, so a Redis restarted *empty* (no AOF, or its files lost) is
+        noticed at once: the key is gone, a new epoch is set, and every token issued
+        before it is refused, because the revocations of removed partners went with the
+        data. Sessions already running keep their connections; their links need renewing.
+        """
+        key = self._key("epoch")
+        value = await self._redis.get(key)
+        if value is None:
+            await self._redis.set(key, str(int(time.time())), nx=True)
+            value = await self._redis.get(key)
+        return int(value or 0)
 
     def _key(self, *parts: str) -> str:
         return self._p + ":".join(parts)

@@ -85,6 +85,15 @@ class StateStore(ABC):
     @abstractmethod
     async def is_invite_revoked(self, jti: str) -> bool: ...
 
+    async def epoch(self) -> int:
+        """Unix time since which this store has recorded everything.
+
+        Tokens issued before it may belong to someone removed while nothing was recorded
+        (a deleted state file, a Redis restarted empty); ``TokenService`` refuses them.
+        0: the store forgets nothing it was told (or, in memory, is not meant to remember).
+        """
+        return 0
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; nothing to do in memory."""
 

@@ -36,6 +36,9 @@ REQUIRED_CLAIMS = ("exp", "nbf", "iat", "aud", "iss", "room", "sub", "role", "jt
 MAX_TOKEN_CHARS = 4096
 # Clock skew tolerated between the issuing and the verifying node.
 LEEWAY_SECONDS = 5.0
+# Tokens issued this long before the store's epoch are still believed: the clocks of the
+# issuing node and of the node that set the epoch may differ a little.
+EPOCH_SLACK_SECONDS = 60
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -221,6 +224,10 @@ class TokenService:
             raise RoomClosed("room_closed", "This session has ended.")
         if await self._store.is_revoked(claims.jti):
             raise _bad("token_revoked", "This link was withdrawn.")
+        if claims.iat < await self._store.epoch() - EPOCH_SLACK_SECONDS:
+            # The store lost what it knew (see ``StateStore.epoch``): this token may be a
+            # removed partner's, and nobody can tell any more.
+            raise _bad("token_revoked", "This link is older than the server's records.")
         if claims.invite and await self._store.is_invite_revoked(claims.jti):
             raise _bad("invite_revoked", "This invitation was withdrawn.")
         if consume_invite:
