@@ -12,11 +12,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import socketio
 from aiohttp import web
 
 from signaling.errors import (
     InternalError,
+    InvalidPayload,
     RoundtableError,
     TokenError,
     TooManyRequests,
@@ -31,6 +31,13 @@ from signaling.moderation import Moderation
 from signaling.participant import Participant
 from signaling.ratelimit import SlidingWindow, TokenBucket
 from signaling.tokens import TokenService
+from signaling.transport import (
+    EIO_SID,
+    UNDECODABLE_EVENT,
+    Gate,
+    HardenedServer,
+    client_address,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,11 @@ class SocketLimits:
     events_per_second: float = 50.0
     event_burst: float = 50.0
     joins_per_ip_per_minute: int = 30
+    # An Engine.IO socket must send its namespace CONNECT (with a token) this soon, and
+    # one address may hold this many sockets that have not: legitimate pages connect
+    # within milliseconds, a descriptor-exhaustion attack holds them open.
+    unauthenticated_seconds: float = 5.0
+    unauthenticated_per_address: int = 20
 
 
 @dataclass(slots=True)
@@ -63,7 +75,8 @@ class SignalingSocket:
         self._moderation = Moderation(hub, tokens)
         # Drops that must follow an ack (``room.end``); cancelled at shutdown.
         self._tasks: set[asyncio.Task[None]] = set()
-        self.sio = socketio.AsyncServer(
+        self.sio = HardenedServer(
+            gate=Gate(limits.unauthenticated_per_address, limits.unauthenticated_seconds),
             async_mode="aiohttp",
             # None = engine.io's same-origin check (Origin must equal the Host it was
             # served from); clients without Origin (non-browsers) still need a token.
@@ -100,10 +113,9 @@ class SignalingSocket:
     # -- handlers -----------------------------------------------------------------------
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        request: web.Request | None = environ.get("aiohttp.request")
-        address = (request.remote if request is not None else None) or environ.get(
-            "REMOTE_ADDR", ""
-        )
+        # From the transport only (aiohttp's request.remote, proxy-aware there), never
+        # from anything the client sends.
+        address = client_address(environ)
         try:
             if not self._joins.allow(address):
                 raise TooManyRequests(
@@ -132,6 +144,7 @@ class SignalingSocket:
             log.exception("connect %s failed", sid)
             self._metrics.refused("internal")
             raise connect_refusal(InternalError()) from None
+        self.sio.gate.authenticated(environ.get(EIO_SID, ""))
         self._connections[sid] = _Connection(
             participant, TokenBucket(self._limits.events_per_second, self._limits.event_burst)
         )
@@ -164,6 +177,8 @@ class SignalingSocket:
                 raise RoundtableError("forbidden", "This connection has left the session.")
             if not conn.bucket.allow():
                 raise TooManyRequests("too_many_requests", "Too many events; slow down.")
+            if event == UNDECODABLE_EVENT:
+                raise InvalidPayload("invalid_payload", "The event could not be decoded.")
             parse = PARSERS.get(event) if isinstance(event, str) else None
             if parse is None:
                 raise UnknownEvent("unknown_event", "Unknown event.")
@@ -242,6 +257,7 @@ class SignalingSocket:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sio.stop_sweeping()
         for sid in list(self._connections):
             try:
                 await self.drop(sid, None)
