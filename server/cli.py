@@ -8,58 +8,49 @@ import logging
 import shlex
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from aiohttp import web
 
 from server import secrets as secret_store
+from server import settings_doc
 from server.config import Config, ConfigError
 
 log = logging.getLogger("roundtable")
-
-ENV_HELP = """\
-environment:
-  ROUNDTABLE_SECRET          token signing secret (≥ 32 chars); generated if unset
-  ROUNDTABLE_API_KEY         key for POST /api/rooms; generated if unset
-  ROUNDTABLE_STATE_DIR       where generated secrets live (default ~/.config/roundtable)
-  ROUNDTABLE_PUBLIC_URL      base of join links as browsers reach the server
-  ROUNDTABLE_MEDIA_HOST      the one address media leaves on (default: every non-loopback)
-  ROUNDTABLE_MAX_PARTICIPANTS, ROUNDTABLE_ROOM_MINUTES, ROUNDTABLE_INVITE_MINUTES,
-  ROUNDTABLE_HOST_GRACE_SECONDS, ROUNDTABLE_INVITE_WEBHOOK, REDIS_URL (share rooms, revocations and used invites between nodes)
-  ROUNDTABLE_TURN_URLS       stun:/turn:/turns: URLs for browsers, comma-separated
-  ROUNDTABLE_TURN_SECRET     coturn's static-auth-secret (use-auth-secret credentials)
-  ROUNDTABLE_TURN_TTL        TURN credential lifetime in s (default: the link's, max 24 h)
-  ROUNDTABLE_ICE_POLICY      all (default) or relay: media only through TURN
-"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roundtable",
         description="Self-hosted WebRTC conferencing for multi-party counselling.",
-        epilog=ENV_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="`roundtable settings` lists every setting with its variable and default.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
         "serve",
         help="run the server (HTTP API, page, Socket.IO signalling and SFU in one process)",
-        description=(
+        description=textwrap.fill(
             "Run roundtable. Without ROUNDTABLE_SECRET / ROUNDTABLE_API_KEY in the environment, "
             "secrets are generated once and kept in the state directory (mode 0600); the API "
-            "key and a ready-to-paste command that creates a session are printed at start."
+            "key and a ready-to-paste command that creates a session are printed at start.",
+            width=88,
         ),
-        epilog=ENV_HELP,
+        epilog=settings_doc.env_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument(
-        "--port", type=int, help="port to listen on; 0 picks a free one (default 8080)"
+    settings_doc.add_flags(serve)
+
+    reference = sub.add_parser(
+        "settings",
+        help="print every setting with its environment variable and default",
+        description=(
+            "Print the settings reference: as an env file (deploy/env.example) or as the "
+            "Markdown table of docs/deploy.md."
+        ),
     )
-    serve.add_argument("--media-host", help="address media is sent from and received on")
-    serve.add_argument("--public-url", help="base URL of join links, e.g. https://talk.example.org")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    reference.add_argument("--format", choices=["env", "markdown"], default="env")
 
     token = sub.add_parser(
         "token",
@@ -84,12 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return Config.from_env(
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-        media_host=getattr(args, "media_host", None),
-        public_url=getattr(args, "public_url", None),
-    )
+    return Config.from_env(**settings_doc.flag_values(args))
 
 
 def _with_secrets(config: Config, *, create: bool) -> tuple[Config, secret_store.Secrets | None]:
@@ -186,14 +172,23 @@ async def until_stopped() -> None:
     await stop.wait()
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.format == "markdown":
+        print(settings_doc.markdown_table(), end="")
+    else:
+        print(settings_doc.env_example(), end="")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args)
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # Library chatter at INFO would include SDP and addresses; keep it at WARNING.
     for noisy in ("aioice", "aiortc", "socketio", "engineio", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    config, generated = _with_secrets(_config(args), create=True)
+    config, generated = _with_secrets(config, create=True)
     try:
         asyncio.run(_serve(config, generated))
     except OSError as exc:
@@ -211,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "settings":
+            return cmd_settings(args)
         return cmd_token(args)
     except ConfigError as exc:
         print(f"roundtable: {exc}", file=sys.stderr)

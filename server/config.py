@@ -1,4 +1,9 @@
-"""One typed configuration for the whole process, built from the environment and the CLI.
+"""One typed settings object for the whole process, built from the environment and the CLI.
+
+Every setting is declared once, below, with its environment variable, its description and
+its default. ``roundtable serve --help``, ``deploy/env.example`` and the table in
+``docs/deploy.md`` are rendered from these declarations (``server.settings_doc``) and
+``tests/test_settings.py`` fails when one of them drifts.
 
 Precedence: command-line flag > environment variable > default. Secrets that are not in
 the environment come from the local state file (``server.secrets``).
@@ -6,13 +11,37 @@ the environment come from the local state file (``server.secrets``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "ROUNDTABLE_"
+_HERE = Path(__file__).resolve().parent
+
+
+def _find_web_dir() -> Path:
+    """The page's files: ``web/`` beside the packages in a source checkout or an editable
+    install, ``roundtable_web/`` (package data) beside them in an installed wheel."""
+    for candidate in (_HERE.parent / "web", _HERE.parent / "roundtable_web"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return _HERE.parent / "web"
+
+
+WEB_DIR = _find_web_dir()
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -26,132 +55,392 @@ class ConfigError(ValueError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    public_url: str | None = None  # as browsers reach us, e.g. behind a TLS proxy
-    secret: str = field(default="", repr=False)
-    api_key: str = field(default="", repr=False)
-    media_host: str | None = None  # the one address media leaves on; None: all non-loopback
-    redis_url: str | None = None  # shared state store; None: in memory
-    max_participants: int = 12
-    room_minutes: int = 240
-    invite_minutes: int = 30
-    host_grace_seconds: float = 120  # the host's connection dropped: the room waits this long
-    invite_webhook: str | None = None
-    # Key of the webhook's HMAC signature; empty: derived from `secret`.
-    invite_webhook_secret: str = field(default="", repr=False)
-    webhook_attempts: int = 3
-    webhook_backoff_seconds: float = 1.0  # before retry n: backoff * 2**(n-1)
-    webhook_timeout_seconds: float = 10.0
-    events_per_second: float = 50.0
-    joins_per_ip_per_minute: int = 30
-    # TURN (coturn `use-auth-secret`): URLs for browsers, the shared secret, the credential
-    # lifetime (None: the token's remaining lifetime, at most 24 h), and "relay" to make
-    # every browser send media through TURN.
-    turn_urls: tuple[str, ...] = ()
-    turn_secret: str = field(default="", repr=False)
-    turn_ttl: int | None = None
-    ice_policy: str = "all"
-    web_dir: Path = WEB_DIR
-    state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
+def setting(
+    default: Any = None,
+    description: str = "",
+    *,
+    shown: str | None = None,
+    flag: bool = True,
+    secret: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A declared setting. ``shown`` is the default as an operator reads it where the value
+    is derived at run time; ``flag=False`` keeps it off the command line (secrets would
+    show in ``ps``); ``secret`` keeps it out of ``repr``."""
+    extra: dict[str, Any] = {"flag": flag and not secret}
+    if shown is not None:
+        extra["shown"] = shown
+    if "default_factory" not in kwargs:
+        kwargs["default"] = default
+    return Field(description=description, repr=not secret, json_schema_extra=extra, **kwargs)
+
+
+# Comma lists and "A-B" ranges arrive as plain strings: NoDecode keeps pydantic-settings
+# from parsing them as JSON, the validators below split them.
+CommaList = Annotated[tuple[str, ...], NoDecode]
+PortRange = Annotated[tuple[int, int] | None, NoDecode]
+_CONFIG_ENV: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "roundtable_config_env", default=None
+)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source reading a given mapping (tests pass dicts)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._mapping = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Blank counts as unset, as it always has (``ROUNDTABLE_X=`` in a compose file).
+        # Names compare case-insensitively, as pydantic-settings does with os.environ.
+        return {k.lower(): v.strip() for k, v in self._mapping.items() if v.strip()}
+
+
+class Config(BaseSettings):
+    """Everything ``roundtable serve`` can be told. Frozen; ``with_`` makes a changed copy.
+
+    Built directly (``Config(port=0, ...)``) it reads no environment: only
+    ``Config.from_env`` does, so tests and the bench get exactly what they pass.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        frozen=True,
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        str_strip_whitespace=True,
+    )
+
+    # -- listening and links -----------------------------------------------------------
+    host: str = setting(
+        "127.0.0.1", "Address the HTTP(S) server listens on; 0.0.0.0 for every interface."
+    )
+    port: int = setting(
+        8080, "TCP port of the page, the API and Socket.IO; 0 picks a free one.", ge=0, le=65535
+    )
+    public_url: str | None = setting(
+        None,
+        "Base of join links as browsers reach the server, e.g. https://talk.example.org.",
+        shown="the address the request came to",
+    )
+    tls_cert: Path | None = setting(
+        None,
+        "PEM certificate chain for built-in HTTPS/WSS on the same port (needs the key too); "
+        "re-read on SIGHUP.",
+        shown="unset: plain HTTP",
+    )
+    tls_key: Path | None = setting(
+        None, "PEM private key of the certificate; re-read on SIGHUP.", shown="unset"
+    )
+    trusted_proxies: CommaList = setting(
+        (),
+        "Comma list of proxy addresses or CIDRs whose X-Forwarded-For/Forwarded header names "
+        "the client; from anyone else the header is ignored.",
+        shown="none: the TCP peer is the client",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
+        "INFO", "Log level: DEBUG, INFO, WARNING or ERROR."
+    )
+
+    # -- secrets -----------------------------------------------------------------------
+    secret: str = setting(
+        "",
+        "JWT signing secret (HS256, at least 32 characters).",
+        shown="generated once, kept in the state directory",
+        secret=True,
+    )
+    api_key: str = setting(
+        "",
+        "Bearer key for POST /api/rooms.",
+        shown="generated once, kept in the state directory",
+        secret=True,
+    )
+    state_dir: Path = setting(
+        default_factory=lambda: default_state_dir(os.environ),
+        description="Where generated secrets are kept (mode 0600).",
+        shown="$XDG_CONFIG_HOME/roundtable or ~/.config/roundtable",
+    )
+
+    # -- media -------------------------------------------------------------------------
+    media_host: str | None = setting(
+        None,
+        "The one IP address media is sent from and received on.",
+        shown="every non-loopback interface",
+    )
+    media_port: int = setting(
+        40000,
+        "The one UDP port all peer connections of this node share; 0 = an ephemeral port "
+        "per connection.",
+        ge=0,
+        le=65535,
+    )
+    media_ports: PortRange = setting(
+        None,
+        'UDP port range "FIRST-LAST" (e.g. 40000-40999) used instead of the one media port.',
+        shown="unset: the one media port",
+    )
+    announced_ip: str | None = setting(
+        None,
+        "Public IP address put in candidates when the node sits behind 1:1 NAT.",
+        shown="unset: the media address itself",
+    )
+    ice_policy: Literal["all", "relay"] = setting(
+        "all", 'ICE transport policy for the page: "all", or "relay" (TURN only).'
+    )
+    turn_urls: CommaList = setting(
+        (),
+        "Comma list of TURN/STUN URLs handed to participants, e.g. "
+        "turn:turn.example.org:3478?transport=udp,turns:turn.example.org:443?transport=tcp.",
+        shown="none",
+    )
+    turn_secret: str = setting(
+        "",
+        "coturn's static-auth-secret: signs each participant's time-limited TURN credential.",
+        shown="unset",
+        secret=True,
+    )
+    turn_ttl: int | None = setting(
+        None,
+        "Lifetime of TURN credentials in seconds (60-86400).",
+        shown="the token's remaining lifetime, at most 24 h",
+    )
+
+    # -- state and rooms ---------------------------------------------------------------
+    redis_url: str | None = setting(
+        None,
+        "Redis shared by every node: rooms, revocations, used invites, Socket.IO events.",
+        shown="unset: one process, state in memory",
+        flag=False,  # may carry a password
+        validation_alias=AliasChoices("ROUNDTABLE_REDIS_URL", "REDIS_URL"),
+    )
+    max_participants: int = setting(12, "Participants per room (at least 2).", ge=2)
+    room_minutes: int = setting(
+        240, "Validity of a session and its two links, in minutes (1-1440).", ge=1, le=24 * 60
+    )
+    invite_minutes: int = setting(
+        30, "Default validity of a partner invite, in minutes (1-240).", ge=1, le=240
+    )
+    host_grace_seconds: float = setting(
+        120, "How long a room waits for its caseworker whose connection dropped.", ge=0
+    )
+    events_per_second: float = setting(
+        50.0, "Socket.IO events per second per connection (bursts as large).", gt=0
+    )
+    joins_per_ip_per_minute: int = setting(
+        30, "Socket.IO connects per client address per minute.", ge=1
+    )
+
+    # -- invite delivery ---------------------------------------------------------------
+    invite_webhook: str | None = setting(
+        None, "URL that receives each new partner invite (HMAC-signed POST).", shown="unset"
+    )
+    invite_webhook_secret: str = setting(
+        "",
+        "Key of the webhook's HMAC signature.",
+        shown="derived from the JWT secret",
+        secret=True,
+    )
+    webhook_attempts: int = setting(3, "Delivery attempts per invite.", ge=1)
+    webhook_backoff_seconds: float = setting(
+        1.0, "Wait before retry n: this times 2^(n-1) seconds.", ge=0
+    )
+    webhook_timeout_seconds: float = setting(10.0, "Timeout of one delivery attempt.", gt=0)
+
+    web_dir: Path = setting(
+        WEB_DIR, "Directory of the page's files.", shown="the page shipped with roundtable"
+    )
+
+    # -- construction ------------------------------------------------------------------
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env = _CONFIG_ENV.get()
+        if env is None:
+            return (init_settings,)
+        return (init_settings, _MappingEnvSource(settings_cls, env))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read ``ROUNDTABLE_*`` (and ``REDIS_URL``); ``overrides`` that are None are ignored."""
         env = os.environ if env is None else env
-
-        def text(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        def number(name: str, default: int) -> int:
-            raw = text(name)
-            if raw is None:
-                return default
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
-            if value < 0:
-                raise ConfigError(f"{name} must not be negative")
-            return value
-
-        d = cls.__dataclass_fields__
-        values: dict[str, Any] = {
-            "host": text("ROUNDTABLE_HOST") or d["host"].default,
-            "port": number("ROUNDTABLE_PORT", d["port"].default),
-            "public_url": text("ROUNDTABLE_PUBLIC_URL"),
-            "secret": text("ROUNDTABLE_SECRET") or "",
-            "api_key": text("ROUNDTABLE_API_KEY") or "",
-            "media_host": text("ROUNDTABLE_MEDIA_HOST"),
-            "redis_url": text("REDIS_URL") or text("ROUNDTABLE_REDIS_URL"),
-            "max_participants": number(
-                "ROUNDTABLE_MAX_PARTICIPANTS", d["max_participants"].default
-            ),
-            "room_minutes": number("ROUNDTABLE_ROOM_MINUTES", d["room_minutes"].default),
-            "invite_minutes": number("ROUNDTABLE_INVITE_MINUTES", d["invite_minutes"].default),
-            "host_grace_seconds": number(
-                "ROUNDTABLE_HOST_GRACE_SECONDS", d["host_grace_seconds"].default
-            ),
-            "invite_webhook": text("ROUNDTABLE_INVITE_WEBHOOK"),
-            "invite_webhook_secret": text("ROUNDTABLE_INVITE_WEBHOOK_SECRET") or "",
-            "joins_per_ip_per_minute": number(
-                "ROUNDTABLE_JOINS_PER_IP_PER_MINUTE", d["joins_per_ip_per_minute"].default
-            ),
-            "turn_urls": tuple(
-                u.strip() for u in (text("ROUNDTABLE_TURN_URLS") or "").split(",") if u.strip()
-            ),
-            "turn_secret": text("ROUNDTABLE_TURN_SECRET") or "",
-            "turn_ttl": None
-            if text("ROUNDTABLE_TURN_TTL") is None
-            else number("ROUNDTABLE_TURN_TTL", 0),
-            "ice_policy": (text("ROUNDTABLE_ICE_POLICY") or d["ice_policy"].default).lower(),
-            "web_dir": Path(text("ROUNDTABLE_WEB_DIR") or WEB_DIR),
-            "state_dir": default_state_dir(env),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        config = cls(**values)
-        config.validate()
-        return config
+        values = {k: v for k, v in overrides.items() if v is not None}
+        values.setdefault("state_dir", default_state_dir(env))
+        token = _CONFIG_ENV.set(env)
+        try:
+            return cls(**values)
+        finally:
+            _CONFIG_ENV.reset(token)
 
     def with_(self, **changes: Any) -> Config:
-        return replace(self, **changes)
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(changes)
+        return type(self)(**values)
 
-    def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError("port must be 0-65535")
-        if self.max_participants < 2:
-            raise ConfigError("ROUNDTABLE_MAX_PARTICIPANTS must be at least 2")
-        if not 1 <= self.room_minutes <= 24 * 60:
-            raise ConfigError("ROUNDTABLE_ROOM_MINUTES must be 1-1440")
-        if self.public_url and not self.public_url.startswith(("http://", "https://")):
-            raise ConfigError("ROUNDTABLE_PUBLIC_URL must start with http:// or https://")
-        if not 1 <= self.invite_minutes <= 240:
-            raise ConfigError("ROUNDTABLE_INVITE_MINUTES must be 1-240")
-        if self.invite_webhook and not self.invite_webhook.startswith(("http://", "https://")):
-            raise ConfigError("ROUNDTABLE_INVITE_WEBHOOK must start with http:// or https://")
-        if self.webhook_attempts < 1:
-            raise ConfigError("webhook_attempts must be at least 1")
-        self._validate_turn()
-        if self.secret and len(self.secret.encode()) < 32:
-            raise ConfigError("ROUNDTABLE_SECRET must have at least 32 characters")
+    # -- validation --------------------------------------------------------------------
 
-    def _validate_turn(self) -> None:
-        if self.ice_policy not in ("all", "relay"):
-            raise ConfigError("ROUNDTABLE_ICE_POLICY must be all or relay")
-        for url in self.turn_urls:
+    @field_validator("trusted_proxies", "turn_urls", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("ice_policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        value = value.lower() if isinstance(value, str) else value
+        if value not in ("all", "relay"):
+            raise ValueError("must be all or relay")
+        return value
+
+    @field_validator("media_ports", mode="before")
+    @classmethod
+    def _port_range(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        first, sep, last = value.partition("-")
+        if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+            raise ValueError('must be "FIRST-LAST", e.g. 40000-40999')
+        return int(first), int(last)
+
+    @field_validator("media_ports")
+    @classmethod
+    def _port_range_bounds(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 1 <= value[0] <= value[1] <= 65535:
+            raise ValueError("must be FIRST-LAST with 1 <= FIRST <= LAST <= 65535")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+        return tuple(out)
+
+    @field_validator("turn_urls")
+    @classmethod
+    def _turn_schemes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
             if not url.startswith(("stun:", "turn:", "turns:")):
-                raise ConfigError(
-                    f"ROUNDTABLE_TURN_URLS: {url!r} must start with stun:, turn: or turns:"
-                )
+                raise ValueError(f"{url!r} must start with stun:, turn: or turns:")
+        return value
+
+    @field_validator("turn_ttl")
+    @classmethod
+    def _ttl(cls, value: int | None) -> int | None:
+        if value is not None and not 60 <= value <= 24 * 3600:
+            raise ValueError("must be 60-86400 seconds")
+        return value
+
+    @field_validator("announced_ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address") from None
+        return value
+
+    @field_validator("public_url", "invite_webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_length(cls, value: str) -> str:
+        if value and len(value.encode()) < 32:
+            raise ValueError("must have at least 32 characters")
+        return value
+
+    @field_validator("state_dir", "tls_cert", "tls_key", "web_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @model_validator(mode="after")
+    def _together(self) -> Config:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "ROUNDTABLE_TLS_CERT and ROUNDTABLE_TLS_KEY go together: set both or neither"
+            )
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{env_name(name)}: no such file: {path}")
         has_turn = any(u.startswith(("turn:", "turns:")) for u in self.turn_urls)
         if has_turn and not self.turn_secret:
-            raise ConfigError("ROUNDTABLE_TURN_URLS has TURN servers: set ROUNDTABLE_TURN_SECRET")
+            raise ValueError(
+                "ROUNDTABLE_TURN_URLS names TURN servers: set ROUNDTABLE_TURN_SECRET "
+                "(coturn's static-auth-secret) too"
+            )
         if self.ice_policy == "relay" and not has_turn:
-            raise ConfigError(
+            raise ValueError(
                 "ROUNDTABLE_ICE_POLICY=relay needs a turn: or turns: URL in ROUNDTABLE_TURN_URLS"
             )
-        if self.turn_ttl is not None and not 60 <= self.turn_ttl <= 24 * 3600:
-            raise ConfigError("ROUNDTABLE_TURN_TTL must be 60-86400 seconds")
+        return self
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting (its first one, where it has several)."""
+    info = Config.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        assert isinstance(first, str)
+        return first
+    return ENV_PREFIX + field.upper()
+
+
+def env_names(field: str) -> tuple[str, ...]:
+    info = Config.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return tuple(c for c in alias.choices if isinstance(c, str))
+    return (env_name(field),)
+
+
+def field_extra(info: FieldInfo) -> dict[str, Any]:
+    extra = info.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def _explain(exc: ValidationError) -> str:
+    """pydantic's errors in the operator's words: the variable, what is wrong, the value."""
+    lines = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = err.get("loc") or ()
+        field = loc[0] if loc else None
+        if isinstance(field, str) and field in Config.model_fields:
+            value = err.get("input")
+            got = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+            if Config.model_fields[field].repr is False:
+                got = ""  # never echo a secret
+            lines.append(f"{env_name(field)}: {msg}{got}")
+        else:
+            lines.append(msg)
+    return "; ".join(lines)
