@@ -22,6 +22,8 @@ import socketio
 from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
 )
@@ -34,8 +36,34 @@ from .publisher import PacedSender
 
 log = logging.getLogger(__name__)
 
-# No STUN/TURN (nothing may leave the host), one transport like a browser's max-bundle.
+# One transport like a browser's max-bundle; STUN/TURN only if welcome names servers.
 CLIENT_CONFIG = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
+def rtc_configuration(ice: Any) -> RTCConfiguration:
+    """``welcome.ice`` as aiortc takes it: the same servers and policy the page uses
+    (aioice speaks TURN over UDP and TCP; ``turns:`` it does not verify like a browser)."""
+    if not isinstance(ice, dict):
+        return CLIENT_CONFIG
+    servers = [
+        RTCIceServer(
+            urls=entry["urls"],
+            username=entry.get("username"),
+            credential=entry.get("credential"),
+        )
+        for entry in ice.get("iceServers") or []
+        if isinstance(entry, dict) and entry.get("urls")
+    ]
+    policy = (
+        RTCIceTransportPolicy.RELAY
+        if ice.get("iceTransportPolicy") == "relay"
+        else RTCIceTransportPolicy.ALL
+    )
+    return RTCConfiguration(
+        iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE, iceTransportPolicy=policy
+    )
+
+
 SIGNAL_TIMEOUT = 30.0
 
 
@@ -121,6 +149,7 @@ class SyntheticParticipant:
         self._on_rtp = self._make_on_rtp()
         self._sub_lock = asyncio.Lock()
         self._welcome = asyncio.Event()
+        self._rtc_config = CLIENT_CONFIG
         self._tasks: set[asyncio.Task[Any]] = set()
         self._grants: set[str] = set()
         self.sio = socketio.AsyncClient(reconnection=False, ssl_verify=tls_verify)
@@ -147,6 +176,7 @@ class SyntheticParticipant:
     async def _on_welcome(self, data: dict[str, Any]) -> None:
         you = data.get("you", {})
         self.pid = you.get("id")
+        self._rtc_config = rtc_configuration(data.get("ice"))
         self._grants = {"publish", "subscribe"}  # the server enforces the real grants
         if you.get("state") == "waiting":
             self.errors.append("waiting_room")
@@ -157,14 +187,20 @@ class SyntheticParticipant:
         self.errors.append(str(code))
 
     async def _publish(self) -> None:
-        self.pub = RTCPeerConnection(CLIENT_CONFIG)
+        self.pub = RTCPeerConnection(self._rtc_config)
         self.pub.on("connectionstatechange", self._publish_state)
         kinds = [("audio", self.media.audio)]
         if not self.audio_only and self.media.video:
             kinds.append(("video", self.media.video))
         paced: list[tuple[PacedSender, Any]] = []
+        # The C send path writes to a host pair's UDP socket; a relay-only peer's media
+        # must be wrapped for the TURN server by aioice, so it goes through aiortc's sender.
+        via_aiortc = (
+            self.aiortc_publisher
+            or self._rtc_config.iceTransportPolicy is RTCIceTransportPolicy.RELAY
+        )
         for kind, frames in kinds:
-            if self.aiortc_publisher:
+            if via_aiortc:
                 track = ReplayTrack(kind, frames, self.index)
                 sender = self.pub.addTrack(track)
                 # A PLI/FIR relayed by the server restarts the replay at its key frame,
@@ -209,7 +245,7 @@ class SyntheticParticipant:
         async with self._sub_lock:
             try:
                 if self.sub is None:
-                    self.sub = RTCPeerConnection(CLIENT_CONFIG)
+                    self.sub = RTCPeerConnection(self._rtc_config)
                     self.sub.on("track", self._on_track)
                 for t in data.get("tracks", []):
                     self.mid_owner[t["mid"]] = (t["participant"], t["kind"])

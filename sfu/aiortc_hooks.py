@@ -470,7 +470,9 @@ def _send_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
     if type(protocol) is not aioice.ice.StunProtocol:
         return False
     udp = protocol.transport
-    if udp is None or udp.get_write_buffer_size():
+    # A relayed pair's transport is aioice's TurnTransport (no socket, no write buffer):
+    # it goes through aiortc's own chain, which wraps the data for the TURN server.
+    if udp is None or getattr(udp, "_sock", None) is None or udp.get_write_buffer_size():
         return False
     if is_rtcp(data):
         protected = dtls._tx_srtp.protect_rtcp(data)

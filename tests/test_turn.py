@@ -251,3 +251,35 @@ async def test_removed_participant_gets_no_new_credential(server: RunningServer,
         assert "welcome" not in again.events
     finally:
         await again.close()
+
+
+async def test_bench_participants_send_media_only_through_coturn(
+    server: RunningServer, coturn: Coturn
+) -> None:
+    """The bench's synthetic peers take ``welcome.ice`` as the page does: with the relay
+    policy they offer only relay candidates, and media still flows both ways."""
+    from bench.generator import partner_token
+    from bench.media import encode_media
+    from bench.participant import SyntheticParticipant, Window
+    from tests.media import wait_for
+
+    media = encode_media(video_bitrate=200_000, seconds=1.0, size=(320, 180))
+    people: list[SyntheticParticipant] = []
+    try:
+        for i in range(2):
+            token = partner_token(server.config.secret, ROOM, i)
+            p = SyntheticParticipant(server.url, token, "partner", i, media, Window(active=True))
+            people.append(p)
+            await p.join()
+        await wait_for(lambda: all(len(p.rx.e2e_ns) >= 20 for p in people), timeout=30)
+        assert all(len(p.rx.e2e_ns) >= 20 for p in people), [p.errors for p in people]
+        assert all(p.received_from() == {q.pid for q in people} - {p.pid} for p in people)
+        for p in people:
+            for pc in (p.pub, p.sub):
+                assert pc is not None
+                candidates = [
+                    line for line in pc.localDescription.sdp.splitlines() if "a=candidate:" in line
+                ]
+                assert candidates and all(" typ relay" in c for c in candidates), candidates
+    finally:
+        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)

@@ -43,6 +43,8 @@ export class Call extends EventTarget {
     this.leaving = false;
     this._subscribeChain = Promise.resolve();
     this._generation = 0;
+    /** welcome.ice: {iceServers, iceTransportPolicy}, fresh TURN credentials per welcome */
+    this.ice = { iceServers: [], iceTransportPolicy: "all" };
   }
 
   connect() {
@@ -133,6 +135,12 @@ export class Call extends EventTarget {
     this._teardownMedia();
     this.you = msg.you;
     this.room = msg.room;
+    // Every welcome (also after a reconnect) brings a new TURN credential: use the latest.
+    const ice = msg.ice || {};
+    this.ice = {
+      iceServers: Array.isArray(ice.iceServers) ? ice.iceServers : [],
+      iceTransportPolicy: ice.iceTransportPolicy === "relay" ? "relay" : "all",
+    };
     this._emit("welcome", { you: msg.you, room: msg.room });
     if (LIVE_STATES.has(msg.you.state)) this._startPublish();
   }
@@ -150,6 +158,15 @@ export class Call extends EventTarget {
     this._emit("roster", { participants });
   }
 
+  /** Both legs: the STUN/TURN servers and transport policy the server sent in welcome. */
+  _rtcConfig() {
+    return {
+      bundlePolicy: "max-bundle",
+      iceServers: this.ice.iceServers,
+      iceTransportPolicy: this.ice.iceTransportPolicy,
+    };
+  }
+
   // --- publish leg -----------------------------------------------------------------
 
   _startPublish() {
@@ -162,7 +179,7 @@ export class Call extends EventTarget {
     const tracks = this.localStream ? this.localStream.getTracks() : [];
     if (tracks.length === 0) return; // listen-only: nothing to publish
     const gen = this._generation;
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection(this._rtcConfig());
     this.pcs.publish = pc;
     this._watchState(pc, "publish");
     const trickle = this._trickle(pc, "publish");
@@ -183,7 +200,7 @@ export class Call extends EventTarget {
   async _onSubscribeOffer(msg) {
     let pc = this.pcs.subscribe;
     if (!pc) {
-      pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+      pc = new RTCPeerConnection(this._rtcConfig());
       this.pcs.subscribe = pc;
       this._watchState(pc, "subscribe");
       this._subscribeTrickle = this._trickle(pc, "subscribe");
