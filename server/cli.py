@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from server import logs
 from server import secrets as secret_store
 from server import settings_doc
 from server.config import Config, ConfigError
@@ -145,22 +147,65 @@ async def _serve(config: Config, generated: secret_store.Secrets | None) -> None
     print(f"roundtable listening on {local}", flush=True)
     if config.public_url:
         print(f"join links use {config.public_url}", flush=True)
-    if generated is not None:
-        where = "created" if generated.created else "loaded"
-        print(f"secrets {where}: {generated.path} (mode 0600)", flush=True)
-        print(f"API key: {config.api_key}", flush=True)
-    print("create a session:", flush=True)
-    command = (
-        f"curl -X POST -H {shlex.quote('Authorization: Bearer ' + config.api_key)} "
-        f"{local}/api/rooms"
-    )
-    print(f"  {command}", flush=True)
+    for line in start_hint(config, generated, local, sys.stdout.isatty()):
+        print(line, flush=True)
 
     try:
         await until_stopped()
     finally:
         log.info("shutting down")
         await runner.cleanup()
+
+
+def start_hint(
+    config: Config, generated: secret_store.Secrets | None, local: str, terminal: bool
+) -> list[str]:
+    """What ``serve`` prints at start: where the secrets are and how to create a session.
+
+    The API key itself appears only when it was just generated and stdout is a terminal
+    (someone is watching): never when it came from the environment or the file, and never
+    into a log file or the journal, which outlive the moment and are read by others.
+    """
+    lines: list[str] = []
+    show_key = generated is not None and generated.created and terminal
+    if generated is not None:
+        where = "created" if generated.created else "loaded"
+        lines.append(f"secrets {where}: {generated.path} (mode 0600)")
+        if show_key:
+            lines.append(f"API key: {config.api_key}")
+    header = "Authorization: Bearer " + (config.api_key if show_key else "$ROUNDTABLE_API_KEY")
+    if show_key:
+        lines.append("create a session:")
+    else:
+        in_file = generated is not None and not os.environ.get("ROUNDTABLE_API_KEY")
+        where = f", the api_key in {generated.path}" if in_file and generated else ""
+        lines.append(f"create a session (ROUNDTABLE_API_KEY set to the API key{where}):")
+    quoted = shlex.quote(header) if show_key else f'"{header}"'
+    lines.append(f"  curl -X POST -H {quoted} {local}/api/rooms")
+    return lines
+
+
+def raise_open_file_limit() -> None:
+    """Use the hard limit of open files, not the (often 1,024) soft one.
+
+    Every participant holds a socket for signalling and UDP sockets for media; an attacker
+    holding connections should meet our per-address caps, not the kernel's default.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Linux/BSD
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # "unlimited" is not accepted as a soft limit; the kernel's usual ceiling (nr_open) is.
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+        return
+    log.info("open-file limit raised from %d to %d", soft, target)
 
 
 async def until_stopped() -> None:
@@ -188,6 +233,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Library chatter at INFO would include SDP and addresses; keep it at WARNING.
     for noisy in ("aioice", "aiortc", "socketio", "engineio", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.install()
+    raise_open_file_limit()
     config, generated = _with_secrets(config, create=True)
     try:
         asyncio.run(_serve(config, generated))

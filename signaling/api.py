@@ -35,6 +35,9 @@ from signaling.tokens import TokenClaims, TokenService, new_id
 log = logging.getLogger(__name__)
 
 MAX_NAME_CHARS = 80
+# What the page is made of; anything else under web/ (npm's files) is not for browsers.
+SERVED_SUFFIXES = frozenset({"js", "mjs", "css", "svg", "png", "ico", "woff2", "html", "map"})
+NOT_SERVED = frozenset({"node_modules", "package.json", "package-lock.json"})
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}$")
 
 
@@ -231,10 +234,12 @@ class RestApi:
     async def static(self, request: web.Request) -> web.StreamResponse:
         rel = request.match_info["path"]
         parts = rel.split("/")
-        # No dotfiles, no npm tree (only web/vendor is meant to be served), no traversal.
+        # No dotfiles, no npm tree or manifests (only web/vendor is meant to be served:
+        # package.json would tell an attacker our library versions), no traversal.
         if (
             any(p in ("", ".", "..") or p.startswith(".") for p in parts)
-            or parts[0] == "node_modules"
+            or parts[0] in NOT_SERVED
+            or parts[-1].rsplit(".", 1)[-1] not in SERVED_SUFFIXES
         ):
             raise NotFound()
         path = (self._web_dir / rel).resolve()
@@ -248,6 +253,8 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     host = request.host if _HOST_RE.match(request.host or "") else ""
     ws = f" ws://{host} wss://{host}" if host else ""
     h = response.headers
+    # aiohttp names itself and Python with versions; an attacker needs neither.
+    h["Server"] = "roundtable"
     h["Content-Security-Policy"] = (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         f"media-src 'self' blob: mediastream:; connect-src 'self'{ws}; font-src 'self'; "

@@ -8,6 +8,8 @@ invite token (``invite: true``) is single-use (its ``jti`` is recorded on first 
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import secrets
 import time
@@ -71,6 +73,21 @@ class TokenClaims:
     @property
     def single_use(self) -> bool:
         return self.invite
+
+
+def _only_signature_broken(token: str) -> bool:
+    """Three segments whose header and payload decode to JSON objects."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        for segment in parts[:2]:
+            padded = segment + "=" * (-len(segment) % 4)
+            if not isinstance(json.loads(base64.urlsafe_b64decode(padded)), dict):
+                return False
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _bad(code: str, message: str) -> TokenError:
@@ -171,6 +188,10 @@ class TokenService:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
+            # pyjwt decodes the signature segment here too: a truncated signature is
+            # still a signature problem (docs/protocol.md, verification order).
+            if _only_signature_broken(token):
+                raise _bad("token_bad_signature", "The token signature is wrong.") from None
             raise _bad("token_malformed", "The token is not a JWT.") from None
         # Checked before decoding so that `alg: none` and asymmetric algorithms (the
         # classic key-confusion attacks) are named as what they are.
@@ -204,6 +225,12 @@ class TokenService:
             raise _bad("token_wrong_audience", "The token is for another audience.") from None
         except jwt.InvalidIssuerError:
             raise _bad("token_wrong_issuer", "The token has another issuer.") from None
+        except jwt.DecodeError:
+            # Header and payload were fine (the header was read above): what failed to
+            # decode is the signature segment, e.g. a truncated one.
+            if _only_signature_broken(token):
+                raise _bad("token_bad_signature", "The token signature is wrong.") from None
+            raise _bad("token_malformed", "The token is not valid.") from None
         except jwt.InvalidTokenError:
             raise _bad("token_malformed", "The token is not valid.") from None
         claims = self._claims(payload)

@@ -128,14 +128,15 @@ def test_serve_without_secrets_prints_a_command_that_creates_a_session(
     url = first.line_with("listening on").rsplit(" ", 1)[1]
     assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
     assert "secrets created" in first.line_with("secrets ")
-    key = first.line_with("API key:").split(": ", 1)[1]
     command = first.line_with("curl -X POST").strip()
-    assert key in command
 
     secrets_file = tmp_path / "state" / "secrets.json"
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     stored = json.loads(secrets_file.read_text())
-    assert stored["api_key"] == key
+    key = stored["api_key"]
+    # stdout is a pipe here, as into a log file: the key is named, never printed.
+    assert key not in "\n".join(first.seen) and "$ROUNDTABLE_API_KEY" in command
+    command = command.replace("$ROUNDTABLE_API_KEY", key)
 
     status, room = _run_printed_command(command)
     assert status == 201, room
@@ -154,7 +155,42 @@ def test_serve_without_secrets_prints_a_command_that_creates_a_session(
     # A restart reuses the same secrets: links stay valid, the key stays the same.
     second = serve()
     assert "secrets loaded" in second.line_with("secrets ")
-    assert second.line_with("API key:").split(": ", 1)[1] == key
+    second.line_with("curl -X POST")
+    assert key not in "\n".join(second.seen)
+    assert json.loads(secrets_file.read_text())["api_key"] == key
+
+
+def test_api_key_is_printed_only_when_just_generated_and_to_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    def start() -> str:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(
+            [str(BIN), "serve", "--host", "127.0.0.1", "--port", "0"],
+            env=_env(tmp_path / "state"),
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(follower)
+        out = b""
+        deadline = time.monotonic() + 30
+        try:
+            while b"/api/rooms" not in out and time.monotonic() < deadline:
+                try:
+                    out += os.read(leader, 4096)
+                except OSError:
+                    break
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+            os.close(leader)
+        return out.decode()
+
+    first = start()
+    key = json.loads((tmp_path / "state" / "secrets.json").read_text())["api_key"]
+    assert f"API key: {key}" in first, first
+    again = start()
+    assert "/api/rooms" in again and key not in again, again
 
 
 def _try(command: str) -> tuple[int, dict]:

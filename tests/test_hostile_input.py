@@ -7,6 +7,7 @@ sockets without authenticating, send absurdly nested JSON, join one link 60 time
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -133,3 +134,107 @@ async def test_engineio_sockets_that_never_authenticate_are_capped_and_closed(
                 await ws.close()
             await http.close()
     assert "Traceback" not in caplog.text
+
+
+# -- low findings -------------------------------------------------------------------------
+
+
+async def test_deeply_nested_json_event_is_invalid_payload(
+    server: RunningServer, clients: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    cw = await clients.join(server.token(room=ROOM, role="caseworker"))
+    deep = "[" * 5000 + "]" * 5000
+    for raw in (
+        f'2["publish",{deep}]',  # a known event with a deep payload
+        f"2{deep}",  # a deep "event name"
+        '2["publish",{"type":"offer","sdp":"v=0',  # cut off: does not decode at all
+    ):
+        before = len(cw.events.get("error", []))
+        await cw.sio.eio.send(raw)
+        await cw.wait("error", lambda e, n=before: len(cw.events["error"]) > n)
+        assert cw.events["error"][-1]["error"] == "invalid_payload", raw[:40]
+    # Still connected and served.
+    assert (await cw.call("room.lock", {"locked": False})) == {"ok": True}
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+
+
+async def test_truncated_jwt_signature_is_token_bad_signature(
+    server: RunningServer, clients: Clients
+) -> None:
+    token = server.token(room=ROOM, role="client")
+    for cut in (1, 2, 5, 20):
+        assert await clients.refused(token[:-cut]) == "token_bad_signature", cut
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            f"{server.url}/api/rooms/{ROOM}", headers={"Authorization": f"Bearer {token[:-1]}"}
+        ) as resp:
+            assert (resp.status, (await resp.json())["error"]) == (401, "token_bad_signature")
+
+
+async def test_server_header_names_no_versions_and_npm_files_are_not_served(
+    server: RunningServer,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/join", "/static/app.js", "/socket.io/?EIO=4&transport=polling"):
+            async with http.get(f"{server.url}{path}") as resp:
+                assert resp.headers["Server"] == "roundtable", (path, resp.headers["Server"])
+        for path in (
+            "/static/package.json",
+            "/static/package-lock.json",
+            "/static/node_modules/socket.io-client/package.json",
+            "/static/vendor/../package.json",
+        ):
+            async with http.get(f"{server.url}{path}") as resp:
+                assert resp.status == 404, path
+        async with http.get(f"{server.url}/static/vendor/socket.io.min.js") as resp:
+            assert resp.status == 200
+
+
+def test_repeated_identical_log_lines_are_rate_limited() -> None:
+    from server.logs import RepeatFilter
+
+    clock = [0.0]
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("roundtable.test.repeat")
+    logger.propagate = False
+    handler = Keep()
+    handler.addFilter(RepeatFilter(window=10, burst_warning=5, now=lambda: clock[0]))
+    logger.addHandler(handler)
+    try:
+        for i in range(1000):
+            logger.error("accept failed on fd %d", i)
+        logger.error("something else")
+        assert len(records) == 6
+        clock[0] = 11.0
+        logger.error("accept failed on fd %d", 1001)
+        assert records[-1] == "accept failed on fd 1001 [995 more like this held back]"
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_serve_raises_its_open_file_limit(tmp_path: Path) -> None:
+    import resource
+
+    from tests.test_cli import Serve
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.fail(f"the hard open-file limit ({hard}) leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        serve = Serve(tmp_path / "state")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        serve.line_with("curl -X POST")
+        limits = Path(f"/proc/{serve.proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        now_soft, now_hard = line.split()[3:5]
+        assert now_soft == now_hard, line
+    finally:
+        assert serve.stop() == 0
