@@ -14,9 +14,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from server import logs
+from server import logs, settings_doc
 from server import secrets as secret_store
-from server import settings_doc
 from server.config import Config, ConfigError
 
 log = logging.getLogger("roundtable")
