@@ -152,13 +152,20 @@ class RoomHub:
         raise RoundtableError("room_locked", "This session is locked; nobody new may enter.")
 
     async def join(self, claims: TokenClaims, sid: str) -> Participant:
-        """Add a verified participant; admitted at once unless its token says lobby."""
+        """Add a verified participant; admitted at once unless its token says lobby.
+
+        The seat is taken in one step with no ``await`` inside: the same link joined many
+        times at once must leave exactly one participant, each earlier connection moved to
+        ``left`` before anyone else can see it. Telling the replaced connections happens
+        afterwards.
+        """
         record = await self._store.get_room(claims.room)
         if record is None:
             # A token signed with our secret (e.g. from `roundtable token`) is authority
             # enough to open its room; the record lets other nodes see the room exists.
             now = int(time.time())
             await self._store.put_room(RoomRecord(claims.room, now, claims.exp))
+        # -- from here to the seat: no await --
         live = self._rooms.get(claims.room)
         if live is None:
             live = _LiveRoom(Room(claims.room, self._max_participants))
@@ -173,6 +180,14 @@ class RoomHub:
                 self._rooms.pop(claims.room, None)
             raise
         if previous is not None:
+            previous.leave()
+        live.negotiations[participant.id] = _Negotiation()
+        # A reload of someone already admitted does not send them back to the waiting room.
+        if not claims.lobby or was_admitted:
+            participant.admit()
+        away = live.host_away.pop(participant.id, None)
+        # -- seated; now tell whoever needs to know --
+        if previous is not None:
             # Same person again (reload, second tab): the newer connection wins.
             log.info(
                 "room %s: participant %s replaced connection %s",
@@ -180,17 +195,11 @@ class RoomHub:
                 previous.id,
                 previous.sid,
             )
-            previous.leave()
             await self._forget_media(live, previous.id)
             if self.notifier:
                 await self.notifier.drop(
                     previous.sid, Forbidden("forbidden", "You joined from another window.")
                 )
-        live.negotiations[participant.id] = _Negotiation()
-        # A reload of someone already admitted does not send them back to the waiting room.
-        if not claims.lobby or was_admitted:
-            participant.admit()
-        away = live.host_away.pop(participant.id, None)
         if away is not None:
             away[1].cancel()
             log.info("room %s: host %s is back", claims.room, participant.id)

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from signaling.errors import (
+    Forbidden,
     InternalError,
     InvalidPayload,
     RoundtableError,
@@ -105,7 +106,10 @@ class SignalingSocket:
         await self.sio.emit(event, payload, to=sid)
 
     async def drop(self, sid: str, error: RoundtableError | None) -> None:
-        self._connections.pop(sid, None)
+        if self._connections.pop(sid, None) is None:
+            # Not (yet) a connection of ours: its connect handler is still running and
+            # refuses it itself once it sees its participant gone.
+            return
         if error is not None:
             await self.sio.emit("error", socket_error(error), to=sid)
         await self.sio.disconnect(sid)
@@ -136,6 +140,10 @@ class SignalingSocket:
             if not self._hub.present(claims):
                 await self._tokens.consume_invite(claims)
             participant = await self._hub.join(claims, sid)
+            if not participant.active:
+                # A newer connection of the same link took the seat while this one was
+                # being told about the connection it replaced (docs/protocol.md).
+                raise Forbidden("forbidden", "You joined from another window.")
         except RoundtableError as err:
             self._metrics.refused(err.code)
             log.info("connect %s refused: %s", sid, err.code)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import socketio
 
 from server.app import SOCKET
 from tests.controlplane import Clients, RunningServer, me, roster_ids, running_server
@@ -238,3 +239,57 @@ def test_serve_raises_its_open_file_limit(tmp_path: Path) -> None:
         assert now_soft == now_hard, line
     finally:
         assert serve.stop() == 0
+
+
+# -- one link joined 60 times at once ----------------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["client", "invite"])
+async def test_one_link_joined_60_times_at_once_takes_exactly_one_seat(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, link: str
+) -> None:
+    from tests.controlplane import SignalClient, link_token, refusal_code
+
+    caplog.set_level(logging.INFO)
+    async with running_server(tmp_path, joins_per_ip_per_minute=1000) as server:
+        room = await server.create_room()
+        cw_token = link_token(room["caseworker_url"])
+        if link == "client":
+            token = link_token(room["client_url"])
+        else:
+            status, body = await server.invite(room["room"], cw_token, waiting_room=False)
+            assert status == 201, body
+            token = link_token(body["invite_url"])
+        # From four addresses, 15 each: below the cap of sockets not yet authenticated
+        # per address, so every one of the 60 reaches the join itself.
+        sessions = [
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(local_addr=(f"127.0.0.{1 + i % 4}", 0))
+            )
+            for i in range(60)
+        ]
+        racers = [
+            SignalClient(sio=socketio.AsyncClient(reconnection=False, http_session=http))
+            for http in sessions
+        ]
+        try:
+            joined = await asyncio.gather(*(c.connect(server.url, token) for c in racers))
+            await asyncio.sleep(1.0)  # replaced connections are told and dropped
+            codes = {refusal_code(c) for c, ok in zip(racers, joined, strict=True) if not ok}
+            seated = [c for c in racers if c.sio.connected and "welcome" in c.events]
+            assert len(seated) == 1, (len(seated), codes)
+            # Losers get documented codes: replaced by a newer connection, or invite spent.
+            replaced = {
+                e["error"] for c in racers if c not in seated for e in c.events.get("error", [])
+            }
+            assert (codes | replaced) <= {"forbidden", "invite_used"}, (codes, replaced)
+            live = server.hub.room(room["room"])
+            assert live is not None and len(live.active()) == 1
+            assert me(seated[0]) == live.active()[0].id
+        finally:
+            for c in racers:
+                await c.close()
+            for http in sessions:
+                await http.close()
+    assert "Traceback" not in caplog.text and "IllegalTransition" not in caplog.text
+    assert "internal" not in caplog.text
