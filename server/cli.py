@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from server import logs, settings_doc
+from server import logs, settings_doc, tls
 from server import secrets as secret_store
 from server.config import Config, ConfigError
 
@@ -126,14 +126,35 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config: Config, generated: secret_store.Secrets | None) -> None:
+async def _serve(
+    config: Config,
+    generated: secret_store.Secrets | None,
+    certificate: tls.ServerCertificate | None,
+) -> None:
     from server.app import build_app
 
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = web.TCPSite(
+        runner,
+        config.host,
+        config.port,
+        ssl_context=certificate.context if certificate is not None else None,
+    )
     await site.start()
+    # A renewed certificate (certbot, an ACME client, a cron job) is picked up by
+    # `kill -HUP` (systemd: reload): new connections get it, calls in progress stay
+    # connected. Without TLS a HUP must not kill the server either.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP,
+        certificate.reload
+        if certificate is not None
+        else lambda: log.info("SIGHUP: no TLS certificate to reload"),
+    )
+    warning = tls.plain_http_warning(config)
+    if warning:
+        log.warning("%s", warning)
     port = config.port
     for address in runner.addresses:
         if isinstance(address, tuple) and len(address) >= 2:
@@ -142,7 +163,8 @@ async def _serve(config: Config, generated: secret_store.Secrets | None) -> None
     shown_host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
     if ":" in shown_host:
         shown_host = f"[{shown_host}]"
-    local = f"http://{shown_host}:{port}"
+    scheme = "https" if certificate is not None else "http"
+    local = f"{scheme}://{shown_host}:{port}"
     print(f"roundtable listening on {local}", flush=True)
     if config.public_url:
         print(f"join links use {config.public_url}", flush=True)
@@ -235,8 +257,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.install()
     raise_open_file_limit()
     config, generated = _with_secrets(config, create=True)
+    certificate = tls.from_config(config)  # unreadable files fail here, before listening
     try:
-        asyncio.run(_serve(config, generated))
+        asyncio.run(_serve(config, generated, certificate))
     except OSError as exc:
         # Typically the port is taken or the address is not ours: say so, no traceback.
         print(

@@ -38,6 +38,7 @@ from signaling.transport import (
     Gate,
     HardenedServer,
     client_address,
+    same_origin,
 )
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,9 @@ class SignalingSocket:
         self.sio = HardenedServer(
             gate=Gate(limits.unauthenticated_per_address, limits.unauthenticated_seconds),
             async_mode="aiohttp",
-            # None = engine.io's same-origin check (Origin must equal the Host it was
-            # served from); clients without Origin (non-browsers) still need a token.
-            cors_allowed_origins=None,
+            # Same origin only (Origin must equal where the page was served from, over
+            # http or https); clients without Origin (non-browsers) still need a token.
+            cors_allowed_origins=same_origin,
             # Large enough for a 64 KiB SDP plus framing so that an oversized SDP gets a
             # clear `payload_too_large` from us instead of a dropped transport.
             max_http_buffer_size=4 * MAX_SDP_BYTES,

@@ -141,6 +141,24 @@ def client_address(environ: dict[str, Any]) -> str:
     return (getattr(request, "remote", None) or "") if request is not None else ""
 
 
+def same_origin(origin: str | None, environ: dict[str, Any]) -> bool:
+    """engine.io's same-origin check (Origin must be where the page was served from),
+    extended to HTTPS that aiohttp serves itself: engine.io's aiohttp driver assumes http
+    unless ``X-Forwarded-Proto`` says otherwise. Like engine.io, the forwarded headers
+    count here whoever sent them: they cannot be set by a browser, and only browsers are
+    what an Origin check keeps out."""
+    host = environ.get("HTTP_HOST", "")
+    allowed = {f"{environ.get('wsgi.url_scheme', 'http')}://{host}"}
+    request = environ.get("aiohttp.request")
+    if request is not None:
+        allowed.add(f"{request.scheme}://{request.host}")
+    if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
+        proto = environ.get("HTTP_X_FORWARDED_PROTO", "http").split(",")[0].strip()
+        fwd_host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
+        allowed.add(f"{proto}://{fwd_host}")
+    return origin in allowed
+
+
 class HardenedServer(socketio.AsyncServer):
     """``socketio.AsyncServer`` with the three defences above."""
 

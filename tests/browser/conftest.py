@@ -9,13 +9,14 @@ Helpers the tests call live in ``harness.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -31,24 +32,31 @@ from tests.browser.harness import (
     free_port,
     log_line,
 )
+from tests.certs import Certificate
 
 
-@pytest.fixture
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    """The real server; ``parametrize("server", [{"ENV": "value"}], indirect=True)`` adds env."""
+@contextlib.contextmanager
+def run_server(
+    tmp_path: Path, extra_env: dict[str, str] | None = None, *, tls: Certificate | None = None
+) -> Iterator[Server]:
+    """``roundtable serve`` in a subprocess with its own port, secrets and state dir;
+    with ``tls`` over HTTPS with that certificate (and HTTP clients that trust it)."""
     port = free_port()
     state = tmp_path / "state"
     state.mkdir()
+    scheme = "https" if tls else "http"
     env = dict(os.environ)
     env.update(
         ROUNDTABLE_SECRET=secrets.token_urlsafe(32),
         ROUNDTABLE_API_KEY=secrets.token_urlsafe(24),
         ROUNDTABLE_MEDIA_HOST="127.0.0.1",
         ROUNDTABLE_STATE_DIR=str(state),
-        ROUNDTABLE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        ROUNDTABLE_PUBLIC_URL=f"{scheme}://127.0.0.1:{port}",
         PYTHONUNBUFFERED="1",
     )
-    env.update(getattr(request, "param", None) or {})
+    if tls:
+        env.update(ROUNDTABLE_TLS_CERT=str(tls.cert), ROUNDTABLE_TLS_KEY=str(tls.key))
+    env.update(extra_env or {})
     log_path = tmp_path / "server.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
@@ -60,12 +68,13 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
         start_new_session=True,
     )
     srv = Server(
-        f"http://127.0.0.1:{port}",
+        f"{scheme}://127.0.0.1:{port}",
         env["ROUNDTABLE_API_KEY"],
         env["ROUNDTABLE_SECRET"],
         env,
         log_path,
         proc,
+        ssl.create_default_context(cafile=str(tls.cert)) if tls else None,
     )
     try:
         deadline = time.monotonic() + 30
@@ -73,7 +82,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
             if proc.poll() is not None:
                 pytest.fail(f"server exited with {proc.returncode}:\n{srv.log_tail()}")
             try:
-                with urllib.request.urlopen(srv.base_url + "/healthz", timeout=1) as resp:
+                with srv.urlopen("/healthz", timeout=1) as resp:
                     if resp.status == 200:
                         break
             except OSError:
@@ -94,6 +103,13 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
         print(f"\n--- server log tail ({log_path}) ---\n{srv.log_tail(30)}")
 
 
+@pytest.fixture
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """The real server; ``parametrize("server", [{"ENV": "value"}], indirect=True)`` adds env."""
+    with run_server(tmp_path, getattr(request, "param", None)) as srv:
+        yield srv
+
+
 # --- the browsers ----------------------------------------------------------------------
 
 
@@ -112,14 +128,19 @@ async def launch(tmp_path: Path, chromium: str) -> AsyncIterator[Launch]:
     async with async_playwright() as pw:
 
         async def _launch(
-            name: str = "user", *, width: int = 1280, height: int = 800, locale: str = "de-DE"
+            name: str = "user",
+            *,
+            width: int = 1280,
+            height: int = 800,
+            locale: str = "de-DE",
+            args: Sequence[str] = (),
         ) -> Browser:
             profile = tmp_path / f"profile-{len(browsers)}-{name}"
             context = await pw.chromium.launch_persistent_context(
                 str(profile),
                 executable_path=chromium,
                 headless=True,
-                args=CHROMIUM_ARGS,
+                args=[*CHROMIUM_ARGS, *args],
                 permissions=["camera", "microphone"],
                 viewport={"width": width, "height": height},
                 locale=locale,

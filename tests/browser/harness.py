@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -59,6 +60,13 @@ class Server:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes]
+    tls: ssl.SSLContext | None = None  # trusts the test certificate of an HTTPS server
+
+    def urlopen(self, target: str | urllib.request.Request, timeout: float = 10) -> Any:
+        """``urllib`` against this server (a path, or a Request with a full URL)."""
+        if isinstance(target, str):
+            target = self.base_url + target
+        return urllib.request.urlopen(target, timeout=timeout, context=self.tls)
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -75,7 +83,7 @@ class Server:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with self.urlopen(req) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
@@ -94,7 +102,7 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` as ``{"name{labels}": value}``."""
-        with urllib.request.urlopen(self.base_url + "/metrics", timeout=10) as resp:
+        with self.urlopen("/metrics") as resp:
             text = resp.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
