@@ -42,7 +42,7 @@ SOCKET = web.AppKey("roundtable.socket", SignalingSocket)
 CLIENT_MAX_SIZE = 512 * 1024
 
 
-def sfu_router_factory(config: Config, metrics: Metrics) -> RouterFactory:
+def sfu_router_factory(config: Config, metrics: Metrics, media_ports: Any = None) -> RouterFactory:
     """Routers from ``sfu.router``, their events translated for the control plane."""
     # Imported here: the control plane's tests can run with a fake media plane.
     from sfu import aiortc_hooks
@@ -51,7 +51,7 @@ def sfu_router_factory(config: Config, metrics: Metrics) -> RouterFactory:
     aiortc_hooks.check_compatible()
     # aioice gathers host candidates process-wide; restrict them to the media address.
     aiortc_hooks.use_media_host(config.media_host)
-    media_config = sfu_router.MediaConfig(media_host=config.media_host)
+    media_config = sfu_router.MediaConfig(media_host=config.media_host, ports=media_ports)
     collector = MediaStatsCollector()
     metrics.register(collector)
 
@@ -69,6 +69,18 @@ def sfu_router_factory(config: Config, metrics: Metrics) -> RouterFactory:
         return router
 
     return factory
+
+
+def media_ports(config: Config) -> Any:
+    """``sfu.ports.MediaPorts`` from the config: a range if one is set, else the one
+    shared port (``media_port``, the default), else ephemeral ports (``media_port=0``)."""
+    from sfu import udpmux
+    from sfu.ports import MediaPorts
+
+    mux = None
+    if config.media_ports is None and config.media_port:
+        mux = udpmux.acquire(config.media_port)
+    return MediaPorts(mux=mux, port_range=config.media_ports, announced_ip=config.announced_ip)
 
 
 def _default_store(config: Config) -> StateStore:
@@ -120,7 +132,11 @@ def build_app(
     store = store or _default_store(config)
     metrics = Metrics()
     tokens = TokenService(config.secret, store)
-    factory = router_factory or sfu_router_factory(config, metrics)
+    ports = None
+    if router_factory is None:
+        ports = media_ports(config)
+        router_factory = sfu_router_factory(config, metrics, ports)
+    factory = router_factory
     hub = RoomHub(
         store,
         factory,
@@ -186,11 +202,20 @@ def build_app(
         ping = getattr(store, "ping", None)
         if ping is not None:
             await ping()  # an unreachable Redis fails the start, not the first join
+        mux = ports.mux if ports is not None else None
+        if mux is not None and config.media_host:
+            # Bind now: a port that is taken fails the start, not the first call.
+            shared = await mux.socket_for(config.media_host)
+            log.info("media on udp %s:%s for every call", config.media_host, shared.port)
         yield
         if webhook is not None:
             await webhook.close()
         await hub.shutdown()
         await store.close()
+        if mux is not None:  # after the routers: their connections use its sockets
+            from sfu import udpmux
+
+            udpmux.release(mux)
 
     app.on_shutdown.append(close_connections)
     app.cleanup_ctx.append(lifecycle)

@@ -1025,6 +1025,15 @@ typedef struct {
     PyObject *session, *dtls, *connected, *on_rtp, *on_rtcp;
     int abs_id, mid_id;
     unsigned long long rx_packets, rx_bytes, datagrams, wakeups;
+    /* A socket shared by many ICE connections (sfu/udpmux.py): remote address key
+     * (addr_key) -> the Reader of the connection that owns that address. The
+     * datagram is handled with that Reader's SRTP state and protocol; an address with
+     * no route goes to this Reader's own datagram_received (the mux's dispatcher).
+     * NULL for a socket of one connection. */
+    PyObject *routes;
+    /* DTLS counters not yet added to the transport (a routed Reader, flushed once per
+     * read callback of the shared socket) */
+    unsigned long long pending_packets, pending_bytes;
 } Reader;
 
 static void Reader_clear_rtp_(Reader *self)
@@ -1048,6 +1057,7 @@ static int Reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->connected);
     Py_VISIT(self->on_rtp);
     Py_VISIT(self->on_rtcp);
+    Py_VISIT(self->routes);
     return 0;
 }
 
@@ -1055,6 +1065,7 @@ static int Reader_clear(Reader *self)
 {
     Py_CLEAR(self->datagram_received);
     Py_CLEAR(self->error_received);
+    Py_CLEAR(self->routes);
     Reader_clear_rtp_(self);
     return 0;
 }
@@ -1113,6 +1124,65 @@ static PyObject *Reader_set_rtp(Reader *self, PyObject *args)
     self->mid_id = mid_id;
     self->rtp = 1;
     Py_RETURN_NONE;
+}
+
+static PyTypeObject ReaderType;
+
+static PyObject *Reader_set_routes(Reader *self, PyObject *routes)
+{
+    if (!PyDict_Check(routes)) {
+        PyErr_SetString(PyExc_TypeError, "routes must be a dict");
+        return NULL;
+    }
+    Py_INCREF(routes);
+    Py_XSETREF(self->routes, routes);
+    Py_RETURN_NONE;
+}
+
+/* The routing key of a remote address: an int for IPv4, 18 bytes for IPv6. Python
+ * computes the same key with addr_key(host, port). */
+static PyObject *sockaddr_key(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)a;
+        uint64_t k = ((uint64_t)ntohl(a4->sin_addr.s_addr) << 16) | ntohs(a4->sin_port);
+        return PyLong_FromUnsignedLongLong(k);
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)a;
+        unsigned char k[18];
+        memcpy(k, &a6->sin6_addr, 16);
+        memcpy(k + 16, &a6->sin6_port, 2);
+        return PyBytes_FromStringAndSize((const char *)k, 18);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_addr_key(PyObject *module, PyObject *args)
+{
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(args, "si", &host, &port))
+        return NULL;
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return NULL;
+    }
+    struct sockaddr_storage a;
+    memset(&a, 0, sizeof(a));
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&a;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&a;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+    } else {
+        PyErr_SetString(PyExc_ValueError, "not an IP address");
+        return NULL;
+    }
+    return sockaddr_key(&a);
 }
 
 static PyObject *make_addr(const struct sockaddr_storage *a)
@@ -1178,7 +1248,22 @@ static int add_to_attr(PyObject *obj, PyObject *name, unsigned long long n)
     return r;
 }
 
-static PyObject *Reader_drain(Reader *self);
+static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched);
+
+/* Add what a Reader read since the last flush to its DTLS transport's counters (read
+ * by getStats): once per read callback rather than per packet. */
+static void Reader_flush_counters(Reader *t)
+{
+    if (!t->dtls || !t->pending_packets)
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (add_to_attr(t->dtls, str_rx_packets, t->pending_packets) < 0 ||
+        add_to_attr(t->dtls, str_rx_bytes, t->pending_bytes) < 0)
+        PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    t->pending_packets = t->pending_bytes = 0;
+}
 
 static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds)
 {
@@ -1187,25 +1272,92 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Reader was not initialised");
         return NULL;
     }
-    self->wakeups++;
-    unsigned long long packets = self->rx_packets, bytes = self->rx_bytes;
-    PyObject *dtls = self->dtls;
-    Py_XINCREF(dtls);
-    PyObject *r = Reader_drain(self);
-    /* the DTLS transport's counters, once per callback rather than per packet */
-    if (dtls && self->rx_packets != packets) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        if (add_to_attr(dtls, str_rx_packets, self->rx_packets - packets) < 0 ||
-            add_to_attr(dtls, str_rx_bytes, self->rx_bytes - bytes) < 0)
-            PyErr_Clear();
-        PyErr_Restore(type, value, tb);
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "a routed Reader has no socket of its own");
+        return NULL;
     }
-    Py_XDECREF(dtls);
+    self->wakeups++;
+    Reader *touched[BATCH];
+    int ntouched = 0;
+    PyObject *r = Reader_drain(self, touched, &ntouched);
+    for (int i = 0; i < ntouched; i++) {
+        Reader_flush_counters(touched[i]);
+        Py_DECREF(touched[i]);
+    }
     return r;
 }
 
-static PyObject *Reader_drain(Reader *self)
+/* Handle one datagram in recv_buf with t's SRTP state and protocol. 0, or -1 with an
+ * exception set. */
+static int Reader_handle(Reader *t, Py_ssize_t n, const struct sockaddr_storage *addr,
+                         int64_t t_in)
+{
+    unsigned char b0 = recv_buf[0], b1 = n > 1 ? recv_buf[1] : 0;
+    if (!(t->rtp && n > 12 && b0 > 127 && b0 < 192))
+        return Reader_fallback(t, n, addr);
+    PyObject *state = PyObject_GetAttr(t->dtls, str_state);
+    if (!state)
+        return -1;
+    int connected = state == t->connected;
+    Py_DECREF(state);
+    if (!connected) {
+        Reader_clear_rtp_(t);
+        return Reader_fallback(t, n, addr);
+    }
+    t->rx_packets++;
+    t->rx_bytes += (unsigned long long)n;
+    t->pending_packets++;
+    t->pending_bytes += (unsigned long long)n;
+    int len = (int)n;
+    if (b1 > 191 && b1 < 209) { /* SRTCP, by aiortc's is_rtcp */
+        if (t->unprotect_rtcp(t->srtp_ctx, recv_buf, &len) != 0)
+            return 0;
+        PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, len);
+        PyObject *callback = t->on_rtcp;
+        Py_INCREF(callback); /* the call may replace what the reader holds */
+        PyObject *r = data ? PyObject_CallOneArg(callback, data) : NULL;
+        Py_DECREF(callback);
+        Py_XDECREF(data);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    if (t->unprotect(t->srtp_ctx, recv_buf, &len) != 0)
+        return 0; /* not authentic, or replayed: dropped, as aiortc does */
+    Packet *p = parse_rtp(recv_buf, len, t->abs_id, t->mid_id);
+    if (!p)
+        return 0;
+    p->arrival_ns = t_in;
+    PyObject *ms = PyLong_FromLongLong(ntp_ms());
+    PyObject *callback = t->on_rtp;
+    Py_INCREF(callback); /* the call may replace what the reader holds */
+    PyObject *r = ms ? PyObject_CallFunctionObjArgs(callback, (PyObject *)p, ms, NULL) : NULL;
+    Py_DECREF(callback);
+    Py_XDECREF(ms);
+    Py_DECREF(p);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The Reader that owns a datagram from addr on a shared socket (a new reference, or
+ * NULL: unrouted, or an error is set). */
+static Reader *Reader_route(Reader *self, const struct sockaddr_storage *addr)
+{
+    PyObject *key = sockaddr_key(addr);
+    if (!key)
+        return NULL;
+    PyObject *found = PyDict_GetItemWithError(self->routes, key); /* borrowed */
+    Py_DECREF(key);
+    if (!found || Py_TYPE(found) != &ReaderType)
+        return NULL;
+    Py_INCREF(found);
+    return (Reader *)found;
+}
+
+static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched)
 {
     for (int i = 0; i < BATCH; i++) {
         struct sockaddr_storage addr;
@@ -1233,56 +1385,29 @@ static PyObject *Reader_drain(Reader *self)
         }
         self->datagrams++;
         int64_t t_in = mono_ns();
-        unsigned char b0 = recv_buf[0], b1 = n > 1 ? recv_buf[1] : 0;
-        if (!(self->rtp && n > 12 && b0 > 127 && b0 < 192)) {
-            if (Reader_fallback(self, n, &addr) < 0)
-                return NULL;
-            continue;
-        }
-        PyObject *state = PyObject_GetAttr(self->dtls, str_state);
-        if (!state)
-            return NULL;
-        int connected = state == self->connected;
-        Py_DECREF(state);
-        if (!connected) {
-            Reader_clear_rtp_(self);
-            if (Reader_fallback(self, n, &addr) < 0)
-                return NULL;
-            continue;
-        }
-        self->rx_packets++;
-        self->rx_bytes += (unsigned long long)n;
-        int len = (int)n;
-        if (b1 > 191 && b1 < 209) { /* SRTCP, by aiortc's is_rtcp */
-            if (self->unprotect_rtcp(self->srtp_ctx, recv_buf, &len) != 0)
+        Reader *t = self;
+        if (self->routes) {
+            t = Reader_route(self, &addr);
+            if (!t) {
+                if (PyErr_Occurred() || Reader_fallback(self, n, &addr) < 0)
+                    return NULL;
                 continue;
-            PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, len);
-            PyObject *callback = self->on_rtcp;
-            Py_INCREF(callback); /* the call may replace what the reader holds */
-            PyObject *r = data ? PyObject_CallOneArg(callback, data) : NULL;
-            Py_DECREF(callback);
-            Py_XDECREF(data);
-            if (!r)
-                return NULL;
-            Py_DECREF(r);
-            continue;
+            }
+            /* t stays alive (and its counters pending) until the callback ends */
+            int seen = 0;
+            for (int j = 0; j < *ntouched; j++)
+                if (touched[j] == t)
+                    seen = 1;
+            if (seen)
+                Py_DECREF(t);
+            else
+                touched[(*ntouched)++] = t;
+        } else if (*ntouched == 0) {
+            Py_INCREF(self);
+            touched[(*ntouched)++] = self;
         }
-        if (self->unprotect(self->srtp_ctx, recv_buf, &len) != 0)
-            continue; /* not authentic, or replayed: dropped, as aiortc does */
-        Packet *p = parse_rtp(recv_buf, len, self->abs_id, self->mid_id);
-        if (!p)
-            continue;
-        p->arrival_ns = t_in;
-        PyObject *ms = PyLong_FromLongLong(ntp_ms());
-        PyObject *callback = self->on_rtp;
-        Py_INCREF(callback); /* the call may replace what the reader holds */
-        PyObject *r = ms ? PyObject_CallFunctionObjArgs(callback, (PyObject *)p, ms, NULL) : NULL;
-        Py_DECREF(callback);
-        Py_XDECREF(ms);
-        Py_DECREF(p);
-        if (!r)
+        if (Reader_handle(t, n, &addr, t_in) < 0)
             return NULL;
-        Py_DECREF(r);
     }
     Py_RETURN_NONE;
 }
@@ -1303,6 +1428,8 @@ static PyObject *Reader_get_stats(Reader *self, void *closure)
 }
 
 static PyMethodDef Reader_methods[] = {
+    {"set_routes", (PyCFunction)Reader_set_routes, METH_O,
+     "set_routes(routes): share this socket; routes maps addr_key(host, port) -> Reader"},
     {"set_rtp", (PyCFunction)Reader_set_rtp, METH_VARARGS,
      "set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected, on_rtp, "
      "on_rtcp, abs_id, mid_id)"},
@@ -1336,6 +1463,8 @@ static PyTypeObject ReaderType = {
 static PyMethodDef module_methods[] = {
     {"fanout", (PyCFunction)(void (*)(void))py_fanout, METH_FASTCALL,
      "fanout(legs, payload, marker, seq, ts, ssrc, t_in_ns) -> None | [(index, result)]"},
+    {"addr_key", py_addr_key, METH_VARARGS,
+     "addr_key(host, port) -> the key of a remote address in Reader.set_routes()"},
     {"parse_rtp", py_parse_rtp, METH_VARARGS,
      "parse_rtp(data, abs_send_time_id, mid_id) -> Packet | None"},
     {NULL},

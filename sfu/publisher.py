@@ -10,6 +10,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from . import aiortc_hooks as hooks
 from .forwarder import Forwarder
 from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
+from .ports import MediaPorts, gather_on
 from .stats import RoomStats
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,14 @@ class Publisher:
         keyframe_interval: float,
         on_tracks_changed: Callable[[], None],
         on_state: Callable[[str], None],
+        ports: MediaPorts | None = None,
     ) -> None:
         self.pid = pid
         self.kinds = kinds
         self.forwarders: dict[str, Forwarder] = {}  # by publish-side mid
         self.pc: RTCPeerConnection = new_peer_connection()
         self._stats = stats
+        self._ports = ports
         self._keyframe_interval = keyframe_interval
         self._on_tracks_changed = on_tracks_changed
         self.pc.on("track", self._on_track)
@@ -45,6 +48,7 @@ class Publisher:
         """Apply the browser's (re-)offer and return the SFU's answer."""
         await set_remote(self.pc, RTCSessionDescription(sdp=offer_sdp, type="offer"))
         answer = await self.pc.createAnswer()
+        gather_on(self.pc, self._ports)
         await self.pc.setLocalDescription(answer)
         # A re-offer may stop sending a track (screen share ended): drop its forwarder.
         receiving = {

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .errors import MediaError
 from .forwarder import Forwarder
+from .ports import MediaPorts
 from .publisher import Publisher
 from .stats import RoomStats
 from .subscriber import Accept, OfferedTrack, SubscribeOffer, Subscriber
@@ -29,6 +30,7 @@ class MediaConfig:
     """Media-plane settings, built by ``server/`` from the one typed config."""
 
     media_host: str | None = None
+    ports: MediaPorts | None = None  # shared port, range, announced address; None: ephemeral
     video_queue: int = 256  # packets a subscriber leg may lag behind before it drops
     audio_queue: int = 64
     keyframe_interval: float = 0.3  # seconds between PLIs relayed to one publisher
@@ -92,6 +94,7 @@ class Router:
                     frozenset(kinds),
                     self.stats,
                     self.config.keyframe_interval,
+                    ports=self.config.ports,
                     on_tracks_changed=lambda: self._tracks_changed(pid),
                     on_state=lambda state: self._emit(ConnectionState(pid, "publish", state)),
                 )
@@ -118,6 +121,7 @@ class Router:
                     self.stats,
                     self.config.video_queue,
                     self.config.audio_queue,
+                    ports=self.config.ports,
                     on_state=lambda state: self._emit(ConnectionState(pid, "subscribe", state)),
                 )
                 self.subscribers[pid] = subscriber

@@ -15,6 +15,7 @@ from .codecs import preference_for
 from .errors import MediaError
 from .forwarder import SYNC_INTERVAL, Forwarder, Leg
 from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
+from .ports import MediaPorts, gather_on
 from .stats import RoomStats
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Subscriber:
         video_queue: int,
         audio_queue: int,
         on_state: Callable[[str], None],
+        ports: MediaPorts | None = None,
     ) -> None:
         self.pid = pid
         self.accept: Accept = lambda publisher, kind: True
@@ -62,6 +64,7 @@ class Subscriber:
         self._idle: list[Leg] = []
         self._pending: list[tuple[Leg, Forwarder]] = []
         self._stats = stats
+        self._ports = ports
         self._queues = {"video": video_queue, "audio": audio_queue}
         self._on_state = on_state
         self._sync_task: asyncio.Task[None] | None = None
@@ -100,6 +103,7 @@ class Subscriber:
             self.legs[track_id] = leg
             self._pending.append((leg, fwd))
         offer = await self.pc.createOffer()
+        gather_on(self.pc, self._ports)
         await self.pc.setLocalDescription(offer)
         self.negotiating = True
         tracks = tuple(

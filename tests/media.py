@@ -20,7 +20,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (kept for ad-hoc debugging)
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
-from sfu.router import RenegotiationNeeded, Router, RouterEvent
+from sfu.router import MediaConfig, RenegotiationNeeded, Router, RouterEvent
 
 VIDEO_CLOCK = 90000
 # max-bundle as browsers effectively use it; aiortc's default "balanced" policy strands
@@ -136,11 +136,11 @@ class Peer:
 class Room:
     """A router plus the local 'signalling' that answers its renegotiation events."""
 
-    def __init__(self, room_id: str = "room-1") -> None:
+    def __init__(self, room_id: str = "room-1", config: MediaConfig | None = None) -> None:
         self.peers: dict[str, Peer] = {}
         self.events: list[RouterEvent] = []
         self._tasks: set[asyncio.Task] = set()
-        self.router = Router(room_id, on_event=self._on_event)
+        self.router = Router(room_id, config, on_event=self._on_event)
 
     def _on_event(self, event: RouterEvent) -> None:
         self.events.append(event)

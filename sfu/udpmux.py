@@ -1,0 +1,278 @@
+"""One UDP port for every peer connection of a node (``ROUNDTABLE_MEDIA_PORT``).
+
+Firewalls of agencies and carriers let an operator open one port, not a range of
+ephemeral ones. Like LiveKit's UDP mux, mediasoup's WebRtcServer and Jitsi's port 10000,
+every ICE connection of the SFU shares one socket per media address, and datagrams are
+told apart:
+
+1. by remote address, in C: :class:`sfu._fastpath.Reader` in routed mode looks the
+   sender up in :attr:`MuxSocket.routes` and handles the datagram with the Reader of the
+   connection that owns that address (SRTP decrypted with that connection's session,
+   everything else to that connection's ``StunProtocol``). The per-packet cost is one
+   dict lookup;
+2. an address with no route yet: a STUN binding request names its connection by the
+   USERNAME attribute (``<our ufrag>:<their ufrag>``); once its MESSAGE-INTEGRITY
+   checks out with that connection's password, the address is routed to it. STUN
+   responses are matched by transaction id. Anything else from an unknown address is
+   dropped.
+
+Each connection gets a real aioice ``StunProtocol`` whose transport is a
+:class:`MuxTransport`: a view of the shared socket that sends to any address and
+closes only the connection's routes. The C send path (``sfu._fastpath.Leg``) sends on
+the shared socket itself, with the same checks as on a socket of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import aioice
+from aioice import stun
+
+from . import _fastpath
+
+log = logging.getLogger(__name__)
+
+# aioice's own receive buffer for its sockets; a shared socket carries every
+# connection's media, so it gets more.
+RCVBUF = 4 * 1024 * 1024
+SNDBUF = 4 * 1024 * 1024
+
+_READER = "_roundtable_reader"  # as in sfu.aiortc_hooks: the C Reader of a protocol
+
+
+class MuxTransport(asyncio.DatagramTransport):
+    """One connection's view of a shared socket (what its ``StunProtocol`` holds)."""
+
+    def __init__(self, owner: MuxSocket, protocol: aioice.ice.StunProtocol) -> None:
+        super().__init__()
+        self._owner = owner
+        self._protocol = protocol
+        self._closing = False
+
+    # What sfu.aiortc_hooks.fast_route and the C send path read of an asyncio transport.
+    @property
+    def _sock(self) -> socket.socket | None:
+        return None if self._closing else self._owner.sock
+
+    @property
+    def _buffer_size(self) -> int:
+        return self._owner.transport._buffer_size  # type: ignore[attr-defined]
+
+    def get_write_buffer_size(self) -> int:
+        return self._owner.transport.get_write_buffer_size()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._owner.transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._owner.transport.is_closing()
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not self._closing:
+            self._owner.transport.sendto(data, addr)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._owner.forget(self._protocol)
+        asyncio.get_running_loop().call_soon(self._protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class MuxSocket(asyncio.DatagramProtocol):
+    """The shared socket on one media address and the routes to its connections."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.transport: asyncio.DatagramTransport = None  # type: ignore[assignment]
+        # addr_key(host, port) -> the C Reader of the connection that owns the address
+        self.routes: dict[Any, _fastpath.Reader] = {}
+        self._by_ufrag: dict[str, aioice.ice.StunProtocol] = {}
+        self._protocols: set[aioice.ice.StunProtocol] = set()
+        self.unrouted = 0  # datagrams dropped: unknown address, not a valid check
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+            sock.bind((self.host, self.port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self.transport = transport  # type: ignore[assignment]
+        reader = _fastpath.Reader(sock.fileno(), self._unrouted, self.error_received)
+        reader.set_routes(self.routes)
+        # As for a connection's own socket (sfu.aiortc_hooks._install_c_reader): the
+        # public add_reader refuses a transport's fd; close() removes this one.
+        loop._remove_reader(sock.fileno())  # type: ignore[attr-defined]
+        loop._add_reader(sock.fileno(), reader)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for protocol in list(self._protocols):
+            protocol.transport.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for one remote address must not disturb the others.
+        log.debug("media socket %s:%s: %s", self.host, self.port, exc)
+
+    # -- connections ------------------------------------------------------------------
+
+    def attach(self, connection: aioice.Connection, component: int) -> aioice.ice.StunProtocol:
+        """A protocol on this socket for ``connection`` (its host candidate)."""
+        protocol = aioice.ice.StunProtocol(connection)
+        protocol.connection_made(MuxTransport(self, protocol))
+        reader = _fastpath.Reader(
+            -1,
+            lambda data, addr: self._received(protocol, data, addr),
+            protocol.error_received,
+        )
+        setattr(protocol, _READER, reader)
+        self._protocols.add(protocol)
+        self._by_ufrag[connection.local_username] = protocol
+        return protocol
+
+    def forget(self, protocol: aioice.ice.StunProtocol) -> None:
+        self._protocols.discard(protocol)
+        ufrag = protocol.receiver.local_username
+        if self._by_ufrag.get(ufrag) is protocol:
+            del self._by_ufrag[ufrag]
+        reader = getattr(protocol, _READER, None)
+        for key in [k for k, r in self.routes.items() if r is reader]:
+            del self.routes[key]
+
+    def _route(self, protocol: aioice.ice.StunProtocol, addr: tuple[str, int]) -> None:
+        # The latest authentic check decides: a remote port that a closed connection
+        # used and a new one reuses belongs to the new one.
+        self.routes[_fastpath.addr_key(addr[0], addr[1])] = getattr(protocol, _READER)
+
+    # -- dispatch (STUN and DTLS only; SRTP of routed addresses stays in C) -----------
+
+    def _received(self, protocol: aioice.ice.StunProtocol, data: bytes, addr: Any) -> None:
+        """A datagram from an address routed to ``protocol``."""
+        if _is_stun(data) and data[0] == 0 and data[1] == 1:
+            # A binding request for another connection (a remote port reused): re-route.
+            ufrag = _local_ufrag(data)
+            if ufrag is not None and ufrag != protocol.receiver.local_username:
+                self._unrouted(data, addr)
+                return
+        protocol.datagram_received(data, addr)
+
+    def _unrouted(self, data: bytes, addr: Any) -> None:
+        """A datagram from an address with no route: only a valid STUN message may
+        create one."""
+        addr = (addr[0], addr[1])
+        if not _is_stun(data):
+            self.unrouted += 1
+            return
+        try:
+            message = stun.parse_message(data)
+        except ValueError:
+            self.unrouted += 1
+            return
+        if message.message_class == stun.Class.REQUEST:
+            username = message.attributes.get("USERNAME")
+            protocol = self._by_ufrag.get(username.split(":", 1)[0]) if username else None
+            if protocol is None:
+                self.unrouted += 1
+                return
+            if not message.check_message_integrity(
+                protocol.receiver.local_password.encode("utf8")
+            ):
+                self.unrouted += 1
+                return
+            self._route(protocol, addr)
+            protocol.datagram_received(data, addr)
+            return
+        for protocol in self._protocols:
+            if message.transaction_id in protocol.transactions:
+                protocol.datagram_received(data, addr)
+                return
+        self.unrouted += 1
+
+
+def _is_stun(data: bytes) -> bool:
+    # RFC 5389: the first two bits are zero and the magic cookie follows the length.
+    return len(data) >= 20 and data[0] < 2 and data[4:8] == b"\x21\x12\xa4\x42"
+
+
+def _local_ufrag(data: bytes) -> str | None:
+    try:
+        username = stun.parse_message(data).attributes.get("USERNAME")
+    except ValueError:
+        return None
+    return username.split(":", 1)[0] if username else None
+
+
+class UdpMux:
+    """The shared sockets of one node, one per media address, opened on first use.
+
+    Use :func:`acquire`/:func:`release`: several servers in one process (tests, an
+    embedding application) share one mux per port, as they would share the port.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.users = 0
+        self._sockets: dict[str, MuxSocket] = {}
+        self._lock = asyncio.Lock()
+
+    async def socket_for(self, host: str) -> MuxSocket:
+        async with self._lock:
+            found = self._sockets.get(host)
+            if found is None:
+                found = MuxSocket(host, self.port)
+                await found.open()
+                self._sockets[host] = found
+                if not self.port:  # ephemeral: every address on the port the first got
+                    self.port = found.port
+            return found
+
+    @property
+    def sockets(self) -> list[MuxSocket]:
+        return list(self._sockets.values())
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+
+_muxes: dict[int, UdpMux] = {}
+
+
+def acquire(port: int) -> UdpMux:
+    """The process's mux on ``port`` (0: one ephemeral port chosen at first bind)."""
+    mux = _muxes.get(port) if port else None
+    if mux is None:
+        mux = UdpMux(port)
+        if port:
+            _muxes[port] = mux
+    mux.users += 1
+    return mux
+
+
+def release(mux: UdpMux) -> None:
+    """Give ``mux`` back; the last user closes its sockets."""
+    mux.users -= 1
+    if mux.users <= 0:
+        mux.close()
+        if _muxes.get(mux.port) is mux:
+            del _muxes[mux.port]

@@ -1,0 +1,150 @@
+"""One UDP port serves every peer connection of a node (sfu/udpmux.py, sfu/ports.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+from aioice import stun
+
+from sfu import udpmux
+from sfu.ports import MediaPorts
+from sfu.router import MediaConfig
+from tests.media import Room, wait_for
+
+pytestmark = pytest.mark.slow
+
+MEDIA_HOST = os.environ.get("ROUNDTABLE_MEDIA_HOST", "127.0.0.1")
+COLOURS = {"a": (220, 30, 30), "b": (30, 200, 30), "c": (30, 30, 220), "d": (200, 200, 30)}
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((MEDIA_HOST, 0))
+        return s.getsockname()[1]
+
+
+def nominated(pc) -> list:
+    """The nominated ICE pairs of a peer connection (aioice's, one per transport)."""
+    pairs = []
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.sender.transport
+        if dtls is not None:
+            pairs.extend(dtls.transport._connection._nominated.values())
+    return pairs
+
+
+def everyone_decodes(room: Room) -> bool:
+    return all(
+        room.peers[me].decoded(other, kind) >= 5
+        for me in room.peers
+        for other in room.peers
+        if other != me
+        for kind in ("audio", "video")
+    )
+
+
+async def test_two_rooms_share_one_server_port() -> None:
+    port = free_udp_port()
+    mux = udpmux.acquire(port)
+    config = MediaConfig(media_host=MEDIA_HOST, ports=MediaPorts(mux=mux))
+    rooms = [Room("room-1", config), Room("room-2", config)]
+    try:
+        for pid in ("a", "b"):
+            await rooms[0].join(pid, COLOURS[pid])
+        for pid in ("c", "d"):
+            await rooms[1].join(pid, COLOURS[pid])
+        await wait_for(lambda: all(everyone_decodes(r) for r in rooms), timeout=30)
+
+        # Every connection of every participant, both directions, goes to that one port:
+        # the clients' nominated pairs end there, and the SFU's start there.
+        clients = [pc for r in rooms for p in r.peers.values() for pc in (p.pub, p.sub)]
+        assert len(clients) == 8
+        for pc in clients:
+            pairs = nominated(pc)
+            assert pairs and {pair.remote_addr[1] for pair in pairs} == {port}
+        servers = [
+            pc
+            for r in rooms
+            for pc in [p.pc for p in r.router.publishers.values()]
+            + [s.pc for s in r.router.subscribers.values()]
+        ]
+        assert len(servers) == 8
+        for pc in servers:
+            pairs = nominated(pc)
+            assert pairs and {pair.local_addr[1] for pair in pairs} == {port}
+        # Each remote address is routed to exactly one connection, in C.
+        (shared,) = mux.sockets
+        assert len(shared.routes) >= 8
+        # ... where SRTP is decrypted with that connection's session.
+        readers = set(shared.routes.values())
+        assert all(r.rtp for r in readers)
+        assert sum(r.rx[0] for r in readers) > 100
+        # Media keeps flowing while a stranger sprays the port with junk and forged checks.
+        before = {
+            pid: rooms[1].peers[pid].decoded("c" if pid == "d" else "d", "video")
+            for pid in ("c", "d")
+        }
+        await _spray(port)
+        await wait_for(
+            lambda: all(
+                rooms[1].peers[pid].decoded("c" if pid == "d" else "d", "video") > before[pid] + 10
+                for pid in ("c", "d")
+            ),
+            timeout=10,
+        )
+        assert shared.unrouted >= 3
+    finally:
+        for room in rooms:
+            await room.close()
+        # Nothing of the closed connections stays routed.
+        assert all(not s.routes for s in mux.sockets)
+        udpmux.release(mux)
+
+
+async def _spray(port: int) -> None:
+    """Datagrams an attacker could send: junk, RTP-looking bytes, and a binding request
+    with a USERNAME it could have guessed but no valid MESSAGE-INTEGRITY."""
+    junk = os.urandom(200)
+    rtp_like = bytes([0x80, 96]) + os.urandom(198)
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    request.attributes["USERNAME"] = "abcd:efgh"
+    request.add_message_integrity(b"not-the-password")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for data in (junk, rtp_like, bytes(request)):
+            s.sendto(data, (MEDIA_HOST, port))
+    await asyncio.sleep(0.2)
+
+
+async def test_port_range_binds_within_range() -> None:
+    low = free_udp_port()
+    config = MediaConfig(media_host=MEDIA_HOST, ports=MediaPorts(port_range=(low, low + 20)))
+    room = Room("room-r", config)
+    try:
+        for pid in ("a", "b"):
+            await room.join(pid, COLOURS[pid])
+        await wait_for(lambda: everyone_decodes(room), timeout=30)
+        for peer in room.peers.values():
+            for pc in (peer.pub, peer.sub):
+                for pair in nominated(pc):
+                    assert low <= pair.remote_addr[1] <= low + 20
+    finally:
+        await room.close()
+
+
+async def test_announced_address_is_offered() -> None:
+    port = free_udp_port()
+    mux = udpmux.acquire(port)
+    announced = "203.0.113.7"  # TEST-NET-3: never reachable, only written into candidates
+    config = MediaConfig(media_host=MEDIA_HOST, ports=MediaPorts(mux=mux, announced_ip=announced))
+    room = Room("room-n", config)
+    try:
+        peer = await room.join("a", COLOURS["a"])
+        sdp = peer.pub.remoteDescription.sdp
+        assert f" {announced} {port} typ host" in sdp
+        assert f" {MEDIA_HOST} {port} typ host" not in sdp
+    finally:
+        await room.close()
+        udpmux.release(mux)
