@@ -145,6 +145,17 @@ def parser() -> argparse.ArgumentParser:
         "decode → re-encode; started locally) and report the ratios",
     )
     modes.add_argument(
+        "--compare-ports",
+        action="store_true",
+        help="with --local: run the same load against a server on one shared media port "
+        "(ROUNDTABLE_MEDIA_PORT, the default) and one with an ephemeral port per connection "
+        "(ROUNDTABLE_MEDIA_PORT=0), alternating --compare-rounds times, and report the CPU "
+        "per forwarded packet of each and their ratio",
+    )
+    modes.add_argument(
+        "--compare-rounds", type=int, default=2, help="compare-ports: rounds (default 2)"
+    )
+    modes.add_argument(
         "--find-capacity",
         action="store_true",
         help="raise the number of rooms from --rooms by --capacity-step until p99 SFU "
@@ -206,7 +217,9 @@ async def _run(args: argparse.Namespace) -> int:
     max_rooms = args.capacity_max_rooms if args.find_capacity else args.rooms
     servers = []
     try:
-        if args.local:
+        if args.compare_ports:
+            url = api_key = secret = pid = None  # a server per round, started below
+        elif args.local:
             sfu = await start_local("sfu", args.media_host, args.participants, server_cpu)
             servers.append(sfu)
             url, api_key, secret, pid = sfu.url, sfu.api_key, sfu.secret, sfu.pid
@@ -250,7 +263,9 @@ async def _run(args: argparse.Namespace) -> int:
             )
             return report_mod.summarise(raw, _scenario_dict(args, rooms, media))
 
-        if args.find_capacity:
+        if args.compare_ports:
+            result = await _compare_ports(args, one, server_cpu)
+        elif args.find_capacity:
             result = await _find_capacity(args, one, url, api_key, secret, pid, max_rooms)
         else:
             result = await one("roundtable", url, api_key, secret, args.rooms, pid)
@@ -276,6 +291,60 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         for s in servers:
             await s.stop()
+
+
+async def _compare_ports(args, one, server_cpu: int | None) -> dict[str, Any]:
+    """The same load on a shared media port and on ephemeral ports, alternating, each
+    round on a fresh server pinned to the same core."""
+    modes = {"shared": {}, "ephemeral": {"ROUNDTABLE_MEDIA_PORT": "0"}}
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for round_no in range(1, args.compare_rounds + 1):
+        for mode, env in modes.items():
+            srv = await start_local(
+                "sfu", args.media_host, args.participants, server_cpu, extra_env=env
+            )
+            try:
+                rep = await one(
+                    f"{mode} port, round {round_no}",
+                    srv.url,
+                    srv.api_key,
+                    srv.secret,
+                    args.rooms,
+                    srv.pid,
+                )
+            finally:
+                await srv.stop()
+            runs[mode].append(rep)
+            o = rep["overall"]
+            print(
+                f"round {round_no} {mode:>9} port: {o['cpu_us_per_forwarded_packet']} µs CPU per "
+                f"forwarded packet, server CPU {o['server_cpu_pct']} %, SFU p99 "
+                f"{o['sfu_latency_ms']['p99']} ms, loss {o['loss_pct']} %"
+            )
+
+    def cost(mode: str) -> float | None:
+        values = sorted(
+            r["overall"]["cpu_us_per_forwarded_packet"]
+            for r in runs[mode]
+            if r["overall"]["cpu_us_per_forwarded_packet"] is not None
+        )
+        return values[len(values) // 2] if values else None
+
+    shared, ephemeral = cost("shared"), cost("ephemeral")
+    ratio = round(shared / ephemeral, 3) if shared and ephemeral else None
+    print(
+        f"median µs CPU per forwarded packet: shared port {shared}, ephemeral ports "
+        f"{ephemeral}; shared/ephemeral = {ratio}"
+    )
+    return {
+        "compare_ports": {
+            "rounds": args.compare_rounds,
+            "shared_us_per_packet": shared,
+            "ephemeral_us_per_packet": ephemeral,
+            "ratio": ratio,
+        },
+        "runs": runs,
+    }
 
 
 async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dict[str, Any]:
@@ -364,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error("--api-key (or $ROUNDTABLE_API_KEY) is needed with --url")
     if args.baseline and args.find_capacity:
         parser().error("--baseline and --find-capacity are separate runs")
+    if args.compare_ports and (not args.local or args.baseline or args.find_capacity):
+        parser().error("--compare-ports needs --local and is a run of its own")
     if args.rooms < 1 or args.participants < 1 or args.duration <= 0:
         parser().error("--rooms, --participants and --duration must be positive")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -9,6 +9,7 @@ import os
 import queue as queue_mod
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -82,6 +83,12 @@ def cpu_plan() -> tuple[int | None, int | None]:
     return allowed[0], allowed[1]
 
 
+def free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 async def start_local(
     kind: str,
     media_host: str,
@@ -89,6 +96,7 @@ async def start_local(
     server_cpu: int | None,
     api_key: str | None = None,
     secret: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> LocalServer:
     """Start ``roundtable serve`` (kind ``sfu``) or ``bench.baseline`` on a free loopback port."""
     workdir = Path(tempfile.mkdtemp(prefix=f"roundtable-bench-{kind}-"))
@@ -101,12 +109,17 @@ async def start_local(
             "ROUNDTABLE_API_KEY": api_key,
             "ROUNDTABLE_STATE_DIR": str(workdir / "state"),
             "ROUNDTABLE_MEDIA_HOST": media_host,
+            # One shared media port as deployed, but its own unless the operator chose
+            # one: a `make run` on this machine keeps the default.
+            "ROUNDTABLE_MEDIA_PORT": os.environ.get("ROUNDTABLE_MEDIA_PORT")
+            or str(free_udp_port(media_host)),
             # One generator host makes every join: lift the per-address join limit.
             "ROUNDTABLE_JOINS_PER_IP_PER_MINUTE": "1000000",
             "ROUNDTABLE_MAX_PARTICIPANTS": str(max(12, max_participants)),
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(extra_env or {})
     if kind == "sfu":
         module = ["server.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
         module += ["--media-host", media_host, "--log-level", "WARNING"]

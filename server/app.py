@@ -74,12 +74,12 @@ def sfu_router_factory(config: Config, metrics: Metrics, media_ports: Any = None
 def media_ports(config: Config) -> Any:
     """``sfu.ports.MediaPorts`` from the config: a range if one is set, else the one
     shared port (``media_port``, the default), else ephemeral ports (``media_port=0``)."""
-    from sfu import udpmux
     from sfu.ports import MediaPorts
+    from sfu.udpmux import UdpMux
 
     mux = None
     if config.media_ports is None and config.media_port:
-        mux = udpmux.acquire(config.media_port)
+        mux = UdpMux(config.media_port)
     return MediaPorts(mux=mux, port_range=config.media_ports, announced_ip=config.announced_ip)
 
 
@@ -203,19 +203,22 @@ def build_app(
         if ping is not None:
             await ping()  # an unreachable Redis fails the start, not the first join
         mux = ports.mux if ports is not None else None
-        if mux is not None and config.media_host:
+        if mux is not None:
             # Bind now: a port that is taken fails the start, not the first call.
-            shared = await mux.socket_for(config.media_host)
-            log.info("media on udp %s:%s for every call", config.media_host, shared.port)
+            import aioice.ice
+
+            hosts = [config.media_host] if config.media_host else []
+            hosts = hosts or aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+            for host in hosts:
+                shared = await mux.socket_for(host)
+                log.info("media: udp %s port %s for every call", host, shared.port)
         yield
         if webhook is not None:
             await webhook.close()
         await hub.shutdown()
         await store.close()
         if mux is not None:  # after the routers: their connections use its sockets
-            from sfu import udpmux
-
-            udpmux.release(mux)
+            mux.close()
 
     app.on_shutdown.append(close_connections)
     app.cleanup_ctx.append(lifecycle)

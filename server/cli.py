@@ -261,6 +261,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_serve(config, generated, certificate))
     except OSError as exc:
+        from sfu.udpmux import MediaPortError
+
+        if isinstance(exc, MediaPortError):
+            print(f"roundtable: {exc.strerror}", file=sys.stderr)
+            return 1
         # Typically the port is taken or the address is not ours: say so, no traceback.
         print(
             f"roundtable: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",

@@ -44,6 +44,10 @@ SNDBUF = 4 * 1024 * 1024
 _READER = "_roundtable_reader"  # as in sfu.aiortc_hooks: the C Reader of a protocol
 
 
+class MediaPortError(OSError):
+    """The shared media port could not be bound; ``strerror`` says which and why."""
+
+
 class MuxTransport(asyncio.DatagramTransport):
     """One connection's view of a shared socket (what its ``StunProtocol`` holds)."""
 
@@ -109,9 +113,13 @@ class MuxSocket(asyncio.DatagramProtocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             sock.bind((self.host, self.port))
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise MediaPortError(
+                exc.errno,
+                f"cannot bind the media port udp {self.host}:{self.port}: "
+                f"{exc.strerror or exc} (choose another with ROUNDTABLE_MEDIA_PORT)",
+            ) from exc
         self.sock = sock
         self.port = sock.getsockname()[1]
         transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
@@ -193,9 +201,7 @@ class MuxSocket(asyncio.DatagramProtocol):
             if protocol is None:
                 self.unrouted += 1
                 return
-            if not message.check_message_integrity(
-                protocol.receiver.local_password.encode("utf8")
-            ):
+            if not message.check_message_integrity(protocol.receiver.local_password.encode("utf8")):
                 self.unrouted += 1
                 return
             self._route(protocol, addr)
@@ -222,15 +228,12 @@ def _local_ufrag(data: bytes) -> str | None:
 
 
 class UdpMux:
-    """The shared sockets of one node, one per media address, opened on first use.
-
-    Use :func:`acquire`/:func:`release`: several servers in one process (tests, an
-    embedding application) share one mux per port, as they would share the port.
-    """
+    """The shared sockets of one node, one per media address, opened on first use
+    (``server/`` opens them at start, so that a port in use fails the start); port 0
+    binds one ephemeral port, shared all the same."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.users = 0
         self._sockets: dict[str, MuxSocket] = {}
         self._lock = asyncio.Lock()
 
@@ -253,26 +256,3 @@ class UdpMux:
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
-
-
-_muxes: dict[int, UdpMux] = {}
-
-
-def acquire(port: int) -> UdpMux:
-    """The process's mux on ``port`` (0: one ephemeral port chosen at first bind)."""
-    mux = _muxes.get(port) if port else None
-    if mux is None:
-        mux = UdpMux(port)
-        if port:
-            _muxes[port] = mux
-    mux.users += 1
-    return mux
-
-
-def release(mux: UdpMux) -> None:
-    """Give ``mux`` back; the last user closes its sockets."""
-    mux.users -= 1
-    if mux.users <= 0:
-        mux.close()
-        if _muxes.get(mux.port) is mux:
-            del _muxes[mux.port]

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from server.app import HUB, STORE, build_app
 from server.config import Config
 from signaling.tokens import TokenService
+from tests.ports import free_udp_port
 
 
 @dataclass
@@ -86,6 +87,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
         "secret": secrets.token_urlsafe(48),
         "api_key": secrets.token_urlsafe(24),
         "media_host": "127.0.0.1",
+        "media_port": free_udp_port(),
         "state_dir": tmp_path / "state",
     }
     values.update(overrides)

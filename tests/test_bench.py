@@ -19,6 +19,7 @@ from bench.scrape import Histogram, parse, scrape
 from server.app import build_app
 from server.config import Config
 from tests.media import wait_for
+from tests.ports import free_udp_port
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +99,7 @@ async def test_latency_histogram_moves_when_packets_flow(tmp_path: Path, media) 
         secret=secrets.token_urlsafe(48),
         api_key=secrets.token_urlsafe(24),
         media_host=MEDIA_HOST,
+        media_port=free_udp_port(),
         state_dir=tmp_path / "state",
     )
     server = TestServer(build_app(config), host="127.0.0.1", port=0)

@@ -22,6 +22,7 @@ import pytest
 
 from signaling.store import MemoryStore
 from signaling.tokens import TokenService
+from tests.ports import free_udp_port
 
 BIN = Path(sys.executable).parent / "roundtable"
 
@@ -31,6 +32,7 @@ def _env(state: Path) -> dict[str, str]:
     env.update(
         ROUNDTABLE_STATE_DIR=str(state),
         ROUNDTABLE_MEDIA_HOST="127.0.0.1",
+        ROUNDTABLE_MEDIA_PORT=str(free_udp_port()),
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -249,3 +251,22 @@ def test_token_command_uses_the_generated_secret(serve, tmp_path: Path) -> None:
         timeout=30,
     )
     assert bad.returncode == 2 and "unknown grants" in bad.stderr
+
+
+def test_serve_says_when_the_media_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        env = _env(tmp_path / "state") | {"ROUNDTABLE_MEDIA_PORT": str(port)}
+        out = subprocess.run(
+            [str(BIN), "serve", "--port", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert f"cannot bind the media port udp 127.0.0.1:{port}" in out.stderr
+    assert "ROUNDTABLE_MEDIA_PORT" in out.stderr and "Traceback" not in out.stderr

@@ -9,21 +9,16 @@ import socket
 import pytest
 from aioice import stun
 
-from sfu import udpmux
 from sfu.ports import MediaPorts
 from sfu.router import MediaConfig
+from sfu.udpmux import UdpMux
 from tests.media import Room, wait_for
+from tests.ports import free_udp_port
 
 pytestmark = pytest.mark.slow
 
 MEDIA_HOST = os.environ.get("ROUNDTABLE_MEDIA_HOST", "127.0.0.1")
 COLOURS = {"a": (220, 30, 30), "b": (30, 200, 30), "c": (30, 30, 220), "d": (200, 200, 30)}
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((MEDIA_HOST, 0))
-        return s.getsockname()[1]
 
 
 def nominated(pc) -> list:
@@ -48,7 +43,7 @@ def everyone_decodes(room: Room) -> bool:
 
 async def test_two_rooms_share_one_server_port() -> None:
     port = free_udp_port()
-    mux = udpmux.acquire(port)
+    mux = UdpMux(port)
     config = MediaConfig(media_host=MEDIA_HOST, ports=MediaPorts(mux=mux))
     rooms = [Room("room-1", config), Room("room-2", config)]
     try:
@@ -101,7 +96,7 @@ async def test_two_rooms_share_one_server_port() -> None:
             await room.close()
         # Nothing of the closed connections stays routed.
         assert all(not s.routes for s in mux.sockets)
-        udpmux.release(mux)
+        mux.close()
 
 
 async def _spray(port: int) -> None:
@@ -136,7 +131,7 @@ async def test_port_range_binds_within_range() -> None:
 
 async def test_announced_address_is_offered() -> None:
     port = free_udp_port()
-    mux = udpmux.acquire(port)
+    mux = UdpMux(port)
     announced = "203.0.113.7"  # TEST-NET-3: never reachable, only written into candidates
     config = MediaConfig(media_host=MEDIA_HOST, ports=MediaPorts(mux=mux, announced_ip=announced))
     room = Room("room-n", config)
@@ -147,4 +142,4 @@ async def test_announced_address_is_offered() -> None:
         assert f" {MEDIA_HOST} {port} typ host" not in sdp
     finally:
         await room.close()
-        udpmux.release(mux)
+        mux.close()

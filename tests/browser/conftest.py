@@ -33,6 +33,7 @@ from tests.browser.harness import (
     log_line,
 )
 from tests.certs import Certificate
+from tests.ports import free_udp_port
 
 
 @contextlib.contextmanager
@@ -50,6 +51,7 @@ def run_server(
         ROUNDTABLE_SECRET=secrets.token_urlsafe(32),
         ROUNDTABLE_API_KEY=secrets.token_urlsafe(24),
         ROUNDTABLE_MEDIA_HOST="127.0.0.1",
+        ROUNDTABLE_MEDIA_PORT=str(free_udp_port()),
         ROUNDTABLE_STATE_DIR=str(state),
         ROUNDTABLE_PUBLIC_URL=f"{scheme}://127.0.0.1:{port}",
         PYTHONUNBUFFERED="1",

@@ -314,6 +314,27 @@ async def wait_remote_set(browser: Browser, participants: set[str], within: floa
         await asyncio.sleep(0.2)
 
 
+SELECTED_REMOTE_PORTS = """async () => {
+  const ports = [];
+  for (const pc of [window.roundtable.pcs.publish, window.roundtable.pcs.subscribe]) {
+    if (!pc) continue;
+    const stats = await pc.getStats();
+    stats.forEach((s) => {
+      if (s.type !== 'transport' || !s.selectedCandidatePairId) return;
+      const pair = stats.get(s.selectedCandidatePairId);
+      const remote = pair && stats.get(pair.remoteCandidateId);
+      if (remote) ports.push(remote.port);
+    });
+  }
+  return ports;
+}"""
+
+
+async def selected_remote_ports(browser: Browser) -> list[int]:
+    """The server ports of the page's selected ICE candidate pairs (publish, subscribe)."""
+    return await browser.page.evaluate(SELECTED_REMOTE_PORTS)
+
+
 async def join_to_first_frame_ms(browser: Browser) -> int | None:
     return await browser.page.evaluate("window.roundtable.metrics.joinToFirstFrameMs")
 

@@ -23,6 +23,7 @@ from tests.browser.harness import (
     my_id,
     open_join,
     remote_videos,
+    selected_remote_ports,
     wait_js,
     wait_remote_playing,
     wait_remote_set,
@@ -102,6 +103,10 @@ async def test_three_pages_see_each_other(server: Server, launch: Launch) -> Non
 
     roles = {v["role"] for v in (await remote_videos(browsers[0])).values()}
     assert roles == {"client", "partner"}
+    # Every connection of every page reached the server on its one media port.
+    media_port = int(server.env["ROUNDTABLE_MEDIA_PORT"])
+    for browser in browsers:
+        assert await selected_remote_ports(browser) == [media_port, media_port]
     print(
         f"[cpu] server during the three-browser call: {await server.cpu_percent(5.0):.0f}% of one core"
     )

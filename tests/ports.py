@@ -1,0 +1,16 @@
+"""Ports for the servers a test starts."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+MEDIA_HOST = os.environ.get("ROUNDTABLE_MEDIA_HOST", "127.0.0.1")
+
+
+def free_udp_port() -> int:
+    """A UDP port free on the media host now: each server a test starts gets its own
+    media port (``ROUNDTABLE_MEDIA_PORT``), so servers never contend for the default."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((MEDIA_HOST, 0))
+        return s.getsockname()[1]
