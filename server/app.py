@@ -14,6 +14,7 @@ from aiohttp import web
 
 from server.config import Config
 from server.metrics import MediaStatsCollector
+from server.proxies import TrustedProxies
 from signaling.api import ApiSettings, RestApi
 from signaling.errors import error_middleware
 from signaling.hub import RoomHub
@@ -128,7 +129,11 @@ def build_app(
 ) -> web.Application:
     if not config.secret or not config.api_key:
         raise ValueError("config.secret and config.api_key must be set")
-    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    middlewares: list[Any] = [error_middleware]
+    if config.trusted_proxies:
+        # Outermost: everything after it (errors, the API, Socket.IO) sees the client.
+        middlewares.insert(0, TrustedProxies(config.trusted_proxies).middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=CLIENT_MAX_SIZE)
     store = store or _default_store(config)
     metrics = Metrics()
     tokens = TokenService(config.secret, store)
