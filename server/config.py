@@ -212,7 +212,7 @@ class Config(BaseSettings):
     redis_url: str | None = setting(
         None,
         "Redis shared by every node: rooms, revocations, used invites, Socket.IO events.",
-        shown="unset: one process, state in memory",
+        shown="unset: one process, state in <state dir>/state.sqlite3",
         flag=False,  # may carry a password
         validation_alias=AliasChoices("ROUNDTABLE_REDIS_URL", "REDIS_URL"),
     )
@@ -225,6 +225,9 @@ class Config(BaseSettings):
     )
     host_grace_seconds: float = setting(
         120, "How long a room waits for its caseworker whose connection dropped.", ge=0
+    )
+    end_warning_seconds: float = setting(
+        300, "How long before a session's end everyone in it is warned (session.ending).", ge=0
     )
     events_per_second: float = setting(
         50.0, "Socket.IO events per second per connection (bursts as large).", gt=0

@@ -14,12 +14,12 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from signaling.deadline import iso
 from signaling.errors import (
     ApiKeyError,
     BadRequest,
@@ -49,10 +49,6 @@ class ApiSettings:
     room_minutes: int = 240  # default validity of a session and its two links
     max_room_minutes: int = 24 * 60
     max_body_bytes: int = 16 * 1024
-
-
-def iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -128,6 +128,20 @@ def parse_lock(args: tuple[Any, ...]) -> dict[str, Any]:
     return {"locked": locked}
 
 
+MAX_EXTEND_MINUTES = 24 * 60
+
+
+def parse_extend(args: tuple[Any, ...]) -> dict[str, Any]:
+    minutes = _object(args, {"minutes"}).get("minutes")
+    if (
+        isinstance(minutes, bool)
+        or not isinstance(minutes, int)
+        or not 1 <= minutes <= MAX_EXTEND_MINUTES
+    ):
+        raise InvalidPayload("invalid_payload", "'minutes' must be an integer from 1 to 1440.")
+    return {"minutes": minutes}
+
+
 def parse_end(args: tuple[Any, ...]) -> dict[str, Any]:
     return _object(args, set(), optional=True)
 
@@ -143,5 +157,6 @@ PARSERS: dict[str, Callable[[tuple[Any, ...]], dict[str, Any]]] = {
     "moderate.remove": parse_target,
     "room.lock": parse_lock,
     "room.end": parse_end,
+    "room.extend": parse_extend,
     "unmute": parse_unmute,
 }

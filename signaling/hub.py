@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from signaling.deadline import Deadline, iso, run_clock
 from signaling.errors import STATUS_BY_CODE, Forbidden, InvalidPayload, RoundtableError
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.participant import Participant, ParticipantState, TrackRef
@@ -86,6 +87,8 @@ class _LiveRoom:
     negotiations: dict[str, _Negotiation] = field(default_factory=dict)
     # Caseworkers whose connection dropped: participant id -> (deadline, grace task).
     host_away: dict[str, tuple[float, asyncio.Task[None]]] = field(default_factory=dict)
+    # The session's end (docs/protocol.md, "Session end"); set on the first join.
+    deadline: Deadline | None = None
 
 
 class RoomHub:
@@ -98,8 +101,12 @@ class RoomHub:
         max_participants: int = 12,
         host_grace_seconds: float = 120.0,
         ice_servers: IceServers | None = None,
+        end_warning_seconds: float = 300.0,
+        max_extend_seconds: float = 240 * 60,
     ) -> None:
         self._store = store
+        self._end_warning = end_warning_seconds
+        self._max_extend = max_extend_seconds
         self._ice = ice_servers or IceServers(TurnSettings())
         self._host_grace = host_grace_seconds
         self._router_factory = router_factory
@@ -164,12 +171,16 @@ class RoomHub:
             # A token signed with our secret (e.g. from `roundtable token`) is authority
             # enough to open its room; the record lets other nodes see the room exists.
             now = int(time.time())
-            await self._store.put_room(RoomRecord(claims.room, now, claims.exp))
+            record = RoomRecord(claims.room, now, claims.exp)
+            await self._store.put_room(record)
         # -- from here to the seat: no await --
         live = self._rooms.get(claims.room)
         if live is None:
             live = _LiveRoom(Room(claims.room, self._max_participants))
             self._rooms[claims.room] = live
+        if live.deadline is None:
+            live.deadline = Deadline(float(record.expires_at))
+            self._spawn(live, self._session_clock(live, live.deadline))
         participant = Participant(claims=claims, sid=sid)
         try:
             self._check_lock(live, claims)
@@ -221,7 +232,60 @@ class RoomHub:
         # is replaced only by connecting again, which a removed participant's revoked
         # token cannot do.
         ice = self._ice.for_participant(participant.id, participant.claims.exp)
-        return {"you": participant.public(), "room": live.room.public(), "ice": ice}
+        room = live.room.public()
+        if live.deadline is not None:
+            room["ends_at"] = iso(int(live.deadline.ends_at))
+        return {"you": participant.public(), "room": room, "ice": ice}
+
+    # -- the session's end ---------------------------------------------------------------
+
+    async def _session_clock(self, live: _LiveRoom, deadline: Deadline) -> None:
+        async def warn() -> None:
+            log.info("room %s: session ends in %d s", live.room.id, deadline.seconds_left())
+            await self._notify_all(live.room, "session.ending", self._end_payload(deadline))
+
+        async def end() -> None:
+            log.info("room %s: the session's time is over", live.room.id)
+            await self.end_room(live.room.id, message="The session's time is over.")
+
+        await run_clock(deadline, self._end_warning, warn, end)
+
+    @staticmethod
+    def _end_payload(deadline: Deadline) -> dict[str, Any]:
+        return {"ends_at": iso(int(deadline.ends_at)), "seconds_left": deadline.seconds_left()}
+
+    async def extend(self, participant: Participant, minutes: int) -> dict[str, Any]:
+        """Move the session's end ``minutes`` later, to at most the operator's session
+        length (``ROUNDTABLE_ROOM_MINUTES``) from now. Tokens keep their ``exp``: the
+        extension keeps the call going, it does not let expired links join again."""
+        participant.require("moderate")
+        live = self._live(participant)
+        deadline = live.deadline
+        assert deadline is not None
+        now = time.time()
+        ends_at = max(deadline.ends_at, now) + minutes * 60
+        if ends_at > now + self._max_extend:
+            raise InvalidPayload(
+                "invalid_payload",
+                f"A session may run at most {round(self._max_extend / 60)} minutes from now.",
+            )
+        record = await self._store.get_room(live.room.id)
+        created = record.created_at if record is not None else int(now)
+        await self._store.put_room(RoomRecord(live.room.id, created, int(ends_at)))
+        deadline.move(ends_at)
+        log.info(
+            "room %s: %s extended the session by %d min", live.room.id, participant.id, minutes
+        )
+        payload = self._end_payload(deadline)
+        await self._notify_all(live.room, "session.extended", payload)
+        return payload
+
+    async def _notify_all(self, room: Room, event: str, payload: dict[str, Any]) -> None:
+        """Everyone in the room, the waiting room included: the end concerns them too."""
+        if self.notifier is None:
+            return
+        for p in room.active():
+            await self.notifier.send(p.sid, event, payload)
 
     async def start(self, participant: Participant) -> None:
         """After ``welcome``: tell the room, and offer what there is to receive."""
@@ -354,7 +418,12 @@ class RoomHub:
         return max(floor, record.expires_at if record is not None else 0)
 
     async def end_room(
-        self, room_id: str, until: int | None = None, *, spare: str | None = None
+        self,
+        room_id: str,
+        until: int | None = None,
+        *,
+        spare: str | None = None,
+        message: str = "This session has ended.",
     ) -> None:
         """End a session for everyone: revoke its tokens, disconnect, close the router.
 
@@ -371,9 +440,7 @@ class RoomHub:
         for p in live.room.active():
             p.remove()
             if self.notifier and p.sid != spare:
-                await self.notifier.drop(
-                    p.sid, RoundtableError("room_ended", "This session has ended.")
-                )
+                await self.notifier.drop(p.sid, RoundtableError("room_ended", message))
         await self._teardown(live)
 
     async def shutdown(self) -> None:

@@ -236,6 +236,8 @@ class SignalingSocket:
             mod.unmute(participant, payload["kind"])
         elif event == "room.lock":
             await mod.lock(participant, payload["locked"])
+        elif event == "room.extend":
+            return {"ok": True, **await self._hub.extend(participant, payload["minutes"])}
         elif event == "room.end":
             await mod.end(participant)
             self._after_ack(

@@ -293,3 +293,46 @@ async def test_one_link_joined_60_times_at_once_takes_exactly_one_seat(
                 await http.close()
     assert "Traceback" not in caplog.text and "IllegalTransition" not in caplog.text
     assert "internal" not in caplog.text
+
+
+# -- the session's end on live connections -----------------------------------------------
+
+
+async def test_session_end_is_enforced_on_live_connections(tmp_path: Path) -> None:
+    from tests.controlplane import Clients
+
+    async with running_server(tmp_path, end_warning_seconds=3) as server:
+        clients = Clients(server)
+        try:
+            # The first token opens the room: its session ends when that token does.
+            cw = await clients.join(server.token(room="r_short", role="caseworker", ttl=6))
+            late_client = server.token(room="r_short", role="client", ttl=600)
+            client = await clients.join(late_client)
+            assert cw.events["welcome"][0]["room"]["ends_at"].endswith("Z")
+            warning = await client.wait("session.ending", within=6)
+            assert 1 <= warning["seconds_left"] <= 3, warning
+            assert await cw.wait("session.ending")
+            # A client's own token being valid longer does not keep the call going.
+            for c in (cw, client):
+                err = await c.wait("error", lambda e: e["error"] == "room_ended", within=8)
+                assert "time" in err["message"]
+                await c.wait("_disconnect")
+            assert server.hub.room("r_short") is None
+            assert await clients.refused(late_client) == "room_closed"
+
+            # The caseworker may extend, within the operator's limit; others may not.
+            cw = await clients.join(server.token(room="r_long", role="caseworker", ttl=6))
+            client = await clients.join(server.token(room="r_long", role="client", ttl=600))
+            assert (await client.call("room.extend", {"minutes": 5}))["error"] == "forbidden"
+            too_long = await cw.call("room.extend", {"minutes": 240})
+            assert too_long["error"] == "invalid_payload", too_long
+            assert (await cw.call("room.extend", {"minutes": 0}))["error"] == "invalid_payload"
+            ack = await cw.call("room.extend", {"minutes": 1})
+            assert ack["ok"] and 60 <= ack["seconds_left"] <= 66, ack
+            extended = await client.wait("session.extended")
+            assert extended["ends_at"] == ack["ends_at"]
+            await asyncio.sleep(7)  # past the old end
+            assert client.sio.connected and cw.sio.connected
+            assert "room_ended" not in {e["error"] for e in client.events.get("error", [])}
+        finally:
+            await clients.close()
