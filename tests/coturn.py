@@ -49,6 +49,14 @@ class Coturn:
     def url_tcp(self) -> str:
         return f"turn:{self.host}:{self.port}?transport=tcp"
 
+    def allocations(self, username: str) -> int:
+        """Relays coturn allocated for ``username`` (from its verbose log)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return 0
+        return text.count(f"user <{username}>: incoming packet ALLOCATE processed, success")
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -58,7 +66,12 @@ class Coturn:
 
 @contextmanager
 def run_coturn(
-    workdir: Path, host: str = "127.0.0.1", relay_ip: str = "127.0.0.1"
+    workdir: Path,
+    host: str = "127.0.0.1",
+    relay_ip: str = "127.0.0.1",
+    *,
+    allow_loopback: bool = True,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[Coturn]:
     """Start turnserver with ``use-auth-secret`` on a free port of ``host``; stop it after."""
     if shutil.which(TURNSERVER) is None:
@@ -81,7 +94,7 @@ def run_coturn(
         f"--static-auth-secret={turn.secret}",
         f"--realm={REALM}",
         # Tests only: the SFU listens on 127.0.0.1 inside the loopback-only namespace.
-        "--allow-loopback-peers",
+        *(["--allow-loopback-peers"] if allow_loopback else []),
         "--no-multicast-peers",
         "--no-cli",
         "--no-tls",
@@ -89,8 +102,10 @@ def run_coturn(
         "--fingerprint",
         f"--log-file={turn.log_path}",
         "--simple-log",
+        "--verbose",  # one line per allocation with its username: tests read them
         f"--userdb={workdir / 'turndb'}",
         f"--pidfile={workdir / 'turnserver.pid'}",
+        *extra,
     ]
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

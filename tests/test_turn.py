@@ -209,8 +209,10 @@ async def test_welcome_credential_allocates_a_relay_on_coturn(
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
+    before = coturn.allocations(entry["username"])
     ok = uclient(entry["username"], entry["credential"])
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert coturn.allocations(entry["username"]) > before
     forged = uclient(entry["username"], "Zm9yZ2VkIGNyZWRlbnRpYWw=")
     assert forged.returncode != 0 and "Cannot complete Allocation" in forged.stdout + forged.stderr
 
@@ -283,3 +285,61 @@ async def test_bench_participants_send_media_only_through_coturn(
                 assert candidates and all(" typ relay" in c for c in candidates), candidates
     finally:
         await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
+
+
+# --- the documented coturn configuration -------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "turn.md"
+
+
+def _documented_denied_peers() -> tuple[str, ...]:
+    """The ``denied-peer-ip`` lines of docs/turn.md, as coturn command-line options."""
+    lines = [
+        line.strip()
+        for line in DOCS.read_text().splitlines()
+        if line.strip().startswith("denied-peer-ip=")
+    ]
+    assert len(lines) >= 10, "docs/turn.md lost its denied-peer-ip list"
+    return tuple("--" + line for line in lines)
+
+
+async def _relay_reaches(turn: Coturn, peer_ip: str) -> bool:
+    """Through a fresh allocation, does a datagram reach an echo peer on ``peer_ip``?"""
+    username = f"{int(time.time()) + 300}:p_probe"
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(_Echo, local_addr=(peer_ip, 0))
+    relay, inbox = await create_turn_endpoint(
+        _Inbox, (turn.host, turn.port), username, credential(turn.secret, username)
+    )
+    try:
+        relay.sendto(b"probe", echo.get_extra_info("sockname"))
+        try:
+            await asyncio.wait_for(inbox.got.get(), 3)
+        except TimeoutError:
+            return False
+        return True
+    finally:
+        relay.close()
+        echo.close()
+
+
+async def test_documented_denied_peers_keep_the_relay_out_of_private_networks(
+    tmp_path: Path,
+) -> None:
+    """With docs/turn.md's ``denied-peer-ip`` list (and no ``allow-loopback-peers``)
+    coturn refuses to relay to loopback or a private address (403); ``allowed-peer-ip``
+    opens exactly the media node's address."""
+    from tests.netns import veth_namespace
+
+    denied = _documented_denied_peers()
+    # A private (RFC 1918) address in this test's namespace: the veth's outside end.
+    with veth_namespace(tmp_path / "netns", outside="10.203.0.5/30", inside="10.203.0.6/30"):
+        private = "10.203.0.5"
+        with run_coturn(tmp_path / "closed", allow_loopback=False, extra=denied) as turn:
+            assert not await _relay_reaches(turn, private)
+            assert not await _relay_reaches(turn, "127.0.0.1")
+            assert "error 403" in turn.log_path.read_text(), turn.log_tail()
+        opened = (*denied, f"--allowed-peer-ip={private}")
+        with run_coturn(tmp_path / "media", allow_loopback=False, extra=opened) as turn:
+            assert await _relay_reaches(turn, private), turn.log_tail()
+            assert not await _relay_reaches(turn, "127.0.0.1")

@@ -38,10 +38,15 @@ from tests.ports import free_udp_port
 
 @contextlib.contextmanager
 def run_server(
-    tmp_path: Path, extra_env: dict[str, str] | None = None, *, tls: Certificate | None = None
+    tmp_path: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    tls: Certificate | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[Server]:
     """``roundtable serve`` in a subprocess with its own port, secrets and state dir;
-    with ``tls`` over HTTPS with that certificate (and HTTP clients that trust it)."""
+    with ``tls`` over HTTPS with that certificate (and HTTP clients that trust it);
+    listening on ``host`` (``0.0.0.0``: also for browsers in other namespaces)."""
     port = free_port()
     state = tmp_path / "state"
     state.mkdir()
@@ -62,7 +67,7 @@ def run_server(
     log_path = tmp_path / "server.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [str(bin_path("roundtable")), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [str(bin_path("roundtable")), "serve", "--host", host, "--port", str(port)],
         env=env,
         cwd=state,
         stdout=log,
@@ -136,11 +141,14 @@ async def launch(tmp_path: Path, chromium: str) -> AsyncIterator[Launch]:
             height: int = 800,
             locale: str = "de-DE",
             args: Sequence[str] = (),
+            executable: str | None = None,
         ) -> Browser:
+            """``executable``: e.g. a ``tests.netns`` wrapper that starts Chromium in
+            another network namespace; ``args`` go after the usual flags."""
             profile = tmp_path / f"profile-{len(browsers)}-{name}"
             context = await pw.chromium.launch_persistent_context(
                 str(profile),
-                executable_path=chromium,
+                executable_path=executable or chromium,
                 headless=True,
                 args=[*CHROMIUM_ARGS, *args],
                 permissions=["camera", "microphone"],
