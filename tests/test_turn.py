@@ -343,3 +343,34 @@ async def test_documented_denied_peers_keep_the_relay_out_of_private_networks(
         with run_coturn(tmp_path / "media", allow_loopback=False, extra=opened) as turn:
             assert await _relay_reaches(turn, private), turn.log_tail()
             assert not await _relay_reaches(turn, "127.0.0.1")
+
+
+async def test_relay_allocated_in_time_outlives_the_credential(coturn: Coturn) -> None:
+    """A link's ``exp`` bounds joining, not the call (docs/protocol.md, "Session end"):
+    coturn checks the credential's expiry when a relay is allocated, and an allocation
+    made in time keeps relaying and can be refreshed after it, so a call does not break
+    when the link of someone in it runs out. A new allocation is refused."""
+    username = f"{int(time.time()) + 2}:p_late"
+    password = credential(coturn.secret, username)
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(_Echo, local_addr=("127.0.0.1", 0))
+    relay, inbox = await create_turn_endpoint(
+        _Inbox, (coturn.host, coturn.port), username, password, transport="tcp"
+    )
+    try:
+        relay.sendto(b"before", echo.get_extra_info("sockname"))
+        assert await asyncio.wait_for(inbox.got.get(), 5) == b"before"
+        await asyncio.sleep(3.5)
+        assert int(username.split(":")[0]) < time.time()
+        relay.sendto(b"after", echo.get_extra_info("sockname"))
+        assert await asyncio.wait_for(inbox.got.get(), 5) == b"after"
+        # The allocation's own refresh (what browsers send every few minutes) still passes.
+        refresh = stun.Message(message_method=stun.Method.REFRESH, message_class=stun.Class.REQUEST)
+        refresh.attributes["LIFETIME"] = 600
+        inner = relay._TurnTransport__inner_protocol  # type: ignore[attr-defined]
+        response, _ = await inner.request_with_retry(refresh)
+        assert response.message_class == stun.Class.RESPONSE
+        assert await _refusal(coturn, username, password) == 401
+    finally:
+        relay.close()
+        echo.close()
