@@ -1,9 +1,9 @@
 """HTTP side of the control plane: health, metrics, session creation, the page.
 
 Routes (docs/protocol.md, "REST"): ``GET /healthz``, ``GET /metrics``, ``POST /api/rooms``
-(operator API key), ``GET /api/rooms/{room}`` (a room token for that room), ``GET /join``
-and ``GET /static/…``. Security headers are added to every response, including
-Socket.IO's, in ``on_response_prepare``.
+(operator API key), ``GET /api/rooms/{room}`` (a room token for that room), ``GET /``
+(what this server is), ``GET /join`` and ``GET /static/…``. Security headers are added
+to every response, including Socket.IO's, in ``on_response_prepare``.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class RestApi:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/api/rooms", self.create_room)
         app.router.add_get("/api/rooms/{room}", self.get_room)
+        app.router.add_get("/", self.welcome_page)
         app.router.add_get("/join", self.join_page)
         app.router.add_get("/static/{path:.+}", self.static)
         app.on_response_prepare.append(security_headers)
@@ -220,6 +221,14 @@ class RestApi:
                 },
             }
         )
+
+    async def welcome_page(self, request: web.Request) -> web.StreamResponse:
+        """Someone who opens the bare address learns what this is and that they need
+        their personal link (the only way into a session)."""
+        page = self._web_dir / "welcome.html"
+        if not page.is_file():
+            raise NotFound("not_found", "The page is not installed (web/welcome.html).")
+        return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
 
     async def join_page(self, request: web.Request) -> web.StreamResponse:
         page = self._web_dir / "index.html"
