@@ -55,7 +55,7 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
-from . import _bwe, _fastpath, ports
+from . import _bwe, _fastpath, ice, ports
 from .remb import RembThrottle
 
 __all__ = [
@@ -167,7 +167,7 @@ def check_compatible() -> None:
         problems.append("aioice receive path")
     if not callable(getattr(aioice.ice, "get_host_addresses", None)):
         problems.append("aioice.ice.get_host_addresses")
-    problems += _check_fast_route() + _check_c_reader() + ports.check()
+    problems += _check_fast_route() + _check_c_reader() + ports.check() + ice.check()
     if problems:
         raise RuntimeError(
             "aiortc internals used by sfu/aiortc_hooks.py changed: " + ", ".join(problems)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from . import aiortc_hooks as hooks
+from . import ice
 from .forwarder import Forwarder
 from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
 from .ports import MediaPorts, gather_on
@@ -39,6 +42,7 @@ class Publisher:
         self.pc: RTCPeerConnection = new_peer_connection()
         self._stats = stats
         self._ports = ports
+        self._ice_task: asyncio.Task[None] | None = None
         self._keyframe_interval = keyframe_interval
         self._on_tracks_changed = on_tracks_changed
         self.pc.on("track", self._on_track)
@@ -46,10 +50,17 @@ class Publisher:
 
     async def negotiate(self, offer_sdp: str) -> str:
         """Apply the browser's (re-)offer and return the SFU's answer."""
+        # The browser's restartIce(): new credentials on a connection that is up.
+        restarted = ice.remote_changed(self.pc, offer_sdp)
+        if restarted is not None:
+            ice.restart(self.pc)
         await set_remote(self.pc, RTCSessionDescription(sdp=offer_sdp, type="offer"))
         answer = await self.pc.createAnswer()
         gather_on(self.pc, self._ports)
+        ice.mark(self.pc)
         await self.pc.setLocalDescription(answer)
+        if restarted is not None:
+            self._restart_checks(ice.resume(self.pc, restarted))
         # A re-offer may stop sending a track (screen share ended): drop its forwarder.
         receiving = {
             t.mid
@@ -94,7 +105,17 @@ class Publisher:
     async def add_ice_candidate(self, candidate: dict | None) -> None:
         await add_candidate(self.pc, candidate)
 
+    def _restart_checks(self, task: asyncio.Task[None]) -> None:
+        if self._ice_task is not None:
+            self._ice_task.cancel()
+        self._ice_task = task
+
     async def close(self) -> None:
+        if self._ice_task is not None:
+            self._ice_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ice_task
+            self._ice_task = None
         for fwd in self.forwarders.values():
             await fwd.close()
         self.forwarders.clear()

@@ -150,6 +150,15 @@ class Router:
         else:
             raise MediaError("invalid_payload", "pc must be 'publish' or 'subscribe'.")
 
+    def restart_ice(self, pid: str) -> None:
+        """``pid`` lost its network: its next subscribe offer restarts ICE (new
+        credentials, same DTLS and legs). Its publish leg restarts with its own re-offer."""
+        self._check_open()
+        subscriber = self.subscribers.get(pid)
+        if subscriber is not None and subscriber.pc is not None:
+            subscriber.restart_due = True
+            self._emit(RenegotiationNeeded(pid))
+
     def set_paused(self, pid: str, kind: str, paused: bool) -> None:
         """Stop (or resume) forwarding ``pid``'s tracks of ``kind`` — e.g. a moderator mute."""
         publisher = self.publishers.get(pid)

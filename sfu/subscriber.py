@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from . import aiortc_hooks as hooks
+from . import ice
 from .codecs import preference_for
 from .errors import MediaError
 from .forwarder import SYNC_INTERVAL, Forwarder, Leg
@@ -65,6 +66,11 @@ class Subscriber:
         self._pending: list[tuple[Leg, Forwarder]] = []
         self._stats = stats
         self._ports = ports
+        # A restart asked for (the browser lost its network): the next offer carries new
+        # ICE credentials; the answer's start the checks.
+        self.restart_due = False
+        self._restarting = False
+        self._ice_task: asyncio.Task[None] | None = None
         self._queues = {"video": video_queue, "audio": audio_queue}
         self._on_state = on_state
         self._sync_task: asyncio.Task[None] | None = None
@@ -83,8 +89,13 @@ class Subscriber:
             return None
         wanted = self._wanted(forwarders)
         current = set(self.legs)
-        if wanted.keys() == current:
+        restart = self.restart_due and self.pc is not None and self.pc.remoteDescription is not None
+        self.restart_due = False
+        if wanted.keys() == current and not restart:
             return None
+        if restart:
+            ice.restart(self.pc)
+            self._restarting = True
         if self.pc is None:
             self.pc = new_peer_connection()
             pc = self.pc
@@ -104,6 +115,7 @@ class Subscriber:
             self._pending.append((leg, fwd))
         offer = await self.pc.createOffer()
         gather_on(self.pc, self._ports)
+        ice.mark(self.pc)
         await self.pc.setLocalDescription(offer)
         self.negotiating = True
         tracks = tuple(
@@ -161,6 +173,13 @@ class Subscriber:
             raise MediaError("no_offer", "There is no subscribe offer waiting for an answer.")
         await set_remote(self.pc, RTCSessionDescription(sdp=answer_sdp, type="answer"))
         self.negotiating = False
+        if self._restarting:
+            self._restarting = False
+            remote = ice.credentials(answer_sdp)
+            if remote is not None:
+                if self._ice_task is not None:
+                    self._ice_task.cancel()
+                self._ice_task = ice.resume(self.pc, remote)
         for leg, fwd in self._pending:
             codec, mid_ext = hooks.negotiated(leg.transceiver)
             if codec is None or self.legs.get(fwd.track_id) is not leg:
@@ -181,6 +200,11 @@ class Subscriber:
             self.legs[track_id].detach()
 
     async def close(self) -> None:
+        if self._ice_task is not None:
+            self._ice_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ice_task
+            self._ice_task = None
         if self._sync_task is not None:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

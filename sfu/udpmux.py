@@ -79,6 +79,10 @@ class MuxTransport(asyncio.DatagramTransport):
         if not self._closing:
             self._owner.transport.sendto(data, addr)
 
+    def ufrag_changed(self, old: str) -> None:
+        """The connection restarted ICE with a new local ufrag (``sfu.ice``)."""
+        self._owner.rekey(self._protocol, old)
+
     def close(self) -> None:
         if self._closing:
             return
@@ -165,6 +169,11 @@ class MuxSocket(asyncio.DatagramProtocol):
         reader = getattr(protocol, _READER, None)
         for key in [k for k, r in self.routes.items() if r is reader]:
             del self.routes[key]
+
+    def rekey(self, protocol: aioice.ice.StunProtocol, old: str) -> None:
+        if self._by_ufrag.get(old) is protocol:
+            del self._by_ufrag[old]
+        self._by_ufrag[protocol.receiver.local_username] = protocol
 
     def _route(self, protocol: aioice.ice.StunProtocol, addr: tuple[str, int]) -> None:
         # The latest authentic check decides: a remote port that a closed connection

@@ -20,6 +20,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (kept for ad-hoc debugging)
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
+from sfu import ice
 from sfu.router import MediaConfig, RenegotiationNeeded, Router, RouterEvent
 
 VIDEO_CLOCK = 90000
@@ -77,6 +78,7 @@ class Peer:
         self.received = Received()
         self.mid_owner: dict[str, tuple[str, str]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._ice_tasks: list[asyncio.Task] = []
         self.audio = AudioStreamTrack()
         self.video = ColourVideoTrack(colour)
 
@@ -98,9 +100,24 @@ class Peer:
             self.sub.on("track", self._on_track)
         for t in offer.tracks:
             self.mid_owner[t.mid] = (t.participant, t.kind)
+        # The SFU restarts ICE: do what a browser does on its own (aiortc cannot).
+        restarted = ice.remote_changed(self.sub, offer.sdp)
+        if restarted is not None:
+            ice.restart(self.sub)
         await self.sub.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         await self.sub.setLocalDescription(await self.sub.createAnswer())
         await self.router.accept_answer(self.pid, self.sub.localDescription.sdp)
+        if restarted is not None:
+            self._ice_tasks.append(ice.resume(self.sub, restarted))
+
+    async def restart_publish(self) -> None:
+        """The browser's ``restartIce()`` on the publish leg: a re-offer with new ICE
+        credentials on the same connection."""
+        ice.restart(self.pub)
+        await self.pub.setLocalDescription(await self.pub.createOffer())
+        answer = await self.router.publish(self.pid, self.pub.localDescription.sdp)
+        await self.pub.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        self._ice_tasks.append(ice.resume(self.pub, ice.credentials(answer)))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         transceiver = next(t for t in self.sub.getTransceivers() if t.receiver.track is track)
@@ -125,9 +142,9 @@ class Peer:
         return self.received.frames[(owner, kind)]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._ice_tasks]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._ice_tasks, return_exceptions=True)
         await self.pub.close()
         if self.sub is not None:
             await self.sub.close()

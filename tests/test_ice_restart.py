@@ -1,0 +1,85 @@
+"""ICE restarts keep a participant's connections, legs and media (sfu/ice.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+
+import pytest
+
+from sfu import ice
+from sfu.ports import MediaPorts
+from sfu.router import MediaConfig
+from sfu.udpmux import UdpMux
+from tests.media import Room, wait_for
+from tests.ports import free_udp_port
+
+pytestmark = pytest.mark.slow
+
+MEDIA_HOST = os.environ.get("ROUNDTABLE_MEDIA_HOST", "127.0.0.1")
+
+
+def remote_ufrag(pc) -> str:
+    return ice.connections(pc)[0].remote_username
+
+
+def local_ufrag(pc) -> str:
+    return ice.connections(pc)[0].local_username
+
+
+def counts(room: Room, mux: UdpMux) -> dict[str, int]:
+    """What a restart must not leak: tasks, peer connections, legs, sockets, routes."""
+    gc.collect()
+    routes = {id(r) for s in mux.sockets for r in s.routes.values()}
+    return {
+        "tasks": len(asyncio.all_tasks()),
+        "publishers": len(room.router.publishers),
+        "subscribers": len(room.router.subscribers),
+        "legs": sum(len(s.legs) for s in room.router.subscribers.values()),
+        "sockets": len(mux.sockets),
+        "route_readers": len(routes),
+    }
+
+
+@pytest.mark.parametrize("shared_port", [True, False], ids=["shared-port", "ephemeral-ports"])
+async def test_restarts_keep_media_and_leak_nothing(shared_port: bool) -> None:
+    mux = UdpMux(free_udp_port())
+    ports = MediaPorts(mux=mux) if shared_port else None
+    room = Room("room-restart", MediaConfig(media_host=MEDIA_HOST, ports=ports))
+    try:
+        a = await room.join("a", (220, 30, 30))
+        b = await room.join("b", (30, 200, 30))
+        await wait_for(lambda: b.decoded("a", "video") >= 5 and a.decoded("b", "video") >= 5, 20)
+        await asyncio.sleep(0.5)
+        before = counts(room, mux)
+
+        # a's browser restarts its publish leg: the SFU takes the new credentials on the
+        # same connection, answers with new ones of its own, and b keeps seeing a.
+        server_pub = room.router.publishers["a"].pc
+        old_remote, old_local = remote_ufrag(server_pub), local_ufrag(server_pub)
+        frames = b.decoded("a", "video")
+        await a.restart_publish()
+        assert room.router.publishers["a"].pc is server_pub  # same connection
+        assert remote_ufrag(server_pub) != old_remote and local_ufrag(server_pub) != old_local
+        await wait_for(lambda: b.decoded("a", "video") > frames + 30, 15)
+
+        # The SFU restarts b's subscribe leg (what the page asks for after a network
+        # change): a new offer with new credentials on the same connection and legs.
+        server_sub = room.router.subscribers["b"].pc
+        old_local = local_ufrag(server_sub)
+        legs = dict(room.router.subscribers["b"].legs)
+        frames = b.decoded("a", "video")
+        room.router.restart_ice("b")
+        await wait_for(lambda: local_ufrag(server_sub) != old_local, 10)
+        await wait_for(lambda: b.decoded("a", "video") > frames + 30, 15)
+        assert room.router.subscribers["b"].pc is server_sub
+        assert room.router.subscribers["b"].legs == legs
+
+        await asyncio.sleep(0.5)
+        after = counts(room, mux)
+        # The client side's finished restart tasks are gone too; the SFU's are done.
+        assert after == before, (before, after)
+    finally:
+        await room.close()
+        mux.close()
