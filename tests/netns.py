@@ -25,6 +25,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,7 +112,9 @@ class Netns:
                 "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
                 f"[s.sendto(b'probe', ({self.outside_ip!r}, {port})) for _ in range(3)]"
             )
-            subprocess.run([*self.enter(), "python3", "-c", code], capture_output=True, timeout=30)
+            subprocess.run(
+                [*self.enter(), sys.executable, "-c", code], capture_output=True, timeout=30
+            )
             try:
                 sink.recvfrom(64)
             except TimeoutError:
@@ -129,7 +132,7 @@ class Netns:
                 f"socket.create_connection(({self.outside_ip!r}, {port}), timeout={timeout})"
             )
             done = subprocess.run(
-                [*self.enter(), "python3", "-c", code], capture_output=True, timeout=30
+                [*self.enter(), sys.executable, "-c", code], capture_output=True, timeout=30
             )
             return done.returncode == 0
 
