@@ -103,7 +103,13 @@ class Generator:
             assert self._http is not None
             async with self._http.post(
                 f"{s.url}/api/rooms",
-                json={"client_name": "Bench client", "caseworker_name": "Bench caseworker"},
+                json={
+                    "client_name": "Bench client",
+                    "caseworker_name": "Bench caseworker",
+                    # Synthetic clients are not let in by a person: straight into the room.
+                    "client_lobby": False,
+                    "client_consent": False,
+                },
                 headers={"Authorization": f"Bearer {s.api_key}"},
             ) as resp:
                 body = await resp.json(content_type=None)

@@ -19,6 +19,7 @@ from signaling.api import ApiSettings, RestApi
 from signaling.errors import error_middleware
 from signaling.hub import RoomHub
 from signaling.invites import InviteApi
+from signaling.mailer import InviteMailer, SmtpSettings
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.metrics import Metrics
 from signaling.socket import SignalingSocket, SocketLimits
@@ -182,6 +183,11 @@ def build_app(
         present=hub.present,
     )
     webhook = _invite_webhook(config, hub)
+    mailer = (
+        InviteMailer(SmtpSettings.from_url(config.smtp_url, config.smtp_from or ""))
+        if config.smtp_url
+        else None
+    )
     invites = InviteApi(
         api,
         tokens,
@@ -189,6 +195,7 @@ def build_app(
         metrics,
         webhook,
         default_minutes=config.invite_minutes,
+        mailer=mailer,
     )
     app[CONFIG] = config
     app[STORE] = store

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated grants instead of the role's defaults, e.g. publish,subscribe,audio",
     )
     token.add_argument("--lobby", action="store_true", help="join through the waiting room")
+    token.add_argument(
+        "--consent", action="store_true", help="the page asks for consent before joining"
+    )
     token.add_argument("--sub", help="participant id (default: a new one)")
     return parser
 
@@ -117,6 +120,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             org=args.org,
             grants=grants,
             lobby=args.lobby,
+            consent=args.consent,
             sub=args.sub,
         )
     except ValueError as exc:

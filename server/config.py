@@ -251,6 +251,18 @@ class Config(BaseSettings):
         1.0, "Wait before retry n: this times 2^(n-1) seconds.", ge=0
     )
     webhook_timeout_seconds: float = setting(10.0, "Timeout of one delivery attempt.", gt=0)
+    smtp_url: str | None = setting(
+        None,
+        "SMTP server that sends invitations by e-mail: smtp://user:pass@host:port "
+        "(STARTTLS when offered) or smtps://… (TLS).",
+        shown="unset: no e-mail",
+        secret=True,
+    )
+    smtp_from: str | None = setting(
+        None,
+        "Sender address of invitation e-mails (needed with ROUNDTABLE_SMTP_URL).",
+        shown="unset",
+    )
 
     web_dir: Path = setting(
         WEB_DIR, "Directory of the page's files.", shown="the page shipped with roundtable"
@@ -394,6 +406,10 @@ class Config(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{env_name(name)}: no such file: {path}")
+        if self.smtp_url:
+            from signaling.mailer import SmtpSettings
+
+            SmtpSettings.from_url(self.smtp_url, self.smtp_from or "")  # ValueError says what
         has_turn = any(u.startswith(("turn:", "turns:")) for u in self.turn_urls)
         if has_turn and not self.turn_secret:
             raise ValueError(

@@ -9,22 +9,27 @@ to every response, including Socket.IO's, in ``on_response_prepare``.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import segno
 from aiohttp import web
 
 from signaling.deadline import iso
 from signaling.errors import (
     ApiKeyError,
     BadRequest,
+    Forbidden,
     NotFound,
     PayloadTooLarge,
+    RoomClosed,
     RoundtableError,
     TokenError,
 )
@@ -81,6 +86,7 @@ class RestApi:
         app.router.add_post("/api/rooms", self.create_room)
         app.router.add_get("/api/rooms/{room}", self.get_room)
         app.router.add_get("/", self.welcome_page)
+        app.router.add_get("/api/rooms/{room}/qr", self.client_qr)
         app.router.add_get("/join", self.join_page)
         app.router.add_get("/static/{path:.+}", self.static)
         app.on_response_prepare.append(security_headers)
@@ -150,7 +156,13 @@ class RestApi:
     async def create_room(self, request: web.Request) -> web.Response:
         self._check_api_key(request)
         body = await self.json_body(request)
-        unknown = set(body) - {"client_name", "caseworker_name", "valid_minutes"}
+        unknown = set(body) - {
+            "client_name",
+            "caseworker_name",
+            "valid_minutes",
+            "client_lobby",
+            "client_consent",
+        }
         if unknown:
             raise BadRequest("bad_request", f"Unknown fields: {', '.join(sorted(unknown))[:200]}.")
         names: dict[str, str] = {}
@@ -171,23 +183,45 @@ class RestApi:
                 "bad_request",
                 f"'valid_minutes' must be an integer from 1 to {self._settings.max_room_minutes}.",
             )
+        # The client link goes through the waiting room and the consent text unless the
+        # caller says otherwise; both are claims of the signed token, enforced at connect.
+        flags: dict[str, bool] = {}
+        for key in ("client_lobby", "client_consent"):
+            value = body.get(key, True)
+            if not isinstance(value, bool):
+                raise BadRequest("bad_request", f"'{key}' must be true or false.")
+            flags[key] = value
         room_id = new_id("r")
         ttl = minutes * 60
         cw_token, cw = self._tokens.issue(
             room=room_id, role="caseworker", name=names["caseworker_name"], ttl=ttl
         )
         cl_token, _ = self._tokens.issue(
-            room=room_id, role="client", name=names["client_name"], ttl=ttl
+            room=room_id,
+            sub=self._tokens.client_sub(room_id),
+            role="client",
+            name=names["client_name"],
+            ttl=ttl,
+            lobby=flags["client_lobby"],
+            consent=flags["client_consent"],
         )
         await self._store.put_room(RoomRecord(room_id, cw.iat, cw.exp))
         self._metrics.rooms_created.inc()
-        log.info("room %s created, valid %d min", room_id, minutes)
+        log.info(
+            "room %s created, valid %d min, client lobby %s, consent %s",
+            room_id,
+            minutes,
+            flags["client_lobby"],
+            flags["client_consent"],
+        )
         base = self.base_url(request)
         return web.json_response(
             {
                 "room": room_id,
                 "caseworker_url": f"{base}/join#token={cw_token}",
                 "client_url": f"{base}/join#token={cl_token}",
+                "client_lobby": flags["client_lobby"],
+                "client_consent": flags["client_consent"],
                 "expires_at": iso(cw.exp),
             },
             status=201,
@@ -217,6 +251,7 @@ class RestApi:
                     "org": claims.org,
                     "grants": sorted(claims.grants),
                     "lobby": claims.lobby,
+                    "consent": claims.consent,
                     "expires_at": iso(claims.exp),
                 },
             }
@@ -229,6 +264,39 @@ class RestApi:
         if not page.is_file():
             raise NotFound("not_found", "The page is not installed (web/welcome.html).")
         return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    async def client_qr(self, request: web.Request) -> web.Response:
+        """A QR code (SVG) of a client link, for the hybrid appointment: the client sits at
+        the caseworker's desk and joins on their own phone to show a document.
+
+        Made here, from a fresh token: no client link is stored, and no outside service
+        ever sees one. The caseworker is beside the client, so it skips the waiting room;
+        the consent is still asked on the phone.
+        """
+        room_id = request.match_info["room"]
+        claims = await self.authenticate(request, room_id)
+        if not claims.has("moderate"):
+            self._metrics.refused("forbidden")
+            raise Forbidden("forbidden", "Only the host may show the client's link.")
+        record = await self._store.get_room(room_id)
+        ttl = min(claims.exp, record.expires_at if record else claims.exp) - int(time.time())
+        if ttl <= 0:
+            raise RoomClosed("room_closed", "This session has ended.")
+        token, _ = self._tokens.issue(
+            room=room_id,
+            sub=self._tokens.client_sub(room_id),
+            role="client",
+            name=request.query.get("name", "").strip()[:MAX_NAME_CHARS] or "Kundin/Kunde",
+            ttl=ttl,
+            consent=True,
+        )
+        url = f"{self.base_url(request)}/join#token={token}"
+        out = io.BytesIO()
+        segno.make(url, error="m").save(
+            out, kind="svg", scale=4, border=2, xmldecl=False, svgns=True, title="roundtable"
+        )
+        log.info("room %s: client QR code made by %s", room_id, claims.sub)
+        return web.Response(body=out.getvalue(), content_type="image/svg+xml")
 
     async def join_page(self, request: web.Request) -> web.StreamResponse:
         page = self._web_dir / "index.html"

@@ -44,6 +44,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "room_full": 403,
     "room_locked": 403,
     "lobby_denied": 403,
+    "consent_required": 403,
+    "chat_disabled": 403,
     "removed": 403,
     "unknown_event": 400,
     "invalid_payload": 400,

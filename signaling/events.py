@@ -146,6 +146,33 @@ def parse_end(args: tuple[Any, ...]) -> dict[str, Any]:
     return _object(args, set(), optional=True)
 
 
+MAX_CHAT_CHARS = 1000
+# Control characters would let a message rewrite how the page or a log viewer shows it;
+# line breaks and tabs are text people type.
+_CHAT_DROP = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
+
+
+def parse_chat_send(args: tuple[Any, ...]) -> dict[str, Any]:
+    text = _object(args, {"text"}).get("text")
+    if not isinstance(text, str):
+        raise InvalidPayload("invalid_payload", "'text' must be a string.")
+    text = text.translate(_CHAT_DROP).strip()
+    if not text:
+        raise InvalidPayload("invalid_payload", "'text' is empty.")
+    if len(text) > MAX_CHAT_CHARS:
+        raise PayloadTooLarge(
+            "payload_too_large", f"'text' is longer than {MAX_CHAT_CHARS} characters."
+        )
+    return {"text": text}
+
+
+def parse_chat_enable(args: tuple[Any, ...]) -> dict[str, Any]:
+    enabled = _object(args, {"enabled"}).get("enabled")
+    if not isinstance(enabled, bool):
+        raise InvalidPayload("invalid_payload", "'enabled' must be true or false.")
+    return {"enabled": enabled}
+
+
 PARSERS: dict[str, Callable[[tuple[Any, ...]], dict[str, Any]]] = {
     "publish": parse_publish,
     "subscribe.answer": parse_subscribe_answer,
@@ -159,4 +186,6 @@ PARSERS: dict[str, Callable[[tuple[Any, ...]], dict[str, Any]]] = {
     "room.end": parse_end,
     "room.extend": parse_extend,
     "unmute": parse_unmute,
+    "chat.send": parse_chat_send,
+    "chat.enable": parse_chat_enable,
 }

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from signaling.api import RestApi, iso
 from signaling.errors import BadRequest, Forbidden, NotFound, RoomClosed, RoundtableError
+from signaling.mailer import InviteMail, InviteMailer, valid_email
 from signaling.metrics import Metrics
 from signaling.store import InviteRecord, StateStore
 from signaling.tokens import TokenClaims, TokenService, new_id
@@ -32,10 +33,18 @@ ORGANISATION_TYPES = (
     "interpreter",
     "other",
 )
-RIGHTS = ("audio", "video", "screen", "see_client")
-DEFAULT_RIGHTS = ("audio", "video", "see_client")
+RIGHTS = ("audio", "video", "screen", "see_client", "chat")
+DEFAULT_RIGHTS = ("audio", "video", "see_client", "chat")
 MAX_TEXT = 120
-FIELDS = {"organisation_type", "organisation", "name", "rights", "valid_minutes", "waiting_room"}
+FIELDS = {
+    "organisation_type",
+    "organisation",
+    "name",
+    "rights",
+    "valid_minutes",
+    "waiting_room",
+    "email",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,7 @@ class InviteRequest:
     rights: frozenset[str]
     valid_minutes: int
     waiting_room: bool
+    email: str | None = None  # send the link there (needs ROUNDTABLE_SMTP_URL)
 
     @classmethod
     def parse(
@@ -78,6 +88,13 @@ class InviteRequest:
         waiting_room = body.get("waiting_room", True)
         if not isinstance(waiting_room, bool):
             raise BadRequest("bad_request", "'waiting_room' must be true or false.")
+        email = body.get("email")
+        if email == "":
+            email = None
+        if email is not None:
+            email = email.strip() if isinstance(email, str) else email
+            if not valid_email(email):
+                raise BadRequest("bad_request", "'email' must be an e-mail address.")
         return cls(
             organisation_type=org_type,
             organisation=text("organisation"),
@@ -85,6 +102,7 @@ class InviteRequest:
             rights=frozenset(rights),
             valid_minutes=minutes,
             waiting_room=waiting_room,
+            email=email,
         )
 
 
@@ -99,8 +117,10 @@ class InviteApi:
         *,
         default_minutes: int = 30,
         max_minutes: int = 240,
+        mailer: InviteMailer | None = None,
     ) -> None:
         self._api = api
+        self._mailer = mailer
         self._tokens = tokens
         self._store = store
         self._metrics = metrics
@@ -177,8 +197,33 @@ class InviteApi:
             req.waiting_room,
             inviter.sub,
         )
+        # The mail goes out before the answer, so the caseworker learns at once whether
+        # to pass the link on by hand ("failed") and nothing fails silently.
+        email: str | None = None
+        if req.email is not None:
+            if self._mailer is None:
+                email = "disabled"
+            else:
+                sent = await self._mailer.send(
+                    InviteMail(
+                        to=req.email,
+                        name=req.name,
+                        organisation=req.organisation,
+                        url=url,
+                        invite_id=invite_id,
+                        starts_at=partner.iat,
+                        expires_at=partner.exp,
+                    )
+                )
+                email = "sent" if sent else "failed"
         return web.json_response(
-            {"id": invite_id, "invite_url": url, "expires_at": expires_at, "webhook": webhook},
+            {
+                "id": invite_id,
+                "invite_url": url,
+                "expires_at": expires_at,
+                "webhook": webhook,
+                "email": email,
+            },
             status=201,
         )
 

@@ -28,6 +28,7 @@ class Room:
     max_participants: int
     state: RoomState = RoomState.OPEN
     locked: bool = False
+    chat_enabled: bool = True  # a moderator may switch the chat off (signaling/chat.py)
     participants: dict[str, Participant] = field(default_factory=dict)
 
     def active(self) -> list[Participant]:
@@ -88,4 +89,4 @@ class Room:
         return {"participants": [p.public() for p in self.admitted()]}
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "locked": self.locked}
+        return {"id": self.id, "locked": self.locked, "chat": self.chat_enabled}

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from signaling.chat import Chat
 from signaling.errors import (
     Forbidden,
     InternalError,
@@ -75,6 +76,7 @@ class SignalingSocket:
         self._joins = SlidingWindow(limits.joins_per_ip_per_minute, 60.0)
         self._connections: dict[str, _Connection] = {}
         self._moderation = Moderation(hub, tokens)
+        self._chat = Chat(hub)
         # Drops that must follow an ack (``room.end``); cancelled at shutdown.
         self._tasks: set[asyncio.Task[None]] = set()
         self.sio = HardenedServer(
@@ -134,6 +136,12 @@ class SignalingSocket:
             if room is not None and not isinstance(room, str):
                 raise TokenError("token_wrong_room", "The token is for another session.")
             claims = await self._tokens.authenticate(auth.get("token"), room=room)
+            if claims.consent and auth.get("consent") is not True:
+                # The page sends it once the person ticked the box; the server, not the
+                # page, makes sure nobody skips it.
+                raise RoundtableError(
+                    "consent_required", "Agree to the consent text before joining."
+                )
             # Room checks first: a full room must not spend a single-use invite.
             self._hub.check_room(claims)
             # An invite is spent on first use; reconnecting while its participant is still
@@ -222,6 +230,11 @@ class SignalingSocket:
             return {"ok": True}
         if event == "leave":
             await self._hub.leave(participant)
+            return {"ok": True}
+        if event == "chat.send":
+            return {"ok": True, "id": await self._chat.send(participant, payload["text"])}
+        if event == "chat.enable":
+            await self._chat.set_enabled(participant, payload["enabled"])
             return {"ok": True}
         mod = self._moderation
         if event == "lobby.admit":

@@ -9,6 +9,8 @@ invite token (``invite: true``) is single-use (its ``jti`` is recorded on first 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -27,11 +29,21 @@ AUDIENCE = "roundtable"
 ALGORITHM = "HS256"
 ROLES = ("caseworker", "client", "partner")
 GRANTS = frozenset(
-    {"publish", "subscribe", "moderate", "invite", "screen", "audio", "video", "see_client"}
+    {
+        "publish",
+        "subscribe",
+        "moderate",
+        "invite",
+        "screen",
+        "audio",
+        "video",
+        "see_client",
+        "chat",
+    }
 )
 DEFAULT_GRANTS: dict[str, frozenset[str]] = {
     "caseworker": GRANTS,
-    "client": frozenset({"publish", "subscribe", "screen", "audio", "video", "see_client"}),
+    "client": frozenset({"publish", "subscribe", "screen", "audio", "video", "see_client", "chat"}),
     "partner": frozenset(),  # a partner's rights come from its invite
 }
 REQUIRED_CLAIMS = ("exp", "nbf", "iat", "aud", "iss", "room", "sub", "role", "jti")
@@ -66,6 +78,9 @@ class TokenClaims:
     jti: str
     invite: bool = False  # made by POST /api/rooms/{room}/invites: single-use
     org_type: str | None = None
+    # The person must agree to the consent text before joining: the connect carries
+    # ``consent: true`` or is refused (``consent_required``).
+    consent: bool = False
 
     def has(self, grant: str) -> bool:
         return grant in self.grants
@@ -114,6 +129,13 @@ class TokenService:
 
     # -- issuing -----------------------------------------------------------------------
 
+    def client_sub(self, room: str) -> str:
+        """The client's participant id in ``room``: the same for every client link of the
+        room (the e-mailed one, the QR code at the desk), so they are one person and a
+        second device replaces the first instead of adding a second client."""
+        digest = hmac.new(self._secret.encode(), f"client:{room}".encode(), hashlib.sha256)
+        return f"p_{digest.hexdigest()[:16]}"
+
     def issue(
         self,
         *,
@@ -127,6 +149,7 @@ class TokenService:
         lobby: bool = False,
         invite: bool = False,
         org_type: str | None = None,
+        consent: bool = False,
     ) -> tuple[str, TokenClaims]:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
@@ -150,6 +173,7 @@ class TokenService:
             jti=secrets.token_urlsafe(16),
             invite=invite,
             org_type=org_type,
+            consent=consent,
         )
         payload: dict[str, Any] = {
             "iss": ISSUER,
@@ -160,6 +184,7 @@ class TokenService:
             "name": claims.name,
             "grants": sorted(claims.grants),
             "lobby": claims.lobby,
+            "consent": claims.consent,
             "exp": claims.exp,
             "nbf": claims.nbf,
             "iat": claims.iat,
@@ -299,8 +324,9 @@ class TokenService:
             raise _bad("token_malformed", "The 'org' claim is not valid.")
         lobby = p.get("lobby", False)
         invite = p.get("invite", False)
-        if not isinstance(lobby, bool) or not isinstance(invite, bool):
-            raise _bad("token_malformed", "The 'lobby'/'invite' claim is not valid.")
+        consent = p.get("consent", False)
+        if not all(isinstance(v, bool) for v in (lobby, invite, consent)):
+            raise _bad("token_malformed", "The 'lobby'/'invite'/'consent' claim is not valid.")
         org_type = p.get("org_type")
         if org_type is not None and (not isinstance(org_type, str) or len(org_type) > 40):
             raise _bad("token_malformed", "The 'org_type' claim is not valid.")
@@ -321,4 +347,5 @@ class TokenService:
             jti=text("jti", 128),
             invite=invite,
             org_type=org_type,
+            consent=consent,
         )

@@ -41,6 +41,9 @@ class RunningServer:
         return self.tokens.issue(room=room, role=role, name=name, ttl=kw.pop("ttl", 600), **kw)[0]
 
     async def create_room(self, **body: Any) -> dict[str, Any]:
+        """``POST /api/rooms``; the client link joins directly unless a test asks otherwise."""
+        body.setdefault("client_lobby", False)
+        body.setdefault("client_consent", False)
         async with aiohttp.ClientSession() as http:
             async with http.post(
                 f"{self.url}/api/rooms",

@@ -70,7 +70,14 @@ async def test_create_room_links_work(server: RunningServer) -> None:
         json={"client_name": "Herr K", "caseworker_name": "Frau B", "valid_minutes": 30},
     )
     assert status == 201, body
-    assert set(body) == {"room", "caseworker_url", "client_url", "expires_at"}
+    assert set(body) == {
+        "room",
+        "caseworker_url",
+        "client_url",
+        "client_lobby",
+        "client_consent",
+        "expires_at",
+    }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["expires_at"])
     for role in ("caseworker", "client"):
         url = urlsplit(body[f"{role}_url"])
@@ -90,7 +97,8 @@ async def test_create_room_links_work(server: RunningServer) -> None:
 
         client = SignalClient()
         try:
-            assert await client.connect(server.url, token)
+            # The client link asks for consent by default (tests/test_room_links.py).
+            assert await client.connect(server.url, token, consent=True)
             welcome = await client.wait("welcome")
             assert welcome["room"]["id"] == body["room"]
             assert welcome["you"]["role"] == role

@@ -48,13 +48,13 @@ async def test_minimal_invite_gets_the_defaults(server: RunningServer, room: dic
     before = int(time.time())
     status, body = await server.invite(room["room"], cw)
     assert status == 201, body
-    assert set(body) == {"id", "invite_url", "expires_at", "webhook"}
+    assert set(body) == {"id", "invite_url", "expires_at", "webhook", "email"}
     assert body["webhook"] == "disabled"
     assert body["invite_url"].startswith(f"{server.url}/join#token=")
     claims = _claims(body["invite_url"])
     assert claims["role"] == "partner" and claims["room"] == room["room"]
     assert claims["org"] == "DRV" and claims["org_type"] == "other" and claims["name"] == "Frau P"
-    assert set(claims["grants"]) == {"publish", "subscribe", "audio", "video", "see_client"}
+    assert set(claims["grants"]) == {"publish", "subscribe", "audio", "video", "see_client", "chat"}
     assert claims["lobby"] is True and claims["invite"] is True
     assert before + 30 * 60 <= _ts(body["expires_at"]) == claims["exp"] <= time.time() + 30 * 60
 

@@ -230,7 +230,9 @@ async def test_two_aiortc_peers_call_each_other_through_signalling(
     status, room = 0, {}
     async with aiohttp.ClientSession() as http:
         async with http.post(
-            f"{server.url}/api/rooms", headers={"Authorization": f"Bearer {server.config.api_key}"}
+            f"{server.url}/api/rooms",
+            json={"client_lobby": False, "client_consent": False},
+            headers={"Authorization": f"Bearer {server.config.api_key}"},
         ) as resp:
             status, room = resp.status, await resp.json()
     assert status == 201

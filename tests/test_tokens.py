@@ -203,7 +203,8 @@ async def test_genuine_token_connects_and_is_welcomed(server: RunningServer) -> 
         assert await client.connect(server.url, token, room=ROOM)
         welcome = await client.wait("welcome")
         assert welcome["you"]["role"] == "caseworker"
-        assert welcome["room"] == {"id": ROOM, "locked": False}
+        room = welcome["room"]
+        assert (room["id"], room["locked"], room["chat"]) == (ROOM, False, True)
         async with aiohttp.ClientSession() as http:
             async with http.get(
                 f"{server.url}/api/rooms/{ROOM}", headers={"Authorization": f"Bearer {token}"}

@@ -3,6 +3,7 @@
 // through window.roundtable (peer connections, track map, timings).
 
 import { Call } from "./call.js";
+import { ChatPanel } from "./chat.js";
 import { allowedKinds, listInputs, meterLevel, openDevices, swapDevice } from "./devices.js";
 import { InviteDialog, Panel } from "./moderation.js";
 import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t } from "./i18n.js";
@@ -28,6 +29,7 @@ const state = {
   ended: null, // {titleKey, code, message}
   lastError: null, // the last `error` event or failed request, shown if we get disconnected
   panel: null,
+  chat: null,
   invite: null,
   mutedByHost: new Set(), // kinds a moderator muted; turning them on asks the server first
   screen: null, // the shared screen's track while sharing
@@ -103,6 +105,17 @@ function setStatusError(code, message) {
   setStatus(null);
   state.statusError = { code, message };
   $("status").textContent = errorMessage(code, message);
+}
+
+/** Say something that is no status (a chat line): into the status line, as it comes. */
+function announce(text) {
+  state.statusKey = null;
+  state.statusError = null;
+  $("status").textContent = text;
+}
+
+function narrow() {
+  return window.matchMedia("(max-width: 760px)").matches;
 }
 
 function showView(name) {
@@ -329,7 +342,7 @@ function join() {
   button.textContent = t("prejoin.joining");
   setStatus("status.connecting");
 
-  const call = new Call({ token: state.token, stream: state.stream });
+  const call = new Call({ token: state.token, stream: state.stream, consent: $("consent").checked });
   state.call = call;
   roundtable.call = call;
   roundtable.pcs = call.pcs;
@@ -337,6 +350,10 @@ function join() {
   call.addEventListener("welcome", ({ detail }) => {
     roundtable.you = detail.you;
     if (state.panel && detail.room) state.panel.setLocked(detail.room.locked);
+    if (state.chat) {
+      state.chat.setSelf(detail.you.id);
+      if (detail.room) state.chat.setEnabled(detail.room.chat !== false);
+    }
     if (detail.you.state === "waiting") {
       // Still only a preview: nothing is sent until someone admits us.
       $("waiting-preview").hidden = !state.stream || !state.camOn;
@@ -403,8 +420,22 @@ function join() {
     moderator,
     onStatus: setStatus,
     onError: (code, message) => setStatusError(code, message),
+    onToggle: (open) => {
+      if (open && state.chat && state.chat.open && narrow()) state.chat.setOpen(false);
+    },
   });
   $("dial-in-button").hidden = !hasGrant("invite");
+  if (hasGrant("chat")) {
+    state.chat = new ChatPanel({
+      call,
+      moderator,
+      onAnnounce: (text) => announce(text),
+      // On a phone there is room for one side panel at a time.
+      onToggle: (open) => {
+        if (open && narrow()) state.panel.setOpen(false);
+      },
+    });
+  }
   $("end-session").hidden = !moderator;
   call.addEventListener("admitted", () => {
     if (!call.you) return;
@@ -538,6 +569,7 @@ function renderDynamic() {
   updateToggles();
   if (state.tiles) state.tiles.relabel();
   if (state.panel) state.panel.relabel();
+  if (state.chat) state.chat.relabel();
   if (inCall) updateScreenButton();
 }
 
@@ -635,9 +667,11 @@ async function main() {
   }
   $("camera-select").addEventListener("change", (ev) => chooseDevice("video", ev.target.value));
   $("mic-select").addEventListener("change", (ev) => chooseDevice("audio", ev.target.value));
-  // Whoever comes through the waiting room first agrees to the consent text.
+  // The link says whether the person agrees to the consent text first (client links by
+  // default, docs/protocol.md); the server refuses a connect without it.
   const consent = $("consent");
-  const needsConsent = Boolean(state.claims && state.claims.lobby);
+  // Tokens from before the `consent` claim asked for it whenever they led to the lobby.
+  const needsConsent = Boolean(state.claims && (state.claims.consent ?? state.claims.lobby));
   $("consent-row").hidden = !needsConsent;
   const updateJoin = () => {
     joinButton.disabled = !canJoin || (needsConsent && !consent.checked);

@@ -20,12 +20,14 @@ export class CallError extends Error {
  *  server-error {error, message}, connect-error {error, message, transport},
  *  disconnected {reason}, reconnecting {}, media-state {leg, state},
  *  admitted {}, lobby {waiting}, moderation-muted {kind}, host-status {present, grace_seconds},
- *  room-state {locked}, invite-delivery {id, status, attempts, message}
+ *  room-state {locked}, invite-delivery {id, status, attempts, message},
+ *  chat-message {id, from, name, role, text, at}, chat-state {enabled}
  */
 export class Call extends EventTarget {
-  constructor({ token, stream }) {
+  constructor({ token, stream, consent = false }) {
     super();
     this.token = token;
+    this.consent = consent; // the person ticked the consent box (the server checks for it)
     this.localStream = stream;
     this.socket = null;
     this.you = null;
@@ -49,7 +51,8 @@ export class Call extends EventTarget {
 
   connect() {
     // io is the vendored socket.io client, loaded as a classic script before the modules.
-    const socket = window.io({ auth: { token: this.token }, transports: ["websocket"] });
+    const auth = this.consent ? { token: this.token, consent: true } : { token: this.token };
+    const socket = window.io({ auth, transports: ["websocket"] });
     this.socket = socket;
 
     socket.on("connect_error", (err) => {
@@ -83,6 +86,8 @@ export class Call extends EventTarget {
     socket.on("host.status", (msg) => this._emit("host-status", msg || {}));
     socket.on("room.state", (msg) => this._emit("room-state", msg || {}));
     socket.on("invite.delivery", (msg) => this._emit("invite-delivery", msg || {}));
+    socket.on("chat.message", (msg) => this._emit("chat-message", msg || {}));
+    socket.on("chat.state", (msg) => this._emit("chat-state", msg || {}));
     socket.on("error", (msg) => {
       this._emit("server-error", {
         error: msg && msg.error ? msg.error : "unknown",

@@ -130,6 +130,18 @@ const STRINGS = {
     "right.video": "Bild",
     "right.screen": "Bildschirm teilen",
     "right.see_client": "Bild der Kundin/des Kunden sehen",
+    "right.chat": "Chat",
+    "chat.title": "Chat",
+    "chat.note": "Der Chat wird nach dem Gespräch nicht gespeichert.",
+    "chat.off": "Der Chat ist ausgeschaltet.",
+    "chat.label": "Ihre Nachricht",
+    "chat.placeholder": "Nachricht schreiben …",
+    "chat.send": "Senden",
+    "chat.allow": "Chat erlauben",
+    "chat.turnedOn": "Der Chat ist wieder eingeschaltet.",
+    "chat.turnedOff": "Der Chat wurde ausgeschaltet.",
+    "chat.from": "Nachricht von {name}: {text}",
+    "chat.buttonUnread": "Chat, {count} neue Nachrichten",
     "dialog.cancel": "Abbrechen",
     "dialog.close": "Schließen",
 
@@ -187,6 +199,9 @@ const STRINGS = {
     "error.sdp_invalid": "Die Bild- und Tonverbindung konnte nicht ausgehandelt werden.",
     "error.internal": "Auf dem Server ist ein Fehler aufgetreten. Bitte versuchen Sie es erneut.",
     "error.lobby_denied": "Sie wurden nicht in das Gespräch eingelassen.",
+    "error.chat_disabled": "Der Chat ist in diesem Gespräch ausgeschaltet.",
+    "error.consent_required":
+      "Bitte bestätigen Sie zuerst den Hinweis zum Gespräch (das Kästchen über dem Knopf).",
     "error.removed": "Die Beraterin oder der Berater hat Sie aus dem Gespräch entfernt.",
     "error.room_ended": "Die Beraterin oder der Berater hat das Gespräch für alle beendet.",
     "error.room_locked":
@@ -317,6 +332,18 @@ const STRINGS = {
     "right.video": "Picture",
     "right.screen": "Share screen",
     "right.see_client": "See the client's picture",
+    "right.chat": "Chat",
+    "chat.title": "Chat",
+    "chat.note": "The chat is not kept after the call.",
+    "chat.off": "The chat is switched off.",
+    "chat.label": "Your message",
+    "chat.placeholder": "Write a message …",
+    "chat.send": "Send",
+    "chat.allow": "Allow the chat",
+    "chat.turnedOn": "The chat is on again.",
+    "chat.turnedOff": "The chat was switched off.",
+    "chat.from": "Message from {name}: {text}",
+    "chat.buttonUnread": "Chat, {count} new messages",
     "dialog.cancel": "Cancel",
     "dialog.close": "Close",
 
@@ -370,6 +397,8 @@ const STRINGS = {
     "error.sdp_invalid": "Picture and sound could not be negotiated.",
     "error.internal": "The server ran into an error. Please try again.",
     "error.lobby_denied": "You were not let into the conversation.",
+    "error.chat_disabled": "The chat is switched off in this conversation.",
+    "error.consent_required": "Please confirm the note about the conversation first (the box above the button).",
     "error.removed": "The caseworker removed you from the conversation.",
     "error.room_ended": "The caseworker ended the conversation for everyone.",
     "error.room_locked": "The conversation is locked. No one else is let in right now.",
@@ -438,4 +467,7 @@ export function applyStatic(root = document) {
     el.setAttribute("aria-label", t(el.dataset.i18nAria));
   }
   for (const el of root.querySelectorAll("[data-i18n-title]")) el.title = t(el.dataset.i18nTitle);
+  for (const el of root.querySelectorAll("[data-i18n-placeholder]")) {
+    el.placeholder = t(el.dataset.i18nPlaceholder);
+  }
 }

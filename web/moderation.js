@@ -22,19 +22,37 @@ function button(label, aria, testid, onClick, cls = "btn btn-small btn-secondary
   return b;
 }
 
-/** Re-render `list` without losing keyboard focus on one of its buttons. */
-function keepFocus(list, render) {
+/**
+ * Re-render `list` without losing keyboard focus on one of its buttons. When the row that
+ * had focus is gone (admitted, declined, removed), focus moves to the same button of the
+ * next row, else to `fallback`, so a keyboard or screen-reader user is never dropped to
+ * the top of the page.
+ */
+function keepFocus(list, render, fallback) {
   const active = document.activeElement;
-  const key =
-    active && list.contains(active)
-      ? `[data-testid="${active.dataset.testid}"][data-participant="${active.dataset.participant}"]`
-      : null;
+  const had = active && list.contains(active);
+  const testid = had ? active.dataset.testid : null;
+  const rows = had ? [...list.querySelectorAll(`[data-testid="${testid}"]`)] : [];
+  const index = rows.indexOf(active);
+  const key = had ? `[data-testid="${testid}"][data-participant="${active.dataset.participant}"]` : null;
   render();
-  if (key) {
-    const again = list.querySelector(key);
-    if (again) again.focus();
-    else list.closest(".panel").focus();
+  if (!had) return;
+  // The same button, else another button of the same person's row (Mute → Remove).
+  const row = list.querySelector(`li[data-participant="${active.dataset.participant}"]`);
+  const again = list.querySelector(key) || (row && row.querySelector("button"));
+  if (again) {
+    again.focus();
+    return;
   }
+  const next = [...list.querySelectorAll(`[data-testid="${testid}"]`)];
+  const target = next[Math.min(index, next.length - 1)] || fallback;
+  if (target) target.focus();
+}
+
+/** A heading that focus may be moved to (not in the Tab order). */
+function focusable(el) {
+  el.tabIndex = -1;
+  return el;
 }
 
 export class Panel {
@@ -42,8 +60,9 @@ export class Panel {
    * @param {{call: import("./call.js").Call, moderator: boolean, onStatus: Function,
    *          onError: Function}} opts
    */
-  constructor({ call, moderator, onStatus, onError }) {
+  constructor({ call, moderator, onStatus, onError, onToggle }) {
     this.call = call;
+    this.onToggle = onToggle;
     this.moderator = moderator;
     this.onStatus = onStatus;
     this.onError = onError;
@@ -63,6 +82,7 @@ export class Panel {
   setOpen(open) {
     this.el.hidden = !open;
     this._syncToggle();
+    if (this.onToggle) this.onToggle(open);
   }
 
   setRoster(participants, selfId) {
@@ -114,7 +134,7 @@ export class Panel {
 
   _renderPeople() {
     const list = $("people-list");
-    keepFocus(list, () => this._fillPeople(list));
+    keepFocus(list, () => this._fillPeople(list), focusable($("people-title")));
   }
 
   _fillPeople(list) {
@@ -153,16 +173,26 @@ export class Panel {
   }
 
   _renderLobby() {
+    const none = !this.moderator || this.waiting.length === 0;
     const list = $("lobby-list");
-    $("lobby-section").hidden = !this.moderator || this.waiting.length === 0;
-    keepFocus(list, () => this._fillLobby(list));
+    $("lobby-section").hidden = none;
+    keepFocus(list, () => this._fillLobby(list, "lobby-entry"), focusable($("people-title")));
+    // The invite dialog is modal (the panel behind it is inert): whoever arrives while it
+    // is open can be let in from the dialog, without having to close it first.
+    const inDialog = $("invite-lobby-list");
+    const wasHidden = $("invite-lobby").hidden;
+    $("invite-lobby").hidden = none;
+    keepFocus(inDialog, () => this._fillLobby(inDialog, "invite-lobby-entry"), $("invite-result").hidden ? $("invite-organisation") : $("invite-link"));
+    if (wasHidden && !none && $("invite-dialog").open) {
+      $("invite-lobby").scrollIntoView({ block: "nearest" });
+    }
   }
 
-  _fillLobby(list) {
+  _fillLobby(list, testid) {
     list.replaceChildren(
       ...this.waiting.map((p) => {
         const li = this._row(p);
-        li.dataset.testid = "lobby-entry";
+        li.dataset.testid = testid;
         const actions = li.querySelector(".person-actions");
         const admit = button(t("lobby.admit"), t("lobby.admitLabel", { name: p.name }), "admit", () =>
           this._act("lobby.admit", { participant: p.id }),

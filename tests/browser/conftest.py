@@ -138,7 +138,7 @@ async def launch(tmp_path: Path, chromium: str) -> AsyncIterator[Launch]:
             name: str = "user",
             *,
             width: int = 1280,
-            height: int = 800,
+            height: int = 720,
             locale: str = "de-DE",
             args: Sequence[str] = (),
             executable: str | None = None,

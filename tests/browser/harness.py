@@ -131,8 +131,13 @@ class Server:
         return None
 
     def create_room(self, **body: Any) -> dict[str, Any]:
-        """``POST /api/rooms``; join links are rebased onto this server's address."""
-        status, room = self.request("POST", "/api/rooms", body or {})
+        """``POST /api/rooms``; join links are rebased onto this server's address.
+
+        The client link joins directly unless a test asks for the waiting room or consent.
+        """
+        body.setdefault("client_lobby", False)
+        body.setdefault("client_consent", False)
+        status, room = self.request("POST", "/api/rooms", body)
         assert status == 201, (status, room)
         for key in ("caseworker_url", "client_url"):
             room[key] = self.local_url(room[key])

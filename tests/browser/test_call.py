@@ -206,13 +206,15 @@ async def test_waiting_room_sends_and_receives_nothing(server: Server, launch: L
     room = server.create_room()
     caseworker, waiting = await launch("caseworker"), await launch("waiting")
     await join(caseworker, room["caseworker_url"])
-    lobby_url = server.join_url(server.token(room["room"], "client", "Frau Öztürk", "--lobby"))
+    lobby_url = server.join_url(
+        server.token(room["room"], "client", "Frau Öztürk", "--lobby", "--consent")
+    )
 
     await open_join(waiting, lobby_url)
     page = waiting.page
     join_button = page.get_by_test_id("join-button")
     assert await join_button.is_disabled()
-    await page.get_by_test_id("consent").check()
+    await page.get_by_test_id("consent").click()
     assert await join_button.is_enabled()
     await join(waiting)
     await page.get_by_test_id("waiting-room").wait_for(timeout=10000)

@@ -39,7 +39,8 @@ async def _join_through_lobby(
     await open_join(guest, url)
     consent = guest.page.get_by_test_id("consent")
     if await consent.is_visible():
-        await consent.check()
+        await consent.click()
+        assert await consent.is_checked()
     await join(guest)
     pid = await my_id(guest)
     if await guest.page.get_by_test_id("waiting-room").is_visible():
@@ -60,7 +61,8 @@ async def _refused(browser: Browser, url: str) -> str:
     await page.wait_for_selector("body[data-ready=true]")
     consent = page.get_by_test_id("consent")
     if await consent.is_visible():
-        await consent.check()
+        await consent.click()
+        assert await consent.is_checked()
     await page.get_by_test_id("join-button").click()
     message = page.get_by_test_id("error-message")
     await message.wait_for(timeout=10000)
@@ -190,13 +192,15 @@ async def test_mute_lock_and_deny(server: Server, launch: Launch) -> None:
     await wait_js(caseworker, f"!{client_tile}.classList.contains('mic-muted')")
 
     # Lock: everyone is told; a waiting guest cannot be admitted, then is declined.
-    await cw.get_by_test_id("lock-toggle").check()
+    await cw.get_by_test_id("lock-toggle").click()
     await wait_js(
         client, "document.querySelector('[data-testid=status]').textContent.includes('gesperrt')"
     )
-    lobby_url = server.join_url(server.token(room["room"], "client", "Frau Öztürk", "--lobby"))
+    lobby_url = server.join_url(
+        server.token(room["room"], "client", "Frau Öztürk", "--lobby", "--consent")
+    )
     await open_join(guest, lobby_url)
-    await guest.page.get_by_test_id("consent").check()
+    await guest.page.get_by_test_id("consent").click()
     await join(guest)
     guest_id = await my_id(guest)
     await guest.page.get_by_test_id("waiting-room").wait_for()

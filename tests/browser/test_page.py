@@ -60,7 +60,8 @@ async def test_every_error_code_has_a_message(server: Server, launch: Launch) ->
 
 
 def _pngs(path: Path) -> list[str]:
-    return sorted(p.name for p in path.glob("*.png"))
+    # This test's own (numbered) screenshots; others may share the folder.
+    return sorted(p.name for p in path.glob("[0-9]*.png"))
 
 
 async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
@@ -133,10 +134,13 @@ async def test_screenshots(server: Server, launch: Launch, shots: Path) -> None:
 
     lobby = await launch("lobby", width=1024, height=720)
     await open_join(
-        lobby, server.join_url(server.token(room["room"], "client", "Sevgi Öztürk", "--lobby"))
+        lobby,
+        server.join_url(
+            server.token(room["room"], "client", "Sevgi Öztürk", "--lobby", "--consent")
+        ),
     )
     await lobby.page.screenshot(path=shots / "11-prejoin-consent-de.png")
-    await lobby.page.get_by_test_id("consent").check()
+    await lobby.page.get_by_test_id("consent").click()
     await join(lobby)
     await lobby.page.get_by_test_id("waiting-room").wait_for()
     await lobby.page.screenshot(path=shots / "12-waiting-room-de.png")
