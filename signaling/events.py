@@ -188,4 +188,5 @@ PARSERS: dict[str, Callable[[tuple[Any, ...]], dict[str, Any]]] = {
     "unmute": parse_unmute,
     "chat.send": parse_chat_send,
     "chat.enable": parse_chat_enable,
+    "ice.refresh": parse_end,
 }

@@ -239,6 +239,23 @@ class RoomHub:
 
     # -- the session's end ---------------------------------------------------------------
 
+    def refresh_ice(self, participant: Participant) -> dict[str, Any]:
+        """New TURN credentials for someone in the call (``ice.refresh``), e.g. before an
+        ICE restart on a live connection.
+
+        A live connection lasts until the session's end, whatever the link's ``exp`` (which
+        bounds joining), so this credential runs to the session's end (at most the TTL and
+        24 h). Only admitted participants get one: a removed, denied or departed
+        participant is no longer in the room, and someone waiting has no media.
+        """
+        live = self._live(participant)
+        if not participant.admitted:
+            raise Forbidden("forbidden", "Only participants in the call get TURN credentials.")
+        until = participant.claims.exp
+        if live.deadline is not None:
+            until = int(live.deadline.ends_at)
+        return self._ice.for_participant(participant.id, until)
+
     async def _session_clock(self, live: _LiveRoom, deadline: Deadline) -> None:
         async def warn() -> None:
             log.info("room %s: session ends in %d s", live.room.id, deadline.seconds_left())

@@ -236,6 +236,8 @@ class SignalingSocket:
         if event == "chat.enable":
             await self._chat.set_enabled(participant, payload["enabled"])
             return {"ok": True}
+        if event == "ice.refresh":
+            return {"ok": True, "ice": self._hub.refresh_ice(participant)}
         mod = self._moderation
         if event == "lobby.admit":
             await mod.admit(participant, payload["participant"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from aioice import stun
 from aioice.turn import create_turn_endpoint
 
 from server.config import Config, ConfigError
+from signaling.errors import RoundtableError
 from signaling.turn import MAX_TTL_SECONDS, IceServers, TurnSettings, credential
 from tests.controlplane import RunningServer, SignalClient, me, refusal_code, running_server
 from tests.coturn import Coturn, run_coturn
@@ -374,3 +376,45 @@ async def test_relay_allocated_in_time_outlives_the_credential(coturn: Coturn) -
     finally:
         relay.close()
         echo.close()
+
+
+async def test_ice_refresh_runs_to_the_sessions_end_and_only_for_those_in_the_call(
+    server: RunningServer, coturn: Coturn, clients
+) -> None:
+    """``ice.refresh``: a fresh credential for an admitted participant, valid until the
+    session's end even where the link (a 1-minute invite) runs out sooner; refused to
+    someone waiting and to a removed participant."""
+    from tests.controlplane import link_token
+
+    room = await server.create_room(valid_minutes=60)
+    cw_token = link_token(room["caseworker_url"])
+    cw = await clients(server, cw_token)
+    status, body = await server.invite(room["room"], cw_token, valid_minutes=1, waiting_room=False)
+    assert status == 201
+    partner = await clients(server, link_token(body["invite_url"]))
+    welcome_expiry = int(_turn_entry(partner.events["welcome"][0])["username"].split(":")[0])
+    assert welcome_expiry <= time.time() + 61  # the welcome's follows the link
+
+    ack = await partner.call("ice.refresh", {})
+    assert ack["ok"] is True and ack["ice"]["iceTransportPolicy"] == "relay"
+    entry = _turn_entry(ack)
+    expiry, pid = entry["username"].split(":", 1)
+    assert pid == me(partner)
+    ends_at = cw.events["welcome"][0]["room"]["ends_at"]
+    assert int(expiry) == int(datetime.fromisoformat(ends_at.replace("Z", "+00:00")).timestamp())
+    assert await _relay_roundtrip(coturn, entry["username"], entry["credential"], "tcp")
+    assert (await partner.call("ice.refresh", {"extra": 1}))["error"] == "invalid_payload"
+
+    # Someone in the waiting room has no media: no credential.
+    waiting = await clients(
+        server, server.token(room=room["room"], role="client", name="W", lobby=True)
+    )
+    assert (await waiting.call("ice.refresh", {}))["error"] == "forbidden"
+
+    # Removed: the hub refuses even if an event of the old connection were still queued.
+    participant = server.hub.room(room["room"]).get(me(partner))
+    assert await cw.call("moderate.remove", {"participant": me(partner)}) == {"ok": True}
+    await partner.wait("error", lambda e: e["error"] == "removed")
+    with pytest.raises(RoundtableError) as refused:
+        server.hub.refresh_ice(participant)
+    assert refused.value.code == "forbidden"

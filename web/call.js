@@ -141,11 +141,7 @@ export class Call extends EventTarget {
     this.you = msg.you;
     this.room = msg.room;
     // Every welcome (also after a reconnect) brings a new TURN credential: use the latest.
-    const ice = msg.ice || {};
-    this.ice = {
-      iceServers: Array.isArray(ice.iceServers) ? ice.iceServers : [],
-      iceTransportPolicy: ice.iceTransportPolicy === "relay" ? "relay" : "all",
-    };
+    this._setIce(msg.ice);
     this._emit("welcome", { you: msg.you, room: msg.room });
     if (LIVE_STATES.has(msg.you.state)) this._startPublish();
   }
@@ -161,6 +157,28 @@ export class Call extends EventTarget {
       }
     }
     this._emit("roster", { participants });
+  }
+
+  _setIce(ice) {
+    const given = ice || {};
+    this.ice = {
+      iceServers: Array.isArray(given.iceServers) ? given.iceServers : [],
+      iceTransportPolicy: given.iceTransportPolicy === "relay" ? "relay" : "all",
+    };
+  }
+
+  /**
+   * Fresh TURN credentials (`ice.refresh`) on both live legs. Call it before
+   * `restartIce()`: a restart allocates new relays, and the welcome's credential may
+   * have run out with the link (it bounds joining; the call runs to the session's end).
+   */
+  async refreshIce() {
+    const resp = await this.request("ice.refresh", {});
+    this._setIce(resp.ice);
+    for (const pc of Object.values(this.pcs)) {
+      if (pc && pc.signalingState !== "closed") pc.setConfiguration(this._rtcConfig());
+    }
+    return this.ice;
   }
 
   /** Both legs: the STUN/TURN servers and transport policy the server sent in welcome. */

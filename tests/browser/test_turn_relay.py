@@ -167,6 +167,13 @@ async def test_tcp_only_participant_joins_through_turn_and_both_receive_media(
     # UDP is still blocked after the call is up (nothing reopened it).
     assert not tcp_only.udp_passes()
 
+    # ice.refresh (what the page calls before an ICE restart) hands both legs a new
+    # credential without disturbing the call.
+    refreshed = await client.page.evaluate("window.roundtable.call.refreshIce()")
+    assert refreshed["iceServers"][0]["username"].endswith(":" + ids["client"])
+    assert refreshed["iceTransportPolicy"] == "relay"
+    await wait_remote_playing(client, {ids["caseworker"]}, within=20)
+
     ms = await join_to_first_frame_ms(client)
     print(f"[timing] relay-only join click → first remote frame {ms} ms")
     assert ms is not None
