@@ -138,6 +138,8 @@ async def _serve(
     from server.app import build_app
 
     app = build_app(config)
+    # Before anything is printed: whoever reads the start-up lines may signal at once.
+    stop = stop_signals()
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(
@@ -176,7 +178,7 @@ async def _serve(
         print(line, flush=True)
 
     try:
-        await until_stopped()
+        await until_stopped(stop)
     finally:
         log.info("shutting down")
         await runner.cleanup()
@@ -233,13 +235,18 @@ def raise_open_file_limit() -> None:
     log.info("open-file limit raised from %d to %d", soft, target)
 
 
-async def until_stopped() -> None:
-    """Return on SIGINT or SIGTERM; the caller then shuts down in order."""
+def stop_signals() -> asyncio.Event:
+    """An event set on SIGINT or SIGTERM, the handlers installed now (not when awaited)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def until_stopped(stop: asyncio.Event | None = None) -> None:
+    """Return on SIGINT or SIGTERM; the caller then shuts down in order."""
+    await (stop or stop_signals()).wait()
 
 
 def cmd_settings(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,13 @@ from signaling.transport import (
 
 log = logging.getLogger(__name__)
 
+SOCKETIO_PREFIX = "/socket.io/"
+
+
+def handshake_limit(joins_per_minute: int) -> int:
+    """New Engine.IO sessions per address and minute before HTTP 429."""
+    return 2 * joins_per_minute + 10
+
 
 @dataclass(frozen=True, slots=True)
 class SocketLimits:
@@ -74,6 +82,7 @@ class SignalingSocket:
         self._metrics = metrics
         self._limits = limits
         self._joins = SlidingWindow(limits.joins_per_ip_per_minute, 60.0)
+        self._handshakes = SlidingWindow(handshake_limit(limits.joins_per_ip_per_minute), 60.0)
         self._connections: dict[str, _Connection] = {}
         self._moderation = Moderation(hub, tokens)
         self._chat = Chat(hub)
@@ -102,6 +111,28 @@ class SignalingSocket:
 
     def attach(self, app: web.Application) -> None:
         self.sio.attach(app, socketio_path="socket.io")
+        app.middlewares.append(self._handshake_limit)
+
+    @web.middleware
+    async def _handshake_limit(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The cheapest refusal of a join flood: before engine.io does any work.
+
+        A new Engine.IO session (a request to /socket.io/ without ``sid``) from an address
+        that opened too many in the last minute gets 429 at once: no socket, no upgrade,
+        no token to verify. Well above the join limit (``handshake_limit``), so that a
+        client a little over it still learns why from the join's own refusal
+        (``too_many_requests`` in ``connect_error``), and a page whose session never got as
+        far as joining (a reload during the handshake) is not punished.
+        """
+        if request.path.startswith(SOCKETIO_PREFIX) and "sid" not in request.query:
+            if not self._handshakes.allow(request.remote or ""):
+                self._metrics.refused("too_many_requests")
+                raise TooManyRequests(
+                    "too_many_requests", "Too many connections from your address; wait a minute."
+                )
+        return await handler(request)
 
     # -- Notifier -----------------------------------------------------------------------
 

@@ -92,7 +92,38 @@ async def _hold_engine_sockets(url: str, address: str, count: int):
 
 
 async def test_engineio_sockets_that_never_authenticate_are_capped_and_closed(
-    server: RunningServer, clients: Clients, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Handshakes per address are limited too (twice the join limit): not what this tests.
+    async with running_server(tmp_path, joins_per_ip_per_minute=1000) as server:
+        clients = Clients(server)
+        try:
+            await _unauthenticated_sockets_are_capped_and_closed(server, clients)
+        finally:
+            await clients.close()
+    assert "Traceback" not in caplog.text
+
+
+async def test_engineio_handshakes_beyond_the_join_limit_get_429_at_once(
+    server: RunningServer,
+) -> None:
+    from signaling.socket import handshake_limit
+
+    allowed = handshake_limit(server.config.joins_per_ip_per_minute)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=("127.0.0.9", 0))
+    ) as http:
+        statuses = []
+        for _ in range(allowed + 2):
+            async with http.get(f"{server.url}/socket.io/?EIO=4&transport=polling") as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    assert (await resp.json())["error"] == "too_many_requests"
+        assert statuses == [200] * allowed + [429] * 2, statuses
+
+
+async def _unauthenticated_sockets_are_capped_and_closed(
+    server: RunningServer, clients: Clients
 ) -> None:
     held = [await _hold_engine_sockets(server.url, f"127.0.0.{n}", 25) for n in range(2, 12)]
     try:
@@ -134,7 +165,6 @@ async def test_engineio_sockets_that_never_authenticate_are_capped_and_closed(
             for ws in sockets:
                 await ws.close()
             await http.close()
-    assert "Traceback" not in caplog.text
 
 
 # -- low findings -------------------------------------------------------------------------

@@ -205,12 +205,16 @@ async def test_genuine_token_connects_and_is_welcomed(server: RunningServer) -> 
         assert welcome["you"]["role"] == "caseworker"
         room = welcome["room"]
         assert (room["id"], room["locked"], room["chat"]) == (ROOM, False, True)
+        ends_at = room["ends_at"]
         async with aiohttp.ClientSession() as http:
             async with http.get(
                 f"{server.url}/api/rooms/{ROOM}", headers={"Authorization": f"Bearer {token}"}
             ) as resp:
                 assert resp.status == 200
-                assert (await resp.json())["you"]["role"] == "caseworker"
+                body = await resp.json()
+                assert body["you"]["role"] == "caseworker"
+                # The session opened by this token ends when the token does.
+                assert body["expires_at"] == ends_at == body["you"]["expires_at"]
     finally:
         await client.close()
 
