@@ -71,6 +71,7 @@ def run_coturn(
     relay_ip: str = "127.0.0.1",
     *,
     allow_loopback: bool = True,
+    config: Path | None = None,
     extra: tuple[str, ...] = (),
 ) -> Iterator[Coturn]:
     """Start turnserver with ``use-auth-secret`` on a free port of ``host``; stop it after."""
@@ -80,10 +81,15 @@ def run_coturn(
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port(host)
     relay_low = free_port(relay_ip)
-    turn = Coturn(host, port, secrets.token_urlsafe(24), workdir / "turnserver.log")
+    # deploy/turnserver.conf logs to stdout (for `docker logs`), and coturn keeps a config
+    # file's log-file over --log-file: read its stdout then.
+    log_path = workdir / ("turnserver.log" if config is None else "turnserver.out")
+    turn = Coturn(host, port, secrets.token_urlsafe(24), log_path)
     args = [
         TURNSERVER,
-        "-n",  # no config file: everything is on this command line
+        # A config file (e.g. deploy/turnserver.conf), or none: then everything is here.
+        # What follows on the command line wins over the file, as in deploy/compose.yaml.
+        *(["-c", str(config)] if config is not None else ["-n"]),
         f"--listening-ip={host}",
         f"--listening-port={port}",
         f"--relay-ip={relay_ip}",
@@ -107,9 +113,8 @@ def run_coturn(
         f"--pidfile={workdir / 'turnserver.pid'}",
         *extra,
     ]
-    proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    with (workdir / "turnserver.out").open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 15
         while True:

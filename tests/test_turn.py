@@ -289,20 +289,9 @@ async def test_bench_participants_send_media_only_through_coturn(
         await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
 
 
-# --- the documented coturn configuration -------------------------------------------------
+# --- the shipped coturn configuration ----------------------------------------------------
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "turn.md"
-
-
-def _documented_denied_peers() -> tuple[str, ...]:
-    """The ``denied-peer-ip`` lines of docs/turn.md, as coturn command-line options."""
-    lines = [
-        line.strip()
-        for line in DOCS.read_text().splitlines()
-        if line.strip().startswith("denied-peer-ip=")
-    ]
-    assert len(lines) >= 10, "docs/turn.md lost its denied-peer-ip list"
-    return tuple("--" + line for line in lines)
+DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "turnserver.conf"
 
 
 async def _relay_reaches(turn: Coturn, peer_ip: str) -> bool:
@@ -325,24 +314,25 @@ async def _relay_reaches(turn: Coturn, peer_ip: str) -> bool:
         echo.close()
 
 
-async def test_documented_denied_peers_keep_the_relay_out_of_private_networks(
+async def test_shipped_coturn_config_keeps_the_relay_out_of_private_networks(
     tmp_path: Path,
 ) -> None:
-    """With docs/turn.md's ``denied-peer-ip`` list (and no ``allow-loopback-peers``)
-    coturn refuses to relay to loopback or a private address (403); ``allowed-peer-ip``
-    opens exactly the media node's address."""
+    """coturn with deploy/turnserver.conf (what differs per site on the command line, as
+    compose.yaml does; no TLS here: run_coturn passes --no-tls) refuses to relay to loopback or a private address;
+    ``allowed-peer-ip`` opens exactly the media node's address."""
     from tests.netns import veth_namespace
 
-    denied = _documented_denied_peers()
     # A private (RFC 1918) address in this test's namespace: the veth's outside end.
     with veth_namespace(tmp_path / "netns", outside="10.203.0.5/30", inside="10.203.0.6/30"):
         private = "10.203.0.5"
-        with run_coturn(tmp_path / "closed", allow_loopback=False, extra=denied) as turn:
+        shipped = {"allow_loopback": False, "config": DEPLOY_CONF}
+        with run_coturn(tmp_path / "closed", **shipped) as turn:
             assert not await _relay_reaches(turn, private)
             assert not await _relay_reaches(turn, "127.0.0.1")
-            assert "error 403" in turn.log_path.read_text(), turn.log_tail()
-        opened = (*denied, f"--allowed-peer-ip={private}")
-        with run_coturn(tmp_path / "media", allow_loopback=False, extra=opened) as turn:
+            log = turn.log_path.read_text()
+            assert "ALLOCATE processed, success" in log and "error 403" in log, turn.log_tail()
+        opened = (f"--allowed-peer-ip={private}",)
+        with run_coturn(tmp_path / "media", **shipped, extra=opened) as turn:
             assert await _relay_reaches(turn, private), turn.log_tail()
             assert not await _relay_reaches(turn, "127.0.0.1")
 
