@@ -13,6 +13,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The label values of roundtable_limit_hits_total (docs/protocol.md, "Metrics").
+LIMITS = (
+    "handshakes_per_address",  # new Engine.IO sessions per address and minute: HTTP 429
+    "joins_per_address",  # Socket.IO connects per address and minute
+    "events_per_connection",  # events per second on one connection
+    "unauthenticated_per_address",  # sockets without a namespace CONNECT: HTTP 401
+    "unauthenticated_timeout",  # such a socket closed after its seconds ran out
+    "undecodable_event",  # a packet that does not decode or nests too deeply
+)
 
 
 class _LiveCollector(Collector):
@@ -57,6 +66,19 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.limit_hits = Counter(
+            "roundtable_limit_hits",
+            "Protective limits that refused or closed something, by limit.",
+            ["limit"],
+            registry=self.registry,
+        )
+        for limit in LIMITS:
+            self.limit_hits.labels(limit=limit)
+        self.resumes = Counter(
+            "roundtable_resumes",
+            "Connects that replaced the same participant's older connection (reload, network).",
+            registry=self.registry,
+        )
 
         # Pre-create the usual reasons so a scrape shows 0 rather than nothing.
         for reason in (
@@ -88,6 +110,9 @@ class Metrics:
 
     def refused(self, reason: str) -> None:
         self.refused_joins.labels(reason=reason).inc()
+
+    def limit_hit(self, limit: str) -> None:
+        self.limit_hits.labels(limit=limit).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -90,6 +90,7 @@ class SignalingSocket:
         self._tasks: set[asyncio.Task[None]] = set()
         self.sio = HardenedServer(
             gate=Gate(limits.unauthenticated_per_address, limits.unauthenticated_seconds),
+            on_limit=metrics.limit_hit,
             async_mode="aiohttp",
             # Same origin only (Origin must equal where the page was served from, over
             # http or https); clients without Origin (non-browsers) still need a token.
@@ -129,6 +130,7 @@ class SignalingSocket:
         if request.path.startswith(SOCKETIO_PREFIX) and "sid" not in request.query:
             if not self._handshakes.allow(request.remote or ""):
                 self._metrics.refused("too_many_requests")
+                self._metrics.limit_hit("handshakes_per_address")
                 raise TooManyRequests(
                     "too_many_requests", "Too many connections from your address; wait a minute."
                 )
@@ -156,6 +158,7 @@ class SignalingSocket:
         address = client_address(environ)
         try:
             if not self._joins.allow(address):
+                self._metrics.limit_hit("joins_per_address")
                 raise TooManyRequests(
                     "too_many_requests", "Too many joins from your address; wait a minute."
                 )
@@ -177,7 +180,8 @@ class SignalingSocket:
             self._hub.check_room(claims)
             # An invite is spent on first use; reconnecting while its participant is still
             # in the room replaces that connection (docs/protocol.md, "Invites").
-            if not self._hub.present(claims):
+            resumed = self._hub.present(claims)
+            if not resumed:
                 await self._tokens.consume_invite(claims)
             participant = await self._hub.join(claims, sid)
             if not participant.active:
@@ -193,6 +197,8 @@ class SignalingSocket:
             self._metrics.refused("internal")
             raise connect_refusal(InternalError()) from None
         self.sio.gate.authenticated(environ.get(EIO_SID, ""))
+        if resumed:
+            self._metrics.resumes.inc()
         self._connections[sid] = _Connection(
             participant, TokenBucket(self._limits.events_per_second, self._limits.event_burst)
         )
@@ -224,8 +230,10 @@ class SignalingSocket:
             if conn is None:
                 raise RoundtableError("forbidden", "This connection has left the session.")
             if not conn.bucket.allow():
+                self._metrics.limit_hit("events_per_connection")
                 raise TooManyRequests("too_many_requests", "Too many events; slow down.")
             if event == UNDECODABLE_EVENT:
+                self._metrics.limit_hit("undecodable_event")
                 raise InvalidPayload("invalid_payload", "The event could not be decoded.")
             parse = PARSERS.get(event) if isinstance(event, str) else None
             if parse is None:

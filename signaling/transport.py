@@ -162,10 +162,18 @@ def same_origin(origin: str | None, environ: dict[str, Any]) -> bool:
 class HardenedServer(socketio.AsyncServer):
     """``socketio.AsyncServer`` with the three defences above."""
 
-    def __init__(self, *, gate: Gate, sweep_seconds: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        gate: Gate,
+        on_limit: Callable[[str], None] = lambda limit: None,
+        sweep_seconds: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(json=BoundedJson, **kwargs)
         self.packet_class = SafePacket
         self.gate = gate
+        self._on_limit = on_limit
         self._sweep_seconds = sweep_seconds
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -179,6 +187,7 @@ class HardenedServer(socketio.AsyncServer):
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         if not self.gate.admit(eio_sid, client_address(environ)):
             # engine.io answers 401 and forgets the socket at once.
+            self._on_limit("unauthenticated_per_address")
             return False
         environ[EIO_SID] = eio_sid
         if self._sweeper is None or self._sweeper.done():
@@ -195,6 +204,7 @@ class HardenedServer(socketio.AsyncServer):
             await asyncio.sleep(self._sweep_seconds)
             for eio_sid in self.gate.overdue():
                 self.gate.forget(eio_sid)
+                self._on_limit("unauthenticated_timeout")
                 await self.close_engine_socket(eio_sid)
 
     async def close_engine_socket(self, eio_sid: str) -> None:

@@ -27,6 +27,13 @@ async def server(tmp_path: Path):
         yield srv
 
 
+async def _metric(server: RunningServer, name: str) -> float:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/metrics") as resp:
+            text = await resp.text()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
 # -- reserved event names -----------------------------------------------------------------
 
 
@@ -63,6 +70,7 @@ async def test_reserved_event_names_are_unknown_events(
     await clients.join(server.token(room=ROOM, role="client"))
     await clients.join(server.token(room=ROOM, role="client"))
     assert await clients.refused(server.token(room=ROOM, role="client")) == "too_many_requests"
+    assert await _metric(server, 'roundtable_limit_hits_total{limit="joins_per_address"}') == 1
     assert "Traceback" not in caplog.text
 
 
@@ -120,6 +128,8 @@ async def test_engineio_handshakes_beyond_the_join_limit_get_429_at_once(
                 if resp.status == 429:
                     assert (await resp.json())["error"] == "too_many_requests"
         assert statuses == [200] * allowed + [429] * 2, statuses
+    hits = 'roundtable_limit_hits_total{limit="handshakes_per_address"}'
+    assert await _metric(server, hits) == 2
 
 
 async def _unauthenticated_sockets_are_capped_and_closed(
@@ -153,6 +163,9 @@ async def _unauthenticated_sockets_are_capped_and_closed(
                     # Either the queued CLOSE packet ("1") or "unknown session" (400).
                     assert resp.status == 400 or body.endswith("1"), (resp.status, body)
         assert not server.app[SOCKET].sio.gate.pending
+        for limit, count in (("unauthenticated_per_address", 50), ("unauthenticated_timeout", 200)):
+            hits = await _metric(server, f'roundtable_limit_hits_total{{limit="{limit}"}}')
+            assert hits == count, (limit, hits)
         # ...the authenticated one is not, and the freed address may connect again.
         assert cw.sio.connected and "_disconnect" not in cw.events
         http, sockets, polls, refused = await _hold_engine_sockets(server.url, "127.0.0.2", 2)
@@ -186,6 +199,8 @@ async def test_deeply_nested_json_event_is_invalid_payload(
         assert cw.events["error"][-1]["error"] == "invalid_payload", raw[:40]
     # Still connected and served.
     assert (await cw.call("room.lock", {"locked": False})) == {"ok": True}
+    hits = await _metric(server, 'roundtable_limit_hits_total{limit="undecodable_event"}')
+    assert hits == 3
     assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
 
 
@@ -366,3 +381,11 @@ async def test_session_end_is_enforced_on_live_connections(tmp_path: Path) -> No
             assert "room_ended" not in {e["error"] for e in client.events.get("error", [])}
         finally:
             await clients.close()
+
+
+async def test_resumes_are_counted(server: RunningServer, clients: Clients) -> None:
+    token = server.token(room=ROOM, role="client")
+    await clients.join(token)
+    assert await _metric(server, "roundtable_resumes_total") == 0
+    await clients.join(token)  # a reload: the same link again while still inside
+    assert await _metric(server, "roundtable_resumes_total") == 1
