@@ -292,7 +292,7 @@ class RestApi:
         )
         url = f"{self.base_url(request)}/join#token={token}"
         out = io.BytesIO()
-        segno.make(url, error="m").save(
+        segno.make(url, error="l").save(
             out, kind="svg", scale=4, border=2, xmldecl=False, svgns=True, title="roundtable"
         )
         log.info("room %s: client QR code made by %s", room_id, claims.sub)

@@ -45,6 +45,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "room_locked": 403,
     "lobby_denied": 403,
     "consent_required": 403,
+    "replaced": 409,
     "chat_disabled": 403,
     "removed": 403,
     "unknown_event": 400,

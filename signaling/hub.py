@@ -209,7 +209,7 @@ class RoomHub:
             await self._forget_media(live, previous.id)
             if self.notifier:
                 await self.notifier.drop(
-                    previous.sid, Forbidden("forbidden", "You joined from another window.")
+                    previous.sid, RoundtableError("replaced", "You joined from another window.")
                 )
         if away is not None:
             away[1].cancel()

@@ -17,7 +17,6 @@ from aiohttp import web
 
 from signaling.chat import Chat
 from signaling.errors import (
-    Forbidden,
     InternalError,
     InvalidPayload,
     RoundtableError,
@@ -187,7 +186,7 @@ class SignalingSocket:
             if not participant.active:
                 # A newer connection of the same link took the seat while this one was
                 # being told about the connection it replaced (docs/protocol.md).
-                raise Forbidden("forbidden", "You joined from another window.")
+                raise RoundtableError("replaced", "You joined from another window.")
         except RoundtableError as err:
             self._metrics.refused(err.code)
             log.info("connect %s refused: %s", sid, err.code)

@@ -144,7 +144,7 @@ async def test_invite_is_single_use_but_survives_a_reconnect(
     # Still in the room: the same link replaces the connection (reload, network change).
     second = await clients.join(invite)
     assert me(second) == pid and second.events["welcome"][0]["you"]["state"] == "admitted"
-    assert (await first.wait("error"))["error"] == "forbidden"
+    assert (await first.wait("error"))["error"] == "replaced"
     await cw.wait("roster", lambda r: roster_ids(r) == {me(cw), pid})
 
     # Once that participant has left, the invite is spent.

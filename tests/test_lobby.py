@@ -131,7 +131,7 @@ async def test_reload_of_an_admitted_participant_skips_the_lobby(
     await first.wait("admitted")
     second = await clients.join(token)
     assert second.events["welcome"][0]["you"]["state"] == "admitted"
-    assert (await first.wait("error"))["error"] == "forbidden"
+    assert (await first.wait("error"))["error"] == "replaced"
 
 
 @pytest.mark.slow

@@ -217,7 +217,7 @@ async def test_same_participant_reconnecting_replaces_the_old_connection(
     new = clients()
     assert await new.connect(server.url, token)
     await new.wait("welcome")
-    assert (await old.wait("error"))["error"] == "forbidden"
+    assert (await old.wait("error"))["error"] == "replaced"
     await old.wait("_disconnect")
     roster = await new.wait("roster")
     assert len(roster["participants"]) == 1

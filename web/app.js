@@ -5,12 +5,27 @@
 import { Call } from "./call.js";
 import { ChatPanel } from "./chat.js";
 import { allowedKinds, listInputs, meterLevel, openDevices, swapDevice } from "./devices.js";
-import { InviteDialog, Panel } from "./moderation.js";
-import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t } from "./i18n.js";
+import { InviteDialog, Panel, QrDialog } from "./moderation.js";
+import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t, tRole } from "./i18n.js";
 import { initials, Tiles } from "./ui.js";
 
 const TOKEN_KEY = "roundtable.token";
-const RETRYABLE = new Set(["internal", "timeout", "too_many_requests", "sdp_invalid", "unknown"]);
+const RETRYABLE = new Set(["internal", "timeout", "too_many_requests", "sdp_invalid", "unknown", "replaced"]);
+// Refusals of the link check that no retry can fix: said before the camera starts.
+const FINAL_LINK_CODES = new Set([
+  "room_closed",
+  "room_ended",
+  "token_expired",
+  "token_revoked",
+  "token_malformed",
+  "token_bad_signature",
+  "token_bad_algorithm",
+  "token_claims_missing",
+  "token_wrong_audience",
+  "token_wrong_issuer",
+  "invite_used",
+  "invite_revoked",
+]);
 
 const $ = (id) => document.getElementById(id);
 
@@ -114,6 +129,30 @@ function announce(text) {
   $("status").textContent = text;
 }
 
+/** The role-specific key when there is one (`status.hostAway.partner`), else the general. */
+function tRoleKey(key, role) {
+  const specific = `${key}.${role}`;
+  return t(specific) !== specific ? specific : key;
+}
+
+/**
+ * Ask the server whether the link still works, before the camera starts: an ended
+ * session or a spent link says so at once. Network trouble is left to the join.
+ */
+async function checkLink() {
+  try {
+    const resp = await fetch(`/api/rooms/${encodeURIComponent(state.claims.room)}`, {
+      headers: { Authorization: `Bearer ${state.token}` },
+      cache: "no-store",
+    });
+    if (resp.ok) return null;
+    const body = await resp.json().catch(() => ({}));
+    return body && FINAL_LINK_CODES.has(body.error) ? body : null;
+  } catch {
+    return null;
+  }
+}
+
 function narrow() {
   return window.matchMedia("(max-width: 760px)").matches;
 }
@@ -141,10 +180,10 @@ function renderEnded() {
   $("ended-title").textContent = t(titleKey);
   $("ended-text").textContent = code ? errorMessage(code, message) : message ? t(message) : "";
   $("ended-text").dataset.error = code || "";
-  // The server's own words (English) as a detail, when they say more than our text.
-  const detail = code && message && message !== $("ended-text").textContent ? message : "";
-  $("ended-detail").hidden = !detail;
-  $("ended-detail").textContent = detail ? `${t("ended.detail")}: ${detail}` : "";
+  // Never the server's own (English) words on a German page: every code has our text
+  // (tests/test_i18n.py), and an unknown one falls back to the server's message above.
+  $("ended-detail").hidden = true;
+  $("ended-detail").textContent = "";
 }
 
 // --- devices -------------------------------------------------------------------------
@@ -451,8 +490,9 @@ function join() {
     if (call.you && call.you.role === "caseworker") return; // about us: nothing to tell
     const away = detail.present === false;
     $("host-banner").hidden = !away;
-    $("host-banner").textContent = away ? t("status.hostAway") : "";
-    setStatus(away ? "status.hostAway" : "status.hostBack");
+    const role = call.you ? call.you.role : "client";
+    $("host-banner").textContent = away ? tRole("status.hostAway", role) : "";
+    setStatus(tRoleKey(away ? "status.hostAway" : "status.hostBack", role));
   });
   call.addEventListener("moderation-muted", ({ detail }) => {
     const kind = detail.kind === "video" ? "video" : "audio";
@@ -477,6 +517,7 @@ const ENDED_TITLES = {
   room_closed: "ended.endedTitle",
   removed: "ended.removedTitle",
   lobby_denied: "ended.deniedTitle",
+  replaced: "ended.replacedTitle",
 };
 
 /**
@@ -630,6 +671,11 @@ async function main() {
     if (!state.invite) state.invite = new InviteDialog({ token: state.token, roomId });
     state.invite.open();
   });
+  $("qr-button").addEventListener("click", () => {
+    const roomId = (state.call && state.call.room && state.call.room.id) || state.claims.room;
+    if (!state.qr) state.qr = new QrDialog({ token: state.token, roomId });
+    state.qr.open();
+  });
   $("end-session").addEventListener("click", () => $("end-dialog").showModal());
   $("end-cancel").addEventListener("click", () => $("end-dialog").close());
   $("end-confirm").addEventListener("click", async () => {
@@ -650,6 +696,20 @@ async function main() {
     if (state.call) state.call.close();
   });
 
+  // Partners are not the client of "Ihre Beratungsperson": their waiting text differs.
+  const waitingText = $("waiting-text");
+  waitingText.dataset.i18n = tRoleKey("waiting.text", state.claims ? state.claims.role : "client");
+  waitingText.textContent = t(waitingText.dataset.i18n);
+
+  if (state.claims) {
+    setDeviceHint("ended.checking");
+    const refusal = await checkLink();
+    if (refusal) {
+      showEnded(ENDED_TITLES[refusal.error] || "ended.errorTitle", refusal.error, refusal.message);
+      document.body.dataset.ready = "true";
+      return;
+    }
+  }
   showView("prejoin");
   updateToggles();
   // Join only once the devices have answered, so what we publish is what the preview shows.

@@ -4,7 +4,7 @@
 const STORAGE_KEY = "roundtable.lang";
 const LANGS = ["de", "en"];
 
-const STRINGS = {
+export const STRINGS = {
   de: {
     "app.subtitle": "Videoberatung",
     "app.skip": "Zum Inhalt springen",
@@ -13,8 +13,7 @@ const STRINGS = {
 
     "prejoin.title": "Bereit für Ihr Gespräch?",
     "prejoin.as": "Sie nehmen teil als",
-    "prejoin.privacy":
-      "Das Gespräch wird nicht aufgezeichnet. Bild und Ton laufen nur über die Server Ihrer Behörde.",
+    "prejoin.privacy": "Das Gespräch wird nicht aufgezeichnet. Bild und Ton laufen nur über die Server der Agentur.",
     "prejoin.check": "Prüfen Sie Kamera und Mikrofon in der Vorschau.",
     "prejoin.join": "Gespräch beitreten",
     "prejoin.joining": "Verbinde …",
@@ -28,8 +27,8 @@ const STRINGS = {
       "Ich habe verstanden: Das Gespräch wird nicht aufgezeichnet. Ich nehme freiwillig mit Bild und Ton teil und kann jederzeit gehen.",
 
     "waiting.title": "Sie sind im Warteraum",
-    "waiting.text":
-      "Sie werden gleich hereingelassen. Bitte lassen Sie diese Seite geöffnet. Bis dahin wird weder Bild noch Ton übertragen.",
+    "waiting.text": "Ihre Beratungsperson lässt Sie herein, sobald sie so weit ist. Bitte lassen Sie diese Seite geöffnet. Bis dahin wird weder Bild noch Ton übertragen.",
+    "waiting.text.partner": "Die Beratungsperson lässt Sie herein, sobald sie so weit ist. Bitte lassen Sie diese Seite geöffnet. Bis dahin wird weder Bild noch Ton übertragen.",
 
     "device.starting": "Kamera und Mikrofon werden gestartet …",
     "device.camera": "Kamera",
@@ -67,7 +66,7 @@ const STRINGS = {
 
     "status.connecting": "Verbindung wird aufgebaut …",
     "status.connected": "Sie sind im Gespräch.",
-    "status.waiting": "Sie sind im Warteraum. Sie werden gleich hereingelassen.",
+    "status.waiting": "Sie sind im Warteraum. Bitte warten Sie, bis Sie hereingelassen werden.",
     "status.media": "Bild und Ton werden verbunden …",
     "status.joined": "{name} ist dem Gespräch beigetreten.",
     "status.left": "{name} hat das Gespräch verlassen.",
@@ -83,14 +82,21 @@ const STRINGS = {
     "ended.leftTitle": "Sie haben das Gespräch verlassen.",
     "ended.errorTitle": "Das Gespräch ist nicht möglich.",
     "ended.closedTitle": "Die Verbindung wurde beendet.",
-    "ended.closedText": "Der Server hat die Verbindung beendet.",
+    "ended.closedText": "Die Verbindung zum Gespräch wurde getrennt.",
     "ended.rejoin": "Erneut beitreten",
+    "ended.checking": "Ihr Zugangslink wird geprüft …",
     "ended.detail": "Hinweis des Servers",
 
     "panel.title": "Teilnehmende",
     "panel.inCall": "Im Gespräch",
     "panel.lock": "Gespräch sperren (niemand Neues wird eingelassen)",
     "lobby.title": "Warteraum",
+    "lobby.titleWaiting": "wartet",
+    "lobby.notifyTitle": "Jemand wartet im Warteraum",
+    "lobby.notifyBody": "{name} möchte in das Gespräch.",
+    "lobby.notifyAsk": "Mich benachrichtigen, wenn jemand wartet",
+    "lobby.notifyOn": "Benachrichtigungen sind an",
+    "lobby.notifyDenied": "Benachrichtigungen sind im Browser blockiert",
     "lobby.admit": "Einlassen",
     "lobby.deny": "Ablehnen",
     "lobby.admitLabel": "{name} einlassen",
@@ -109,6 +115,15 @@ const STRINGS = {
     "invite.rights": "Rechte",
     "invite.minutes": "Gültig (Minuten)",
     "invite.waiting": "Über den Warteraum eintreten",
+    "invite.email": "E-Mail-Adresse (freiwillig)",
+    "invite.emailHint": "Wir schicken den Link dorthin, mit einem Kalendereintrag.",
+    "invite.email.sent": "Die Einladung wurde per E-Mail an {email} geschickt.",
+    "invite.email.failed": "Die E-Mail konnte nicht verschickt werden. Bitte geben Sie den Link selbst weiter.",
+    "invite.email.disabled": "Der E-Mail-Versand ist auf diesem Server nicht eingerichtet. Bitte geben Sie den Link selbst weiter.",
+    "qr.open": "QR-Code für die Kundin/den Kunden",
+    "qr.title": "Link für das Handy der Kundin/des Kunden",
+    "qr.text": "Die Kundin oder der Kunde scannt den Code mit der Kamera des eigenen Handys und tritt damit dem Gespräch bei.",
+    "qr.alt": "QR-Code mit dem Zugangslink der Kundin/des Kunden",
     "invite.submit": "Einladung erstellen",
     "invite.ready": "Einladung erstellt",
     "invite.pass": "Geben Sie diesen Link an die eingeladene Person weiter. Er gilt nur einmal.",
@@ -150,8 +165,10 @@ const STRINGS = {
     "end.text": "Alle Teilnehmenden werden getrennt, und keiner der Links funktioniert danach noch.",
     "end.confirm": "Für alle beenden",
 
-    "status.hostAway": "Beraterin/Berater ist kurz getrennt. Bitte bleiben Sie im Gespräch.",
-    "status.hostBack": "Beraterin/Berater ist wieder da.",
+    "status.hostAway": "Ihre Beratungsperson ist kurz nicht verbunden. Bitte bleiben Sie im Gespräch.",
+    "status.hostAway.partner": "Die Beratungsperson ist kurz nicht verbunden. Bitte bleiben Sie im Gespräch.",
+    "status.hostBack": "Ihre Beratungsperson ist wieder da.",
+    "status.hostBack.partner": "Die Beratungsperson ist wieder da.",
     "status.mutedByHost":
       "Ihr Mikrofon wurde stummgeschaltet. Schalten Sie es wieder ein, wenn Sie sprechen möchten.",
     "status.videoMutedByHost":
@@ -163,19 +180,19 @@ const STRINGS = {
 
     "ended.endedTitle": "Das Gespräch wurde beendet.",
     "ended.removedTitle": "Sie wurden aus dem Gespräch entfernt.",
-    "ended.deniedTitle": "Kein Einlass",
+    "ended.deniedTitle": "Sie wurden nicht hereingelassen.",
+    "ended.replacedTitle": "Das Gespräch läuft in einem anderen Fenster weiter.",
 
-    "role.caseworker": "Beraterin/Berater",
+    "role.caseworker": "Beratungsperson",
     "role.client": "Kundin/Kunde",
     "role.partner": "Partner/in",
-    "role.unknown": "Teilnehmende/r",
+    "role.unknown": "Teilnehmende Person",
 
     "error.token_missing": "Es fehlt ein Zugangslink. Bitte öffnen Sie Ihren persönlichen Link.",
     "error.token_malformed": "Der Zugangslink ist ungültig oder unvollständig.",
     "error.token_bad_signature": "Der Zugangslink ist ungültig.",
     "error.token_bad_algorithm": "Der Zugangslink ist ungültig.",
-    "error.token_expired":
-      "Der Zugangslink ist abgelaufen. Bitte fordern Sie bei Ihrer Beraterin oder Ihrem Berater einen neuen an.",
+    "error.token_expired": "Der Zugangslink ist abgelaufen. Bitte fragen Sie Ihre Beratungsperson nach einem neuen Link.",
     "error.token_not_yet_valid":
       "Der Zugangslink ist noch nicht gültig. Bitte versuchen Sie es zum vereinbarten Termin erneut.",
     "error.token_claims_missing": "Der Zugangslink ist unvollständig.",
@@ -187,23 +204,24 @@ const STRINGS = {
       "Diese Einladung wurde bereits verwendet. Bitte fordern Sie eine neue Einladung an.",
     "error.api_key_missing": "Der Zugang zur Schnittstelle fehlt (API-Schlüssel).",
     "error.api_key_invalid": "Der API-Schlüssel ist ungültig.",
-    "error.forbidden": "Dazu sind Sie nicht berechtigt.",
-    "error.not_found": "Das Gespräch wurde nicht gefunden.",
+    "error.forbidden": "Das ist mit Ihrem Zugang nicht möglich.",
+    "error.not_found": "Das Gespräch wurde nicht gefunden. Bitte prüfen Sie den Link.",
     "error.bad_request": "Die Anfrage war fehlerhaft.",
     "error.payload_too_large": "Die Anfrage war zu groß.",
     "error.too_many_requests": "Zu viele Anfragen. Bitte warten Sie einen Moment.",
-    "error.room_closed": "Dieses Gespräch ist beendet.",
+    "error.room_closed": "Dieses Gespräch ist beendet. Der Link gilt nicht mehr.",
     "error.room_full": "Das Gespräch ist voll. Es können keine weiteren Personen teilnehmen.",
     "error.unknown_event": "Die Seite hat eine unbekannte Nachricht gesendet. Bitte laden Sie neu.",
     "error.invalid_payload": "Die Seite hat fehlerhafte Daten gesendet. Bitte laden Sie neu.",
     "error.sdp_invalid": "Die Bild- und Tonverbindung konnte nicht ausgehandelt werden.",
-    "error.internal": "Auf dem Server ist ein Fehler aufgetreten. Bitte versuchen Sie es erneut.",
-    "error.lobby_denied": "Sie wurden nicht in das Gespräch eingelassen.",
+    "error.internal": "Auf dem Server ist ein Fehler aufgetreten. Bitte versuchen Sie es noch einmal.",
+    "error.lobby_denied": "Sie wurden nicht in das Gespräch hereingelassen. Bei Fragen wenden Sie sich bitte an die Agentur.",
+    "error.replaced": "Sie haben das Gespräch in einem anderen Fenster oder Tab geöffnet. Dort geht es weiter.",
     "error.chat_disabled": "Der Chat ist in diesem Gespräch ausgeschaltet.",
     "error.consent_required":
       "Bitte bestätigen Sie zuerst den Hinweis zum Gespräch (das Kästchen über dem Knopf).",
-    "error.removed": "Die Beraterin oder der Berater hat Sie aus dem Gespräch entfernt.",
-    "error.room_ended": "Die Beraterin oder der Berater hat das Gespräch für alle beendet.",
+    "error.removed": "Ihre Beratungsperson hat Sie aus dem Gespräch entfernt.",
+    "error.room_ended": "Ihre Beratungsperson hat das Gespräch für alle beendet.",
     "error.room_locked":
       "Das Gespräch ist gerade gesperrt. Es werden keine weiteren Personen eingelassen.",
     "error.invite_revoked": "Diese Einladung wurde zurückgezogen.",
@@ -219,8 +237,7 @@ const STRINGS = {
 
     "prejoin.title": "Ready for your appointment?",
     "prejoin.as": "You are taking part as",
-    "prejoin.privacy":
-      "The conversation is not recorded. Picture and sound only pass through your agency's own servers.",
+    "prejoin.privacy": "The conversation is not recorded. Picture and sound only pass through the agency's own servers.",
     "prejoin.check": "Check your camera and microphone in the preview.",
     "prejoin.join": "Join the conversation",
     "prejoin.joining": "Connecting …",
@@ -233,8 +250,8 @@ const STRINGS = {
       "I understand: the conversation is not recorded. I take part with picture and sound of my own free will and may leave at any time.",
 
     "waiting.title": "You are in the waiting room",
-    "waiting.text":
-      "You will be let in shortly. Please keep this page open. No picture or sound is sent until then.",
+    "waiting.text": "Your adviser will let you in as soon as they are ready. Please keep this page open. No picture or sound is sent until then.",
+    "waiting.text.partner": "The adviser will let you in as soon as they are ready. Please keep this page open. No picture or sound is sent until then.",
 
     "device.starting": "Starting camera and microphone …",
     "device.camera": "Camera",
@@ -270,7 +287,7 @@ const STRINGS = {
 
     "status.connecting": "Connecting …",
     "status.connected": "You are in the conversation.",
-    "status.waiting": "You are in the waiting room. You will be let in shortly.",
+    "status.waiting": "You are in the waiting room. Please wait until you are let in.",
     "status.media": "Connecting picture and sound …",
     "status.joined": "{name} joined the conversation.",
     "status.left": "{name} left the conversation.",
@@ -285,14 +302,21 @@ const STRINGS = {
     "ended.leftTitle": "You left the conversation.",
     "ended.errorTitle": "The conversation is not possible.",
     "ended.closedTitle": "The connection was closed.",
-    "ended.closedText": "The server closed the connection.",
+    "ended.closedText": "The connection to the conversation was closed.",
     "ended.rejoin": "Join again",
+    "ended.checking": "Checking your access link …",
     "ended.detail": "Server says",
 
     "panel.title": "Participants",
     "panel.inCall": "In the conversation",
     "panel.lock": "Lock the conversation (no one new is let in)",
     "lobby.title": "Waiting room",
+    "lobby.titleWaiting": "waiting",
+    "lobby.notifyTitle": "Someone is in the waiting room",
+    "lobby.notifyBody": "{name} would like to join the conversation.",
+    "lobby.notifyAsk": "Notify me when someone is waiting",
+    "lobby.notifyOn": "Notifications are on",
+    "lobby.notifyDenied": "Notifications are blocked in the browser",
     "lobby.admit": "Let in",
     "lobby.deny": "Decline",
     "lobby.admitLabel": "Let in {name}",
@@ -311,6 +335,15 @@ const STRINGS = {
     "invite.rights": "Rights",
     "invite.minutes": "Valid (minutes)",
     "invite.waiting": "Enter through the waiting room",
+    "invite.email": "E-mail address (optional)",
+    "invite.emailHint": "We send the link there, with a calendar entry.",
+    "invite.email.sent": "The invitation was e-mailed to {email}.",
+    "invite.email.failed": "The e-mail could not be sent. Please pass the link on yourself.",
+    "invite.email.disabled": "E-mail is not set up on this server. Please pass the link on yourself.",
+    "qr.open": "QR code for the client",
+    "qr.title": "Link for the client's phone",
+    "qr.text": "The client scans the code with their own phone's camera and joins the conversation with it.",
+    "qr.alt": "QR code with the client's access link",
     "invite.submit": "Create invitation",
     "invite.ready": "Invitation created",
     "invite.pass": "Pass this link to the invited person. It works only once.",
@@ -352,8 +385,10 @@ const STRINGS = {
     "end.text": "Everyone is disconnected, and none of the links works afterwards.",
     "end.confirm": "End for all",
 
-    "status.hostAway": "The caseworker is briefly disconnected. Please stay in the conversation.",
-    "status.hostBack": "The caseworker is back.",
+    "status.hostAway": "Your adviser is briefly disconnected. Please stay in the conversation.",
+    "status.hostAway.partner": "The adviser is briefly disconnected. Please stay in the conversation.",
+    "status.hostBack": "Your adviser is back.",
+    "status.hostBack.partner": "The adviser is back.",
     "status.mutedByHost": "Your microphone was muted. Turn it back on when you want to speak.",
     "status.videoMutedByHost": "Your camera was turned off. Turn it back on if you like.",
     "status.someoneWaiting": "{name} is in the waiting room.",
@@ -363,9 +398,10 @@ const STRINGS = {
 
     "ended.endedTitle": "The conversation has ended.",
     "ended.removedTitle": "You were removed from the conversation.",
-    "ended.deniedTitle": "Not let in",
+    "ended.deniedTitle": "You were not let in.",
+    "ended.replacedTitle": "The conversation goes on in another window.",
 
-    "role.caseworker": "Caseworker",
+    "role.caseworker": "Adviser",
     "role.client": "Client",
     "role.partner": "Partner",
     "role.unknown": "Participant",
@@ -374,7 +410,7 @@ const STRINGS = {
     "error.token_malformed": "The access link is invalid or incomplete.",
     "error.token_bad_signature": "The access link is invalid.",
     "error.token_bad_algorithm": "The access link is invalid.",
-    "error.token_expired": "The access link has expired. Please ask your caseworker for a new one.",
+    "error.token_expired": "The access link has expired. Please ask your adviser for a new link.",
     "error.token_not_yet_valid":
       "The access link is not valid yet. Please try again at the agreed time.",
     "error.token_claims_missing": "The access link is incomplete.",
@@ -385,22 +421,23 @@ const STRINGS = {
     "error.invite_used": "This invitation has already been used. Please ask for a new one.",
     "error.api_key_missing": "The API key is missing.",
     "error.api_key_invalid": "The API key is invalid.",
-    "error.forbidden": "You are not allowed to do this.",
-    "error.not_found": "The conversation was not found.",
+    "error.forbidden": "Your access does not allow this.",
+    "error.not_found": "The conversation was not found. Please check the link.",
     "error.bad_request": "The request was malformed.",
     "error.payload_too_large": "The request was too large.",
     "error.too_many_requests": "Too many requests. Please wait a moment.",
-    "error.room_closed": "This conversation has ended.",
+    "error.room_closed": "This conversation has ended. The link no longer works.",
     "error.room_full": "The conversation is full. No one else can join.",
     "error.unknown_event": "The page sent an unknown message. Please reload.",
     "error.invalid_payload": "The page sent malformed data. Please reload.",
     "error.sdp_invalid": "Picture and sound could not be negotiated.",
     "error.internal": "The server ran into an error. Please try again.",
-    "error.lobby_denied": "You were not let into the conversation.",
+    "error.lobby_denied": "You were not let into the conversation. If you have questions, please contact the agency.",
+    "error.replaced": "You opened the conversation in another window or tab. It continues there.",
     "error.chat_disabled": "The chat is switched off in this conversation.",
     "error.consent_required": "Please confirm the note about the conversation first (the box above the button).",
-    "error.removed": "The caseworker removed you from the conversation.",
-    "error.room_ended": "The caseworker ended the conversation for everyone.",
+    "error.removed": "Your adviser removed you from the conversation.",
+    "error.room_ended": "Your adviser ended the conversation for everyone.",
     "error.room_locked": "The conversation is locked. No one else is let in right now.",
     "error.invite_revoked": "This invitation has been withdrawn.",
     "error.timeout": "The server does not answer. Please check your connection.",
@@ -436,6 +473,12 @@ export function errorMessage(code, serverMessage) {
   const key = `error.${code}`;
   if (code && key in STRINGS[current]) return t(key);
   return serverMessage || t("error.unknown");
+}
+
+/** The text of `key` as said to someone in `role` (`key.role`), else the general one. */
+export function tRole(key, role, vars = {}) {
+  const specific = `${key}.${role}`;
+  return t(specific in STRINGS[current] || specific in STRINGS.de ? specific : key, vars);
 }
 
 export function roleLabel(role) {

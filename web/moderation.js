@@ -55,6 +55,61 @@ function focusable(el) {
   return el;
 }
 
+/**
+ * Someone waiting must not be missed by a caseworker busy in another window: a short
+ * sound (a local file), the count in the tab title, and a desktop notification once the
+ * caseworker has allowed them (the button asks; the browser remembers).
+ */
+class LobbyAlert {
+  constructor() {
+    this.title = document.title;
+    this.sound = new Audio("/static/sounds/lobby.wav");
+    this.sound.preload = "auto";
+  }
+
+  arrived(people) {
+    this.sound.currentTime = 0;
+    this.sound.play().catch(() => {}); // no sound before a click on the page: title and list still tell
+    if ("Notification" in window && Notification.permission === "granted") {
+      const names = people.map((p) => p.name).join(", ");
+      try {
+        const note = new Notification(t("lobby.notifyTitle"), {
+          body: t("lobby.notifyBody", { name: names }),
+          tag: "roundtable-lobby",
+          icon: "/static/favicon.svg",
+        });
+        note.onclick = () => {
+          window.focus();
+          note.close();
+        };
+      } catch {
+        // some browsers allow notifications only from a service worker: title and sound remain
+      }
+    }
+  }
+
+  count(n) {
+    document.title = n > 0 ? `(${n}) ${t("lobby.titleWaiting")} – ${this.title}` : this.title;
+  }
+
+  async askPermission() {
+    try {
+      await Notification.requestPermission();
+    } catch {
+      // old callback-style API or blocked: nothing to do
+    }
+    this.syncButton();
+  }
+
+  syncButton() {
+    const button = $("notify-toggle");
+    if (!("Notification" in window)) return;
+    const state = Notification.permission;
+    button.disabled = state !== "default";
+    button.textContent = t(state === "granted" ? "lobby.notifyOn" : state === "denied" ? "lobby.notifyDenied" : "lobby.notifyAsk");
+  }
+}
+
 export class Panel {
   /**
    * @param {{call: import("./call.js").Call, moderator: boolean, onStatus: Function,
@@ -74,6 +129,10 @@ export class Panel {
     $("lobby-section").hidden = !moderator;
     $("room-section").hidden = !moderator;
     this.toggleButton.onclick = () => this.setOpen(this.el.hidden);
+    this.alert = new LobbyAlert();
+    $("notify-row").hidden = !moderator || !("Notification" in window);
+    $("notify-toggle").onclick = () => this.alert.askPermission();
+    this.alert.syncButton();
     $("lock-toggle").onchange = (ev) => this._act("room.lock", { locked: ev.target.checked });
     this._renderLobby();
     this._syncToggle();
@@ -94,7 +153,12 @@ export class Panel {
   setLobby(waiting) {
     const before = new Set(this.waiting.map((p) => p.id));
     this.waiting = waiting;
-    for (const p of waiting) if (!before.has(p.id)) this.onStatus("status.someoneWaiting", { name: p.name });
+    const arrived = waiting.filter((p) => !before.has(p.id));
+    for (const p of arrived) this.onStatus("status.someoneWaiting", { name: p.name });
+    if (this.moderator) {
+      if (arrived.length > 0) this.alert.arrived(arrived);
+      this.alert.count(waiting.length);
+    }
     // Someone waiting is the one thing a caseworker must not miss: show the panel.
     if (waiting.length > 0) this.setOpen(true);
     this._renderLobby();
@@ -109,6 +173,8 @@ export class Panel {
     this._renderPeople();
     this._renderLobby();
     this._syncToggle();
+    this.alert.syncButton();
+    this.alert.count(this.waiting.length);
   }
 
   // --- internals -------------------------------------------------------------------
@@ -273,6 +339,9 @@ export class InviteDialog {
       valid_minutes: Number.isFinite(minutes) ? minutes : 30,
       waiting_room: $("invite-waiting").checked,
     };
+    const address = $("invite-email").value.trim();
+    if (address) body.email = address;
+    this.address = address;
     const submit = $("invite-submit");
     submit.disabled = true;
     try {
@@ -308,6 +377,10 @@ export class InviteDialog {
       : t("invite.expires", {
           time: expires.toLocaleTimeString(document.documentElement.lang, { hour: "2-digit", minute: "2-digit" }),
         });
+    // The mail went out (or not) before this answer: say which, never silently nothing.
+    const mailed = $("invite-email-status");
+    mailed.textContent = data.email ? t(`invite.email.${data.email}`, { email: this.address }) : "";
+    mailed.classList.toggle("alert", data.email === "failed" || data.email === "disabled");
     const outcome = this.outcomes.get(data.id);
     $("invite-delivery").textContent = outcome
       ? t(`invite.delivery.${outcome}`)
@@ -334,5 +407,42 @@ export class InviteDialog {
     setTimeout(() => {
       copy.textContent = t("invite.copy");
     }, 2000);
+  }
+}
+
+/** The client's link as a QR code (GET /api/rooms/{room}/qr), made by our own server. */
+export class QrDialog {
+  constructor({ token, roomId }) {
+    this.token = token;
+    this.roomId = roomId;
+    this.dialog = $("qr-dialog");
+    $("qr-close").onclick = () => this.dialog.close();
+  }
+
+  async open() {
+    const img = $("qr-image");
+    const error = $("qr-error");
+    error.hidden = true;
+    this.dialog.showModal();
+    $("qr-close").focus();
+    try {
+      const resp = await fetch(`/api/rooms/${encodeURIComponent(this.roomId)}/qr`, {
+        headers: { Authorization: `Bearer ${this.token}` },
+        cache: "no-store",
+      });
+      if (!resp.ok) {
+        const data = await resp.json().catch(() => ({}));
+        throw Object.assign(new Error(data.message || ""), { code: data.error || "unknown" });
+      }
+      const svg = await resp.text();
+      // A data: URL (the page's CSP allows images from data:, not from blob:).
+      img.src = `data:image/svg+xml;base64,${btoa(unescape(encodeURIComponent(svg)))}`;
+      img.alt = t("qr.alt");
+      img.hidden = false;
+    } catch (err) {
+      img.hidden = true;
+      error.textContent = errorMessage(err.code || "timeout", err.message);
+      error.hidden = false;
+    }
   }
 }

@@ -156,7 +156,7 @@ async def test_host_away_banner(server: Server, launch: Launch) -> None:
     await caseworker.close()
     banner = client.page.get_by_test_id("host-banner")
     await banner.wait_for(timeout=15000)
-    assert "kurz getrennt" in await banner.inner_text()
+    assert "Ihre Beratungsperson ist kurz nicht verbunden" in await banner.inner_text()
     await wait_js(client, "!document.getElementById('view-call').hidden")
 
     # Back with the same link: host rights resume, the banner goes, the call goes on.

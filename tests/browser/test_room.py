@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 
-from tests.browser.harness import Browser, Launch, Server, my_id, open_join, wait_js
+from tests.browser.harness import Browser, Launch, Server, free_port, my_id, open_join, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -188,3 +189,165 @@ async def test_chat_escaped_unread_announced_and_switchable(
     # Nothing of what was written is in the server's log.
     log = server.log_path.read_text(errors="replace")
     assert "4711" not in log and "Türkische" not in log
+
+
+# Records what the page plays, notifies and asks of the camera (before any page script).
+_SPY = """
+window.__played = []; window.__notified = []; window.__gum = 0;
+const play = HTMLMediaElement.prototype.play;
+HTMLMediaElement.prototype.play = function () {
+  window.__played.push(this.currentSrc || this.src || '');
+  return play.call(this);
+};
+if (window.Notification) {
+  const N = window.Notification;
+  const Spy = class extends N {
+    constructor(title, options) {
+      window.__notified.push({ title, body: options && options.body });
+      super(title, options);
+    }
+  };
+  Object.defineProperty(Spy, 'permission', { get: () => N.permission });
+  Spy.requestPermission = (...a) => N.requestPermission(...a);
+  window.Notification = Spy;
+}
+if (navigator.mediaDevices) {
+  const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = (c) => { window.__gum += 1; return gum(c); };
+}
+"""
+
+
+async def test_lobby_alert_and_wording_for_the_client(
+    server: Server, launch: Launch, shots: Path
+) -> None:
+    """Someone in the waiting room: a sound, the count in the tab title and a desktop
+    notification for the caseworker; the client reads who will let them in."""
+    room = server.create_room(
+        caseworker_name="Andrea Berger",
+        client_name="Jürgen Yılmaz",
+        client_lobby=True,
+        client_consent=True,
+    )
+    caseworker = await launch("caseworker")
+    await caseworker.context.grant_permissions(["notifications"])
+    await caseworker.context.add_init_script(_SPY)
+    client = await launch("client", width=360, height=640)
+    await open_join(caseworker, room["caseworker_url"])
+    await click_join(caseworker)
+    await in_call(caseworker)
+    cw = caseworker.page
+    title = await cw.title()
+
+    await open_join(client, room["client_url"])
+    await client.page.screenshot(path=shots / "room-prejoin-consent-phone-de.png")
+    cl_id = await click_join(client)
+    waiting = client.page.get_by_test_id("waiting-room")
+    await waiting.wait_for()
+    text = await waiting.inner_text()
+    assert "Ihre Beratungsperson lässt Sie herein" in text
+    assert "gleich hereingelassen" not in text
+    await client.page.screenshot(path=shots / "room-waiting-phone-de.png")
+
+    await wait_js(caseworker, "document.title.startsWith('(1) ')")
+    assert await cw.evaluate("window.__played.some((s) => s.endsWith('/static/sounds/lobby.wav'))")
+    notified = await cw.evaluate("window.__notified")
+    assert len(notified) == 1 and "Jürgen Yılmaz" in notified[0]["body"], notified
+    assert await cw.get_by_test_id("notify-toggle").is_disabled()  # already allowed
+
+    # Let in by pointer: the title is quiet again and focus stays in the panel.
+    await admit_from_panel(caseworker, cl_id)
+    await in_call(client)
+    await wait_js(caseworker, f"document.title === {title!r}")
+    assert await cw.evaluate(
+        "document.activeElement !== document.body && document.getElementById('panel').contains(document.activeElement)"
+    )
+
+
+async def test_ended_session_says_so_before_the_camera(server: Server, launch: Launch) -> None:
+    room = server.create_room()
+    caseworker = await launch("caseworker")
+    await open_join(caseworker, room["caseworker_url"])
+    await click_join(caseworker)
+    await in_call(caseworker)
+    await caseworker.page.get_by_test_id("end-session").click()
+    await caseworker.page.get_by_test_id("end-session-confirm").click()
+    await caseworker.page.get_by_test_id("error-message").wait_for(timeout=10000)
+
+    late = await launch("late-client", width=360, height=640)
+    await late.context.add_init_script(_SPY)
+    await open_join(late, room["client_url"])
+    message = late.page.get_by_test_id("error-message")
+    await message.wait_for(timeout=10000)
+    assert await message.get_attribute("data-error") in ("room_closed", "room_ended")
+    assert "beendet" in await message.inner_text()
+    assert await late.page.get_by_test_id("error-detail").is_hidden()  # no English
+    assert await late.page.evaluate("window.__gum") == 0  # the camera never started
+    assert await late.page.get_by_test_id("join-button").is_hidden()
+
+
+SMTP_PORT = free_port()
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        {
+            "ROUNDTABLE_SMTP_URL": f"smtp://127.0.0.1:{SMTP_PORT}",
+            "ROUNDTABLE_SMTP_FROM": "beratung@agentur.example",
+        }
+    ],
+    indirect=True,
+)
+async def test_invite_by_email_and_client_qr_code(
+    server: Server, launch: Launch, shots: Path
+) -> None:
+    """The caseworker types the partner's address: the mail goes out through a real SMTP
+    server and the dialog says so. The client's link as a QR code for the desk."""
+    received: list[bytes] = []
+
+    class Inbox:
+        async def handle_DATA(self, srv, session, envelope) -> str:  # noqa: N802
+            received.append(envelope.content)
+            return "250 OK"
+
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=SMTP_PORT)
+    smtp.start()
+    try:
+        room = server.create_room(caseworker_name="Andrea Berger")
+        caseworker = await launch("caseworker")
+        await open_join(caseworker, room["caseworker_url"])
+        await click_join(caseworker)
+        await in_call(caseworker)
+        cw = caseworker.page
+        await cw.get_by_test_id("dial-in-button").click()
+        await cw.get_by_test_id("invite-organisation").click()
+        await cw.keyboard.type("Handwerkskammer Köln")
+        await cw.get_by_test_id("invite-name").click()
+        await cw.keyboard.type("Herr Adler")
+        await cw.get_by_test_id("invite-email").click()
+        await cw.keyboard.type("adler@hwk.example")
+        await cw.get_by_test_id("invite-submit").click()
+        status = cw.get_by_test_id("invite-email-status")
+        await wait_js(
+            caseworker,
+            "document.querySelector('[data-testid=invite-email-status]').textContent.includes('adler@hwk.example')",
+        )
+        assert "per E-Mail" in await status.inner_text()
+        link = await cw.get_by_test_id("invite-link").input_value()
+        assert len(received) == 1
+        assert link.split("#token=")[1][:40] in received[0].decode().replace("=\r\n", "")
+        await cw.screenshot(path=shots / "room-invite-mailed-de.png")
+        await cw.get_by_role("button", name="Schließen").click()
+
+        await open_panel(caseworker)
+        await cw.get_by_test_id("qr-button").click()
+        image = cw.get_by_test_id("qr-image")
+        await image.wait_for(timeout=10000)
+        assert (await image.get_attribute("src") or "").startswith("data:image/svg+xml;base64,")
+        assert (
+            await cw.evaluate("document.querySelector('[data-testid=qr-image]').naturalWidth") > 50
+        )
+        await cw.screenshot(path=shots / "room-qr-de.png")
+    finally:
+        smtp.stop()
