@@ -138,8 +138,8 @@ async def _serve(
     from server.app import build_app
 
     app = build_app(config)
-    # Before anything is printed: whoever reads the start-up lines may signal at once.
-    stop = stop_signals()
+    # Before anything is printed: whoever starts us may stop us as soon as we speak.
+    stops = StopSignals()
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(
@@ -178,7 +178,14 @@ async def _serve(
         print(line, flush=True)
 
     try:
-        await until_stopped(stop)
+        how = await stops.first()
+        if how == signal.SIGTERM and config.redis_url:
+            # A node of a cluster leaves without cutting calls (signaling.drain); a
+            # second SIGTERM, or SIGINT, stops at once.
+            from server.app import HUB, ROUTING, SOCKET
+            from signaling.drain import drain
+
+            await drain(app[ROUTING], app[HUB], app[SOCKET], config.drain_timeout, stops.again)
     finally:
         log.info("shutting down")
         await runner.cleanup()
@@ -235,18 +242,35 @@ def raise_open_file_limit() -> None:
     log.info("open-file limit raised from %d to %d", soft, target)
 
 
-def stop_signals() -> asyncio.Event:
-    """An event set on SIGINT or SIGTERM, the handlers installed now (not when awaited)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
+class StopSignals:
+    """SIGINT and SIGTERM, counted: the first starts a shutdown (or a drain), the next
+    one (``again``) makes it immediate."""
+
+    def __init__(self) -> None:
+        self._first = asyncio.Event()
+        self.again = asyncio.Event()
+        self.how: int | None = None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._got, sig)
+
+    def _got(self, sig: int) -> None:
+        if self._first.is_set():
+            log.info("second stop signal: stopping at once")
+            self.again.set()
+            return
+        self.how = sig
+        self._first.set()
+
+    async def first(self) -> int:
+        await self._first.wait()
+        assert self.how is not None
+        return self.how
 
 
-async def until_stopped(stop: asyncio.Event | None = None) -> None:
+async def until_stopped() -> None:
     """Return on SIGINT or SIGTERM; the caller then shuts down in order."""
-    await (stop or stop_signals()).wait()
+    await StopSignals().first()
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
