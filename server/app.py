@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,12 +18,15 @@ from server.config import Config
 from server.metrics import MediaStatsCollector
 from server.proxies import TrustedProxies
 from signaling.api import ApiSettings, RestApi
+from signaling.cluster import Cluster, ClusterManager
+from signaling.cluster_api import ClusterApi
 from signaling.errors import error_middleware
 from signaling.hub import RoomHub
 from signaling.invites import InviteApi
 from signaling.mailer import InviteMailer, SmtpSettings
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.metrics import Metrics
+from signaling.routing import NodeInfo, NodeLoad, Router, create_router
 from signaling.socket import SignalingSocket, SocketLimits
 from signaling.sqlite_store import FILE_NAME as STATE_FILE
 from signaling.sqlite_store import SqliteStore
@@ -38,6 +43,7 @@ TOKENS = web.AppKey("roundtable.tokens", TokenService)
 HUB = web.AppKey("roundtable.hub", RoomHub)
 METRICS = web.AppKey("roundtable.metrics", Metrics)
 SOCKET = web.AppKey("roundtable.socket", SignalingSocket)
+ROUTING = web.AppKey("roundtable.routing", Router)
 
 # Room for the Socket.IO long-polling transport carrying a 64 KiB SDP; the REST API
 # enforces its own, smaller limit per route.
@@ -96,12 +102,48 @@ def _default_store(config: Config) -> StateStore:
     return SqliteStore(config.state_dir / STATE_FILE)
 
 
-def _invite_webhook(config: Config, hub: RoomHub) -> InviteWebhook | None:
+def node_info(config: Config) -> NodeInfo:
+    """This node as the cluster sees it: its id and the URL browsers reach it at."""
+    url = config.public_url
+    if url is None and config.port:
+        scheme = "https" if config.tls_cert else "http"
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+        url = f"{scheme}://{host}:{config.port}"
+    node_id = config.node_id or f"{socket.gethostname()}-{config.port}"
+    return NodeInfo(node_id, url.rstrip("/") if url else None)
+
+
+def _load_probe(hub: RoomHub, metrics: Metrics) -> Callable[[], NodeLoad]:
+    """Load for the heartbeat: rooms and participants, packets forwarded per second and
+    the share of a core this process used, both since the previous heartbeat."""
+    last: dict[str, float] = {}
+
+    def probe() -> NodeLoad:
+        rooms, by_state = hub.snapshot()
+        now, cpu = time.monotonic(), time.process_time()
+        packets = metrics.registry.get_sample_value("roundtable_forwarded_packets_total") or 0.0
+        if not last:  # the first heartbeat: start-up work is not load
+            last.update(at=now, cpu=cpu, packets=packets)
+        elapsed = max(1e-3, now - last["at"])
+        load = NodeLoad(
+            rooms=rooms,
+            participants=sum(by_state.values()),
+            packets_per_second=max(0.0, packets - last["packets"]) / elapsed,
+            cpu=(cpu - last["cpu"]) / elapsed,
+        )
+        last.update(at=now, cpu=cpu, packets=packets)
+        return load
+
+    return probe
+
+
+def _invite_webhook(config: Config, cluster: Cluster) -> InviteWebhook | None:
     if not config.invite_webhook:
         return None
 
     async def report(room: str, invite_id: str, delivery: Delivery) -> None:
-        await hub.notify_moderators(
+        # The invite may have been made on a node other than the room's.
+        await cluster.notify_moderators(
             room,
             "invite.delivery",
             {
@@ -160,6 +202,10 @@ def build_app(
         ),
     )
     metrics.watch(hub.snapshot)
+    routing = create_router(node_info(config), config.redis_url)
+    routing.watch(_load_probe(hub, metrics), lambda: list(hub.rooms()))
+    manager = ClusterManager(config.redis_url) if config.redis_url else None
+    cluster = Cluster(manager)
     sock = SignalingSocket(
         hub,
         tokens,
@@ -169,6 +215,10 @@ def build_app(
             event_burst=config.events_per_second,
             joins_per_ip_per_minute=config.joins_per_ip_per_minute,
         ),
+        routing=routing,
+        cluster=cluster,
+        client_manager=manager,
+        cluster_url=config.cluster_url,
     )
     api = RestApi(
         ApiSettings(
@@ -182,7 +232,7 @@ def build_app(
         metrics,
         present=hub.present,
     )
-    webhook = _invite_webhook(config, hub)
+    webhook = _invite_webhook(config, cluster)
     mailer = (
         InviteMailer(SmtpSettings.from_url(config.smtp_url, config.smtp_from or ""))
         if config.smtp_url
@@ -203,8 +253,10 @@ def build_app(
     app[HUB] = hub
     app[METRICS] = metrics
     app[SOCKET] = sock
+    app[ROUTING] = routing
     api.setup(app)
     invites.setup(app)
+    ClusterApi(api, config.api_key, store, routing, cluster).setup(app)
     sock.attach(app)
 
     async def close_connections(app: web.Application) -> None:
@@ -216,6 +268,11 @@ def build_app(
         ping = getattr(store, "ping", None)
         if ping is not None:
             await ping()  # an unreachable Redis fails the start, not the first join
+        await routing.start()
+        if manager is not None:
+            # Listen for other nodes' events now, not at this node's first connection.
+            sock.sio.manager_initialized = True
+            manager.initialize()
         mux = ports.mux if ports is not None else None
         if mux is not None:
             # Bind now: a port that is taken fails the start, not the first call.
@@ -230,6 +287,7 @@ def build_app(
         if webhook is not None:
             await webhook.close()
         await hub.shutdown()
+        await routing.stop()
         await store.close()
         if mux is not None:  # after the routers: their connections use its sockets
             mux.close()

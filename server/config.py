@@ -216,6 +216,28 @@ class Config(BaseSettings):
         flag=False,  # may carry a password
         validation_alias=AliasChoices("ROUNDTABLE_REDIS_URL", "REDIS_URL"),
     )
+    node_id: str | None = setting(
+        None,
+        "This node's id in the cluster (letters, digits, . _ -).",
+        shown="the host name and the port",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+    )
+    cluster_url: str | None = setting(
+        None,
+        "Entry URL of the whole cluster (a load balancer); pages reconnect through it when "
+        "their node is gone.",
+        shown="unset: the live nodes' public URLs",
+    )
+    drain_timeout: float = setting(
+        3600,
+        "Seconds a draining node (first SIGTERM) lets running calls continue before it "
+        "moves their participants to another node.",
+        ge=0,
+    )
+    workers: str = setting(
+        "1",
+        'Nodes started on this machine, one per core: a number or "auto" (needs Redis).',
+    )
     max_participants: int = setting(12, "Participants per room (at least 2).", ge=2)
     room_minutes: int = setting(
         240, "Validity of a session and its two links, in minutes (1-1440).", ge=1, le=24 * 60
@@ -377,7 +399,19 @@ class Config(BaseSettings):
                 raise ValueError(f"{value!r} is not an IP address") from None
         return value
 
-    @field_validator("public_url", "invite_webhook")
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: str) -> str:
+        value = str(value).strip().lower()
+        if value != "auto" and not (value.isdigit() and 1 <= int(value) <= 256):
+            raise ValueError('must be a number from 1 to 256 or "auto"')
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
+
+    @field_validator("public_url", "invite_webhook", "cluster_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -415,6 +449,11 @@ class Config(BaseSettings):
             raise ValueError(
                 "ROUNDTABLE_TURN_URLS names TURN servers: set ROUNDTABLE_TURN_SECRET "
                 "(coturn's static-auth-secret) too"
+            )
+        if self.workers != "1" and not self.redis_url:
+            raise ValueError(
+                "ROUNDTABLE_WORKERS above 1 needs ROUNDTABLE_REDIS_URL: the workers share "
+                "rooms and events through Redis"
             )
         if self.ice_policy == "relay" and not has_turn:
             raise ValueError(

@@ -52,6 +52,12 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_payload": 400,
     "sdp_invalid": 400,
     "internal": 500,
+    # A cluster (docs/deploy.md, "Cluster"): the room lives on another node; the shared
+    # state (Redis) cannot be reached; this node is leaving or stopping.
+    "wrong_node": 421,
+    "unavailable": 503,
+    "node_draining": 503,
+    "server_shutdown": 503,
 }
 
 
@@ -131,6 +137,30 @@ class RoomClosed(RoundtableError):
 class RoomFull(RoundtableError):
     code = "room_full"
     default_message = "This session is full."
+
+
+class Unavailable(RoundtableError):
+    code = "unavailable"
+    default_message = "The service is briefly unavailable; try again in a moment."
+
+
+class WrongNode(RoundtableError):
+    """The room is served by another node: ``url`` is where to connect instead."""
+
+    code = "wrong_node"
+    default_message = "This session is served by another node."
+
+    def __init__(self, node: str, url: str | None) -> None:
+        super().__init__()
+        self.node = node
+        self.url = url
+
+    def to_dict(self) -> dict[str, str]:
+        body = super().to_dict()
+        body["node"] = self.node
+        if self.url:
+            body["url"] = self.url
+        return body
 
 
 class InternalError(RoundtableError):

@@ -89,6 +89,8 @@ class _LiveRoom:
     host_away: dict[str, tuple[float, asyncio.Task[None]]] = field(default_factory=dict)
     # The session's end (docs/protocol.md, "Session end"); set on the first join.
     deadline: Deadline | None = None
+    # Participant ids admitted while the room lived on another node (``LiveState``).
+    admitted_elsewhere: set[str] = field(default_factory=set)
 
 
 class RoomHub:
@@ -123,6 +125,10 @@ class RoomHub:
                 by_state[str(p.state)] = by_state.get(str(p.state), 0) + 1
         return sum(1 for lr in self._rooms.values() if not lr.room.empty), by_state
 
+    def rooms(self) -> list[str]:
+        """Ids of the rooms this node serves now (their leases are renewed)."""
+        return list(self._rooms)
+
     def room(self, room_id: str) -> Room | None:
         live = self._rooms.get(room_id)
         return live.room if live else None
@@ -146,6 +152,23 @@ class RoomHub:
         live = self._rooms.get(claims.room)
         current = live.room.get(claims.sub) if live is not None else None
         return current is not None and current.active and current.claims.jti == claims.jti
+
+    async def present_anywhere(self, claims: TokenClaims) -> bool:
+        """``present`` here, or inside when the room's previous node stopped (failover)."""
+        if self.present(claims):
+            return True
+        if not claims.invite or claims.room in self._rooms:
+            return False
+        return claims.jti in (await self._store.live_state(claims.room)).inside
+
+    @staticmethod
+    async def _remember(write: Coroutine[Any, Any, None]) -> None:
+        """Copy live state to the store for a successor node; a store that cannot be
+        reached (Redis down) must not stop the call, it only weakens a later failover."""
+        try:
+            await write
+        except Exception as exc:
+            log.warning("live state not stored: %s", type(exc).__name__)
 
     @staticmethod
     def _check_lock(live: _LiveRoom, claims: TokenClaims) -> None:
@@ -173,10 +196,18 @@ class RoomHub:
             now = int(time.time())
             record = RoomRecord(claims.room, now, claims.exp)
             await self._store.put_room(record)
+        # A room new on this node may have lived on another one (failover, drain): its
+        # lock and who was admitted come along.
+        saved = (
+            await self._store.live_state(claims.room) if claims.room not in self._rooms else None
+        )
         # -- from here to the seat: no await --
         live = self._rooms.get(claims.room)
         if live is None:
             live = _LiveRoom(Room(claims.room, self._max_participants))
+            if saved is not None:
+                live.room.locked = saved.locked
+                live.admitted_elsewhere = set(saved.admitted)
             self._rooms[claims.room] = live
         if live.deadline is None:
             live.deadline = Deadline(float(record.expires_at))
@@ -185,7 +216,9 @@ class RoomHub:
         try:
             self._check_lock(live, claims)
             previous = live.room.add(participant)
-            was_admitted = previous is not None and previous.admitted
+            was_admitted = (
+                previous is not None and previous.admitted
+            ) or participant.id in live.admitted_elsewhere
         except RoundtableError:
             if live.room.empty and not live.tasks:
                 self._rooms.pop(claims.room, None)
@@ -198,6 +231,10 @@ class RoomHub:
             participant.admit()
         away = live.host_away.pop(participant.id, None)
         # -- seated; now tell whoever needs to know --
+        if claims.lobby and participant.admitted:
+            await self._remember(self._store.add_admitted(claims.room, participant.id, claims.exp))
+        if claims.invite:
+            await self._remember(self._store.set_inside(claims.room, claims.jti, True, claims.exp))
         if previous is not None:
             # Same person again (reload, second tab): the newer connection wins.
             log.info(
@@ -334,6 +371,8 @@ class RoomHub:
             raise RoundtableError("room_locked", "The session is locked; unlock it to admit.")
         participant.admit()
         log.info("room %s: participant %s admitted", live.room.id, participant.id)
+        claims = participant.claims
+        await self._remember(self._store.add_admitted(claims.room, participant.id, claims.exp))
         if self.notifier is not None:
             await self.notifier.send(participant.sid, "admitted", {})
         await self.broadcast_roster(live.room)
@@ -346,6 +385,8 @@ class RoomHub:
             return
         live.room.locked = locked
         log.info("room %s: %s", room_id, "locked" if locked else "unlocked")
+        until = int(time.time()) + ENDED_AT_LEAST_SECONDS
+        await self._remember(self._store.set_locked(room_id, locked, until))
         await self.notify_admitted(live.room, "room.state", {"locked": locked})
 
     def set_muted(self, participant: Participant, kind: str, muted: bool) -> None:
@@ -414,6 +455,9 @@ class RoomHub:
             return  # replaced by a newer connection, which keeps the media
         live.negotiations.pop(participant.id, None)
         log.info("room %s: participant %s %s", live.room.id, participant.id, participant.state)
+        claims = participant.claims
+        if claims.invite:
+            await self._remember(self._store.set_inside(claims.room, claims.jti, False, claims.exp))
         await self._forget_media(live, participant.id)
         if live.room.empty:
             await self._teardown(live)

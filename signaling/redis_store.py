@@ -12,14 +12,17 @@ import time
 
 import redis.asyncio as aioredis
 
-from signaling.store import InviteRecord, RoomRecord, StateStore
+from signaling.store import InviteRecord, LiveState, RoomRecord, StateStore
 
 PREFIX = "roundtable:"
 
 
 class RedisStore(StateStore):
     def __init__(self, url: str, *, prefix: str = PREFIX) -> None:
-        self._redis = aioredis.from_url(url, decode_responses=True)
+        # Fails fast (one second) when Redis is gone: a join then gets ``unavailable``.
+        self._redis = aioredis.from_url(
+            url, decode_responses=True, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
         self._p = prefix
 
     async def ping(self) -> None:
@@ -114,6 +117,37 @@ class RedisStore(StateStore):
 
     async def is_invite_revoked(self, jti: str) -> bool:
         return bool(await self._redis.exists(self._key("invite-revoked", jti)))
+
+    async def live_state(self, room_id: str) -> LiveState:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self._key("locked", room_id))
+            pipe.smembers(self._key("admitted", room_id))
+            pipe.smembers(self._key("inside", room_id))
+            locked, admitted, inside = await pipe.execute()
+        return LiveState(bool(locked), frozenset(admitted), frozenset(inside))
+
+    async def set_locked(self, room_id: str, locked: bool, until: int) -> None:
+        key = self._key("locked", room_id)
+        if locked:
+            await self._redis.set(key, "1", exat=self._until(until))
+        else:
+            await self._redis.delete(key)
+
+    async def _add(self, key: str, member: str, until: int) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, member)
+            pipe.expireat(key, self._until(until))
+            await pipe.execute()
+
+    async def add_admitted(self, room_id: str, pid: str, until: int) -> None:
+        await self._add(self._key("admitted", room_id), pid, until)
+
+    async def set_inside(self, room_id: str, jti: str, inside: bool, until: int) -> None:
+        key = self._key("inside", room_id)
+        if inside:
+            await self._add(key, jti, until)
+        else:
+            await self._redis.srem(key, jti)
 
     async def close(self) -> None:
         await self._redis.aclose()

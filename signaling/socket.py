@@ -14,15 +14,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from signaling.chat import Chat
+from signaling.cluster import Cluster
 from signaling.errors import (
     InternalError,
     InvalidPayload,
     RoundtableError,
     TokenError,
     TooManyRequests,
+    Unavailable,
     UnknownEvent,
+    WrongNode,
     connect_refusal,
     socket_error,
 )
@@ -32,6 +37,7 @@ from signaling.metrics import Metrics
 from signaling.moderation import Moderation
 from signaling.participant import Participant
 from signaling.ratelimit import SlidingWindow, TokenBucket
+from signaling.routing import LocalRouter, NodeInfo, Router, RoutingUnavailable
 from signaling.tokens import TokenService
 from signaling.transport import (
     EIO_SID,
@@ -50,6 +56,10 @@ SOCKETIO_PREFIX = "/socket.io/"
 def handshake_limit(joins_per_minute: int) -> int:
     """New Engine.IO sessions per address and minute before HTTP 429."""
     return 2 * joins_per_minute + 10
+
+
+# Shared state out of reach (Redis down): a join is refused ``unavailable`` at once.
+UNREACHABLE = (RoutingUnavailable, RedisConnectionError, RedisTimeoutError, ConnectionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +84,22 @@ class SignalingSocket:
     """The Socket.IO server; also the hub's ``Notifier``."""
 
     def __init__(
-        self, hub: RoomHub, tokens: TokenService, metrics: Metrics, limits: SocketLimits
+        self,
+        hub: RoomHub,
+        tokens: TokenService,
+        metrics: Metrics,
+        limits: SocketLimits,
+        *,
+        routing: Router | None = None,
+        cluster: Cluster | None = None,
+        client_manager: Any = None,
+        cluster_url: str | None = None,
     ) -> None:
         self._hub = hub
+        self._routing = routing or LocalRouter(NodeInfo("local", None))
+        self._cluster = cluster or Cluster()
+        self._cluster.handle(self._on_cluster_action)
+        self._cluster_url = cluster_url
         self._tokens = tokens
         self._metrics = metrics
         self._limits = limits
@@ -91,6 +114,9 @@ class SignalingSocket:
             gate=Gate(limits.unauthenticated_per_address, limits.unauthenticated_seconds),
             on_limit=metrics.limit_hit,
             async_mode="aiohttp",
+            # With Redis: emits to connections of other nodes, and room actions
+            # (``signaling.cluster``), travel through it.
+            client_manager=client_manager,
             # Same origin only (Origin must equal where the page was served from, over
             # http or https); clients without Origin (non-browsers) still need a token.
             cors_allowed_origins=same_origin,
@@ -175,11 +201,15 @@ class SignalingSocket:
                 raise RoundtableError(
                     "consent_required", "Agree to the consent text before joining."
                 )
+            # A room is served by one node; another node sends the client there.
+            owner = await self._routing.place(claims.room)
+            if owner.id != self._routing.node.id:
+                raise WrongNode(owner.id, owner.url)
             # Room checks first: a full room must not spend a single-use invite.
             self._hub.check_room(claims)
             # An invite is spent on first use; reconnecting while its participant is still
             # in the room replaces that connection (docs/protocol.md, "Invites").
-            resumed = self._hub.present(claims)
+            resumed = await self._hub.present_anywhere(claims)
             if not resumed:
                 await self._tokens.consume_invite(claims)
             participant = await self._hub.join(claims, sid)
@@ -191,6 +221,12 @@ class SignalingSocket:
             self._metrics.refused(err.code)
             log.info("connect %s refused: %s", sid, err.code)
             raise connect_refusal(err) from None
+        except UNREACHABLE as exc:
+            self._metrics.refused("unavailable")
+            log.warning(
+                "connect %s refused: shared state unreachable (%s)", sid, type(exc).__name__
+            )
+            raise connect_refusal(Unavailable()) from None
         except Exception:
             log.exception("connect %s failed", sid)
             self._metrics.refused("internal")
@@ -214,8 +250,45 @@ class SignalingSocket:
             return
         if self._connections.get(sid) is None or not participant.active:
             return
-        await self.send(sid, "welcome", self._hub.welcome(participant))
+        welcome = self._hub.welcome(participant)
+        welcome["cluster"] = await self.cluster_urls()
+        await self.send(sid, "welcome", welcome)
         await self._hub.start(participant)
+
+    async def cluster_urls(self) -> list[str]:
+        """Where a page reconnects when its node is gone: the load balancer in front of
+        the cluster if there is one, else every live node (this one first)."""
+        if self._cluster_url:
+            return [self._cluster_url]
+        try:
+            nodes = await self._routing.live_nodes()
+        except RoutingUnavailable:
+            nodes = []
+        me = self._routing.node.id
+        ordered = sorted(nodes, key=lambda n: (n.id != me, n.draining, n.id))
+        return [n.url for n in ordered if n.url]
+
+    async def _on_cluster_action(self, action: dict[str, Any]) -> None:
+        """A room action from the REST API of any node; only the room's node acts."""
+        room = action.get("room")
+        if not isinstance(room, str) or self._hub.room(room) is None:
+            return
+        what = action.get("do")
+        if what == "end":
+            await self._hub.end_room(room)
+        elif what == "remove":
+            target = self._hub.room(room).get(str(action.get("participant")))  # type: ignore[union-attr]
+            if target is None or not target.active:
+                return
+            log.info("room %s: %s removed through the API", room, target.id)
+            await self._tokens.revoke(target.claims)
+            await self._hub.expel(
+                target, RoundtableError("removed", "You were removed from this session.")
+            )
+        elif what == "notify_moderators":
+            payload = action.get("payload")
+            if isinstance(payload, dict):
+                await self._hub.notify_moderators(room, str(action.get("event")), payload)
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
         conn = self._connections.pop(sid, None)
@@ -312,6 +385,27 @@ class SignalingSocket:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def move_all(self, event: str, message: str) -> None:
+        """Tell every participant why (``event``: ``node_draining`` / ``server_shutdown``,
+        with where to reconnect), then close its connection without it leaving its room:
+        a reconnect elsewhere is the same participant (admitted, its invite not spent)."""
+        me = self._routing.node.url
+        urls = [u for u in await self.cluster_urls() if u != me] or ([me] if me else [])
+        body = {"error": event, "message": message, "cluster": urls}
+        sids = list(self._connections)
+        for sid in sids:
+            try:
+                await self.sio.emit(event, body, to=sid)
+            except Exception:
+                log.debug("%s to %s failed", event, sid, exc_info=True)
+        if sids:
+            await asyncio.sleep(0.2)  # the events on the wire before the close
+        for sid in sids:
+            try:
+                await self.drop(sid, None)
+            except Exception:
+                log.debug("disconnect %s failed", sid, exc_info=True)
+
     async def shutdown(self) -> None:
         """Close every client connection (aiohttp ``on_shutdown``).
 
@@ -322,11 +416,9 @@ class SignalingSocket:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sio.stop_sweeping()
-        for sid in list(self._connections):
-            try:
-                await self.drop(sid, None)
-            except Exception:
-                log.debug("disconnect %s at shutdown failed", sid, exc_info=True)
+        # Never a bare disconnect: the page says why, and reconnects (to another node
+        # of a cluster, or to this one when it is back).
+        await self.move_all("server_shutdown", "The server is restarting; reconnecting…")
         # Not engine.io's disconnect-all: it waits for each socket's send queue to drain,
         # forever for a client that has already gone.
         # A None in the send queue is engine.io's own "writer, stop" marker: the websocket is

@@ -26,6 +26,18 @@ class RoomRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveState:
+    """What a room's node knows beyond its tokens, kept where a successor node finds it
+    (failover, drain): the lock, who was admitted from the waiting room (participant
+    ids) and which single-use invites are inside now (``jti``: their reconnect is not a
+    second use)."""
+
+    locked: bool = False
+    admitted: frozenset[str] = frozenset()
+    inside: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class InviteRecord:
     """A partner invite made by ``POST /api/rooms/{room}/invites``: enough to revoke it."""
 
@@ -96,6 +108,21 @@ class StateStore(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; nothing to do in memory."""
+
+    # A room's live state lives in its node's memory; only a store shared by several
+    # nodes keeps a copy for the node that takes the room over. One process keeps none.
+
+    async def live_state(self, room_id: str) -> LiveState:
+        return LiveState()
+
+    async def set_locked(self, room_id: str, locked: bool, until: int) -> None:  # noqa: B027
+        """Remember the room's lock for a successor node."""
+
+    async def add_admitted(self, room_id: str, pid: str, until: int) -> None:  # noqa: B027
+        """Remember that ``pid`` was admitted: it does not wait again on another node."""
+
+    async def set_inside(self, room_id: str, jti: str, inside: bool, until: int) -> None:  # noqa: B027
+        """Remember that an invite's participant is in the room (or left it)."""
 
 
 class MemoryStore(StateStore):

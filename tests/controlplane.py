@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from server.app import HUB, STORE, build_app
 from server.config import Config
 from signaling.tokens import TokenService
-from tests.ports import free_udp_port
+from tests.ports import free_tcp_port, free_udp_port
 
 
 @dataclass
@@ -99,9 +99,13 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 
 @asynccontextmanager
 async def running_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[RunningServer]:
+    if overrides.get("redis_url") and "port" not in overrides:
+        # A node of a cluster is reached by its URL (``wrong_node`` redirects): fix it now.
+        port = free_tcp_port()
+        overrides = {"port": port, "public_url": f"http://127.0.0.1:{port}", **overrides}
     config = make_config(tmp_path, **overrides)
     app = build_app(config)
-    server = TestServer(app, host="127.0.0.1", port=0)
+    server = TestServer(app, host="127.0.0.1", port=config.port)
     await server.start_server()
     try:
         yield RunningServer(str(server.make_url("")).rstrip("/"), config, app)
@@ -147,6 +151,7 @@ class SignalClient:
     )
     events: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     refusal: dict[str, Any] | None = None
+    url: str | None = None  # where it is connected: after a ``wrong_node``, the room's node
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -171,13 +176,26 @@ class SignalClient:
         payload = dict(auth)
         if token is not None:
             payload["token"] = token
-        try:
-            await self.sio.connect(
-                url, auth=payload, headers=headers or {}, transports=["websocket"], wait_timeout=10
-            )
-        except socketio.exceptions.ConnectionError:
-            return False
-        return True
+        for _ in range(3):  # follow ``wrong_node`` to the room's node, as the page does
+            self.refusal = None
+            try:
+                await self.sio.connect(
+                    url,
+                    auth=payload,
+                    headers=headers or {},
+                    transports=["websocket"],
+                    wait_timeout=10,
+                )
+            except socketio.exceptions.ConnectionError:
+                data = self.refusal.get("data") if isinstance(self.refusal, dict) else None
+                if isinstance(data, dict) and data.get("error") == "wrong_node" and data.get("url"):
+                    self.events["_wrong_node"].append(data)
+                    url = data["url"]
+                    continue
+                return False
+            self.url = url
+            return True
+        return False
 
     async def wait(self, event: str, predicate=None, within: float = 10.0) -> Any:
         """The first received ``event`` payload satisfying ``predicate`` (default: any)."""

@@ -14,3 +14,11 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((MEDIA_HOST, 0))
         return s.getsockname()[1]
+
+
+def free_tcp_port() -> int:
+    """A TCP port free on loopback now, for a server whose URL must be known before it
+    starts (a cluster node's ``ROUNDTABLE_PUBLIC_URL``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

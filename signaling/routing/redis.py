@@ -1,0 +1,209 @@
+"""Routing state in Redis: node heartbeats and room leases, shared by every node.
+
+Keys (prefix ``roundtable:``): ``node:<id>`` holds the node's JSON (URL, draining, load)
+with a lease of ``NODE_LEASE_SECONDS`` that the node renews; ``room-node:<room>`` holds
+the id of the node serving the room, with a lease of ``ROOM_LEASE_SECONDS`` that only its
+owner renews. A node killed with ``kill -9`` renews nothing: within one lease its
+heartbeat and its rooms are gone and the next join re-pins each room. A room whose owner's
+heartbeat is gone is free at once, even while its own lease still runs.
+
+Every Redis call has a short timeout: a join while Redis is unreachable fails with
+``RoutingUnavailable`` within about a second instead of hanging, and calls already
+running never wait for Redis (their media does not pass through here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from signaling.routing.interfaces import (
+    NODE_LEASE_SECONDS,
+    RENEW_EVERY_SECONDS,
+    ROOM_LEASE_SECONDS,
+    NodeInfo,
+    Router,
+    RoutingUnavailable,
+)
+from signaling.routing.selector import least_loaded
+
+log = logging.getLogger(__name__)
+
+PREFIX = "roundtable:"
+# Redis answers in well under a millisecond on a LAN; a second means it is not there.
+TIMEOUT_SECONDS = 1.0
+
+# Pin KEYS[1] to ARGV[1] unless a live owner holds it. An owner is live while its node
+# key (KEYS[2] is the prefix of node keys) exists; a dead owner's lease is taken over.
+_CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if cur and redis.call('EXISTS', KEYS[2] .. cur) == 1 then
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+# Renew or delete KEYS[1] only while it still names this node (ARGV[1]).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client that fails fast: ``redis://``, ``rediss://``, ``unix://`` URLs (redis-py's
+    ``from_url``); Sentinel and Cluster need their own clients (docs/deploy.md)."""
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=TIMEOUT_SECONDS,
+        socket_connect_timeout=TIMEOUT_SECONDS,
+        health_check_interval=10,
+    )
+
+
+class RedisRouter(Router):
+    def __init__(self, node: NodeInfo, url: str, *, prefix: str = PREFIX) -> None:
+        super().__init__(node)
+        self._redis = connect(url)
+        self._p = prefix
+        self._task: asyncio.Task[None] | None = None
+        self._healthy = True
+        self._claim = self._redis.register_script(_CLAIM)
+        self._renew = self._redis.register_script(_RENEW)
+        self._release = self._redis.register_script(_RELEASE)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def _node_key(self, node_id: str) -> str:
+        return f"{self._p}node:{node_id}"
+
+    def _room_key(self, room: str) -> str:
+        return f"{self._p}room-node:{room}"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._heartbeat()  # an unreachable Redis fails the start
+        self._task = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(RedisError, OSError):
+            for room in self._rooms():
+                await self._release(keys=[self._room_key(room)], args=[self.node.id])
+            await self._redis.delete(self._node_key(self.node.id))
+        await self._redis.aclose()
+
+    async def _heartbeat(self) -> None:
+        self.node = self.node.with_(load=self._load())
+        ms = int(NODE_LEASE_SECONDS * 1000)
+        room_ms = int(ROOM_LEASE_SECONDS * 1000)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._node_key(self.node.id), json.dumps(self.node.to_dict()), px=ms)
+            for room in self._rooms():
+                # A script in a pipeline is loaded before it runs (also after a restart
+                # of Redis that forgot it).
+                await self._renew(
+                    keys=[self._room_key(room)], args=[self.node.id, room_ms], client=pipe
+                )
+            await pipe.execute()
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY_SECONDS)
+            try:
+                await self._heartbeat()
+            except (RedisError, OSError) as exc:
+                if self._healthy:
+                    log.warning(
+                        "routing: Redis unreachable (%s); calls continue", type(exc).__name__
+                    )
+                self._healthy = False
+                continue
+            if not self._healthy:
+                log.info("routing: Redis reachable again")
+            self._healthy = True
+
+    # -- queries ------------------------------------------------------------------------
+
+    async def live_nodes(self) -> list[NodeInfo]:
+        try:
+            keys = [k async for k in self._redis.scan_iter(match=self._node_key("*"), count=100)]
+            values = await self._redis.mget(keys) if keys else []
+        except (RedisError, OSError) as exc:
+            raise RoutingUnavailable(str(exc)) from exc
+        nodes = []
+        for raw in values:
+            if raw is None:
+                continue  # expired between SCAN and MGET
+            try:
+                nodes.append(NodeInfo.from_dict(json.loads(raw)))
+            except (ValueError, KeyError, TypeError):
+                log.warning("routing: unreadable node record ignored")
+        return sorted(nodes, key=lambda n: n.id)
+
+    async def _node(self, node_id: str) -> NodeInfo | None:
+        if node_id == self.node.id:
+            return self.node
+        raw = await self._redis.get(self._node_key(node_id))
+        return NodeInfo.from_dict(json.loads(raw)) if raw is not None else None
+
+    async def owner(self, room: str) -> NodeInfo | None:
+        try:
+            node_id = await self._redis.get(self._room_key(room))
+            return await self._node(node_id) if node_id is not None else None
+        except (RedisError, OSError) as exc:
+            raise RoutingUnavailable(str(exc)) from exc
+
+    async def place(self, room: str) -> NodeInfo:
+        try:
+            current = await self.owner(room)
+            if current is not None:
+                return current
+            chosen = least_loaded(await self.live_nodes(), prefer=self.node.id)
+            if chosen is None:
+                # Every node drains: this one still serves rather than refusing the call.
+                chosen = self.node
+            room_ms = int(ROOM_LEASE_SECONDS * 1000)
+            winner = await self._claim(
+                keys=[self._room_key(room), self._node_key("")], args=[chosen.id, room_ms]
+            )
+            if winner == chosen.id:
+                log.info("routing: room %s pinned to node %s", room, chosen.id)
+                return chosen
+            # Another node pinned it at the same moment: that one serves.
+            found = await self._node(str(winner))
+            if found is None:
+                raise RoutingUnavailable("the room's node vanished while placing it")
+            return found
+        except (RedisError, OSError) as exc:
+            raise RoutingUnavailable(str(exc)) from exc
+
+    async def release(self, room: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._release(keys=[self._room_key(room)], args=[self.node.id])
+
+    async def drain(self) -> None:
+        self.node = self.node.with_(draining=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self._heartbeat()

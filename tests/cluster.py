@@ -1,0 +1,186 @@
+"""Real cluster parts for tests: ``roundtable serve`` nodes as subprocesses sharing one
+redis-server, which a test may stop and start again."""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.ports import MEDIA_HOST, free_tcp_port, free_udp_port
+
+BIN = Path(sys.executable).parent / "roundtable"
+
+
+class RedisProcess:
+    """redis-server on a fixed loopback port, so it can be stopped and started again at
+    the same URL (a Redis outage and its recovery)."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (make test installs it from Debian)")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_tcp_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            + ["--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    pytest.fail("redis-server did not start")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+class Node:
+    """One ``roundtable serve`` of a cluster; its output is kept for failure messages."""
+
+    def __init__(self, name: str, state: Path, shared: dict[str, str], **env: str) -> None:
+        self.name = name
+        self.port = free_tcp_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = shared["ROUNDTABLE_API_KEY"]
+        full = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("ROUNDTABLE_")},
+            **shared,
+            "ROUNDTABLE_NODE_ID": name,
+            "ROUNDTABLE_PORT": str(self.port),
+            "ROUNDTABLE_HOST": "127.0.0.1",
+            "ROUNDTABLE_PUBLIC_URL": self.url,
+            "ROUNDTABLE_MEDIA_HOST": MEDIA_HOST,
+            "ROUNDTABLE_MEDIA_PORT": str(free_udp_port()),
+            "ROUNDTABLE_STATE_DIR": str(state),
+            "ROUNDTABLE_LOG_LEVEL": "INFO",
+            **env,
+        }
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve"],
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def line_with(self, needle: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.seen.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(
+            f"{self.name}: {needle!r} not printed; output so far:\n" + "\n".join(self.seen)
+        )
+
+    def output(self) -> str:
+        while True:
+            try:
+                self.seen.append(self.lines.get_nowait())
+            except queue.Empty:
+                return "\n".join(self.seen)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)  # a second one: at once, no drain
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    async def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token or self.api_key}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(self.url + path, headers=headers) as resp:
+                return resp.status, await resp.json()
+
+    async def delete(self, path: str, token: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {token or self.api_key}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(self.url + path, headers=headers) as resp:
+                return resp.status
+
+    async def create_room(self, **body: Any) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(self.url + "/api/rooms", json=body, headers=headers) as resp:
+                assert resp.status == 201, await resp.text()
+                return await resp.json()
+
+
+class Nodes:
+    """Nodes sharing one secret, API key and Redis; all stopped at the end."""
+
+    def __init__(self, tmp_path: Path, redis_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.shared = {
+            "ROUNDTABLE_SECRET": secrets.token_urlsafe(48),
+            "ROUNDTABLE_API_KEY": secrets.token_urlsafe(24),
+            "ROUNDTABLE_REDIS_URL": redis_url,
+        }
+        self.started: list[Node] = []
+
+    def start(self, name: str, **env: str) -> Node:
+        node = Node(name, self.tmp_path / name, self.shared, **env)
+        self.started.append(node)
+        return node
+
+    def ready(self, *nodes: Node) -> None:
+        for node in nodes:
+            node.line_with("listening on")
+
+    def stop(self) -> None:
+        for node in self.started:
+            node.stop()
