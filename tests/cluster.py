@@ -153,6 +153,9 @@ class Node:
                 return resp.status
 
     async def create_room(self, **body: Any) -> dict[str, Any]:
+        """The client link joins directly and without the consent step unless asked."""
+        body.setdefault("client_lobby", False)
+        body.setdefault("client_consent", False)
         headers = {"Authorization": f"Bearer {self.api_key}"}
         async with aiohttp.ClientSession() as http:
             async with http.post(self.url + "/api/rooms", json=body, headers=headers) as resp:

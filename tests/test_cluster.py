@@ -38,12 +38,12 @@ def nodes(tmp_path: Path, redis: RedisProcess) -> Iterator[Nodes]:
     made.stop()
 
 
-async def _media_both_ways(a: MediaParticipant, b: MediaParticipant, timeout: float = 20) -> None:
+async def _media_both_ways(a: MediaParticipant, b: MediaParticipant, within: float = 20) -> None:
     a_id, b_id = me(a.client), me(b.client)
     seen_a, seen_b = a.frames[(b_id, "video")], b.frames[(a_id, "video")]
     await wait_for(
         lambda: a.frames[(b_id, "video")] > seen_a + 10 and b.frames[(a_id, "video")] > seen_b + 10,
-        timeout,
+        within,
     )
 
 
