@@ -9,12 +9,55 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import Any
 
 import socketio
 from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+
+class ErrorCode(StrEnum):
+    """Every refusal code the server sends (docs/protocol.md, "Errors"), as one type.
+
+    ``STATUS_BY_CODE`` gives each its HTTP status; tests/test_schema.py checks that the
+    two, the documentation and every code used in the source agree.
+    """
+
+    TOKEN_MISSING = "token_missing"
+    TOKEN_MALFORMED = "token_malformed"
+    TOKEN_BAD_SIGNATURE = "token_bad_signature"
+    TOKEN_BAD_ALGORITHM = "token_bad_algorithm"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
+    TOKEN_CLAIMS_MISSING = "token_claims_missing"
+    TOKEN_WRONG_AUDIENCE = "token_wrong_audience"
+    TOKEN_WRONG_ISSUER = "token_wrong_issuer"
+    TOKEN_WRONG_ROOM = "token_wrong_room"
+    TOKEN_REVOKED = "token_revoked"
+    INVITE_USED = "invite_used"
+    INVITE_REVOKED = "invite_revoked"
+    API_KEY_MISSING = "api_key_missing"
+    API_KEY_INVALID = "api_key_invalid"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    BAD_REQUEST = "bad_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    ROOM_CLOSED = "room_closed"
+    ROOM_ENDED = "room_ended"
+    ROOM_FULL = "room_full"
+    ROOM_LOCKED = "room_locked"
+    LOBBY_DENIED = "lobby_denied"
+    CONSENT_REQUIRED = "consent_required"
+    CHAT_DISABLED = "chat_disabled"
+    REMOVED = "removed"
+    UNKNOWN_EVENT = "unknown_event"
+    INVALID_PAYLOAD = "invalid_payload"
+    SDP_INVALID = "sdp_invalid"
+    INTERNAL = "internal"
+
 
 # HTTP status per code. Token problems are authentication failures (401); a valid identity
 # that may not do something is 403. Codes not listed here map to 400.

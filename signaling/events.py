@@ -1,192 +1,207 @@
-"""Validation of client → server Socket.IO events (docs/protocol.md, "Client → server").
+"""Every client → server Socket.IO event as a type, declared once (docs/protocol.md).
 
-Every payload is checked for shape, types, allowed fields and size before anything acts
-on it; a failure is an ``invalid_payload`` (or ``payload_too_large``) refusal, never an
-exception escaping into python-socketio.
+``EVENTS`` maps each event name to a pydantic model; the dispatcher (``signaling.socket``)
+refuses a name that is not in it (``unknown_event``) and validates the payload against
+the model before any handler runs: no unknown fields, strict types, the size limits below.
+A failure is ``invalid_payload`` (or ``payload_too_large``), never an exception escaping
+into python-socketio. ``tests/test_schema.py`` checks docs/protocol.md's tables against
+this registry, so the documentation cannot drift from what the server accepts.
+
+The limits on what a client may send live here, in one place. (The SFU checks SDP size
+once more on its own: the media plane does not trust its caller either.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from signaling.errors import InvalidPayload, PayloadTooLarge
+from signaling.tokens import ID_PATTERN
 
 MAX_SDP_BYTES = 64 * 1024
+MAX_SDP_LINES = 2000  # a browser's offer with simulcast has a few hundred
 MAX_CANDIDATE_CHARS = 1024
-CANDIDATE_FIELDS = {"candidate", "sdpMid", "sdpMLineIndex", "usernameFragment"}
-
-
-def _object(args: tuple[Any, ...], fields: set[str], *, optional: bool = False) -> dict[str, Any]:
-    if optional and len(args) == 0:
-        return {}
-    if len(args) != 1 or not isinstance(args[0], dict):
-        raise InvalidPayload("invalid_payload", "The payload must be one JSON object.")
-    payload: dict[str, Any] = args[0]
-    unknown = set(payload) - fields
-    if unknown:
-        # Field names are client-chosen: report how many, not what, to keep logs clean.
-        raise InvalidPayload("invalid_payload", f"{len(unknown)} unknown field(s) in the payload.")
-    return payload
-
-
-def _sdp(payload: dict[str, Any], expected_type: str) -> dict[str, Any]:
-    if payload.get("type") != expected_type:
-        raise InvalidPayload("invalid_payload", f"'type' must be {expected_type!r}.")
-    sdp = payload.get("sdp")
-    if not isinstance(sdp, str) or not sdp:
-        raise InvalidPayload("invalid_payload", "'sdp' must be a non-empty string.")
-    if len(sdp.encode()) > MAX_SDP_BYTES:
-        raise PayloadTooLarge("payload_too_large", f"'sdp' is larger than {MAX_SDP_BYTES} bytes.")
-    if not sdp.startswith("v=0"):
-        raise InvalidPayload("invalid_payload", "'sdp' is not a session description.")
-    return {"type": expected_type, "sdp": sdp}
-
-
-def parse_publish(args: tuple[Any, ...]) -> dict[str, Any]:
-    return _sdp(_object(args, {"type", "sdp"}), "offer")
-
-
-def parse_subscribe_answer(args: tuple[Any, ...]) -> dict[str, Any]:
-    return _sdp(_object(args, {"type", "sdp"}), "answer")
-
-
-def parse_ice(args: tuple[Any, ...]) -> dict[str, Any]:
-    payload = _object(args, {"pc", "candidate"})
-    pc = payload.get("pc")
-    if pc not in ("publish", "subscribe"):
-        raise InvalidPayload("invalid_payload", "'pc' must be 'publish' or 'subscribe'.")
-    if "candidate" not in payload:
-        raise InvalidPayload("invalid_payload", "'candidate' is required (null ends gathering).")
-    raw = payload["candidate"]
-    if raw is None:
-        return {"pc": pc, "candidate": None}
-    if not isinstance(raw, dict) or set(raw) - CANDIDATE_FIELDS:
-        raise InvalidPayload("invalid_payload", "'candidate' must be an RTCIceCandidateInit.")
-    text = raw.get("candidate")
-    mid = raw.get("sdpMid")
-    index = raw.get("sdpMLineIndex")
-    ufrag = raw.get("usernameFragment")
-    if not isinstance(text, str) or len(text) > MAX_CANDIDATE_CHARS:
-        raise InvalidPayload("invalid_payload", "'candidate.candidate' must be a short string.")
-    if mid is not None and (not isinstance(mid, str) or len(mid) > 64):
-        raise InvalidPayload("invalid_payload", "'candidate.sdpMid' must be a short string.")
-    if index is not None and (
-        isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1024
-    ):
-        raise InvalidPayload(
-            "invalid_payload", "'candidate.sdpMLineIndex' must be a small integer."
-        )
-    if mid is None and index is None:
-        raise InvalidPayload("invalid_payload", "'candidate' needs sdpMid or sdpMLineIndex.")
-    if ufrag is not None and (not isinstance(ufrag, str) or len(ufrag) > 256):
-        raise InvalidPayload("invalid_payload", "'candidate.usernameFragment' must be a string.")
-    candidate: dict[str, Any] = {"candidate": text, "sdpMid": mid, "sdpMLineIndex": index}
-    return {"pc": pc, "candidate": candidate}
-
-
-def parse_leave(args: tuple[Any, ...]) -> dict[str, Any]:
-    return _object(args, set(), optional=True)
-
-
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-KINDS = ("audio", "video")
-
-
-def _participant(payload: dict[str, Any]) -> str:
-    pid = payload.get("participant")
-    if not isinstance(pid, str) or not 0 < len(pid) <= 64 or not set(pid) <= _ID_CHARS:
-        raise InvalidPayload("invalid_payload", "'participant' must be a participant id.")
-    return pid
-
-
-def _kind(payload: dict[str, Any]) -> str:
-    kind = payload.get("kind")
-    if kind not in KINDS:
-        raise InvalidPayload("invalid_payload", "'kind' must be 'audio' or 'video'.")
-    return kind
-
-
-def parse_target(args: tuple[Any, ...]) -> dict[str, Any]:
-    """``lobby.admit``, ``lobby.deny``, ``moderate.remove``: ``{"participant": id}``."""
-    return {"participant": _participant(_object(args, {"participant"}))}
-
-
-def parse_mute(args: tuple[Any, ...]) -> dict[str, Any]:
-    payload = _object(args, {"participant", "kind"})
-    return {"participant": _participant(payload), "kind": _kind(payload)}
-
-
-def parse_unmute(args: tuple[Any, ...]) -> dict[str, Any]:
-    return {"kind": _kind(_object(args, {"kind"}))}
-
-
-def parse_lock(args: tuple[Any, ...]) -> dict[str, Any]:
-    locked = _object(args, {"locked"}).get("locked")
-    if not isinstance(locked, bool):
-        raise InvalidPayload("invalid_payload", "'locked' must be true or false.")
-    return {"locked": locked}
-
-
+MAX_CANDIDATES_BEFORE_OFFER = 64  # trickled before the publish offer was applied
 MAX_EXTEND_MINUTES = 24 * 60
-
-
-def parse_extend(args: tuple[Any, ...]) -> dict[str, Any]:
-    minutes = _object(args, {"minutes"}).get("minutes")
-    if (
-        isinstance(minutes, bool)
-        or not isinstance(minutes, int)
-        or not 1 <= minutes <= MAX_EXTEND_MINUTES
-    ):
-        raise InvalidPayload("invalid_payload", "'minutes' must be an integer from 1 to 1440.")
-    return {"minutes": minutes}
-
-
-def parse_end(args: tuple[Any, ...]) -> dict[str, Any]:
-    return _object(args, set(), optional=True)
-
-
 MAX_CHAT_CHARS = 1000
+
 # Control characters would let a message rewrite how the page or a log viewer shows it;
 # line breaks and tabs are text people type.
 _CHAT_DROP = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
 
 
-def parse_chat_send(args: tuple[Any, ...]) -> dict[str, Any]:
-    text = _object(args, {"text"}).get("text")
-    if not isinstance(text, str):
-        raise InvalidPayload("invalid_payload", "'text' must be a string.")
+def _sdp(sdp: str) -> str:
+    if len(sdp.encode()) > MAX_SDP_BYTES:
+        raise PayloadTooLarge("payload_too_large", f"'sdp' is larger than {MAX_SDP_BYTES} bytes.")
+    if sdp.count("\n") >= MAX_SDP_LINES:
+        raise PayloadTooLarge("payload_too_large", f"'sdp' has more than {MAX_SDP_LINES} lines.")
+    if not sdp.startswith("v=0"):
+        raise ValueError("not a session description")
+    return sdp
+
+
+def _chat_text(text: str) -> str:
     text = text.translate(_CHAT_DROP).strip()
     if not text:
-        raise InvalidPayload("invalid_payload", "'text' is empty.")
+        raise ValueError("empty")
     if len(text) > MAX_CHAT_CHARS:
         raise PayloadTooLarge(
             "payload_too_large", f"'text' is longer than {MAX_CHAT_CHARS} characters."
         )
-    return {"text": text}
+    return text
 
 
-def parse_chat_enable(args: tuple[Any, ...]) -> dict[str, Any]:
-    enabled = _object(args, {"enabled"}).get("enabled")
-    if not isinstance(enabled, bool):
-        raise InvalidPayload("invalid_payload", "'enabled' must be true or false.")
-    return {"enabled": enabled}
+Sdp = Annotated[str, AfterValidator(_sdp)]
+ParticipantId = Annotated[str, Field(pattern=ID_PATTERN)]
+Kind = Literal["audio", "video"]
 
 
+class Event(BaseModel):
+    """A client event's payload: one JSON object, no unknown fields, no type coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Empty(Event):
+    """``{}`` or no payload at all."""
+
+
+class Publish(Event):
+    type: Literal["offer"]
+    sdp: Sdp
+
+
+class SubscribeAnswer(Event):
+    type: Literal["answer"]
+    sdp: Sdp
+
+
+class Candidate(Event):
+    """An ``RTCIceCandidateInit`` as the browser's ``icecandidate`` event gives it."""
+
+    candidate: Annotated[str, Field(max_length=MAX_CANDIDATE_CHARS)]
+    sdpMid: Annotated[str, Field(max_length=64)] | None = None  # noqa: N815 - the W3C name
+    sdpMLineIndex: Annotated[int, Field(ge=0, lt=1024)] | None = None  # noqa: N815
+    usernameFragment: Annotated[str, Field(max_length=256)] | None = None  # noqa: N815
+
+    @model_validator(mode="after")
+    def _placed(self) -> Candidate:
+        if self.sdpMid is None and self.sdpMLineIndex is None:
+            raise ValueError("needs sdpMid or sdpMLineIndex")
+        return self
+
+
+class Ice(Event):
+    pc: Literal["publish", "subscribe"]
+    candidate: Candidate | None  # required; null ends gathering
+
+    def payload(self) -> dict[str, Any]:
+        if self.candidate is None:
+            return {"pc": self.pc, "candidate": None}
+        c = self.candidate
+        return {
+            "pc": self.pc,
+            "candidate": {
+                "candidate": c.candidate,
+                "sdpMid": c.sdpMid,
+                "sdpMLineIndex": c.sdpMLineIndex,
+            },
+        }
+
+
+class Target(Event):
+    """``lobby.admit``, ``lobby.deny``, ``moderate.remove``."""
+
+    participant: ParticipantId
+
+
+class Mute(Event):
+    participant: ParticipantId
+    kind: Kind
+
+
+class Unmute(Event):
+    kind: Kind
+
+
+class Lock(Event):
+    locked: bool
+
+
+class Extend(Event):
+    minutes: Annotated[int, Field(ge=1, le=MAX_EXTEND_MINUTES)]
+
+
+class ChatSend(Event):
+    text: Annotated[str, AfterValidator(_chat_text)]
+
+
+class ChatEnable(Event):
+    enabled: bool
+
+
+# The registry: every event a client may send, and nothing else.
+EVENTS: dict[str, type[Event]] = {
+    "publish": Publish,
+    "subscribe.answer": SubscribeAnswer,
+    "ice": Ice,
+    "leave": Empty,
+    "ice.refresh": Empty,
+    "lobby.admit": Target,
+    "lobby.deny": Target,
+    "moderate.mute": Mute,
+    "moderate.remove": Target,
+    "unmute": Unmute,
+    "room.lock": Lock,
+    "room.end": Empty,
+    "room.extend": Extend,
+    "chat.send": ChatSend,
+    "chat.enable": ChatEnable,
+}
+
+
+def _message(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    if extra:
+        # Field names are client-chosen: report how many, not which, to keep logs clean.
+        return f"{len(extra)} unknown field(s) in the payload."
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "payload"
+    return f"'{where}' is not valid: {first['msg']}."
+
+
+def parse(event: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    """The validated payload of ``event`` as a dict; ``KeyError`` if the event is unknown."""
+    model = EVENTS[event]
+    if model is Empty and len(args) == 0:
+        return {}
+    if len(args) != 1 or not isinstance(args[0], dict):
+        raise InvalidPayload("invalid_payload", "The payload must be one JSON object.")
+    try:
+        value = model.model_validate(args[0])
+    except ValidationError as exc:
+        raise InvalidPayload("invalid_payload", _message(exc)) from None
+    if isinstance(value, Ice):
+        return value.payload()
+    return value.model_dump()
+
+
+def _parser(event: str) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+    return lambda args: parse(event, args)
+
+
+# What the dispatcher looks events up in (kept for the handlers that index it by name).
 PARSERS: dict[str, Callable[[tuple[Any, ...]], dict[str, Any]]] = {
-    "publish": parse_publish,
-    "subscribe.answer": parse_subscribe_answer,
-    "ice": parse_ice,
-    "leave": parse_leave,
-    "lobby.admit": parse_target,
-    "lobby.deny": parse_target,
-    "moderate.mute": parse_mute,
-    "moderate.remove": parse_target,
-    "room.lock": parse_lock,
-    "room.end": parse_end,
-    "room.extend": parse_extend,
-    "unmute": parse_unmute,
-    "chat.send": parse_chat_send,
-    "chat.enable": parse_chat_enable,
-    "ice.refresh": parse_end,
+    name: _parser(name) for name in EVENTS
 }

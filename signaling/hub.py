@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from signaling.deadline import Deadline, iso, run_clock
 from signaling.errors import STATUS_BY_CODE, Forbidden, InvalidPayload, RoundtableError
+from signaling.events import MAX_CANDIDATES_BEFORE_OFFER
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.participant import Participant, ParticipantState, TrackRef
 from signaling.room import Room, RoomState
@@ -28,8 +29,6 @@ from signaling.turn import IceServers, TurnSettings
 
 log = logging.getLogger(__name__)
 
-# Candidates a browser may trickle before its publish offer has been applied.
-MAX_EARLY_CANDIDATES = 64
 # How long the "room ended" mark outlives a session at least: tokens minted outside the
 # REST API (``roundtable token``) carry their own expiry, which the hub does not know.
 ENDED_AT_LEAST_SECONDS = 24 * 3600
@@ -574,7 +573,7 @@ class RoomHub:
         live = self._live(participant)
         neg = live.negotiations[participant.id]
         if leg == "publish" and not neg.published:
-            if len(neg.early_candidates) >= MAX_EARLY_CANDIDATES:
+            if len(neg.early_candidates) >= MAX_CANDIDATES_BEFORE_OFFER:
                 raise InvalidPayload("invalid_payload", "Too many candidates before the offer.")
             neg.early_candidates.append(candidate)
             return

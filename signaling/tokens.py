@@ -54,7 +54,9 @@ LEEWAY_SECONDS = 5.0
 # issuing node and of the node that set the epoch may differ a little.
 EPOCH_SLACK_SECONDS = 60
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Room and participant ids, in tokens and in every event naming a participant.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_ID_RE = re.compile(ID_PATTERN)
 
 
 def new_id(prefix: str) -> str:

@@ -1,0 +1,72 @@
+"""One declaration of what clients may send and what the server answers, and the
+documentation checked against it: events (``signaling.events.EVENTS``) and error codes
+(``signaling.errors.ErrorCode``)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from signaling.errors import STATUS_BY_CODE, ErrorCode
+from signaling.events import EVENTS
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def _documented_client_events() -> set[str]:
+    """Event names in the first column of every client → server table of protocol.md."""
+    names: set[str] = set()
+    in_client_table = False
+    for line in PROTOCOL.splitlines():
+        if "Client → server" in line:
+            in_client_table = True
+            continue
+        if line.startswith("#") or (not line.startswith("|") and line.startswith("Server")):
+            in_client_table = False
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == "client → server":  # the chat table names the direction per row
+            names.update(re.findall(r"`([^`]+)`", cells[1]))
+        elif in_client_table and cells[0].startswith("`"):
+            names.update(re.findall(r"`([^`]+)`", cells[0]))
+    return names
+
+
+def test_every_client_event_is_documented_and_nothing_else() -> None:
+    assert _documented_client_events() == set(EVENTS)
+
+
+def test_error_codes_are_one_type_with_a_status_and_documented() -> None:
+    assert set(ErrorCode) == set(STATUS_BY_CODE)
+    errors = PROTOCOL.split("## Errors", 1)[1].split("\n## ", 1)[0]
+    # The list of codes, before the paragraph that maps them to HTTP statuses.
+    codes = errors.split("HTTP status by code (", 1)[0]
+    listed = set(re.findall(r"`([a-z_]+)`", codes))
+    assert {str(c) for c in ErrorCode} == listed
+
+
+def _codes_in_source() -> set[str]:
+    """First string arguments of everything that raises or counts a refusal by code."""
+    callers = {"RoundtableError", "refused", "_bad"} | {
+        n for n in dir(__import__("signaling.errors", fromlist=["x"])) if n[0].isupper()
+    }
+    found: set[str] = set()
+    for path in (ROOT / "signaling").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            arg = node.args[0]
+            if name in callers and isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found.add(arg.value)
+    return found
+
+
+def test_every_code_the_source_uses_is_declared() -> None:
+    used = _codes_in_source()
+    assert used, "the scan found nothing: it no longer matches the source"
+    assert used <= set(ErrorCode), used - set(ErrorCode)
