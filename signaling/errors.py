@@ -56,6 +56,11 @@ class ErrorCode(StrEnum):
     UNKNOWN_EVENT = "unknown_event"
     INVALID_PAYLOAD = "invalid_payload"
     SDP_INVALID = "sdp_invalid"
+    REPLACED = "replaced"
+    WRONG_NODE = "wrong_node"
+    UNAVAILABLE = "unavailable"
+    NODE_DRAINING = "node_draining"
+    SERVER_SHUTDOWN = "server_shutdown"
     INTERNAL = "internal"
 
 
