@@ -18,6 +18,8 @@ from typing import Any
 
 import socketio
 
+from signaling.redis_store import fast_fail_options
+
 log = logging.getLogger(__name__)
 
 METHOD = "roundtable"  # beside python-socketio's own methods ("emit", "disconnect", …)
@@ -37,7 +39,10 @@ class ClusterManager(socketio.AsyncRedisManager):
     """
 
     def __init__(self, url: str) -> None:
-        super().__init__(url, channel=CHANNEL, redis_options={"socket_connect_timeout": 1.0})
+        # No socket_timeout: the subscriber blocks reading messages by design.
+        options = fast_fail_options()
+        options.pop("socket_timeout")
+        super().__init__(url, channel=CHANNEL, redis_options=options)
         self.on_action: Handler | None = None
 
     async def emit(self, event, data, namespace=None, room=None, skip_sid=None, **kwargs):  # type: ignore[override]

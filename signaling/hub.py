@@ -176,7 +176,7 @@ class RoomHub:
         if not live.room.locked or claims.lobby or claims.has("moderate"):
             return
         current = live.room.get(claims.sub)
-        if current is not None and current.active:
+        if current is not None and current.active or claims.sub in live.admitted_elsewhere:
             return
         raise RoundtableError("room_locked", "This session is locked; nobody new may enter.")
 
@@ -230,7 +230,7 @@ class RoomHub:
             participant.admit()
         away = live.host_away.pop(participant.id, None)
         # -- seated; now tell whoever needs to know --
-        if claims.lobby and participant.admitted:
+        if participant.admitted:
             await self._remember(self._store.add_admitted(claims.room, participant.id, claims.exp))
         if claims.invite:
             await self._remember(self._store.set_inside(claims.room, claims.jti, True, claims.exp))

@@ -3,6 +3,8 @@ redis-server, which a test may stop and start again."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import queue
 import secrets
@@ -41,7 +43,8 @@ class RedisProcess:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--dir", str(self.workdir)],
+            # Persistent like a production Redis (AOF): a restart keeps the state.
+            + ["--appendonly", "yes", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -187,3 +190,96 @@ class Nodes:
     def stop(self) -> None:
         for node in self.started:
             node.stop()
+
+
+class MovingPeer:
+    """An aiortc participant that stays in its call the way the page does: it follows
+    ``wrong_node``, and when its connection drops (node killed, drained or stopped) it
+    reconnects through the URLs of its last ``welcome`` and publishes again, with new
+    peer connections. Frames count over every connection it had."""
+
+    def __init__(self, token: str, colour: tuple[int, int, int], url: str) -> None:
+        self.token = token
+        self.colour = colour
+        self.urls = [url]
+        self.peers: list[Any] = []
+        self.id: str | None = None
+        self.welcomes = 0
+        self.told: list[dict[str, Any]] = []  # node_draining / server_shutdown payloads
+        self._watch: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def peer(self) -> Any:
+        return self.peers[-1]
+
+    @property
+    def url(self) -> str | None:
+        return self.peer.client.url
+
+    def frames(self, pid: str | None, kind: str = "video") -> int:
+        return sum(p.frames[(pid, kind)] for p in self.peers)
+
+    def frames_now(self, pid: str | None, kind: str = "video") -> int:
+        """Frames on the current connection only (after a move: is media back?)."""
+        return self.peer.frames[(pid, kind)] if self.peers else 0
+
+    async def _try(self, url: str) -> bool:
+        from tests.controlplane import MediaParticipant, SignalClient
+
+        client = SignalClient()
+        peer = MediaParticipant(client, self.colour)
+        for event in ("node_draining", "server_shutdown"):
+            client.sio.on(event, self.told.append)
+        try:
+            if not await client.connect(url, self.token):
+                await peer.close()
+                return False
+            welcome = await client.wait("welcome")
+        except Exception:
+            await peer.close()
+            return False
+        self.peers.append(peer)
+        self.id = welcome["you"]["id"]
+        self.welcomes += 1
+        self.urls = welcome.get("cluster") or self.urls
+        if welcome["you"]["state"] != "waiting":
+            await peer.publish()
+        else:
+
+            async def admitted(_: Any) -> None:
+                peer._spawn(peer.publish())
+
+            client.sio.on("admitted", admitted)
+        return True
+
+    async def join(self) -> None:
+        assert await self._try(self.urls[0]), "first join refused"
+        self._watch = asyncio.ensure_future(self._stay())
+
+    async def _stay(self) -> None:
+        while not self._closed:
+            client = self.peer.client
+            await client.wait("_disconnect", within=24 * 3600)
+            errors = client.events.get("error") or []
+            if errors and errors[-1].get("error") in ("removed", "room_ended", "lobby_denied"):
+                return
+            await self.peer.close()
+            while not self._closed:
+                for url in list(self.urls):
+                    if await self._try(url):
+                        break
+                else:
+                    await asyncio.sleep(0.3)
+                    continue
+                break
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+        for peer in self.peers:
+            with contextlib.suppress(Exception):
+                await peer.close()

@@ -22,6 +22,7 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from signaling.redis_store import fast_fail_options
 from signaling.routing.interfaces import (
     NODE_LEASE_SECONDS,
     RENEW_EVERY_SECONDS,
@@ -35,9 +36,6 @@ from signaling.routing.selector import least_loaded
 log = logging.getLogger(__name__)
 
 PREFIX = "roundtable:"
-# Redis answers in well under a millisecond on a LAN; a second means it is not there.
-TIMEOUT_SECONDS = 1.0
-
 # Pin KEYS[1] to ARGV[1] unless a live owner holds it. An owner is live while its node
 # key (KEYS[2] is the prefix of node keys) exists; a dead owner's lease is taken over.
 _CLAIM = """
@@ -48,13 +46,18 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 """
-# Renew or delete KEYS[1] only while it still names this node (ARGV[1]).
+# Renew the lease of a room this node serves: also when it ran out meanwhile (Redis was
+# unreachable for longer than a lease, or restarted): the call is still here. Only a room
+# another node took over in that time stays with that node.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local cur = redis.call('GET', KEYS[1])
+if not cur or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
+# Delete KEYS[1] only while it still names this node (ARGV[1]).
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -66,13 +69,7 @@ return 0
 def connect(url: str) -> aioredis.Redis:
     """A client that fails fast: ``redis://``, ``rediss://``, ``unix://`` URLs (redis-py's
     ``from_url``); Sentinel and Cluster need their own clients (docs/deploy.md)."""
-    return aioredis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=TIMEOUT_SECONDS,
-        socket_connect_timeout=TIMEOUT_SECONDS,
-        health_check_interval=10,
-    )
+    return aioredis.from_url(url, decode_responses=True, **fast_fail_options())
 
 
 class RedisRouter(Router):
