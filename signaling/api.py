@@ -22,6 +22,7 @@ from typing import Any
 import segno
 from aiohttp import web
 
+from signaling.bodies import MAX_NAME_CHARS, CreateRoom, parse_body
 from signaling.deadline import iso
 from signaling.errors import (
     ApiKeyError,
@@ -39,7 +40,6 @@ from signaling.tokens import TokenClaims, TokenService, new_id
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_CHARS = 80
 # What the page is made of; anything else under web/ (npm's files) is not for browsers.
 SERVED_SUFFIXES = frozenset({"js", "mjs", "css", "svg", "png", "ico", "woff2", "html", "map"})
 NOT_SERVED = frozenset({"node_modules", "package.json", "package-lock.json"})
@@ -155,42 +155,17 @@ class RestApi:
 
     async def create_room(self, request: web.Request) -> web.Response:
         self._check_api_key(request)
-        body = await self.json_body(request)
-        unknown = set(body) - {
-            "client_name",
-            "caseworker_name",
-            "valid_minutes",
-            "client_lobby",
-            "client_consent",
-        }
-        if unknown:
-            raise BadRequest("bad_request", f"Unknown fields: {', '.join(sorted(unknown))[:200]}.")
-        names: dict[str, str] = {}
-        for key, default in (("client_name", "Client"), ("caseworker_name", "Caseworker")):
-            value = body.get(key, default)
-            if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_CHARS:
-                raise BadRequest(
-                    "bad_request", f"'{key}' must be a name of 1-{MAX_NAME_CHARS} characters."
-                )
-            names[key] = value.strip()
-        minutes = body.get("valid_minutes", self._settings.room_minutes)
-        if (
-            isinstance(minutes, bool)
-            or not isinstance(minutes, int)
-            or not 1 <= minutes <= self._settings.max_room_minutes
-        ):
+        body = parse_body(CreateRoom, await self.json_body(request))
+        names = {"client_name": body.client_name, "caseworker_name": body.caseworker_name}
+        minutes = self._settings.room_minutes if body.valid_minutes is None else body.valid_minutes
+        if not 1 <= minutes <= self._settings.max_room_minutes:
             raise BadRequest(
                 "bad_request",
                 f"'valid_minutes' must be an integer from 1 to {self._settings.max_room_minutes}.",
             )
         # The client link goes through the waiting room and the consent text unless the
         # caller says otherwise; both are claims of the signed token, enforced at connect.
-        flags: dict[str, bool] = {}
-        for key in ("client_lobby", "client_consent"):
-            value = body.get(key, True)
-            if not isinstance(value, bool):
-                raise BadRequest("bad_request", f"'{key}' must be true or false.")
-            flags[key] = value
+        flags = {"client_lobby": body.client_lobby, "client_consent": body.client_consent}
         room_id = new_id("r")
         ttl = minutes * 60
         cw_token, cw = self._tokens.issue(

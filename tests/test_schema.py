@@ -70,3 +70,42 @@ def test_every_code_the_source_uses_is_declared() -> None:
     used = _codes_in_source()
     assert used, "the scan found nothing: it no longer matches the source"
     assert used <= set(ErrorCode), used - set(ErrorCode)
+
+
+def test_every_rest_body_field_is_documented_and_nothing_else() -> None:
+    from signaling.bodies import BODIES, CreateInvite, CreateRoom
+
+    assert set(BODIES.values()) == {CreateRoom, CreateInvite}
+    # POST /api/rooms: the JSON object in its paragraph.
+    paragraph = PROTOCOL.split("- `POST /api/rooms` ", 1)[1].split("→ 201", 1)[0]
+    assert set(re.findall(r'"([a-z_]+)"', paragraph)) == set(CreateRoom.model_fields)
+    # POST /api/rooms/{room}/invites: the field table.
+    section = PROTOCOL.split("### Invites (REST)", 1)[1].split("\n201 ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert {re.findall(r"`([a-z_]+)`", r)[0] for r in rows} == set(CreateInvite.model_fields)
+
+
+def test_bodies_refuse_unknown_fields_and_loose_types_without_echoing_them() -> None:
+    import pytest
+
+    from signaling.bodies import CreateInvite, CreateRoom, parse_body
+    from signaling.errors import BadRequest
+
+    for model, body in (
+        (CreateRoom, {"client_name": "A", "<script>": 1}),
+        (CreateRoom, {"valid_minutes": "30"}),
+        (CreateRoom, {"client_lobby": 1}),
+        (CreateRoom, {"caseworker_name": "   "}),
+        (CreateInvite, {"organisation": "DRV"}),
+        (CreateInvite, {"organisation": "DRV", "name": "P", "rights": ["root"]}),
+        (CreateInvite, {"organisation": "DRV", "name": "P", "email": "no-at-sign"}),
+    ):
+        with pytest.raises(BadRequest) as refused:
+            parse_body(model, body)
+        assert refused.value.code == "bad_request" and "<script>" not in refused.value.message
+    ok = parse_body(CreateInvite, {"organisation": " DRV ", "name": "P", "email": ""})
+    assert (ok.organisation, ok.email, ok.rights) == (
+        "DRV",
+        None,
+        ["audio", "video", "see_client", "chat"],
+    )
