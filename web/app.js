@@ -108,25 +108,42 @@ function roleLabelWithOrg(claims) {
 
 // --- status line and views -----------------------------------------------------------
 
-function setStatus(key, vars = {}) {
+const LOG_KEEP = 30;
+
+/**
+ * The visible status line shows the latest message; every message is also added to the
+ * message log (role="log"), so a screen reader hears each one in turn instead of one
+ * line that overwrites itself. A re-render in another language only redraws the line.
+ */
+function showLine(text, log = true) {
+  $("status").textContent = text;
+  if (!text || !log) return;
+  const list = $("messages");
+  const li = document.createElement("li");
+  li.textContent = text;
+  list.append(li);
+  while (list.children.length > LOG_KEEP) list.firstElementChild.remove();
+}
+
+function setStatus(key, vars = {}, log = true) {
   state.statusKey = key;
   state.statusVars = vars;
   state.statusError = null;
-  $("status").textContent = key ? t(key, vars) : "";
+  showLine(key ? t(key, vars) : "", log);
 }
 
 /** A server error in the status line; re-rendered when the language changes. */
-function setStatusError(code, message) {
+function setStatusError(code, message, log = true) {
   setStatus(null);
   state.statusError = { code, message };
-  $("status").textContent = errorMessage(code, message);
+  showLine(errorMessage(code, message), log);
 }
 
 /** Say something that is no status (a chat line): into the status line, as it comes. */
 function announce(text) {
   state.statusKey = null;
   state.statusError = null;
-  $("status").textContent = text;
+  showLine(text);
 }
 
 /** The role-specific key when there is one (`status.hostAway.partner`), else the general. */
@@ -599,8 +616,8 @@ function firstFrame() {
 // --- language --------------------------------------------------------------------------
 
 function renderDynamic() {
-  if (state.statusKey) setStatus(state.statusKey, state.statusVars);
-  else if (state.statusError) setStatusError(state.statusError.code, state.statusError.message);
+  if (state.statusKey) setStatus(state.statusKey, state.statusVars, false);
+  else if (state.statusError) setStatusError(state.statusError.code, state.statusError.message, false);
   if (state.deviceKey) $("device-hint").textContent = t(state.deviceKey);
   if (state.claims) $("me-role").textContent = roleLabelWithOrg(state.claims);
   const joinButton = $("join-button");

@@ -145,7 +145,7 @@ export class ChatPanel {
   }
 
   _scrollToEnd() {
-    const log = $("chat-log");
+    const log = $("chat-log-region");
     log.scrollTop = log.scrollHeight;
   }
 

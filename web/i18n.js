@@ -8,6 +8,7 @@ export const STRINGS = {
   de: {
     "app.subtitle": "Videoberatung",
     "app.skip": "Zum Inhalt springen",
+    "app.messages": "Meldungen",
     "lang.switch": "English",
     "lang.switchLabel": "Switch to English",
 
@@ -46,6 +47,7 @@ export const STRINGS = {
     "device.listenOnly": "Sie nehmen ohne Kamera und Mikrofon teil (nur sehen und hören).",
 
     "call.title": "Gespräch",
+    "call.tilesLabel": "Bilder der Teilnehmenden",
     "call.participants": "Teilnehmende",
     "call.you": "Sie",
     "call.micOn": "Mikrofon ausschalten",
@@ -232,6 +234,7 @@ export const STRINGS = {
   en: {
     "app.subtitle": "Video counselling",
     "app.skip": "Skip to content",
+    "app.messages": "Messages",
     "lang.switch": "Deutsch",
     "lang.switchLabel": "Auf Deutsch umschalten",
 
@@ -267,6 +270,7 @@ export const STRINGS = {
     "device.listenOnly": "You take part without camera and microphone (watch and listen only).",
 
     "call.title": "Conversation",
+    "call.tilesLabel": "Pictures of the participants",
     "call.participants": "Participants",
     "call.you": "You",
     "call.micOn": "Turn microphone off",

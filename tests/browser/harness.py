@@ -383,3 +383,34 @@ _UNNAMED_JS = """
 async def unnamed_controls(browser: Browser) -> list[str]:
     """Visible buttons, fields and videos that a screen reader could not name."""
     return await browser.page.evaluate(_UNNAMED_JS)
+
+
+# --- accessibility ---------------------------------------------------------------------
+
+AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+async def axe_findings(
+    browser: Browser, impacts: tuple[str, ...] = ("serious", "critical")
+) -> list[str]:
+    """Run axe-core (vendored from npm, web/package.json devDependencies) over the page.
+
+    It is evaluated through the DevTools protocol, so the page's CSP (no inline scripts)
+    stays as it is and the page itself never serves axe. Returns one line per finding of
+    the given impacts: rule, impact and the first offending elements.
+    """
+    if not AXE.exists():
+        raise AssertionError(f"{AXE} missing: `make install` installs web/node_modules")
+    page = browser.page
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):
+        await page.evaluate(AXE.read_text() + "\n;true")
+    result = await page.evaluate(
+        """async (impacts) => {
+          const r = await window.axe.run(document, { resultTypes: ['violations'] });
+          return r.violations
+            .filter((v) => impacts.includes(v.impact))
+            .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(' | ')}`);
+        }""",
+        list(impacts),
+    )
+    return result

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.browser.harness import Browser, Launch, Server, free_port, my_id, open_join, wait_js
+from tests.browser.harness import (
+    Browser,
+    Launch,
+    Server,
+    axe_findings,
+    free_port,
+    my_id,
+    open_join,
+    wait_js,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -351,3 +360,64 @@ async def test_invite_by_email_and_client_qr_code(
         await cw.screenshot(path=shots / "room-qr-de.png")
     finally:
         smtp.stop()
+
+
+async def _axe(browser: Browser, state: str, found: dict[str, list[str]]) -> None:
+    findings = await axe_findings(browser)
+    if findings:
+        found[f"{browser.name} {state}"] = findings
+
+
+async def test_axe_has_no_serious_findings_desktop_and_phone(
+    server: Server, launch: Launch, shots: Path
+) -> None:
+    """axe-core over the main states of the page, at 1280x720 and 360x640."""
+    found: dict[str, list[str]] = {}
+    room = server.create_room(
+        caseworker_name="Andrea Berger",
+        client_name="Jürgen Yılmaz",
+        client_lobby=True,
+        client_consent=True,
+    )
+    caseworker = await launch("caseworker")
+    client = await launch("client-phone", width=360, height=640)
+    await open_join(caseworker, room["caseworker_url"])
+    await _axe(caseworker, "prejoin", found)
+    await click_join(caseworker)
+    await in_call(caseworker)
+    await _axe(caseworker, "call alone", found)
+
+    await open_join(client, room["client_url"])
+    await _axe(client, "prejoin with consent", found)
+    cl_id = await click_join(client)
+    await client.page.get_by_test_id("waiting-room").wait_for()
+    await _axe(client, "waiting room", found)
+    await _axe(caseworker, "someone waiting", found)
+    await admit_from_panel(caseworker, cl_id)
+    await in_call(client)
+    await _axe(client, "call", found)
+    await _axe(caseworker, "call with panel", found)
+
+    await client.page.get_by_test_id("chat-toggle").click()
+    await client.page.get_by_test_id("chat-input").click()
+    await client.page.keyboard.type("Guten Tag!")
+    await client.page.keyboard.press("Enter")
+    await client.page.get_by_test_id("chat-message").first.wait_for()
+    await _axe(client, "chat open", found)
+    await caseworker.page.get_by_test_id("chat-toggle").click()
+    await _axe(caseworker, "chat open", found)
+
+    await caseworker.page.get_by_test_id("dial-in-button").click()
+    await _axe(caseworker, "invite dialog", found)
+    await caseworker.page.keyboard.press("Escape")
+
+    # Each message stays in the log (one after the other for a screen reader).
+    log = await client.page.evaluate(
+        "[...document.querySelectorAll('[data-testid=messages] li')].map((li) => li.textContent)"
+    )
+    assert len(log) >= 3 and any("Warteraum" in m for m in log), log
+
+    await client.page.get_by_test_id("leave-button").click()
+    await client.page.get_by_test_id("rejoin-button").wait_for()
+    await _axe(client, "left", found)
+    assert found == {}, "\n".join(f"{k}: {v}" for k, v in found.items())
