@@ -15,13 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from signaling.errors import STATUS_BY_CODE
+import signaling.api  # noqa: F401  (loads every module that defines error classes)
+import signaling.hub  # noqa: F401
+from signaling.errors import STATUS_BY_CODE, RoundtableError
 
 ROOT = Path(__file__).resolve().parents[1]
-# `SomeError("code", …)` and `code="…"` wherever the control plane refuses something.
-_RAISED = re.compile(
-    r"""(?:Error|Forbidden|NotFound|BadRequest|TooManyRequests|InvalidPayload|UnknownEvent|PayloadTooLarge|RoomClosed|RoomFull|_bad)\(\s*["']([a-z_]+)["']"""
-)
+
+
+def _error_classes() -> list[str]:
+    """Names of RoundtableError and every subclass of it (signaling.errors and elsewhere)."""
+    seen: list[type] = [RoundtableError]
+    for cls in seen:
+        seen.extend(c for c in cls.__subclasses__() if c not in seen)
+    return [c.__name__ for c in seen]
+
+
+# `SomeError("code", …)` (any RoundtableError class) and `_bad("code", …)` (tokens.py).
+_CALLERS = "|".join([*_error_classes(), "_bad"])
+_RAISED = re.compile(rf"""\b(?:{_CALLERS})\(\s*["']([a-z_]+)["']""")
 
 
 def _strings() -> dict[str, dict[str, str]]:

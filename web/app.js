@@ -10,7 +10,18 @@ import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t, t
 import { initials, Tiles } from "./ui.js";
 
 const TOKEN_KEY = "roundtable.token";
-const RETRYABLE = new Set(["internal", "timeout", "too_many_requests", "sdp_invalid", "unknown", "replaced"]);
+const RETRYABLE = new Set([
+  "internal",
+  "timeout",
+  "too_many_requests",
+  "sdp_invalid",
+  "unknown",
+  "replaced",
+  "wrong_node",
+  "unavailable",
+  "node_draining",
+  "server_shutdown",
+]);
 // Refusals of the link check that no retry can fix: said before the camera starts.
 const FINAL_LINK_CODES = new Set([
   "room_closed",
