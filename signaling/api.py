@@ -40,8 +40,8 @@ from signaling.tokens import TokenClaims, TokenService, new_id
 
 log = logging.getLogger(__name__)
 
-# What the page is made of; anything else under web/ (npm's files) is not for browsers.
-SERVED_SUFFIXES = frozenset({"js", "mjs", "css", "svg", "png", "ico", "woff2", "html", "map"})
+# npm's files under web/: not for browsers (package.json would tell an attacker our
+# library versions); everything else there is the page (scripts, styles, icons, sounds).
 NOT_SERVED = frozenset({"node_modules", "package.json", "package-lock.json"})
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}$")
 
@@ -284,11 +284,7 @@ class RestApi:
         parts = rel.split("/")
         # No dotfiles, no npm tree or manifests (only web/vendor is meant to be served:
         # package.json would tell an attacker our library versions), no traversal.
-        if (
-            any(p in ("", ".", "..") or p.startswith(".") for p in parts)
-            or parts[0] in NOT_SERVED
-            or parts[-1].rsplit(".", 1)[-1] not in SERVED_SUFFIXES
-        ):
+        if any(p in ("", ".", "..") or p.startswith(".") for p in parts) or parts[0] in NOT_SERVED:
             raise NotFound()
         path = (self._web_dir / rel).resolve()
         if not path.is_relative_to(self._web_dir) or not path.is_file():

@@ -232,8 +232,9 @@ async def test_server_header_names_no_versions_and_npm_files_are_not_served(
         ):
             async with http.get(f"{server.url}{path}") as resp:
                 assert resp.status == 404, path
-        async with http.get(f"{server.url}/static/vendor/socket.io.min.js") as resp:
-            assert resp.status == 200
+        for path in ("/static/vendor/socket.io.min.js", "/static/sounds/lobby.wav"):
+            async with http.get(f"{server.url}{path}") as resp:
+                assert resp.status == 200, path
 
 
 def test_repeated_identical_log_lines_are_rate_limited() -> None:
