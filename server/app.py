@@ -27,7 +27,7 @@ from signaling.mailer import InviteMailer, SmtpSettings
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.metrics import Metrics
 from signaling.routing import NodeInfo, NodeLoad, Router, create_router
-from signaling.socket import SignalingSocket, SocketLimits
+from signaling.socket import UNAUTHENTICATED_PER_ADDRESS, SignalingSocket, SocketLimits
 from signaling.sqlite_store import FILE_NAME as STATE_FILE
 from signaling.sqlite_store import SqliteStore
 from signaling.store import StateStore
@@ -214,6 +214,11 @@ def build_app(
             events_per_second=config.events_per_second,
             event_burst=config.events_per_second,
             joins_per_ip_per_minute=config.joins_per_ip_per_minute,
+            # An address allowed more joins a minute (an office behind one NAT, the bench)
+            # may also have as many handshakes under way at once.
+            unauthenticated_per_address=max(
+                UNAUTHENTICATED_PER_ADDRESS, config.joins_per_ip_per_minute
+            ),
         ),
         routing=routing,
         cluster=cluster,

@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 SOCKETIO_PREFIX = "/socket.io/"
 
 
+# Sockets under way (not yet authenticated) per address: the floor of the per-address cap.
+UNAUTHENTICATED_PER_ADDRESS = 20
+
+
 def handshake_limit(joins_per_minute: int) -> int:
     """New Engine.IO sessions per address and minute before HTTP 429."""
     return 2 * joins_per_minute + 10
@@ -71,7 +75,7 @@ class SocketLimits:
     # one address may hold this many sockets that have not: legitimate pages connect
     # within milliseconds, a descriptor-exhaustion attack holds them open.
     unauthenticated_seconds: float = 5.0
-    unauthenticated_per_address: int = 20
+    unauthenticated_per_address: int = UNAUTHENTICATED_PER_ADDRESS
 
 
 @dataclass(slots=True)
