@@ -17,7 +17,7 @@ from aiohttp import web
 from server.config import Config
 from server.metrics import MediaStatsCollector
 from server.proxies import TrustedProxies
-from signaling.api import ApiSettings, RestApi
+from signaling.api import PEER_ORIGINS, ApiSettings, RestApi
 from signaling.cluster import Cluster, ClusterManager
 from signaling.cluster_api import ClusterApi
 from signaling.errors import error_middleware
@@ -259,6 +259,7 @@ def build_app(
     app[METRICS] = metrics
     app[SOCKET] = sock
     app[ROUTING] = routing
+    app[PEER_ORIGINS] = sock.peer_origins
     api.setup(app)
     invites.setup(app)
     ClusterApi(api, config.api_key, store, routing, cluster).setup(app)

@@ -292,10 +292,20 @@ class RestApi:
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
+# Origins of the other nodes of a cluster, which the page may connect to (Socket.IO).
+PEER_ORIGINS = web.AppKey("roundtable.peer_origins", Callable[[], frozenset[str]])
+
+
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Same-origin only: nothing on the page may load from or talk to another host."""
+    """Same-origin only: nothing on the page may load from or talk to another host, but
+    for the signalling of the cluster's other nodes."""
     host = request.host if _HOST_RE.match(request.host or "") else ""
     ws = f" ws://{host} wss://{host}" if host else ""
+    peers = request.app.get(PEER_ORIGINS)
+    for peer in sorted(peers() if peers is not None else ()):
+        scheme, _, rest = peer.partition("://")
+        if _HOST_RE.match(rest):
+            ws += f" {peer} {'wss' if scheme == 'https' else 'ws'}://{rest}"
     h = response.headers
     # aiohttp names itself and Python with versions; an attacker needs neither.
     h["Server"] = "roundtable"

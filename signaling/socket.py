@@ -38,6 +38,7 @@ from signaling.moderation import Moderation
 from signaling.participant import Participant
 from signaling.ratelimit import SlidingWindow, TokenBucket
 from signaling.routing import LocalRouter, NodeInfo, Router, RoutingUnavailable
+from signaling.routing.interfaces import origin
 from signaling.tokens import TokenService
 from signaling.transport import (
     EIO_SID,
@@ -123,7 +124,8 @@ class SignalingSocket:
             client_manager=client_manager,
             # Same origin only (Origin must equal where the page was served from, over
             # http or https); clients without Origin (non-browsers) still need a token.
-            cors_allowed_origins=same_origin,
+            # A cluster's pages also connect to its other nodes (``wrong_node``, a move).
+            cors_allowed_origins=self._origin_allowed,
             # Large enough for a 64 KiB SDP plus framing so that an oversized SDP gets a
             # clear `payload_too_large` from us instead of a dropped transport.
             max_http_buffer_size=4 * MAX_SDP_BYTES,
@@ -138,6 +140,14 @@ class SignalingSocket:
         self.sio.on("disconnect", self._disconnect)
         self.sio.on("*", self._event)
         hub.notifier = self
+
+    def peer_origins(self) -> frozenset[str]:
+        """Origins of the cluster's nodes (and of its entry URL) whose pages may connect."""
+        extra = {origin(self._cluster_url)} if self._cluster_url else set()
+        return self._routing.origins | extra
+
+    def _origin_allowed(self, given: str | None, environ: dict[str, Any]) -> bool:
+        return same_origin(given, environ) or (given is not None and given in self.peer_origins())
 
     def attach(self, app: web.Application) -> None:
         self.sio.attach(app, socketio_path="socket.io")

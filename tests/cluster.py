@@ -136,6 +136,7 @@ class Node:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)  # two at once may arrive as one
             self.proc.send_signal(signal.SIGTERM)  # a second one: at once, no drain
             try:
                 self.proc.wait(timeout=15)

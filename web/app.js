@@ -467,9 +467,12 @@ function join() {
     state.lastError = detail;
     setStatusError(detail.error, detail.message);
   });
-  call.addEventListener("reconnecting", () => {
+  call.addEventListener("moving", () => {
+    setStatus("status.moving");
+  });
+  call.addEventListener("reconnecting", ({ detail }) => {
     stopScreen(); // the new publish leg starts from the camera
-    setStatus("status.reconnecting");
+    setStatus(detail && detail.moving ? "status.moving" : "status.reconnecting");
   });
   call.addEventListener("disconnected", () => {
     call.close();

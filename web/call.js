@@ -21,7 +21,8 @@ export class CallError extends Error {
  *  disconnected {reason}, reconnecting {}, media-state {leg, state},
  *  admitted {}, lobby {waiting}, moderation-muted {kind}, host-status {present, grace_seconds},
  *  room-state {locked}, invite-delivery {id, status, attempts, message},
- *  chat-message {id, from, name, role, text, at}, chat-state {enabled}
+ *  chat-message {id, from, name, role, text, at}, chat-state {enabled},
+ *  moving {reason} (node_draining / server_shutdown: the call moves to another node)
  */
 export class Call extends EventTarget {
   constructor({ token, stream, consent = false }) {
@@ -47,16 +48,52 @@ export class Call extends EventTarget {
     this._generation = 0;
     /** welcome.ice: {iceServers, iceTransportPolicy}, fresh TURN credentials per welcome */
     this.ice = { iceServers: [], iceTransportPolicy: "all" };
+    // A cluster (docs/protocol.md, "Cluster"): the node this socket talks to (null: the
+    // page's own), where to go when it is gone (welcome.cluster), and why we move.
+    this.nodeUrl = null;
+    this.cluster = [];
+    this._moving = null;
+    this._hops = 0;
+    this._transportFailures = 0;
   }
 
   connect() {
     // io is the vendored socket.io client, loaded as a classic script before the modules.
     const auth = this.consent ? { token: this.token, consent: true } : { token: this.token };
-    const socket = window.io({ auth, transports: ["websocket"] });
+    const options = { auth, transports: ["websocket"], forceNew: true };
+    const socket = this.nodeUrl ? window.io(this.nodeUrl, options) : window.io(options);
     this.socket = socket;
 
+    socket.on("connect", () => {
+      this._hops = 0;
+      this._transportFailures = 0;
+    });
     socket.on("connect_error", (err) => {
       const data = err && err.data;
+      if (socket !== this.socket || this.leaving) return;
+      // The room lives on another node: go there (one extra round trip, unnoticed).
+      if (data && data.error === "wrong_node" && data.url && this._hops < 5) {
+        this._hops += 1;
+        this._switchTo(data.url, 0);
+        return;
+      }
+      // Shared state briefly unreachable: the server says so at once; try again soon.
+      if (data && data.error === "unavailable") {
+        this._emit("reconnecting", { reason: "unavailable" });
+        setTimeout(() => {
+          if (socket === this.socket && !this.leaving) socket.connect();
+        }, 1500);
+        return;
+      }
+      // Our node does not answer (killed): after two tries, another live node.
+      if (!data) {
+        this._transportFailures += 1;
+        const next = this._transportFailures >= 2 ? this._nextNode() : null;
+        if (next) {
+          this._switchTo(next, 300);
+          return;
+        }
+      }
       this._emit("connect-error", {
         error: data && data.error ? data.error : null,
         message: (data && data.message) || err.message,
@@ -88,6 +125,13 @@ export class Call extends EventTarget {
     socket.on("invite.delivery", (msg) => this._emit("invite-delivery", msg || {}));
     socket.on("chat.message", (msg) => this._emit("chat-message", msg || {}));
     socket.on("chat.state", (msg) => this._emit("chat-state", msg || {}));
+    const moving = (msg) => {
+      this._moving = msg || {};
+      if (msg && Array.isArray(msg.cluster) && msg.cluster.length) this.cluster = msg.cluster;
+      this._emit("moving", { reason: (msg && msg.error) || "server_shutdown" });
+    };
+    socket.on("node_draining", moving);
+    socket.on("server_shutdown", moving);
     socket.on("error", (msg) => {
       this._emit("server-error", {
         error: msg && msg.error ? msg.error : "unknown",
@@ -95,14 +139,48 @@ export class Call extends EventTarget {
       });
     });
     socket.on("disconnect", (reason) => {
+      if (socket !== this.socket) return;
       this._teardownMedia();
       if (this.leaving) return;
+      if (this._moving) {
+        // Told why: reconnect to a live node without a reload (same token, same seat).
+        this._moving = null;
+        this._emit("reconnecting", { reason, moving: true });
+        this._switchTo(this._nextNode() || this._here(), 300);
+        return;
+      }
       if (reason === "io server disconnect") {
         this._emit("disconnected", { reason });
       } else {
         this._emit("reconnecting", { reason });
       }
     });
+  }
+
+  _here() {
+    return this.nodeUrl || window.location.origin;
+  }
+
+  /** Another node of the cluster than the current one, if the last welcome named one. */
+  _nextNode() {
+    const here = this._here();
+    const others = this.cluster.filter((url) => url !== here);
+    return others.length ? others[0] : null;
+  }
+
+  /** Close this socket and connect the same token to ``url`` after ``delayMs``. */
+  _switchTo(url, delayMs) {
+    const old = this.socket;
+    this.socket = null;
+    if (old) {
+      old.off();
+      old.disconnect();
+    }
+    setTimeout(() => {
+      if (this.leaving) return;
+      this.nodeUrl = url === window.location.origin ? null : url;
+      this.connect();
+    }, delayMs);
   }
 
   /** Leave on purpose: tell the server, then close everything. */
@@ -140,6 +218,7 @@ export class Call extends EventTarget {
     this._teardownMedia();
     this.you = msg.you;
     this.room = msg.room;
+    if (Array.isArray(msg.cluster)) this.cluster = msg.cluster;
     // Every welcome (also after a reconnect) brings a new TURN credential: use the latest.
     this._setIce(msg.ice);
     this._emit("welcome", { you: msg.you, room: msg.room });

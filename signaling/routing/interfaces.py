@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 # A node that has not renewed its heartbeat for this long is dead; its rooms move on the
 # next join. Short, because a participant of a killed node waits this long (plus ICE) for
@@ -77,6 +78,12 @@ class NodeInfo:
         )
 
 
+def origin(url: str) -> str:
+    """``https://host:port`` of a URL (what a browser sends as Origin)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 LoadProbe = Callable[[], NodeLoad]
 RoomsProbe = Callable[[], list[str]]
 
@@ -99,6 +106,13 @@ class Router(ABC):
         """Where heartbeats read this node's load and the rooms it must keep leased."""
         self._load = load
         self._rooms = rooms
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """Origins (``scheme://host:port``) of every node seen in the cluster, dead ones
+        included: a page loaded from a node that has gone still reconnects to the others,
+        which must accept its Origin (and its CSP must name them)."""
+        return frozenset()
 
     @property
     def draining(self) -> bool:

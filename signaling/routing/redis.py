@@ -30,6 +30,7 @@ from signaling.routing.interfaces import (
     NodeInfo,
     Router,
     RoutingUnavailable,
+    origin,
 )
 from signaling.routing.selector import least_loaded
 
@@ -79,6 +80,9 @@ class RedisRouter(Router):
         self._p = prefix
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
+        self._origins: frozenset[str] = frozenset()
+        # Never expires: the origins of a cluster's nodes change only with its setup.
+        self._origins_key = f"{prefix}origins"
         self._claim = self._redis.register_script(_CLAIM)
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
@@ -86,6 +90,10 @@ class RedisRouter(Router):
     @property
     def healthy(self) -> bool:
         return self._healthy
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return self._origins
 
     def _node_key(self, node_id: str) -> str:
         return f"{self._p}node:{node_id}"
@@ -123,7 +131,11 @@ class RedisRouter(Router):
                 await self._renew(
                     keys=[self._room_key(room)], args=[self.node.id, room_ms], client=pipe
                 )
-            await pipe.execute()
+            if self.node.url:
+                pipe.sadd(self._origins_key, origin(self.node.url))
+            pipe.smembers(self._origins_key)
+            results = await pipe.execute()
+        self._origins = frozenset(results[-1])
 
     async def _keep_alive(self) -> None:
         while True:
