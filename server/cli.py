@@ -282,6 +282,9 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # A reload (SIGHUP) that arrives while we start must not kill us: ignored until the
+    # event loop installs the handler that re-reads the certificate.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = _config(args)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from tests.certs import make_cert
 
 BIN = Path(sys.executable).parent / "roundtable"
+ROOT = Path(__file__).resolve().parents[1]
 WARNING = "browsers refuse camera and microphone"
 
 
@@ -32,7 +34,11 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _output_until_listening(
-    tmp_path: Path, *args: str, hup: bool = False, **extra: str
+    tmp_path: Path,
+    *args: str,
+    hup: bool = False,
+    while_running: Callable[[str], None] | None = None,
+    **extra: str,
 ) -> tuple[str, int | None]:
     """Start serve, wait for "listening on" (optionally send SIGHUP), stop it; its output
     and the exit code it had before we stopped it (None: it was still running)."""
@@ -49,6 +55,8 @@ def _output_until_listening(
             while "listening on" not in log.read_text() and proc.poll() is None:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.05)
+            if while_running is not None and proc.poll() is None:
+                while_running(log.read_text())
             if hup and proc.poll() is None:
                 proc.send_signal(signal.SIGHUP)
                 time.sleep(0.5)
@@ -87,6 +95,22 @@ def test_built_in_tls_on_a_public_address_does_not_warn_and_survives_sighup(
     tmp_path: Path,
 ) -> None:
     cert = make_cert(tmp_path / "certs")
+    healthy: list[int] = []
+
+    def container_health_check(output: str) -> None:
+        # deploy/healthcheck.py, as the container runs it, speaks HTTPS when TLS is on.
+        port = output.split("listening on https://127.0.0.1:", 1)[1].split()[0]
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "deploy" / "healthcheck.py")],
+            env={
+                "ROUNDTABLE_HOST": "0.0.0.0",
+                "ROUNDTABLE_PORT": port,
+                "ROUNDTABLE_TLS_CERT": str(cert.cert),
+            },
+            timeout=30,
+        )
+        healthy.append(done.returncode)
+
     text, early = _output_until_listening(
         tmp_path,
         "--host",
@@ -96,7 +120,9 @@ def test_built_in_tls_on_a_public_address_does_not_warn_and_survives_sighup(
         "--tls-key",
         str(cert.key),
         hup=True,
+        while_running=container_health_check,
     )
+    assert healthy == [0], text
     assert early is None, text
     assert "listening on https://127.0.0.1:" in text and WARNING not in text, text
     assert "TLS certificate reloaded" in text, text
