@@ -156,19 +156,33 @@ class SyntheticParticipant:
         self.sio.on("welcome", self._on_welcome)
         self.sio.on("subscribe.offer", self._on_offer)
         self.sio.on("error", self._on_error)
+        self.sio.on("connect_error", self._on_connect_error)
+        self._refusal: dict[str, Any] | None = None
 
     # -- joining ------------------------------------------------------------------------
 
     async def join(self, started_ns: int | None = None) -> None:
         """Connect, wait for ``welcome``, publish. Raises on refusal or timeout."""
         self.join_started_ns = started_ns or time.monotonic_ns()
-        await self.sio.connect(
-            self.url,
-            auth={"token": self.token},
-            transports=["websocket"],
-            socketio_path="socket.io",
-            wait_timeout=SIGNAL_TIMEOUT,
-        )
+        url = self.url
+        for hop in range(3):
+            self._refusal = None
+            try:
+                await self.sio.connect(
+                    url,
+                    auth={"token": self.token},
+                    transports=["websocket"],
+                    socketio_path="socket.io",
+                    wait_timeout=SIGNAL_TIMEOUT,
+                )
+                break
+            except socketio.exceptions.ConnectionError:
+                # A cluster node that does not serve the room names the one that does.
+                refusal = self._refusal or {}
+                if hop < 2 and refusal.get("error") == "wrong_node" and refusal.get("url"):
+                    url = refusal["url"]
+                    continue
+                raise
         await asyncio.wait_for(self._welcome.wait(), SIGNAL_TIMEOUT)
         if "publish" in self._grants:
             await self._publish()
@@ -181,6 +195,9 @@ class SyntheticParticipant:
         if you.get("state") == "waiting":
             self.errors.append("waiting_room")
         self._welcome.set()
+
+    async def _on_connect_error(self, data: Any) -> None:
+        self._refusal = data if isinstance(data, dict) else None
 
     async def _on_error(self, data: Any) -> None:
         code = data.get("error") if isinstance(data, dict) else str(data)

@@ -8,15 +8,17 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
 from server import logs, settings_doc, tls
 from server import secrets as secret_store
-from server.config import Config, ConfigError
+from server.config import Config, ConfigError, env_name
 
 log = logging.getLogger("roundtable")
 
@@ -281,6 +283,73 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_url(config: Config, index: int) -> str | None:
+    """Public URL of worker ``index``: the configured one with its port plus ``index``
+    (each worker is its own node on its own port; ``wrong_node`` sends browsers there)."""
+    if not config.public_url:
+        return None
+    parts = urlsplit(config.public_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, f"{host}:{port + index}", parts.path, "", ""))
+
+
+def serve_workers(config: Config, args: argparse.Namespace) -> int:
+    """``--workers N``: N nodes of one cluster on this machine, one process (and core)
+    each, on ports PORT … PORT+N-1 and media ports MEDIA_PORT … MEDIA_PORT+N-1.
+
+    No parent that proxies: a room is served by one worker, and a join that reaches
+    another is redirected (``wrong_node``) as between machines; a load balancer may also
+    route by ``GET /api/rooms/{room}/node``. This process only starts the workers and
+    passes SIGTERM/SIGINT on (a first SIGTERM drains every worker, a second stops them).
+    """
+    import subprocess
+
+    count = config.worker_count
+    if not config.port:
+        print(
+            "roundtable: --workers needs a fixed --port (each worker uses PORT+i)", file=sys.stderr
+        )
+        return 2
+    env = dict(os.environ)
+    # The parent's resolved command line becomes the workers' environment.
+    for field, value in settings_doc.flag_values(args).items():
+        if value is not None:
+            env[env_name(field)] = str(value)
+    base_id = config.node_id or f"{socket.gethostname()}-{config.port}"
+    children = []
+    for i in range(count):
+        child_env = dict(env)
+        child_env.update(
+            ROUNDTABLE_WORKERS="1",
+            ROUNDTABLE_PORT=str(config.port + i),
+            ROUNDTABLE_NODE_ID=f"{base_id}-w{i}",
+            ROUNDTABLE_MEDIA_PORT=str(config.media_port + i if config.media_port else 0),
+        )
+        url = worker_url(config, i)
+        if url:
+            child_env["ROUNDTABLE_PUBLIC_URL"] = url
+        children.append(
+            subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=child_env)
+        )
+    print(
+        f"roundtable: {count} workers on ports {config.port}-{config.port + count - 1}",
+        flush=True,
+    )
+
+    def forward(sig: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # A reload (SIGHUP) that arrives while we start must not kill us: ignored until the
     # event loop installs the handler that re-reads the certificate.
@@ -295,6 +364,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.install()
     raise_open_file_limit()
     config, generated = _with_secrets(config, create=True)
+    if config.worker_count > 1:
+        # Secrets exist now (created once, here): the workers load the same file.
+        return serve_workers(config, args)
     certificate = tls.from_config(config)  # unreadable files fail here, before listening
     try:
         asyncio.run(_serve(config, generated, certificate))

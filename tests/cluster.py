@@ -98,6 +98,13 @@ class Node:
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
+    @classmethod
+    def attach(cls, name: str, url: str, shared: dict[str, str]) -> Node:
+        """A node started some other way (``serve --workers``): its HTTP side only."""
+        node = cls.__new__(cls)
+        node.name, node.url, node.api_key = name, url, shared["ROUNDTABLE_API_KEY"]
+        return node
+
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:

@@ -8,7 +8,10 @@ the room's node through Redis.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +19,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.cluster import MovingPeer, Node, Nodes, RedisProcess
+from tests.cluster import BIN, MovingPeer, Node, Nodes, RedisProcess
 from tests.controlplane import MediaParticipant, SignalClient, link_token, me
 from tests.media import wait_for
+from tests.ports import free_udp_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -275,3 +279,66 @@ async def test_redis_outage_keeps_calls_refuses_joins_quickly_and_recovers(
     finally:
         await cw.close()
         await client.close()
+
+
+async def test_serve_workers_starts_one_node_per_worker(
+    tmp_path: Path, redis: RedisProcess
+) -> None:
+    from tests.ports import free_tcp_port
+
+    # Two consecutive free ports for the two workers.
+    while True:
+        port = free_tcp_port()
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port + 1))
+            break
+        except OSError:
+            continue
+    nodes = Nodes(tmp_path, redis.url)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ROUNDTABLE_")},
+        **nodes.shared,
+        "ROUNDTABLE_STATE_DIR": str(tmp_path / "state"),
+        "ROUNDTABLE_MEDIA_HOST": "127.0.0.1",
+        "ROUNDTABLE_MEDIA_PORT": str(free_udp_port()),
+        "ROUNDTABLE_DRAIN_TIMEOUT": "0",
+    }
+    proc = _popen(
+        [str(BIN), "serve", "--workers", "2", "--port", str(port), "--node-id", "box"], env
+    )
+    try:
+        urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+        workers = [Node.attach(f"box-w{i}", url, nodes.shared) for i, url in enumerate(urls)]
+        for w in workers:
+            await wait_for(lambda w=w: _answers(w.url), 30)
+        assert [(await _ready(w))[1]["node"] for w in workers] == ["box-w0", "box-w1"]
+        room = await workers[0].create_room()
+        first, second = SignalClient(), SignalClient()
+        try:
+            assert await first.connect(urls[1], link_token(room["caseworker_url"]))
+            assert await second.connect(urls[0], link_token(room["client_url"]))
+            # Whichever worker took the room, both participants are on it.
+            assert first.url == second.url == urls[1]
+        finally:
+            await first.close()
+            await second.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.stdout.read() if proc.stdout else ""
+
+
+def _popen(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=1):
+            return True
+    except OSError:
+        return False
