@@ -190,6 +190,7 @@ def build_app(
         factory,
         max_participants=config.max_participants,
         host_grace_seconds=config.host_grace_seconds,
+        reconnect_grace_seconds=config.reconnect_grace_seconds,
         end_warning_seconds=config.end_warning_seconds,
         max_extend_seconds=config.room_minutes * 60,
         ice_servers=IceServers(

@@ -248,6 +248,13 @@ class Config(BaseSettings):
     host_grace_seconds: float = setting(
         120, "How long a room waits for its caseworker whose connection dropped.", ge=0
     )
+    reconnect_grace_seconds: float = setting(
+        60,
+        "How long a participant whose connection dropped keeps their place and media "
+        "(shown as reconnecting) before they count as gone; 0 = gone at once.",
+        ge=0,
+        le=3600,
+    )
     end_warning_seconds: float = setting(
         300, "How long before a session's end everyone in it is warned (session.ending).", ge=0
     )

@@ -49,6 +49,7 @@ class ErrorCode(StrEnum):
     ROOM_ENDED = "room_ended"
     ROOM_FULL = "room_full"
     ROOM_LOCKED = "room_locked"
+    SEAT_TAKEN = "seat_taken"
     LOBBY_DENIED = "lobby_denied"
     CONSENT_REQUIRED = "consent_required"
     CHAT_DISABLED = "chat_disabled"
@@ -91,6 +92,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "room_ended": 410,
     "room_full": 403,
     "room_locked": 403,
+    "seat_taken": 409,
     "lobby_denied": 403,
     "consent_required": 403,
     "replaced": 409,

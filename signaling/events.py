@@ -151,6 +151,21 @@ class ChatEnable(Event):
 
 
 # The registry: every event a client may send, and nothing else.
+class IceRestart(Event):
+    """Only the subscribe leg: the publish leg restarts with its own re-offer."""
+
+    pc: Literal["subscribe"]
+
+
+class SelfMute(Event):
+    kind: Kind
+    muted: bool
+
+
+class Quality(Event):
+    level: Literal["good", "poor", "lost"]
+
+
 EVENTS: dict[str, type[Event]] = {
     "publish": Publish,
     "subscribe.answer": SubscribeAnswer,
@@ -167,6 +182,9 @@ EVENTS: dict[str, type[Event]] = {
     "room.extend": Extend,
     "chat.send": ChatSend,
     "chat.enable": ChatEnable,
+    "ice.restart": IceRestart,
+    "self.mute": SelfMute,
+    "quality": Quality,
 }
 
 

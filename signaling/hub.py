@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import math
 import time
@@ -86,6 +87,8 @@ class _LiveRoom:
     negotiations: dict[str, _Negotiation] = field(default_factory=dict)
     # Caseworkers whose connection dropped: participant id -> (deadline, grace task).
     host_away: dict[str, tuple[float, asyncio.Task[None]]] = field(default_factory=dict)
+    # Anyone whose connection dropped, still in the call: participant id -> grace task.
+    reconnecting: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # The session's end (docs/protocol.md, "Session end"); set on the first join.
     deadline: Deadline | None = None
     # Participant ids admitted while the room lived on another node (``LiveState``).
@@ -101,6 +104,7 @@ class RoomHub:
         *,
         max_participants: int = 12,
         host_grace_seconds: float = 120.0,
+        reconnect_grace_seconds: float = 60.0,
         ice_servers: IceServers | None = None,
         end_warning_seconds: float = 300.0,
         max_extend_seconds: float = 240 * 60,
@@ -110,6 +114,7 @@ class RoomHub:
         self._max_extend = max_extend_seconds
         self._ice = ice_servers or IceServers(TurnSettings())
         self._host_grace = host_grace_seconds
+        self._reconnect_grace = reconnect_grace_seconds
         self._router_factory = router_factory
         self.notifier: Notifier | None = notifier
         self._max_participants = max_participants
@@ -178,10 +183,28 @@ class RoomHub:
         current = live.room.get(claims.sub)
         if current is not None and current.active or claims.sub in live.admitted_elsewhere:
             return
+        if live.room.seats.get(claims.sub) == claims.jti:
+            return  # admitted before (reload, network gone for longer): their own seat
         raise RoundtableError("room_locked", "This session is locked; nobody new may enter.")
 
-    async def join(self, claims: TokenClaims, sid: str) -> Participant:
+    def seated_before(self, claims: TokenClaims) -> bool:
+        """Was this very token's participant admitted in this room already? Then coming
+        back (after a reload or a long network cut) does not spend its invite again."""
+        live = self._rooms.get(claims.room)
+        return live is not None and live.room.seats.get(claims.sub) == claims.jti
+
+    def _admit(self, live: _LiveRoom, participant: Participant) -> None:
+        participant.admit()
+        live.room.seats[participant.id] = participant.claims.jti
+
+    async def join(self, claims: TokenClaims, sid: str, *, takeover: bool = False) -> Participant:
         """Add a verified participant; admitted at once unless its token says lobby.
+
+        A seat in use (its connection live) is not taken over by a second device or tab
+        with the same link: that is refused (``seat_taken``) and the moderators are told.
+        Taking it over needs ``takeover`` (the page proved with the seat's resume secret
+        that it is the same person, e.g. after a reload), or the seat's connection to be
+        gone (``reconnecting``).
 
         The seat is taken in one step with no ``await`` inside: the same link joined many
         times at once must leave exactly one participant, each earlier connection moved to
@@ -214,6 +237,17 @@ class RoomHub:
         participant = Participant(claims=claims, sid=sid)
         try:
             self._check_lock(live, claims)
+            current = live.room.get(claims.sub)
+            if (
+                current is not None
+                and current.active
+                and current.away_since is None
+                and not takeover
+            ):
+                raise RoundtableError(
+                    "seat_taken",
+                    "This link is already in use in the session on another device.",
+                )
             previous = live.room.add(participant)
             was_admitted = (
                 previous is not None and previous.admitted
@@ -226,9 +260,12 @@ class RoomHub:
             previous.leave()
         live.negotiations[participant.id] = _Negotiation()
         # A reload of someone already admitted does not send them back to the waiting room.
-        if not claims.lobby or was_admitted:
-            participant.admit()
+        if not claims.lobby or was_admitted or live.room.seats.get(claims.sub) == claims.jti:
+            self._admit(live, participant)
         away = live.host_away.pop(participant.id, None)
+        grace = live.reconnecting.pop(participant.id, None)
+        if grace is not None:
+            grace.cancel()
         # -- seated; now tell whoever needs to know --
         if participant.admitted:
             await self._remember(self._store.add_admitted(claims.room, participant.id, claims.exp))
@@ -368,7 +405,7 @@ class RoomHub:
             raise InvalidPayload("invalid_payload", "This participant is not waiting.")
         if live.room.locked:
             raise RoundtableError("room_locked", "The session is locked; unlock it to admit.")
-        participant.admit()
+        self._admit(live, participant)
         log.info("room %s: participant %s admitted", live.room.id, participant.id)
         claims = participant.claims
         await self._remember(self._store.add_admitted(claims.room, participant.id, claims.exp))
@@ -395,6 +432,118 @@ class RoomHub:
         if live.router is not None:
             live.router.set_paused(participant.id, kind, muted)
         self._spawn(live, self.broadcast_roster(live.room))
+
+    async def dropped(self, participant: Participant) -> None:
+        """The connection went away without ``leave``: the participant stays in the call
+        as ``reconnecting`` for the reconnect grace, media kept for an ICE restart
+        (docs/protocol.md, "Reconnecting"); then it is gone (:meth:`disconnected`)."""
+        live = self._rooms.get(participant.claims.room)
+        if (
+            live is None
+            or self._reconnect_grace <= 0
+            or not participant.active
+            or live.room.get(participant.id) is not participant
+        ):
+            await self.disconnected(participant)
+            return
+        participant.away_since = time.monotonic()
+        old = live.reconnecting.pop(participant.id, None)
+        if old is not None:
+            old.cancel()
+        live.reconnecting[participant.id] = self._spawn(
+            live, self._reconnect_expiry(live, participant)
+        )
+        log.info(
+            "room %s: participant %s reconnecting, grace %.0f s",
+            live.room.id,
+            participant.id,
+            self._reconnect_grace,
+        )
+        await self.broadcast_roster(live.room)
+
+    async def _reconnect_expiry(self, live: _LiveRoom, participant: Participant) -> None:
+        await asyncio.sleep(self._reconnect_grace)
+        if participant.away_since is None or live.room.get(participant.id) is not participant:
+            return
+        live.reconnecting.pop(participant.id, None)
+        log.info("room %s: participant %s did not come back", live.room.id, participant.id)
+        await self.notify_admitted(
+            live.room, "participant.gone", {"id": participant.id, "reason": "connection_lost"}
+        )
+        await self.disconnected(participant)
+
+    def resume(self, claims: TokenClaims, secret: str, sid: str) -> tuple[Participant, str] | None:
+        """Bind a reconnecting page to its participant again: same id, admission, rights
+        and media (the page restarts ICE). ``(participant, previous sid)``, or None when
+        the secret does not belong to this token's participant in its room."""
+        live = self._rooms.get(claims.room)
+        participant = live.room.get(claims.sub) if live is not None else None
+        if (
+            participant is None
+            or not participant.active
+            or participant.claims.jti != claims.jti
+            or not hmac.compare_digest(secret, participant.resume_secret)
+        ):
+            return None
+        assert live is not None
+        previous_sid, participant.sid = participant.sid, sid
+        participant.away_since = None
+        grace = live.reconnecting.pop(participant.id, None)
+        if grace is not None:
+            grace.cancel()
+        log.info("room %s: participant %s resumed", live.room.id, participant.id)
+        return participant, previous_sid
+
+    def owns_seat(self, claims: TokenClaims, secret: str) -> bool:
+        """Does ``secret`` prove this token's participant (e.g. a reloaded page)?"""
+        live = self._rooms.get(claims.room)
+        participant = live.room.get(claims.sub) if live is not None else None
+        return (
+            participant is not None
+            and participant.active
+            and participant.claims.jti == claims.jti
+            and hmac.compare_digest(secret, participant.resume_secret)
+        )
+
+    async def back(self, participant: Participant) -> None:
+        """After the ``welcome`` of a resumed connection: everyone sees it live again;
+        the page restarts ICE on its own legs."""
+        live = self._rooms.get(participant.claims.room)
+        if live is None or not participant.active:
+            return
+        await self.broadcast_roster(live.room)
+        if self.notifier is not None and participant.admitted:
+            if participant.claims.has("moderate"):
+                await self.notifier.send(participant.sid, "lobby", self._lobby(live.room))
+            status = self._host_status(live)
+            if status is not None:
+                await self.notifier.send(participant.sid, "host.status", status)
+
+    def spawn_in(self, room_id: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` owned by the room (cancelled with it); dropped if it is not here."""
+        live = self._rooms.get(room_id)
+        if live is None:
+            coro.close()
+            return
+        self._spawn(live, coro)
+
+    def restart_ice(self, participant: Participant) -> None:
+        """The page's network changed: its next subscribe offer restarts ICE."""
+        live = self._live(participant)
+        if live.router is not None and participant.admitted:
+            live.router.restart_ice(participant.id)
+
+    def set_self_muted(self, participant: Participant, kind: str, muted: bool) -> None:
+        live = self._live(participant)
+        if participant.self_muted.get(kind) != muted:
+            participant.self_muted[kind] = muted
+            self._spawn(live, self.broadcast_roster(live.room))
+
+    def set_quality(self, participant: Participant, level: str) -> None:
+        live = self._live(participant)
+        if participant.quality != level:
+            participant.quality = level
+            self._spawn(live, self.broadcast_roster(live.room))
 
     async def disconnected(self, participant: Participant) -> None:
         """The connection went away without ``leave``: for the host, a grace period."""
@@ -442,9 +591,16 @@ class RoomHub:
         return {"present": False, "grace_seconds": max(0, math.ceil(deadline - time.monotonic()))}
 
     async def leave(
-        self, participant: Participant, state: ParticipantState = ParticipantState.LEFT
+        self,
+        participant: Participant,
+        state: ParticipantState = ParticipantState.LEFT,
+        *,
+        forfeit: bool = False,
     ) -> None:
         live = self._rooms.get(participant.claims.room)
+        if live is not None and (forfeit or state is ParticipantState.REMOVED):
+            if live.room.seats.get(participant.id) == participant.claims.jti:
+                del live.room.seats[participant.id]
         was_waiting = participant.state is ParticipantState.WAITING
         if state is ParticipantState.REMOVED:
             participant.remove()

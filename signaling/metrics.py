@@ -76,7 +76,8 @@ class Metrics:
             self.limit_hits.labels(limit=limit)
         self.resumes = Counter(
             "roundtable_resumes",
-            "Connects that replaced the same participant's older connection (reload, network).",
+            "Connects that came back to the same participant: resumed after a network cut "
+            "(same media, ICE restart) or replacing its older connection (a reload).",
             registry=self.registry,
         )
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -63,6 +64,16 @@ class Participant:
     tracks: list[TrackRef] = field(default_factory=list)
     muted: dict[str, bool] = field(default_factory=lambda: {"audio": False, "video": False})
     joined_at: float = field(default_factory=time.monotonic)
+    # What the person switched off themselves (shown to everyone; the moderator's mute
+    # is ``muted``).
+    self_muted: dict[str, bool] = field(default_factory=lambda: {"audio": False, "video": False})
+    # From the page's own measurements (getStats): good | poor | lost.
+    quality: str = "good"
+    # Proves a reconnect is this very participant coming back (docs/protocol.md,
+    # "Reconnecting"); only this connection's page ever sees it.
+    resume_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # monotonic time its connection dropped; None while connected.
+    away_since: float | None = None
 
     @property
     def id(self) -> str:
@@ -126,4 +137,7 @@ class Participant:
             "state": str(self.state),
             "tracks": [{"id": t.id, "kind": t.kind} for t in self.tracks],
             "muted": dict(self.muted),
+            "self_muted": dict(self.self_muted),
+            "connection": "reconnecting" if self.away_since is not None else "live",
+            "quality": "lost" if self.away_since is not None else self.quality,
         }

@@ -30,6 +30,9 @@ class Room:
     locked: bool = False
     chat_enabled: bool = True  # a moderator may switch the chat off (signaling/chat.py)
     participants: dict[str, Participant] = field(default_factory=dict)
+    # Everyone ever admitted: participant id -> token id. Their own seat stays theirs
+    # (a lock does not keep them out; a single-use invite is not spent again).
+    seats: dict[str, str] = field(default_factory=dict)
 
     def active(self) -> list[Participant]:
         return [p for p in self.participants.values() if p.active]

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import engineio
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -65,6 +66,11 @@ def handshake_limit(joins_per_minute: int) -> int:
 
 # Shared state out of reach (Redis down): a join is refused ``unavailable`` at once.
 UNREACHABLE = (RoutingUnavailable, RedisConnectionError, RedisTimeoutError, ConnectionError)
+
+# engine.io's disconnect reasons that mean the network, not the page, ended a connection.
+_NETWORK_LOST = frozenset(
+    {engineio.AsyncServer.reason.PING_TIMEOUT, engineio.AsyncServer.reason.TRANSPORT_ERROR}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +135,11 @@ class SignalingSocket:
             # Large enough for a 64 KiB SDP plus framing so that an oversized SDP gets a
             # clear `payload_too_large` from us instead of a dropped transport.
             max_http_buffer_size=4 * MAX_SDP_BYTES,
-            # A vanished client (laptop lid closed, network gone) is noticed within ~20 s
-            # rather than engine.io's default 45 s, so its tile and router legs go sooner.
-            ping_interval=10,
-            ping_timeout=10,
+            # A vanished client (laptop lid closed, network gone) is noticed within 5 s
+            # (engine.io's default: 45 s), so the others see "reconnecting" at once; the
+            # seat and media stay for the reconnect grace, so noticing early costs nothing.
+            ping_interval=2,
+            ping_timeout=3,
             logger=False,
             engineio_logger=False,
         )
@@ -208,6 +215,9 @@ class SignalingSocket:
             room = auth.get("room")
             if room is not None and not isinstance(room, str):
                 raise TokenError("token_wrong_room", "The token is for another session.")
+            resume = auth.get("resume")
+            if resume is not None and (not isinstance(resume, str) or len(resume) > 64):
+                raise InvalidPayload("invalid_payload", "'resume' must be a short string.")
             claims = await self._tokens.authenticate(auth.get("token"), room=room)
             if claims.consent and auth.get("consent") is not True:
                 # The page sends it once the person ticked the box; the server, not the
@@ -219,14 +229,31 @@ class SignalingSocket:
             owner = await self._routing.place(claims.room)
             if owner.id != self._routing.node.id:
                 raise WrongNode(owner.id, owner.url)
-            # Room checks first: a full room must not spend a single-use invite.
-            self._hub.check_room(claims)
-            # An invite is spent on first use; reconnecting while its participant is still
-            # in the room replaces that connection (docs/protocol.md, "Invites").
+            if resume and auth.get("fresh") is not True:
+                # The same page back after a network cut: same participant, same media.
+                found = self._hub.resume(claims, resume, sid)
+                if found is not None:
+                    self._resumed(sid, environ, *found)
+                    return
+            try:
+                # Room checks first: a full room must not spend a single-use invite.
+                self._hub.check_room(claims)
+            except RoundtableError as err:
+                if err.code == "room_locked":
+                    self._tell_moderators(claims, "lobby.refused", "room_locked")
+                raise
+            # An invite is spent on first use; coming back to one's own seat (reconnect,
+            # reload) does not spend it again (docs/protocol.md, "Invites").
             resumed = await self._hub.present_anywhere(claims)
-            if not resumed:
+            if not (resumed or self._hub.seated_before(claims)):
                 await self._tokens.consume_invite(claims)
-            participant = await self._hub.join(claims, sid)
+            takeover = bool(resume) and self._hub.owns_seat(claims, resume)
+            try:
+                participant = await self._hub.join(claims, sid, takeover=takeover)
+            except RoundtableError as err:
+                if err.code == "seat_taken":
+                    self._tell_moderators(claims, "seat.conflict", "seat_taken")
+                raise
             if not participant.active:
                 # A newer connection of the same link took the seat while this one was
                 # being told about the connection it replaced (docs/protocol.md).
@@ -253,7 +280,41 @@ class SignalingSocket:
         )
         self._hub.spawn_for(participant, self._welcome(sid, participant))
 
-    async def _welcome(self, sid: str, participant: Participant) -> None:
+    def _resumed(
+        self, sid: str, environ: dict[str, Any], participant: Participant, previous: str
+    ) -> None:
+        self._metrics.resumes.inc()
+        old = self._connections.pop(previous, None)
+        self.sio.gate.authenticated(environ.get(EIO_SID, ""))
+        self._connections[sid] = _Connection(
+            participant,
+            old.bucket
+            if old is not None
+            else TokenBucket(self._limits.events_per_second, self._limits.event_burst),
+        )
+        if old is not None and previous != sid:
+            # The server had not noticed the old connection drop yet: close it quietly
+            # (its disconnect finds no participant any more).
+            self._hub.spawn_for(participant, self.drop(previous, None))
+        self._hub.spawn_for(participant, self._welcome(sid, participant, resumed=True))
+
+    def _tell_moderators(self, claims: Any, event: str, reason: str) -> None:
+        """Someone was kept out (locked room, seat in use): the caseworker sees who."""
+        self._hub.spawn_in(
+            claims.room,
+            self._hub.notify_moderators(
+                claims.room,
+                event,
+                {
+                    "participant": claims.sub,
+                    "name": claims.name,
+                    "role": claims.role,
+                    "reason": reason,
+                },
+            ),
+        )
+
+    async def _welcome(self, sid: str, participant: Participant, resumed: bool = False) -> None:
         # python-socketio sends the CONNECT packet after the connect handler returns;
         # `welcome` must follow it, so wait until the library reports the client connected.
         for _ in range(200):
@@ -266,8 +327,13 @@ class SignalingSocket:
             return
         welcome = self._hub.welcome(participant)
         welcome["cluster"] = await self.cluster_urls()
+        # Only this page learns the secret that lets it resume this seat.
+        welcome.update(resume=participant.resume_secret, resumed=resumed)
         await self.send(sid, "welcome", welcome)
-        await self._hub.start(participant)
+        if resumed:
+            await self._hub.back(participant)
+        else:
+            await self._hub.start(participant)
 
     async def cluster_urls(self) -> list[str]:
         """Where a page reconnects when its node is gone: the load balancer in front of
@@ -306,8 +372,15 @@ class SignalingSocket:
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
         conn = self._connections.pop(sid, None)
-        if conn is not None:
-            # Gone without `leave`: for the host, the room waits (host grace).
+        if conn is None:
+            return
+        if reason in _NETWORK_LOST:
+            # The network went (no answer to pings, a broken transport): still in the
+            # call while it may come back (reconnect grace), media kept for an ICE restart.
+            await self._hub.dropped(conn.participant)
+        else:
+            # The page closed its connection (tab closed, reload, browser quit): gone now;
+            # for the host, the room waits (host grace); the seat stays theirs.
             await self._hub.disconnected(conn.participant)
 
     async def _event(self, event: Any, sid: str, *args: Any) -> dict[str, Any]:
@@ -354,7 +427,17 @@ class SignalingSocket:
             await self._hub.ice(participant, payload["pc"], payload["candidate"])
             return {"ok": True}
         if event == "leave":
-            await self._hub.leave(participant)
+            # On purpose: the seat is given up (a single-use invite cannot come back).
+            await self._hub.leave(participant, forfeit=True)
+            return {"ok": True}
+        if event == "ice.restart":
+            self._hub.restart_ice(participant)
+            return {"ok": True}
+        if event == "self.mute":
+            self._hub.set_self_muted(participant, payload["kind"], payload["muted"])
+            return {"ok": True}
+        if event == "quality":
+            self._hub.set_quality(participant, payload["level"])
             return {"ok": True}
         if event == "chat.send":
             return {"ok": True, "id": await self._chat.send(participant, payload["text"])}

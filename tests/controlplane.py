@@ -369,6 +369,17 @@ class Clients:
         await client.wait("welcome")
         return peer
 
+    async def reload(self, page: SignalClient, token: str) -> SignalClient:
+        """The same page loaded again: it shows the resume secret its tab kept and asks
+        for a fresh start (no media to restart), as web/call.js does after a reload."""
+        secret = page.events["welcome"][-1]["resume"]
+        client = self.new()
+        assert await client.connect(self.server.url, token, resume=secret, fresh=True), (
+            client.refusal
+        )
+        await client.wait("welcome")
+        return client
+
     async def refused(self, token: str) -> str | None:
         """Connect and expect a refusal; returns its code."""
         client = self.new()

@@ -141,8 +141,8 @@ async def test_invite_is_single_use_but_survives_a_reconnect(
     await first.wait("admitted")
 
     assert await _check_link(server, room["room"], invite) == (200, None)
-    # Still in the room: the same link replaces the connection (reload, network change).
-    second = await clients.join(invite)
+    # Still in the room: the same page reloading replaces the connection.
+    second = await clients.reload(first, invite)
     assert me(second) == pid and second.events["welcome"][0]["you"]["state"] == "admitted"
     assert (await first.wait("error"))["error"] == "replaced"
     await cw.wait("roster", lambda r: roster_ids(r) == {me(cw), pid})

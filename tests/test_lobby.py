@@ -113,7 +113,7 @@ async def test_locked_room_admits_nobody_new(server: RunningServer, clients: Cli
     assert "admitted" not in waiting.events
 
     # People inside, and the host, may reconnect (a reload) into the locked room.
-    again = await clients.join(cw_token)
+    again = await clients.reload(cw, cw_token)
     await cw.wait("_disconnect")
     assert (await again.call("room.lock", {"locked": False})) == {"ok": True}
     await inside.wait("room.state", lambda m: m == {"locked": False})
@@ -129,7 +129,7 @@ async def test_reload_of_an_admitted_participant_skips_the_lobby(
     first = await clients.join(token)
     await cw.call("lobby.admit", {"participant": me(first)})
     await first.wait("admitted")
-    second = await clients.join(token)
+    second = await clients.reload(first, token)
     assert second.events["welcome"][0]["you"]["state"] == "admitted"
     assert (await first.wait("error"))["error"] == "replaced"
 

@@ -68,7 +68,18 @@ async def test_welcome_then_roster_to_everyone_on_every_change(
     cw = await _join(server, clients, "caseworker", "Frau B")
     welcome = cw.events["welcome"][0]
     me = welcome["you"]
-    assert set(me) == {"id", "role", "name", "org", "state", "tracks", "muted"}
+    assert set(me) == {
+        "id",
+        "role",
+        "name",
+        "org",
+        "state",
+        "tracks",
+        "muted",
+        "self_muted",
+        "connection",
+        "quality",
+    }
     assert me["state"] == "admitted" and me["role"] == "caseworker" and me["name"] == "Frau B"
     assert welcome["ice"] == {"iceServers": [], "iceTransportPolicy": "all"}
     await cw.wait("roster", lambda r: _ids(r) == {me["id"]})
@@ -207,15 +218,19 @@ async def test_waiting_room_sees_only_itself_and_cannot_publish(
     assert all(_ids(r) == {cw_id} for r in cw.events["roster"])
 
 
-async def test_same_participant_reconnecting_replaces_the_old_connection(
+async def test_same_page_reloading_replaces_the_old_connection(
     server: RunningServer, clients
 ) -> None:
     token = server.token(room=ROOM, role="caseworker")
     old = clients()
     assert await old.connect(server.url, token)
-    await old.wait("welcome")
+    secret = (await old.wait("welcome"))["resume"]
+    # Without the tab's secret: a second device, refused while the seat is in use.
+    other = clients()
+    assert not await other.connect(server.url, token)
+    assert other.refusal["data"]["error"] == "seat_taken"
     new = clients()
-    assert await new.connect(server.url, token)
+    assert await new.connect(server.url, token, resume=secret, fresh=True)
     await new.wait("welcome")
     assert (await old.wait("error"))["error"] == "replaced"
     await old.wait("_disconnect")

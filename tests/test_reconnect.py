@@ -1,0 +1,179 @@
+"""A dropped connection keeps its seat: reconnecting, resume, own seat behind a lock, and
+one device per link (docs/protocol.md, "Reconnecting")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import engineio.packet
+import pytest
+
+from tests.controlplane import Clients, RunningServer, link_token, me, running_server
+
+ROOM = "r_reconnect"
+
+
+@pytest.fixture
+async def server(tmp_path: Path):
+    async with running_server(
+        tmp_path, joins_per_ip_per_minute=1000, reconnect_grace_seconds=1.5
+    ) as srv:
+        yield srv
+
+
+def _entry(roster: dict, pid: str) -> dict | None:
+    return next((p for p in roster["participants"] if p["id"] == pid), None)
+
+
+def _shows(pid: str, **fields):
+    def check(roster: dict) -> bool:
+        entry = _entry(roster, pid)
+        return entry is not None and all(entry.get(k) == v for k, v in fields.items())
+
+    return check
+
+
+async def _drop(client) -> None:
+    """The network goes: the client stops answering the server's pings (nothing is
+    closed, nothing sent), so the server notices by its ping timeout, as it would a
+    train tunnel; then the client's side is torn down without a word."""
+    eio = client.sio.eio
+    receive = eio._receive_packet
+
+    async def deaf(pkt) -> None:
+        if pkt.packet_type != engineio.packet.PING:
+            await receive(pkt)
+
+    eio._receive_packet = deaf
+    await client.wait("_disconnect", within=15)
+
+
+async def test_a_dropped_participant_is_reconnecting_then_resumes_its_seat(
+    server: RunningServer, clients: Clients
+) -> None:
+    cw = await clients.join(server.token(room=ROOM, role="caseworker", name="Frau B"))
+    cl = await clients.join(server.token(room=ROOM, role="client", name="Herr K"))
+    welcome = cl.events["welcome"][0]
+    pid, secret = welcome["you"]["id"], welcome["resume"]
+    assert welcome["resumed"] is False and len(secret) >= 24
+    assert cw.events["welcome"][0]["resume"] != secret  # each participant its own
+
+    await _drop(cl)
+    await cw.wait("roster", _shows(pid, connection="reconnecting", quality="lost"))
+
+    back = clients.new()
+    assert await back.connect(server.url, cl_token(cl), resume=secret), back.refusal
+    again = await back.wait("welcome")
+    assert again["resumed"] is True and again["you"]["id"] == pid
+    assert again["you"]["state"] == "admitted"
+    await cw.wait(
+        "roster", lambda r: _shows(pid, connection="live")(r) and len(r["participants"]) == 2
+    )
+    # No gone notice: the grace passes without anyone leaving.
+    await cw.wait("roster", _shows(pid, connection="live"), within=3)
+    assert "participant.gone" not in cw.events
+
+
+def cl_token(client) -> str:
+    return client.sio.connection_auth["token"]
+
+
+async def test_after_the_grace_the_participant_is_gone_with_a_reason(
+    server: RunningServer, clients: Clients
+) -> None:
+    cw = await clients.join(server.token(room=ROOM, role="caseworker", name="Frau B"))
+    cl = await clients.join(server.token(room=ROOM, role="client", name="Herr K"))
+    pid = me(cl)
+    await _drop(cl)
+    await cw.wait("roster", _shows(pid, connection="reconnecting"))
+    gone = await cw.wait("participant.gone", within=5)
+    assert gone == {"id": pid, "reason": "connection_lost"}
+    await cw.wait("roster", lambda r: _entry(r, pid) is None)
+
+
+async def test_wrong_resume_secret_resumes_nothing(server: RunningServer, clients: Clients) -> None:
+    await clients.join(server.token(room=ROOM, role="caseworker", name="Frau B"))
+    token = server.token(room=ROOM, role="client", name="Herr K")
+    cl = await clients.join(token)
+    # Live seat, forged secret: a second device, not a resume.
+    other = clients.new()
+    assert not await other.connect(server.url, token, resume="x" * 32)
+    assert other.refusal["data"]["error"] == "seat_taken"
+    assert cl.sio.connected
+
+
+async def test_locked_room_admitted_client_reloads_and_a_newcomer_is_refused(
+    server: RunningServer, clients: Clients
+) -> None:
+    cw = await clients.join(server.token(room=ROOM, role="caseworker", name="Frau B"))
+    token = server.token(room=ROOM, role="client", name="Herr K")
+    cl = await clients.join(token)
+    pid = me(cl)
+    assert (await cw.call("room.lock", {"locked": True}))["ok"]
+
+    # A reload: the page is gone, a new one comes with the same link (no secret).
+    await _drop(cl)
+    await cw.wait("roster", _shows(pid, connection="reconnecting"))
+    back = await clients.join(token)
+    assert me(back) == pid and back.events["welcome"][0]["you"]["state"] == "admitted"
+
+    # Even after the grace ran out (the seat is still theirs in a locked room).
+    await _drop(back)
+    await cw.wait("participant.gone", within=5)
+    again = await clients.join(token)
+    assert me(again) == pid
+
+    # Someone new behind the lock: refused, and the caseworker is told who.
+    newcomer = server.token(room=ROOM, role="client", name="Frau Neu")
+    assert await clients.refused(newcomer) == "room_locked"
+    told = await cw.wait("lobby.refused")
+    assert told["name"] == "Frau Neu" and told["reason"] == "room_locked"
+
+
+async def test_a_forwarded_invite_on_a_second_device_is_refused(
+    server: RunningServer, clients: Clients
+) -> None:
+    room = await server.create_room()
+    cw_token = link_token(room["caseworker_url"])
+    cw = await clients.join(cw_token)
+    status, invite = await server.invite(room["room"], cw_token, waiting_room=False)
+    assert status == 201, invite
+    partner_token = link_token(invite["invite_url"])
+    partner = await clients.join(partner_token)
+    pid = me(partner)
+
+    # The same link opened elsewhere while the partner is in the call.
+    assert await clients.refused(partner_token) == "seat_taken"
+    told = await cw.wait("seat.conflict")
+    assert told["participant"] == pid and told["reason"] == "seat_taken"
+    assert partner.sio.connected
+    roster = await cw.wait("roster", lambda r: _entry(r, pid) is not None)
+    assert _entry(roster, pid)["connection"] == "live"
+
+    # The partner's own reconnect does not spend the invite again.
+    secret = partner.events["welcome"][0]["resume"]
+    await _drop(partner)
+    await cw.wait("roster", _shows(pid, connection="reconnecting"))
+    back = clients.new()
+    assert await back.connect(server.url, partner_token, resume=secret), back.refusal
+    assert (await back.wait("welcome"))["resumed"] is True
+    # Nor a reload after the grace.
+    await _drop(back)
+    await cw.wait("participant.gone", within=5)
+    assert me(await clients.join(partner_token)) == pid
+
+
+async def test_self_mute_and_connection_quality_reach_everyone(
+    server: RunningServer, clients: Clients
+) -> None:
+    cw = await clients.join(server.token(room=ROOM, role="caseworker", name="Frau B"))
+    cl = await clients.join(server.token(room=ROOM, role="client", name="Herr K"))
+    pid = me(cl)
+    assert (await cl.call("self.mute", {"kind": "audio", "muted": True}))["ok"]
+    await cw.wait("roster", _shows(pid, self_muted={"audio": True, "video": False}))
+    assert (await cl.call("quality", {"level": "poor"}))["ok"]
+    await cw.wait("roster", _shows(pid, quality="poor"))
+    bad = await cl.call("quality", {"level": "terrible"})
+    assert bad["error"] == "invalid_payload"
+    bad = await cl.call("ice.restart", {"pc": "publish"})
+    assert bad["error"] == "invalid_payload"
