@@ -81,7 +81,8 @@ class SocketLimits:
     # An Engine.IO socket must send its namespace CONNECT (with a token) this soon, and
     # one address may hold this many sockets that have not: legitimate pages connect
     # within milliseconds, a descriptor-exhaustion attack holds them open.
-    unauthenticated_seconds: float = 5.0
+    # Below the ping timeout (2 + 3 s), so a silent socket is always closed as unauthenticated.
+    unauthenticated_seconds: float = 3.0
     unauthenticated_per_address: int = UNAUTHENTICATED_PER_ADDRESS
 
 

@@ -397,7 +397,7 @@ async def test_session_end_is_enforced_on_live_connections(tmp_path: Path) -> No
 
 async def test_resumes_are_counted(server: RunningServer, clients: Clients) -> None:
     token = server.token(room=ROOM, role="client")
-    await clients.join(token)
+    first = await clients.join(token)
     assert await _metric(server, "roundtable_resumes_total") == 0
-    await clients.join(token)  # a reload: the same link again while still inside
+    await clients.reload(first, token)  # a reload: the same page again while still inside
     assert await _metric(server, "roundtable_resumes_total") == 1

@@ -231,6 +231,8 @@ export const STRINGS = {
     "error.room_ended": "Ihre Beratungsperson hat das Gespräch für alle beendet.",
     "error.room_locked":
       "Das Gespräch ist gerade gesperrt. Es werden keine weiteren Personen eingelassen.",
+    "error.seat_taken":
+      "Dieser Link ist gerade auf einem anderen Gerät im Gespräch. Bitte nutzen Sie das andere Gerät oder wenden Sie sich an Ihre Beratungsperson.",
     "error.invite_revoked": "Diese Einladung wurde zurückgezogen.",
     "error.timeout": "Der Server antwortet nicht. Bitte prüfen Sie Ihre Verbindung.",
     "error.media": "Die Bild- und Tonverbindung konnte nicht aufgebaut werden.",
@@ -453,6 +455,8 @@ export const STRINGS = {
     "error.removed": "Your adviser removed you from the conversation.",
     "error.room_ended": "Your adviser ended the conversation for everyone.",
     "error.room_locked": "The conversation is locked. No one else is let in right now.",
+    "error.seat_taken":
+      "This link is in the conversation on another device right now. Please use that device or ask your caseworker.",
     "error.invite_revoked": "This invitation has been withdrawn.",
     "error.timeout": "The server does not answer. Please check your connection.",
     "error.media": "Picture and sound could not be connected.",
