@@ -27,6 +27,7 @@ examples:
       --json bench-out/bench.json --plot bench-out/bench.png
   roundtable-bench --local --baseline --rooms 4 --participants 3 --duration 15
   roundtable-bench --local --find-capacity --rooms 5 --capacity-step 5 --duration 10
+  roundtable-bench --local --find-capacity --server-workers 1,2 --workers 2
   roundtable-bench --url https://talk.example.org --api-key KEY --secret SECRET \\
       --rooms 20 --participants 4 --workers 4
 
@@ -88,6 +89,15 @@ def parser() -> argparse.ArgumentParser:
         "a pinned process cannot escape a busy core)",
     )
     target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    target.add_argument(
+        "--server-workers",
+        metavar="N[,M...]",
+        help="with --local: start `roundtable serve --workers N` (N nodes of one cluster, a "
+        "private redis-server) instead of one process; a list (1,2) runs the whole mode "
+        "(e.g. --find-capacity) once per value and reports the ratio. Server and generators "
+        "are then not pinned: the workers need the cores (on 2 cores they share them with "
+        "the generators). Not to be confused with --workers, the generator processes",
+    )
 
     load = p.add_argument_group("load")
     load.add_argument("--rooms", type=int, default=2, help="rooms (sessions) to run (default 2)")
@@ -183,6 +193,70 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _server_workers(args: argparse.Namespace) -> list[int]:
+    if not args.server_workers:
+        return [1]
+    try:
+        values = [int(v) for v in str(args.server_workers).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values) or not args.local:
+        parser().error("--server-workers takes numbers like 1,2 and needs --local")
+    return values
+
+
+async def _compare_workers(args: argparse.Namespace, counts: list[int]) -> int:
+    """The same mode against ``serve --workers N`` for each N, one after the other."""
+    results: dict[int, dict[str, Any]] = {}
+    for n in counts:
+        print(f"--- serve --workers {n} ---", flush=True)
+        one_args = argparse.Namespace(**vars(args))
+        one_args.server_workers = None
+        one_args.no_pin = True  # the workers need every core
+        one_args.json = None
+        one_args.plot = None
+        one_args._workers_override = n
+        results[n] = await _run_single(one_args)
+    rows = []
+    for n, result in results.items():
+        cap = result.get("capacity") or {}
+        o = result.get("overall") or {}
+        rows.append(
+            {
+                "workers": n,
+                "held_rooms": cap.get("held_rooms"),
+                "held_tracks": cap.get("held_tracks", o.get("tracks_forwarded")),
+                "server_cpu_pct": o.get("server_cpu_pct"),
+                "cpu_us_per_forwarded_packet": o.get("cpu_us_per_forwarded_packet"),
+                "sfu_p99_ms": (o.get("sfu_latency_ms") or {}).get("p99"),
+                "loss_pct": o.get("loss_pct"),
+            }
+        )
+    print("workers | held tracks | server CPU % | CPU µs/forwarded packet | SFU p99 ms | loss %")
+    for r in rows:
+        print(
+            f"{r['workers']:>7} | {r['held_tracks']!s:>11} | {r['server_cpu_pct']!s:>12} | "
+            f"{r['cpu_us_per_forwarded_packet']!s:>23} | {r['sfu_p99_ms']!s:>10} | {r['loss_pct']}"
+        )
+    base = rows[0]["held_tracks"] or 0
+    for r in rows[1:]:
+        if base and r["held_tracks"] is not None:
+            print(
+                f"capacity ratio workers {r['workers']} vs {rows[0]['workers']}: "
+                f"{r['held_tracks'] / base:.2f}"
+            )
+    print(
+        f"(this machine has {os.cpu_count()} cores; the generators run on the same cores, so "
+        "on 2 cores they take CPU the second worker would use: compare CPU per forwarded "
+        "packet to see the scaling)"
+    )
+    if args.json:
+        report_mod.write_json(
+            args.json, {"server_workers": rows, "runs": {str(n): r for n, r in results.items()}}
+        )
+    return 0
+
+
 def _scenario_dict(args: argparse.Namespace, rooms: int, media: Any = None) -> dict[str, Any]:
     kinds = ["audio"] if args.audio_only else ["audio", "video"]
     pps = [media.packets_per_second(k) for k in kinds] if media is not None else []
@@ -204,7 +278,18 @@ def _scenario_dict(args: argparse.Namespace, rooms: int, media: Any = None) -> d
 
 
 async def _run(args: argparse.Namespace) -> int:
+    server_workers = _server_workers(args)
+    if len(server_workers) > 1 or server_workers[0] > 1:
+        return await _compare_workers(args, server_workers)
+    result = await _run_single(args)
+    ok = result.get("overall", {}).get("complete", True) if not args.find_capacity else True
+    return 0 if ok else 1
+
+
+async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
     progress = not args.no_progress
+    workers = getattr(args, "_workers_override", 1)
+    scrape_urls: dict[str, str] = {}
     t = time.monotonic()
     media = encode_media(args.video_bitrate * 1000, video=not args.audio_only)
     if progress:
@@ -220,8 +305,11 @@ async def _run(args: argparse.Namespace) -> int:
         if args.compare_ports:
             url = api_key = secret = pid = None  # a server per round, started below
         elif args.local:
-            sfu = await start_local("sfu", args.media_host, args.participants, server_cpu)
+            sfu = await start_local(
+                "sfu", args.media_host, args.participants, server_cpu, workers=workers
+            )
             servers.append(sfu)
+            scrape_urls[sfu.url] = sfu.metrics_url
             url, api_key, secret, pid = sfu.url, sfu.api_key, sfu.secret, sfu.pid
             if progress:
                 print(
@@ -251,7 +339,7 @@ async def _run(args: argparse.Namespace) -> int:
         ) -> dict[str, Any]:
             raw = await run_load(
                 label,
-                target,
+                scrape_urls.get(target, target),
                 scenario(target, key, sec),
                 rooms,
                 args.workers,
@@ -286,8 +374,7 @@ async def _run(args: argparse.Namespace) -> int:
             report_mod.write_json(args.json, result)
         if args.plot and "rooms" in result:
             report_mod.plot(args.plot, result, result.get("baseline"))
-        ok = result.get("overall", {}).get("complete", True) if not args.find_capacity else True
-        return 0 if ok else 1
+        return result
     finally:
         for s in servers:
             await s.stop()

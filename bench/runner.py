@@ -10,6 +10,7 @@ import queue as queue_mod
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +45,14 @@ class LocalServer:
     workdir: Path
     stderr_path: Path
     _drain: asyncio.Task[None] | None = None
+    # Every node's URL (``serve --workers N``: one per worker) and a private Redis.
+    urls: list[str] = field(default_factory=list)
+    redis: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        """Where run_load scrapes ``/metrics``: every node, comma-separated."""
+        return ",".join(self.urls) if self.urls else self.url
 
     @property
     def pid(self) -> int:
@@ -69,6 +78,9 @@ class LocalServer:
             self._drain.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._drain
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.terminate()
+            await asyncio.get_running_loop().run_in_executor(None, self.redis.wait, 10)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -81,6 +93,47 @@ def cpu_plan() -> tuple[int | None, int | None]:
     if len(allowed) < 2:
         return None, None
     return allowed[0], allowed[1]
+
+
+def free_tcp_ports(count: int) -> int:
+    """The first of ``count`` consecutive free loopback TCP ports (``serve --workers``)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            first = s.getsockname()[1]
+        if first + count > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(first, first + count):
+                    probe = stack.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server for a multi-worker server (its nodes share state there)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("--server-workers above 1 needs redis-server (make system-deps)")
+    port = free_tcp_ports(1)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        + ["--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
 
 
 def free_udp_port(host: str) -> int:
@@ -97,9 +150,23 @@ async def start_local(
     api_key: str | None = None,
     secret: str | None = None,
     extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> LocalServer:
-    """Start ``roundtable serve`` (kind ``sfu``) or ``bench.baseline`` on a free loopback port."""
+    """Start ``roundtable serve`` (kind ``sfu``) or ``bench.baseline`` on a free loopback port;
+    ``workers`` above 1: ``serve --workers`` with a private redis-server."""
     workdir = Path(tempfile.mkdtemp(prefix=f"roundtable-bench-{kind}-"))
+    redis = None
+    port = 0
+    if workers > 1:
+        redis, redis_url = start_redis(workdir)
+        port = free_tcp_ports(workers)
+        extra_env = {
+            **(extra_env or {}),
+            "ROUNDTABLE_REDIS_URL": redis_url,
+            "ROUNDTABLE_DRAIN_TIMEOUT": "0",
+            # Consecutive media ports from a free one (workers use MEDIA_PORT+i).
+            "ROUNDTABLE_MEDIA_PORT": str(free_udp_port(media_host)),
+        }
     secret = secret or secrets.token_urlsafe(48)
     api_key = api_key or secrets.token_urlsafe(24)
     env = dict(os.environ)
@@ -121,8 +188,10 @@ async def start_local(
     )
     env.update(extra_env or {})
     if kind == "sfu":
-        module = ["server.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+        module = ["server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
         module += ["--media-host", media_host, "--log-level", "WARNING"]
+        if workers > 1:
+            module += ["--workers", str(workers)]
     else:
         module = ["bench.baseline", "--host", "127.0.0.1", "--port", "0"]
     cmd = [sys.executable, "-m", *module]
@@ -157,6 +226,10 @@ async def start_local(
             url = text.split(LISTENING, 1)[1].split()[0]
             break
     server = LocalServer(kind, proc, url or "", api_key, secret, workdir, stderr_path)
+    server.redis = redis
+    if workers > 1 and url is not None:
+        server.url = f"http://127.0.0.1:{port}"
+        server.urls = [f"http://127.0.0.1:{port + i}" for i in range(workers)]
     if url is None:
         tail = server.stderr_tail()
         await server.stop()
@@ -194,19 +267,26 @@ class CpuSampler:
 
     def __init__(self, pid: int | None) -> None:
         self.proc = psutil.Process(pid) if pid else None
-        if self.proc is not None:
-            self.proc.cpu_percent(None)
+        # ``serve --workers``: the workers are the parent's children; count them all.
+        self.tree = [self.proc, *self.proc.children(recursive=True)] if self.proc else []
+        for p in self.tree:
+            with contextlib.suppress(psutil.Error):
+                p.cpu_percent(None)
 
     def times(self) -> float | None:
         if self.proc is None:
             return None
-        t = self.proc.cpu_times()
-        return t.user + t.system
+        return _cpu_seconds(self.tree)
 
     def sample(self) -> tuple[float, float] | None:
         if self.proc is None:
             return None
-        return self.proc.cpu_percent(None), self.proc.memory_info().rss / 2**20
+        cpu = rss = 0.0
+        for p in self.tree:
+            with contextlib.suppress(psutil.Error):
+                cpu += p.cpu_percent(None)
+                rss += p.memory_info().rss / 2**20
+        return cpu, rss
 
 
 async def run_load(
@@ -349,7 +429,9 @@ async def _next(q: Any) -> tuple[str, Any] | None:
 
 
 async def _try_scrape(http: aiohttp.ClientSession, url: str) -> scrape_mod.Scrape | None:
+    """``url``: one node, or several comma-separated (a cluster): their sum."""
     try:
-        return await scrape_mod.scrape(http, url)
+        scrapes = [await scrape_mod.scrape(http, u) for u in url.split(",")]
     except Exception:
         return None
+    return scrape_mod.merge(scrapes)

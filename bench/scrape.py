@@ -103,3 +103,15 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> Scrape:
     async with http.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as resp:
         resp.raise_for_status()
         return parse(await resp.text())
+
+
+def merge(scrapes: list[Scrape]) -> Scrape:
+    """Several nodes' scrapes as one: a room's histogram lives on its node only; the
+    counters add up."""
+    out = Scrape()
+    for one in scrapes:
+        for room, h in one.latency.items():
+            out.latency[room] = out.latency[room].plus(h) if room in out.latency else h
+        for name, value in one.counters.items():
+            out.counters[name] = out.counters.get(name, 0.0) + value
+    return out

@@ -15,7 +15,7 @@ from bench import cli
 from bench.generator import partner_token
 from bench.media import encode_media, read_trailer
 from bench.participant import SyntheticParticipant, Window
-from bench.scrape import Histogram, parse, scrape
+from bench.scrape import Histogram, merge, parse, scrape
 from server.app import build_app
 from server.config import Config
 from tests.media import wait_for
@@ -145,6 +145,25 @@ def test_histogram_quantiles_interpolate_like_promql() -> None:
     parsed = parse(text)
     assert parsed.latency["r1"].count == 4.0
     assert parsed.latency["r1"].quantile(0.5) == pytest.approx(0.001 * 2 / 3)
+
+
+def test_scrapes_of_several_nodes_merge_into_one() -> None:
+    """``--server-workers``: each room's histogram comes from its node, counters add."""
+
+    def node(room: str, packets: float) -> str:
+        return (
+            "# TYPE roundtable_forwarding_latency_seconds histogram\n"
+            f'roundtable_forwarding_latency_seconds_bucket{{room="{room}",le="0.001"}} 2.0\n'
+            f'roundtable_forwarding_latency_seconds_bucket{{room="{room}",le="+Inf"}} 2.0\n'
+            f'roundtable_forwarding_latency_seconds_count{{room="{room}"}} 2.0\n'
+            f'roundtable_forwarding_latency_seconds_sum{{room="{room}"}} 0.001\n'
+            "# TYPE roundtable_forwarded_packets counter\n"
+            f"roundtable_forwarded_packets_total {packets}\n"
+        )
+
+    merged = merge([parse(node("r1", 10.0)), parse(node("r2", 5.0))])
+    assert set(merged.latency) == {"r1", "r2"} and merged.latency["r2"].count == 2.0
+    assert merged.counters["roundtable_forwarded_packets_total"] == 15.0
 
 
 async def test_paced_publisher_sends_mid_abs_send_time_and_trailers(media) -> None:

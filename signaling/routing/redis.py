@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -28,6 +29,7 @@ from signaling.routing.interfaces import (
     RENEW_EVERY_SECONDS,
     ROOM_LEASE_SECONDS,
     NodeInfo,
+    NodeLoad,
     Router,
     RoutingUnavailable,
     origin,
@@ -80,6 +82,9 @@ class RedisRouter(Router):
         self._p = prefix
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
+        self._placed: list[
+            tuple[float, str]
+        ] = []  # (when, node): placements not yet in a heartbeat
         self._origins: frozenset[str] = frozenset()
         # Never expires: the origins of a cluster's nodes change only with its setup.
         self._origins_key = f"{prefix}origins"
@@ -90,6 +95,24 @@ class RedisRouter(Router):
     @property
     def healthy(self) -> bool:
         return self._healthy
+
+    def _with_recent(self, node: NodeInfo) -> NodeInfo:
+        """A node's heartbeat load plus the rooms this node placed there since: joins
+        arriving faster than heartbeats would otherwise all go to the same node."""
+        since = time.monotonic() - RENEW_EVERY_SECONDS * 2
+        self._placed = [(t, n) for t, n in self._placed if t > since]
+        recent = sum(1 for _, n in self._placed if n == node.id)
+        if not recent:
+            return node
+        load = node.load
+        return node.with_(
+            load=NodeLoad(
+                load.rooms + recent,
+                load.participants + 2 * recent,  # a room starts with two people
+                load.packets_per_second,
+                load.cpu,
+            )
+        )
 
     @property
     def origins(self) -> frozenset[str]:
@@ -189,7 +212,8 @@ class RedisRouter(Router):
             current = await self.owner(room)
             if current is not None:
                 return current
-            chosen = least_loaded(await self.live_nodes(), prefer=self.node.id)
+            nodes = [self._with_recent(n) for n in await self.live_nodes()]
+            chosen = least_loaded(nodes, prefer=self.node.id)
             if chosen is None:
                 # Every node drains: this one still serves rather than refusing the call.
                 chosen = self.node
@@ -199,6 +223,7 @@ class RedisRouter(Router):
             )
             if winner == chosen.id:
                 log.info("routing: room %s pinned to node %s", room, chosen.id)
+                self._placed.append((time.monotonic(), chosen.id))
                 return chosen
             # Another node pinned it at the same moment: that one serves.
             found = await self._node(str(winner))
