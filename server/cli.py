@@ -303,7 +303,8 @@ def serve_workers(config: Config, args: argparse.Namespace) -> int:
     No parent that proxies: a room is served by one worker, and a join that reaches
     another is redirected (``wrong_node``) as between machines; a load balancer may also
     route by ``GET /api/rooms/{room}/node``. This process only starts the workers and
-    passes SIGTERM/SIGINT on (a first SIGTERM drains every worker, a second stops them).
+    passes SIGTERM/SIGINT on (a first SIGTERM drains every worker, a second stops them),
+    and SIGHUP (every worker re-reads its TLS certificate).
     """
     import subprocess
 
@@ -346,6 +347,8 @@ def serve_workers(config: Config, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # Reload (a renewed TLS certificate): every worker re-reads its files.
+    signal.signal(signal.SIGHUP, forward)
     codes = [child.wait() for child in children]
     return max(codes, key=abs)
 

@@ -6,6 +6,8 @@ import base64
 import datetime
 import hashlib
 import ipaddress
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,3 +65,15 @@ def make_cert(directory: Path, name: str = "server", host: str = "127.0.0.1") ->
         hashlib.sha256(der).hexdigest(),
         base64.b64encode(hashlib.sha256(spki).digest()).decode(),
     )
+
+
+def served_certificate(host: str, port: int) -> str:
+    """SHA-256 of the certificate a new TLS connection to ``host:port`` is shown."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()

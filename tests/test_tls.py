@@ -5,6 +5,7 @@ The page, API and WSS over HTTPS in a real browser: tests/browser/test_https.py.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.certs import make_cert
+from tests.certs import make_cert, served_certificate
 
 BIN = Path(sys.executable).parent / "roundtable"
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,3 +155,64 @@ def test_a_key_that_does_not_match_the_certificate_is_refused(tmp_path: Path) ->
     )
     assert out.returncode == 2, out
     assert "cannot use" in out.stderr and str(one.cert) in out.stderr, out.stderr
+
+
+def _two_free_ports() -> int:
+    import socket
+
+    while True:
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+        try:
+            with socket.socket() as second:
+                second.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+
+
+def test_sighup_reloads_the_certificate_of_every_worker(tmp_path: Path, redis_url: str) -> None:
+    """``serve --workers 2`` over TLS: one SIGHUP to the parent (what ``systemctl reload``
+    sends) and both workers present the renewed certificate to new connections."""
+    first, second = make_cert(tmp_path / "a", "first"), make_cert(tmp_path / "b", "second")
+    live_cert, live_key = tmp_path / "live.crt", tmp_path / "live.key"
+    shutil.copyfile(first.cert, live_cert)
+    shutil.copyfile(first.key, live_key)
+    port = _two_free_ports()
+    env = _env(tmp_path, ROUNDTABLE_REDIS_URL=redis_url, ROUNDTABLE_DRAIN_TIMEOUT="0")
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--workers", "2", "--port", str(port)]
+        + ["--tls-cert", str(live_cert), "--tls-key", str(live_key)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def all_show(fingerprint: str) -> bool:
+        try:
+            return all(served_certificate("127.0.0.1", p) == fingerprint for p in (port, port + 1))
+        except OSError:
+            return False
+
+    def wait_for(fingerprint: str) -> None:
+        deadline = time.monotonic() + 60
+        while not all_show(fingerprint):
+            assert proc.poll() is None, f"serve --workers exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "workers do not show the expected certificate"
+            time.sleep(0.2)
+
+    try:
+        wait_for(first.der_sha256)
+        shutil.copyfile(second.cert, live_cert)
+        shutil.copyfile(second.key, live_key)
+        proc.send_signal(signal.SIGHUP)
+        wait_for(second.der_sha256)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -5,11 +5,9 @@ present the new certificate while the call in progress keeps its connections."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import shutil
 import signal
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -19,21 +17,14 @@ import pytest
 from tests.browser.conftest import run_server
 from tests.browser.harness import Launch, join, my_id, wait_js, wait_remote_playing
 from tests.certs import Certificate, make_cert
+from tests.certs import served_certificate as certificate_of
 
 pytestmark = pytest.mark.browser
 
 
 def served_certificate(base_url: str) -> str:
-    """SHA-256 of the certificate a new TLS connection to the server is shown."""
     host, port = base_url.removeprefix("https://").rsplit(":", 1)
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
-        with context.wrap_socket(raw) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return hashlib.sha256(der).hexdigest()
+    return certificate_of(host, int(port))
 
 
 def _install(source: Certificate, live: Certificate) -> None:
