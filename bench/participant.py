@@ -178,7 +178,8 @@ class SyntheticParticipant:
                 break
             except socketio.exceptions.ConnectionError:
                 # A cluster node that does not serve the room names the one that does.
-                refusal = self._refusal or {}
+                # python-socketio hands over {"message": code, "data": {"error", ...}}.
+                refusal = (self._refusal or {}).get("data") or {}
                 if hop < 2 and refusal.get("error") == "wrong_node" and refusal.get("url"):
                     url = refusal["url"]
                     continue

@@ -55,3 +55,26 @@ async def test_unreachable_redis_fails_the_start(tmp_path) -> None:
     with pytest.raises(Exception):  # noqa: B017 - redis' ConnectionError or OSError
         async with running_server(tmp_path, redis_url="redis://127.0.0.1:1/0"):
             pass
+
+
+async def test_the_bench_participant_follows_wrong_node(tmp_path, redis_url) -> None:
+    from bench.media import encode_media
+    from bench.participant import SyntheticParticipant, Window
+
+    shared = {"secret": secrets.token_urlsafe(48), "redis_url": redis_url}
+    async with (
+        running_server(tmp_path / "a", **shared) as node_a,
+        running_server(tmp_path / "b", **shared) as node_b,
+    ):
+        room = await node_a.create_room()
+        host = SignalClient()
+        assert await host.connect(node_b.url, room["caseworker_url"].split("#token=", 1)[1])
+        token = room["client_url"].split("#token=", 1)[1]
+        media = encode_media(300_000, video=False)
+        peer = SyntheticParticipant(node_a.url, token, "client", 1, media, Window(), True)
+        try:
+            await peer.join()
+            assert peer.sio.connection_url == node_b.url and peer.pid
+        finally:
+            await peer.close()
+            await host.close()
