@@ -21,11 +21,11 @@ from signaling.api import PEER_ORIGINS, ApiSettings, RestApi
 from signaling.cluster import Cluster, ClusterManager
 from signaling.cluster_api import ClusterApi
 from signaling.errors import error_middleware
-from signaling.hub import RoomHub
 from signaling.invites import InviteApi
 from signaling.mailer import InviteMailer, SmtpSettings
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.metrics import Metrics
+from signaling.rooms import RoomHub
 from signaling.routing import NodeInfo, NodeLoad, Router, create_router
 from signaling.socket import UNAUTHENTICATED_PER_ADDRESS, SignalingSocket, SocketLimits
 from signaling.sqlite_store import FILE_NAME as STATE_FILE

@@ -14,9 +14,9 @@ import time
 from typing import Any
 
 from signaling.errors import Forbidden, RoundtableError, TooManyRequests
-from signaling.hub import RoomHub
 from signaling.participant import Participant
 from signaling.ratelimit import TokenBucket
+from signaling.rooms import RoomHub
 
 log = logging.getLogger(__name__)
 

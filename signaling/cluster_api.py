@@ -22,7 +22,7 @@ from aiohttp import web
 from signaling.api import RestApi, _bearer
 from signaling.cluster import Cluster
 from signaling.errors import Forbidden, RoundtableError, Unavailable
-from signaling.hub import ENDED_AT_LEAST_SECONDS
+from signaling.rooms import ENDED_AT_LEAST_SECONDS
 from signaling.routing import Router, RoutingUnavailable
 from signaling.store import StateStore
 from signaling.tokens import TokenClaims

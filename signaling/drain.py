@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 
-from signaling.hub import RoomHub
+from signaling.rooms import RoomHub
 from signaling.routing import Router
 from signaling.socket import SignalingSocket
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from signaling.errors import InvalidPayload, NotFound, RoundtableError
-from signaling.hub import RoomHub
 from signaling.participant import Participant
+from signaling.rooms import RoomHub
 from signaling.tokens import TokenService
 
 log = logging.getLogger(__name__)

@@ -33,11 +33,11 @@ from signaling.errors import (
     socket_error,
 )
 from signaling.events import MAX_SDP_BYTES, PARSERS
-from signaling.hub import RoomHub
 from signaling.metrics import Metrics
 from signaling.moderation import Moderation
 from signaling.participant import Participant
 from signaling.ratelimit import SlidingWindow, TokenBucket
+from signaling.rooms import RoomHub
 from signaling.routing import LocalRouter, NodeInfo, Router, RoutingUnavailable
 from signaling.routing.interfaces import origin
 from signaling.tokens import TokenService

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import signaling.api  # noqa: F401  (loads every module that defines error classes)
-import signaling.hub  # noqa: F401
+import signaling.rooms  # noqa: F401
 from signaling.errors import STATUS_BY_CODE, RoundtableError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +54,9 @@ def _strings() -> dict[str, dict[str, str]]:
 
 def _raised_codes() -> set[str]:
     codes: set[str] = set()
-    # sfu/ codes reach clients only through signaling.hub._media_error, which maps them.
+    # sfu/ codes reach clients only through signaling.rooms.negotiation._media_error, which maps them.
     for folder in ("signaling", "server"):
-        for path in (ROOT / folder).glob("*.py"):
+        for path in (ROOT / folder).rglob("*.py"):
             codes |= set(_RAISED.findall(path.read_text()))
     return codes
 
