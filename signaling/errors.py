@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_REQUESTS = "too_many_requests"
     ROOM_CLOSED = "room_closed"
     ROOM_ENDED = "room_ended"
+    SESSION_EXPIRED = "session_expired"
     ROOM_FULL = "room_full"
     ROOM_LOCKED = "room_locked"
     SEAT_TAKEN = "seat_taken"
@@ -90,6 +91,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "too_many_requests": 429,
     "room_closed": 410,
     "room_ended": 410,
+    "session_expired": 410,
     "room_full": 403,
     "room_locked": 403,
     "seat_taken": 409,

@@ -371,7 +371,7 @@ async def test_session_end_is_enforced_on_live_connections(tmp_path: Path) -> No
             assert await cw.wait("session.ending")
             # A client's own token being valid longer does not keep the call going.
             for c in (cw, client):
-                err = await c.wait("error", lambda e: e["error"] == "room_ended", within=8)
+                err = await c.wait("error", lambda e: e["error"] == "session_expired", within=8)
                 assert "time" in err["message"]
                 await c.wait("_disconnect")
             assert server.hub.room("r_short") is None
@@ -390,7 +390,7 @@ async def test_session_end_is_enforced_on_live_connections(tmp_path: Path) -> No
             assert extended["ends_at"] == ack["ends_at"]
             await asyncio.sleep(7)  # past the old end
             assert client.sio.connected and cw.sio.connected
-            assert "room_ended" not in {e["error"] for e in client.events.get("error", [])}
+            assert "session_expired" not in {e["error"] for e in client.events.get("error", [])}
         finally:
             await clients.close()
 

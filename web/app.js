@@ -517,6 +517,26 @@ function join() {
     state.panel.setLocked(detail.locked);
     setStatus(detail.locked ? "status.locked" : "status.unlocked");
   });
+  // The session's end is enforced by the server (docs/protocol.md, "Session end"); the
+  // page says so in advance, and again when a moderator moved it.
+  call.addEventListener("session-ending", ({ detail }) => {
+    const minutes = Math.max(1, Math.round((Number(detail.seconds_left) || 0) / 60));
+    const key = minutes === 1 ? "status.sessionEndingOne" : "status.sessionEnding";
+    // A banner that stays (the status line moves on with the next event), and the log.
+    $("session-banner").textContent = t(key, { minutes });
+    $("session-banner").hidden = false;
+    setStatus(key, { minutes });
+  });
+  call.addEventListener("session-extended", ({ detail }) => {
+    const at = new Date(detail.ends_at);
+    if (Number.isNaN(at.getTime())) return;
+    const time = at.toLocaleTimeString(document.documentElement.lang || undefined, {
+      hour: "2-digit",
+      minute: "2-digit",
+    });
+    $("session-banner").hidden = true;
+    setStatus("status.sessionExtended", { time });
+  });
   call.addEventListener("host-status", ({ detail }) => {
     if (call.you && call.you.role === "caseworker") return; // about us: nothing to tell
     const away = detail.present === false;
@@ -545,6 +565,7 @@ let levelTimer = null;
 const STALL_MS = 2000;
 const ENDED_TITLES = {
   room_ended: "ended.endedTitle",
+  session_expired: "ended.endedTitle",
   room_closed: "ended.endedTitle",
   removed: "ended.removedTitle",
   lobby_denied: "ended.deniedTitle",

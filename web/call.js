@@ -122,6 +122,8 @@ export class Call extends EventTarget {
     socket.on("moderation.muted", (msg) => this._emit("moderation-muted", { kind: msg && msg.kind }));
     socket.on("host.status", (msg) => this._emit("host-status", msg || {}));
     socket.on("room.state", (msg) => this._emit("room-state", msg || {}));
+    socket.on("session.ending", (msg) => this._emit("session-ending", msg || {}));
+    socket.on("session.extended", (msg) => this._emit("session-extended", msg || {}));
     socket.on("invite.delivery", (msg) => this._emit("invite-delivery", msg || {}));
     socket.on("chat.message", (msg) => this._emit("chat-message", msg || {}));
     socket.on("chat.state", (msg) => this._emit("chat-state", msg || {}));

@@ -172,6 +172,9 @@ export const STRINGS = {
     "status.hostAway.partner": "Die Beratungsperson ist kurz nicht verbunden. Bitte bleiben Sie im Gespräch.",
     "status.hostBack": "Ihre Beratungsperson ist wieder da.",
     "status.hostBack.partner": "Die Beratungsperson ist wieder da.",
+    "status.sessionEnding": "Das Gespräch endet in {minutes} Minuten.",
+    "status.sessionEndingOne": "Das Gespräch endet in einer Minute.",
+    "status.sessionExtended": "Das Gespräch wurde bis {time} Uhr verlängert.",
     "status.mutedByHost":
       "Ihr Mikrofon wurde stummgeschaltet. Schalten Sie es wieder ein, wenn Sie sprechen möchten.",
     "status.videoMutedByHost":
@@ -229,6 +232,7 @@ export const STRINGS = {
       "Bitte bestätigen Sie zuerst den Hinweis zum Gespräch (das Kästchen über dem Knopf).",
     "error.removed": "Ihre Beratungsperson hat Sie aus dem Gespräch entfernt.",
     "error.room_ended": "Ihre Beratungsperson hat das Gespräch für alle beendet.",
+    "error.session_expired": "Die vereinbarte Zeit für dieses Gespräch ist abgelaufen.",
     "error.room_locked":
       "Das Gespräch ist gerade gesperrt. Es werden keine weiteren Personen eingelassen.",
     "error.seat_taken":
@@ -401,6 +405,9 @@ export const STRINGS = {
     "status.hostAway.partner": "The adviser is briefly disconnected. Please stay in the conversation.",
     "status.hostBack": "Your adviser is back.",
     "status.hostBack.partner": "The adviser is back.",
+    "status.sessionEnding": "The conversation ends in {minutes} minutes.",
+    "status.sessionEndingOne": "The conversation ends in one minute.",
+    "status.sessionExtended": "The conversation was extended until {time}.",
     "status.mutedByHost": "Your microphone was muted. Turn it back on when you want to speak.",
     "status.videoMutedByHost": "Your camera was turned off. Turn it back on if you like.",
     "status.someoneWaiting": "{name} is in the waiting room.",
@@ -454,6 +461,7 @@ export const STRINGS = {
     "error.consent_required": "Please confirm the note about the conversation first (the box above the button).",
     "error.removed": "Your adviser removed you from the conversation.",
     "error.room_ended": "Your adviser ended the conversation for everyone.",
+    "error.session_expired": "The time booked for this conversation is over.",
     "error.room_locked": "The conversation is locked. No one else is let in right now.",
     "error.seat_taken":
       "This link is in the conversation on another device right now. Please use that device or ask your caseworker.",

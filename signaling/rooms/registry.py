@@ -251,7 +251,10 @@ class RoomHub(Policy, Broadcast, Negotiator):
 
         async def end() -> None:
             log.info("room %s: the session's time is over", live.room.id)
-            await self.end_room(live.room.id, message="The session's time is over.")
+            await self.end_room(
+                live.room.id,
+                reason=RoundtableError("session_expired", "The session's time is over."),
+            )
 
         await run_clock(deadline, self._end_warning, warn, end)
 
@@ -528,13 +531,15 @@ class RoomHub(Policy, Broadcast, Negotiator):
         until: int | None = None,
         *,
         spare: str | None = None,
-        message: str = "This session has ended.",
+        reason: RoundtableError | None = None,
     ) -> None:
         """End a session for everyone: revoke its tokens, disconnect, close the router.
 
         ``spare``: a connection not to drop here (the moderator who ended the session is
-        dropped after its ack has gone out).
+        dropped after its ack has gone out). ``reason``: what everyone is told; by default
+        ``room_ended`` (someone ended it).
         """
+        reason = reason or RoundtableError("room_ended", "This session has ended.")
         if until is None:
             until = await self.room_until(room_id)
         await self._store.close_room(room_id, until)
@@ -545,7 +550,7 @@ class RoomHub(Policy, Broadcast, Negotiator):
         for p in live.room.active():
             p.remove()
             if self.notifier and p.sid != spare:
-                await self.notifier.drop(p.sid, RoundtableError("room_ended", message))
+                await self.notifier.drop(p.sid, reason)
         await self._teardown(live)
 
     async def shutdown(self) -> None:
