@@ -32,6 +32,7 @@ MAX_SDP_BYTES = 64 * 1024
 MAX_SDP_LINES = 2000  # a browser's offer with simulcast has a few hundred
 MAX_CANDIDATE_CHARS = 1024
 MAX_CANDIDATES_BEFORE_OFFER = 64  # trickled before the publish offer was applied
+MAX_CANDIDATES_PER_CONNECTION = 256  # per leg and offer/answer; a browser sends a few dozen
 MAX_EXTEND_MINUTES = 24 * 60
 MAX_CHAT_CHARS = 1000
 

@@ -401,3 +401,23 @@ async def test_resumes_are_counted(server: RunningServer, clients: Clients) -> N
     assert await _metric(server, "roundtable_resumes_total") == 0
     await clients.reload(first, token)  # a reload: the same page again while still inside
     assert await _metric(server, "roundtable_resumes_total") == 1
+
+
+async def test_candidates_per_connection_are_bounded(tmp_path: Path) -> None:
+    from signaling.events import MAX_CANDIDATES_PER_CONNECTION
+
+    async with running_server(tmp_path, events_per_second=100_000) as server:
+        clients = Clients(server)
+        try:
+            client = await clients.join(server.token(room=ROOM, role="client"))
+            candidate = {"candidate": "candidate:1 1 udp 1 192.0.2.1 9 typ host", "sdpMid": "0"}
+            for _ in range(MAX_CANDIDATES_PER_CONNECTION):
+                ack = await client.call("ice", {"pc": "subscribe", "candidate": candidate})
+                assert ack == {"ok": True}, ack
+            ack = await client.call("ice", {"pc": "subscribe", "candidate": candidate})
+            assert ack["error"] == "invalid_payload", ack
+            # The other leg has its own count.
+            ack = await client.call("ice", {"pc": "publish", "candidate": candidate})
+            assert ack == {"ok": True}, ack
+        finally:
+            await clients.close()

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from signaling.errors import STATUS_BY_CODE, Forbidden, InvalidPayload, RoundtableError
-from signaling.events import MAX_CANDIDATES_BEFORE_OFFER
+from signaling.events import MAX_CANDIDATES_BEFORE_OFFER, MAX_CANDIDATES_PER_CONNECTION
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.participant import Participant, TrackRef
 from signaling.rooms.state import LiveRoom, Notifier
@@ -76,6 +76,7 @@ class Negotiator:
                 await self._forget_if_gone(live, participant)
                 raise Forbidden("forbidden", "You are no longer in this session.")
             neg.published = True
+            neg.candidates["publish"] = 0
             early, neg.early_candidates = neg.early_candidates, []
         for candidate in early:
             await self._add_candidate(live, participant.id, "publish", candidate)
@@ -95,6 +96,7 @@ class Negotiator:
             raise _media_error(live, participant, "subscribe.answer", exc) from exc
         finally:
             neg.awaiting_answer = False
+            neg.candidates["subscribe"] = 0
         if neg.pending:
             neg.pending = False
             self._spawn(live, self._renegotiate(live, participant.id))
@@ -104,11 +106,15 @@ class Negotiator:
     ) -> None:
         if not participant.admitted:
             raise Forbidden("forbidden", "You are not admitted to this session yet.")
+        live = self._live(participant)
+        neg = live.negotiations[participant.id]
+        sent = neg.candidates.get(leg, 0)
+        if sent >= MAX_CANDIDATES_PER_CONNECTION:
+            raise InvalidPayload("invalid_payload", "Too many candidates for this connection.")
+        neg.candidates[leg] = sent + 1
         if candidate is not None and ".local" in candidate.get("candidate", ""):
             # mDNS names are not resolved; the browser's checks reveal its address anyway.
             return
-        live = self._live(participant)
-        neg = live.negotiations[participant.id]
         if leg == "publish" and not neg.published:
             if len(neg.early_candidates) >= MAX_CANDIDATES_BEFORE_OFFER:
                 raise InvalidPayload("invalid_payload", "Too many candidates before the offer.")

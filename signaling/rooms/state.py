@@ -39,6 +39,9 @@ class NegotiationState:
     pending: bool = False
     published: bool = False
     early_candidates: list[dict[str, Any] | None] = field(default_factory=list)
+    # Candidates trickled per leg since its last offer/answer (bounded: each one is work
+    # for aioice, and a client has no reason to send hundreds).
+    candidates: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
