@@ -27,7 +27,14 @@ from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.metrics import Metrics
 from signaling.rooms import RoomHub
 from signaling.routing import NodeInfo, NodeLoad, Router, create_router
-from signaling.socket import UNAUTHENTICATED_PER_ADDRESS, SignalingSocket, SocketLimits
+from signaling.socket import (
+    UNAUTHENTICATED_PER_ADDRESS,
+    SignalingSocket,
+    SocketLimits,
+    SocketNotifier,
+    make_server,
+    peer_origins,
+)
 from signaling.sqlite_store import FILE_NAME as STATE_FILE
 from signaling.sqlite_store import SqliteStore
 from signaling.store import StateStore
@@ -185,9 +192,25 @@ def build_app(
         ports = media_ports(config)
         router_factory = sfu_router_factory(config, metrics, ports)
     factory = router_factory
+    limits = SocketLimits(
+        events_per_second=config.events_per_second,
+        event_burst=config.events_per_second,
+        joins_per_ip_per_minute=config.joins_per_ip_per_minute,
+        # An address allowed more joins a minute (an office behind one NAT, the bench)
+        # may also have as many handshakes under way at once.
+        unauthenticated_per_address=max(
+            UNAUTHENTICATED_PER_ADDRESS, config.joins_per_ip_per_minute
+        ),
+    )
+    routing = create_router(node_info(config), config.redis_url)
+    manager = ClusterManager(config.redis_url) if config.redis_url else None
+    cluster = Cluster(manager)
+    origins = peer_origins(routing, config.cluster_url)
+    notifier = SocketNotifier(make_server(limits, metrics, client_manager=manager, origins=origins))
     hub = RoomHub(
         store,
         factory,
+        notifier,
         max_participants=config.max_participants,
         host_grace_seconds=config.host_grace_seconds,
         reconnect_grace_seconds=config.reconnect_grace_seconds,
@@ -203,27 +226,15 @@ def build_app(
         ),
     )
     metrics.watch(hub.snapshot)
-    routing = create_router(node_info(config), config.redis_url)
     routing.watch(_load_probe(hub, metrics), lambda: list(hub.rooms()))
-    manager = ClusterManager(config.redis_url) if config.redis_url else None
-    cluster = Cluster(manager)
     sock = SignalingSocket(
         hub,
         tokens,
         metrics,
-        SocketLimits(
-            events_per_second=config.events_per_second,
-            event_burst=config.events_per_second,
-            joins_per_ip_per_minute=config.joins_per_ip_per_minute,
-            # An address allowed more joins a minute (an office behind one NAT, the bench)
-            # may also have as many handshakes under way at once.
-            unauthenticated_per_address=max(
-                UNAUTHENTICATED_PER_ADDRESS, config.joins_per_ip_per_minute
-            ),
-        ),
+        limits,
+        notifier=notifier,
         routing=routing,
         cluster=cluster,
-        client_manager=manager,
         cluster_url=config.cluster_url,
     )
     api = RestApi(
@@ -260,7 +271,7 @@ def build_app(
     app[METRICS] = metrics
     app[SOCKET] = sock
     app[ROUTING] = routing
-    app[PEER_ORIGINS] = sock.peer_origins
+    app[PEER_ORIGINS] = origins
     api.setup(app)
     invites.setup(app)
     ClusterApi(api, config.api_key, store, routing, cluster).setup(app)

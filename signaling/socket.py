@@ -92,8 +92,72 @@ class _Connection:
     bucket: TokenBucket
 
 
+def peer_origins(routing: Router, cluster_url: str | None) -> Callable[[], frozenset[str]]:
+    """Origins of the cluster's nodes (and of its entry URL) whose pages may connect."""
+    extra = frozenset({origin(cluster_url)} if cluster_url else ())
+    return lambda: routing.origins | extra
+
+
+def make_server(
+    limits: SocketLimits,
+    metrics: Metrics,
+    *,
+    client_manager: Any = None,
+    origins: Callable[[], frozenset[str]] = frozenset,
+) -> HardenedServer:
+    """The Socket.IO server, made before the rooms so that they get their notifier
+    (``SocketNotifier``) when they are made, and before the handlers that use the rooms."""
+
+    def origin_allowed(given: str | None, environ: dict[str, Any]) -> bool:
+        return same_origin(given, environ) or (given is not None and given in origins())
+
+    return HardenedServer(
+        gate=Gate(limits.unauthenticated_per_address, limits.unauthenticated_seconds),
+        on_limit=metrics.limit_hit,
+        async_mode="aiohttp",
+        # With Redis: emits to connections of other nodes, and room actions
+        # (``signaling.cluster``), travel through it.
+        client_manager=client_manager,
+        # Same origin only (Origin must equal where the page was served from, over
+        # http or https); clients without Origin (non-browsers) still need a token.
+        # A cluster's pages also connect to its other nodes (``wrong_node``, a move).
+        cors_allowed_origins=origin_allowed,
+        # Large enough for a 64 KiB SDP plus framing so that an oversized SDP gets a
+        # clear `payload_too_large` from us instead of a dropped transport.
+        max_http_buffer_size=4 * MAX_SDP_BYTES,
+        # A vanished client (laptop lid closed, network gone) is noticed within 5 s
+        # (engine.io's default: 45 s), so the others see "reconnecting" at once; the
+        # seat and media stay for the reconnect grace, so noticing early costs nothing.
+        ping_interval=2,
+        ping_timeout=3,
+        logger=False,
+        engineio_logger=False,
+    )
+
+
+class SocketNotifier:
+    """How the rooms reach their clients (``signaling.rooms.Notifier``) over Socket.IO:
+    an event to one connection, or the reason and a disconnect."""
+
+    def __init__(self, sio: HardenedServer) -> None:
+        self.sio = sio
+        self.connections: dict[str, _Connection] = {}
+
+    async def send(self, sid: str, event: str, payload: dict[str, Any]) -> None:
+        await self.sio.emit(event, payload, to=sid)
+
+    async def drop(self, sid: str, error: RoundtableError | None) -> None:
+        if self.connections.pop(sid, None) is None:
+            # Not (yet) a connection of ours: its connect handler is still running and
+            # refuses it itself once it sees its participant gone.
+            return
+        if error is not None:
+            await self.sio.emit("error", socket_error(error), to=sid)
+        await self.sio.disconnect(sid)
+
+
 class SignalingSocket:
-    """The Socket.IO server; also the hub's ``Notifier``."""
+    """The Socket.IO handlers: joins, client events, room actions from other nodes."""
 
     def __init__(
         self,
@@ -102,9 +166,9 @@ class SignalingSocket:
         metrics: Metrics,
         limits: SocketLimits,
         *,
+        notifier: SocketNotifier,
         routing: Router | None = None,
         cluster: Cluster | None = None,
-        client_manager: Any = None,
         cluster_url: str | None = None,
     ) -> None:
         self._hub = hub
@@ -117,45 +181,18 @@ class SignalingSocket:
         self._limits = limits
         self._joins = SlidingWindow(limits.joins_per_ip_per_minute, 60.0)
         self._handshakes = SlidingWindow(handshake_limit(limits.joins_per_ip_per_minute), 60.0)
-        self._connections: dict[str, _Connection] = {}
+        self._notifier = notifier
+        # Who has joined, by sid: shared with the notifier, which forgets a connection
+        # it drops (its disconnect is then not a participant's departure).
+        self._connections = notifier.connections
         self._moderation = Moderation(hub, tokens)
         self._chat = Chat(hub)
         # Drops that must follow an ack (``room.end``); cancelled at shutdown.
         self._tasks: set[asyncio.Task[None]] = set()
-        self.sio = HardenedServer(
-            gate=Gate(limits.unauthenticated_per_address, limits.unauthenticated_seconds),
-            on_limit=metrics.limit_hit,
-            async_mode="aiohttp",
-            # With Redis: emits to connections of other nodes, and room actions
-            # (``signaling.cluster``), travel through it.
-            client_manager=client_manager,
-            # Same origin only (Origin must equal where the page was served from, over
-            # http or https); clients without Origin (non-browsers) still need a token.
-            # A cluster's pages also connect to its other nodes (``wrong_node``, a move).
-            cors_allowed_origins=self._origin_allowed,
-            # Large enough for a 64 KiB SDP plus framing so that an oversized SDP gets a
-            # clear `payload_too_large` from us instead of a dropped transport.
-            max_http_buffer_size=4 * MAX_SDP_BYTES,
-            # A vanished client (laptop lid closed, network gone) is noticed within 5 s
-            # (engine.io's default: 45 s), so the others see "reconnecting" at once; the
-            # seat and media stay for the reconnect grace, so noticing early costs nothing.
-            ping_interval=2,
-            ping_timeout=3,
-            logger=False,
-            engineio_logger=False,
-        )
+        self.sio = notifier.sio
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
         self.sio.on("*", self._event)
-        hub.notifier = self
-
-    def peer_origins(self) -> frozenset[str]:
-        """Origins of the cluster's nodes (and of its entry URL) whose pages may connect."""
-        extra = {origin(self._cluster_url)} if self._cluster_url else set()
-        return self._routing.origins | extra
-
-    def _origin_allowed(self, given: str | None, environ: dict[str, Any]) -> bool:
-        return same_origin(given, environ) or (given is not None and given in self.peer_origins())
 
     def attach(self, app: web.Application) -> None:
         self.sio.attach(app, socketio_path="socket.io")
@@ -182,20 +219,6 @@ class SignalingSocket:
                     "too_many_requests", "Too many connections from your address; wait a minute."
                 )
         return await handler(request)
-
-    # -- Notifier -----------------------------------------------------------------------
-
-    async def send(self, sid: str, event: str, payload: dict[str, Any]) -> None:
-        await self.sio.emit(event, payload, to=sid)
-
-    async def drop(self, sid: str, error: RoundtableError | None) -> None:
-        if self._connections.pop(sid, None) is None:
-            # Not (yet) a connection of ours: its connect handler is still running and
-            # refuses it itself once it sees its participant gone.
-            return
-        if error is not None:
-            await self.sio.emit("error", socket_error(error), to=sid)
-        await self.sio.disconnect(sid)
 
     # -- handlers -----------------------------------------------------------------------
 
@@ -296,7 +319,7 @@ class SignalingSocket:
         if old is not None and previous != sid:
             # The server had not noticed the old connection drop yet: close it quietly
             # (its disconnect finds no participant any more).
-            self._hub.spawn_for(participant, self.drop(previous, None))
+            self._hub.spawn_for(participant, self._notifier.drop(previous, None))
         self._hub.spawn_for(participant, self._welcome(sid, participant, resumed=True))
 
     def _tell_moderators(self, claims: Any, event: str, reason: str) -> None:
@@ -330,7 +353,7 @@ class SignalingSocket:
         welcome["cluster"] = await self.cluster_urls()
         # Only this page learns the secret that lets it resume this seat.
         welcome.update(resume=participant.resume_secret, resumed=resumed)
-        await self.send(sid, "welcome", welcome)
+        await self._notifier.send(sid, "welcome", welcome)
         if resumed:
             await self._hub.back(participant)
         else:
@@ -477,7 +500,7 @@ class SignalingSocket:
         async def later() -> None:
             # The ack is queued when the handler returns; give it a moment on the wire.
             await asyncio.sleep(0.1)
-            await self.drop(sid, error)
+            await self._notifier.drop(sid, error)
 
         task = asyncio.get_running_loop().create_task(later())
         self._tasks.add(task)
@@ -500,7 +523,7 @@ class SignalingSocket:
             await asyncio.sleep(0.2)  # the events on the wire before the close
         for sid in sids:
             try:
-                await self.drop(sid, None)
+                await self._notifier.drop(sid, None)
             except Exception:
                 log.debug("disconnect %s failed", sid, exc_info=True)
 

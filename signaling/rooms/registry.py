@@ -1,8 +1,9 @@
 """The rooms of this node: membership, their SFU routers and the tasks they own.
 
 The hub (``RoomHub``, assembled here from ``policy``, ``broadcast`` and
-``negotiation``) is transport-agnostic: it talks to clients through a ``Notifier`` (implemented by
-``signaling.socket``) and to the media plane through a ``MediaRouter`` per room, created
+``negotiation``) is transport-agnostic: it talks to clients through the ``Notifier`` it is
+given when made (``signaling.socket.SocketNotifier``) and to the media plane through a
+``MediaRouter`` per room, created
 lazily on the first join and closed when the room empties or ends. Every task it starts
 belongs to a room and is cancelled and awaited when that room is torn down.
 """
