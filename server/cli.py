@@ -45,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     settings_doc.add_flags(serve)
 
+    drain_cmd = sub.add_parser(
+        "drain",
+        help="drain a node of the cluster, as SIGTERM on that node would (needs Redis)",
+        description=(
+            "Ask node NODE (its ROUNDTABLE_NODE_ID) through Redis to drain: /readyz turns "
+            "503, no new rooms go there, its calls continue up to its drain timeout and then "
+            "move to the other nodes; the process exits 0. Uses ROUNDTABLE_REDIS_URL."
+        ),
+    )
+    drain_cmd.add_argument("node", help="the node's id, as /readyz shows it")
+
     reference = sub.add_parser(
         "settings",
         help="print every setting with its environment variable and default",
@@ -180,14 +191,25 @@ async def _serve(
         print(line, flush=True)
 
     try:
-        how = await stops.first()
+        from server.app import HUB, ROUTING, SOCKET
+
+        routing = app[ROUTING]
+        asked = asyncio.ensure_future(routing.drain_requested.wait())
+        signalled = asyncio.ensure_future(stops.first())
+        await asyncio.wait({asked, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        asked.cancel()
+        if signalled.done():
+            how, abort = signalled.result(), stops.again
+        else:
+            # `roundtable drain NODE`: the next SIGTERM or SIGINT stops at once.
+            signalled.cancel()
+            how, abort = signal.SIGTERM, stops.first_event
         if how == signal.SIGTERM and config.redis_url:
             # A node of a cluster leaves without cutting calls (signaling.drain); a
             # second SIGTERM, or SIGINT, stops at once.
-            from server.app import HUB, ROUTING, SOCKET
             from signaling.drain import drain
 
-            await drain(app[ROUTING], app[HUB], app[SOCKET], config.drain_timeout, stops.again)
+            await drain(routing, app[HUB], app[SOCKET], config.drain_timeout, abort)
     finally:
         log.info("shutting down")
         await runner.cleanup()
@@ -264,6 +286,10 @@ class StopSignals:
         self.how = sig
         self._first.set()
 
+    @property
+    def first_event(self) -> asyncio.Event:
+        return self._first
+
     async def first(self) -> int:
         await self._first.wait()
         assert self.how is not None
@@ -273,6 +299,25 @@ class StopSignals:
 async def until_stopped() -> None:
     """Return on SIGINT or SIGTERM; the caller then shuts down in order."""
     await StopSignals().first()
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    config = Config.from_env()
+    if not config.redis_url:
+        print("roundtable: drain needs ROUNDTABLE_REDIS_URL (the cluster's Redis)", file=sys.stderr)
+        return 2
+    from signaling.routing.redis import request_drain
+
+    try:
+        found = asyncio.run(request_drain(config.redis_url, args.node))
+    except OSError as exc:
+        print(f"roundtable: Redis unreachable: {exc}", file=sys.stderr)
+        return 1
+    if not found:
+        print(f"roundtable: no live node {args.node!r}", file=sys.stderr)
+        return 1
+    print(f"node {args.node} drains", flush=True)
+    return 0
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -395,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "settings":
             return cmd_settings(args)
+        if args.command == "drain":
+            return cmd_drain(args)
         return cmd_token(args)
     except ConfigError as exc:
         print(f"roundtable: {exc}", file=sys.stderr)

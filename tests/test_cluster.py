@@ -342,3 +342,23 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+async def test_roundtable_drain_node_drains_that_node(nodes: Nodes, redis: RedisProcess) -> None:
+    a, b = nodes.start("node-a"), nodes.start("node-b")
+    nodes.ready(a, b)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ROUNDTABLE_")},
+        "ROUNDTABLE_REDIS_URL": redis.url,
+    }
+    done = await asyncio.to_thread(
+        subprocess.run, [str(BIN), "drain", "node-a"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "node-a drains" in done.stdout, done.stderr
+    # No calls on it: the drain is over at once and the process exits 0.
+    assert await asyncio.to_thread(a.wait, 30) == 0
+    assert (await _ready(b))[0] == 200
+    unknown = await asyncio.to_thread(
+        subprocess.run, [str(BIN), "drain", "node-x"], env=env, capture_output=True, text=True
+    )
+    assert unknown.returncode == 1 and "no live node" in unknown.stderr

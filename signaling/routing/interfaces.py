@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -99,6 +100,8 @@ class Router(ABC):
 
     def __init__(self, node: NodeInfo) -> None:
         self.node = node
+        # Set when an operator asks this node to drain (``roundtable drain NODE``).
+        self.drain_requested = asyncio.Event()
         self._load: LoadProbe = NodeLoad
         self._rooms: RoomsProbe = list
 

@@ -121,12 +121,17 @@ class RedisRouter(Router):
     def _node_key(self, node_id: str) -> str:
         return f"{self._p}node:{node_id}"
 
+    def _drain_key(self, node_id: str) -> str:
+        return f"{self._p}drain:{node_id}"
+
     def _room_key(self, room: str) -> str:
         return f"{self._p}room-node:{room}"
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        # A request meant for an earlier process of the same id is not for this one.
+        await self._redis.delete(self._drain_key(self.node.id))
         await self._heartbeat()  # an unreachable Redis fails the start
         self._task = asyncio.get_running_loop().create_task(self._keep_alive())
 
@@ -139,7 +144,7 @@ class RedisRouter(Router):
         with contextlib.suppress(RedisError, OSError):
             for room in self._rooms():
                 await self._release(keys=[self._room_key(room)], args=[self.node.id])
-            await self._redis.delete(self._node_key(self.node.id))
+            await self._redis.delete(self._node_key(self.node.id), self._drain_key(self.node.id))
         await self._redis.aclose()
 
     async def _heartbeat(self) -> None:
@@ -157,8 +162,12 @@ class RedisRouter(Router):
             if self.node.url:
                 pipe.sadd(self._origins_key, origin(self.node.url))
             pipe.smembers(self._origins_key)
+            pipe.exists(self._drain_key(self.node.id))
             results = await pipe.execute()
-        self._origins = frozenset(results[-1])
+        self._origins = frozenset(results[-2])
+        if results[-1] and not self.drain_requested.is_set():
+            log.info("routing: drain requested for this node")
+            self.drain_requested.set()
 
     async def _keep_alive(self) -> None:
         while True:
@@ -241,3 +250,18 @@ class RedisRouter(Router):
         self.node = self.node.with_(draining=True)
         with contextlib.suppress(RedisError, OSError):
             await self._heartbeat()
+
+
+async def request_drain(url: str, node_id: str, *, prefix: str = PREFIX) -> bool:
+    """Ask node ``node_id`` to drain (it sees the request at its next heartbeat);
+    False if no such node is alive."""
+    client = connect(url)
+    try:
+        if not await client.exists(f"{prefix}node:{node_id}"):
+            return False
+        await client.set(f"{prefix}drain:{node_id}", "1", ex=24 * 3600)
+        return True
+    except RedisError as exc:
+        raise OSError(str(exc)) from exc
+    finally:
+        await client.aclose()
