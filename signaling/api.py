@@ -169,32 +169,41 @@ class RestApi:
         room_id = new_id("r")
         ttl = minutes * 60
         cw_token, cw = self._tokens.issue(
-            room=room_id, role="caseworker", name=names["caseworker_name"], ttl=ttl
-        )
-        cl_token, _ = self._tokens.issue(
             room=room_id,
-            sub=self._tokens.client_sub(room_id),
-            role="client",
-            name=names["client_name"],
+            role="caseworker",
+            name=names["caseworker_name"],
             ttl=ttl,
-            lobby=flags["client_lobby"],
-            consent=flags["client_consent"],
+            client_present=body.client_present,
         )
+        base = self.base_url(request)
+        client_url: str | None = None
+        if not body.client_present:
+            cl_token, _ = self._tokens.issue(
+                room=room_id,
+                sub=self._tokens.client_sub(room_id),
+                role="client",
+                name=names["client_name"],
+                ttl=ttl,
+                lobby=flags["client_lobby"],
+                consent=flags["client_consent"],
+            )
+            client_url = f"{base}/join#token={cl_token}"
         await self._store.put_room(RoomRecord(room_id, cw.iat, cw.exp))
         self._metrics.rooms_created.inc()
         log.info(
-            "room %s created, valid %d min, client lobby %s, consent %s",
+            "room %s created, valid %d min, client lobby %s, consent %s, present %s",
             room_id,
             minutes,
             flags["client_lobby"],
             flags["client_consent"],
+            body.client_present,
         )
-        base = self.base_url(request)
         return web.json_response(
             {
                 "room": room_id,
                 "caseworker_url": f"{base}/join#token={cw_token}",
-                "client_url": f"{base}/join#token={cl_token}",
+                "client_url": client_url,
+                "client_present": body.client_present,
                 "client_lobby": flags["client_lobby"],
                 "client_consent": flags["client_consent"],
                 "expires_at": iso(cw.exp),

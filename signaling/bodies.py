@@ -61,6 +61,8 @@ class CreateRoom(Body):
     valid_minutes: int | None = None
     client_lobby: bool = True
     client_consent: bool = True
+    # The client sits at the caseworker's desk: no client link (a QR code can still make one).
+    client_present: bool = False
 
 
 class CreateInvite(Body):

@@ -151,6 +151,14 @@ class ChatEnable(Event):
     enabled: bool
 
 
+class ScreenShare(Event):
+    sharing: bool
+
+
+class Hand(Event):
+    raised: bool
+
+
 # The registry: every event a client may send, and nothing else.
 class IceRestart(Event):
     """Only the subscribe leg: the publish leg restarts with its own re-offer."""
@@ -186,6 +194,8 @@ EVENTS: dict[str, type[Event]] = {
     "ice.restart": IceRestart,
     "self.mute": SelfMute,
     "quality": Quality,
+    "screen.share": ScreenShare,
+    "hand": Hand,
 }
 
 

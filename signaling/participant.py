@@ -63,6 +63,11 @@ class Participant:
     state: ParticipantState = ParticipantState.WAITING
     tracks: list[TrackRef] = field(default_factory=list)
     muted: dict[str, bool] = field(default_factory=lambda: {"audio": False, "video": False})
+    # The video track shows a shared screen (the page says so: the SFU forwards it on the
+    # camera's track, so the others cannot tell from the media).
+    sharing: bool = False
+    # When the hand went up (time.time()), None when it is down: the caseworker sees the order.
+    hand_at: float | None = None
     joined_at: float = field(default_factory=time.monotonic)
     # What the person switched off themselves (shown to everyone; the moderator's mute
     # is ``muted``).
@@ -140,4 +145,7 @@ class Participant:
             "self_muted": dict(self.self_muted),
             "connection": "reconnecting" if self.away_since is not None else "live",
             "quality": "lost" if self.away_since is not None else self.quality,
+            "sharing": self.sharing,
+            "hand": self.hand_at,
+            "client_present": self.claims.client_present,
         }

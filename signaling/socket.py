@@ -468,6 +468,9 @@ class SignalingSocket:
         if event == "chat.enable":
             await self._chat.set_enabled(participant, payload["enabled"])
             return {"ok": True}
+        if event in ("screen.share", "hand"):
+            await self._hub.set_presence(participant, event, payload)
+            return {"ok": True}
         if event == "ice.refresh":
             return {"ok": True, "ice": self._hub.refresh_ice(participant)}
         mod = self._moderation

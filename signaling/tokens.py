@@ -83,6 +83,8 @@ class TokenClaims:
     # The person must agree to the consent text before joining: the connect carries
     # ``consent: true`` or is refused (``consent_required``).
     consent: bool = False
+    # Hybrid appointment: the client sits at this caseworker's desk (no client link).
+    client_present: bool = False
 
     def has(self, grant: str) -> bool:
         return grant in self.grants
@@ -152,6 +154,7 @@ class TokenService:
         invite: bool = False,
         org_type: str | None = None,
         consent: bool = False,
+        client_present: bool = False,
     ) -> tuple[str, TokenClaims]:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
@@ -176,6 +179,7 @@ class TokenService:
             invite=invite,
             org_type=org_type,
             consent=consent,
+            client_present=client_present,
         )
         payload: dict[str, Any] = {
             "iss": ISSUER,
@@ -198,6 +202,8 @@ class TokenService:
             payload["org_type"] = org_type
         if invite:
             payload["invite"] = True
+        if client_present:
+            payload["client_present"] = True
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims
 
     # -- verifying ---------------------------------------------------------------------
@@ -327,8 +333,9 @@ class TokenService:
         lobby = p.get("lobby", False)
         invite = p.get("invite", False)
         consent = p.get("consent", False)
-        if not all(isinstance(v, bool) for v in (lobby, invite, consent)):
-            raise _bad("token_malformed", "The 'lobby'/'invite'/'consent' claim is not valid.")
+        present = p.get("client_present", False)
+        if not all(isinstance(v, bool) for v in (lobby, invite, consent, present)):
+            raise _bad("token_malformed", "A boolean claim is not valid.")
         org_type = p.get("org_type")
         if org_type is not None and (not isinstance(org_type, str) or len(org_type) > 40):
             raise _bad("token_malformed", "The 'org_type' claim is not valid.")
@@ -350,4 +357,5 @@ class TokenService:
             invite=invite,
             org_type=org_type,
             consent=consent,
+            client_present=present,
         )

@@ -76,6 +76,7 @@ async def test_create_room_links_work(server: RunningServer) -> None:
         "client_url",
         "client_lobby",
         "client_consent",
+        "client_present",
         "expires_at",
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["expires_at"])

@@ -83,3 +83,17 @@ async def test_room_options_decide_the_client_link(
 async def test_room_options_must_be_booleans(server: RunningServer, body: dict) -> None:
     status, answer = await _create(server, body)
     assert (status, answer["error"]) == (400, "bad_request")
+
+
+async def test_client_present_makes_no_client_link(server: RunningServer, clients: Clients) -> None:
+    """Hybrid appointment: the client sits at the desk; the others see it on the
+    caseworker's entry, and a QR code can still make the client a link for their phone."""
+    status, room = await _create(server, {"client_present": True})
+    assert status == 201, room
+    assert room["client_url"] is None and room["client_present"] is True
+    cw = await clients.join(link_token(room["caseworker_url"]))
+    assert cw.events["welcome"][0]["you"]["client_present"] is True
+    status, plain = await _create(server, {"client_lobby": False, "client_consent": False})
+    other = await clients.join(link_token(plain["caseworker_url"]))
+    assert other.events["welcome"][0]["you"]["client_present"] is False
+    assert (await _create(server, {"client_present": "yes"}))[0] == 400

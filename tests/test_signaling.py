@@ -79,6 +79,9 @@ async def test_welcome_then_roster_to_everyone_on_every_change(
         "self_muted",
         "connection",
         "quality",
+        "sharing",
+        "hand",
+        "client_present",
     }
     assert me["state"] == "admitted" and me["role"] == "caseworker" and me["name"] == "Frau B"
     assert welcome["ice"] == {"iceServers": [], "iceTransportPolicy": "all"}

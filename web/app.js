@@ -373,6 +373,8 @@ async function toggleScreen() {
     const display = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
     track = display.getVideoTracks()[0];
     await state.call.shareScreen(track);
+    // The others' pages enlarge a shared screen; they learn of it from the roster.
+    state.call.request("screen.share", { sharing: true }).catch(() => {});
   } catch (err) {
     if (track) track.stop();
     // Cancelling the browser's picker is a choice, not an error.
@@ -391,7 +393,10 @@ function stopScreen() {
   if (!track) return;
   state.screen = null;
   track.stop();
-  if (state.call) state.call.shareScreen(null).catch(() => {});
+  if (state.call) {
+    state.call.shareScreen(null).catch(() => {});
+    state.call.request("screen.share", { sharing: false }).catch(() => {});
+  }
   state.tiles.setSelfScreen(null, state.stream);
   updateToggles();
   updateScreenButton();
@@ -495,6 +500,19 @@ function join() {
     },
   });
   $("dial-in-button").hidden = !hasGrant("invite");
+  // Raise hand: for clients and partners; the caseworker sees the order in the panel.
+  $("hand-toggle").hidden = moderator;
+  $("hand-toggle").onclick = () => {
+    const raised = $("hand-toggle").getAttribute("aria-pressed") !== "true";
+    call
+      .request("hand", { raised })
+      .then(() => {
+        $("hand-toggle").setAttribute("aria-pressed", String(raised));
+        $("hand-toggle").classList.toggle("is-active", raised);
+        setStatus(raised ? "hand.youRaised" : "hand.youLowered");
+      })
+      .catch((err) => setStatusError(err.code, err.message));
+  };
   if (hasGrant("chat")) {
     state.chat = new ChatPanel({
       call,

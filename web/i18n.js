@@ -46,6 +46,12 @@ export const STRINGS = {
     "device.failed": "Kamera und Mikrofon konnten nicht gestartet werden.",
     "device.listenOnly": "Sie nehmen ohne Kamera und Mikrofon teil (nur sehen und hören).",
 
+    "hand.raise": "Hand heben",
+    "hand.raised": "Hand gehoben",
+    "hand.order": "{n}. Hand",
+    "hand.youRaised": "Sie haben die Hand gehoben. Die Beratungsperson sieht es.",
+    "hand.youLowered": "Sie haben die Hand gesenkt.",
+    "hand.someoneRaised": "{name} hebt die Hand.",
     "call.title": "Gespräch",
     "call.tilesLabel": "Bilder der Teilnehmenden",
     "call.participants": "Teilnehmende",
@@ -191,6 +197,7 @@ export const STRINGS = {
 
     "role.caseworker": "Beratungsperson",
     "role.client": "Kundin/Kunde",
+    "role.caseworkerOnSite": "Beratung mit Kundin/Kunde vor Ort",
     "role.partner": "Partner/in",
     "role.unknown": "Teilnehmende Person",
 
@@ -280,6 +287,12 @@ export const STRINGS = {
     "device.failed": "Camera and microphone could not be started.",
     "device.listenOnly": "You take part without camera and microphone (watch and listen only).",
 
+    "hand.raise": "Raise your hand",
+    "hand.raised": "Hand raised",
+    "hand.order": "Hand {n}",
+    "hand.youRaised": "You raised your hand. The adviser can see it.",
+    "hand.youLowered": "You lowered your hand.",
+    "hand.someoneRaised": "{name} raises their hand.",
     "call.title": "Conversation",
     "call.tilesLabel": "Pictures of the participants",
     "call.participants": "Participants",
@@ -422,6 +435,7 @@ export const STRINGS = {
 
     "role.caseworker": "Adviser",
     "role.client": "Client",
+    "role.caseworkerOnSite": "Adviser with the client on site",
     "role.partner": "Partner",
     "role.unknown": "Participant",
 

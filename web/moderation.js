@@ -7,7 +7,7 @@ import { errorMessage, roleLabel, t } from "./i18n.js";
 const $ = (id) => document.getElementById(id);
 
 function who(p) {
-  const role = roleLabel(p.role);
+  const role = p.client_present ? t("role.caseworkerOnSite") : roleLabel(p.role);
   return p.org ? `${role} · ${p.org}` : role;
 }
 
@@ -146,7 +146,15 @@ export class Panel {
 
   setRoster(participants, selfId) {
     this.selfId = selfId;
+    const before = new Set(this.people.filter((p) => p.hand).map((p) => p.id));
     this.people = participants.filter((p) => p.state === "admitted" || p.state === "connected");
+    // Raised hands first, in the order they went up; then everyone else as they came.
+    const hands = this.people.filter((p) => p.hand).sort((a, b) => a.hand - b.hand);
+    this.handOrder = new Map(hands.map((p, i) => [p.id, i + 1]));
+    this.people = [...hands, ...this.people.filter((p) => !p.hand)];
+    if (this.moderator) {
+      for (const p of hands) if (!before.has(p.id)) this.onStatus("hand.someoneRaised", { name: p.name });
+    }
     this._renderPeople();
   }
 
@@ -208,6 +216,14 @@ export class Panel {
       ...this.people.map((p) => {
         const li = this._row(p);
         const actions = li.querySelector(".person-actions");
+        const order = this.handOrder && this.handOrder.get(p.id);
+        if (order) {
+          const hand = document.createElement("span");
+          hand.className = "person-hand";
+          hand.dataset.testid = "person-hand";
+          hand.textContent = t("hand.order", { n: order });
+          actions.append(hand);
+        }
         const muted = p.muted && p.muted.audio;
         if (muted) {
           const note = document.createElement("span");

@@ -26,6 +26,8 @@ export class Tiles {
     this.tiles = new Map(); // participant id -> {el, video, participant}
     this.streams = new Map(); // participant id -> MediaStream (may arrive before the roster)
     this.selfId = null;
+    this.speaker = null; // the latest remote participant heard speaking (featured on phones)
+    this._speakingSince = new Map(); // pid -> ticks in a row above the threshold
     if ("ResizeObserver" in window) new ResizeObserver(() => this._layout()).observe(list);
   }
 
@@ -123,10 +125,20 @@ export class Tiles {
 
   /** Mark who is speaking (levels: participant id -> 0..1). */
   setSpeaking(levels, threshold = 0.03) {
+    let speaker = this.speaker;
     for (const [pid, tile] of this.tiles) {
       const level = levels.get(pid) || 0;
       const micOff = tile.el.classList.contains("mic-muted");
-      tile.el.classList.toggle("speaking", level > threshold && !micOff);
+      const speaking = level > threshold && !micOff;
+      tile.el.classList.toggle("speaking", speaking);
+      // Two ticks in a row (~0.8 s): a cough or a click does not move the big tile.
+      const ticks = speaking ? (this._speakingSince.get(pid) || 0) + 1 : 0;
+      this._speakingSince.set(pid, ticks);
+      if (ticks >= 2 && pid !== this.selfId) speaker = pid;
+    }
+    if (speaker !== this.speaker) {
+      this.speaker = speaker;
+      this._layout();
     }
   }
 
@@ -171,7 +183,10 @@ export class Tiles {
       if (!isSelf) this._attach(tile);
       this._layout();
     }
+    const wasSharing = Boolean(tile.participant.sharing);
     tile.participant = participant;
+    if (Boolean(participant.sharing) !== wasSharing) this._layout();
+    tile.el.classList.toggle("hand-up", Boolean(participant.hand));
     tile.el.dataset.role = participant.role;
     tile.video.dataset.role = participant.role;
     const muted = participant.muted || {};
@@ -184,11 +199,13 @@ export class Tiles {
     const p = tile.participant;
     const name = p.name || "?";
     tile.el.querySelector(".tile-name").textContent = tile.isSelf ? `${name} (${t("call.you")})` : name;
-    const role = roleLabel(p.role);
+    // Hybrid appointment: the client sits beside the caseworker, on their picture.
+    const role = p.client_present ? t("role.caseworkerOnSite") : roleLabel(p.role);
     tile.el.querySelector(".tile-role").textContent = p.org ? `${role} · ${p.org}` : role;
     tile.el.querySelector(".tile-avatar").textContent = initials(name);
     const mutedIcon = tile.el.querySelector(".tile-muted");
     mutedIcon.setAttribute("aria-label", t("call.micMuted"));
+    tile.el.querySelector(".tile-hand").setAttribute("aria-label", t("hand.raised"));
     tile.video.setAttribute("aria-label", `${name}, ${role}`);
   }
 
@@ -218,10 +235,49 @@ export class Tiles {
     tile.el.classList.toggle("no-video", !hasVideo);
   }
 
+  /**
+   * Who gets the big tiles when not everyone fits as large as a grid would make them: a
+   * shared screen alone; else the person this page is mostly talking to (the caseworker,
+   * or for the caseworker the client) and, beside them, whoever spoke last. Never
+   * ourselves.
+   */
+  _featured() {
+    const others = [...this.tiles.entries()].filter(([pid]) => pid !== this.selfId);
+    // `sharing` comes from the roster: the page of whoever shares says so (screen.share).
+    const screen = others.find(([, tile]) => tile.participant.sharing);
+    if (screen) return { pids: [screen[0]], reason: "screen" };
+    const self = this.tiles.get(this.selfId);
+    if (self && self.el.classList.contains("sharing")) return { pids: [this.selfId], reason: "screen" };
+    const selfRole = self ? self.participant.role : null;
+    const mainRole = selfRole === "caseworker" ? "client" : "caseworker";
+    const main = others.find(([, tile]) => tile.participant.role === mainRole) || others[0];
+    const pids = main ? [main[0]] : [];
+    if (this.speaker && this.speaker !== pids[0] && this.tiles.has(this.speaker)) pids.push(this.speaker);
+    return { pids, reason: "people" };
+  }
+
   _layout() {
     const n = this.tiles.size;
     this.list.dataset.count = String(n);
     if (n === 0) return;
+    const width0 = this.list.clientWidth;
+    // A screen share always, and on a phone from three people on: the big tiles on top,
+    // the rest in a strip below, so that everyone stays visible without scrolling.
+    const featured = n >= 2 ? this._featured() : null;
+    const phone = width0 > 0 && width0 < 600;
+    const focus = featured && featured.pids.length > 0 && (featured.reason === "screen" || (phone && n >= 3));
+    this.list.dataset.layout = focus ? "focus" : "grid";
+    const big = focus ? new Set(featured.pids) : new Set();
+    this.list.dataset.featured = String(big.size);
+    for (const [pid, tile] of this.tiles) tile.el.classList.toggle("featured", big.has(pid));
+    if (focus) {
+      // Two big tiles share the top row (two columns each); the strip has four columns on
+      // a phone, up to six on a desktop.
+      const rest = n - big.size;
+      const cols = big.size === 2 ? 4 : Math.max(1, Math.min(rest, phone ? 4 : 6));
+      this.list.style.setProperty("--strip-cols", String(cols));
+      return;
+    }
     // Pick the column count that makes 4:3 tiles largest in the space available.
     const gap = 12;
     const width = this.list.clientWidth;

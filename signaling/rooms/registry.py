@@ -483,6 +483,25 @@ class RoomHub(Policy, Broadcast, Negotiator):
         log.info("room %s: host %s did not come back; ending the session", live.room.id, pid)
         await self.end_room(live.room.id)
 
+    async def set_presence(
+        self, participant: Participant, event: str, payload: dict[str, Any]
+    ) -> None:
+        """``screen.share`` / ``hand``: what the others should see of someone, in the roster."""
+        if not participant.admitted:
+            raise Forbidden("forbidden", "You are not admitted to this session yet.")
+        live = self._live(participant)
+        if event == "screen.share":
+            participant.require("screen")
+            changed = participant.sharing != payload["sharing"]
+            participant.sharing = payload["sharing"]
+        else:
+            raised = payload["raised"]
+            changed = (participant.hand_at is not None) != raised
+            if changed:
+                participant.hand_at = time.time() if raised else None
+        if changed:
+            await self.broadcast_roster(live.room)
+
     async def leave(
         self,
         participant: Participant,

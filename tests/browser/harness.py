@@ -140,7 +140,8 @@ class Server:
         status, room = self.request("POST", "/api/rooms", body)
         assert status == 201, (status, room)
         for key in ("caseworker_url", "client_url"):
-            room[key] = self.local_url(room[key])
+            if room[key] is not None:  # no client link when the client is at the desk
+                room[key] = self.local_url(room[key])
         return room
 
     def local_url(self, url: str) -> str:

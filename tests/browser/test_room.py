@@ -421,3 +421,144 @@ async def test_axe_has_no_serious_findings_desktop_and_phone(
     await client.page.get_by_test_id("rejoin-button").wait_for()
     await _axe(client, "left", found)
     assert found == {}, "\n".join(f"{k}: {v}" for k, v in found.items())
+
+
+_TILE_BOXES = """
+() => {
+  const list = document.querySelector('[data-testid=tiles]').getBoundingClientRect();
+  return {
+    layout: document.querySelector('[data-testid=tiles]').dataset.layout,
+    list: [list.left, list.top, list.right, list.bottom],
+    tiles: [...document.querySelectorAll('li.tile')].map((t) => {
+      const r = t.getBoundingClientRect();
+      return { role: t.dataset.role, pid: t.dataset.participant, featured: t.classList.contains('featured'),
+               box: [r.left, r.top, r.right, r.bottom] };
+    }),
+  };
+}
+"""
+
+
+def _all_visible(info: dict, width: int, height: int) -> None:
+    left, top, right, bottom = info["list"]
+    for tile in info["tiles"]:
+        x0, y0, x1, y1 = tile["box"]
+        assert x1 - x0 > 40 and y1 - y0 > 30, tile  # not squashed to nothing
+        assert x0 >= left - 1 and x1 <= right + 1 and y0 >= top - 1 and y1 <= bottom + 1, (
+            tile,
+            info["list"],
+        )
+        assert x1 <= width and y1 <= height, tile  # inside the window, no scrolling
+
+
+async def test_five_people_phone_layout_screen_share_and_hands(
+    server: Server, launch: Launch, shots: Path
+) -> None:
+    """Five people: the phone keeps all five visible with the caseworker large; a shared
+    screen is enlarged on every page; raised hands reach the caseworker in order."""
+    room = server.create_room(caseworker_name="Andrea Berger", client_name="Jürgen Yılmaz")
+    caseworker = await launch("caseworker")
+    client = await launch("client", width=360, height=640)
+    cw_token = room["caseworker_url"].split("#token=", 1)[1]
+    partners = []
+    for org, name, rights in (
+        ("Deutsche Rentenversicherung", "Dr. Petra Sommer", ["audio", "video", "screen"]),
+        ("Handwerkskammer Köln", "Herr Adler", ["audio", "video"]),
+        ("Dolmetschdienst", "Elif Aydın", ["audio", "video", "chat"]),
+    ):
+        status, invite = server.request(
+            "POST",
+            f"/api/rooms/{room['room']}/invites",
+            {"organisation": org, "name": name, "rights": rights, "waiting_room": False},
+            token=cw_token,
+        )
+        assert status == 201, invite
+        partners.append((await launch(name, width=640, height=480), invite["invite_url"]))
+    for b, url in (
+        (caseworker, room["caseworker_url"]),
+        (client, room["client_url"]),
+        *((p, server.local_url(u)) for p, u in partners),
+    ):
+        await open_join(b, url)
+        await click_join(b)
+        await in_call(b)
+    await wait_js(client, "document.querySelectorAll('li.tile').length === 5", within=30)
+    await wait_js(caseworker, "document.querySelectorAll('li.tile').length === 5", within=30)
+
+    # The phone: everyone visible, the caseworker large.
+    info = await client.page.evaluate(_TILE_BOXES)
+    assert info["layout"] == "focus", info
+    _all_visible(info, 360, 640)
+    # The caseworker large (beside whoever spoke last), the others in a strip below.
+    featured = [t for t in info["tiles"] if t["featured"]]
+    assert "caseworker" in {t["role"] for t in featured} and len(featured) <= 2, info
+    strip = [t for t in info["tiles"] if not t["featured"]]
+    for big in featured:
+        width = big["box"][2] - big["box"][0]
+        assert width >= 150 and all(width > s["box"][2] - s["box"][0] for s in strip), info
+    await client.page.screenshot(path=shots / "phone-five-de.png")
+    desktop = await caseworker.page.evaluate(_TILE_BOXES)
+    _all_visible(desktop, 1280, 720)
+
+    # Hands: the interpreter first, then the client; the caseworker sees that order.
+    await partners[2][0].page.get_by_test_id("hand-toggle").click()
+    await client.page.get_by_test_id("hand-toggle").click()
+    await open_panel(caseworker)
+    hands = caseworker.page.get_by_test_id("person-hand")
+    await wait_js(caseworker, "document.querySelectorAll('[data-testid=person-hand]').length === 2")
+    rows = caseworker.page.locator("li.person", has=hands)
+    assert "Elif Aydın" in await rows.nth(0).inner_text()
+    assert "Jürgen Yılmaz" in await rows.nth(1).inner_text()
+    assert (await hands.nth(0).inner_text()).startswith("1.")
+    assert (await hands.nth(1).inner_text()).startswith("2.")
+    await caseworker.page.screenshot(path=shots / "desktop-five-hands-de.png")
+
+    # The pension insurer shares a screen: it becomes the big tile for everyone.
+    sharer = partners[0][0]
+    sharer_id = await my_id(sharer)
+    await sharer.page.get_by_test_id("screen-toggle").click()
+    for b, w, h in ((client, 360, 640), (caseworker, 1280, 720)):
+        await wait_js(
+            b,
+            f"document.querySelector('li.tile.featured')?.dataset.participant === {sharer_id!r}",
+            within=20,
+        )
+        # … and shows the screen, not the avatar of a stalled picture.
+        await wait_js(
+            b,
+            "!document.querySelector('li.tile.featured').classList.contains('video-stalled')",
+            within=20,
+        )
+        info = await b.page.evaluate(_TILE_BOXES)
+        assert info["layout"] == "focus"
+        _all_visible(info, w, h)
+    await client.page.screenshot(path=shots / "phone-five-screen-share-de.png")
+    await caseworker.page.screenshot(path=shots / "desktop-five-screen-share-de.png")
+
+
+async def test_hybrid_appointment_labels_the_caseworker(server: Server, launch: Launch) -> None:
+    """client_present: no client link; the partner sees that the client is at the desk."""
+    room = server.create_room(caseworker_name="Andrea Berger", client_present=True)
+    assert room["client_url"] is None
+    caseworker = await launch("caseworker")
+    partner = await launch("partner", width=360, height=640)
+    await open_join(caseworker, room["caseworker_url"])
+    cw_id = await click_join(caseworker)
+    await in_call(caseworker)
+    status, invite = server.request(
+        "POST",
+        f"/api/rooms/{room['room']}/invites",
+        {"organisation": "Jobcenter Köln", "name": "Frau Lange", "waiting_room": False},
+        token=room["caseworker_url"].split("#token=", 1)[1],
+    )
+    assert status == 201, invite
+    await open_join(partner, server.local_url(invite["invite_url"]))
+    await click_join(partner)
+    await in_call(partner)
+    label = partner.page.locator(f'li.tile[data-participant="{cw_id}"] .tile-role')
+    await wait_js(
+        partner,
+        f"(document.querySelector('li.tile[data-participant=\"{cw_id}\"] .tile-role') || {{}}).textContent === 'Beratung mit Kundin/Kunde vor Ort'",
+        within=15,
+    )
+    assert await label.is_visible()
