@@ -274,7 +274,8 @@ class RestApi:
             ttl=ttl,
             consent=True,
         )
-        url = f"{self.base_url(request)}/join#token={token}"
+        # `same=1`: the page offers "im selben Raum" ticked (microphone and speaker off).
+        url = f"{self.base_url(request)}/join#token={token}&same=1"
         out = io.BytesIO()
         segno.make(url, error="l").save(
             out, kind="svg", scale=4, border=2, xmldecl=False, svgns=True, title="roundtable"

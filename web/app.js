@@ -75,6 +75,8 @@ window.roundtable = roundtable;
 function readToken() {
   const params = new URLSearchParams(location.hash.replace(/^#/, ""));
   const fromLink = params.get("token");
+  // The QR code at the caseworker's desk adds `same=1`: the phone is in the same room.
+  if (params.get("same") === "1") state.sameRoomLink = true;
   if (fromLink) {
     // Keep it for a reload of this tab only, and take it out of the address bar
     // (and so out of screenshots, bookmarks and screen shares).
@@ -414,6 +416,14 @@ function join() {
   button.textContent = t("prejoin.joining");
   setStatus("status.connecting");
 
+  // In the same room as the caseworker (hybrid appointment, own phone at the desk): start
+  // with microphone and speaker off, or the two devices echo. Both can be turned on.
+  if (!$("same-room-row").hidden && $("same-room").checked) {
+    const mic = localTrack("audio");
+    if (mic && mic.enabled) toggle("audio", { quiet: true });
+    state.tiles.setSpeakerOff(true);
+    $("sound-button").hidden = false;
+  }
   const call = new Call({ token: state.token, stream: state.stream, consent: $("consent").checked });
   state.call = call;
   roundtable.call = call;
@@ -759,6 +769,7 @@ async function main() {
   });
   $("rejoin-button").addEventListener("click", () => location.reload());
   $("sound-button").addEventListener("click", () => {
+    state.tiles.setSpeakerOff(false);
     state.tiles.enableSound();
     $("sound-button").hidden = true;
   });
@@ -802,6 +813,9 @@ async function main() {
   const consent = $("consent");
   // Tokens from before the `consent` claim asked for it whenever they led to the lobby.
   const needsConsent = Boolean(state.claims && (state.claims.consent ?? state.claims.lobby));
+  // Clients may sit at the caseworker's desk with their own phone (hybrid appointment).
+  $("same-room-row").hidden = !(state.claims && state.claims.role === "client");
+  $("same-room").checked = Boolean(state.sameRoomLink);
   $("consent-row").hidden = !needsConsent;
   const updateJoin = () => {
     joinButton.disabled = !canJoin || (needsConsent && !consent.checked);

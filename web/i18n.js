@@ -24,6 +24,8 @@ export const STRINGS = {
     "prejoin.badLink":
       "Der Zugangslink scheint unvollständig zu sein. Sie können es trotzdem versuchen.",
     "prejoin.expiredLink": "Dieser Zugangslink ist vermutlich abgelaufen.",
+    "prejoin.sameRoom":
+      "Ich sitze im selben Raum wie meine Beratungsperson (Mikrofon und Lautsprecher starten aus, damit es nicht hallt).",
     "prejoin.consent":
       "Ich habe verstanden: Das Gespräch wird nicht aufgezeichnet. Ich nehme freiwillig mit Bild und Ton teil und kann jederzeit gehen.",
 
@@ -267,6 +269,8 @@ export const STRINGS = {
       "This page is missing your personal access link. Please open the link you received.",
     "prejoin.badLink": "The access link looks incomplete. You can still try to join.",
     "prejoin.expiredLink": "This access link has probably expired.",
+    "prejoin.sameRoom":
+      "I am in the same room as my adviser (microphone and speaker start off, so there is no echo).",
     "prejoin.consent":
       "I understand: the conversation is not recorded. I take part with picture and sound of my own free will and may leave at any time.",
 

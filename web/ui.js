@@ -84,6 +84,12 @@ export class Tiles {
     if (tile) this._attach(tile);
   }
 
+  /** Same room as someone else in the call: remote sound stays off until switched on. */
+  setSpeakerOff(off) {
+    this.speakerOff = off;
+    for (const [pid, tile] of this.tiles) if (pid !== this.selfId) tile.video.muted = off;
+  }
+
   /** Unmute every remote video after the browser blocked autoplay with sound. */
   enableSound() {
     for (const [pid, tile] of this.tiles) {
@@ -213,6 +219,7 @@ export class Tiles {
     const stream = this.streams.get(tile.participant.id) || null;
     if (tile.video.srcObject === stream) return;
     tile.video.srcObject = stream;
+    tile.video.muted = Boolean(this.speakerOff);
     this._updateVideoPresence(tile);
     if (!stream) return;
     if (this.hooks.onFirstFrame && "requestVideoFrameCallback" in tile.video) {

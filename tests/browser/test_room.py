@@ -594,3 +594,26 @@ async def test_raised_hands_reach_the_caseworker_in_order(
     await wait_js(
         caseworker, "document.querySelectorAll('[data-testid=person-hand]').length === 1", within=20
     )
+
+
+async def test_same_room_starts_with_microphone_and_speaker_off(
+    server: Server, launch: Launch
+) -> None:
+    """The client's own phone at the desk (the QR link carries same=1): no echo."""
+    room = server.create_room()
+    caseworker = await launch("caseworker")
+    phone = await launch("client-phone", width=360, height=640)
+    await open_join(caseworker, room["caseworker_url"])
+    cw_id = await click_join(caseworker)
+    await in_call(caseworker)
+    await open_join(phone, room["client_url"] + "&same=1")
+    same = phone.page.get_by_test_id("same-room")
+    assert await same.is_visible() and await same.is_checked()
+    await click_join(phone)
+    await in_call(phone)
+    assert await phone.page.get_by_test_id("mic-toggle").get_attribute("aria-pressed") == "true"
+    video = f"document.querySelector('video[data-participant=\"{cw_id}\"]')"
+    await wait_js(phone, f"{video} && {video}.srcObject && {video}.muted === true", within=20)
+    # Sound on again with one click.
+    await phone.page.get_by_test_id("sound-button").click()
+    await wait_js(phone, f"{video}.muted === false")
