@@ -352,7 +352,11 @@ class SignalingSocket:
         welcome = self._hub.welcome(participant)
         welcome["cluster"] = await self.cluster_urls()
         # Only this page learns the secret that lets it resume this seat.
-        welcome.update(resume=participant.resume_secret, resumed=resumed)
+        welcome.update(
+            resume=participant.resume_secret,
+            resumed=resumed,
+            reconnect_grace_seconds=self._hub.reconnect_grace,
+        )
         await self._notifier.send(sid, "welcome", welcome)
         if resumed:
             await self._hub.back(participant)

@@ -338,6 +338,10 @@ function toggle(kind, { quiet = false } = {}) {
   // and the camera light stays under the browser's control.
   track.enabled = !track.enabled;
   if (kind === "video" && state.call) state.call.setSending("video", track.enabled).catch(() => {});
+  // Everyone sees who switched their microphone or camera off.
+  if (state.call) {
+    state.call.request("self.mute", { kind, muted: !track.enabled }).catch(() => {});
+  }
   updateToggles();
   if (quiet) return;
   if (kind === "audio") setStatus(track.enabled ? "status.micOn" : "status.micOff");
@@ -447,6 +451,7 @@ function join() {
       return;
     }
     const again = inCall; // a welcome after a reconnect
+    hideReconnecting();
     enterCall(detail.you);
     if (again) setStatus("status.connected");
   });
@@ -486,6 +491,13 @@ function join() {
     setStatus("status.moving");
   });
   call.addEventListener("reconnecting", ({ detail }) => {
+    if (detail && detail.graceSeconds) {
+      // The network went: media and seat are kept; say so, offer to try now, and be
+      // honest once the seat is gone.
+      showReconnecting(call, detail.graceSeconds);
+      setStatus("status.reconnecting");
+      return;
+    }
     stopScreen(); // the new publish leg starts from the camera
     setStatus(detail && detail.moving ? "status.moving" : "status.reconnecting");
   });
@@ -583,12 +595,48 @@ function join() {
   call.addEventListener("invite-delivery", ({ detail }) => {
     if (state.invite) state.invite.delivery(detail);
   });
+  call.addEventListener("participant-gone", ({ detail }) => {
+    setStatus("status.gone", { name: detail.name || "" });
+  });
+  call.addEventListener("kept-out", ({ detail }) => {
+    setStatus(detail.reason === "seat_taken" ? "status.seatConflict" : "status.lockedOut", {
+      name: detail.name || "",
+    });
+  });
 
   call.connect();
 }
 
 let inCall = false;
 let levelTimer = null;
+let reconnectTimer = null;
+
+function showReconnecting(call, graceSeconds) {
+  const banner = $("reconnect-banner");
+  const text = $("reconnect-text");
+  const retry = $("reconnect-retry");
+  banner.hidden = false;
+  retry.hidden = false;
+  text.textContent = t("call.reconnectingSelf", { seconds: Math.round(graceSeconds) });
+  retry.onclick = () => call.retryNow();
+  clearTimeout(reconnectTimer);
+  reconnectTimer = setTimeout(() => {
+    if (call.droppedAt === null) return;
+    // The server has given the seat up by now: no false hope.
+    text.textContent = t("call.reconnectFailed");
+    retry.textContent = t("call.rejoin");
+    retry.onclick = () => window.location.reload();
+  }, graceSeconds * 1000);
+}
+
+function hideReconnecting() {
+  clearTimeout(reconnectTimer);
+  reconnectTimer = null;
+  const banner = $("reconnect-banner");
+  if (banner) banner.hidden = true;
+  const retry = $("reconnect-retry");
+  if (retry) retry.textContent = t("call.retry");
+}
 
 const STALL_MS = 2000;
 const ENDED_TITLES = {

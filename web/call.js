@@ -6,6 +6,12 @@ const ACK_TIMEOUT_MS = 15000;
 const LIVE_STATES = new Set(["admitted", "connected"]);
 const MAX_RESTARTS = 3;
 const RESTART_WINDOW_MS = 5 * 60 * 1000;
+const QUALITY_EVERY_MS = 3000;
+// Socket.IO gives up on nothing; it retries quickly so that a returning network finds
+// the call within a second or two (docs/protocol.md, "Reconnecting").
+const RECONNECT = { reconnectionDelay: 400, reconnectionDelayMax: 1500, randomizationFactor: 0.3 };
+// Engine.IO's own reasons for a connection lost to the network (not closed by the server).
+const NETWORK_LOST = new Set(["ping timeout", "transport close", "transport error"]);
 
 export class CallError extends Error {
   constructor(code, message) {
@@ -55,18 +61,46 @@ export class Call extends EventTarget {
     this._moving = null;
     this._hops = 0;
     this._transportFailures = 0;
+    // Proves a reconnect (or a reload of this tab) is this participant coming back.
+    this._resumeKey = `roundtable.resume.${token.slice(-24)}`;
+    this.resumeSecret = readSession(this._resumeKey);
+    /** ms since epoch the signalling dropped (null: connected); reconnect grace in s */
+    this.droppedAt = null;
+    this.graceSeconds = 60;
+    this.quality = "good";
+    this._qualityTimer = null;
+    this._lossSeen = null;
+    this._lastRoster = [];
+  }
+
+  /** What each (re)connect attempt sends: a function, so retries send the latest. */
+  _auth() {
+    const auth = { token: this.token };
+    if (this.consent) auth.consent = true;
+    if (this.resumeSecret) {
+      auth.resume = this.resumeSecret;
+      // A reloaded page has no media to restart: it takes its seat over afresh.
+      if (!this.pcs.publish && !this.pcs.subscribe) auth.fresh = true;
+    }
+    return auth;
+  }
+
+  /** Try to reconnect now rather than at the next scheduled attempt (the retry button). */
+  retryNow() {
+    if (this.socket && !this.socket.connected && !this.leaving) this.socket.connect();
   }
 
   connect() {
     // io is the vendored socket.io client, loaded as a classic script before the modules.
-    const auth = this.consent ? { token: this.token, consent: true } : { token: this.token };
-    const options = { auth, transports: ["websocket"], forceNew: true };
+    const auth = (cb) => cb(this._auth());
+    const options = { auth, transports: ["websocket"], forceNew: true, ...RECONNECT };
     const socket = this.nodeUrl ? window.io(this.nodeUrl, options) : window.io(options);
     this.socket = socket;
 
     socket.on("connect", () => {
       this._hops = 0;
       this._transportFailures = 0;
+      this.droppedAt = null;
     });
     socket.on("connect_error", (err) => {
       const data = err && err.data;
@@ -126,6 +160,12 @@ export class Call extends EventTarget {
     socket.on("session.extended", (msg) => this._emit("session-extended", msg || {}));
     socket.on("invite.delivery", (msg) => this._emit("invite-delivery", msg || {}));
     socket.on("chat.message", (msg) => this._emit("chat-message", msg || {}));
+    socket.on("participant.gone", (msg) => {
+      const gone = this._lastRoster.find((p) => msg && p.id === msg.id);
+      this._emit("participant-gone", { id: msg && msg.id, name: gone ? gone.name : "" });
+    });
+    socket.on("lobby.refused", (msg) => this._emit("kept-out", msg || {}));
+    socket.on("seat.conflict", (msg) => this._emit("kept-out", msg || {}));
     socket.on("chat.state", (msg) => this._emit("chat-state", msg || {}));
     const moving = (msg) => {
       this._moving = msg || {};
@@ -142,6 +182,13 @@ export class Call extends EventTarget {
     });
     socket.on("disconnect", (reason) => {
       if (socket !== this.socket) return;
+      if (!this.leaving && !this._moving && NETWORK_LOST.has(reason)) {
+        // The network went: keep both peer connections, the server keeps our seat and
+        // media for the reconnect grace; on the way back we restart ICE.
+        this.droppedAt = Date.now();
+        this._emit("reconnecting", { reason, graceSeconds: this.graceSeconds });
+        return;
+      }
       this._teardownMedia();
       if (this.leaving) return;
       if (this._moving) {
@@ -216,6 +263,22 @@ export class Call extends EventTarget {
   // --- server events -------------------------------------------------------------
 
   _onWelcome(msg) {
+    if (typeof msg.resume === "string") {
+      this.resumeSecret = msg.resume;
+      writeSession(this._resumeKey, msg.resume);
+    }
+    if (typeof msg.reconnect_grace_seconds === "number") this.graceSeconds = msg.reconnect_grace_seconds;
+    this.droppedAt = null;
+    if (msg.resumed && (this.pcs.publish || this.pcs.subscribe)) {
+      // Back after a network cut: same seat, same connections; only ICE starts over.
+      this.you = msg.you;
+      this.room = msg.room;
+      if (Array.isArray(msg.cluster)) this.cluster = msg.cluster;
+      this._setIce(msg.ice);
+      this._emit("welcome", { you: msg.you, room: msg.room, resumed: true });
+      this.restartIce().catch((err) => this._reportError(err, "sdp_invalid"));
+      return;
+    }
     // A welcome after a reconnect starts the media from scratch.
     this._teardownMedia();
     this.you = msg.you;
@@ -229,6 +292,7 @@ export class Call extends EventTarget {
 
   _onRoster(msg) {
     const participants = Array.isArray(msg.participants) ? msg.participants : [];
+    this._lastRoster = participants;
     if (this.you) {
       const me = participants.find((p) => p.id === this.you.id);
       if (me) {
@@ -260,6 +324,33 @@ export class Call extends EventTarget {
       if (pc && pc.signalingState !== "closed") pc.setConfiguration(this._rtcConfig());
     }
     return this.ice;
+  }
+
+  /**
+   * ICE restart on both legs (the network changed): fresh TURN credentials, then the
+   * publish leg re-offers with new ICE credentials and the SFU re-offers the subscribe
+   * leg. DTLS, tracks and tiles stay as they are.
+   */
+  async restartIce() {
+    const gen = this._generation;
+    if (this.ice.iceServers.length) {
+      try {
+        await this.refreshIce();
+      } catch {
+        // the welcome's credential may still do
+      }
+    }
+    const pub = this.pcs.publish;
+    if (pub && pub.signalingState === "stable" && this.published) {
+      pub.restartIce();
+      await pub.setLocalDescription(await pub.createOffer({ iceRestart: true }));
+      const answer = await this._request("publish", { type: "offer", sdp: pub.localDescription.sdp });
+      if (gen !== this._generation || pub.signalingState === "closed") return;
+      await pub.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    }
+    if (this.pcs.subscribe && gen === this._generation) {
+      await this._request("ice.restart", { pc: "subscribe" });
+    }
   }
 
   /** Both legs: the STUN/TURN servers and transport policy the server sent in welcome. */
@@ -471,11 +562,13 @@ export class Call extends EventTarget {
       this._emit("media-state", { leg, state: pc.connectionState });
       if (pc.connectionState === "failed") this._recover(pc);
     };
+    this._watchQuality();
   }
 
   /**
-   * A leg whose ICE/DTLS failed does not heal by itself. Reconnecting the signalling
-   * starts both legs afresh (welcome → publish → subscribe offer), at most a few times.
+   * A leg whose ICE failed while the signalling is up (UDP blocked, a new network the
+   * signalling survived): restart ICE, at most a few times; the last resort reconnects
+   * the signalling, which starts both legs afresh.
    */
   _recover(pc) {
     const now = Date.now();
@@ -484,9 +577,59 @@ export class Call extends EventTarget {
     setTimeout(() => {
       if (this.leaving || pc.connectionState !== "failed" || !this.socket.connected) return;
       this._restarts.push(Date.now());
+      if (this._restarts.length < MAX_RESTARTS) {
+        this.restartIce().catch((err) => this._reportError(err, "sdp_invalid"));
+        return;
+      }
+      this.resumeSecret = null; // start over: new connections, same seat
       this.socket.disconnect();
       this.socket.connect();
-    }, 2000);
+    }, 1000);
+  }
+
+  /**
+   * Every few seconds, from getStats: how well our media gets through (loss the SFU
+   * reports for what we send, loss and round trip on what we receive). Sent to the
+   * server when it changes, so everyone's tile shows who is struggling.
+   */
+  _watchQuality() {
+    if (this._qualityTimer !== null) return;
+    this._qualityTimer = setInterval(() => {
+      this._measureQuality().catch(() => {});
+    }, QUALITY_EVERY_MS);
+  }
+
+  async _measureQuality() {
+    if (!this.socket || !this.socket.connected || this.leaving) return;
+    let lost = 0;
+    let received = 0;
+    let rtt = 0;
+    let sentLoss = 0;
+    let down = false;
+    for (const pc of Object.values(this.pcs)) {
+      if (!pc) continue;
+      if (pc.connectionState === "disconnected" || pc.connectionState === "failed") down = true;
+      const stats = await pc.getStats();
+      stats.forEach((s) => {
+        if (s.type === "inbound-rtp") {
+          lost += Math.max(0, s.packetsLost || 0);
+          received += s.packetsReceived || 0;
+        } else if (s.type === "remote-inbound-rtp") {
+          // What the SFU's receiver reports say of what we send.
+          if (typeof s.fractionLost === "number") sentLoss = Math.max(sentLoss, s.fractionLost);
+          if (typeof s.roundTripTime === "number") rtt = Math.max(rtt, s.roundTripTime);
+        }
+      });
+    }
+    const prev = this._lossSeen || { lost, received };
+    this._lossSeen = { lost, received };
+    const dLost = lost - prev.lost;
+    const dAll = dLost + (received - prev.received);
+    const lossRate = Math.max(dAll > 0 ? dLost / dAll : 0, sentLoss);
+    const level = down ? "lost" : lossRate > 0.05 || rtt > 0.4 ? "poor" : "good";
+    if (level === this.quality) return;
+    this.quality = level;
+    this._request("quality", { level }).catch(() => {});
   }
 
   _request(event, payload, timeout = ACK_TIMEOUT_MS) {
@@ -509,6 +652,11 @@ export class Call extends EventTarget {
 
   _teardownMedia() {
     this._generation += 1;
+    if (this._qualityTimer !== null) {
+      clearInterval(this._qualityTimer);
+      this._qualityTimer = null;
+    }
+    this._lossSeen = null;
     this.published = false;
     this.senders = {};
     this.screenTrack = null;
@@ -531,5 +679,21 @@ export class Call extends EventTarget {
 
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+function readSession(key) {
+  try {
+    return window.sessionStorage.getItem(key);
+  } catch {
+    return null; // storage off: a reload then joins afresh, a reconnect still resumes
+  }
+}
+
+function writeSession(key, value) {
+  try {
+    window.sessionStorage.setItem(key, value);
+  } catch {
+    // as above
   }
 }

@@ -71,6 +71,17 @@ export const STRINGS = {
     "status.screenOff": "Sie teilen Ihren Bildschirm nicht mehr.",
     "status.screenFailed": "Der Bildschirm konnte nicht geteilt werden.",
     "call.micMuted": "Mikrofon aus",
+    "call.reconnecting": "Verbindung wird wiederhergestellt …",
+    "call.qualityPoor": "Schwache Verbindung",
+    "call.retry": "Erneut versuchen",
+    "call.rejoin": "Wieder teilnehmen",
+    "call.reconnectingSelf":
+      "Ihre Verbindung ist unterbrochen. Wir verbinden Sie wieder – Ihr Platz im Gespräch bleibt {seconds} Sekunden frei.",
+    "call.reconnectFailed":
+      "Die Verbindung konnte nicht wiederhergestellt werden. Öffnen Sie Ihren Link erneut, um wieder teilzunehmen.",
+    "status.gone": "{name} hat die Verbindung verloren und ist nicht mehr im Gespräch.",
+    "status.lockedOut": "{name} wollte beitreten, aber das Gespräch ist gesperrt.",
+    "status.seatConflict": "Der Link von {name} wurde auf einem zweiten Gerät geöffnet und abgewiesen.",
     "call.camMuted": "Kamera aus",
     "call.waitingOthers": "Warten auf weitere Teilnehmende …",
 
@@ -314,6 +325,17 @@ export const STRINGS = {
     "status.screenOff": "You stopped sharing your screen.",
     "status.screenFailed": "The screen could not be shared.",
     "call.micMuted": "Microphone off",
+    "call.reconnecting": "Reconnecting …",
+    "call.qualityPoor": "Weak connection",
+    "call.retry": "Try again",
+    "call.rejoin": "Rejoin",
+    "call.reconnectingSelf":
+      "Your connection was interrupted. We are reconnecting you – your place in the conversation is kept for {seconds} seconds.",
+    "call.reconnectFailed":
+      "The connection could not be restored. Open your link again to rejoin.",
+    "status.gone": "{name} lost their connection and is no longer in the conversation.",
+    "status.lockedOut": "{name} tried to join, but the conversation is locked.",
+    "status.seatConflict": "{name}'s link was opened on a second device and refused.",
     "call.camMuted": "Camera off",
     "call.waitingOthers": "Waiting for others to join …",
 

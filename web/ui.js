@@ -196,7 +196,11 @@ export class Tiles {
     tile.el.dataset.role = participant.role;
     tile.video.dataset.role = participant.role;
     const muted = participant.muted || {};
-    if (!isSelf) tile.el.classList.toggle("mic-muted", Boolean(muted.audio));
+    const selfMuted = participant.self_muted || {};
+    // Muted by the moderator or by themselves: everyone sees the icon.
+    if (!isSelf) tile.el.classList.toggle("mic-muted", Boolean(muted.audio || selfMuted.audio));
+    tile.el.classList.toggle("reconnecting", participant.connection === "reconnecting");
+    tile.el.dataset.quality = participant.quality || "good";
     this._label(tile);
     return tile;
   }
@@ -212,6 +216,22 @@ export class Tiles {
     const mutedIcon = tile.el.querySelector(".tile-muted");
     mutedIcon.setAttribute("aria-label", t("call.micMuted"));
     tile.el.querySelector(".tile-hand").setAttribute("aria-label", t("hand.raised"));
+    // The connection as the server sees it: reconnecting, or a weak link.
+    let state = tile.el.querySelector(".tile-state");
+    if (!state) {
+      state = document.createElement("span");
+      state.className = "tile-state";
+      state.dataset.testid = "tile-state";
+      tile.el.append(state);
+    }
+    const reconnecting = p.connection === "reconnecting";
+    state.dataset.state = reconnecting ? "reconnecting" : p.quality === "poor" ? "poor" : "good";
+    state.textContent = reconnecting
+      ? t("call.reconnecting")
+      : p.quality === "poor"
+        ? t("call.qualityPoor")
+        : "";
+    state.hidden = !state.textContent;
     tile.video.setAttribute("aria-label", `${name}, ${role}`);
   }
 

@@ -63,6 +63,11 @@ class RoomHub(Policy, Broadcast, Negotiator):
         self._max_participants = max_participants
         self._rooms: dict[str, LiveRoom] = {}
 
+    @property
+    def reconnect_grace(self) -> float:
+        """How long a dropped participant keeps its seat (docs/protocol.md, "Reconnecting")."""
+        return self._reconnect_grace
+
     def snapshot(self) -> tuple[int, dict[str, int]]:
         by_state: dict[str, int] = {}
         for live in self._rooms.values():
