@@ -182,6 +182,7 @@ export class Call extends EventTarget {
     });
     socket.on("disconnect", (reason) => {
       if (socket !== this.socket) return;
+      console.info("roundtable: signalling disconnected:", reason);
       if (!this.leaving && !this._moving && NETWORK_LOST.has(reason)) {
         // The network went: keep both peer connections, the server keeps our seat and
         // media for the reconnect grace; on the way back we restart ICE.
@@ -333,6 +334,7 @@ export class Call extends EventTarget {
    */
   async restartIce() {
     const gen = this._generation;
+    console.info("roundtable: restarting ICE");
     if (this.ice.iceServers.length) {
       try {
         await this.refreshIce();
@@ -577,6 +579,7 @@ export class Call extends EventTarget {
     setTimeout(() => {
       if (this.leaving || pc.connectionState !== "failed" || !this.socket.connected) return;
       this._restarts.push(Date.now());
+      console.info("roundtable: media connection failed, recovering");
       if (this._restarts.length < MAX_RESTARTS) {
         this.restartIce().catch((err) => this._reportError(err, "sdp_invalid"));
         return;

@@ -156,24 +156,21 @@ class Negotiator:
             if offer is None:
                 return
             neg.awaiting_answer = True
+            neg.last_offer = {
+                "type": "offer",
+                "sdp": offer.sdp,
+                "tracks": [
+                    {
+                        "mid": t.mid,
+                        "participant": t.participant,
+                        "kind": t.kind,
+                        "track": t.track,
+                    }
+                    for t in offer.tracks
+                ],
+            }
         if self.notifier:
-            await self.notifier.send(
-                participant.sid,
-                "subscribe.offer",
-                {
-                    "type": "offer",
-                    "sdp": offer.sdp,
-                    "tracks": [
-                        {
-                            "mid": t.mid,
-                            "participant": t.participant,
-                            "kind": t.kind,
-                            "track": t.track,
-                        }
-                        for t in offer.tracks
-                    ],
-                },
-            )
+            await self.notifier.send(participant.sid, "subscribe.offer", neg.last_offer)
 
     def _on_signal(self, room_id: str, signal: MediaSignal) -> None:
         live = self._rooms.get(room_id)

@@ -435,6 +435,9 @@ class RoomHub(Policy, Broadcast, Negotiator):
             status = self._host_status(live)
             if status is not None:
                 await self.notifier.send(participant.sid, "host.status", status)
+            neg = live.negotiations.get(participant.id)
+            if neg is not None and neg.awaiting_answer and neg.last_offer is not None:
+                await self.notifier.send(participant.sid, "subscribe.offer", neg.last_offer)
 
     def spawn_in(self, room_id: str, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` owned by the room (cancelled with it); dropped if it is not here."""

@@ -42,6 +42,9 @@ class NegotiationState:
     # Candidates trickled per leg since its last offer/answer (bounded: each one is work
     # for aioice, and a client has no reason to send hundreds).
     candidates: dict[str, int] = field(default_factory=dict)
+    # The subscribe offer awaiting its answer: sent again to a resumed connection, since
+    # one sent while the network was gone never arrived.
+    last_offer: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

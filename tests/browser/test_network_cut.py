@@ -126,6 +126,10 @@ async def test_network_cut_then_back_into_the_same_call(
     )
     assert pcs_before == [True, True]
 
+    ufrags = """() => Object.entries(window.roundtable.pcs).map(([leg, pc]) => pc && [leg,
+       (pc.localDescription && pc.localDescription.sdp.match(/ice-ufrag:(\\S+)/) || [])[1],
+       (pc.remoteDescription && pc.remoteDescription.sdp.match(/ice-ufrag:(\\S+)/) || [])[1]])"""
+    print("\n--- client ufrags before:", await client.page.evaluate(ufrags))
     _link(child, up=False)
     cut_at = time.monotonic()
 
@@ -143,10 +147,25 @@ async def test_network_cut_then_back_into_the_same_call(
     assert await _tile_state(caseworker, ids["client"]) == "reconnecting"
     _link(child, up=True)
 
-    on_caseworker, on_client = await asyncio.gather(
-        _decoding_again(caseworker, ids["client"], within=30),
-        _decoding_again(client, ids["caseworker"], within=30),
-    )
+    try:
+        on_caseworker, on_client = await asyncio.gather(
+            _decoding_again(caseworker, ids["client"], within=30),
+            _decoding_again(client, ids["caseworker"], within=30),
+        )
+    except AssertionError:
+        for who, b in (("client", client), ("caseworker", caseworker)):
+            legs = await b.page.evaluate(
+                """() => Object.entries(window.roundtable.pcs).map(([leg, pc]) => pc && [leg,
+                   pc.connectionState, pc.iceConnectionState, pc.signalingState,
+                   (pc.localDescription && pc.localDescription.sdp.match(/ice-ufrag:(\\S+)/) || [])[1],
+                   (pc.remoteDescription && pc.remoteDescription.sdp.match(/ice-ufrag:(\\S+)/) || [])[1]])"""
+            )
+            print(f"--- {who} legs: {legs}")
+            print(f"--- {who} frames: {await remote_videos(b)}")
+        print("--- client console ---\n" + "\n".join(client.console[-40:]))
+        print("--- caseworker console ---\n" + "\n".join(caseworker.console[-20:]))
+        print("--- server log ---\n" + cut_server.log_tail(60))
+        raise
     print(
         f"[timing] network restore → media after a {cut_seconds} s cut: client's video on the "
         f"caseworker's page {on_caseworker:.2f} s, caseworker's on the client's "
