@@ -213,6 +213,9 @@ export class Call extends EventTarget {
 
   /** Another node of the cluster than the current one, if the last welcome named one. */
   _nextNode() {
+    // One node only: it is this one, whatever name the welcome gave it (a page opened
+    // under another address than the public URL); our own network is what failed.
+    if (new Set(this.cluster).size <= 1) return null;
     const here = this._here();
     const others = this.cluster.filter((url) => url !== here);
     return others.length ? others[0] : null;
