@@ -228,20 +228,31 @@ async def test_waiting_room_sends_and_receives_nothing(server: Server, launch: L
     assert await remote_videos(caseworker) == {}
 
 
-async def test_server_error_is_shown_before_disconnect(server: Server, launch: Launch) -> None:
-    """Opening the same link elsewhere: the server sends `error`, then disconnects the old page."""
+async def test_same_link_on_a_second_device_is_refused_with_a_clear_message(
+    server: Server, launch: Launch
+) -> None:
+    """Opening a link elsewhere while its person is in the call: the second device is
+    refused in plain German, the caseworker is told, and the call goes on."""
     room = server.create_room()
-    first, second = await launch("first"), await launch("second")
+    caseworker, first, second = [await launch(n) for n in ("caseworker", "first", "second")]
+    await join(caseworker, room["caseworker_url"])
     await join(first, room["client_url"])
     await first.page.wait_for_selector("#view-call:not([hidden])")
-    await join(second, room["client_url"])
-    message = first.page.get_by_test_id("error-message")
-    await message.wait_for(timeout=10000)
-    assert await message.get_attribute("data-error") == "replaced"
-    assert "anderen Fenster" in await message.inner_text()
+    await open_join(second, room["client_url"])
+    await second.page.get_by_test_id("join-button").click()
+    message = second.page.get_by_test_id("error-message")
+    await message.wait_for(timeout=15000)
+    assert await message.get_attribute("data-error") == "seat_taken"
+    assert "anderen Gerät" in await message.inner_text()
     # The page's own German words, never the server's English ones.
-    assert await first.page.get_by_test_id("error-detail").is_hidden()
-    await second.page.wait_for_selector("#view-call:not([hidden])")
+    assert await second.page.get_by_test_id("error-detail").is_hidden()
+    # The caseworker hears of it; the person in the call stays.
+    await wait_js(
+        caseworker,
+        "document.getElementById('messages').textContent.includes('zweiten Gerät')",
+        within=10,
+    )
+    assert await first.page.locator("#view-call").is_visible()
 
 
 async def test_reconnects_after_the_connection_drops(server: Server, launch: Launch) -> None:
