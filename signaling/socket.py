@@ -81,8 +81,9 @@ class SocketLimits:
     # An Engine.IO socket must send its namespace CONNECT (with a token) this soon, and
     # one address may hold this many sockets that have not: legitimate pages connect
     # within milliseconds, a descriptor-exhaustion attack holds them open.
-    # Below the ping timeout (2 + 3 s), so a silent socket is always closed as unauthenticated.
-    unauthenticated_seconds: float = 3.0
+    # Below the ping timeout (1.5 + 2.5 s, plus the 1 s sweep), so a silent socket is
+    # always closed as unauthenticated.
+    unauthenticated_seconds: float = 2.5
     unauthenticated_per_address: int = UNAUTHENTICATED_PER_ADDRESS
 
 
@@ -125,11 +126,11 @@ def make_server(
         # Large enough for a 64 KiB SDP plus framing so that an oversized SDP gets a
         # clear `payload_too_large` from us instead of a dropped transport.
         max_http_buffer_size=4 * MAX_SDP_BYTES,
-        # A vanished client (laptop lid closed, network gone) is noticed within 5 s
+        # A vanished client (laptop lid closed, network gone) is noticed within 4 s
         # (engine.io's default: 45 s), so the others see "reconnecting" at once; the
         # seat and media stay for the reconnect grace, so noticing early costs nothing.
-        ping_interval=2,
-        ping_timeout=3,
+        ping_interval=1.5,
+        ping_timeout=2.5,
         logger=False,
         engineio_logger=False,
     )
