@@ -415,3 +415,20 @@ async def axe_findings(
         list(impacts),
     )
     return result
+
+
+async def launch_inside(
+    launch: Launch, ns: Any, name: str, server: Server, url: str
+) -> tuple[Browser, str]:
+    """A Chromium in the child namespace ``ns`` (``tests.netns``) and ``url`` as it
+    reaches ``server`` from there (the veth's outside address). Camera and microphone
+    need a secure context, and that origin is plain http: Chromium is told to trust it.
+    """
+    outside = f"http://{ns.outside_ip}:{urlsplit(server.base_url).port}"
+    parts = urlsplit(url)
+    browser = await launch(
+        name,
+        executable=str(ns.wrapper(CHROMIUM, f"chromium-{name}")),
+        args=[f"--unsafely-treat-insecure-origin-as-secure={outside}"],
+    )
+    return browser, f"{outside}{parts.path}#{parts.fragment}"

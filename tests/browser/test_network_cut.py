@@ -20,17 +20,16 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.browser.conftest import run_server
 from tests.browser.harness import (
-    CHROMIUM,
     Browser,
     Launch,
     Server,
     join,
+    launch_inside,
     my_id,
     remote_videos,
     wait_js,
@@ -101,17 +100,10 @@ async def test_network_cut_then_back_into_the_same_call(
     cut_server: Server, child: Netns, launch: Launch, cut_seconds: int
 ) -> None:
     room = cut_server.create_room(caseworker_name="Frau Berger", client_name="Herr Yılmaz")
-    port = urlsplit(cut_server.base_url).port
-    outside = f"http://{child.outside_ip}:{port}"
-    parts = urlsplit(room["client_url"])
-    client_url = f"{outside}{parts.path}#{parts.fragment}"
-
     caseworker = await launch("caseworker")
     await join(caseworker, room["caseworker_url"])
-    client = await launch(
-        "client-cut",
-        executable=str(child.wrapper(CHROMIUM, "chromium-cut")),
-        args=[f"--unsafely-treat-insecure-origin-as-secure={outside}"],
+    client, client_url = await launch_inside(
+        launch, child, "client-cut", cut_server, room["client_url"]
     )
     await join(client, client_url)
     ids = {"caseworker": await my_id(caseworker), "client": await my_id(client)}

@@ -21,18 +21,17 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.browser.conftest import run_server
 from tests.browser.harness import (
-    CHROMIUM,
     Browser,
     Launch,
     Server,
     join,
     join_to_first_frame_ms,
+    launch_inside,
     my_id,
     wait_js,
     wait_remote_playing,
@@ -123,19 +122,11 @@ async def test_tcp_only_participant_joins_through_turn_and_both_receive_media(
     assert tcp_only.tcp_passes(), "TCP from the child namespace does not pass"
 
     room = relay_server.create_room(caseworker_name="Frau Berger", client_name="Herr Yılmaz")
-    port = urlsplit(relay_server.base_url).port
-    outside = f"http://{tcp_only.outside_ip}:{port}"
-    parts = urlsplit(room["client_url"])
-    client_url = f"{outside}{parts.path}#{parts.fragment}"
-
     # The caseworker on loopback is in the call first.
     caseworker = await launch("caseworker")
     await join(caseworker, room["caseworker_url"])
-    client = await launch(
-        "relay-only",
-        executable=str(tcp_only.wrapper(CHROMIUM, "chromium-tcp-only")),
-        # Camera and microphone need a secure context; this origin is plain http.
-        args=[f"--unsafely-treat-insecure-origin-as-secure={outside}"],
+    client, client_url = await launch_inside(
+        launch, tcp_only, "relay-only", relay_server, room["client_url"]
     )
     await join(client, client_url)
     ids = {"caseworker": await my_id(caseworker), "client": await my_id(client)}
