@@ -124,6 +124,9 @@ export class Call extends EventTarget {
         this._transportFailures += 1;
         const next = this._transportFailures >= 2 ? this._nextNode() : null;
         if (next) {
+          // A live node may still name the dead one as the room's owner until its lease
+          // runs out (5 s): such redirects start counting afresh from here.
+          this._hops = 0;
           this._switchTo(next, 300);
           return;
         }
