@@ -352,6 +352,9 @@ class SignalingSocket:
             return
         welcome = self._hub.welcome(participant)
         welcome["cluster"] = await self.cluster_urls()
+        # This node's own public URL: the page may know it by another address, and must
+        # not take it for another node when its own network fails.
+        welcome["node_url"] = self._routing.node.url
         # Only this page learns the secret that lets it resume this seat.
         welcome.update(
             resume=participant.resume_secret,

@@ -58,6 +58,7 @@ export class Call extends EventTarget {
     // page's own), where to go when it is gone (welcome.cluster), and why we move.
     this.nodeUrl = null;
     this.cluster = [];
+    this.nodeUrlPublic = null; // welcome.node_url: the node we talk to, by its public name
     this._moving = null;
     this._hops = 0;
     this._transportFailures = 0;
@@ -216,11 +217,10 @@ export class Call extends EventTarget {
 
   /** Another node of the cluster than the current one, if the last welcome named one. */
   _nextNode() {
-    // One node only: it is this one, whatever name the welcome gave it (a page opened
-    // under another address than the public URL); our own network is what failed.
-    if (new Set(this.cluster).size <= 1) return null;
+    // welcome.node_url is this node under its public name, which the page may know by
+    // another address: never "another node" when our own network is what failed.
     const here = this._here();
-    const others = this.cluster.filter((url) => url !== here);
+    const others = this.cluster.filter((url) => url !== here && url !== this.nodeUrlPublic);
     return others.length ? others[0] : null;
   }
 
@@ -281,6 +281,7 @@ export class Call extends EventTarget {
       this.you = msg.you;
       this.room = msg.room;
       if (Array.isArray(msg.cluster)) this.cluster = msg.cluster;
+      if (typeof msg.node_url === "string") this.nodeUrlPublic = msg.node_url;
       this._setIce(msg.ice);
       this._emit("welcome", { you: msg.you, room: msg.room, resumed: true });
       this.restartIce().catch((err) => this._reportError(err, "sdp_invalid"));
@@ -291,6 +292,7 @@ export class Call extends EventTarget {
     this.you = msg.you;
     this.room = msg.room;
     if (Array.isArray(msg.cluster)) this.cluster = msg.cluster;
+    if (typeof msg.node_url === "string") this.nodeUrlPublic = msg.node_url;
     // Every welcome (also after a reconnect) brings a new TURN credential: use the latest.
     this._setIce(msg.ice);
     this._emit("welcome", { you: msg.you, room: msg.room });
