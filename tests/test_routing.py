@@ -57,12 +57,12 @@ async def test_redis_routers_pin_a_room_once_and_take_over_from_a_dead_node(
             assert placed[2 * i].id == placed[2 * i + 1].id
         # A room pinned to a node whose heartbeat is gone is free at once.
         first = await a.place("r_dead")
-        assert first.id == "a"  # the asking node, on a tie
-        rooms_a.append("r_dead")
-        await a._redis.delete(f"{prefix}node:a")  # what a lease running out looks like
-        assert (await b.place("r_dead")).id == "b"
-        # A draining node gets no new room (node A beats again).
+        owner, other = (a, b) if first.id == "a" else (b, a)
+        await owner._redis.delete(f"{prefix}node:{first.id}")  # a lease running out
+        assert (await other.place("r_dead")).id == other.node.id
+        # A draining node gets no new room (both beat again).
         await a._heartbeat()
+        await b._heartbeat()
         await b.drain()
         assert (await b.place("r_new")).id == "a"
         assert (await b.owner("r_new")).id == "a"
