@@ -341,6 +341,18 @@ def worker_url(config: Config, index: int) -> str | None:
     return urlunsplit((parts.scheme, f"{host}:{port + index}", parts.path, "", ""))
 
 
+def _die_with_parent() -> None:
+    """In a worker, before it runs: a SIGTERM when the parent dies, even by SIGKILL, so
+    no worker outlives the ``serve --workers`` that started it (Linux; elsewhere none)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def serve_workers(config: Config, args: argparse.Namespace) -> int:
     """``--workers N``: N nodes of one cluster on this machine, one process (and core)
     each, on ports PORT … PORT+N-1 and media ports MEDIA_PORT … MEDIA_PORT+N-1.
@@ -378,7 +390,11 @@ def serve_workers(config: Config, args: argparse.Namespace) -> int:
         if url:
             child_env["ROUNDTABLE_PUBLIC_URL"] = url
         children.append(
-            subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=child_env)
+            subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "serve"],
+                env=child_env,
+                preexec_fn=_die_with_parent,
+            )
         )
     print(
         f"roundtable: {count} workers on ports {config.port}-{config.port + count - 1}",
