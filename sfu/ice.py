@@ -213,4 +213,4 @@ def check() -> list[str]:
     return problems
 
 
-__all__: list[Any] = ["credentials", "mark", "remote_changed", "restart", "resume"]
+__all__ = ["connections", "credentials", "mark", "remote_changed", "restart", "resume"]
