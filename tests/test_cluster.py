@@ -142,9 +142,12 @@ async def test_kill_9_of_the_rooms_node_moves_the_call_with_roles_admission_and_
         assert (await cw.peer.client.call("room.lock", {"locked": True}))["ok"]
         assert waiting["waiting"][0]["id"] == client.id
 
+        before = (cw.welcomes, client.welcomes)
         killed = time.monotonic()
         a.signal(signal.SIGKILL)
-        await wait_for(lambda: cw.welcomes == 2 and client.welcomes == 2, 60)
+        # Welcomed again elsewhere (counted from the kill: a reconnect before it, on a
+        # loaded machine, must not make the count miss its mark).
+        await wait_for(lambda: cw.welcomes > before[0] and client.welcomes > before[1], 60)
         moved = time.monotonic() - killed
         print(f"[timing] kill -9 of the room's node -> both welcomed elsewhere: {moved:.1f} s")
         await _media_back(cw, client)
@@ -199,7 +202,7 @@ async def test_sigterm_drains_the_node_then_moves_the_call(nodes: Nodes) -> None
         assert cw.welcomes == 1 and cw.frames_now(client.id) > seen + 20
 
         # After the drain timeout: told why, moved, media again on node B.
-        await wait_for(lambda: cw.welcomes == 2 and client.welcomes == 2, 30)
+        await wait_for(lambda: cw.welcomes >= 2 and client.welcomes >= 2, 30)
         assert cw.told and cw.told[0]["error"] == "node_draining"
         assert b.url in cw.told[0]["cluster"]
         await _media_back(cw, client)
