@@ -14,6 +14,8 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +248,13 @@ async def error_middleware(
         return await handler(request)
     except RoundtableError as err:
         return json_error(err)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        # Shared state out of reach (Redis down or restarting): nothing was changed, and
+        # the caller may simply try again — a 503 that says so, not a 500.
+        log.warning("%s %s: shared state unreachable (%s)", request.method, request.path, exc)
+        resp = json_error(Unavailable())
+        resp.headers["Retry-After"] = "2"
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like are not errors

@@ -254,6 +254,15 @@ async def test_redis_outage_keeps_calls_refuses_joins_quickly_and_recovers(
                 assert took < 5  # the goal (2 s) is measured above, not asserted
             finally:
                 await newcomer.close()
+        # The API says so too: a clear 503 to retry, not an internal error.
+        async with aiohttp.ClientSession() as http:
+            for method, path in (("POST", "/api/rooms"), ("DELETE", f"/api/rooms/{room['room']}")):
+                async with http.request(
+                    method, a.url + path, headers={"Authorization": f"Bearer {a.api_key}"}, json={}
+                ) as resp:
+                    body = await resp.json()
+                    assert (resp.status, body["error"]) == (503, "unavailable"), (method, body)
+                    assert resp.headers["Retry-After"] == "2"
         await wait_for(lambda: _not_ready(a), 10)  # readiness says Redis is gone
         status, body = await _ready(a)
         assert (status, body["redis"]) == (503, "unreachable")
