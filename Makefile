@@ -18,11 +18,11 @@ help:
 	@echo "make bench  - short load test against a server it starts itself"
 	@echo "make lint   - ruff check"
 
-# The SFU's hot path is C (sfu/_fastpath.c, sfu/_bwe.c), compiled by pip: it needs a C
+# The SFU's hot path is C (sfu/fastpath/*.c, sfu/_bwe.c), compiled by pip: it needs a C
 # compiler and the headers of the Python that runs it.
 # Order-only on $(VENDOR): npm installs web/ (the tests' devDependencies too) before pip
 # runs setup.py, which would otherwise vendor Socket.IO itself with production packages only.
-$(STAMP): pyproject.toml setup.py sfu/_fastpath.c sfu/_bwe.c | $(VENDOR)
+$(STAMP): pyproject.toml setup.py $(wildcard sfu/fastpath/*.[ch]) sfu/_bwe.c | $(VENDOR)
 	@command -v cc >/dev/null || { echo "roundtable builds a C extension: install a C compiler (Debian: apt-get install build-essential)" >&2; exit 1; }
 	@$(PYTHON) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || { echo "roundtable builds a C extension: install the headers of $(PYTHON) (Debian: apt-get install python3-dev)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)

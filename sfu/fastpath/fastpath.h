@@ -1,0 +1,129 @@
+/*
+ * sfu._fastpath: the per-packet half of the SFU in C, one file per concern.
+ *
+ *   reader.c  the event loop's read callback: drain a (shared) UDP socket, SRTP-unprotect
+ *             and parse RTP, hand one Packet per RTP packet to Python
+ *   packet.c  Packet: a parsed RTP packet readable like aiortc's RtpPacket; parse_rtp()
+ *   srtp.c    the libsrtp session aiortc negotiated over DTLS, and the DTLS-state guard
+ *   leg.c     Leg: rewrite, remember, protect and send one forwarded track; fanout()
+ *   meter.c   Meter: a room's forwarded-packet counters and latency histogram
+ *   module.c  the module: its functions, types and the interned attribute names
+ *
+ * Everything here runs with the GIL held, on the event loop's thread.
+ */
+#ifndef ROUNDTABLE_FASTPATH_H
+#define ROUNDTABLE_FASTPATH_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define NTP_EPOCH 2208988800ULL
+
+/* ---- time ------------------------------------------------------------------------- */
+
+static inline int64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* 64-bit NTP time (32.32 fixed point) */
+static inline uint64_t ntp_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    uint64_t secs = (uint64_t)t.tv_sec + NTP_EPOCH;
+    uint64_t frac = ((uint64_t)t.tv_nsec << 32) / 1000000000ULL;
+    return (secs << 32) | frac;
+}
+
+/* aiortc.clock.current_ms(): milliseconds since the NTP epoch */
+static inline long long ntp_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return ((long long)t.tv_sec + (long long)NTP_EPOCH) * 1000LL + t.tv_nsec / 1000000;
+}
+
+/* ---- interned attribute names (module.c) ------------------------------------------ */
+
+extern PyObject *fp_str_state, *fp_str_fileno, *fp_str_buffer_size;
+extern PyObject *fp_str_rx_packets, *fp_str_rx_bytes;
+
+/* ---- srtp.c ----------------------------------------------------------------------- */
+
+/* pylibsrtp's srtp_protect/srtp_unprotect (and their RTCP twins) */
+typedef int (*srtp_fn)(void *ctx, void *hdr, int *len);
+
+#define SRTP_TRAILER 144 /* pylibsrtp's SRTP_MAX_TRAILER_LEN */
+
+/* A libsrtp session borrowed from aiortc, valid while its DTLS transport is connected. */
+typedef struct {
+    void *ctx;
+    srtp_fn rtp, rtcp;   /* protect or unprotect, as the user set them; rtcp may be NULL */
+    PyObject *session;   /* pylibsrtp's Session: keeps ctx alive */
+    PyObject *dtls;      /* aiortc's RTCDtlsTransport */
+    PyObject *connected; /* the State dtls must be in */
+} FpSrtp;
+
+void fp_srtp_set(FpSrtp *s, void *ctx, srtp_fn rtp, srtp_fn rtcp, PyObject *session,
+                 PyObject *dtls, PyObject *connected);
+void fp_srtp_clear(FpSrtp *s);
+int fp_srtp_traverse(FpSrtp *s, visitproc visit, void *arg);
+/* 1 while the DTLS transport is connected, 0 once it is not, -1 with an exception set */
+int fp_srtp_live(FpSrtp *s);
+
+/* ---- meter.c ---------------------------------------------------------------------- */
+
+#define MAX_BUCKETS 32
+
+typedef struct {
+    PyObject_HEAD
+    int64_t bounds[MAX_BUCKETS];
+    int nbounds;
+    unsigned long long counts[MAX_BUCKETS + 1];
+    unsigned long long total_ns;
+    unsigned long long n;
+    unsigned long long packets;
+    unsigned long long bytes;
+} Meter;
+
+extern PyTypeObject MeterType;
+
+static inline void meter_observe(Meter *m, int64_t ns)
+{
+    if (ns < 0)
+        ns = 0;
+    int i = 0;
+    while (i < m->nbounds && ns > m->bounds[i])
+        i++;
+    m->counts[i]++;
+    m->total_ns += (unsigned long long)ns;
+    m->n++;
+}
+
+/* ---- packet.c --------------------------------------------------------------------- */
+
+extern PyTypeObject PacketType;
+/* A new Packet, or NULL (no exception) for a malformed packet. */
+PyObject *fp_parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int mid_id,
+                       long long arrival_ns);
+PyObject *fp_py_parse_rtp(PyObject *module, PyObject *args);
+
+/* ---- leg.c ------------------------------------------------------------------------ */
+
+extern PyTypeObject LegType;
+PyObject *fp_py_fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* ---- reader.c --------------------------------------------------------------------- */
+
+extern PyTypeObject ReaderType;
+PyObject *fp_py_addr_key(PyObject *module, PyObject *args);
+/* host/port -> sockaddr; 0, or -1 if host is not a numeric address (no exception) */
+int fp_sockaddr(const char *host, int port, struct sockaddr_storage *a, socklen_t *len);
+
+#endif

@@ -1,0 +1,594 @@
+/*
+ * Leg: one forwarded track on one subscriber connection -- the per-subscriber half of
+ * the forwarding hot path.
+ *
+ * For every forwarded RTP packet and every subscriber, the SFU rewrites the RTP header
+ * (the subscriber's SSRC, payload type, sequence number and timestamp, the subscriber's
+ * MID extension), keeps a copy for NACKs, SRTP-protects it and sends it. Written in
+ * Python that is ~40 Python-level steps per packet and leg; here it is one call. The
+ * semantics are those documented on sfu.forwarder.Leg, which owns a `Leg` object of
+ * this module and keeps everything that is not per packet (key-frame waits, queueing,
+ * feedback) in Python.
+ *
+ * Crosses into Python:
+ * - per packet: one fanout() call from sfu.forwarder for all ready legs of a track;
+ *   per leg, one attribute read of the DTLS state and one fileno() call (the route
+ *   checks below), and asyncio's transport `_buffer_size` when it has one. Legs that
+ *   are not ready, or whose send did not simply go out, come back to Python in a list.
+ * - per route change: set_route()/clear_route(); per negotiation: configure().
+ * - once per RTCP interval: take_counters() (sender reports, getStats); on a NACK:
+ *   history(seq).
+ *
+ * Sending: a non-blocking sendto() on the ICE pair's UDP socket. Before each send we
+ * check that the DTLS transport is still connected and that the socket is still open
+ * (its fileno() is not -1), so a closed connection can never send on a reused file
+ * descriptor. When the socket would block, the rewritten packet is handed back to
+ * Python, which queues it on asyncio's transport like any other write.
+ */
+#include "fastpath.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define HISTORY 512
+#define BUF_SIZE 2048
+#define MAX_EXT 64
+
+/* ---------------------------------------------------------------------------------- */
+/* Leg: one forwarded track on one subscriber connection.                              */
+
+typedef struct {
+    PyObject_HEAD
+    Meter *meter;
+    /* what the subscriber negotiated */
+    int configured;
+    uint8_t first_byte, pt;
+    uint32_t ssrc;
+    uint32_t clock_rate;
+    uint8_t ext[MAX_EXT];
+    int ext_len;
+    int abs_off; /* where in ext to stamp abs-send-time at send, 0: not at all */
+    int ready;   /* set by Python: nothing queued or awaited, sends go out at once */
+    /* rewriting state (see sfu.forwarder.Leg) */
+    int have_in_ssrc;
+    uint32_t in_ssrc;
+    uint16_t seq_off;
+    uint32_t ts_off;
+    int rebase;
+    uint16_t last_out_seq;
+    uint32_t last_out_ts;
+    int64_t last_out_time_ns; /* 0: never */
+    /* The first output sequence number after the last rebase: a late packet (reordered,
+     * or a repair) that would map below it would reuse a number, and an SRTP index,
+     * already sent before the rebase, so it is dropped instead. */
+    uint16_t floor;
+    unsigned long long stale;
+    PyObject *history[HISTORY];
+    /* route: where and how to send */
+    int routed;
+    FpSrtp srtp; /* .rtp is srtp_protect */
+    PyObject *sock;
+    PyObject *transport; /* asyncio's datagram transport on sock, or NULL */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    /* counters, read by Python to keep RTCP sender reports and getStats true */
+    unsigned long long sr_packets, sr_octets, tx_packets, tx_bytes, errors;
+    uint64_t sr_ntp;
+    uint32_t sr_rtp_ts;
+    unsigned char buf[BUF_SIZE];
+} Leg;
+
+static void Leg_clear_route_(Leg *self)
+{
+    self->routed = 0;
+    fp_srtp_clear(&self->srtp);
+    Py_CLEAR(self->sock);
+    Py_CLEAR(self->transport);
+}
+
+static int Leg_traverse(Leg *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->meter);
+    Py_VISIT(self->sock);
+    Py_VISIT(self->transport);
+    return fp_srtp_traverse(&self->srtp, visit, arg);
+}
+
+static int Leg_clear(Leg *self)
+{
+    Py_CLEAR(self->meter);
+    Leg_clear_route_(self);
+    for (int i = 0; i < HISTORY; i++)
+        Py_CLEAR(self->history[i]);
+    return 0;
+}
+
+static void Leg_dealloc(Leg *self)
+{
+    PyObject_GC_UnTrack(self);
+    Leg_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Leg_init(Leg *self, PyObject *args, PyObject *kwds)
+{
+    /* Leg(meter, first_seq, first_ts): the random starting point of the output stream. */
+    PyObject *meter;
+    unsigned int seq, ts;
+    if (!PyArg_ParseTuple(args, "O!II", &MeterType, &meter, &seq, &ts))
+        return -1;
+    Py_INCREF(meter);
+    Py_XSETREF(self->meter, (Meter *)meter);
+    self->last_out_seq = (uint16_t)seq;
+    self->floor = (uint16_t)(seq + 1);
+    self->last_out_ts = (uint32_t)ts;
+    self->last_out_time_ns = 0;
+    self->rebase = 1;
+    self->have_in_ssrc = 0;
+    self->clock_rate = 90000;
+    self->first_byte = 0x80;
+    return 0;
+}
+
+static PyObject *Leg_configure(Leg *self, PyObject *args)
+{
+    /* configure(payload_type, ssrc, clock_rate, ext[, abs_send_time_offset]): ext is the
+     * ready header extension block (0xBEDE profile, length, elements) or b""; if an
+     * offset is given, the 3 bytes there get the abs-send-time of each send (a
+     * publisher, like the benchmark's; the SFU's legs never set it). */
+    unsigned int pt, ssrc, clock_rate;
+    int abs_off = 0;
+    Py_buffer ext;
+    if (!PyArg_ParseTuple(args, "IIIy*|i", &pt, &ssrc, &clock_rate, &ext, &abs_off))
+        return NULL;
+    if (pt > 127 || ext.len > MAX_EXT || ext.len % 4 || clock_rate == 0 || abs_off < 0 ||
+        (abs_off && (abs_off < 5 || abs_off + 3 > ext.len))) {
+        PyBuffer_Release(&ext);
+        PyErr_SetString(PyExc_ValueError, "bad payload type, clock rate or extension block");
+        return NULL;
+    }
+    self->pt = (uint8_t)pt;
+    self->ssrc = ssrc;
+    self->clock_rate = clock_rate;
+    memcpy(self->ext, ext.buf, ext.len);
+    self->ext_len = (int)ext.len;
+    self->abs_off = abs_off;
+    self->first_byte = ext.len ? 0x90 : 0x80;
+    self->configured = 1;
+    PyBuffer_Release(&ext);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Leg_rebase(Leg *self, PyObject *unused)
+{
+    self->rebase = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Leg_set_route(Leg *self, PyObject *args)
+{
+    /* set_route(srtp_ctx, protect_fn, session, sock, host, port, dtls, connected[,
+     *           transport]): transport is asyncio's on sock, whose pending writes a send
+     *           must not overtake */
+    unsigned long long ctx, fn;
+    PyObject *session, *sock, *dtls, *connected, *transport = NULL;
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(args, "KKOOsiOO|O", &ctx, &fn, &session, &sock, &host, &port, &dtls,
+                          &connected, &transport))
+        return NULL;
+    if (!ctx || !fn || port <= 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "incomplete route");
+        return NULL;
+    }
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    if (fp_sockaddr(host, port, &addr, &addrlen) < 0) {
+        PyErr_SetString(PyExc_ValueError, "remote host is not a numeric address");
+        return NULL;
+    }
+    Leg_clear_route_(self);
+    fp_srtp_set(&self->srtp, (void *)(uintptr_t)ctx, (srtp_fn)(uintptr_t)fn, NULL, session,
+                dtls, connected);
+    Py_INCREF(sock);
+    self->sock = sock;
+    if (transport && transport != Py_None) {
+        Py_INCREF(transport);
+        self->transport = transport;
+    }
+    self->addr = addr;
+    self->addrlen = addrlen;
+    self->routed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Leg_clear_route(Leg *self, PyObject *unused)
+{
+    Leg_clear_route_(self);
+    Py_RETURN_NONE;
+}
+
+/* Whether asyncio's transport for the route still buffers earlier writes (RTCP, queued
+ * packets): a direct send would overtake them. Unknown counts as buffered. */
+static int Leg_buffered(Leg *self)
+{
+    if (!self->transport)
+        return 0;
+    PyObject *size = PyObject_GetAttr(self->transport, fp_str_buffer_size);
+    if (!size) {
+        PyErr_Clear();
+        return 1;
+    }
+    int buffered = PyObject_IsTrue(size);
+    Py_DECREF(size);
+    if (buffered < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    return buffered;
+}
+
+/* The socket's fd while the route is usable, else -1 (and the route is dropped). */
+static int Leg_route_fd(Leg *self)
+{
+    if (!self->routed)
+        return -1;
+    int live = fp_srtp_live(&self->srtp);
+    if (live <= 0) {
+        PyErr_Clear();
+        Leg_clear_route_(self);
+        return -1;
+    }
+    PyObject *fdo = PyObject_CallMethodNoArgs(self->sock, fp_str_fileno);
+    if (!fdo) {
+        PyErr_Clear();
+        Leg_clear_route_(self);
+        return -1;
+    }
+    long fd = PyLong_AsLong(fdo);
+    Py_DECREF(fdo);
+    if (fd < 0) {
+        PyErr_Clear();
+        Leg_clear_route_(self);
+        return -1;
+    }
+    return (int)fd;
+}
+
+/* Rewrite into self->buf; returns the packet length, 0 for a packet to drop (stale), or
+ * -1 with an exception set. */
+static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uint32_t seq,
+                                   uint32_t ts, uint32_t ssrc, uint32_t *out_ts_p)
+{
+    if (!PyBytes_Check(payload)) {
+        PyErr_SetString(PyExc_TypeError, "payload must be bytes");
+        return -1;
+    }
+    Py_ssize_t plen = PyBytes_GET_SIZE(payload);
+    Py_ssize_t len = 12 + self->ext_len + plen;
+    if (len + SRTP_TRAILER > BUF_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "packet is too long");
+        return -1;
+    }
+    int64_t now = mono_ns();
+    if (!self->have_in_ssrc || ssrc != self->in_ssrc || self->rebase) {
+        if (!self->have_in_ssrc || ssrc != self->in_ssrc) {
+            /* A new source: continue the timestamps from the last one sent plus the
+             * wall-clock time since, so the subscriber's jitter buffer sees no jump. */
+            uint32_t step = 1;
+            if (self->last_out_time_ns) {
+                double s = (double)(now - self->last_out_time_ns) / 1e9 * self->clock_rate;
+                if (s > 1.0)
+                    step = s > 4294967295.0 ? 0xFFFFFFFFu : (uint32_t)s;
+            }
+            self->ts_off = self->last_out_ts + step - ts;
+            self->in_ssrc = ssrc;
+            self->have_in_ssrc = 1;
+        }
+        self->seq_off = (uint16_t)(self->last_out_seq + 1 - seq);
+        self->floor = (uint16_t)(self->last_out_seq + 1);
+        self->rebase = 0;
+    }
+    uint16_t out_seq = (uint16_t)(seq + self->seq_off);
+    uint32_t out_ts = ts + self->ts_off;
+    if ((int16_t)(uint16_t)(out_seq - self->floor) < 0) {
+        self->stale++;
+        return 0; /* older than the rebase point: its number may already be taken */
+    }
+    if ((uint16_t)(out_seq - self->last_out_seq) < 0x8000) { /* newer than the last sent */
+        self->last_out_seq = out_seq;
+        self->last_out_ts = out_ts;
+        self->last_out_time_ns = now;
+        if ((uint16_t)(out_seq - self->floor) > 0x4000) /* keep the comparison in range */
+            self->floor = (uint16_t)(out_seq - 0x4000);
+    }
+    unsigned char *b = self->buf;
+    b[0] = self->first_byte;
+    b[1] = (uint8_t)((marker ? 0x80 : 0) | self->pt);
+    b[2] = out_seq >> 8;
+    b[3] = out_seq & 0xFF;
+    b[4] = out_ts >> 24;
+    b[5] = (out_ts >> 16) & 0xFF;
+    b[6] = (out_ts >> 8) & 0xFF;
+    b[7] = out_ts & 0xFF;
+    b[8] = self->ssrc >> 24;
+    b[9] = (self->ssrc >> 16) & 0xFF;
+    b[10] = (self->ssrc >> 8) & 0xFF;
+    b[11] = self->ssrc & 0xFF;
+    memcpy(b + 12, self->ext, self->ext_len);
+    if (self->abs_off) {
+        /* abs-send-time: NTP time in 6.18 fixed point, 24 bits */
+        uint32_t abs = (uint32_t)(ntp_now() >> 14) & 0xFFFFFF;
+        unsigned char *a = b + 12 + self->abs_off;
+        a[0] = abs >> 16;
+        a[1] = (abs >> 8) & 0xFF;
+        a[2] = abs & 0xFF;
+    }
+    memcpy(b + 12 + self->ext_len, PyBytes_AS_STRING(payload), plen);
+    *out_ts_p = out_ts;
+    return len;
+}
+
+static int parse_packet_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                             int *marker, uint32_t *seq, uint32_t *ts, uint32_t *ssrc)
+{
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, "(payload, marker, seq, ts, ssrc[, t_in_ns])");
+        return -1;
+    }
+    *marker = PyObject_IsTrue(args[1]);
+    *seq = (uint32_t)PyLong_AsUnsignedLongMask(args[2]);
+    *ts = (uint32_t)PyLong_AsUnsignedLongMask(args[3]);
+    *ssrc = (uint32_t)PyLong_AsUnsignedLongMask(args[4]);
+    if (*marker < 0 || PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+/* Keep the unprotected packet for NACKs; returns a new reference. */
+static PyObject *Leg_remember(Leg *self, Py_ssize_t len)
+{
+    PyObject *data = PyBytes_FromStringAndSize((const char *)self->buf, len);
+    if (!data)
+        return NULL;
+    uint16_t seq = (uint16_t)(self->buf[2] << 8 | self->buf[3]);
+    Py_INCREF(data);
+    Py_XSETREF(self->history[seq % HISTORY], data);
+    return data;
+}
+
+static PyObject *Leg_rewrite(Leg *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* rewrite(payload, marker, seq, ts, ssrc) -> (packet, out_ts) without sending, or
+     * None for a packet older than the last rebase (drop it). */
+    int marker;
+    uint32_t seq, ts, ssrc, out_ts;
+    if (parse_packet_args(args, nargs, 5, &marker, &seq, &ts, &ssrc) < 0)
+        return NULL;
+    Py_ssize_t len = Leg_rewrite_into(self, args[0], marker, seq, ts, ssrc, &out_ts);
+    if (len < 0)
+        return NULL;
+    if (len == 0)
+        Py_RETURN_NONE;
+    PyObject *data = Leg_remember(self, len);
+    if (!data)
+        return NULL;
+    return Py_BuildValue("(NI)", data, out_ts);
+}
+
+/* Rewrite, remember, protect and send one packet; see Leg.send for the result. */
+static PyObject *leg_send(Leg *self, PyObject *payload, int marker, uint32_t seq, uint32_t ts,
+                          uint32_t ssrc, long long t_in)
+{
+    uint32_t out_ts;
+    if (!self->configured || !self->meter)
+        Py_RETURN_FALSE;
+    int fd = Leg_route_fd(self);
+    if (fd < 0)
+        Py_RETURN_FALSE;
+    Py_ssize_t len = Leg_rewrite_into(self, payload, marker, seq, ts, ssrc, &out_ts);
+    if (len < 0)
+        return NULL;
+    if (len == 0)
+        Py_RETURN_NONE; /* stale: dropped */
+    PyObject *data = Leg_remember(self, len); /* may run the GC, hence Python code */
+    if (!data)
+        return NULL;
+    if (!self->routed || Leg_buffered(self))
+        return data; /* the route went, or asyncio holds earlier writes: queue behind */
+    /* no Python code runs from here to the end: the route stays as checked */
+    int plen = (int)len;
+    if (self->srtp.rtp(self->srtp.ctx, self->buf, &plen) != 0) {
+        self->errors++;
+        Py_DECREF(data);
+        Py_RETURN_NONE;
+    }
+    ssize_t n = sendto(fd, self->buf, (size_t)plen, MSG_DONTWAIT,
+                       (struct sockaddr *)&self->addr, self->addrlen);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+            return data; /* Python queues it (aiortc's tx session allows the re-protect) */
+        self->errors++;
+        Py_DECREF(data);
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(data);
+    Meter *m = self->meter;
+    m->packets++;
+    m->bytes += (unsigned long long)len;
+    meter_observe(m, mono_ns() - t_in);
+    self->sr_packets++;
+    self->sr_octets += (unsigned long long)(len - 12 - self->ext_len);
+    self->sr_rtp_ts = out_ts;
+    self->sr_ntp = ntp_now();
+    self->tx_packets++;
+    self->tx_bytes += (unsigned long long)plen;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Leg_send(Leg *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* send(payload, marker, seq, ts, ssrc, t_in_ns) ->
+     *   None: sent (or dropped by SRTP/the kernel, counted in `errors`);
+     *   False: no usable route, nothing changed, take the Python path;
+     *   bytes: rewritten but the socket would block: queue this packet. */
+    int marker;
+    uint32_t seq, ts, ssrc;
+    if (parse_packet_args(args, nargs, 6, &marker, &seq, &ts, &ssrc) < 0)
+        return NULL;
+    long long t_in = PyLong_AsLongLong(args[5]);
+    if (t_in == -1 && PyErr_Occurred())
+        return NULL;
+    return leg_send(self, args[0], marker, seq, ts, ssrc, t_in);
+}
+
+PyObject *fp_py_fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* fanout(legs, payload, marker, seq, ts, ssrc, t_in_ns) -> None | [(index, result)]
+     * One packet to every ready Leg in the list. Legs that are not ready, and ready
+     * legs whose send did not simply go out (result False or bytes, as Leg.send), are
+     * returned for Python to handle; such a leg is no longer ready. */
+    int marker;
+    uint32_t seq, ts, ssrc;
+    if (nargs != 7 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "fanout(legs, payload, marker, seq, ts, ssrc, t_in)");
+        return NULL;
+    }
+    if (parse_packet_args(args + 1, nargs - 1, 6, &marker, &seq, &ts, &ssrc) < 0)
+        return NULL;
+    long long t_in = PyLong_AsLongLong(args[6]);
+    if (t_in == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *legs = args[0], *slow = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(legs); i++) {
+        PyObject *item = PyList_GET_ITEM(legs, i);
+        if (!PyObject_TypeCheck(item, &LegType)) {
+            Py_XDECREF(slow);
+            PyErr_SetString(PyExc_TypeError, "legs must be sfu._fastpath.Leg objects");
+            return NULL;
+        }
+        Leg *leg = (Leg *)item;
+        PyObject *r;
+        if (leg->ready) {
+            Py_INCREF(item); /* a send cannot drop the list's reference, but be safe */
+            r = leg_send(leg, args[1], marker, seq, ts, ssrc, t_in);
+            Py_DECREF(item);
+            if (!r) {
+                Py_XDECREF(slow);
+                return NULL;
+            }
+            if (r == Py_None) {
+                Py_DECREF(r);
+                continue;
+            }
+            leg->ready = 0;
+        } else {
+            r = Py_NewRef(Py_None);
+        }
+        if (!slow && !(slow = PyList_New(0))) {
+            Py_DECREF(r);
+            return NULL;
+        }
+        PyObject *pair = Py_BuildValue("(nN)", i, r);
+        if (!pair || PyList_Append(slow, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(slow);
+            return NULL;
+        }
+        Py_DECREF(pair);
+    }
+    if (!slow)
+        Py_RETURN_NONE;
+    return slow;
+}
+
+static PyObject *Leg_history(Leg *self, PyObject *arg)
+{
+    /* history(seq) -> the packet sent with this output sequence number, or None. */
+    long seq = PyLong_AsLong(arg);
+    if (seq == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *data = self->history[(uint16_t)seq % HISTORY];
+    if (data && PyBytes_GET_SIZE(data) >= 4) {
+        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(data);
+        if ((b[2] << 8 | b[3]) == (uint16_t)seq) {
+            Py_INCREF(data);
+            return data;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Leg_take_counters(Leg *self, PyObject *unused)
+{
+    /* take_counters() -> (packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors,
+     * stale) since the last call: sent by this path (ntp/rtp_ts of the last packet),
+     * failed sends, and late packets dropped at a rebase point. */
+    PyObject *out = Py_BuildValue("(KKKIKKKK)", self->sr_packets, self->sr_octets,
+                                  (unsigned long long)self->sr_ntp, self->sr_rtp_ts,
+                                  self->tx_packets, self->tx_bytes, self->errors, self->stale);
+    if (!out)
+        return NULL;
+    self->sr_packets = self->sr_octets = self->tx_packets = self->tx_bytes = 0;
+    self->errors = self->stale = 0;
+    return out;
+}
+
+static PyObject *Leg_get_routed(Leg *self, void *closure)
+{
+    return PyBool_FromLong(self->routed);
+}
+
+static PyMethodDef Leg_methods[] = {
+    {"configure", (PyCFunction)Leg_configure, METH_VARARGS,
+     "configure(payload_type, ssrc, clock_rate, ext_block[, abs_send_time_offset])"},
+    {"rebase", (PyCFunction)Leg_rebase, METH_NOARGS,
+     "Rebase the sequence offset at the next packet (we dropped packets)."},
+    {"set_route", (PyCFunction)Leg_set_route, METH_VARARGS,
+     "set_route(srtp_ctx, protect_fn, session, sock, host, port, dtls, connected)"},
+    {"clear_route", (PyCFunction)Leg_clear_route, METH_NOARGS, "Forget the route."},
+    {"rewrite", (PyCFunction)(void (*)(void))Leg_rewrite, METH_FASTCALL,
+     "rewrite(payload, marker, seq, ts, ssrc) -> (packet, out_ts)"},
+    {"send", (PyCFunction)(void (*)(void))Leg_send, METH_FASTCALL,
+     "send(payload, marker, seq, ts, ssrc, t_in_ns) -> None | False | bytes"},
+    {"history", (PyCFunction)Leg_history, METH_O, "history(seq) -> bytes | None"},
+    {"take_counters", (PyCFunction)Leg_take_counters, METH_NOARGS,
+     "Counters of packets sent by this path since the last call."},
+    {NULL},
+};
+
+static PyObject *Leg_get_ready(Leg *self, void *closure)
+{
+    return PyBool_FromLong(self->ready);
+}
+
+static int Leg_set_ready(Leg *self, PyObject *value, void *closure)
+{
+    int v = value ? PyObject_IsTrue(value) : 0;
+    if (v < 0)
+        return -1;
+    self->ready = v;
+    return 0;
+}
+
+static PyGetSetDef Leg_getset[] = {
+    {"ready", (getter)Leg_get_ready, (setter)Leg_set_ready,
+     "whether fanout() may send to this leg at once (kept by sfu.forwarder.Leg)", NULL},
+    {"routed", (getter)Leg_get_routed, NULL, "whether a usable route is set", NULL},
+    {NULL},
+};
+
+PyTypeObject LegType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu._fastpath.Leg",
+    .tp_basicsize = sizeof(Leg),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Leg(meter, first_seq, first_ts): one forwarded track on one subscriber.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Leg_init,
+    .tp_dealloc = (destructor)Leg_dealloc,
+    .tp_traverse = (traverseproc)Leg_traverse,
+    .tp_clear = (inquiry)Leg_clear,
+    .tp_methods = Leg_methods,
+    .tp_getset = Leg_getset,
+};
+

@@ -1,0 +1,456 @@
+/*
+ * Reader: reads every datagram queued on an ICE socket in one event-loop callback.
+ *
+ * Crosses into Python:
+ * - per wakeup: the event loop calls the Reader (it is the socket's read callback,
+ *   installed by sfu.aiortc_hooks / sfu.udpmux instead of asyncio's _read_ready); it
+ *   reads up to BATCH datagrams, then returns to the loop.
+ * - per SRTP packet: one attribute read of the DTLS state, then one call of the
+ *   connection's on_rtp(Packet, ntp_ms) (or on_rtcp(bytes) for SRTCP).
+ * - per datagram that is not SRTP (STUN, DTLS) or whose connection has no SRTP yet:
+ *   the protocol's datagram_received(data, addr), as asyncio would call it.
+ * - per callback, per connection touched: its DTLS transport's rx counters (getStats).
+ * - on a shared socket (sfu/udpmux.py): one dict lookup per datagram, in C, in the
+ *   routes dict Python keeps (addr_key(host, port) -> the owning Reader).
+ */
+#include "fastpath.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+
+#define RECV_BUF 65536
+#define BATCH 64
+
+static unsigned char recv_buf[RECV_BUF];
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    PyObject *datagram_received; /* the protocol's datagram_received(data, addr) */
+    PyObject *error_received;    /* the protocol's error_received(exc) */
+    /* set once the DTLS transport is connected: SRTP goes to on_rtp/on_rtcp directly */
+    int rtp;
+    FpSrtp srtp; /* .rtp, .rtcp: srtp_unprotect, srtp_unprotect_rtcp */
+    PyObject *on_rtp, *on_rtcp;
+    int abs_id, mid_id;
+    unsigned long long rx_packets, rx_bytes, datagrams, wakeups;
+    /* A socket shared by many ICE connections (sfu/udpmux.py): remote address key
+     * (addr_key) -> the Reader of the connection that owns that address. The
+     * datagram is handled with that Reader's SRTP state and protocol; an address with
+     * no route goes to this Reader's own datagram_received (the mux's dispatcher).
+     * NULL for a socket of one connection. */
+    PyObject *routes;
+    /* DTLS counters not yet added to the transport (a routed Reader, flushed once per
+     * read callback of the shared socket) */
+    unsigned long long pending_packets, pending_bytes;
+} Reader;
+
+static void Reader_clear_rtp_(Reader *self)
+{
+    self->rtp = 0;
+    fp_srtp_clear(&self->srtp);
+    Py_CLEAR(self->on_rtp);
+    Py_CLEAR(self->on_rtcp);
+}
+
+static int Reader_traverse(Reader *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->datagram_received);
+    Py_VISIT(self->error_received);
+    Py_VISIT(self->on_rtp);
+    Py_VISIT(self->on_rtcp);
+    Py_VISIT(self->routes);
+    return fp_srtp_traverse(&self->srtp, visit, arg);
+}
+
+static int Reader_clear(Reader *self)
+{
+    Py_CLEAR(self->datagram_received);
+    Py_CLEAR(self->error_received);
+    Py_CLEAR(self->routes);
+    Reader_clear_rtp_(self);
+    return 0;
+}
+
+static void Reader_dealloc(Reader *self)
+{
+    PyObject_GC_UnTrack(self);
+    Reader_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
+{
+    /* Reader(fd, datagram_received, error_received) */
+    int fd;
+    PyObject *dr, *er;
+    if (!PyArg_ParseTuple(args, "iOO", &fd, &dr, &er))
+        return -1;
+    self->fd = fd;
+    Py_INCREF(dr);
+    Py_XSETREF(self->datagram_received, dr);
+    Py_INCREF(er);
+    Py_XSETREF(self->error_received, er);
+    return 0;
+}
+
+static PyObject *Reader_set_rtp(Reader *self, PyObject *args)
+{
+    /* set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected,
+     *         on_rtp, on_rtcp, abs_id, mid_id) */
+    unsigned long long ctx, fn, fn_rtcp;
+    PyObject *session, *dtls, *connected, *on_rtp, *on_rtcp;
+    int abs_id, mid_id;
+    if (!PyArg_ParseTuple(args, "KKKOOOOOii", &ctx, &fn, &fn_rtcp, &session, &dtls, &connected,
+                          &on_rtp, &on_rtcp, &abs_id, &mid_id))
+        return NULL;
+    if (!ctx || !fn || !fn_rtcp || !PyCallable_Check(on_rtp) || !PyCallable_Check(on_rtcp)) {
+        PyErr_SetString(PyExc_ValueError, "incomplete RTP route");
+        return NULL;
+    }
+    Reader_clear_rtp_(self);
+    fp_srtp_set(&self->srtp, (void *)(uintptr_t)ctx, (srtp_fn)(uintptr_t)fn,
+                (srtp_fn)(uintptr_t)fn_rtcp, session, dtls, connected);
+    Py_INCREF(on_rtp);
+    self->on_rtp = on_rtp;
+    Py_INCREF(on_rtcp);
+    self->on_rtcp = on_rtcp;
+    self->abs_id = abs_id;
+    self->mid_id = mid_id;
+    self->rtp = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_set_routes(Reader *self, PyObject *routes)
+{
+    if (!PyDict_Check(routes)) {
+        PyErr_SetString(PyExc_TypeError, "routes must be a dict");
+        return NULL;
+    }
+    Py_INCREF(routes);
+    Py_XSETREF(self->routes, routes);
+    Py_RETURN_NONE;
+}
+
+/* The routing key of a remote address: an int for IPv4, 18 bytes for IPv6. Python
+ * computes the same key with addr_key(host, port). */
+static PyObject *sockaddr_key(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)a;
+        uint64_t k = ((uint64_t)ntohl(a4->sin_addr.s_addr) << 16) | ntohs(a4->sin_port);
+        return PyLong_FromUnsignedLongLong(k);
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)a;
+        unsigned char k[18];
+        memcpy(k, &a6->sin6_addr, 16);
+        memcpy(k + 16, &a6->sin6_port, 2);
+        return PyBytes_FromStringAndSize((const char *)k, 18);
+    }
+    Py_RETURN_NONE;
+}
+
+int fp_sockaddr(const char *host, int port, struct sockaddr_storage *a, socklen_t *len)
+{
+    memset(a, 0, sizeof(*a));
+    struct sockaddr_in *a4 = (struct sockaddr_in *)a;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)a;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof(*a4);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof(*a6);
+        return 0;
+    }
+    return -1;
+}
+
+PyObject *fp_py_addr_key(PyObject *module, PyObject *args)
+{
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(args, "si", &host, &port))
+        return NULL;
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return NULL;
+    }
+    struct sockaddr_storage a;
+    socklen_t len;
+    if (fp_sockaddr(host, port, &a, &len) < 0) {
+        PyErr_SetString(PyExc_ValueError, "not an IP address");
+        return NULL;
+    }
+    return sockaddr_key(&a);
+}
+
+static PyObject *make_addr(const struct sockaddr_storage *a)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)a;
+        inet_ntop(AF_INET, &a4->sin_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(a4->sin_port));
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)a;
+        inet_ntop(AF_INET6, &a6->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(siII)", host, ntohs(a6->sin6_port),
+                             (unsigned int)ntohl(a6->sin6_flowinfo),
+                             (unsigned int)a6->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Hand one datagram to the protocol like asyncio's _read_ready would. */
+static int Reader_fallback(Reader *self, Py_ssize_t n, const struct sockaddr_storage *addr)
+{
+    PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, n);
+    PyObject *a = make_addr(addr);
+    PyObject *r = NULL, *callback = self->datagram_received;
+    Py_INCREF(callback); /* the call may replace what the reader holds */
+    if (data && a)
+        r = PyObject_CallFunctionObjArgs(callback, data, a, NULL);
+    Py_DECREF(callback);
+    Py_XDECREF(data);
+    Py_XDECREF(a);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Add to an integer attribute (aiortc's transport counters, read by getStats). */
+static int add_to_attr(PyObject *obj, PyObject *name, unsigned long long n)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v)
+        return -1;
+    PyObject *d = PyLong_FromUnsignedLongLong(n);
+    PyObject *sum = d ? PyNumber_Add(v, d) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    if (!sum)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched);
+
+/* Add what a Reader read since the last flush to its DTLS transport's counters (read
+ * by getStats): once per read callback rather than per packet. */
+static void Reader_flush_counters(Reader *t)
+{
+    if (!t->srtp.dtls || !t->pending_packets)
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (add_to_attr(t->srtp.dtls, fp_str_rx_packets, t->pending_packets) < 0 ||
+        add_to_attr(t->srtp.dtls, fp_str_rx_bytes, t->pending_bytes) < 0)
+        PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    t->pending_packets = t->pending_bytes = 0;
+}
+
+static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds)
+{
+    /* The event loop's read callback: up to BATCH datagrams, then back to the loop. */
+    if (!self->datagram_received || !self->error_received) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader was not initialised");
+        return NULL;
+    }
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "a routed Reader has no socket of its own");
+        return NULL;
+    }
+    self->wakeups++;
+    Reader *touched[BATCH];
+    int ntouched = 0;
+    PyObject *r = Reader_drain(self, touched, &ntouched);
+    for (int i = 0; i < ntouched; i++) {
+        Reader_flush_counters(touched[i]);
+        Py_DECREF(touched[i]);
+    }
+    return r;
+}
+
+/* Handle one datagram in recv_buf with t's SRTP state and protocol. 0, or -1 with an
+ * exception set. */
+static int Reader_handle(Reader *t, Py_ssize_t n, const struct sockaddr_storage *addr,
+                         int64_t t_in)
+{
+    unsigned char b0 = recv_buf[0], b1 = n > 1 ? recv_buf[1] : 0;
+    if (!(t->rtp && n > 12 && b0 > 127 && b0 < 192))
+        return Reader_fallback(t, n, addr);
+    int connected = fp_srtp_live(&t->srtp);
+    if (connected < 0)
+        return -1;
+    if (!connected) {
+        Reader_clear_rtp_(t);
+        return Reader_fallback(t, n, addr);
+    }
+    t->rx_packets++;
+    t->rx_bytes += (unsigned long long)n;
+    t->pending_packets++;
+    t->pending_bytes += (unsigned long long)n;
+    int len = (int)n;
+    if (b1 > 191 && b1 < 209) { /* SRTCP, by aiortc's is_rtcp */
+        if (t->srtp.rtcp(t->srtp.ctx, recv_buf, &len) != 0)
+            return 0;
+        PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, len);
+        PyObject *callback = t->on_rtcp;
+        Py_INCREF(callback); /* the call may replace what the reader holds */
+        PyObject *r = data ? PyObject_CallOneArg(callback, data) : NULL;
+        Py_DECREF(callback);
+        Py_XDECREF(data);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    if (t->srtp.rtp(t->srtp.ctx, recv_buf, &len) != 0)
+        return 0; /* not authentic, or replayed: dropped, as aiortc does */
+    PyObject *p = fp_parse_rtp(recv_buf, len, t->abs_id, t->mid_id, t_in);
+    if (!p)
+        return 0;
+    PyObject *ms = PyLong_FromLongLong(ntp_ms());
+    PyObject *callback = t->on_rtp;
+    Py_INCREF(callback); /* the call may replace what the reader holds */
+    PyObject *r = ms ? PyObject_CallFunctionObjArgs(callback, p, ms, NULL) : NULL;
+    Py_DECREF(callback);
+    Py_XDECREF(ms);
+    Py_DECREF(p);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The Reader that owns a datagram from addr on a shared socket (a new reference, or
+ * NULL: unrouted, or an error is set). */
+static Reader *Reader_route(Reader *self, const struct sockaddr_storage *addr)
+{
+    PyObject *key = sockaddr_key(addr);
+    if (!key)
+        return NULL;
+    PyObject *found = PyDict_GetItemWithError(self->routes, key); /* borrowed */
+    Py_DECREF(key);
+    if (!found || Py_TYPE(found) != &ReaderType)
+        return NULL;
+    Py_INCREF(found);
+    return (Reader *)found;
+}
+
+static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched)
+{
+    for (int i = 0; i < BATCH; i++) {
+        struct sockaddr_storage addr;
+        socklen_t alen = sizeof(addr);
+        ssize_t n = recvfrom(self->fd, recv_buf, RECV_BUF, MSG_DONTWAIT,
+                             (struct sockaddr *)&addr, &alen);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            PyErr_SetFromErrno(PyExc_OSError); /* handed to error_received, like asyncio */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            PyObject *callback = self->error_received;
+            Py_INCREF(callback);
+            PyObject *r = PyObject_CallOneArg(callback, value);
+            Py_DECREF(callback);
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            if (!r)
+                return NULL;
+            Py_DECREF(r);
+            break;
+        }
+        self->datagrams++;
+        int64_t t_in = mono_ns();
+        Reader *t = self;
+        if (self->routes) {
+            t = Reader_route(self, &addr);
+            if (!t) {
+                if (PyErr_Occurred() || Reader_fallback(self, n, &addr) < 0)
+                    return NULL;
+                continue;
+            }
+            /* t stays alive (and its counters pending) until the callback ends */
+            int seen = 0;
+            for (int j = 0; j < *ntouched; j++)
+                if (touched[j] == t)
+                    seen = 1;
+            if (seen)
+                Py_DECREF(t);
+            else
+                touched[(*ntouched)++] = t;
+        } else if (*ntouched == 0) {
+            Py_INCREF(self);
+            touched[(*ntouched)++] = self;
+        }
+        if (Reader_handle(t, n, &addr, t_in) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_get_rtp(Reader *self, void *closure)
+{
+    return PyBool_FromLong(self->rtp);
+}
+
+static PyObject *Reader_get_rx(Reader *self, void *closure)
+{
+    return Py_BuildValue("(KK)", self->rx_packets, self->rx_bytes);
+}
+
+static PyObject *Reader_get_stats(Reader *self, void *closure)
+{
+    return Py_BuildValue("(KK)", self->datagrams, self->wakeups);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"set_routes", (PyCFunction)Reader_set_routes, METH_O,
+     "set_routes(routes): share this socket; routes maps addr_key(host, port) -> Reader"},
+    {"set_rtp", (PyCFunction)Reader_set_rtp, METH_VARARGS,
+     "set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected, on_rtp, "
+     "on_rtcp, abs_id, mid_id)"},
+    {NULL},
+};
+
+static PyGetSetDef Reader_getset[] = {
+    {"rtp", (getter)Reader_get_rtp, NULL, "whether SRTP is handled here", NULL},
+    {"stats", (getter)Reader_get_stats, NULL, "(datagrams, wakeups) so far", NULL},
+    {"rx", (getter)Reader_get_rx, NULL, "(SRTP packets, bytes) read here so far", NULL},
+    {NULL},
+};
+
+PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu._fastpath.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Reader(fd, datagram_received, error_received): an event-loop read "
+              "callback that drains a UDP socket, decrypting and parsing SRTP itself once "
+              "set_rtp() was called and handing everything else to the protocol.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_traverse = (traverseproc)Reader_traverse,
+    .tp_clear = (inquiry)Reader_clear,
+    .tp_call = (ternaryfunc)Reader_call,
+    .tp_methods = Reader_methods,
+    .tp_getset = Reader_getset,
+};
+
