@@ -25,6 +25,7 @@ from signaling.invites import InviteApi
 from signaling.mailer import InviteMailer, SmtpSettings
 from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
 from signaling.metrics import Metrics
+from signaling.partners import PartnerApi
 from signaling.rooms import RoomHub
 from signaling.routing import NodeInfo, NodeLoad, Router, create_router
 from signaling.socket import (
@@ -98,10 +99,11 @@ def media_ports(config: Config) -> Any:
     return MediaPorts(mux=mux, port_range=config.media_ports, announced_ip=config.announced_ip)
 
 
-def _default_store(config: Config) -> StateStore:
+def default_store(config: Config) -> StateStore:
     """Embedded default: a SQLite file in the state directory, so a restart (even after
     ``kill -9``) forgets no revocation, ended session or spent invite. With ``REDIS_URL``:
-    rooms, revocations and used invites are shared by every node on the same Redis."""
+    rooms, revocations and used invites are shared by every node on the same Redis.
+    ``roundtable partners`` opens the same store as ``serve``, through this."""
     if config.redis_url:
         from signaling.redis_store import RedisStore
 
@@ -184,7 +186,7 @@ def build_app(
         # Outermost: everything after it (errors, the API, Socket.IO) sees the client.
         middlewares.insert(0, TrustedProxies(config.trusted_proxies).middleware)
     app = web.Application(middlewares=middlewares, client_max_size=CLIENT_MAX_SIZE)
-    store = store or _default_store(config)
+    store = store or default_store(config)
     metrics = Metrics()
     tokens = TokenService(config.secret, store)
     ports = None
@@ -274,6 +276,7 @@ def build_app(
     app[PEER_ORIGINS] = origins
     api.setup(app)
     invites.setup(app)
+    PartnerApi(api, store, metrics, default_minutes=config.invite_minutes).setup(app)
     ClusterApi(api, config.api_key, store, routing, cluster).setup(app)
     sock.attach(app)
 

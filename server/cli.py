@@ -1,4 +1,5 @@
-"""``roundtable`` command line: ``serve`` runs the server, ``token`` prints a room token."""
+"""``roundtable`` command line: ``serve`` runs the server, ``token`` prints a room token,
+``partners`` keeps the partner directory (``server.partners_cli``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from server import logs, settings_doc, tls
+from server import logs, partners_cli, settings_doc, tls
 from server import secrets as secret_store
 from server.config import Config, ConfigError, env_name
 
@@ -65,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     reference.add_argument("--format", choices=["env", "markdown"], default="env")
+
+    partners_cli.add_parser(sub)
 
     token = sub.add_parser(
         "token",
@@ -458,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_settings(args)
         if args.command == "drain":
             return cmd_drain(args)
+        if args.command == "partners":
+            return partners_cli.run(args)
         return cmd_token(args)
     except ConfigError as exc:
         print(f"roundtable: {exc}", file=sys.stderr)

@@ -93,7 +93,7 @@ class RestApi:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _check_api_key(self, request: web.Request) -> None:
+    def check_api_key(self, request: web.Request) -> None:
         given = _bearer(request)
         if given is None:
             self._metrics.refused("api_key_missing")
@@ -154,7 +154,7 @@ class RestApi:
         return resp
 
     async def create_room(self, request: web.Request) -> web.Response:
-        self._check_api_key(request)
+        self.check_api_key(request)
         body = parse_body(CreateRoom, await self.json_body(request))
         names = {"client_name": body.client_name, "caseworker_name": body.caseworker_name}
         minutes = self._settings.room_minutes if body.valid_minutes is None else body.valid_minutes

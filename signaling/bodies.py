@@ -27,6 +27,7 @@ ORGANISATION_TYPES = (
 )
 RIGHTS = ("audio", "video", "screen", "see_client", "chat")
 DEFAULT_RIGHTS = ("audio", "video", "see_client", "chat")
+MAX_INVITE_MINUTES = 240  # the longest an invite may be valid (and so a partner's default)
 
 
 def _stripped(value: str) -> str:
@@ -34,6 +35,11 @@ def _stripped(value: str) -> str:
     if not value:
         raise ValueError("empty")
     return value
+
+
+def _optional(value: str | None) -> str | None:
+    """An empty field in a form means "none", as for ``email``."""
+    return (value.strip() or None) if value is not None else None
 
 
 def _email(value: str | None) -> str | None:
@@ -77,10 +83,29 @@ class CreateInvite(Body):
     email: Annotated[str | None, AfterValidator(_email)] = None
 
 
+class PartnerBody(Body):
+    """``POST /api/partners`` and ``PUT /api/partners/{id}`` (the whole entry): what the
+    dial-in form fills in when a caseworker picks this organisation. ``valid_minutes``
+    defaults to ``ROUNDTABLE_INVITE_MINUTES``; bounded like an invite's."""
+
+    name: Text
+    type: Literal[ORGANISATION_TYPES] = "other"  # type: ignore[valid-type]
+    contact: Annotated[str | None, Field(max_length=MAX_TEXT), AfterValidator(_optional)] = None
+    email: Annotated[str | None, AfterValidator(_email)] = None
+    rights: list[Literal[RIGHTS]] = list(DEFAULT_RIGHTS)  # type: ignore[valid-type]
+    valid_minutes: Annotated[int | None, Field(ge=1, le=MAX_INVITE_MINUTES)] = None
+
+    def ordered_rights(self) -> tuple[str, ...]:
+        """Each right once, in the order the form shows them."""
+        return tuple(r for r in RIGHTS if r in self.rights)
+
+
 # The registry: every JSON body the REST API takes, by route.
 BODIES: dict[str, type[Body]] = {
     "POST /api/rooms": CreateRoom,
     "POST /api/rooms/{room}/invites": CreateInvite,
+    "POST /api/partners": PartnerBody,
+    "PUT /api/partners/{id}": PartnerBody,
 }
 
 

@@ -56,6 +56,8 @@ class ErrorCode(StrEnum):
     LOBBY_DENIED = "lobby_denied"
     CONSENT_REQUIRED = "consent_required"
     CHAT_DISABLED = "chat_disabled"
+    PARTNER_NOT_FOUND = "partner_not_found"
+    PARTNER_EXISTS = "partner_exists"
     REMOVED = "removed"
     UNKNOWN_EVENT = "unknown_event"
     INVALID_PAYLOAD = "invalid_payload"
@@ -101,6 +103,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "consent_required": 403,
     "replaced": 409,
     "chat_disabled": 403,
+    # The partner directory (/api/partners): an unknown id; a name already in it.
+    "partner_not_found": 404,
+    "partner_exists": 409,
     "removed": 403,
     "unknown_event": 400,
     "invalid_payload": 400,

@@ -7,6 +7,7 @@ so Redis forgets what no longer matters without a sweeper. Single-use invites re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -15,9 +16,43 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from signaling.store import InviteRecord, LiveState, RoomRecord, StateStore
+from signaling.store import (
+    InviteRecord,
+    LiveState,
+    PartnerRecord,
+    PartnerSave,
+    RoomRecord,
+    StateStore,
+    sorted_partners,
+)
 
 PREFIX = "roundtable:"
+
+# The partner directory is two hashes: id -> the entry as JSON (with its ``key``), and
+# ``partner_key`` -> id, which keeps names unique. One script checks and writes both, so
+# two nodes adding the same name at once cannot both succeed.
+# KEYS: partners, partner-names. ARGV: id, key, json, "1" for a new entry.
+_SAVE_PARTNER = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old and ARGV[4] ~= '1' then return 'missing' end
+local owner = redis.call('HGET', KEYS[2], ARGV[2])
+if owner and owner ~= ARGV[1] then return 'name_taken' end
+if old then
+  local before = cjson.decode(old)['key']
+  if before ~= ARGV[2] then redis.call('HDEL', KEYS[2], before) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+return 'saved'
+"""
+# KEYS: partners, partner-names. ARGV: id.
+_REMOVE_PARTNER = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+redis.call('HDEL', KEYS[2], cjson.decode(old)['key'])
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 def fast_fail_options() -> dict[str, Any]:
@@ -36,6 +71,8 @@ class RedisStore(StateStore):
         # Fails fast (one second) when Redis is gone: a join then gets ``unavailable``.
         self._redis = aioredis.from_url(url, decode_responses=True, **fast_fail_options())
         self._p = prefix
+        self._save_partner = self._redis.register_script(_SAVE_PARTNER)
+        self._remove_partner = self._redis.register_script(_REMOVE_PARTNER)
 
     async def ping(self) -> None:
         """Fail at start-up, not at the first join, when Redis is unreachable."""
@@ -160,6 +197,40 @@ class RedisStore(StateStore):
             await self._add(key, jti, until)
         else:
             await self._redis.srem(key, jti)
+
+    # -- the partner directory ------------------------------------------------------------
+
+    def _partner_keys(self) -> list[str]:
+        return [self._key("partners"), self._key("partner-names")]
+
+    @staticmethod
+    def _partner(raw: str) -> PartnerRecord:
+        data = json.loads(raw)
+        data.pop("key", None)
+        return PartnerRecord.from_dict(data)
+
+    async def list_partners(self) -> list[PartnerRecord]:
+        rows = await self._redis.hvals(self._key("partners"))
+        return sorted_partners(self._partner(raw) for raw in rows)
+
+    async def get_partner(self, partner_id: str) -> PartnerRecord | None:
+        raw = await self._redis.hget(self._key("partners"), partner_id)
+        return None if raw is None else self._partner(raw)
+
+    async def save_partner(self, partner: PartnerRecord, *, new: bool) -> PartnerSave:
+        if not new:
+            # Kept from the entry as first made (a race here could only change this date).
+            old = await self.get_partner(partner.id)
+            if old is not None:
+                partner = dataclasses.replace(partner, created_at=old.created_at)
+        value = json.dumps({**partner.to_dict(), "key": partner.key})
+        outcome = await self._save_partner(
+            keys=self._partner_keys(), args=[partner.id, partner.key, value, "1" if new else "0"]
+        )
+        return PartnerSave(outcome)
+
+    async def remove_partner(self, partner_id: str) -> bool:
+        return bool(await self._remove_partner(keys=self._partner_keys(), args=[partner_id]))
 
     async def close(self) -> None:
         await self._redis.aclose()

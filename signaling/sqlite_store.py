@@ -17,11 +17,17 @@ Why it is shaped like this:
   until the fact is on disk.
 - **One process per state directory.** Two processes sharing the file would not see each
   other's mirror; several nodes share state through Redis (``REDIS_URL``) instead.
+- **The partner directory is the exception: read from the file every time**, not from
+  the mirror, because ``roundtable partners add`` writes it from another process while
+  ``serve`` runs. It is read when a caseworker opens the dial-in form, not per packet or
+  join, and SQLite's locking (WAL, a busy timeout) makes the two processes take turns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import sqlite3
 import time
@@ -30,7 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from signaling.store import InviteRecord, MemoryStore, RoomRecord
+from signaling.store import (
+    InviteRecord,
+    MemoryStore,
+    PartnerRecord,
+    PartnerSave,
+    RoomRecord,
+    sorted_partners,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +65,13 @@ CREATE TABLE IF NOT EXISTS invites (
     room TEXT NOT NULL, id TEXT NOT NULL, jti TEXT NOT NULL, expires_at INTEGER NOT NULL,
     PRIMARY KEY (room, id)
 );
+-- the partner directory; name_key (partner_key) keeps names unique as people read them.
+CREATE TABLE IF NOT EXISTS partners (
+    id TEXT PRIMARY KEY, name_key TEXT NOT NULL UNIQUE, data TEXT NOT NULL
+);
 """
+# Seconds a write waits for the other process (``roundtable partners`` beside ``serve``).
+BUSY_TIMEOUT_SECONDS = 10.0
 
 _PRUNE = (
     "DELETE FROM marks WHERE until < ?1",
@@ -70,7 +89,9 @@ class SqliteStore(MemoryStore):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Opened and read here, once, before the server takes connections; afterwards the
         # connection is used only by the worker thread.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -187,6 +208,63 @@ class SqliteStore(MemoryStore):
     async def revoke_invite(self, jti: str, until: int) -> None:
         await super().revoke_invite(jti, until)
         await self._write(self._mark("revoked_invite", jti, until))
+
+    # -- the partner directory: always the file (see the module's docstring) -------------
+
+    async def _in_worker(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self._db)
+
+    async def list_partners(self) -> list[PartnerRecord]:
+        def read(db: sqlite3.Connection) -> list[PartnerRecord]:
+            rows = db.execute("SELECT data FROM partners").fetchall()
+            return sorted_partners(PartnerRecord.from_dict(json.loads(r[0])) for r in rows)
+
+        return await self._in_worker(read)
+
+    async def get_partner(self, partner_id: str) -> PartnerRecord | None:
+        def read(db: sqlite3.Connection) -> PartnerRecord | None:
+            row = db.execute("SELECT data FROM partners WHERE id = ?", (partner_id,)).fetchone()
+            return None if row is None else PartnerRecord.from_dict(json.loads(row[0]))
+
+        return await self._in_worker(read)
+
+    async def save_partner(self, partner: PartnerRecord, *, new: bool) -> PartnerSave:
+        def write(db: sqlite3.Connection) -> PartnerSave:
+            # IMMEDIATE: the check and the write are one step for every process.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT data FROM partners WHERE id = ?", (partner.id,)).fetchone()
+                taken = db.execute(
+                    "SELECT 1 FROM partners WHERE name_key = ? AND id != ?",
+                    (partner.key, partner.id),
+                ).fetchone()
+                if row is None and not new:
+                    outcome = PartnerSave.MISSING
+                elif taken is not None:
+                    outcome = PartnerSave.NAME_TAKEN
+                else:
+                    record = partner
+                    if row is not None:
+                        created = PartnerRecord.from_dict(json.loads(row[0])).created_at
+                        record = dataclasses.replace(partner, created_at=created)
+                    db.execute(
+                        "INSERT OR REPLACE INTO partners (id, name_key, data) VALUES (?, ?, ?)",
+                        (record.id, record.key, json.dumps(record.to_dict())),
+                    )
+                    outcome = PartnerSave.SAVED
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return outcome
+
+        return await self._in_worker(write)
+
+    async def remove_partner(self, partner_id: str) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM partners WHERE id = ?", (partner_id,)).rowcount > 0
+
+        return await self._in_worker(write)
 
     async def close(self) -> None:
         # Pending writes finish first: shutdown(wait=True) in the pool's own thread.

@@ -12,7 +12,9 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,65 @@ class InviteRecord:
     room: str
     jti: str
     expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerRecord:
+    """A partner organisation in the operator's directory (``/api/partners``): what the
+    dial-in form fills in when the caseworker picks it. Not tied to any room or token,
+    so it never expires; every node of a cluster reads the same directory."""
+
+    id: str
+    name: str
+    type: str
+    rights: tuple[str, ...]
+    valid_minutes: int
+    email: str | None = None
+    contact: str | None = None  # the person usually sent (the invite's "name")
+    created_at: int = 0
+
+    @property
+    def key(self) -> str:
+        return partner_key(self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "contact": self.contact,
+            "email": self.email,
+            "rights": list(self.rights),
+            "valid_minutes": self.valid_minutes,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PartnerRecord:
+        return cls(
+            id=str(data["id"]),
+            name=str(data["name"]),
+            type=str(data["type"]),
+            rights=tuple(data.get("rights") or ()),
+            valid_minutes=int(data["valid_minutes"]),
+            email=data.get("email") or None,
+            contact=data.get("contact") or None,
+            created_at=int(data.get("created_at") or 0),
+        )
+
+
+def partner_key(name: str) -> str:
+    """What makes two partner names the same entry: "DRV  Bund" and "drv bund" are one
+    organisation to a caseworker choosing from a list, so the directory keeps one."""
+    return " ".join(name.split()).casefold()
+
+
+class PartnerSave(StrEnum):
+    """Outcome of ``StateStore.save_partner``."""
+
+    SAVED = "saved"
+    NAME_TAKEN = "name_taken"  # another entry has this name (``partner_key``)
+    MISSING = "missing"  # an update of an id that is not (or no longer) there
 
 
 class StateStore(ABC):
@@ -136,6 +197,7 @@ class MemoryStore(StateStore):
         self._used_invites: dict[str, int] = {}
         self._invites: dict[tuple[str, str], InviteRecord] = {}
         self._revoked_invites: dict[str, int] = {}
+        self._partners: dict[str, PartnerRecord] = {}
 
     def _prune(self, table: dict[str, int]) -> None:
         now = self._now()
@@ -200,3 +262,27 @@ class MemoryStore(StateStore):
 
     async def is_invite_revoked(self, jti: str) -> bool:
         return jti in self._revoked_invites
+
+    async def list_partners(self) -> list[PartnerRecord]:
+        return sorted_partners(self._partners.values())
+
+    async def get_partner(self, partner_id: str) -> PartnerRecord | None:
+        return self._partners.get(partner_id)
+
+    async def save_partner(self, partner: PartnerRecord, *, new: bool) -> PartnerSave:
+        old = self._partners.get(partner.id)
+        if old is None and not new:
+            return PartnerSave.MISSING
+        if any(p.key == partner.key and p.id != partner.id for p in self._partners.values()):
+            return PartnerSave.NAME_TAKEN
+        if old is not None:
+            partner = replace(partner, created_at=old.created_at)
+        self._partners[partner.id] = partner
+        return PartnerSave.SAVED
+
+    async def remove_partner(self, partner_id: str) -> bool:
+        return self._partners.pop(partner_id, None) is not None
+
+
+def sorted_partners(partners: Any) -> list[PartnerRecord]:
+    return sorted(partners, key=lambda p: (p.key, p.id))

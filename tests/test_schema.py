@@ -73,9 +73,9 @@ def test_every_code_the_source_uses_is_declared() -> None:
 
 
 def test_every_rest_body_field_is_documented_and_nothing_else() -> None:
-    from signaling.bodies import BODIES, CreateInvite, CreateRoom
+    from signaling.bodies import BODIES, CreateInvite, CreateRoom, PartnerBody
 
-    assert set(BODIES.values()) == {CreateRoom, CreateInvite}
+    assert set(BODIES.values()) == {CreateRoom, CreateInvite, PartnerBody}
     # POST /api/rooms: the JSON object in its paragraph.
     paragraph = PROTOCOL.split("- `POST /api/rooms` ", 1)[1].split("→ 201", 1)[0]
     assert set(re.findall(r'"([a-z_]+)"', paragraph)) == set(CreateRoom.model_fields)
@@ -83,6 +83,10 @@ def test_every_rest_body_field_is_documented_and_nothing_else() -> None:
     section = PROTOCOL.split("### Invites (REST)", 1)[1].split("\n201 ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     assert {re.findall(r"`([a-z_]+)`", r)[0] for r in rows} == set(CreateInvite.model_fields)
+    # POST/PUT /api/partners: the field table of "Partner directory (REST)".
+    section = PROTOCOL.split("### Partner directory (REST)", 1)[1].split("An entry is", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert {re.findall(r"`([a-z_]+)`", r)[0] for r in rows} == set(PartnerBody.model_fields)
 
 
 def test_bodies_refuse_unknown_fields_and_loose_types_without_echoing_them() -> None:
