@@ -4,12 +4,21 @@
 
 import { Call } from "./call.js";
 import { ChatPanel } from "./chat.js";
-import { allowedKinds, listInputs, meterLevel, openDevices, swapDevice } from "./devices.js";
+import {
+  allowedKinds,
+  canChooseOutput,
+  listInputs,
+  meterLevel,
+  openDevices,
+  routeOutput,
+  swapDevice,
+} from "./devices.js";
 import { InviteDialog, Panel, QrDialog } from "./moderation.js";
 import { applyStatic, errorMessage, lang, onLangChange, roleLabel, setLang, t, tRole } from "./i18n.js";
 import { initials, Tiles } from "./ui.js";
 
 const TOKEN_KEY = "roundtable.token";
+const SPEAKER_KEY = "roundtable.speaker"; // the chosen speaker, for this tab only
 const RETRYABLE = new Set([
   "internal",
   "timeout",
@@ -59,6 +68,8 @@ const state = {
   invite: null,
   mutedByHost: new Set(), // kinds a moderator muted; turning them on asks the server first
   screen: null, // the shared screen's track while sharing
+  output: "", // the chosen speaker's deviceId ("" = the system default)
+  testSound: null, // the "Ton testen" <audio>, made on the first click
 };
 
 /** Observable for tests and for debugging in the console. */
@@ -67,6 +78,8 @@ const roundtable = {
   trackMap: new Map(),
   you: null,
   metrics: { joinClickedAt: null, firstRemoteFrameAt: null, joinToFirstFrameMs: null },
+  output: "", // the speaker chosen on the page (deviceId), applied to every remote tile
+  testSound: null,
 };
 window.roundtable = roundtable;
 
@@ -231,11 +244,18 @@ async function startPreview() {
   return stream;
 }
 
-/** Offer a choice of camera and microphone when there is more than one of a kind. */
+/**
+ * Offer a choice of camera and microphone when there is more than one of a kind, and of
+ * the speaker (with a test sound) whenever sound can be routed; the speaker row is shown
+ * to everyone, also to those who take part without camera or microphone.
+ */
 async function showDeviceChoice() {
-  if (!state.stream) return;
   const inputs = await listInputs();
-  let any = false;
+  showSpeakerChoice(inputs.output);
+  if (!state.stream) {
+    $("camera-row").hidden = $("mic-row").hidden = true;
+    return;
+  }
   for (const [kind, selectId, rowId, labelKey] of [
     ["video", "camera-select", "camera-row", "device.camera"],
     ["audio", "mic-select", "mic-row", "device.microphone"],
@@ -252,11 +272,80 @@ async function showDeviceChoice() {
     const track = localTrack(kind);
     const current = track && track.getSettings().deviceId;
     if (current) select.value = current;
-    const show = Boolean(track) && inputs[kind].length > 1;
-    $(rowId).hidden = !show;
-    any = any || show;
+    $(rowId).hidden = !(Boolean(track) && inputs[kind].length > 1);
   }
-  $("devices").hidden = !any;
+}
+
+function savedOutput() {
+  try {
+    return sessionStorage.getItem(SPEAKER_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * The speaker list where the browser can route sound (`setSinkId`), else a note that the
+ * device's own setting decides. A remembered speaker that is gone (headset unplugged)
+ * leaves the system default in use until it is back.
+ */
+function showSpeakerChoice(outputs) {
+  const select = $("speaker-select");
+  const ids = outputs.map((d) => d.deviceId);
+  select.replaceChildren(
+    ...outputs.map((d, i) => {
+      const opt = document.createElement("option");
+      opt.value = d.deviceId;
+      opt.textContent = d.label || `${t("device.speaker")} ${i + 1}`;
+      return opt;
+    }),
+  );
+  const wanted = savedOutput();
+  if (wanted && ids.includes(wanted)) applyOutput(wanted);
+  else if (state.output && !ids.includes(state.output)) applyOutput("");
+  if (ids.length) select.value = state.output || (ids.includes("default") ? "default" : ids[0]);
+  select.hidden = outputs.length < 2;
+  $("speaker-note").hidden = canChooseOutput();
+}
+
+/** Route every remote sound, the lobby alert and the test sound to `deviceId`. */
+function applyOutput(deviceId) {
+  state.output = deviceId;
+  roundtable.output = deviceId;
+  const done = [state.tiles.setOutput(deviceId)];
+  if (state.panel) done.push(state.panel.setOutput(deviceId));
+  if (state.testSound) done.push(routeOutput(state.testSound, deviceId));
+  return Promise.all(done);
+}
+
+async function chooseOutput(deviceId) {
+  try {
+    sessionStorage.setItem(SPEAKER_KEY, deviceId);
+  } catch {
+    // not fatal: the choice holds until the page is left
+  }
+  await applyOutput(deviceId);
+  if (inCall) {
+    const option = $("speaker-select").selectedOptions[0];
+    setStatus("device.speakerChosen", { name: option ? option.textContent : "" });
+  }
+}
+
+/** "Ton testen": a short local sound through the chosen speaker. */
+async function playTestSound() {
+  if (!state.testSound) {
+    state.testSound = new Audio("/static/sounds/test.wav");
+    roundtable.testSound = state.testSound;
+  }
+  const sound = state.testSound;
+  await routeOutput(sound, state.output);
+  sound.currentTime = 0;
+  try {
+    await sound.play();
+    setStatus("device.testPlaying");
+  } catch {
+    setStatus("device.testFailed");
+  }
 }
 
 async function chooseDevice(kind, deviceId) {
@@ -521,6 +610,7 @@ function join() {
       if (open && state.chat && state.chat.open && narrow()) state.chat.setOpen(false);
     },
   });
+  if (state.output) state.panel.setOutput(state.output);
   $("dial-in-button").hidden = !hasGrant("invite");
   // Raise hand: for clients and partners; the caseworker sees the order in the panel.
   $("hand-toggle").hidden = moderator;
@@ -846,16 +936,18 @@ async function main() {
   const canJoin = Boolean(state.token);
   joinButton.disabled = true;
   state.stream = await startPreview();
-  if (state.stream) {
-    showPreview(state.stream);
-    showDeviceChoice().catch(() => {});
-  } else updateToggles();
+  if (state.stream) showPreview(state.stream);
+  else updateToggles();
+  state.output = savedOutput();
+  await showDeviceChoice().catch(() => {});
   if (navigator.mediaDevices) {
     // A headset plugged in before joining shows up in the choice at once.
     navigator.mediaDevices.addEventListener("devicechange", () => showDeviceChoice().catch(() => {}));
   }
   $("camera-select").addEventListener("change", (ev) => chooseDevice("video", ev.target.value));
   $("mic-select").addEventListener("change", (ev) => chooseDevice("audio", ev.target.value));
+  $("speaker-select").addEventListener("change", (ev) => chooseOutput(ev.target.value));
+  $("speaker-test").addEventListener("click", playTestSound);
   // The link says whether the person agrees to the consent text first (client links by
   // default, docs/protocol.md); the server refuses a connect without it.
   const consent = $("consent");

@@ -1,5 +1,6 @@
-// Camera and microphone: what the token allows us to send, opening the devices with
-// fallbacks, and swapping one device for another. No DOM here; app.js shows the results.
+// Camera, microphone and speaker: what the token allows us to send, opening the devices
+// with fallbacks, swapping one device for another, and routing sound to a chosen speaker.
+// No page layout here; app.js shows the results.
 
 const VIDEO = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
 
@@ -43,16 +44,42 @@ export async function openDevices(allowed) {
   return { stream: null, hint };
 }
 
-/** The inputs of each kind, for a choice: {video: [MediaDeviceInfo], audio: [...]}. */
+/**
+ * The devices of each kind, for a choice: {video, audio, output: [MediaDeviceInfo]}.
+ * `output` (speakers, headsets) only where the page can route sound to one
+ * (`canChooseOutput`); browsers list them only once camera or microphone were allowed.
+ */
 export async function listInputs() {
   if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) {
-    return { video: [], audio: [] };
+    return { video: [], audio: [], output: [] };
   }
   const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.deviceId);
   return {
     video: devices.filter((d) => d.kind === "videoinput"),
     audio: devices.filter((d) => d.kind === "audioinput"),
+    output: canChooseOutput() ? devices.filter((d) => d.kind === "audiooutput") : [],
   };
+}
+
+/**
+ * Whether sound can be sent to a chosen speaker: `setSinkId` on media elements
+ * (Chromium; Firefox from 116; not Safari). Elsewhere the device's default output plays.
+ */
+export function canChooseOutput() {
+  return typeof HTMLMediaElement !== "undefined" && "setSinkId" in HTMLMediaElement.prototype;
+}
+
+/**
+ * Play `element` through the speaker `deviceId` ("" = the system default). A device that
+ * went away (unplugged headset) falls back to the default instead of going silent.
+ */
+export async function routeOutput(element, deviceId) {
+  if (!canChooseOutput() || !element || element.sinkId === deviceId) return;
+  try {
+    await element.setSinkId(deviceId);
+  } catch {
+    if (deviceId) await element.setSinkId("").catch(() => {});
+  }
 }
 
 /** Replace the stream's track of `kind` with one from `deviceId`, in place. */

@@ -47,6 +47,14 @@ export const STRINGS = {
       "Kamera und Mikrofon sind nur über eine sichere Verbindung (HTTPS) nutzbar.",
     "device.failed": "Kamera und Mikrofon konnten nicht gestartet werden.",
     "device.listenOnly": "Sie nehmen ohne Kamera und Mikrofon teil (nur sehen und hören).",
+    "device.speaker": "Lautsprecher",
+    "device.testSound": "Ton testen",
+    "device.testPlaying":
+      "Sie sollten jetzt einen kurzen Ton hören. Hören Sie nichts, wählen Sie einen anderen Lautsprecher oder stellen Sie den Ton lauter.",
+    "device.testFailed": "Der Testton konnte nicht abgespielt werden.",
+    "device.speakerFixed":
+      "In diesem Browser können Sie den Lautsprecher hier nicht wählen. Der Ton kommt aus dem Lautsprecher, der auf Ihrem Gerät eingestellt ist.",
+    "device.speakerChosen": "Der Ton kommt jetzt aus: {name}.",
 
     "hand.raise": "Hand heben",
     "hand.raised": "Hand gehoben",
@@ -308,6 +316,14 @@ export const STRINGS = {
     "device.insecure": "Camera and microphone need a secure connection (HTTPS).",
     "device.failed": "Camera and microphone could not be started.",
     "device.listenOnly": "You take part without camera and microphone (watch and listen only).",
+    "device.speaker": "Speaker",
+    "device.testSound": "Play test sound",
+    "device.testPlaying":
+      "You should hear a short sound now. If you hear nothing, choose another speaker or turn the volume up.",
+    "device.testFailed": "The test sound could not be played.",
+    "device.speakerFixed":
+      "This browser does not let you choose the speaker here. Sound plays through the speaker set on your device.",
+    "device.speakerChosen": "Sound now plays through: {name}.",
 
     "hand.raise": "Raise your hand",
     "hand.raised": "Hand raised",

@@ -2,6 +2,7 @@
 // partner, end for all). Buttons only ask; the server checks the `moderate` and `invite`
 // grants on every action (docs/protocol.md, "Counselling flows").
 
+import { routeOutput } from "./devices.js";
 import { errorMessage, roleLabel, t } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
@@ -171,6 +172,11 @@ export class Panel {
     if (waiting.length > 0) this.setOpen(true);
     this._renderLobby();
     this._syncToggle();
+  }
+
+  /** The lobby sound comes out of the speaker chosen for the call. */
+  setOutput(deviceId) {
+    return routeOutput(this.alert.sound, deviceId);
   }
 
   setLocked(locked) {

@@ -2,6 +2,7 @@
 // Remote <video> elements carry the automation hooks data-testid="remote-video",
 // data-participant and data-role.
 
+import { routeOutput } from "./devices.js";
 import { roleLabel, t } from "./i18n.js";
 
 const SHOWN_STATES = new Set(["admitted", "connected"]);
@@ -26,6 +27,7 @@ export class Tiles {
     this.tiles = new Map(); // participant id -> {el, video, participant}
     this.streams = new Map(); // participant id -> MediaStream (may arrive before the roster)
     this.selfId = null;
+    this.output = ""; // the chosen speaker's deviceId ("" = the system default)
     this.speaker = null; // the latest remote participant heard speaking (featured on phones)
     this._speakingSince = new Map(); // pid -> ticks in a row above the threshold
     if ("ResizeObserver" in window) new ResizeObserver(() => this._layout()).observe(list);
@@ -88,6 +90,13 @@ export class Tiles {
   setSpeakerOff(off) {
     this.speakerOff = off;
     for (const [pid, tile] of this.tiles) if (pid !== this.selfId) tile.video.muted = off;
+  }
+
+  /** Play every remote tile's sound through the speaker `deviceId`, now and on new tiles. */
+  setOutput(deviceId) {
+    this.output = deviceId;
+    const remote = [...this.tiles.values()].filter((tile) => !tile.isSelf);
+    return Promise.all(remote.map((tile) => routeOutput(tile.video, deviceId)));
   }
 
   /** Unmute every remote video after the browser blocked autoplay with sound. */
@@ -179,6 +188,8 @@ export class Tiles {
       } else {
         video.dataset.testid = "remote-video";
         video.dataset.participant = participant.id;
+        // Before any sound plays, so nothing comes out of the wrong speaker first.
+        if (this.output) routeOutput(video, this.output);
       }
       tile = { el, video, participant, isSelf };
       this.tiles.set(participant.id, tile);
