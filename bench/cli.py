@@ -18,8 +18,8 @@ from typing import Any
 
 from . import report as report_mod
 from .generator import Scenario
-from .media import encode_media
-from .runner import cpu_plan, run_load, start_local
+from .media import TRAILER, EncodedMedia, encode_media, packetize_video
+from .runner import cpu_plan, measure_floor, run_load, start_local
 
 EPILOG = """\
 examples:
@@ -146,6 +146,12 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--json", metavar="FILE", help="write the report as JSON")
     out.add_argument("--plot", metavar="FILE", help="write a PNG: latency per room, CPU over time")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    out.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="with --local: do not measure the Python-loop floor (bench/floor.py) on the "
+        "server's core after each window (the report's ratio_to_floor)",
+    )
 
     modes = p.add_argument_group("modes")
     modes.add_argument(
@@ -277,6 +283,16 @@ def _scenario_dict(args: argparse.Namespace, rooms: int, media: Any = None) -> d
     }
 
 
+def floor_sizes(media: EncodedMedia, audio_only: bool) -> list[int]:
+    """Payload sizes of one second of one audio and one video track, as the publishers
+    send them: the floor forwards the same mix the SFU does."""
+    sizes = [len(f) + TRAILER.size for f in media.audio[:50]]
+    if not audio_only and media.video:
+        for frame in packetize_video(media.video)[:30]:
+            sizes += [len(p) + 4 for p in frame]  # + the VP8 descriptor
+    return sizes or [160]
+
+
 async def _run(args: argparse.Namespace) -> int:
     server_workers = _server_workers(args)
     if len(server_workers) > 1 or server_workers[0] > 1:
@@ -349,7 +365,10 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
                 progress=progress,
                 warmup=args.warmup,
             )
-            return report_mod.summarise(raw, _scenario_dict(args, rooms, media))
+            floor = None
+            if args.local and not args.no_floor:
+                floor = await measure_floor(floor_sizes(media, args.audio_only), server_cpu)
+            return report_mod.summarise(raw, _scenario_dict(args, rooms, media), floor)
 
         if args.compare_ports:
             result = await _compare_ports(args, one, server_cpu)
@@ -457,6 +476,7 @@ async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dic
         ok = not reasons
         steps.append(
             {
+                "server_core_pct": _per_core(o["server_cpu_pct"], args),
                 "rooms": rooms,
                 "tracks_forwarded": o["tracks_forwarded"],
                 "sfu_p50_ms": o["sfu_latency_ms"]["p50"],
@@ -500,8 +520,11 @@ async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dic
         print(report_mod.table(held))
     else:
         print("no load held (even the first step failed)")
+    verdict = saturation(steps, args)
+    print(f"saturated first: {verdict['side']} — {verdict['evidence']}")
     return {
         "capacity": {
+            "saturated": verdict,
             "p99_threshold_ms": args.p99_threshold_ms,
             "loss_threshold_pct": args.loss_threshold,
             "steps": steps,
@@ -510,6 +533,61 @@ async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dic
         },
         **(held or {}),
     }
+
+
+SERVER_SATURATED_PCT = 90.0  # of each core the server may use: it has no headroom left
+GENERATOR_SATURATED_PCT = 85.0  # per generator process, as the report warns
+
+
+def _per_core(server_cpu_pct: float | None, args: argparse.Namespace) -> float | None:
+    """The server's CPU as % of the cores it may use (one, or one per --server-workers)."""
+    if server_cpu_pct is None:
+        return None
+    return round(server_cpu_pct / max(1, getattr(args, "_workers_override", 1)), 1)
+
+
+def saturation(steps: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Which side gave out first in a capacity search, and the figures that show it.
+
+    The last step is the one that failed (or the largest tried). A side is saturated
+    when its CPU is at its limit: the server at SERVER_SATURATED_PCT of its core(s),
+    the generators at GENERATOR_SATURATED_PCT each. If both are, the one nearer its
+    limit; if neither is, the failure is loss (or SFU latency) with CPU to spare, which
+    points at the path between them (socket buffers, the kernel) rather than either CPU.
+    """
+    if not steps:
+        return {"side": "none", "evidence": "no step ran"}
+    last = steps[-1]
+    held = [s for s in steps if s["held"]]
+    srv, gen = last["server_core_pct"], last["generator_cpu_pct"]
+    gen_limit = GENERATOR_SATURATED_PCT * max(1, args.workers)
+    srv_load = (srv or 0.0) / SERVER_SATURATED_PCT
+    gen_load = (gen or 0.0) / gen_limit
+    if last["held"]:
+        side = "none"
+    elif srv_load >= 1.0 or gen_load >= 1.0:
+        side = "server CPU" if srv_load >= gen_load else "generator CPU"
+    elif last["loss_pct"] > args.loss_threshold:
+        side = "loss"
+    elif not last["complete"]:
+        side = "joins"
+    else:
+        side = "SFU latency"
+    evidence = (
+        f"at {last['rooms']} rooms ({last['tracks_forwarded']} tracks): server CPU "
+        f"{srv} % of its core(s) (limit {SERVER_SATURATED_PCT:.0f} %), generator CPU {gen} % "
+        f"(limit {gen_limit:.0f} %), loss {last['loss_pct']} % (limit {args.loss_threshold} %), "
+        f"SFU p99 {last['sfu_p99_ms']} ms, e2e p99 {last['e2e_p99_ms']} ms"
+    )
+    if held:
+        h = held[-1]
+        evidence += (
+            f"; last held {h['rooms']} rooms: server {h['server_core_pct']} %, generator "
+            f"{h['generator_cpu_pct']} %, loss {h['loss_pct']} %"
+        )
+    if side == "none":
+        evidence = "every step held up to the largest tried: " + evidence
+    return {"side": side, "evidence": evidence, "rooms": last["rooms"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

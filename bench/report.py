@@ -71,8 +71,11 @@ def _complete(room: dict[str, Any]) -> tuple[bool, list[str]]:
     return expected and not missing, missing
 
 
-def summarise(raw: RawRun, scenario: dict[str, Any]) -> dict[str, Any]:
-    """The report for one load run (``--json`` layout; ``rooms`` holds the same per room)."""
+def summarise(
+    raw: RawRun, scenario: dict[str, Any], floor: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The report for one load run (``--json`` layout; ``rooms`` holds the same per room).
+    ``floor``: what :mod:`bench.floor` measured on the server's core after the window."""
     window = raw.window_s or 1.0
     hists: dict[str, Histogram] = {}
     if raw.after is not None:
@@ -141,6 +144,9 @@ def summarise(raw: RawRun, scenario: dict[str, Any]) -> dict[str, Any]:
     cpu = raw.cpu_pct
     fwd_pps = total_hist.count / window if total_hist.count else None
     track_pps = scenario.get("track_pps")
+    us_per_packet = round(cpu / 100.0 / fwd_pps * 1e6, 1) if cpu and fwd_pps else None
+    floor_us = (floor or {}).get("us_per_packet")
+    people = sum(len(r["participants"]) for r in raw.rooms)
     overall = {
         "sfu_latency_ms": _hist_ms(total_hist if total_hist.count else None),
         "e2e_latency_ms": _pcts_ms(all_e2e),
@@ -153,13 +159,22 @@ def summarise(raw: RawRun, scenario: dict[str, Any]) -> dict[str, Any]:
         "join_ms": _pcts_ms([int(j * 1e6) for j in joins]),
         "server_cpu_pct": None if cpu is None else round(cpu, 1),
         "server_rss_mb": None if raw.rss_mb is None else round(raw.rss_mb, 1),
+        # What each participant adds to the server's memory: RSS in the window minus
+        # RSS before they joined, per participant (issue 16: ≤ 2 MB at 30 rooms × 3).
+        "rss_mb_per_participant": round((raw.rss_mb - raw.rss_idle_mb) / people, 2)
+        if raw.rss_mb is not None and raw.rss_idle_mb is not None and people
+        else None,
         "generator_cpu_pct": None
         if raw.generator_cpu_pct is None
         else round(raw.generator_cpu_pct, 1),
         "tracks_per_core": round(tracks / (cpu / 100.0), 1) if cpu else None,
         # Per forwarded packet, so a generator that sent less does not flatter the server:
-        "cpu_us_per_forwarded_packet": round(cpu / 100.0 / fwd_pps * 1e6, 1)
-        if cpu and fwd_pps
+        "cpu_us_per_forwarded_packet": us_per_packet,
+        # The same cost as a multiple of the Python-loop floor (bench/floor.py) measured
+        # on the same core in the same run: a ratio survives a noisy machine.
+        "floor_us_per_packet": floor_us,
+        "ratio_to_floor": round(us_per_packet / floor_us, 2)
+        if us_per_packet and floor_us
         else None,
         "tracks_per_core_at_nominal_rate": round(fwd_pps / (cpu / 100.0) / track_pps, 1)
         if cpu and fwd_pps and track_pps
@@ -247,10 +262,13 @@ def table(report: dict[str, Any]) -> str:
     o = report["overall"]
     lines.append(row("overall", o))
     lines.append(
-        f"server CPU {_f(o['server_cpu_pct'], 1)} % · RSS {_f(o['server_rss_mb'], 0)} MB · "
+        f"server CPU {_f(o['server_cpu_pct'], 1)} % · RSS {_f(o['server_rss_mb'], 0)} MB "
+        f"({_f(o.get('rss_mb_per_participant'), 2)} MB per participant) · "
         f"{o['tracks_forwarded']} tracks forwarded · {_f(o['tracks_per_core'], 0)} tracks per core "
         f"({_f(o['tracks_per_core_at_nominal_rate'], 0)} at the nominal packet rate, "
-        f"{_f(o['cpu_us_per_forwarded_packet'], 1)} µs CPU per forwarded packet) · "
+        f"{_f(o['cpu_us_per_forwarded_packet'], 1)} µs CPU per forwarded packet = "
+        f"{_f(o.get('ratio_to_floor'), 2)}× the Python-loop floor of "
+        f"{_f(o.get('floor_us_per_packet'), 1)} µs) · "
         f"received {_f(o['received_pps'], 0)} pkt/s, {_f(o['received_kbps'] / 1000 if o['received_kbps'] else None, 1)} Mbit/s · "
         f"dropped {_f(o['dropped_packets'], 0)} · window {report['window_s']} s · "
         f"generator CPU {_f(o['generator_cpu_pct'], 0)} %"

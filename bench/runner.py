@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import os
 import queue as queue_mod
@@ -256,6 +257,7 @@ class RawRun:
     cpu_series: list[tuple[float, float, float]] = field(default_factory=list)  # t, %, RSS MB
     cpu_pct: float | None = None
     rss_mb: float | None = None
+    rss_idle_mb: float | None = None  # the server's RSS before this run's participants joined
     generator_cpu_pct: float | None = None  # all generator processes, in % of one core
     ready: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -321,6 +323,8 @@ async def run_load(
         p.start()
     total = rooms * scenario.participants
     sampler = CpuSampler(server_pid)
+    idle = sampler.sample()
+    raw.rss_idle_mb = idle[1] if idle is not None else None
     results: list[list[dict[str, Any]]] = []
     http = aiohttp.ClientSession()
     try:
@@ -409,6 +413,27 @@ async def run_load(
         raw.rooms.extend(share)
     raw.rooms.sort(key=lambda r: r["index"])
     return raw
+
+
+async def measure_floor(
+    sizes: list[int], cpu: int | None, seconds: float = 2.0
+) -> dict[str, Any] | None:
+    """The Python-loop floor (:mod:`bench.floor`) on the server's core, in a process of
+    its own; None if it could not run."""
+    cmd = [sys.executable, "-m", "bench.floor", "--seconds", str(seconds)]
+    cmd += ["--sizes", ",".join(str(s) for s in sizes)]
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(REPO_ROOT)
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        return None
+    try:
+        return json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
 
 
 def _cpu_seconds(procs: list[psutil.Process]) -> float:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib.metadata
 import json
+import os
+import re
 import secrets
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+import bench
 from bench import cli
 from bench.generator import partner_token
 from bench.media import encode_media, read_trailer
@@ -71,6 +79,13 @@ def test_short_run_reports_every_room_and_every_flow(tmp_path: Path) -> None:
     # 2 rooms × 3 participants × (2 others × audio + video)
     assert o["tracks_forwarded"] == 2 * 3 * 2 * 2
     assert o["forwarded_pps"] > 0 and o["join_ms"]["p50"] > 0
+    # the Python-loop floor ran on the server's core, and the cost is a ratio to it
+    assert o["floor_us_per_packet"] > 0
+    assert o["ratio_to_floor"] == round(
+        o["cpu_us_per_forwarded_packet"] / o["floor_us_per_packet"], 2
+    )
+    # memory the six participants added to the server
+    assert isinstance(o["rss_mb_per_participant"], float) and o["rss_mb_per_participant"] > 0
     assert len(report["rooms"]) == 2
     for room in report["rooms"]:
         assert room["complete"], room["missing"]
@@ -278,3 +293,107 @@ def test_trailer_survives_replay(media) -> None:
     found = read_trailer(bytes(packet))
     assert found is not None and found[0] == 7 and found[1] == 1
     assert len(bytes(packet)) == len(media.audio[0]) + TRAILER.size
+
+
+# -- installing the bench ------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+OWN_PACKAGES = {"bench", "sfu", "server", "signaling", "tests"}
+
+
+def _requirement_names(specs: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", s, maxsplit=1)[0].lower().replace("_", "-") for s in specs}
+
+
+def test_the_bench_extra_declares_every_import_the_bench_needs() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = _requirement_names(project["dependencies"])
+    extra = _requirement_names(project["optional-dependencies"]["bench"])
+    assert extra == {d.lower() for d in bench.EXTRA_MODULES.values()}
+    imported: set[str] = set()
+    for source in (ROOT / "bench").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - OWN_PACKAGES
+    dists = importlib.metadata.packages_distributions()
+    for module in sorted(third_party):
+        provided_by = {d.lower().replace("_", "-") for d in dists.get(module, [])}
+        assert provided_by & (core | extra), f"bench imports {module}: declare it in pyproject"
+        if not provided_by & core:
+            assert module in bench.EXTRA_MODULES, f"{module}: add it to bench.EXTRA_MODULES"
+
+
+def test_roundtable_bench_without_its_extra_names_the_extra(tmp_path: Path) -> None:
+    # The installed console script, in an interpreter where numpy cannot be imported
+    # (a finder that refuses it, loaded by sitecustomize as a missing package would be).
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoNumpy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'numpy' or name.startswith('numpy.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _NoNumpy())\n"
+    )
+    script = Path(sys.executable).parent / "roundtable-bench"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        [str(script), "--local", "--rooms", "1"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert "ModuleNotFoundError" not in done.stderr
+    assert "pip install 'roundtable[bench]'" in done.stderr and "numpy" in done.stderr
+    # and with the extra present the same script runs
+    ok = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--find-capacity" in ok.stdout
+
+
+# -- pieces of the capacity search and the generator ----------------------------------------
+
+
+def test_the_floor_forwards_packets_and_says_what_each_cost() -> None:
+    from bench.floor import measure
+
+    floor = measure([80, 1100], 0.3)
+    assert floor["packets"] > 100 and 0 < floor["us_per_packet"] < 1000
+
+
+def _step(rooms: int, held: bool, server: float, gen: float, loss: float) -> dict:
+    return {
+        "rooms": rooms,
+        "tracks_forwarded": rooms * 12,
+        "server_core_pct": server,
+        "generator_cpu_pct": gen,
+        "loss_pct": loss,
+        "sfu_p99_ms": 0.2,
+        "e2e_p99_ms": 3.0,
+        "complete": True,
+        "held": held,
+    }
+
+
+def test_the_capacity_search_names_the_side_that_saturated_first() -> None:
+    args = cli.parser().parse_args(["--local", "--find-capacity", "--loss-threshold", "0.5"])
+    held = _step(40, True, 70.0, 50.0, 0.1)
+    server = cli.saturation([held, _step(50, False, 96.0, 60.0, 2.0)], args)
+    assert server["side"] == "server CPU"
+    assert "server CPU 96.0 %" in server["evidence"] and "last held 40 rooms" in server["evidence"]
+    generator = cli.saturation([held, _step(50, False, 70.0, 92.0, 2.0)], args)
+    assert generator["side"] == "generator CPU" and "generator CPU 92.0 %" in generator["evidence"]
+    loss = cli.saturation([held, _step(50, False, 60.0, 50.0, 2.0)], args)
+    assert loss["side"] == "loss" and "loss 2.0 %" in loss["evidence"]
+    assert cli.saturation([held], args)["side"] == "none"
+
+
+async def test_the_pacer_spreads_the_tracks_over_the_frame_period() -> None:
+    from bench.publisher import Pacer
+
+    pacer = Pacer()
+    period = 1 / 30
+    phases = sorted(pacer.phase(period) for _ in range(30))
+    assert all(0 <= p < period for p in phases)
+    # 30 tracks started together: no two send within a fifth of the even spacing
+    gaps = [b - a for a, b in zip(phases, phases[1:], strict=False)]
+    assert min(gaps) > period / 30 / 5
