@@ -92,6 +92,14 @@ async def test_speaker_choice_reaches_every_remote_sound(
     await _preview_works(client)
     await _click_toggle_twice(client, "mic-toggle-preview")
     await _click_toggle_twice(client, "cam-toggle-preview")
+    # Every other control of the pre-join page takes a pointer click too.
+    same = page.get_by_test_id("same-room")
+    for checked in (True, False):
+        await same.click()
+        assert await same.is_checked() is checked
+    for lang in ("en", "de"):
+        await page.get_by_test_id("lang-toggle").click()
+        assert await page.evaluate("document.documentElement.lang") == lang
 
     labels = await page.evaluate(
         "[...document.querySelectorAll('#speaker-select option')].map((o) => o.textContent)"
