@@ -36,6 +36,7 @@ from typing import Any
 import aioice.ice
 import pylibsrtp
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender, clock
+from aiortc import codecs as aiortc_codecs
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rate import RemoteBitrateEstimator
@@ -71,6 +72,8 @@ __all__ = [
     "send_rtp",
     "send_rtp_now",
     "negotiated",
+    "negotiated_feedback",
+    "negotiate_opus_fec_dtx",
     "request_keyframe",
     "decoder_running",
     "fast_route",
@@ -125,7 +128,10 @@ def check_compatible() -> None:
     ):
         problems += [f"{cls.__name__}.{m}" for m in methods if not callable(getattr(cls, m, None))]
     for cls, attrs in (
-        (RTCRtpSender, [_SENDER_NTP, _SENDER_RTP_TS, _SENDER_OCTETS, _SENDER_PACKETS]),
+        (
+            RTCRtpSender,
+            [_SENDER_NTP, _SENDER_RTP_TS, _SENDER_OCTETS, _SENDER_PACKETS, "_rtx_ssrc"],
+        ),
         (
             RTCRtpReceiver,
             [
@@ -409,10 +415,24 @@ def take_over_sender(
     sender: RTCRtpSender,
     on_keyframe_request: Callable[[], None],
     on_nack: Callable[[int], Awaitable[None]],
+    on_rtcp: Callable[[Any], None] | None = None,
 ) -> None:
-    """Answer a subscriber's PLI/FIR and NACKs ourselves instead of aiortc's encoder."""
+    """Answer a subscriber's PLI/FIR and NACKs ourselves instead of aiortc's encoder;
+    ``on_rtcp(packet)`` sees every RTCP packet aiortc routes to the sender (receiver
+    reports, REMB) before aiortc's own handling (its statistics) runs."""
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
     sender._retransmit = on_nack  # type: ignore[method-assign]
+    if on_rtcp is not None:
+        original = sender._handle_rtcp_packet
+
+        async def handle_rtcp_packet(packet: Any) -> None:
+            try:
+                on_rtcp(packet)
+            except Exception:
+                log.exception("sender RTCP tap failed")
+            await original(packet)
+
+        sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
 
 
 def update_sender_report(sender: RTCRtpSender, rtp_timestamp: int, octets: int) -> None:
@@ -497,6 +517,48 @@ def negotiated(transceiver: Any) -> tuple[Any | None, int | None]:
         None,
     )
     return codec, mid_id
+
+
+def negotiated_feedback(transceiver: Any) -> tuple[int | None, int | None]:
+    """A transceiver's ``abs-send-time`` extension id and RTX payload type (for its
+    primary codec), each ``None`` if the subscriber did not take it."""
+    abs_id = next(
+        (
+            e.id
+            for e in transceiver._headerExtensions
+            if e.uri == "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+        ),
+        None,
+    )
+    codec, _ = negotiated(transceiver)
+    rtx_pt = next(
+        (
+            c.payloadType
+            for c in transceiver._codecs
+            if codec is not None
+            and c.name.lower() == "rtx"
+            and c.parameters.get("apt") == codec.payloadType
+        ),
+        None,
+    )
+    return abs_id, rtx_pt
+
+
+OPUS_FMTP = {"minptime": 10, "useinbandfec": 1, "usedtx": 1}
+
+
+def negotiate_opus_fec_dtx() -> None:
+    """Offer and answer Opus with in-band FEC and DTX (RFC 7587 fmtp).
+
+    aiortc's Opus codec carries no fmtp, so its answer to a browser's publish offer
+    says nothing and Chromium encodes without FEC or DTX; the receiver's fmtp is what
+    tells a sender to use them. Process-wide, like :func:`use_media_host`: every leg
+    (publish answers, subscribe offers) then says ``useinbandfec=1;usedtx=1``, and a
+    subscriber leg still matches its publisher's codec exactly (``sfu.codecs``).
+    """
+    for codec in aiortc_codecs.CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters = dict(OPUS_FMTP)
 
 
 # -- the C send path (sfu._fastpath.Leg) ------------------------------------------------

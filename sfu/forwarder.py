@@ -20,11 +20,20 @@ from typing import Any
 
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket, unwrap_rtx
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    unpack_remb_fci,
+    unwrap_rtx,
+)
 
 from . import _fastpath
 from . import aiortc_hooks as hooks
 from .codecs import forwardable, keyframe_detector
+from .downlink import DownlinkEstimate
 from .stats import RoomStats
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,10 @@ log = logging.getLogger(__name__)
 # 1500-byte buffer; they are dropped on the way in rather than failing per leg.
 MAX_PAYLOAD = 1300
 SYNC_INTERVAL = 0.5  # s between folding the C path's counters into aiortc's (Subscriber)
+RATE_INTERVAL = 0.5  # s: how often a forwarder's rates are measured
+PACKET_OVERHEAD = 60  # bytes around a payload on the wire: RTP header, extensions, SRTP, UDP/IP
+PADDING_SIZE = 255  # the most one RTP packet's padding-length byte can say
+ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
 class Forwarder:
@@ -63,6 +76,14 @@ class Forwarder:
         self._last_pli = -1e9
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_oversized = False
+        # What arrives, with ~60 bytes of RTP/SRTP/UDP/IP per packet, as the allocator
+        # prices a track (sfu.allocator reads and differences these).
+        self.packets_in = 0
+        self.wire_bytes_in = 0
+        self._rate_at = time.monotonic()
+        self._rate_counts = (0, 0)
+        self._bps = 0.0
+        self._pps = 0.0
 
     @property
     def ready(self) -> bool:
@@ -106,6 +127,8 @@ class Forwarder:
         stats = self._stats
         stats.packets_in += 1
         stats.bytes_in += len(payload)
+        self.packets_in += 1
+        self.wire_bytes_in += len(payload) + PACKET_OVERHEAD
         # Every leg that can send at once gets the packet from C; the rest (waiting for
         # a key frame, queued, not connected) come back for Leg.push.
         slow = _fastpath.fanout(
@@ -121,6 +144,29 @@ class Forwarder:
             legs = self.legs
             for i, tried in slow:
                 legs[i].push(packet, key, now, tried)
+
+    def _measure(self) -> None:
+        # At most every RATE_INTERVAL; rises quickly (a key frame, a new layer) and
+        # falls slowly, so one quiet second does not price a video too low.
+        now = time.monotonic()
+        dt = now - self._rate_at
+        if dt < RATE_INTERVAL:
+            return
+        packets, octets = self.packets_in, self.wire_bytes_in
+        bps = (octets - self._rate_counts[1]) * 8 / dt
+        pps = (packets - self._rate_counts[0]) / dt
+        self._rate_at, self._rate_counts = now, (packets, octets)
+        self._bps = bps if bps > self._bps else 0.8 * self._bps + 0.2 * bps
+        self._pps = pps
+
+    def bitrate(self) -> float:
+        """Bits/s arriving lately, headers included (0 before the first measurement)."""
+        self._measure()
+        return self._bps
+
+    def packet_rate(self) -> float:
+        self._measure()
+        return self._pps
 
     def add_leg(self, leg: Leg) -> None:
         self.legs.append(leg)
@@ -185,6 +231,7 @@ class Leg:
         transceiver: Any,
         stats: RoomStats,
         queue_limit: int,
+        feedback: DownlinkEstimate | None = None,
     ) -> None:
         self.kind = kind
         self.transceiver = transceiver
@@ -203,21 +250,45 @@ class Leg:
         self._ssrc = self.sender._ssrc
         self._fast = _fastpath.Leg(stats.meter, random.randint(0, 0x7FFF), random.getrandbits(32))
         self._route: tuple[Any, ...] | None = None  # what the C half was last pointed at
-        hooks.take_over_sender(self.sender, self.on_keyframe_request, self.retransmit)
+        # Paused by the allocator (sfu.allocator): nothing of the source passes; audio
+        # legs are never paused.
+        self.paused = False
+        self._feedback = feedback
+        self._ext_ids: tuple[int | None, int | None] = (None, None)  # mid, abs-send-time
+        self._mid: str | None = None
+        self._rtx: tuple[int, int] | None = None  # (payload type, ssrc) for padding
+        self._rtx_seq = random.randint(0, 0xFFFF)
+        self._rtx_ts = random.getrandbits(32)
+        hooks.take_over_sender(
+            self.sender, self.on_keyframe_request, self.retransmit, self._on_rtcp
+        )
 
     # -- wiring ----------------------------------------------------------------------
 
     def configure(
-        self, payload_type: int, clock_rate: int, mid: str | None, mid_ext_id: int | None
+        self,
+        payload_type: int,
+        clock_rate: int,
+        mid: str | None,
+        mid_ext_id: int | None,
+        abs_ext_id: int | None = None,
+        rtx_payload_type: int | None = None,
     ) -> None:
-        """Set what the subscriber negotiated for this leg (after its answer)."""
-        ext = b""
-        if mid and mid_ext_id:
-            # RFC 8285 one-byte header: 0xBEDE, length in words, then id/len + value.
-            element = bytes([(mid_ext_id << 4) | (len(mid.encode()) - 1)]) + mid.encode()
-            element += b"\x00" * (-len(element) % 4)
-            ext = b"\xbe\xde" + struct.pack("!H", len(element) // 4) + element
-        self._fast.configure(payload_type, self._ssrc, clock_rate, ext)
+        """Set what the subscriber negotiated for this leg (after its answer).
+
+        With ``abs_ext_id`` every packet carries abs-send-time, stamped by the C send
+        path at the moment it is sent: Chromium's receive-side estimator, whose result
+        comes back as REMB (:mod:`sfu.downlink`), needs the send time of each packet.
+        """
+        self._mid = mid if mid and mid_ext_id else None
+        self._ext_ids = (mid_ext_id if self._mid else None, abs_ext_id)
+        ext, abs_off = _extension_block(self._mid, self._ext_ids[0], abs_ext_id)
+        if abs_off:
+            self._fast.configure(payload_type, self._ssrc, clock_rate, ext, abs_off)
+        else:
+            self._fast.configure(payload_type, self._ssrc, clock_rate, ext)
+        rtx_ssrc = getattr(self.sender, "_rtx_ssrc", None)
+        self._rtx = (rtx_payload_type, rtx_ssrc) if rtx_payload_type and rtx_ssrc else None
         self._configured = True
         self._refresh()
 
@@ -238,6 +309,7 @@ class Leg:
             self.source.remove_leg(self)
         self.source = None
         self.track_id = None
+        self.paused = False  # the allocator decides afresh for whatever comes next
         self._queue.clear()
         self._refresh()
 
@@ -259,8 +331,27 @@ class Leg:
         """Let :func:`_fastpath.fanout` send to this leg directly only while nothing of
         it is waiting (a key frame, a queue, a send in flight)."""
         self._fast.ready = (
-            self._configured and not self._waiting_key and not self._queue and not self._sending
+            self._configured
+            and not self.paused
+            and not self._waiting_key
+            and not self._queue
+            and not self._sending
         )
+
+    def set_paused(self, paused: bool) -> None:
+        """Stop (or resume) forwarding to this subscriber; a resumed video waits for a
+        key frame, and the sequence numbers go on without a gap."""
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if paused:
+            self._queue.clear()
+        else:
+            self._waiting_key = self.kind == "video"
+            self._fast.rebase()
+            if self.source is not None:
+                self.source.request_keyframe()
+        self._refresh()
 
     def push(self, packet: RtpPacket, key: bool, t_in: int, tried: Any = None) -> None:
         """A packet the C fan-out did not send: this leg was not ready, or (``tried``)
@@ -268,6 +359,8 @@ class Leg:
         if tried is not None:
             self._after_c_send(packet, t_in, tried)
             self._refresh()
+            return
+        if self.paused:
             return
         self._push(packet, key, t_in)
         self._refresh()
@@ -413,8 +506,56 @@ class Leg:
     # -- feedback from the subscriber -----------------------------------------------
 
     def on_keyframe_request(self) -> None:
-        if self.source is not None:
+        if self.source is not None and not self.paused:
             self.source.request_keyframe()
+
+    def _on_rtcp(self, packet: Any) -> None:
+        """The subscriber's RTCP for this leg: receiver reports and REMB feed its
+        connection's estimate (:class:`sfu.downlink.DownlinkEstimate`)."""
+        feedback = self._feedback
+        if feedback is None:
+            return
+        if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+            for report in packet.reports:
+                if report.ssrc == self._ssrc:
+                    feedback.on_report(report.ssrc, report.highest_sequence, report.packets_lost)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if self._ssrc in ssrcs:
+                feedback.on_remb(bitrate)
+
+    @property
+    def can_pad(self) -> bool:
+        return self._rtx is not None and self._ext_ids[1] is not None
+
+    def pad(self, count: int) -> int:
+        """Send ``count`` padding-only RTX packets (a bandwidth probe); returns the
+        bytes put on the wire. RTX, so the media stream's numbering is untouched;
+        abs-send-time, so the subscriber's estimator counts them."""
+        if self._rtx is None or self._ext_ids[1] is None:
+            return 0
+        pt, ssrc = self._rtx
+        sent = 0
+        for _ in range(count):
+            ext, abs_off = _extension_block(self._mid, self._ext_ids[0], self._ext_ids[1])
+            ext = bytearray(ext)
+            abs_time = (hooks.ntp_now() >> 14) & 0xFFFFFF
+            ext[abs_off : abs_off + 3] = abs_time.to_bytes(3, "big")
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            header = struct.pack(
+                "!BBHII", 0xB0 if ext else 0xA0, pt, self._rtx_seq, self._rtx_ts, ssrc
+            )
+            data = header + bytes(ext) + bytes(PADDING_SIZE - 1) + bytes([PADDING_SIZE])
+            try:
+                if not hooks.send_rtp_now(self.sender, data):
+                    break  # the socket is backed up: a probe must not queue
+            except ConnectionError:
+                break
+            sent += len(data) + PACKET_OVERHEAD - 12
+        return sent
 
     async def retransmit(self, sequence_number: int) -> None:
         data = self._fast.history(sequence_number)
@@ -423,3 +564,20 @@ class Leg:
                 await hooks.send_rtp(self.sender, data)
             except ConnectionError:
                 pass
+
+
+def _extension_block(mid: str | None, mid_id: int | None, abs_id: int | None) -> tuple[bytes, int]:
+    """An RFC 8285 one-byte header extension block (0xBEDE, length in words, elements)
+    with the MID and room for abs-send-time; and where the latter's 3 bytes are (0: none).
+    """
+    element = b""
+    if mid and mid_id:
+        element += bytes([(mid_id << 4) | (len(mid.encode()) - 1)]) + mid.encode()
+    abs_off = 0
+    if abs_id:
+        abs_off = 4 + len(element) + 1
+        element += bytes([(abs_id << 4) | 2]) + b"\x00\x00\x00"
+    if not element:
+        return b"", 0
+    element += b"\x00" * (-len(element) % 4)
+    return b"\xbe\xde" + struct.pack("!H", len(element) // 4) + element, abs_off

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import aiortc_hooks as hooks
+from .allocator import RANK_OTHER, RANK_SPEAKER, is_speaking
 from .errors import MediaError
 from .forwarder import Forwarder
 from .ports import MediaPorts
@@ -60,7 +62,17 @@ class ConnectionState:
     state: str
 
 
-RouterEvent = TracksChanged | RenegotiationNeeded | ConnectionState
+@dataclass(frozen=True, slots=True)
+class VideoPaused:
+    """``pid``'s connection cannot take ``publisher``'s video now (``paused``), or can
+    again: its page shows the person's initials and says why."""
+
+    pid: str
+    publisher: str
+    paused: bool
+
+
+RouterEvent = TracksChanged | RenegotiationNeeded | ConnectionState | VideoPaused
 
 
 class Router:
@@ -74,11 +86,13 @@ class Router:
     ) -> None:
         self.room_id = room_id
         self.config = config or MediaConfig()
+        hooks.negotiate_opus_fec_dtx()
         self.stats = RoomStats()
         self.publishers: dict[str, Publisher] = {}
         self.subscribers: dict[str, Subscriber] = {}
         self._on_event = on_event or (lambda event: None)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._ranks: dict[str, int] = {}
         self.closed = False
 
     # -- control-plane API --------------------------------------------------------
@@ -123,6 +137,10 @@ class Router:
                     self.config.audio_queue,
                     ports=self.config.ports,
                     on_state=lambda state: self._emit(ConnectionState(pid, "subscribe", state)),
+                    rank=self.rank,
+                    on_paused=lambda publisher, paused: self._emit(
+                        VideoPaused(pid, publisher, paused)
+                    ),
                 )
                 self.subscribers[pid] = subscriber
             if accept is not None:
@@ -171,6 +189,26 @@ class Router:
                     for leg in fwd.legs:
                         leg.on_keyframe_request()
 
+    def set_rank(self, pid: str, rank: int) -> None:
+        """How much ``pid``'s picture matters when a subscriber's link is narrow: the
+        control plane gives the caseworker ``RANK_CASEWORKER`` (0); everyone else is
+        ``RANK_OTHER`` (2) unless speaking (:meth:`rank`)."""
+        self._ranks[pid] = rank
+
+    def rank(self, publisher: str) -> int:
+        """The allocator's order of videos: the caseworker, then whoever speaks (their
+        Opus sends at full rate, not DTX), then the others."""
+        rank = self._ranks.get(publisher, RANK_OTHER)
+        if rank <= RANK_SPEAKER:
+            return rank
+        pub = self.publishers.get(publisher)
+        audio = (
+            next((f for f in pub.forwarders.values() if f.kind == "audio"), None)
+            if pub is not None
+            else None
+        )
+        return RANK_SPEAKER if is_speaking(audio) else rank
+
     def tracks(self, pid: str) -> list[TrackInfo]:
         publisher = self.publishers.get(pid)
         if publisher is None:
@@ -193,6 +231,7 @@ class Router:
         if subscriber is not None:
             await subscriber.close()
         self._locks.pop(pid, None)
+        self._ranks.pop(pid, None)
         if publisher is not None:
             self._tracks_changed(pid)
 
@@ -248,4 +287,5 @@ __all__ = [
     "SubscribeOffer",
     "TrackInfo",
     "TracksChanged",
+    "VideoPaused",
 ]

@@ -12,7 +12,9 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from . import aiortc_hooks as hooks
 from . import ice
+from .allocator import Allocator, Rank
 from .codecs import preference_for
+from .downlink import DownlinkEstimate
 from .errors import MediaError
 from .forwarder import SYNC_INTERVAL, Forwarder, Leg
 from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
@@ -55,6 +57,8 @@ class Subscriber:
         audio_queue: int,
         on_state: Callable[[str], None],
         ports: MediaPorts | None = None,
+        rank: Rank | None = None,
+        on_paused: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.pid = pid
         self.accept: Accept = lambda publisher, kind: True
@@ -74,6 +78,14 @@ class Subscriber:
         self._queues = {"video": video_queue, "audio": audio_queue}
         self._on_state = on_state
         self._sync_task: asyncio.Task[None] | None = None
+        # What this connection can take, and what to forward within it (audio first).
+        self.estimate = DownlinkEstimate()
+        self.allocator = Allocator(
+            self.estimate,
+            lambda: list(self.legs.values()),
+            rank or (lambda publisher: 2),
+            on_paused or (lambda publisher, paused: None),
+        )
 
     def _wanted(self, forwarders: list[Forwarder]) -> dict[str, Forwarder]:
         return {
@@ -149,7 +161,10 @@ class Subscriber:
         transceiver.setCodecPreferences(preference_for(fwd.kind, fwd.codec))
         if self._sync_task is None:
             self._sync_task = asyncio.ensure_future(self._sync_legs())
-        return Leg(fwd.kind, transceiver, self._stats, self._queues[fwd.kind])
+        self.allocator.start()
+        return Leg(
+            fwd.kind, transceiver, self._stats, self._queues[fwd.kind], feedback=self.estimate
+        )
 
     def _connection_state(self, pc: RTCPeerConnection) -> None:
         if pc.connectionState == "connected":
@@ -184,7 +199,10 @@ class Subscriber:
             codec, mid_ext = hooks.negotiated(leg.transceiver)
             if codec is None or self.legs.get(fwd.track_id) is not leg:
                 continue
-            leg.configure(codec.payloadType, codec.clockRate, leg.transceiver.mid, mid_ext)
+            abs_ext, rtx_pt = hooks.negotiated_feedback(leg.transceiver)
+            leg.configure(
+                codec.payloadType, codec.clockRate, leg.transceiver.mid, mid_ext, abs_ext, rtx_pt
+            )
             leg.attach(fwd)
         self._pending = []
         due, self.dirty = self.dirty, False
@@ -200,6 +218,7 @@ class Subscriber:
             self.legs[track_id].detach()
 
     async def close(self) -> None:
+        await self.allocator.close()
         if self._ice_task is not None:
             self._ice_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,226 @@
+"""Per subscriber: what to forward within what its connection can take.
+
+Every :data:`TICK` seconds the allocator of one subscribe connection takes the
+connection's estimate (:class:`sfu.downlink.DownlinkEstimate`) as its budget and spends
+it in this order — the voices must always get through, then the picture that matters
+most, then the rest:
+
+1. **audio**, all of it, always (an audio leg is never paused or priced out);
+2. the **lowest layer of every video**, best rank first (the caseworker, then whoever
+   speaks, then the others); a video whose lowest layer does not fit is **paused**, and
+   the subscriber's page is told (``on_paused``), so its tile shows the person's initials
+   and "Video pausiert – schwache Verbindung" instead of a frozen picture;
+3. **upgrades**, one layer per video per round, best rank first, up to the layer the
+   subscriber's view asks for.
+
+Hysteresis, so it does not flap: a layer a video already has is priced at
+:data:`KEEP` of its rate, and a video that was moved down (or paused) is not moved up
+again for :data:`HOLD_UP` seconds. Moves down happen at once: they protect the audio.
+Moving up needs a higher estimate, which only a successful probe gives
+(:mod:`sfu.downlink`); while one runs the allocator pads the connection up to the
+probe's target (:meth:`sfu.forwarder.Leg.pad`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .downlink import DownlinkEstimate
+from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, Forwarder, Leg
+
+log = logging.getLogger(__name__)
+
+TICK = 0.25  # s between allocations
+PROBE_TICK = 0.02  # s between padding bursts while a probe runs
+KEEP = 0.85  # a layer a video already has needs this share of its rate to stay
+HOLD_UP = 2.0  # s after a move down before the same video may move up again
+AUDIO_DEFAULT_BPS = 50_000  # an audio track not measured yet (Opus + headers)
+VIDEO_DEFAULT_BPS = 150_000  # a video layer not measured yet
+RANK_CASEWORKER = 0  # Router.set_rank: the control plane's "most important picture"
+RANK_SPEAKER = 1
+RANK_OTHER = 2
+
+Rank = Callable[[str], int]  # publisher id -> rank (lower goes first)
+Layers = Callable[[Leg], tuple[float, ...]]  # a video leg -> bits/s per layer, low → high
+
+
+@dataclass(slots=True)
+class Video:
+    """One video leg as the allocator sees it."""
+
+    key: str
+    rank: int
+    rates: tuple[float, ...]  # bits/s of each layer it may take, low → high
+    current: int | None  # the layer it has now; None: paused
+
+
+def allocate(budget: float, audio: float, videos: Iterable[Video]) -> dict[str, int | None]:
+    """The layer each video gets (``None``: paused) when ``budget`` bits/s are there
+    and ``audio`` of them go to the voices first."""
+    left = budget - audio
+    order = sorted(videos, key=lambda v: v.rank)
+    out: dict[str, int | None] = {}
+
+    def cost(v: Video, layer: int) -> float:
+        keep = v.current is not None and layer <= v.current
+        return v.rates[layer] * (KEEP if keep else 1.0)
+
+    for v in order:
+        if v.rates and cost(v, 0) <= left:
+            out[v.key] = 0
+            left -= cost(v, 0)
+        else:
+            out[v.key] = None
+    upgraded = True
+    while upgraded:
+        upgraded = False
+        for v in order:
+            layer = out[v.key]
+            if layer is None or layer + 1 >= len(v.rates):
+                continue
+            extra = cost(v, layer + 1) - cost(v, layer)
+            if extra <= left:
+                out[v.key] = layer + 1
+                left -= extra
+                upgraded = True
+    return out
+
+
+def single_layer(leg: Leg) -> tuple[float, ...]:
+    """Without simulcast a video has one layer: what its publisher sends."""
+    source = leg.source
+    if source is None:
+        return ()
+    return (source.bitrate() or VIDEO_DEFAULT_BPS,)
+
+
+class Allocator:
+    """Runs :func:`allocate` for one subscribe connection and applies the result.
+
+    ``legs()`` gives the connection's current legs; ``rank(publisher)`` their order;
+    ``layers(leg)`` a video's layer rates (one layer until simulcast); ``apply(leg,
+    layer)`` sets a leg's layer (``None``: pause); ``on_paused(publisher, paused)``
+    tells the subscriber's page.
+    """
+
+    def __init__(
+        self,
+        estimate: DownlinkEstimate,
+        legs: Callable[[], Iterable[Leg]],
+        rank: Rank,
+        on_paused: Callable[[str, bool], None],
+        layers: Layers = single_layer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.estimate = estimate
+        self._legs = legs
+        self._rank = rank
+        self._on_paused = on_paused
+        self._layers = layers
+        self._clock = clock
+        self.layers: dict[str, int | None] = {}  # track id -> layer given (for tests, logs)
+        self._down_at: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.padding_bytes = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        last_alloc = -1e9
+        while True:
+            now = self._clock()
+            if now - last_alloc >= TICK:
+                last_alloc = now
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("allocator tick failed")
+            probing = self._pad(PROBE_TICK if self.estimate.probe is not None else 0)
+            await asyncio.sleep(PROBE_TICK if probing else TICK)
+
+    def tick(self) -> None:
+        """One allocation: measure, estimate, choose, apply."""
+        legs = [leg for leg in self._legs() if leg.source is not None]
+        audio = sum(
+            (leg.source.bitrate() or AUDIO_DEFAULT_BPS)  # type: ignore[union-attr]
+            for leg in legs
+            if leg.kind == "audio"
+        )
+        videos: list[tuple[Leg, Video]] = []
+        now = self._clock()
+        for leg in legs:
+            if leg.kind != "video":
+                continue
+            key = leg.track_id or ""
+            rates = self._layers(leg)
+            current = self.layers.get(key, None if leg.paused else len(rates) - 1)
+            if now - self._down_at.get(key, -1e9) < HOLD_UP:
+                rates = rates[: (current + 1) if current is not None else 0]
+            rank = self._rank(leg.source.publisher_id)  # type: ignore[union-attr]
+            videos.append((leg, Video(key, rank, rates, current)))
+        estimate = self.estimate
+        budget = estimate.update()
+        chosen = allocate(budget, audio, [v for _, v in videos])
+        used = audio
+        for leg, v in videos:
+            layer = chosen[v.key]
+            before = self.layers.get(v.key, v.current)
+            if layer is not None:
+                used += v.rates[layer]
+            if layer != before:
+                if before is not None and (layer is None or layer < before):
+                    self._down_at[v.key] = now
+                self.apply(leg, layer)
+            self.layers[v.key] = layer
+        for key in list(self.layers):
+            if key not in {v.key for _, v in videos}:
+                del self.layers[key]
+        estimate.sent_bps = used
+        self._want = audio + sum(max(self._layers(leg) or (0.0,)) for leg, _ in videos)
+
+    def apply(self, leg: Leg, layer: int | None) -> None:
+        paused = layer is None
+        if paused != leg.paused:
+            leg.set_paused(paused)
+            publisher = leg.source.publisher_id if leg.source is not None else None
+            log.info(
+                "subscriber leg %s: video %s (estimate %d bps)",
+                leg.track_id,
+                "paused" if paused else "resumed",
+                self.estimate.bps,
+            )
+            if publisher is not None:
+                self._on_paused(publisher, paused)
+
+    def _pad(self, interval: float) -> bool:
+        """Send this interval's share of a running probe's padding; whether one runs."""
+        want = getattr(self, "_want", 0.0)
+        bps = self.estimate.padding_bps(want, self.estimate.sent_bps)
+        if bps <= 0 or interval <= 0:
+            return self.estimate.probe is not None
+        leg = next((leg for leg in self._legs() if leg.kind == "video" and leg.can_pad), None)
+        if leg is None:
+            return False
+        count = max(1, round(bps * interval / 8 / (PADDING_SIZE + PACKET_OVERHEAD)))
+        self.padding_bytes += leg.pad(count)
+        return True
+
+
+def is_speaking(audio: Forwarder | None) -> bool:
+    """With DTX a quiet microphone sends a packet every 400 ms, a voice 50 a second."""
+    return audio is not None and audio.packet_rate() > 25

@@ -1,0 +1,168 @@
+"""How much one subscriber's connection can take: a per-subscriber bandwidth estimate.
+
+The SFU has always estimated what it *receives* (``sfu/_bwe.c``, REMB to publishers).
+This is the other direction: what a subscriber can receive, so the allocator
+(:mod:`sfu.allocator`) can choose what to forward to it. Three signals feed it:
+
+* **REMB from the subscriber.** Chromium, as a receiver, runs its delay-based estimator
+  over packets that carry ``abs-send-time`` (the SFU stamps it on every video packet it
+  sends, at the moment of sending) and reports the result as RTCP REMB when ``goog-remb``
+  was negotiated, which the SFU's subscribe offer does. That estimator only rises at
+  ~8 %/s and to at most 1.5x what it receives, so it never raises ours (that is the
+  probes' job) and only counts when it *falls*: Chromium lowers it only when its
+  queueing delay grows (overuse), to ~0.85x what actually arrived — a good measure of
+  the link.
+* **Loss in the subscriber's receiver reports** (every leg's RR, packet-weighted over
+  the last :data:`LOSS_WINDOW` seconds), as libwebrtc's loss-based controller: above 10 %
+  back off to ``sent * (1 - loss / 2)``; between 2 and 10 % hold.
+* **Probes.** Nothing above says the link got wider while we send less than it could
+  take. When the allocator wants more than the estimate, the SFU pads the connection
+  (RTX padding, :meth:`sfu.forwarder.Leg.pad`) up to a probe target for
+  :data:`PROBE_SECONDS`; if neither REMB falls nor loss shows up by
+  :data:`PROBE_SETTLE` after it, the target becomes the estimate. The first probe of a
+  series asks for 1.5x, each success after that for 2x (libwebrtc's exponential probing),
+  a failure waits twice as long before the next (up to :data:`MAX_BACKOFF`), so a
+  shaped link is probed every few seconds by a little and a freed one climbs within
+  seconds.
+
+Time comes from an injected clock so tests can drive it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+INITIAL_BPS = 600_000  # before any feedback: low layers of a few videos
+MIN_BPS = 40_000  # never below one Opus stream
+MAX_BPS = 20_000_000
+REMB_DROP = 0.92  # a REMB this far below the previous one means overuse
+LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
+LOSS_HIGH = 0.10
+LOSS_LOW = 0.02
+MIN_LOSS_PACKETS = 30  # fewer expected packets say nothing about the link
+DECREASE_HOLD = 0.5  # s between two decreases: the first one's effect needs a round trip
+PROBE_SECONDS = 0.5
+PROBE_SETTLE = 0.7  # s after a probe ends before it counts as a success (feedback lag)
+MIN_BACKOFF = 0.5
+MAX_BACKOFF = 4.0
+FIRST_PROBE = 1.5
+NEXT_PROBE = 2.0
+
+
+@dataclass(slots=True)
+class Probe:
+    target: float  # bits/s the connection should carry during the probe
+    started: float
+    ends: float
+    settles: float
+    failed: bool = False
+
+
+class DownlinkEstimate:
+    """One subscriber connection's estimate in bits/s (:attr:`bps`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.bps = float(INITIAL_BPS)
+        self.remb: int | None = None  # the latest REMB figure
+        self.loss = 0.0  # the latest loss fraction (for logs and tests)
+        self.probe: Probe | None = None
+        self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
+        self._rr_last: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq, lost)
+        self._last_decrease = -1e9
+        self._next_probe = clock()  # probing may start at once
+        self._backoff = MIN_BACKOFF
+        self._streak = 0  # successful probes in a row
+        self.sent_bps = 0.0  # what the legs actually sent lately (set by the allocator)
+
+    # -- feedback ------------------------------------------------------------------
+
+    def on_remb(self, bps: int) -> None:
+        now = self._clock()
+        last, self.remb = self.remb, bps
+        if last is not None and bps < REMB_DROP * last:
+            self._congested(now, float(bps))
+
+    def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
+        """One receiver-report block for one of this connection's streams."""
+        before = self._rr_last.get(ssrc)
+        self._rr_last[ssrc] = (highest_sequence, packets_lost)
+        if before is None:
+            return
+        expected = highest_sequence - before[0]
+        lost = packets_lost - before[1]
+        if expected <= 0 or expected > 0x8000:
+            return  # a restarted stream or a reordered report: nothing to learn
+        self._reports.append((self._clock(), expected, max(0, min(lost, expected))))
+
+    def forget(self, ssrc: int) -> None:
+        self._rr_last.pop(ssrc, None)
+
+    # -- the periodic update (the allocator's tick) ----------------------------------
+
+    def update(self) -> float:
+        """Fold loss and probe outcomes in; returns the estimate."""
+        now = self._clock()
+        reports = self._reports
+        while reports and reports[0][0] < now - LOSS_WINDOW:
+            reports.popleft()
+        expected = sum(r[1] for r in reports)
+        if expected >= MIN_LOSS_PACKETS:
+            self.loss = sum(r[2] for r in reports) / expected
+            if self.loss > LOSS_HIGH:
+                base = self.sent_bps or self.bps
+                self._congested(now, base * (1 - self.loss / 2))
+        probe = self.probe
+        if probe is not None and not probe.failed and self.loss > LOSS_LOW:
+            probe.failed = True
+        if probe is not None and now >= probe.settles:
+            self.probe = None
+            if probe.failed:
+                self._streak = 0
+                self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+            else:
+                self.bps = min(max(self.bps, probe.target), MAX_BPS)
+                self._streak += 1
+                self._backoff = MIN_BACKOFF
+            self._next_probe = now + self._backoff
+        return self.bps
+
+    def _congested(self, now: float, bps: float) -> None:
+        probe = self.probe
+        if probe is not None and now <= probe.settles:
+            # Our own padding overfilled the link: the probe failed, and what was sent
+            # before it still fits unless the figure says even that is too much.
+            probe.failed = True
+            if bps >= 0.8 * min(self.bps, self.sent_bps or self.bps):
+                return
+        if now - self._last_decrease < DECREASE_HOLD:
+            return
+        self._last_decrease = now
+        self.bps = max(MIN_BPS, min(self.bps, bps))
+        self._streak = 0
+        self._next_probe = max(self._next_probe, now + self._backoff)
+
+    # -- probing -------------------------------------------------------------------
+
+    def padding_bps(self, want: float, sending: float) -> float:
+        """Padding to add now (bits/s) when the allocator would use ``want`` and the
+        legs send ``sending``: starts a probe when one is due, 0 otherwise."""
+        now = self._clock()
+        probe = self.probe
+        if probe is None:
+            if want <= self.bps * 1.02 or now < self._next_probe or self.loss > LOSS_LOW:
+                return 0.0
+            factor = NEXT_PROBE if self._streak else FIRST_PROBE
+            target = min(max(want, self.bps * 1.1), self.bps * factor, MAX_BPS)
+            probe = self.probe = Probe(
+                target=target,
+                started=now,
+                ends=now + PROBE_SECONDS,
+                settles=now + PROBE_SECONDS + PROBE_SETTLE,
+            )
+        if probe.failed or now >= probe.ends:
+            return 0.0
+        return max(0.0, probe.target - sending)
