@@ -78,6 +78,15 @@ def sfu_router_factory(config: Config, metrics: Metrics, media_ports: Any = None
             emit(MediaSignal(SignalKind.TRACKS_CHANGED, event.pid))
         elif isinstance(event, sfu_router.ConnectionState):
             emit(MediaSignal(SignalKind.CONNECTION_STATE, event.pid, event.leg, str(event.state)))
+        elif isinstance(event, sfu_router.VideoPaused):
+            emit(
+                MediaSignal(
+                    SignalKind.VIDEO_PAUSED,
+                    event.pid,
+                    publisher=event.publisher,
+                    paused=event.paused,
+                )
+            )
 
     def factory(room_id: str, emit: Callable[[MediaSignal], None]) -> MediaRouter:
         router = sfu_router.Router(room_id, media_config, on_event=lambda ev: translate(ev, emit))

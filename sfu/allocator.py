@@ -95,7 +95,7 @@ def single_layer(leg: Leg) -> tuple[float, ...]:
     source = leg.source
     if source is None:
         return ()
-    return (source.bitrate() or VIDEO_DEFAULT_BPS,)
+    return (source.wire_bps() or VIDEO_DEFAULT_BPS,)
 
 
 class Allocator:
@@ -157,7 +157,7 @@ class Allocator:
         """One allocation: measure, estimate, choose, apply."""
         legs = [leg for leg in self._legs() if leg.source is not None]
         audio = sum(
-            (leg.source.bitrate() or AUDIO_DEFAULT_BPS)  # type: ignore[union-attr]
+            (leg.source.wire_bps() or AUDIO_DEFAULT_BPS)  # type: ignore[union-attr]
             for leg in legs
             if leg.kind == "audio"
         )

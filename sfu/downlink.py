@@ -35,9 +35,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-INITIAL_BPS = 600_000  # before any feedback: low layers of a few videos
+INITIAL_BPS = 2_500_000  # before any feedback: a call starts as before; REMB or loss cut it
 MIN_BPS = 40_000  # never below one Opus stream
-MAX_BPS = 20_000_000
+MAX_BPS = 50_000_000
 REMB_DROP = 0.92  # a REMB this far below the previous one means overuse
 LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
 LOSS_HIGH = 0.10

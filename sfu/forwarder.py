@@ -159,7 +159,7 @@ class Forwarder:
         self._bps = bps if bps > self._bps else 0.8 * self._bps + 0.2 * bps
         self._pps = pps
 
-    def bitrate(self) -> float:
+    def wire_bps(self) -> float:
         """Bits/s arriving lately, headers included (0 before the first measurement)."""
         self._measure()
         return self._bps

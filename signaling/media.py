@@ -46,6 +46,8 @@ class MediaRouter(Protocol):
 
     def restart_ice(self, pid: str) -> None: ...
 
+    def set_rank(self, pid: str, rank: int) -> None: ...
+
     async def remove(self, pid: str) -> None: ...
 
     async def close(self) -> None: ...
@@ -57,6 +59,7 @@ class SignalKind(StrEnum):
     TRACKS_CHANGED = "tracks_changed"
     RENEGOTIATION_NEEDED = "renegotiation_needed"
     CONNECTION_STATE = "connection_state"
+    VIDEO_PAUSED = "video_paused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,14 @@ class MediaSignal:
     pid: str
     leg: str | None = None
     state: str | None = None
+    publisher: str | None = None  # VIDEO_PAUSED: whose video
+    paused: bool = False
 
+
+# How much a participant's picture matters to the SFU's per-subscriber allocator when a
+# link is narrow (sfu.allocator: the caseworker's first, then whoever speaks).
+RANK_CASEWORKER = 0
+RANK_OTHER = 2
 
 # router_factory(room_id, on_signal) -> router; on_signal is called from the event loop.
 RouterFactory = Callable[[str, Callable[[MediaSignal], None]], MediaRouter]

@@ -72,24 +72,24 @@ def test_probes_climb_exponentially_and_a_failed_one_backs_off() -> None:
     clock = Clock()
     est = DownlinkEstimate(clock)
     start = est.bps
-    pad = _run_probe(clock, est, want=10_000_000)
+    pad = _run_probe(clock, est, want=100_000_000)
     assert pad == pytest.approx(start * 0.5)  # first probe of a series: 1.5x
     assert est.bps == pytest.approx(start * 1.5)
     clock.now += downlink.MIN_BACKOFF
-    _run_probe(clock, est, want=10_000_000)
+    _run_probe(clock, est, want=100_000_000)
     assert est.bps == pytest.approx(start * 3.0)  # then 2x
     # A probe during which REMB falls fails, keeps the estimate, and waits longer.
     clock.now += downlink.MIN_BACKOFF
     before = est.bps
-    est.on_remb(5_000_000)
-    assert est.padding_bps(10_000_000, sending=before) > 0
+    est.on_remb(int(before * 1.2))
+    assert est.padding_bps(20_000_000, sending=before) > 0
     clock.now += 0.2
     est.on_remb(int(before * 0.85))  # our padding overfilled the link
     clock.now += downlink.PROBE_SECONDS + downlink.PROBE_SETTLE
     assert est.update() == before
-    assert est.padding_bps(10_000_000, sending=before) == 0  # backing off
+    assert est.padding_bps(20_000_000, sending=before) == 0  # backing off
     clock.now += 2 * downlink.MIN_BACKOFF + 0.01
-    assert est.padding_bps(10_000_000, sending=before) > 0
+    assert est.padding_bps(20_000_000, sending=before) > 0
     # Nothing is probed when nothing more is wanted.
     idle = DownlinkEstimate(clock)
     assert idle.padding_bps(idle.bps, sending=idle.bps) == 0

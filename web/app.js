@@ -675,6 +675,9 @@ function join() {
     $("host-banner").textContent = away ? tRole("status.hostAway", role) : "";
     setStatus(tRoleKey(away ? "status.hostAway" : "status.hostBack", role));
   });
+  call.addEventListener("video-paused", ({ detail }) => {
+    if (state.tiles) state.tiles.setVideoPaused(detail.participant, detail.paused);
+  });
   call.addEventListener("moderation-muted", ({ detail }) => {
     const kind = detail.kind === "video" ? "video" : "audio";
     state.mutedByHost.add(kind);

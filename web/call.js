@@ -171,6 +171,12 @@ export class Call extends EventTarget {
     socket.on("lobby.refused", (msg) => this._emit("kept-out", msg || {}));
     socket.on("seat.conflict", (msg) => this._emit("kept-out", msg || {}));
     socket.on("chat.state", (msg) => this._emit("chat-state", msg || {}));
+    // The SFU cannot fit someone's video into our link now (or can again).
+    socket.on("video.paused", (msg) => {
+      if (msg && typeof msg.participant === "string") {
+        this._emit("video-paused", { participant: msg.participant, paused: msg.paused === true });
+      }
+    });
     const moving = (msg) => {
       this._moving = msg || {};
       if (msg && Array.isArray(msg.cluster) && msg.cluster.length) this.cluster = msg.cluster;

@@ -81,6 +81,7 @@ export const STRINGS = {
     "call.micMuted": "Mikrofon aus",
     "call.reconnecting": "Verbindung wird wiederhergestellt …",
     "call.qualityPoor": "Schwache Verbindung",
+    "call.videoPaused": "Video pausiert – schwache Verbindung",
     "call.retry": "Erneut versuchen",
     "call.rejoin": "Wieder teilnehmen",
     "call.reconnectingSelf":
@@ -350,6 +351,7 @@ export const STRINGS = {
     "call.micMuted": "Microphone off",
     "call.reconnecting": "Reconnecting …",
     "call.qualityPoor": "Weak connection",
+    "call.videoPaused": "Video paused – weak connection",
     "call.retry": "Try again",
     "call.rejoin": "Rejoin",
     "call.reconnectingSelf":

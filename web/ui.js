@@ -30,6 +30,7 @@ export class Tiles {
     this.output = ""; // the chosen speaker's deviceId ("" = the system default)
     this.speaker = null; // the latest remote participant heard speaking (featured on phones)
     this._speakingSince = new Map(); // pid -> ticks in a row above the threshold
+    this.pausedVideo = new Set(); // pids whose video the server paused for our link
     if ("ResizeObserver" in window) new ResizeObserver(() => this._layout()).observe(list);
   }
 
@@ -70,6 +71,7 @@ export class Tiles {
     tile.el.remove();
     this.tiles.delete(pid);
     this.streams.delete(pid);
+    this.pausedVideo.delete(pid);
     this._layout();
   }
 
@@ -165,6 +167,17 @@ export class Tiles {
     }
   }
 
+  /**
+   * The server paused someone's video for our weak link (or resumed it): their tile
+   * shows the initials and says why, instead of a frozen picture.
+   */
+  setVideoPaused(pid, paused) {
+    if (paused) this.pausedVideo.add(pid);
+    else this.pausedVideo.delete(pid);
+    const tile = this.tiles.get(pid);
+    if (tile) this._label(tile);
+  }
+
   relabel() {
     for (const tile of this.tiles.values()) this._label(tile);
   }
@@ -243,6 +256,18 @@ export class Tiles {
         ? t("call.qualityPoor")
         : "";
     state.hidden = !state.textContent;
+    const paused = !tile.isSelf && this.pausedVideo.has(p.id);
+    tile.el.classList.toggle("video-paused", paused);
+    let note = tile.el.querySelector(".tile-paused");
+    if (!note) {
+      note = document.createElement("p");
+      note.className = "tile-paused";
+      note.dataset.testid = "tile-paused";
+      note.setAttribute("role", "status");
+      tile.el.append(note);
+    }
+    note.textContent = paused ? t("call.videoPaused") : "";
+    note.hidden = !paused;
     tile.video.setAttribute("aria-label", `${name}, ${role}`);
   }
 

@@ -10,7 +10,14 @@ from typing import Any
 
 from signaling.errors import STATUS_BY_CODE, Forbidden, InvalidPayload, RoundtableError
 from signaling.events import MAX_CANDIDATES_BEFORE_OFFER, MAX_CANDIDATES_PER_CONNECTION
-from signaling.media import MediaRouter, MediaSignal, RouterFactory, SignalKind
+from signaling.media import (
+    RANK_CASEWORKER,
+    RANK_OTHER,
+    MediaRouter,
+    MediaSignal,
+    RouterFactory,
+    SignalKind,
+)
 from signaling.participant import Participant, TrackRef
 from signaling.rooms.state import LiveRoom, Notifier
 
@@ -65,8 +72,12 @@ class Negotiator:
         )
         neg = live.negotiations[participant.id]
         async with neg.publish_lock:
+            router = self._router(live)
+            # On a narrow link the caseworker's picture goes before the others'.
+            role = participant.claims.role
+            router.set_rank(participant.id, RANK_CASEWORKER if role == "caseworker" else RANK_OTHER)
             try:
-                answer = await self._router(live).publish(participant.id, offer_sdp, kinds)
+                answer = await router.publish(participant.id, offer_sdp, kinds)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -180,6 +191,11 @@ class Negotiator:
             self._spawn(live, self._renegotiate(live, signal.pid))
         elif signal.kind is SignalKind.TRACKS_CHANGED:
             self._spawn(live, self._tracks_changed(live, signal.pid))
+        elif signal.kind is SignalKind.VIDEO_PAUSED and signal.publisher is not None:
+            participant = live.room.get(signal.pid)
+            if participant is not None and participant.admitted and self.notifier:
+                payload = {"participant": signal.publisher, "paused": signal.paused}
+                self._spawn(live, self.notifier.send(participant.sid, "video.paused", payload))
         elif signal.kind is SignalKind.CONNECTION_STATE and signal.leg == "publish":
             participant = live.room.get(signal.pid)
             assert participant is not None
