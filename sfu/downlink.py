@@ -84,7 +84,7 @@ class DownlinkEstimate:
         now = self._clock()
         last, self.remb = self.remb, bps
         if last is not None and bps < REMB_DROP * last:
-            self._congested(now, float(bps))
+            self._congested(now, float(bps), hold=False)
 
     def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
         """One receiver-report block for one of this connection's streams."""
@@ -130,7 +130,10 @@ class DownlinkEstimate:
             self._next_probe = now + self._backoff
         return self.bps
 
-    def _congested(self, now: float, bps: float) -> None:
+    def _congested(self, now: float, bps: float, hold: bool = True) -> None:
+        """Lower the estimate to ``bps``. Loss (``hold``) counts at most every
+        :data:`DECREASE_HOLD`: the same losses stay in the window for a while; a falling
+        REMB is a new figure each time."""
         probe = self.probe
         if probe is not None and now <= probe.settles:
             # Our own padding overfilled the link: the probe failed, and what was sent
@@ -138,7 +141,7 @@ class DownlinkEstimate:
             probe.failed = True
             if bps >= 0.8 * min(self.bps, self.sent_bps or self.bps):
                 return
-        if now - self._last_decrease < DECREASE_HOLD:
+        if hold and now - self._last_decrease < DECREASE_HOLD:
             return
         self._last_decrease = now
         self.bps = max(MIN_BPS, min(self.bps, bps))

@@ -172,9 +172,9 @@ async def test_a_narrow_link_pauses_video_keeps_audio_and_probes_back_up() -> No
                 for e in room.events
             )
 
-        await wait_for(lambda: paused(True), timeout=5)
+        await wait_for(lambda: paused(True), timeout=10)
         audio_then = b.decoded("a", "audio")
-        await wait_for(lambda: b.decoded("a", "audio") >= audio_then + 20, timeout=5)
+        await wait_for(lambda: b.decoded("a", "audio") >= audio_then + 20, timeout=10)
         assert not any(isinstance(e, VideoPaused) and e.pid == "a" for e in room.events)
         # Probes find the loopback link wide again; the video comes back.
         seconds = await wait_for(lambda: paused(True) and paused(False), timeout=30)
