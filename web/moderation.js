@@ -4,6 +4,7 @@
 
 import { routeOutput } from "./devices.js";
 import { errorMessage, roleLabel, t } from "./i18n.js";
+import { PartnerSuggest } from "./partners.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -321,10 +322,12 @@ export class InviteDialog {
     $("invite-cancel").onclick = () => this.dialog.close();
     $("invite-done").onclick = () => this.dialog.close();
     $("invite-copy").onclick = () => this._copy();
+    this.partners = new PartnerSuggest({ token, roomId });
   }
 
   open() {
     this.form.reset();
+    this.partners.reset();
     this.form.hidden = false;
     $("invite-result").hidden = true;
     $("invite-error").hidden = true;
