@@ -170,7 +170,7 @@ async def test_pick_a_partner_with_the_pointer_and_the_partner_joins(
         # The second click: the invite, mailed to the partner's contact address.
         await cw.get_by_test_id("invite-submit").click()
         link = cw.get_by_test_id("invite-link")
-        await link.wait_for(timeout=10000)
+        await link.wait_for(timeout=30000)
         invite_url = server.local_url(await link.input_value())
         claims = claims_of(invite_url)
         assert claims["org"] == "Deutsche Rentenversicherung Bund"
@@ -187,7 +187,7 @@ async def test_pick_a_partner_with_the_pointer_and_the_partner_joins(
         await open_join(partner, invite_url)
         await join(partner)
         pa_id = await my_id(partner)
-        await partner.page.get_by_test_id("waiting-room").wait_for(timeout=10000)
+        await partner.page.get_by_test_id("waiting-room").wait_for(timeout=30000)
         entry = cw.locator(f'[data-testid="invite-lobby-entry"][data-participant="{pa_id}"]')
         await entry.get_by_test_id("admit").click()
         await wait_remote_playing(caseworker, {pa_id}, within=45)
@@ -241,7 +241,7 @@ async def test_pick_a_partner_with_the_keyboard_on_a_phone(
     # The next Enter sends it.
     await cw.keyboard.press("Enter")
     link = cw.get_by_test_id("invite-link")
-    await link.wait_for(timeout=10000)
+    await link.wait_for(timeout=30000)
     assert claims_of(await link.input_value())["org"] == "IHK Köln"
 
 
@@ -257,7 +257,7 @@ async def test_pick_and_invite_with_two_clicks_at_small_windows(
     assert (await _form(cw))["name"] == "Herr Adler"
     await cw.get_by_test_id("invite-submit").click()
     link = cw.get_by_test_id("invite-link")
-    await link.wait_for(timeout=10000)
+    await link.wait_for(timeout=30000)
     claims = claims_of(await link.input_value())
     assert (claims["org"], claims["exp"] - claims["iat"]) == ("IHK Köln", 20 * 60)
     # Nothing of the directory leaks into the next form: a fresh one offers anew.
