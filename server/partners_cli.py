@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable
@@ -103,12 +104,22 @@ def run(args: argparse.Namespace) -> int:
             ping = getattr(store, "ping", None)
             if ping is not None:
                 await ping()
+            # Which store, on stderr (stdout stays for scripts): a mistyped state
+            # directory would otherwise quietly start a directory of its own.
+            where = "Redis (ROUNDTABLE_REDIS_URL)" if config.redis_url else store.path
+            print(f"roundtable: partner directory in {where}", file=sys.stderr)
             return await action[args.action](store, args, config)
         finally:
             await store.close()
 
     try:
         return asyncio.run(main())
+    except sqlite3.Error as exc:
+        # E.g. the state directory belongs to the service's user: say so, no traceback.
+        print(
+            f"roundtable: cannot use the state file in {config.state_dir}: {exc}", file=sys.stderr
+        )
+        return 1
     except (OSError, ConnectionError) as exc:
         print(f"roundtable: the state store is unreachable: {exc}", file=sys.stderr)
         return 1

@@ -348,6 +348,8 @@ async def test_cli_changes_what_a_running_server_offers(
     assert run.returncode == 0, run.stderr
     pid = run.stdout.strip()
     assert pid.startswith("pt_")
+    # Which store it used goes to stderr, so a mistyped state directory is noticed.
+    assert f"partner directory in {state / 'state.sqlite3'}" in run.stderr
     room = await server.create_room()
     status, body = await call(
         server, "GET", f"/api/rooms/{room['room']}/partners", link_token(room["caseworker_url"])
@@ -421,6 +423,7 @@ def test_cli_uses_the_clusters_redis(tmp_path: Path, redis_url: str) -> None:
     assert run.returncode == 0, run.stderr
     # Another machine (another state directory) on the same Redis sees it.
     run = cli(tmp_path / "b", "list", "--json", env=env)
+    assert "partner directory in Redis" in run.stderr
     assert name in {p["name"] for p in json.loads(run.stdout)["partners"]}
     assert cli(tmp_path / "b", "remove", name, env=env).returncode == 0
     run = cli(tmp_path / "b", "list", "--json", env=env)
