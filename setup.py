@@ -70,7 +70,8 @@ class BuildPyWithPage(build_py):
 # Listed, not globbed: a checkout missing one of them fails to build instead of
 # making a module without it.
 FASTPATH_SOURCES = [
-    f"sfu/fastpath/{name}.c" for name in ("module", "meter", "srtp", "packet", "reader", "leg")
+    f"sfu/fastpath/{name}.c"
+    for name in ("module", "meter", "srtp", "packet", "reader", "inbound", "leg")
 ]
 
 setup(

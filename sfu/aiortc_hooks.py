@@ -41,7 +41,7 @@ from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
-from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_RTPFB_NACK,
@@ -102,6 +102,9 @@ _DTLS_RX_PACKETS = "_RTCDtlsTransport__rx_packets"
 _ACTIVE_SSRC_REFRESH_MS = 100  # see _account_rtp
 _EXT_IDS = "_HeaderExtensionsMap__ids"
 _RTP_HANDLER = "_roundtable_rtp"  # a receiver's synchronous RTP handler
+# What _account_rtp updates, for an Inbound's Track (sfu/fastpath/inbound.c)
+_ACCOUNT = "_roundtable_account"
+_INBOUND = "_roundtable_inbound"  # a DTLS transport's sfu._fastpath.Inbound
 _ICE_CONNECTION_SEND = aioice.ice.Connection.send
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
@@ -161,6 +164,21 @@ def check_compatible() -> None:
             ],
         ),
         (aioice.ice.Connection, ["_nominated", "_protocols"]),
+        # what sfu/fastpath/inbound.c updates as StreamStatistics.add/NackGenerator.add do
+        (
+            StreamStatistics,
+            [
+                "base_seq",
+                "max_seq",
+                "cycles",
+                "packets_received",
+                "_clockrate",
+                "_jitter_q4",
+                "_last_arrival",
+                "_last_timestamp",
+            ],
+        ),
+        (NackGenerator, ["max_seq", "missing"]),
     ):
         problems += [f"{cls.__name__}.{a}" for a in attrs if not _init_assigns(cls, a)]
     if not callable(getattr(RemoteBitrateEstimator, "add", None)) or not callable(
@@ -315,6 +333,31 @@ def _account_rtp(receiver: RTCRtpReceiver) -> Callable[[RtpPacket, int], None]:
     active_until: dict[int, int] = {}  # ssrc -> arrival ms until which its time is fresh
     now_datetime = clock.current_datetime
 
+    def send_remb(remb: tuple[int, list[int]], arrival_time_ms: int) -> None:
+        if throttle.should_send(remb[0], arrival_time_ms):
+            rtcp_ssrc = d[_RX_RTCP_SSRC]
+            if rtcp_ssrc is not None:
+                _send_rtcp(
+                    receiver,
+                    RtcpPsfbPacket(
+                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+                    ),
+                )
+
+    # The same updates, for packets an Inbound takes in C (take_inbound).
+    setattr(
+        receiver,
+        _ACCOUNT,
+        (
+            streams,
+            nack,
+            active_ssrc,
+            now_datetime,
+            estimator.add if estimator is not None else None,
+            send_remb,
+        ),
+    )
+
     def account(packet: RtpPacket, arrival_time_ms: int) -> None:
         if not receiver._enabled:
             return
@@ -328,18 +371,8 @@ def _account_rtp(receiver: RTCRtpReceiver) -> Callable[[RtpPacket, int], None]:
                     payload_size=len(packet.payload) + packet.padding_size,
                     ssrc=ssrc,
                 )
-                if remb is not None and throttle.should_send(remb[0], arrival_time_ms):
-                    rtcp_ssrc = d[_RX_RTCP_SSRC]
-                    if rtcp_ssrc is not None:
-                        _send_rtcp(
-                            receiver,
-                            RtcpPsfbPacket(
-                                fmt=RTCP_PSFB_APP,
-                                ssrc=rtcp_ssrc,
-                                media_ssrc=0,
-                                fci=pack_remb_fci(*remb),
-                            ),
-                        )
+                if remb is not None:
+                    send_remb(remb, arrival_time_ms)
         if arrival_time_ms >= active_until.get(ssrc, 0):
             active_ssrc[ssrc] = now_datetime()
             active_until[ssrc] = arrival_time_ms + _ACTIVE_SSRC_REFRESH_MS
@@ -369,6 +402,27 @@ def _account_rtp(receiver: RTCRtpReceiver) -> Callable[[RtpPacket, int], None]:
                 _send_rtcp(receiver, fb)
 
     return account
+
+
+def take_inbound(receiver: RTCRtpReceiver, ssrc: int, track: _fastpath.Track) -> None:
+    """Let the C Inbound of ``receiver``'s transport take the packets of ``ssrc`` that
+    need no decision (:mod:`sfu/fastpath/inbound.c`): forwarded through ``track``'s legs
+    and accounted as :func:`_account_rtp` would. Without a C reader on the transport,
+    nothing changes."""
+    inbound = getattr(receiver.transport, _INBOUND, None)
+    if inbound is None:
+        return
+    account = getattr(receiver, _ACCOUNT, None)
+    if account is not None:
+        track.account(receiver, *account)
+    inbound.tracks[ssrc] = track
+
+
+def drop_inbound(receiver: RTCRtpReceiver, ssrc: int, track: _fastpath.Track) -> None:
+    """Undo :func:`take_inbound` (the track is closing)."""
+    inbound = getattr(receiver.transport, _INBOUND, None)
+    if inbound is not None and inbound.tracks.get(ssrc) is track:
+        del inbound.tracks[ssrc]
 
 
 def _bitrate_estimator() -> _bwe.RemoteBitrateEstimator:
@@ -704,7 +758,17 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
     def on_rtcp(data: bytes) -> None:
         _drive(dtls._handle_rtcp_data(data))
 
-    rtp_handler = getattr(dtls, _ON_RTP, None) or on_rtp
+    rtp_handler = getattr(dtls, _ON_RTP, None)
+    if rtp_handler is None:
+        # Packets of tracks registered by take_inbound are taken in C; the rest, and
+        # every packet until then, go to on_rtp.
+        inbound = getattr(dtls, _INBOUND, None)
+        if inbound is None:
+            inbound = _fastpath.Inbound(on_rtp)
+            setattr(dtls, _INBOUND, inbound)
+        else:
+            inbound.set_fallback(on_rtp)
+        rtp_handler = inbound
     for protocol in list(connection._protocols):
         udp = protocol.transport
         sock = getattr(udp, "_sock", None)

@@ -67,7 +67,7 @@ class Forwarder:
         self.codec: RTCRtpCodecParameters | None = None
         self.legs: list[Leg] = []
         self._fast_legs: list[_fastpath.Leg] = []  # the legs' C halves, in the same order
-        self.paused = False
+        self._paused = False
         self.ssrc: int | None = None
         self._receiver = receiver
         self._stats = stats
@@ -76,14 +76,37 @@ class Forwarder:
         self._last_pli = -1e9
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_oversized = False
-        # What arrives, with ~60 bytes of RTP/SRTP/UDP/IP per packet, as the allocator
-        # prices a track (sfu.allocator reads and differences these).
-        self.packets_in = 0
-        self.wire_bytes_in = 0
+        # What arrives through tap(); packets_in/wire_bytes_in add what the C Inbound took.
+        self._py_packets_in = 0
+        self._py_payload_in = 0
         self._rate_at = time.monotonic()
         self._rate_counts = (0, 0)
         self._bps = 0.0
         self._pps = 0.0
+        # The same work as tap() for packets that need no decision, done in C by the
+        # transport's Inbound once this track's SSRC is known (hooks.take_inbound).
+        self._inbound = _fastpath.Track(stats.meter, self._fast_legs, self._slow, MAX_PAYLOAD)
+        self._inbound_ssrc: int | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._paused = value
+        self._inbound.paused = value
+
+    # What arrives, with ~60 bytes of RTP/SRTP/UDP/IP per packet, as the allocator
+    # prices a track (sfu.allocator reads and differences these).
+    @property
+    def packets_in(self) -> int:
+        return self._py_packets_in + self._inbound.received[0]
+
+    @property
+    def wire_bytes_in(self) -> int:
+        packets, payload = self._inbound.received
+        return self._py_payload_in + payload + (self._py_packets_in + packets) * PACKET_OVERHEAD
 
     @property
     def ready(self) -> bool:
@@ -94,6 +117,7 @@ class Forwarder:
         primary = next((c for c in codecs if forwardable(c)), None)
         self.codec = primary
         self._is_key = keyframe_detector(primary.mimeType) if primary else None
+        self._inbound.payload_type = primary.payloadType if primary else None
 
     def tap(self, packet: RtpPacket, codecs: dict[int, RTCRtpCodecParameters]) -> None:
         """Per incoming packet: classify once, then queue it on every leg."""
@@ -120,15 +144,18 @@ class Forwarder:
                 )
             return
         self.ssrc = packet.ssrc
+        if self._inbound_ssrc != packet.ssrc and self._receiver is not None:
+            # From the next packet of this SSRC on, the transport's Inbound may take
+            # what needs no decision here (sfu/fastpath/inbound.c).
+            self._inbound_ssrc = packet.ssrc
+            hooks.take_inbound(self._receiver, packet.ssrc, self._inbound)
         key = self._is_key(payload) if self._is_key is not None else False
         # Forwarding latency counts from the datagram's arrival (before SRTP unprotect)
         # to the sendto for each subscriber.
         now = hooks.arrival_ns(packet)
-        stats = self._stats
-        stats.packets_in += 1
-        stats.bytes_in += len(payload)
-        self.packets_in += 1
-        self.wire_bytes_in += len(payload) + PACKET_OVERHEAD
+        self._stats.meter.received(len(payload))
+        self._py_packets_in += 1
+        self._py_payload_in += len(payload)
         # Every leg that can send at once gets the packet from C; the rest (waiting for
         # a key frame, queued, not connected) come back for Leg.push.
         slow = _fastpath.fanout(
@@ -168,6 +195,14 @@ class Forwarder:
         self._measure()
         return self._pps
 
+    def _slow(self, packet: Any, slow: list[tuple[int, Any]]) -> None:
+        """Legs the C fan-out of an Inbound could not send to, as in :meth:`tap`."""
+        key = self._is_key(packet.payload) if self._is_key is not None else False
+        now = packet.arrival_ns
+        legs = self.legs
+        for i, tried in slow:
+            legs[i].push(packet, key, now, tried)
+
     def add_leg(self, leg: Leg) -> None:
         self.legs.append(leg)
         self._fast_legs.append(leg._fast)
@@ -194,6 +229,9 @@ class Forwarder:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        if self._inbound_ssrc is not None and self._receiver is not None:
+            hooks.drop_inbound(self._receiver, self._inbound_ssrc, self._inbound)
+            self._inbound_ssrc = None
         for leg in list(self.legs):
             leg.detach()
         for task in list(self._tasks):

@@ -74,12 +74,11 @@ class LatencyHistogram:
 class RoomStats:
     """What one router has forwarded since it was created.
 
-    ``packets_out``/``bytes_out`` and the latency histogram are kept by ``meter``
-    (C, updated by every leg's send path); the rest are plain integers.
+    ``packets_in``/``bytes_in``, ``packets_out``/``bytes_out`` and the latency histogram
+    are kept by ``meter`` (C, updated by the receive and every leg's send path); the
+    rest are plain integers.
     """
 
-    packets_in: int = 0
-    bytes_in: int = 0
     dropped: int = 0
     send_errors: int = 0
     keyframe_requests: int = 0
@@ -88,6 +87,14 @@ class RoomStats:
 
     def __post_init__(self) -> None:
         self.latency = LatencyHistogram(self.meter)
+
+    @property
+    def packets_in(self) -> int:
+        return self.meter.packets_in
+
+    @property
+    def bytes_in(self) -> int:
+        return self.meter.bytes_in
 
     @property
     def packets_out(self) -> int:

@@ -376,3 +376,139 @@ def test_objects_created_without_init_refuse_instead_of_crashing() -> None:
     assert _fastpath.fanout([leg], b"x", False, 1, 1, 1, 0) == [(0, None)]
     with pytest.raises(RuntimeError):
         _fastpath.Reader.__new__(_fastpath.Reader)()
+    with pytest.raises(RuntimeError):
+        _fastpath.Inbound.__new__(_fastpath.Inbound)(_fastpath.parse_rtp(bytes(12), 0, 0), 0)
+    track = _fastpath.Track.__new__(_fastpath.Track)
+    inbound = _fastpath.Inbound(lambda p, ms: None)
+    inbound.tracks[0] = track  # a Track without init takes nothing
+    inbound(_fastpath.parse_rtp(struct.pack("!BBHII", 0x80, 96, 1, 1, 0) + b"x", 0, 0), 0)
+    assert track.counts == (0, 1)
+
+
+def test_inbound_forwards_and_accounts_exactly_as_the_python_path() -> None:
+    """The C Inbound takes in-order packets of a registered track; what it sends and how
+    it leaves aiortc's receive statistics and NACK state must equal the Python path
+    (Forwarder.tap's fan-out, then StreamStatistics.add and NackGenerator.add) for the
+    same packets: gaps, reordering, duplicates, a sequence wrap, and another payload
+    type (RTX) that only Python handles."""
+    from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+
+    from sfu.forwarder import MAX_PAYLOAD
+
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for s in sinks:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2)
+
+    class Dtls:
+        _state = "connected"
+
+    class Receiver:
+        _enabled = True
+
+    def path(sink: socket.socket) -> tuple[list, RoomStats, dict, NackGenerator]:
+        stats = RoomStats()
+        tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))  # one per path
+        sessions.append(tx)
+        ctx = int(srtp_ffi.cast("uintptr_t", tx._srtp[0]))
+        leg = _fastpath.Leg(stats.meter, 4000, 77)
+        leg.configure(96, 0xCAFE, 90000, b"")
+        leg.set_route(
+            ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", sink.getsockname()[1], Dtls(), "connected"
+        )
+        leg.ready = True
+        return [leg], stats, {}, NackGenerator()
+
+    def python_path(legs, stats, streams, nack, packet) -> None:
+        if packet.payload_type == 96 and 0 < len(packet.payload) <= MAX_PAYLOAD:
+            stats.meter.received(len(packet.payload))
+            assert (
+                _fastpath.fanout(
+                    legs,
+                    packet.payload,
+                    packet.marker,
+                    packet.sequence_number,
+                    packet.timestamp,
+                    packet.ssrc,
+                    packet.arrival_ns,
+                )
+                is None
+            )
+        stream = streams.setdefault(packet.ssrc, StreamStatistics(90000))
+        stream.add(packet)
+        if packet.payload_type == 96:
+            nack.add(packet)
+
+    sessions: list[Session] = []
+    py_legs, py_stats, py_streams, py_nack = path(sinks[0])
+    c_legs, c_stats, c_streams, c_nack = path(sinks[1])
+    fallback_calls = []
+
+    def fallback(packet, ms) -> None:
+        fallback_calls.append(packet.sequence_number)
+        python_path(c_legs, c_stats, c_streams, c_nack, packet)
+
+    track = _fastpath.Track(c_stats.meter, c_legs, lambda p, slow: pytest.fail("slow"), MAX_PAYLOAD)
+    track.payload_type = 96
+    active: dict = {}
+    track.account(Receiver(), c_streams, c_nack, active, lambda: "now", None, print)
+    inbound = _fastpath.Inbound(fallback)
+    inbound.tracks[0x1234] = track
+
+    seqs = [65530, 65531, 65532, 65534, 65533, 65535, 0, 0, 1, 5, 2, 6, 7, 8, 9, 10]
+    for n, seq in enumerate(seqs):
+        pt = 97 if n == 12 else 96  # one retransmission-like packet of another type
+        data = struct.pack(
+            "!BBHII", 0x80, (0x80 if n % 3 == 0 else 0) | pt, seq, 1000 + 3000 * (n // 2), 0x1234
+        )
+        data += bytes([n]) * (100 + n)
+        for legs, stats, streams, nack, call in (
+            (py_legs, py_stats, py_streams, py_nack, None),
+            (c_legs, c_stats, c_streams, c_nack, inbound),
+        ):
+            packet = _fastpath.parse_rtp(data, 0, 0)
+            packet.arrival_ns = time.perf_counter_ns()
+            if call is None:
+                python_path(legs, stats, streams, nack, packet)
+            else:
+                call(packet, 3_900_000_000_000 + n)
+    try:
+        fast, slow = track.counts
+        assert fast == 5 and slow == len(fallback_calls) == len(seqs) - 5
+        assert active == {0x1234: "now"}
+        sent: list[list[bytes]] = []
+        for s in sinks:
+            rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+            s.settimeout(0.2)
+            got = []
+            with pytest.raises(TimeoutError):
+                while True:
+                    got.append(rx.unprotect(s.recv(2048)))
+            sent.append(got)
+        # the same bytes: SSRC, sequence numbers, timestamps, payloads (the duplicate is
+        # refused by SRTP on both paths)
+        assert len(sent[0]) >= len(seqs) - 2 and sent[0] == sent[1]
+        a, b = py_streams[0x1234], c_streams[0x1234]
+        fields = (
+            "base_seq",
+            "max_seq",
+            "cycles",
+            "packets_received",
+            "_last_timestamp",
+            "packets_expected",
+            "packets_lost",
+        )
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+        assert abs(a.jitter - b.jitter) <= 2  # from each path's own arrival clock
+        assert (py_nack.max_seq, py_nack.missing) == (c_nack.max_seq, c_nack.missing)
+        assert py_nack.missing  # the gap at 3..4 was seen by both
+        assert (py_stats.packets_in, py_stats.bytes_in, py_stats.packets_out) == (
+            c_stats.packets_in,
+            c_stats.bytes_in,
+            c_stats.packets_out,
+        )
+    finally:
+        sender.close()
+        for s in sinks:
+            s.close()

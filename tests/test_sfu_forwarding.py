@@ -274,3 +274,29 @@ async def test_sender_reports_count_what_the_sfu_forwarded() -> None:
         assert any(s.type == "outbound-rtp" and s.packetsSent > 0 for s in sent.values())
     finally:
         await room.close()
+
+
+async def test_published_packets_go_the_c_way_and_are_still_counted() -> None:
+    """Once a track's SSRC is known, its in-order packets are forwarded and accounted by
+    the transport's C Inbound (sfu/fastpath/inbound.c), not Python: the subscriber still
+    decodes, and aiortc's receive statistics (its RTCP receiver reports, getStats) and
+    the room's counters still count every packet."""
+    room = Room()
+    try:
+        for pid, colour in (("a", RED), ("b", GREEN)):
+            await room.join(pid, colour)
+        await wait_for(lambda: room.peers["b"].decoded("a", "video") >= 30, timeout=30)
+        forwarders = list(room.router.publishers["a"].forwarders.values())
+        assert {f.kind for f in forwarders} == {"audio", "video"}
+        taken = 0
+        for fwd in forwarders:
+            fast, slow = fwd._inbound.counts
+            assert fast > slow, (fwd.kind, fast, slow)
+            stats = await fwd._receiver.getStats()
+            received = sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+            assert received >= fast
+            taken += fast
+        assert room.router.stats.packets_in >= taken
+        assert close_to(room.peers["b"].received.colours["a"], RED)
+    finally:
+        await room.close()

@@ -5,6 +5,7 @@
  *             and parse RTP, hand one Packet per RTP packet to Python
  *   packet.c  Packet: a parsed RTP packet readable like aiortc's RtpPacket; parse_rtp()
  *   srtp.c    the libsrtp session aiortc negotiated over DTLS, and the DTLS-state guard
+ *   inbound.c Inbound/Track: a publisher's packet accounted and fanned out without Python
  *   leg.c     Leg: rewrite, remember, protect and send one forwarded track; fanout()
  *   meter.c   Meter: a room's forwarded-packet counters and latency histogram
  *   module.c  the module: its functions, types and the interned attribute names
@@ -90,6 +91,8 @@ typedef struct {
     unsigned long long n;
     unsigned long long packets;
     unsigned long long bytes;
+    unsigned long long packets_in; /* RTP packets received from publishers */
+    unsigned long long bytes_in;   /* their payload bytes */
 } Meter;
 
 extern PyTypeObject MeterType;
@@ -108,6 +111,24 @@ static inline void meter_observe(Meter *m, int64_t ns)
 
 /* ---- packet.c --------------------------------------------------------------------- */
 
+#define MAX_CSRC 15
+
+typedef struct {
+    PyObject_HEAD
+    int marker;
+    unsigned int payload_type;
+    unsigned int sequence_number;
+    unsigned int timestamp;
+    unsigned int ssrc;
+    int padding_size;
+    int ncsrc;
+    uint32_t csrc[MAX_CSRC];
+    PyObject *payload;       /* bytes */
+    PyObject *abs_send_time; /* int or NULL */
+    PyObject *mid;           /* str or NULL */
+    long long arrival_ns;
+} Packet;
+
 extern PyTypeObject PacketType;
 /* A new Packet, or NULL (no exception) for a malformed packet. */
 PyObject *fp_parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int mid_id,
@@ -118,6 +139,15 @@ PyObject *fp_py_parse_rtp(PyObject *module, PyObject *args);
 
 extern PyTypeObject LegType;
 PyObject *fp_py_fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* One packet to every ready Leg of the list `legs`: None, or a new list of (index,
+ * result) for Python (see fanout() in leg.c); NULL with an exception set. */
+PyObject *fp_fanout(PyObject *legs, PyObject *payload, int marker, uint32_t seq, uint32_t ts,
+                    uint32_t ssrc, long long t_in);
+
+/* ---- inbound.c -------------------------------------------------------------------- */
+
+extern PyTypeObject InboundType, TrackType;
+int fp_inbound_init_names(void);
 
 /* ---- reader.c --------------------------------------------------------------------- */
 

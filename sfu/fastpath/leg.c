@@ -459,7 +459,13 @@ PyObject *fp_py_fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     long long t_in = PyLong_AsLongLong(args[6]);
     if (t_in == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *legs = args[0], *slow = NULL;
+    return fp_fanout(args[0], args[1], marker, seq, ts, ssrc, t_in);
+}
+
+PyObject *fp_fanout(PyObject *legs, PyObject *payload, int marker, uint32_t seq, uint32_t ts,
+                    uint32_t ssrc, long long t_in)
+{
+    PyObject *slow = NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(legs); i++) {
         PyObject *item = PyList_GET_ITEM(legs, i);
         if (!PyObject_TypeCheck(item, &LegType)) {
@@ -471,7 +477,7 @@ PyObject *fp_py_fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         PyObject *r;
         if (leg->ready) {
             Py_INCREF(item); /* a send cannot drop the list's reference, but be safe */
-            r = leg_send(leg, args[1], marker, seq, ts, ssrc, t_in);
+            r = leg_send(leg, payload, marker, seq, ts, ssrc, t_in);
             Py_DECREF(item);
             if (!r) {
                 Py_XDECREF(slow);

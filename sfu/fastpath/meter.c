@@ -3,7 +3,8 @@
  *
  * Crosses into Python: nothing per packet when the C path sends (leg.c adds to the
  * Meter in C). Python calls Meter.sent() for a packet it forwarded itself (queued, or
- * a repair), and sfu.stats reads counts/total_ns/packets/bytes when /metrics is
+ * a repair) and Meter.received() for a publisher's packet the Python path took, and
+ * sfu.stats reads counts/total_ns/packets/bytes when /metrics is
  * scraped or the room's stats are asked for.
  */
 #include "fastpath.h"
@@ -39,6 +40,7 @@ static int Meter_init(Meter *self, PyObject *args, PyObject *kwds)
     self->nbounds = (int)n;
     memset(self->counts, 0, sizeof(self->counts));
     self->total_ns = self->n = self->packets = self->bytes = 0;
+    self->packets_in = self->bytes_in = 0;
     return 0;
 }
 
@@ -65,6 +67,18 @@ static PyObject *Meter_sent(Meter *self, PyObject *const *args, Py_ssize_t nargs
     self->packets++;
     self->bytes += (unsigned long long)nbytes;
     meter_observe(self, ns);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Meter_received(Meter *self, PyObject *arg)
+{
+    /* received(nbytes): a publisher's packet taken by the Python path (inbound.c counts
+     * its own). */
+    long long nbytes = PyLong_AsLongLong(arg);
+    if (nbytes == -1 && PyErr_Occurred())
+        return NULL;
+    self->packets_in++;
+    self->bytes_in += (unsigned long long)nbytes;
     Py_RETURN_NONE;
 }
 
@@ -98,11 +112,15 @@ ULL_GETTER(Meter, total_ns)
 ULL_GETTER(Meter, n)
 ULL_GETTER(Meter, packets)
 ULL_GETTER(Meter, bytes)
+ULL_GETTER(Meter, packets_in)
+ULL_GETTER(Meter, bytes_in)
 
 static PyMethodDef Meter_methods[] = {
     {"observe", (PyCFunction)Meter_observe, METH_O, "Count one delay in nanoseconds."},
     {"sent", (PyCFunction)(void (*)(void))Meter_sent, METH_FASTCALL,
      "sent(nbytes, latency_ns): count one packet forwarded outside the C path."},
+    {"received", (PyCFunction)Meter_received, METH_O,
+     "received(nbytes): count one publisher packet taken by the Python path."},
     {NULL},
 };
 
@@ -113,6 +131,8 @@ static PyGetSetDef Meter_getset[] = {
     {"n", (getter)Meter_get_n, NULL, "number of observed delays", NULL},
     {"packets", (getter)Meter_get_packets, NULL, "packets forwarded", NULL},
     {"bytes", (getter)Meter_get_bytes, NULL, "bytes forwarded (RTP, before SRTP)", NULL},
+    {"packets_in", (getter)Meter_get_packets_in, NULL, "RTP packets from publishers", NULL},
+    {"bytes_in", (getter)Meter_get_bytes_in, NULL, "their payload bytes", NULL},
     {NULL},
 };
 

@@ -30,7 +30,9 @@ static struct PyModuleDef fastpath_module = {
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
     if (PyType_Ready(&MeterType) < 0 || PyType_Ready(&LegType) < 0 ||
-        PyType_Ready(&PacketType) < 0 || PyType_Ready(&ReaderType) < 0)
+        PyType_Ready(&PacketType) < 0 || PyType_Ready(&ReaderType) < 0 ||
+        PyType_Ready(&TrackType) < 0 || PyType_Ready(&InboundType) < 0 ||
+        fp_inbound_init_names() < 0)
         return NULL;
     fp_str_state = PyUnicode_InternFromString("_state");
     fp_str_fileno = PyUnicode_InternFromString("fileno");
@@ -51,7 +53,9 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     if (PyModule_AddObject(m, "Meter", (PyObject *)&MeterType) < 0 ||
         PyModule_AddObject(m, "Leg", (PyObject *)&LegType) < 0 ||
         PyModule_AddObject(m, "Packet", (PyObject *)&PacketType) < 0 ||
-        PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddObject(m, "Track", Py_NewRef(&TrackType)) < 0 ||
+        PyModule_AddObject(m, "Inbound", Py_NewRef(&InboundType)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -10,23 +10,6 @@
 
 #include <structmember.h>
 
-#define MAX_CSRC 15
-
-typedef struct {
-    PyObject_HEAD
-    int marker;
-    unsigned int payload_type;
-    unsigned int sequence_number;
-    unsigned int timestamp;
-    unsigned int ssrc;
-    int padding_size;
-    int ncsrc;
-    uint32_t csrc[MAX_CSRC];
-    PyObject *payload;       /* bytes */
-    PyObject *abs_send_time; /* int or NULL */
-    PyObject *mid;           /* str or NULL */
-    long long arrival_ns;
-} Packet;
 
 static void Packet_dealloc(Packet *self)
 {

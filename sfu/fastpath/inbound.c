@@ -1,0 +1,539 @@
+/*
+ * Inbound: a publisher's RTP packet, from the Reader to the subscribers' Legs, in C.
+ *
+ * Without it every received packet runs ~10 Python frames before the C fan-out: the
+ * connection's on_rtp, aiortc's RTP router, the receiver's handler, Forwarder.tap,
+ * and the receive-side accounting of sfu.aiortc_hooks._account_rtp (aiortc's
+ * StreamStatistics and NackGenerator, the REMB estimator, the active-SSRC time).
+ * An Inbound is the Reader's on_rtp callback for one DTLS transport; it holds a
+ * Track per published SSRC (registered by sfu.forwarder once that SSRC is known) and
+ * takes the packet itself when nothing about it needs a decision:
+ *
+ * - the Track is armed for this SSRC, not paused, and the payload type is the one the
+ *   legs were negotiated for (not RTX, RED, FEC), with a payload of 1..max bytes;
+ * - the receiver is enabled, its stream statistics already exist, and the packet is
+ *   newer than the last (no reordering), and, where NACKs are negotiated, it is exactly
+ *   the next sequence number with nothing missing (so no NACK can be due).
+ *
+ * Then it does what the Python path does, with the same results: aiortc's
+ * StreamStatistics fields (the same object, updated in its __dict__ as
+ * StreamStatistics.add would), the NackGenerator's max_seq, the bandwidth estimator
+ * (sfu._bwe, called directly), the active-SSRC time every 100 ms, the room's and the
+ * track's received counters (Track.received, for the allocator's rates), the fan-out to every ready Leg (leg.c).
+ *
+ * Crosses into Python:
+ * - any other packet: the fallback (the Python on_rtp it replaced), untouched;
+ * - an estimate the estimator returns: on_remb(estimate, arrival_ms) (throttle, send);
+ * - legs the fan-out could not send to: on_slow(packet, [(index, result)]), as
+ *   Forwarder.tap hands them to Leg.push;
+ * - every 100 ms per SSRC: clock.current_datetime() for getSynchronizationSources.
+ */
+#include "fastpath.h"
+
+#include <structmember.h>
+
+#define ACTIVE_SSRC_REFRESH_MS 100 /* as sfu.aiortc_hooks._ACTIVE_SSRC_REFRESH_MS */
+
+static PyObject *s_enabled, *s_base_seq, *s_max_seq, *s_cycles, *s_packets_received,
+    *s_clockrate, *s_jitter_q4, *s_last_arrival, *s_last_timestamp, *s_missing;
+
+/* ---------------------------------------------------------------------------------- */
+/* Track: one published SSRC and what its packets update.                              */
+
+typedef struct {
+    PyObject_HEAD
+    /* forwarding (set by sfu.forwarder.Forwarder) */
+    Meter *meter;
+    PyObject *legs;    /* the Forwarder's list of C legs, shared */
+    PyObject *on_slow; /* on_slow(packet, slow) */
+    int payload_type;  /* -1: none yet */
+    int paused;
+    int max_payload;
+    /* receive accounting (set by sfu.aiortc_hooks, NULL: none) */
+    PyObject *receiver;
+    PyObject *streams;     /* aiortc's ssrc -> StreamStatistics */
+    PyObject *nack;        /* aiortc's NackGenerator, or NULL */
+    PyObject *active_ssrc; /* aiortc's ssrc -> datetime */
+    PyObject *now_datetime;
+    PyObject *estimate; /* the estimator's bound add(), or NULL */
+    PyObject *on_remb;
+    long long active_until;
+    unsigned long long fast, slow;
+    unsigned long long payload_bytes; /* of the packets taken here */
+} Track;
+
+static int Track_traverse(Track *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->meter);
+    Py_VISIT(self->legs);
+    Py_VISIT(self->on_slow);
+    Py_VISIT(self->receiver);
+    Py_VISIT(self->streams);
+    Py_VISIT(self->nack);
+    Py_VISIT(self->active_ssrc);
+    Py_VISIT(self->now_datetime);
+    Py_VISIT(self->estimate);
+    Py_VISIT(self->on_remb);
+    return 0;
+}
+
+static void Track_clear_account(Track *self)
+{
+    Py_CLEAR(self->receiver);
+    Py_CLEAR(self->streams);
+    Py_CLEAR(self->nack);
+    Py_CLEAR(self->active_ssrc);
+    Py_CLEAR(self->now_datetime);
+    Py_CLEAR(self->estimate);
+    Py_CLEAR(self->on_remb);
+}
+
+static int Track_clear(Track *self)
+{
+    Py_CLEAR(self->meter);
+    Py_CLEAR(self->legs);
+    Py_CLEAR(self->on_slow);
+    Track_clear_account(self);
+    return 0;
+}
+
+static void Track_dealloc(Track *self)
+{
+    PyObject_GC_UnTrack(self);
+    Track_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Track_init(Track *self, PyObject *args, PyObject *kwds)
+{
+    /* Track(meter, legs, on_slow, max_payload) */
+    PyObject *meter, *legs, *on_slow;
+    int max_payload;
+    if (!PyArg_ParseTuple(args, "O!O!Oi", &MeterType, &meter, &PyList_Type, &legs, &on_slow,
+                          &max_payload))
+        return -1;
+    Py_XSETREF(self->meter, (Meter *)Py_NewRef(meter));
+    Py_XSETREF(self->legs, Py_NewRef(legs));
+    Py_XSETREF(self->on_slow, Py_NewRef(on_slow));
+    self->max_payload = max_payload;
+    self->payload_type = -1;
+    return 0;
+}
+
+static PyObject *Track_account(Track *self, PyObject *args)
+{
+    /* account(receiver, streams, nack, active_ssrc, now_datetime, estimate, on_remb):
+     * what the receive-side accounting of this track's receiver updates; nack and
+     * estimate may be None. */
+    PyObject *receiver, *streams, *nack, *active, *now, *estimate, *on_remb;
+    if (!PyArg_ParseTuple(args, "OO!OO!OOO", &receiver, &PyDict_Type, &streams, &nack,
+                          &PyDict_Type, &active, &now, &estimate, &on_remb))
+        return NULL;
+    Track_clear_account(self);
+    self->receiver = Py_NewRef(receiver);
+    self->streams = Py_NewRef(streams);
+    self->nack = nack == Py_None ? NULL : Py_NewRef(nack);
+    self->active_ssrc = Py_NewRef(active);
+    self->now_datetime = Py_NewRef(now);
+    self->estimate = estimate == Py_None ? NULL : Py_NewRef(estimate);
+    self->on_remb = Py_NewRef(on_remb);
+    self->active_until = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Track_get_payload_type(Track *self, void *closure)
+{
+    if (self->payload_type < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->payload_type);
+}
+
+static int Track_set_payload_type(Track *self, PyObject *value, void *closure)
+{
+    if (!value || value == Py_None) {
+        self->payload_type = -1;
+        return 0;
+    }
+    long pt = PyLong_AsLong(value);
+    if (pt == -1 && PyErr_Occurred())
+        return -1;
+    self->payload_type = (pt >= 0 && pt <= 127) ? (int)pt : -1;
+    return 0;
+}
+
+static PyObject *Track_get_paused(Track *self, void *closure)
+{
+    return PyBool_FromLong(self->paused);
+}
+
+static int Track_set_paused(Track *self, PyObject *value, void *closure)
+{
+    int v = value ? PyObject_IsTrue(value) : 0;
+    if (v < 0)
+        return -1;
+    self->paused = v;
+    return 0;
+}
+
+static PyObject *Track_get_counts(Track *self, void *closure)
+{
+    return Py_BuildValue("(KK)", self->fast, self->slow);
+}
+
+static PyObject *Track_get_received(Track *self, void *closure)
+{
+    return Py_BuildValue("(KK)", self->fast, self->payload_bytes);
+}
+
+static PyMethodDef Track_methods[] = {
+    {"account", (PyCFunction)Track_account, METH_VARARGS,
+     "account(receiver, streams, nack, active_ssrc, now_datetime, estimate, on_remb)"},
+    {NULL},
+};
+
+static PyGetSetDef Track_getset[] = {
+    {"payload_type", (getter)Track_get_payload_type, (setter)Track_set_payload_type,
+     "the payload type the legs forward (None: nothing goes the C way)", NULL},
+    {"paused", (getter)Track_get_paused, (setter)Track_set_paused, "forwarding paused", NULL},
+    {"counts", (getter)Track_get_counts, NULL, "(packets taken in C, handed to Python)", NULL},
+    {"received", (getter)Track_get_received, NULL, "(packets, payload bytes) taken in C", NULL},
+    {NULL},
+};
+
+PyTypeObject TrackType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu._fastpath.Track",
+    .tp_basicsize = sizeof(Track),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Track(meter, legs, on_slow, max_payload): one published SSRC, forwarded "
+              "and accounted in C by an Inbound.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Track_init,
+    .tp_dealloc = (destructor)Track_dealloc,
+    .tp_traverse = (traverseproc)Track_traverse,
+    .tp_clear = (inquiry)Track_clear,
+    .tp_methods = Track_methods,
+    .tp_getset = Track_getset,
+};
+
+/* ---------------------------------------------------------------------------------- */
+/* the accounting, as sfu.aiortc_hooks._account_rtp does it for an in-order packet     */
+
+static inline int uint16_gt(uint32_t a, uint32_t b)
+{
+    return (a > b && a - b < 0x8000) || (a < b && b - a > 0x8000);
+}
+
+/* An int attribute in an object's __dict__: 1 and *out, 0 if absent or None, -1 error. */
+static int dict_ll(PyObject *d, PyObject *key, long long *out)
+{
+    PyObject *v = PyDict_GetItemWithError(d, key);
+    if (!v)
+        return PyErr_Occurred() ? -1 : 0;
+    if (v == Py_None)
+        return 0;
+    *out = PyLong_AsLongLong(v);
+    if (*out == -1 && PyErr_Occurred())
+        return -1;
+    return 1;
+}
+
+static int dict_set_ll(PyObject *d, PyObject *key, long long v)
+{
+    PyObject *o = PyLong_FromLongLong(v);
+    if (!o)
+        return -1;
+    int r = PyDict_SetItem(d, key, o);
+    Py_DECREF(o);
+    return r;
+}
+
+/* The __dict__ of aiortc's StreamStatistics for ssrc, if it can take this packet here
+ * (borrowed); NULL without an exception otherwise. */
+static PyObject *stream_for(Track *t, PyObject *ssrc_key, uint32_t seq, long long *max_seq)
+{
+    PyObject *stream = PyDict_GetItemWithError(t->streams, ssrc_key);
+    if (!stream)
+        return NULL;
+    PyObject **dp = _PyObject_GetDictPtr(stream);
+    if (!dp || !*dp)
+        return NULL;
+    PyObject *d = *dp;
+    long long base;
+    int r1 = dict_ll(d, s_base_seq, &base), r2 = dict_ll(d, s_max_seq, max_seq);
+    if (r1 <= 0 || r2 <= 0 || !uint16_gt(seq, (uint32_t)*max_seq))
+        return NULL;
+    return d;
+}
+
+static int nack_allows(Track *t, uint32_t seq)
+{
+    if (!t->nack)
+        return 1;
+    PyObject **dp = _PyObject_GetDictPtr(t->nack);
+    if (!dp || !*dp)
+        return 0;
+    long long max_seq;
+    if (dict_ll(*dp, s_max_seq, &max_seq) <= 0 || (uint32_t)((max_seq + 1) & 0xFFFF) != seq)
+        return 0;
+    PyObject *missing = PyDict_GetItemWithError(*dp, s_missing);
+    return missing && PySet_Check(missing) && PySet_GET_SIZE(missing) == 0;
+}
+
+/* StreamStatistics.add for an in-order packet (aiortc 1.16). */
+static int stream_add(PyObject *d, long long max_seq, uint32_t seq, uint32_t ts)
+{
+    long long received, cycles = 0, clockrate, jq4 = 0, last_arrival = 0, last_ts = 0;
+    if (dict_ll(d, s_packets_received, &received) <= 0 || dict_ll(d, s_clockrate, &clockrate) <= 0)
+        return -1;
+    if (dict_ll(d, s_cycles, &cycles) < 0 || dict_ll(d, s_jitter_q4, &jq4) < 0)
+        return -1;
+    int have_arrival = dict_ll(d, s_last_arrival, &last_arrival);
+    int have_ts = dict_ll(d, s_last_timestamp, &last_ts);
+    if (have_arrival < 0 || have_ts < 0)
+        return -1;
+    received++;
+    /* int(time.time() * clockrate), with time.time()'s own double */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double secs = (double)((long long)now.tv_sec * 1000000000LL + now.tv_nsec) / 1e9;
+    long long arrival = (long long)(secs * (double)clockrate);
+    if (seq < (uint32_t)max_seq)
+        cycles += 1 << 16;
+    if (have_ts && have_arrival && (long long)ts != last_ts && received > 1) {
+        long long diff = (arrival - last_arrival) - ((long long)ts - last_ts);
+        if (diff < 0)
+            diff = -diff;
+        jq4 += diff - ((jq4 + 8) >> 4);
+    }
+    if (dict_set_ll(d, s_packets_received, received) < 0 || dict_set_ll(d, s_cycles, cycles) < 0 ||
+        dict_set_ll(d, s_max_seq, seq) < 0 || dict_set_ll(d, s_jitter_q4, jq4) < 0 ||
+        dict_set_ll(d, s_last_arrival, arrival) < 0 || dict_set_ll(d, s_last_timestamp, ts) < 0)
+        return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Inbound: the Reader's on_rtp for one DTLS transport.                                */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fallback; /* the Python on_rtp(packet, arrival_ms) */
+    PyObject *tracks;   /* ssrc -> Track */
+} Inbound;
+
+static int Inbound_traverse(Inbound *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->tracks);
+    return 0;
+}
+
+static int Inbound_clear(Inbound *self)
+{
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->tracks);
+    return 0;
+}
+
+static void Inbound_dealloc(Inbound *self)
+{
+    PyObject_GC_UnTrack(self);
+    Inbound_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Inbound_init(Inbound *self, PyObject *args, PyObject *kwds)
+{
+    /* Inbound(fallback) */
+    PyObject *fallback;
+    if (!PyArg_ParseTuple(args, "O", &fallback))
+        return -1;
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    if (!self->tracks && !(self->tracks = PyDict_New()))
+        return -1;
+    return 0;
+}
+
+/* 1: taken here, 0: not for this path (nothing changed), -1: error */
+static int Inbound_take(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms)
+{
+    if (!t->meter || !t->legs || !t->on_slow || !p->payload)
+        return 0; /* a Track made without __init__ */
+    Py_ssize_t plen = PyBytes_GET_SIZE(p->payload);
+    if (t->paused || (int)p->payload_type != t->payload_type || plen < 1 ||
+        plen > t->max_payload || !t->meter)
+        return 0;
+    uint32_t seq = p->sequence_number;
+    PyObject *stream = NULL;
+    long long max_seq = 0;
+    if (t->receiver) {
+        PyObject *enabled = PyObject_GetAttr(t->receiver, s_enabled);
+        if (!enabled)
+            return -1;
+        int on = PyObject_IsTrue(enabled);
+        Py_DECREF(enabled);
+        if (on <= 0)
+            return on;
+        stream = stream_for(t, ssrc_key, seq, &max_seq);
+        if (!stream)
+            return PyErr_Occurred() ? -1 : 0;
+        if (!nack_allows(t, seq))
+            return PyErr_Occurred() ? -1 : 0;
+    }
+    /* Forwarder.tap: count, fan out, hand what did not go to Python */
+    t->meter->packets_in++;
+    t->meter->bytes_in += (unsigned long long)plen;
+    t->payload_bytes += (unsigned long long)plen;
+    PyObject *slow = fp_fanout(t->legs, p->payload, p->marker, seq, p->timestamp, p->ssrc,
+                               p->arrival_ns);
+    if (!slow)
+        return -1;
+    if (slow != Py_None) {
+        PyObject *r = PyObject_CallFunctionObjArgs(t->on_slow, (PyObject *)p, slow, NULL);
+        Py_DECREF(slow);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+    } else {
+        Py_DECREF(slow);
+    }
+    if (!t->receiver)
+        return 1;
+    /* _account_rtp: estimator, active SSRC, statistics, NACK state */
+    long long arrival_ms = PyLong_AsLongLong(ms);
+    if (arrival_ms == -1 && PyErr_Occurred())
+        return -1;
+    if (t->estimate && p->abs_send_time) {
+        PyObject *size = PyLong_FromSsize_t(plen + p->padding_size);
+        PyObject *argv[4] = {ms, p->abs_send_time, size, NULL};
+        PyObject *ssrc_o = size ? PyLong_FromUnsignedLong(p->ssrc) : NULL;
+        argv[3] = ssrc_o;
+        PyObject *remb = ssrc_o ? PyObject_Vectorcall(t->estimate, argv, 4, NULL) : NULL;
+        Py_XDECREF(size);
+        Py_XDECREF(ssrc_o);
+        if (!remb)
+            return -1;
+        if (remb != Py_None) {
+            PyObject *r = PyObject_CallFunctionObjArgs(t->on_remb, remb, ms, NULL);
+            Py_DECREF(remb);
+            if (!r)
+                return -1;
+            Py_DECREF(r);
+        } else {
+            Py_DECREF(remb);
+        }
+    }
+    if (arrival_ms >= t->active_until) {
+        PyObject *when = PyObject_CallNoArgs(t->now_datetime);
+        if (!when || PyDict_SetItem(t->active_ssrc, ssrc_key, when) < 0) {
+            Py_XDECREF(when);
+            return -1;
+        }
+        Py_DECREF(when);
+        t->active_until = arrival_ms + ACTIVE_SSRC_REFRESH_MS;
+    }
+    /* the stream's dict may have changed hands during the calls above: look again */
+    stream = stream_for(t, ssrc_key, seq, &max_seq);
+    if (stream && stream_add(stream, max_seq, seq, p->timestamp) < 0)
+        return -1;
+    if (PyErr_Occurred())
+        return -1;
+    if (t->nack) {
+        PyObject **dp = _PyObject_GetDictPtr(t->nack);
+        if (dp && *dp && dict_set_ll(*dp, s_max_seq, seq) < 0)
+            return -1;
+    }
+    return 1;
+}
+
+static PyObject *Inbound_call(Inbound *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *packet, *ms;
+    if (!self->fallback || !self->tracks) {
+        PyErr_SetString(PyExc_RuntimeError, "Inbound was not initialised");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "Inbound", 2, 2, &packet, &ms))
+        return NULL;
+    if (Py_TYPE(packet) == &PacketType && PyDict_GET_SIZE(self->tracks)) {
+        Packet *p = (Packet *)packet;
+        PyObject *key = PyLong_FromUnsignedLong(p->ssrc);
+        if (!key)
+            return NULL;
+        PyObject *found = PyDict_GetItemWithError(self->tracks, key);
+        if (found && Py_TYPE(found) == &TrackType) {
+            Track *t = (Track *)Py_NewRef(found);
+            int taken = Inbound_take(t, p, key, ms);
+            if (taken > 0)
+                t->fast++;
+            else if (taken == 0)
+                t->slow++;
+            Py_DECREF(t);
+            Py_DECREF(key);
+            if (taken < 0)
+                return NULL;
+            if (taken > 0)
+                Py_RETURN_NONE;
+        } else {
+            Py_DECREF(key);
+            if (PyErr_Occurred())
+                return NULL;
+        }
+    }
+    PyObject *callback = Py_NewRef(self->fallback); /* the call may replace it */
+    PyObject *r = PyObject_Call(callback, args, kwds);
+    Py_DECREF(callback);
+    return r;
+}
+
+static PyObject *Inbound_set_fallback(Inbound *self, PyObject *fallback)
+{
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef Inbound_members[] = {
+    {"tracks", T_OBJECT, offsetof(Inbound, tracks), READONLY,
+     "ssrc -> Track: packets of these SSRCs may be taken in C"},
+    {NULL},
+};
+
+static PyMethodDef Inbound_methods[] = {
+    {"set_fallback", (PyCFunction)Inbound_set_fallback, METH_O,
+     "set_fallback(on_rtp): where every packet not taken here goes"},
+    {NULL},
+};
+
+PyTypeObject InboundType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu._fastpath.Inbound",
+    .tp_basicsize = sizeof(Inbound),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Inbound(fallback): a Reader's on_rtp(packet, arrival_ms) that forwards and "
+              "accounts the packets of its tracks in C and hands the rest to fallback.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Inbound_init,
+    .tp_dealloc = (destructor)Inbound_dealloc,
+    .tp_traverse = (traverseproc)Inbound_traverse,
+    .tp_clear = (inquiry)Inbound_clear,
+    .tp_call = (ternaryfunc)Inbound_call,
+    .tp_members = Inbound_members,
+    .tp_methods = Inbound_methods,
+};
+
+int fp_inbound_init_names(void)
+{
+    s_enabled = PyUnicode_InternFromString("_enabled");
+    s_base_seq = PyUnicode_InternFromString("base_seq");
+    s_max_seq = PyUnicode_InternFromString("max_seq");
+    s_cycles = PyUnicode_InternFromString("cycles");
+    s_packets_received = PyUnicode_InternFromString("packets_received");
+    s_clockrate = PyUnicode_InternFromString("_clockrate");
+    s_jitter_q4 = PyUnicode_InternFromString("_jitter_q4");
+    s_last_arrival = PyUnicode_InternFromString("_last_arrival");
+    s_last_timestamp = PyUnicode_InternFromString("_last_timestamp");
+    s_missing = PyUnicode_InternFromString("missing");
+    return (s_enabled && s_base_seq && s_max_seq && s_cycles && s_packets_received &&
+            s_clockrate && s_jitter_q4 && s_last_arrival && s_last_timestamp && s_missing)
+               ? 0
+               : -1;
+}
