@@ -267,6 +267,32 @@ async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> 
         client.close()
 
 
+def test_reader_takes_a_burst_in_few_system_calls_and_drops_an_oversized_datagram() -> None:
+    """recvmmsg: 40 queued datagrams are read in one callback, in order; one larger than
+    any WebRTC datagram (truncated by the kernel) is dropped, not handed on cut short."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    server.setblocking(False)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    got: list[bytes] = []
+    reader = _fastpath.Reader(server.fileno(), lambda d, a: got.append(d), print)
+    try:
+        sent = [b"\x00\x01" + bytes([i]) * (100 + i) for i in range(40)]
+        for i, d in enumerate(sent):
+            client.sendto(d, server.getsockname())
+            if i == 20:
+                client.sendto(b"\x00\x01" + bytes(9000), server.getsockname())
+        time.sleep(0.05)
+        reader()  # one read callback
+        assert got == sent
+        assert reader.stats == (40, 1)  # the oversized one is not counted as read
+    finally:
+        server.close()
+        client.close()
+
+
 def test_a_publishing_leg_stamps_abs_send_time() -> None:
     leg, _ = make_leg()
     # mid (id 1, "0") then abs-send-time (id 3, 3 bytes), padded to whole words

@@ -4,7 +4,7 @@
  * Crosses into Python:
  * - per wakeup: the event loop calls the Reader (it is the socket's read callback,
  *   installed by sfu.aiortc_hooks / sfu.udpmux instead of asyncio's _read_ready); it
- *   reads up to BATCH datagrams, then returns to the loop.
+ *   reads up to BATCH datagrams, MMSG per recvmmsg(), then returns to the loop.
  * - per SRTP packet: one attribute read of the DTLS state, then one call of the
  *   connection's on_rtp(Packet, ntp_ms) (or on_rtcp(bytes) for SRTCP).
  * - per datagram that is not SRTP (STUN, DTLS) or whose connection has no SRTP yet:
@@ -20,10 +20,17 @@
 #include <netinet/in.h>
 #include <string.h>
 
-#define RECV_BUF 65536
-#define BATCH 64
+#define BATCH 64 /* datagrams per read callback, at most */
+#define MMSG 16   /* datagrams per recvmmsg() */
+/* A slot per datagram of one recvmmsg(). WebRTC keeps datagrams under the path MTU
+ * (media, DTLS records, STUN); one that does not fit is dropped (MSG_TRUNC). */
+#define SLOT 8192
 
-static unsigned char recv_buf[RECV_BUF];
+/* Only ever used by one read callback at a time: the event loop does not nest them. */
+static unsigned char slots[MMSG][SLOT];
+static struct mmsghdr msgs[MMSG];
+static struct iovec iovs[MMSG];
+static struct sockaddr_storage addrs[MMSG];
 
 typedef struct {
     PyObject_HEAD
@@ -211,9 +218,10 @@ static PyObject *make_addr(const struct sockaddr_storage *a)
 }
 
 /* Hand one datagram to the protocol like asyncio's _read_ready would. */
-static int Reader_fallback(Reader *self, Py_ssize_t n, const struct sockaddr_storage *addr)
+static int Reader_fallback(Reader *self, const unsigned char *buf, Py_ssize_t n,
+                           const struct sockaddr_storage *addr)
 {
-    PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, n);
+    PyObject *data = PyBytes_FromStringAndSize((const char *)buf, n);
     PyObject *a = make_addr(addr);
     PyObject *r = NULL, *callback = self->datagram_received;
     Py_INCREF(callback); /* the call may replace what the reader holds */
@@ -246,6 +254,9 @@ static int add_to_attr(PyObject *obj, PyObject *name, unsigned long long n)
 }
 
 static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched);
+static int Reader_take(Reader *self, unsigned char *buf, Py_ssize_t n,
+                       const struct sockaddr_storage *addr, int flags, int64_t t_in,
+                       Reader **touched, int *ntouched);
 
 /* Add what a Reader read since the last flush to its DTLS transport's counters (read
  * by getStats): once per read callback rather than per packet. */
@@ -284,20 +295,20 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds)
     return r;
 }
 
-/* Handle one datagram in recv_buf with t's SRTP state and protocol. 0, or -1 with an
+/* Handle one datagram in buf with t's SRTP state and protocol. 0, or -1 with an
  * exception set. */
-static int Reader_handle(Reader *t, Py_ssize_t n, const struct sockaddr_storage *addr,
-                         int64_t t_in)
+static int Reader_handle(Reader *t, unsigned char *buf, Py_ssize_t n,
+                         const struct sockaddr_storage *addr, int64_t t_in)
 {
-    unsigned char b0 = recv_buf[0], b1 = n > 1 ? recv_buf[1] : 0;
+    unsigned char b0 = buf[0], b1 = n > 1 ? buf[1] : 0;
     if (!(t->rtp && n > 12 && b0 > 127 && b0 < 192))
-        return Reader_fallback(t, n, addr);
+        return Reader_fallback(t, buf, n, addr);
     int connected = fp_srtp_live(&t->srtp);
     if (connected < 0)
         return -1;
     if (!connected) {
         Reader_clear_rtp_(t);
-        return Reader_fallback(t, n, addr);
+        return Reader_fallback(t, buf, n, addr);
     }
     t->rx_packets++;
     t->rx_bytes += (unsigned long long)n;
@@ -305,9 +316,9 @@ static int Reader_handle(Reader *t, Py_ssize_t n, const struct sockaddr_storage 
     t->pending_bytes += (unsigned long long)n;
     int len = (int)n;
     if (b1 > 191 && b1 < 209) { /* SRTCP, by aiortc's is_rtcp */
-        if (t->srtp.rtcp(t->srtp.ctx, recv_buf, &len) != 0)
+        if (t->srtp.rtcp(t->srtp.ctx, buf, &len) != 0)
             return 0;
-        PyObject *data = PyBytes_FromStringAndSize((const char *)recv_buf, len);
+        PyObject *data = PyBytes_FromStringAndSize((const char *)buf, len);
         PyObject *callback = t->on_rtcp;
         Py_INCREF(callback); /* the call may replace what the reader holds */
         PyObject *r = data ? PyObject_CallOneArg(callback, data) : NULL;
@@ -318,9 +329,9 @@ static int Reader_handle(Reader *t, Py_ssize_t n, const struct sockaddr_storage 
         Py_DECREF(r);
         return 0;
     }
-    if (t->srtp.rtp(t->srtp.ctx, recv_buf, &len) != 0)
+    if (t->srtp.rtp(t->srtp.ctx, buf, &len) != 0)
         return 0; /* not authentic, or replayed: dropped, as aiortc does */
-    PyObject *p = fp_parse_rtp(recv_buf, len, t->abs_id, t->mid_id, t_in);
+    PyObject *p = fp_parse_rtp(buf, len, t->abs_id, t->mid_id, t_in);
     if (!p)
         return 0;
     PyObject *ms = PyLong_FromLongLong(ntp_ms());
@@ -351,14 +362,24 @@ static Reader *Reader_route(Reader *self, const struct sockaddr_storage *addr)
     return (Reader *)found;
 }
 
+/* Up to BATCH datagrams, MMSG per recvmmsg(): one system call for what arrived
+ * together instead of one each. */
 static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched)
 {
-    for (int i = 0; i < BATCH; i++) {
-        struct sockaddr_storage addr;
-        socklen_t alen = sizeof(addr);
-        ssize_t n = recvfrom(self->fd, recv_buf, RECV_BUF, MSG_DONTWAIT,
-                             (struct sockaddr *)&addr, &alen);
-        if (n < 0) {
+    int budget = BATCH;
+    while (budget > 0) {
+        unsigned int want = budget < MMSG ? (unsigned int)budget : MMSG;
+        for (unsigned int i = 0; i < want; i++) {
+            iovs[i].iov_base = slots[i];
+            iovs[i].iov_len = SLOT;
+            memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
+            msgs[i].msg_hdr.msg_iov = &iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = &addrs[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+        }
+        int got = recvmmsg(self->fd, msgs, want, MSG_DONTWAIT, NULL);
+        if (got < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
             PyErr_SetFromErrno(PyExc_OSError); /* handed to error_received, like asyncio */
@@ -377,33 +398,49 @@ static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched)
             Py_DECREF(r);
             break;
         }
-        self->datagrams++;
+        budget -= got;
         int64_t t_in = mono_ns();
-        Reader *t = self;
-        if (self->routes) {
-            t = Reader_route(self, &addr);
-            if (!t) {
-                if (PyErr_Occurred() || Reader_fallback(self, n, &addr) < 0)
-                    return NULL;
-                continue;
-            }
-            /* t stays alive (and its counters pending) until the callback ends */
-            int seen = 0;
-            for (int j = 0; j < *ntouched; j++)
-                if (touched[j] == t)
-                    seen = 1;
-            if (seen)
-                Py_DECREF(t);
-            else
-                touched[(*ntouched)++] = t;
-        } else if (*ntouched == 0) {
-            Py_INCREF(self);
-            touched[(*ntouched)++] = self;
+        for (int i = 0; i < got; i++) {
+            if (Reader_take(self, slots[i], (Py_ssize_t)msgs[i].msg_len, &addrs[i],
+                            msgs[i].msg_hdr.msg_flags, t_in, touched, ntouched) < 0)
+                return NULL;
         }
-        if (Reader_handle(t, n, &addr, t_in) < 0)
-            return NULL;
+        if ((unsigned int)got < want)
+            break; /* the socket is empty */
     }
     Py_RETURN_NONE;
+}
+
+/* One datagram of a batch: to the Reader that owns its address. 0, or -1 (error set). */
+static int Reader_take(Reader *self, unsigned char *buf, Py_ssize_t n,
+                       const struct sockaddr_storage *addr, int flags, int64_t t_in,
+                       Reader **touched, int *ntouched)
+{
+    if (flags & MSG_TRUNC)
+        return 0; /* larger than any datagram WebRTC sends: dropped */
+    self->datagrams++;
+    Reader *t = self;
+    if (self->routes) {
+        t = Reader_route(self, addr);
+        if (!t) {
+            if (PyErr_Occurred() || Reader_fallback(self, buf, n, addr) < 0)
+                return -1;
+            return 0;
+        }
+        /* t stays alive (and its counters pending) until the callback ends */
+        int seen = 0;
+        for (int j = 0; j < *ntouched; j++)
+            if (touched[j] == t)
+                seen = 1;
+        if (seen)
+            Py_DECREF(t);
+        else
+            touched[(*ntouched)++] = t;
+    } else if (*ntouched == 0) {
+        Py_INCREF(self);
+        touched[(*ntouched)++] = self;
+    }
+    return Reader_handle(t, buf, n, addr, t_in);
 }
 
 static PyObject *Reader_get_rtp(Reader *self, void *closure)
