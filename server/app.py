@@ -87,6 +87,8 @@ def sfu_router_factory(config: Config, metrics: Metrics, media_ports: Any = None
                     paused=event.paused,
                 )
             )
+        elif isinstance(event, sfu_router.LayersWanted):
+            emit(MediaSignal(SignalKind.LAYERS, event.pid, layers=(event.mid, event.rids)))
 
     def factory(room_id: str, emit: Callable[[MediaSignal], None]) -> MediaRouter:
         router = sfu_router.Router(room_id, media_config, on_event=lambda ev: translate(ev, emit))

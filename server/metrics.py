@@ -10,7 +10,12 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 _FIELDS = (
@@ -70,6 +75,41 @@ class MediaStatsCollector(Collector):
             buckets = [(_le(bound), count) for bound, count in lat.cumulative()]
             h.add_metric([str(router.room_id)], buckets, lat.total_ns / 1e9)
         yield h
+        # Simulcast (issue 15): which layer each subscriber gets. Per leg only ids, and
+        # only while the room is live (a room holds at most a dozen people).
+        layers = GaugeMetricFamily(
+            "roundtable_video_legs",
+            "Video legs by the simulcast layer forwarded (0 = lowest; paused = none).",
+            labels=["layer"],
+        )
+        per_leg = ["room", "subscriber", "publisher"]
+        packets = CounterMetricFamily(
+            "roundtable_video_leg_packets",
+            "RTP packets forwarded on one subscriber's video leg of one publisher.",
+            labels=per_leg,
+        )
+        layer = GaugeMetricFamily(
+            "roundtable_video_leg_layer",
+            "The layer a video leg forwards now (-1: paused).",
+            labels=per_leg,
+        )
+        wanted = GaugeMetricFamily(
+            "roundtable_video_leg_wanted_layer",
+            "The layer the subscriber's view and the allocator's cap ask for (-1: none).",
+            labels=per_leg,
+        )
+        by_layer: dict[str, int] = {}
+        for router, _ in live:
+            for leg in router.video_legs():
+                key = "paused" if leg.layer is None else str(leg.layer)
+                by_layer[key] = by_layer.get(key, 0) + 1
+                labels = [str(router.room_id), leg.subscriber, leg.publisher]
+                packets.add_metric(labels, leg.packets)
+                layer.add_metric(labels, -1 if leg.layer is None else leg.layer)
+                wanted.add_metric(labels, -1 if leg.wanted is None else leg.wanted)
+        for key, n in sorted(by_layer.items()):
+            layers.add_metric([key], n)
+        yield from (layers, packets, layer, wanted)
 
 
 def _le(bound: float) -> str:

@@ -40,11 +40,12 @@ from aiortc import codecs as aiortc_codecs
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rate import RemoteBitrateEstimator
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_RTPFB_NACK,
+    HeaderExtensions,
     HeaderExtensionsMap,
     RtcpPsfbPacket,
     RtcpRtpfbPacket,
@@ -79,6 +80,8 @@ __all__ = [
     "fast_route",
     "account_sent",
     "read_in_c",
+    "map_rtx",
+    "use_stream_id_extensions",
 ]
 
 # Name-mangled private attributes of aiortc 1.16.0 that we read or write.
@@ -191,6 +194,7 @@ def check_compatible() -> None:
         problems.append("aioice receive path")
     if not callable(getattr(aioice.ice, "get_host_addresses", None)):
         problems.append("aioice.ice.get_host_addresses")
+    problems += _check_simulcast()
     problems += _check_fast_route() + _check_c_reader() + ports.check() + ice.check()
     if problems:
         raise RuntimeError(
@@ -328,7 +332,12 @@ def _account_rtp(receiver: RTCRtpReceiver) -> Callable[[RtpPacket, int], None]:
     codecs = d[_RX_CODECS]
     streams = d[_RX_REMOTE_STREAMS]
     rtx_ssrc = d[_RX_RTX_SSRC]
+    # aiortc keeps one NACK generator per receiver, which assumes one stream: simulcast
+    # layers interleave several sequence spaces, so each further SSRC gets its own. The
+    # first keeps aiortc's, which the C Inbound updates for the packets it takes (a
+    # plain track: one SSRC; simulcast layers never go the C way).
     nack = d[_RX_NACK]
+    nacks: dict[int, NackGenerator] | None = {} if nack is not None else None
     throttle = RembThrottle()
     active_until: dict[int, int] = {}  # ssrc -> arrival ms until which its time is fresh
     now_datetime = clock.current_datetime
@@ -394,11 +403,16 @@ def _account_rtp(receiver: RTCRtpReceiver) -> Callable[[RtpPacket, int], None]:
             ):
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
-        if nack is not None and nack.add(packet):
+        if nacks is None:
+            return
+        generator = nacks.get(packet.ssrc)
+        if generator is None:
+            generator = nacks[packet.ssrc] = nack if not nacks else NackGenerator()
+        if generator.add(packet):
             rtcp_ssrc = d[_RX_RTCP_SSRC]
             if rtcp_ssrc is not None:
                 fb = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=packet.ssrc)
-                fb.lost = sorted(nack.missing)
+                fb.lost = sorted(generator.missing)
                 _send_rtcp(receiver, fb)
 
     return account
@@ -453,6 +467,36 @@ def arrival_ns(packet: RtpPacket) -> int:
     """When the packet's datagram reached us (``perf_counter_ns``), before SRTP and
     parsing when the C reader read it (:func:`_install_c_reader`); else now."""
     return getattr(packet, "arrival_ns", 0) or time.perf_counter_ns()
+
+
+def map_rtx(receiver: RTCRtpReceiver, rtx_ssrc: int, media_ssrc: int) -> None:
+    """Tell ``receiver`` that ``rtx_ssrc`` repairs ``media_ssrc`` (what an SDP ``a=ssrc-group:FID``
+    would have said; simulcast layers are learnt from their packets instead)."""
+    receiver.__dict__[_RX_RTX_SSRC][rtx_ssrc] = media_ssrc
+
+
+def use_stream_id_extensions(dtls: RTCDtlsTransport, rid_id: int, rrid_id: int | None) -> None:
+    """Read the ``rtp-stream-id`` / ``repaired-rtp-stream-id`` extensions on ``dtls``.
+
+    aiortc parses them once it knows their ids, but never negotiates them; the ids come
+    from the browser's offer (``sfu.simulcast``). The C reader picks them up when it is
+    (re)installed on the receiver's start.
+    """
+    ids = dtls._rtp_header_extensions_map.__dict__[_EXT_IDS]
+    ids.rtp_stream_id = rid_id
+    ids.repaired_rtp_stream_id = rrid_id
+
+
+def _check_simulcast() -> list[str]:
+    problems = []
+    if not {"mid_table", "ssrc_table"} <= set(RtpRouter.__init__.__code__.co_names):
+        problems.append("aiortc RtpRouter.mid_table/ssrc_table")
+    fields = set(getattr(HeaderExtensions, "__dataclass_fields__", {}))
+    if not {"rtp_stream_id", "repaired_rtp_stream_id", "mid"} <= fields:
+        problems.append("aiortc HeaderExtensions stream ids")
+    if not callable(getattr(NackGenerator, "add", None)):
+        problems.append("aiortc NackGenerator.add")
+    return problems
 
 
 def decoder_running(receiver: RTCRtpReceiver) -> bool:
@@ -728,7 +772,17 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
     session = dtls._rx_srtp
     ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
 
+    ssrc_table, mid_table = router.ssrc_table, router.mid_table
+
     def on_rtp(packet: Any, arrival_time_ms: int) -> None:
+        mid = packet.mid
+        if mid is not None and packet.ssrc not in ssrc_table:
+            # An SSRC no SDP line named (a simulcast layer, its RTX): BUNDLE says the
+            # MID extension, which the browser sends until we acknowledge the SSRC,
+            # decides its receiver; aiortc 1.16 only guesses from the payload type.
+            by_mid = mid_table.get(mid)
+            if by_mid is not None:
+                ssrc_table[packet.ssrc] = by_mid
         receiver = router.route_rtp(packet)
         if receiver is None:
             return
@@ -744,6 +798,8 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
             )
             rtp.extensions.abs_send_time = packet.abs_send_time
             rtp.extensions.mid = packet.mid
+            rtp.extensions.rtp_stream_id = packet.rtp_stream_id
+            rtp.extensions.repaired_rtp_stream_id = packet.repaired_rtp_stream_id
             task = asyncio.ensure_future(receiver._handle_rtp_packet(rtp, arrival_time_ms))
             _in_flight.add(task)
             task.add_done_callback(_in_flight.discard)
@@ -794,6 +850,8 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
             on_rtcp,
             ids.abs_send_time or 0,
             ids.mid or 0,
+            ids.rtp_stream_id or 0,
+            ids.repaired_rtp_stream_id or 0,
         )
 
 

@@ -32,7 +32,7 @@ from aiortc.rtp import (
 
 from . import _fastpath
 from . import aiortc_hooks as hooks
-from .codecs import forwardable, keyframe_detector
+from .codecs import forwardable, keyframe_detector, vp8_keyframe_size
 from .downlink import DownlinkEstimate
 from .stats import RoomStats
 
@@ -47,6 +47,17 @@ RATE_INTERVAL = 0.5  # s: how often a forwarder's rates are measured
 PACKET_OVERHEAD = 60  # bytes around a payload on the wire: RTP header, extensions, SRTP, UDP/IP
 PADDING_SIZE = 255  # the most one RTP packet's padding-length byte can say
 ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+UNCAPPED = 1 << 30  # Leg.set_cap: no limit from the allocator
+# A layer with no packet for this long is not being sent (the publisher stopped it, or
+# its bandwidth no longer reaches it): legs on it move to one that is. Frames come every
+# 40-200 ms even from a starved encoder. Legs look for another layer after FRESH_NS
+# (switching at its key frame, the old one still forwarded should it come back), and
+# give the old one up without waiting for a key frame after FLOWING_NS.
+FRESH_NS = 300_000_000
+FLOWING_NS = 600_000_000
+# A tile this much larger than a layer's frames still takes that layer (slight upscaling
+# is not visible; the next layer would cost about three times the bits).
+TILE_SLACK = 0.8
 
 
 class Forwarder:
@@ -60,8 +71,11 @@ class Forwarder:
         receiver: RTCRtpReceiver,
         stats: RoomStats,
         keyframe_interval: float,
+        rid: str | None = None,
     ) -> None:
         self.track_id = track_id
+        self.rid = rid  # the simulcast layer this is (sfu.simulcast.Layers), else None
+        self.layers: list[Forwarder] = [self]  # what a leg may follow: just this stream
         self.publisher_id = publisher_id
         self.kind = kind
         self.codec: RTCRtpCodecParameters | None = None
@@ -87,6 +101,16 @@ class Forwarder:
         # transport's Inbound once this track's SSRC is known (hooks.take_inbound).
         self._inbound = _fastpath.Track(stats.meter, self._fast_legs, self._slow, MAX_PAYLOAD)
         self._inbound_ssrc: int | None = None
+        self._size_of: Callable[[bytes], tuple[int, int] | None] | None = None
+        # Legs waiting to move here at this stream's next key frame (Leg.update_layer).
+        self.switching: list[Leg] = []
+        self.on_restart: Callable[[], None] | None = None  # set by sfu.simulcast.Layers
+        # For layer choice (simulcast layers only: sfu.simulcast.Layers): when the last
+        # packet came (perf_counter_ns), and the frame size of the last VP8 key frame
+        # (0: not known).
+        self.last_ns = 0
+        self.width = 0
+        self.height = 0
 
     @property
     def paused(self) -> bool:
@@ -118,6 +142,8 @@ class Forwarder:
         self.codec = primary
         self._is_key = keyframe_detector(primary.mimeType) if primary else None
         self._inbound.payload_type = primary.payloadType if primary else None
+        vp8 = primary is not None and primary.mimeType.lower() == "video/vp8"
+        self._size_of = vp8_keyframe_size if vp8 else None
 
     def tap(self, packet: RtpPacket, codecs: dict[int, RTCRtpCodecParameters]) -> None:
         """Per incoming packet: classify once, then queue it on every leg."""
@@ -144,9 +170,11 @@ class Forwarder:
                 )
             return
         self.ssrc = packet.ssrc
-        if self._inbound_ssrc != packet.ssrc and self._receiver is not None:
+        if self._inbound_ssrc != packet.ssrc and self._receiver is not None and self.rid is None:
             # From the next packet of this SSRC on, the transport's Inbound may take
-            # what needs no decision here (sfu/fastpath/inbound.c).
+            # what needs no decision here (sfu/fastpath/inbound.c). Not for a simulcast
+            # layer: its key frames and pauses decide which layer legs follow, which the
+            # C path does not look at.
             self._inbound_ssrc = packet.ssrc
             hooks.take_inbound(self._receiver, packet.ssrc, self._inbound)
         key = self._is_key(payload) if self._is_key is not None else False
@@ -156,6 +184,10 @@ class Forwarder:
         self._stats.meter.received(len(payload))
         self._py_packets_in += 1
         self._py_payload_in += len(payload)
+        restarted = now - self.last_ns > FRESH_NS
+        self.last_ns = now
+        if key:
+            self._at_keyframe(payload, restarted)
         # Every leg that can send at once gets the packet from C; the rest (waiting for
         # a key frame, queued, not connected) come back for Leg.push.
         slow = _fastpath.fanout(
@@ -203,6 +235,24 @@ class Forwarder:
         for i, tried in slow:
             legs[i].push(packet, key, now, tried)
 
+    def _at_keyframe(self, payload: bytes, restarted: bool) -> None:
+        if self._size_of is not None:
+            size = self._size_of(payload)
+            if size is not None:
+                self.width, self.height = size
+        if restarted and self.on_restart is not None:
+            # A layer (re)starts with this key frame (the publisher turned it on, e.g. a
+            # shared screen goes out as the top layer only): legs that want it move now
+            # rather than a PLI round trip later.
+            self.on_restart()
+        # Legs switching to this layer move now, so this key frame is their first packet
+        # from it (they took the old layer's packets until here: no freeze).
+        for leg in self.switching[:]:
+            leg.arrive(self)
+
+    def flowing(self, now_ns: int, within_ns: int = FLOWING_NS) -> bool:
+        return self.last_ns != 0 and now_ns - self.last_ns < within_ns
+
     def add_leg(self, leg: Leg) -> None:
         self.legs.append(leg)
         self._fast_legs.append(leg._fast)
@@ -232,7 +282,7 @@ class Forwarder:
         if self._inbound_ssrc is not None and self._receiver is not None:
             hooks.drop_inbound(self._receiver, self._inbound_ssrc, self._inbound)
             self._inbound_ssrc = None
-        for leg in list(self.legs):
+        for leg in list(self.legs) + self.switching:
             leg.detach()
         for task in list(self._tasks):
             task.cancel()
@@ -261,6 +311,22 @@ class Leg:
     connection is up and its socket takes data. Before that (no route yet) and while
     packets are queued behind a full socket, this class does the same steps through
     aiortc (:func:`hooks.send_rtp_now`, :func:`hooks.send_rtp`).
+
+    **Layers** (simulcast, :class:`sfu.simulcast.Layers`): a leg follows one layer of its
+    :attr:`track` at a time. Which one is decided by two inputs, for the two people who
+    have a say:
+
+    * :meth:`set_view` — what the subscriber's page shows (the ``view`` event): a hidden
+      tile wants nothing, a visible one the smallest layer whose frames cover the tile;
+    * :meth:`set_cap` — the bandwidth allocator's limit: a layer index, ``None`` to
+      pause the video, :data:`UNCAPPED` (the default) for no limit.
+
+    The effective layer is ``min(view, cap)`` (``None`` if either is), moved to the
+    nearest layer the publisher is actually sending. ``None`` parks the leg: no video
+    packet goes to the subscriber until it wants a layer again. A change of layer waits
+    for a key frame *of the target layer* (a PLI goes to that layer's SSRC) while the
+    old layer keeps flowing, then moves; the C half rebases sequence numbers and
+    timestamps on the new SSRC, so the subscriber sees one continuous stream.
     """
 
     def __init__(
@@ -288,6 +354,15 @@ class Leg:
         self._ssrc = self.sender._ssrc
         self._fast = _fastpath.Leg(stats.meter, random.randint(0, 0x7FFF), random.getrandbits(32))
         self._route: tuple[Any, ...] | None = None  # what the C half was last pointed at
+        # Layer choice (see the class docstring).
+        self.track: Any = None  # the Forwarder or sfu.simulcast.Layers subscribed to
+        self.cap: int | None = UNCAPPED
+        self._view: tuple[bool, int, int] = (True, 0, 0)  # visible, width, height (px)
+        self._switch_to: Forwarder | None = None
+        self.switches = 0
+        # What this leg sent (both send paths), folded in by sync(): for tests and metrics.
+        self.packets = 0
+        self.octets = 0
         # Paused by the allocator (sfu.allocator): nothing of the source passes; audio
         # legs are never paused.
         self.paused = False
@@ -330,8 +405,21 @@ class Leg:
         self._configured = True
         self._refresh()
 
-    def attach(self, source: Forwarder) -> None:
+    def follow(self, track: Any, view: tuple[bool, int, int] | None = None) -> None:
+        """Forward ``track`` (a :class:`Forwarder` or ``sfu.simulcast.Layers``) to this
+        subscriber, on the layer :meth:`update_layer` picks; ``view`` as in
+        :meth:`set_view` (``None``: not reported, the top layer)."""
         self.detach()
+        self._view = view or (True, 0, 0)
+        self.track = track
+        self.track_id = track.track_id
+        self.update_layer()
+
+    def attach(self, source: Forwarder, request: bool = True) -> None:
+        """Take packets from ``source`` (one stream, i.e. one layer) from now on."""
+        track = self.track
+        self.detach()
+        self.track = track if track is not None else source
         self.source = source
         self.track_id = source.track_id
         self._waiting_key = self.kind == "video"
@@ -340,16 +428,118 @@ class Leg:
         self._refresh()
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
-        source.request_keyframe()
+        if request:
+            source.request_keyframe()
 
     def detach(self) -> None:
+        self._park()
+        self.track = None
+        self.track_id = None
+        self.paused = False  # the allocator decides afresh for whatever comes next
+
+    def _park(self) -> None:
+        """Take no packets from anywhere, but stay subscribed to :attr:`track`."""
+        self._cancel_switch()
         if self.source is not None:
             self.source.remove_leg(self)
         self.source = None
-        self.track_id = None
-        self.paused = False  # the allocator decides afresh for whatever comes next
         self._queue.clear()
         self._refresh()
+
+    # -- layer choice ----------------------------------------------------------------
+
+    def set_view(self, visible: bool, width: int, height: int) -> None:
+        """What the subscriber's page shows of this track: visible or not, and the tile's
+        size in device pixels (0, 0: not known, take the top layer)."""
+        self._view = (visible, max(0, width), max(0, height))
+        self.update_layer()
+
+    def set_cap(self, layer: int | None) -> None:
+        """The allocator's limit: the highest layer index allowed, ``None`` to pause the
+        video, :data:`UNCAPPED` for no limit. Takes effect at the target's key frame."""
+        self.cap = layer
+        self.update_layer()
+
+    @property
+    def layer(self) -> int | None:
+        """The index of the layer being forwarded now, ``None`` while parked."""
+        if self.source is None or self.track is None:
+            return None
+        try:
+            return self.track.layers.index(self.source)
+        except ValueError:
+            return None
+
+    @property
+    def paused_by_cap(self) -> bool:
+        return self.cap is None
+
+    def preferred_layer(self) -> int | None:
+        """The layer the view asks for (``None``: hidden), before the cap."""
+        visible, width, height = self._view
+        if not visible or self.track is None:
+            return None
+        layers = self.track.layers
+        top = len(layers) - 1
+        if top == 0 or (width == 0 and height == 0):
+            return top
+        sizes = _layer_sizes(layers)
+        if sizes is None:
+            return top
+        for i, (w, h) in enumerate(sizes):
+            if w >= width * TILE_SLACK and h >= height * TILE_SLACK:
+                return i
+        return top
+
+    def wanted_layer(self) -> int | None:
+        """``min(view, cap)``: the layer this leg should get, ``None`` for none at all."""
+        if self.kind != "video":
+            return None if self.track is None else 0
+        preferred = self.preferred_layer()
+        if preferred is None or self.cap is None:
+            return None
+        return min(preferred, self.cap)
+
+    def update_layer(self) -> None:
+        """Move towards :meth:`wanted_layer`: park, attach, or switch at a key frame.
+        Called on every change of view or cap, and by the router's tick (layers start and
+        stop flowing on the publisher's side)."""
+        track = self.track
+        if track is None:
+            return
+        want = self.wanted_layer()
+        if want is None:
+            if self.source is not None or self._switch_to is not None:
+                self._park()
+            return
+        now = time.perf_counter_ns()
+        target = _pick_layer(track.layers, want, now)
+        if target is self.source:
+            self._cancel_switch()
+            return
+        if self.source is None or not self.source.flowing(now) or self.kind != "video":
+            self.attach(target)
+            return
+        if self._switch_to is not target:
+            self._cancel_switch()
+            self._switch_to = target
+            target.switching.append(self)
+        target.request_keyframe()
+
+    def arrive(self, target: Forwarder) -> None:
+        """``target``'s key frame is here: move to it (called from its tap)."""
+        self._cancel_switch()
+        self.switches += 1
+        self.attach(target, request=False)
+
+    def _cancel_switch(self) -> None:
+        target = self._switch_to
+        if target is not None:
+            self._switch_to = None
+            try:
+                target.switching.remove(self)
+            except ValueError:
+                pass
 
     async def close(self) -> None:
         self.detach()
@@ -484,6 +674,8 @@ class Leg:
     def _sent(self, data: bytes, payload_len: int, t_in: int) -> None:
         """Count a packet sent through aiortc (the C path counts its own)."""
         self._stats.meter.sent(len(data), time.perf_counter_ns() - t_in)
+        self.packets += 1
+        self.octets += payload_len
         hooks.update_sender_report(self.sender, int.from_bytes(data[4:8]), payload_len)
 
     def sync(self) -> None:
@@ -493,6 +685,8 @@ class Leg:
         counters = self._fast.take_counters()
         hooks.account_sent(self.sender, counters)
         packets, errors, stale = counters[0], counters[6], counters[7]
+        self.packets += packets
+        self.octets += counters[1]
         self._stats.send_errors += errors
         self._stats.dropped += stale
         if self._fast.routed and (
@@ -619,3 +813,33 @@ def _extension_block(mid: str | None, mid_id: int | None, abs_id: int | None) ->
         return b"", 0
     element += b"\x00" * (-len(element) % 4)
     return b"\xbe\xde" + struct.pack("!H", len(element) // 4) + element, abs_off
+
+
+def _layer_sizes(layers: list[Forwarder]) -> list[tuple[int, int]] | None:
+    """Each layer's frame size; a layer not seen at a key frame yet is guessed from one
+    that was, at half the size per step down (the page's scaleResolutionDownBy 4, 2, 1)."""
+    known = next(((i, f) for i, f in enumerate(layers) if f.width and f.height), None)
+    if known is None:
+        return None
+    k, ref = known
+    out = []
+    for i, f in enumerate(layers):
+        if f.width and f.height:
+            out.append((f.width, f.height))
+        else:
+            scale = 2.0 ** (i - k)
+            out.append((int(ref.width * scale), int(ref.height * scale)))
+    return out
+
+
+def _pick_layer(layers: list[Forwarder], want: int, now_ns: int) -> Forwarder:
+    """Layer ``want`` if it is being sent; else the nearest lower one that is, else the
+    nearest higher one; else (nothing sent yet) ``want`` itself."""
+    want = min(want, len(layers) - 1)
+    for i in range(want, -1, -1):
+        if layers[i].flowing(now_ns, FRESH_NS):
+            return layers[i]
+    for i in range(want + 1, len(layers)):
+        if layers[i].flowing(now_ns, FRESH_NS):
+            return layers[i]
+    return layers[want]

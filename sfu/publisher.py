@@ -14,6 +14,7 @@ from . import ice
 from .forwarder import Forwarder
 from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
 from .ports import MediaPorts, gather_on
+from .simulcast import Layers, OfferedSimulcast, answer_layers, offered_layers
 from .stats import RoomStats
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,9 @@ class Publisher:
     """Receives one participant's tracks and owns a :class:`Forwarder` for each.
 
     Kinds the participant may not publish are answered ``inactive`` and never get a
-    forwarder, so a hand-made client that sends them anyway reaches nobody.
+    forwarder, so a hand-made client that sends them anyway reaches nobody. A video
+    offered with simulcast gets :class:`~sfu.simulcast.Layers` (a forwarder per layer)
+    and an answer that receives every layer.
     """
 
     def __init__(
@@ -38,7 +41,8 @@ class Publisher:
     ) -> None:
         self.pid = pid
         self.kinds = kinds
-        self.forwarders: dict[str, Forwarder] = {}  # by publish-side mid
+        self.forwarders: dict[str, Forwarder | Layers] = {}  # by publish-side mid
+        self._simulcast: dict[str, OfferedSimulcast] = {}  # by mid, from the latest offer
         self.pc: RTCPeerConnection = new_peer_connection()
         self._stats = stats
         self._ports = ports
@@ -54,7 +58,14 @@ class Publisher:
         restarted = ice.remote_changed(self.pc, offer_sdp)
         if restarted is not None:
             ice.restart(self.pc)
+        self._simulcast = offered_layers(offer_sdp)
         await set_remote(self.pc, RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        for sim in self._simulcast.values():
+            # With BUNDLE one transport carries every section; extension ids are the
+            # session's, so any simulcast section's ids hold for the transport.
+            for t in self.pc.getTransceivers():
+                if t.mid == sim.mid and t.receiver.transport is not None:
+                    hooks.use_stream_id_extensions(t.receiver.transport, sim.rid_ext, sim.rrid_ext)
         answer = await self.pc.createAnswer()
         gather_on(self.pc, self._ports)
         ice.mark(self.pc)
@@ -72,7 +83,7 @@ class Publisher:
             await self.forwarders.pop(mid).close()
         if gone:
             self._on_tracks_changed()
-        return self.pc.localDescription.sdp
+        return answer_layers(self.pc.localDescription.sdp, self._simulcast)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         transceiver = next(
@@ -85,14 +96,26 @@ class Publisher:
             log.info("publisher %s: %s not granted, answered inactive", self.pid, track.kind)
             return
         mid = transceiver.mid
-        fwd = Forwarder(
-            track_id=f"{self.pid}:{mid}",
-            publisher_id=self.pid,
-            kind=track.kind,
-            receiver=transceiver.receiver,
-            stats=self._stats,
-            keyframe_interval=self._keyframe_interval,
-        )
+        sim = self._simulcast.get(mid) if track.kind == "video" else None
+        fwd: Forwarder | Layers
+        if sim is not None:
+            fwd = Layers(
+                track_id=f"{self.pid}:{mid}",
+                publisher_id=self.pid,
+                receiver=transceiver.receiver,
+                rids=sim.rids,
+                stats=self._stats,
+                keyframe_interval=self._keyframe_interval,
+            )
+        else:
+            fwd = Forwarder(
+                track_id=f"{self.pid}:{mid}",
+                publisher_id=self.pid,
+                kind=track.kind,
+                receiver=transceiver.receiver,
+                stats=self._stats,
+                keyframe_interval=self._keyframe_interval,
+            )
         self.forwarders[mid] = fwd
 
         def on_receive(codecs: list) -> None:

@@ -9,22 +9,29 @@ what, and tells the router through :meth:`Router.publish` (``kinds``) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from . import aiortc_hooks as hooks
 from .allocator import RANK_OTHER, RANK_SPEAKER, is_speaking
 from .errors import MediaError
-from .forwarder import Forwarder
+from .forwarder import Forwarder, Leg
 from .ports import MediaPorts
 from .publisher import Publisher
+from .simulcast import Layers
 from .stats import RoomStats
 from .subscriber import Accept, OfferedTrack, SubscribeOffer, Subscriber
 
 log = logging.getLogger(__name__)
 
 ALL_KINDS = frozenset({"audio", "video"})
+LAYER_TICK = 0.1  # s between re-evaluating every video leg's layer
+# A layer nobody wants is still sent for this long before the publisher is asked to stop
+# it, so a tile that shrinks and grows back (a layout flip) does not restart a layer.
+LAYER_OFF_AFTER = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,18 @@ class TrackInfo:
     id: str
     kind: str
     paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LegInfo:
+    """One video leg as metrics show it: who gets whose video, on which layer."""
+
+    subscriber: str
+    publisher: str
+    layer: int | None  # None: paused (hidden tile or the allocator's cap)
+    wanted: int | None  # what view and cap ask for (the layer may lag: key frame, bandwidth)
+    packets: int
+    octets: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +91,16 @@ class VideoPaused:
     paused: bool
 
 
-RouterEvent = TracksChanged | RenegotiationNeeded | ConnectionState | VideoPaused
+@dataclass(frozen=True, slots=True)
+class LayersWanted:
+    """``pid`` should send only these simulcast layers (rids) of its track ``mid``."""
+
+    pid: str
+    mid: str
+    rids: tuple[str, ...]
+
+
+RouterEvent = TracksChanged | RenegotiationNeeded | ConnectionState | VideoPaused | LayersWanted
 
 
 class Router:
@@ -94,6 +122,12 @@ class Router:
         self._locks: dict[str, asyncio.Lock] = {}
         self._ranks: dict[str, int] = {}
         self.closed = False
+        self._tick_task: asyncio.Task[None] | None = None
+        # Per simulcast track id: when each layer was last wanted (monotonic s), and the
+        # rids the publisher was last told to send.
+        self._layer_wanted_at: dict[str, list[float]] = {}
+        self._layer_active: dict[str, tuple[str, ...]] = {}
+        self._early_views: dict[str, dict[str, tuple[bool, int, int]]] = {}
 
     # -- control-plane API --------------------------------------------------------
 
@@ -113,6 +147,7 @@ class Router:
                     on_state=lambda state: self._emit(ConnectionState(pid, "publish", state)),
                 )
                 self.publishers[pid] = publisher
+            self._start_tick()
             try:
                 return await publisher.negotiate(offer_sdp)
             except MediaError:
@@ -143,6 +178,7 @@ class Router:
                     ),
                 )
                 self.subscribers[pid] = subscriber
+                subscriber.views.update(self._early_views.pop(pid, {}))
             if accept is not None:
                 subscriber.accept = accept
             return await subscriber.offer(self._forwarders())
@@ -209,6 +245,37 @@ class Router:
         )
         return RANK_SPEAKER if is_speaking(audio) else rank
 
+    def set_view(self, pid: str, views: Mapping[str, tuple[bool, int, int]]) -> None:
+        """What ``pid``'s page shows, by publisher id: ``(visible, width, height)`` in
+        device pixels. A hidden tile gets no video at all; a visible one the smallest
+        layer that covers it (see :class:`sfu.forwarder.Leg`)."""
+        subscriber = self.subscribers.get(pid)
+        if subscriber is not None:
+            subscriber.set_view(dict(views))
+        else:  # the page reported before its first subscribe offer: keep it for then
+            self._early_views.setdefault(pid, {}).update(views)
+
+    def legs_of(self, pid: str) -> list[Leg]:
+        """``pid``'s video legs: what the bandwidth allocator drives (``Leg.set_cap``)."""
+        subscriber = self.subscribers.get(pid)
+        return subscriber.video_legs() if subscriber is not None else []
+
+    def video_legs(self) -> list[LegInfo]:
+        """Every subscriber's video legs (counts as of the last fold, every 0.5 s)."""
+        return [
+            LegInfo(
+                sub.pid,
+                leg.track.publisher_id,
+                leg.layer,
+                leg.wanted_layer(),
+                leg.packets,
+                leg.octets,
+            )
+            for sub in self.subscribers.values()
+            for leg in sub.video_legs()
+            if leg.track is not None
+        ]
+
     def tracks(self, pid: str) -> list[TrackInfo]:
         publisher = self.publishers.get(pid)
         if publisher is None:
@@ -232,11 +299,17 @@ class Router:
             await subscriber.close()
         self._locks.pop(pid, None)
         self._ranks.pop(pid, None)
+        self._early_views.pop(pid, None)
         if publisher is not None:
             self._tracks_changed(pid)
 
     async def close(self) -> None:
         self.closed = True
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+            self._tick_task = None
         for pid in list(self.publishers) + list(self.subscribers):
             publisher = self.publishers.pop(pid, None)
             subscriber = self.subscribers.pop(pid, None)
@@ -248,7 +321,58 @@ class Router:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _forwarders(self) -> list[Forwarder]:
+    def _start_tick(self) -> None:
+        if self._tick_task is None and not self.closed:
+            self._tick_task = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(LAYER_TICK)
+            try:
+                self.update_layers()
+            except Exception:
+                log.exception("router %s: layer update failed", self.room_id)
+
+    def update_layers(self) -> None:
+        """Move every video leg towards its wanted layer, and tell publishers which
+        layers somebody wants (the others stop after a while)."""
+        wanted: dict[str, set[int]] = {}
+        for subscriber in self.subscribers.values():
+            for leg in subscriber.video_legs():
+                leg.update_layer()
+                if leg.track is not None:
+                    # Kept: what the leg wants and what it receives now (when the wanted
+                    # layer is not sent, e.g. the publisher's bandwidth does not reach
+                    # it, the leg stays on a lower one, which must not be stopped).
+                    for layer in (leg.wanted_layer(), leg.layer):
+                        if layer is not None:
+                            wanted.setdefault(leg.track.track_id, set()).add(layer)
+        now = time.monotonic()
+        live: set[str] = set()
+        for publisher in self.publishers.values():
+            for mid, fwd in publisher.forwarders.items():
+                if isinstance(fwd, Layers):
+                    live.add(fwd.track_id)
+                    self._publisher_layers(publisher.pid, mid, fwd, wanted.get(fwd.track_id), now)
+        for track_id in set(self._layer_wanted_at) - live:
+            del self._layer_wanted_at[track_id]
+            self._layer_active.pop(track_id, None)
+
+    def _publisher_layers(
+        self, pid: str, mid: str, track: Layers, wanted: set[int] | None, now: float
+    ) -> None:
+        n = len(track.layers)
+        at = self._layer_wanted_at.setdefault(track.track_id, [now] * n)
+        # The lowest layer always: a new subscriber's first picture, and what every leg
+        # can fall back to at once while a higher layer starts again.
+        for i in {0} | {min(w, n - 1) for w in wanted or ()}:
+            at[i] = now
+        rids = tuple(track.layers[i].rid or "" for i in range(n) if now - at[i] < LAYER_OFF_AFTER)
+        if rids != self._layer_active.get(track.track_id, track.rids):
+            self._layer_active[track.track_id] = rids
+            self._emit(LayersWanted(pid, mid, rids))
+
+    def _forwarders(self) -> list[Forwarder | Layers]:
         return [f for p in self.publishers.values() for f in p.forwarders.values()]
 
     def _tracks_changed(self, pid: str) -> None:
@@ -279,6 +403,8 @@ class Router:
 __all__ = [
     "ALL_KINDS",
     "ConnectionState",
+    "LayersWanted",
+    "LegInfo",
     "MediaConfig",
     "OfferedTrack",
     "RenegotiationNeeded",

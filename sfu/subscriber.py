@@ -86,6 +86,8 @@ class Subscriber:
             rank or (lambda publisher: 2),
             on_paused or (lambda publisher, paused: None),
         )
+        # What the page shows of each publisher (Router.set_view): visible, width, height.
+        self.views: dict[str, tuple[bool, int, int]] = {}
 
     def _wanted(self, forwarders: list[Forwarder]) -> dict[str, Forwarder]:
         return {
@@ -203,7 +205,7 @@ class Subscriber:
             leg.configure(
                 codec.payloadType, codec.clockRate, leg.transceiver.mid, mid_ext, abs_ext, rtx_pt
             )
-            leg.attach(fwd)
+            leg.follow(fwd, self.views.get(fwd.publisher_id))
         self._pending = []
         due, self.dirty = self.dirty, False
         return due
@@ -211,6 +213,18 @@ class Subscriber:
     async def add_ice_candidate(self, candidate: dict | None) -> None:
         if self.pc is not None:
             await add_candidate(self.pc, candidate)
+
+    def set_view(self, views: dict[str, tuple[bool, int, int]]) -> None:
+        """The page's report of its tiles, by publisher id; publishers not named keep
+        their last view (a page reports only what it shows)."""
+        self.views.update(views)
+        for leg in self.legs.values():
+            track = leg.track
+            if leg.kind == "video" and track is not None and track.publisher_id in views:
+                leg.set_view(*views[track.publisher_id])
+
+    def video_legs(self) -> list[Leg]:
+        return [leg for leg in self.legs.values() if leg.kind == "video"]
 
     def drop_source(self, track_ids: set[str]) -> None:
         """Stop legs whose publisher went away, before the re-offer removes them."""

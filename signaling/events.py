@@ -35,6 +35,8 @@ MAX_CANDIDATES_BEFORE_OFFER = 64  # trickled before the publish offer was applie
 MAX_CANDIDATES_PER_CONNECTION = 256  # per leg and offer/answer; a browser sends a few dozen
 MAX_EXTEND_MINUTES = 24 * 60
 MAX_CHAT_CHARS = 1000
+MAX_VIEW_TILES = 64  # more than a room holds (ROUNDTABLE_MAX_PARTICIPANTS is at most that)
+MAX_TILE_PX = 16384  # device pixels; larger than any screen
 
 # Control characters would let a message rewrite how the page or a log viewer shows it;
 # line breaks and tabs are text people type.
@@ -175,6 +177,21 @@ class Quality(Event):
     level: Literal["good", "poor", "lost"]
 
 
+class Tile(Event):
+    """One remote participant's tile as the page shows it, in device pixels."""
+
+    participant: ParticipantId
+    visible: bool
+    width: Annotated[int, Field(ge=0, le=MAX_TILE_PX)]
+    height: Annotated[int, Field(ge=0, le=MAX_TILE_PX)]
+
+
+class View(Event):
+    """What the page shows of each remote participant's video (the SFU picks layers)."""
+
+    tiles: Annotated[list[Tile], Field(max_length=MAX_VIEW_TILES)]
+
+
 EVENTS: dict[str, type[Event]] = {
     "publish": Publish,
     "subscribe.answer": SubscribeAnswer,
@@ -194,6 +211,7 @@ EVENTS: dict[str, type[Event]] = {
     "ice.restart": IceRestart,
     "self.mute": SelfMute,
     "quality": Quality,
+    "view": View,
     "screen.share": ScreenShare,
     "hand": Hand,
 }

@@ -44,6 +44,8 @@ class MediaRouter(Protocol):
 
     def set_paused(self, pid: str, kind: str, paused: bool) -> None: ...
 
+    def set_view(self, pid: str, views: dict[str, tuple[bool, int, int]]) -> None: ...
+
     def restart_ice(self, pid: str) -> None: ...
 
     def set_rank(self, pid: str, rank: int) -> None: ...
@@ -60,6 +62,7 @@ class SignalKind(StrEnum):
     RENEGOTIATION_NEEDED = "renegotiation_needed"
     CONNECTION_STATE = "connection_state"
     VIDEO_PAUSED = "video_paused"
+    LAYERS = "layers"  # the publisher should send only these simulcast layers
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class MediaSignal:
     state: str | None = None
     publisher: str | None = None  # VIDEO_PAUSED: whose video
     paused: bool = False
+    layers: tuple[str, tuple[str, ...]] | None = None  # LAYERS: (mid, rids to keep sending)
 
 
 # How much a participant's picture matters to the SFU's per-subscriber allocator when a

@@ -471,6 +471,9 @@ class SignalingSocket:
         if event == "quality":
             self._hub.set_quality(participant, payload["level"])
             return {"ok": True}
+        if event == "view":
+            self._hub.set_view(participant, payload["tiles"])
+            return {"ok": True}
         if event == "chat.send":
             return {"ok": True, "id": await self._chat.send(participant, payload["text"])}
         if event == "chat.enable":

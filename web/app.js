@@ -80,6 +80,7 @@ const roundtable = {
   metrics: { joinClickedAt: null, firstRemoteFrameAt: null, joinToFirstFrameMs: null },
   output: "", // the speaker chosen on the page (deviceId), applied to every remote tile
   testSound: null,
+  view: [], // the last `view` report sent to the server (what this page shows)
 };
 window.roundtable = roundtable;
 
@@ -855,6 +856,10 @@ async function main() {
     onFirstFrame: firstFrame,
     onAutoplayBlocked: () => {
       $("sound-button").hidden = false;
+    },
+    onView: (tiles) => {
+      roundtable.view = tiles;
+      if (state.call) state.call.sendView(tiles);
     },
   });
 

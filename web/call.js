@@ -4,6 +4,17 @@
 
 const ACK_TIMEOUT_MS = 15000;
 const LIVE_STATES = new Set(["admitted", "connected"]);
+// The camera as three VP8 layers, low → high (the SFU takes this order): ¼, ½ and full
+// size of the 960×720 capture (devices.js). Chromium sends three layers only from about
+// 960×540 up. The bitrates fit the tiles they serve: a phone's strip or a five-person
+// grid (240×180), a desktop grid of three or four (480×360), one or two people large.
+// Modest on purpose (a talking head moves little): the lower two together stay under
+// 500 kbit/s, so a weak uplink still carries the middle layer.
+const SIMULCAST = [
+  { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 100_000 },
+  { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 350_000 },
+  { rid: "h", scaleResolutionDownBy: 1, maxBitrate: 1_000_000 },
+];
 const MAX_RESTARTS = 3;
 const RESTART_WINDOW_MS = 5 * 60 * 1000;
 const QUALITY_EVERY_MS = 3000;
@@ -49,6 +60,9 @@ export class Call extends EventTarget {
     /** kind -> {sender, track} of the publish leg */
     this.senders = {};
     this.screenTrack = null;
+    this._serverLayers = null; // rids the SFU wants from our camera (publish.layers); null: all
+    this._simulcast = false; // the SFU's answer received our layers
+    this._viewKey = null; // the last view report sent (JSON), so only changes go out
     this.leaving = false;
     this._subscribeChain = Promise.resolve();
     this._generation = 0;
@@ -177,6 +191,11 @@ export class Call extends EventTarget {
         this._emit("video-paused", { participant: msg.participant, paused: msg.paused === true });
       }
     });
+    socket.on("publish.layers", (msg) => {
+      if (!msg || !Array.isArray(msg.active)) return;
+      this._serverLayers = new Set(msg.active.map(String));
+      this._applyLayers().catch(() => {});
+    });
     const moving = (msg) => {
       this._moving = msg || {};
       if (msg && Array.isArray(msg.cluster) && msg.cluster.length) this.cluster = msg.cluster;
@@ -295,6 +314,8 @@ export class Call extends EventTarget {
     }
     // A welcome after a reconnect starts the media from scratch.
     this._teardownMedia();
+    this._viewKey = null; // a fresh server may not know what we show: tell it again
+    this._serverLayers = null;
     this.you = msg.you;
     this.room = msg.room;
     if (Array.isArray(msg.cluster)) this.cluster = msg.cluster;
@@ -395,7 +416,9 @@ export class Call extends EventTarget {
     this._watchState(pc, "publish");
     const trickle = this._trickle(pc, "publish");
     for (const track of tracks) {
-      const tr = pc.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
+      const init = { direction: "sendonly", streams: [this.localStream] };
+      if (track.kind === "video") init.sendEncodings = SIMULCAST.map((e) => ({ ...e }));
+      const tr = pc.addTransceiver(track, init);
       this.senders[track.kind] = { sender: tr.sender, track };
       if (track.kind === "video" && !track.enabled) tr.sender.replaceTrack(null);
     }
@@ -403,7 +426,58 @@ export class Call extends EventTarget {
     const answer = await this._request("publish", { type: "offer", sdp: pc.localDescription.sdp });
     if (gen !== this._generation) return;
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    this._simulcast = /^a=simulcast:recv /m.test(answer.sdp);
+    await this._applyLayers().catch(() => {});
     trickle.open();
+  }
+
+  /**
+   * Which camera layers to send: those the SFU says someone receives (publish.layers),
+   * only the full one while a screen is shared (downscaled text is unreadable, and a
+   * still screen costs little), and one full-size encoding if the SFU's answer took no
+   * simulcast (the browser then sends only the first encoding, which is the small one).
+   */
+  async _applyLayers() {
+    const entry = this.senders.video;
+    if (!entry || !this.pcs.publish) return;
+    const params = entry.sender.getParameters();
+    if (!params.encodings || params.encodings.length === 0) return;
+    const full = SIMULCAST[SIMULCAST.length - 1];
+    if (!this._simulcast || params.encodings.length === 1) {
+      const enc = params.encodings[0];
+      if (enc.scaleResolutionDownBy === 1 && enc.maxBitrate === full.maxBitrate) return;
+      enc.scaleResolutionDownBy = 1;
+      enc.maxBitrate = full.maxBitrate;
+      enc.active = true;
+      await entry.sender.setParameters(params);
+      return;
+    }
+    let changed = false;
+    for (const enc of params.encodings) {
+      const active = this.screenTrack
+        ? enc.rid === full.rid
+        : !this._serverLayers || this._serverLayers.has(enc.rid) || enc.rid === SIMULCAST[0].rid;
+      if (enc.active !== active) {
+        enc.active = active;
+        changed = true;
+      }
+    }
+    if (changed) await entry.sender.setParameters(params);
+  }
+
+  /**
+   * Tell the SFU what we show of each remote participant (tiles: [{participant,
+   * visible, width, height}] in device pixels), so hidden tiles cost nothing and small
+   * ones get the small layer. Sent only when it changed.
+   */
+  sendView(tiles) {
+    const key = JSON.stringify(tiles);
+    if (key === this._viewKey || !this.socket || !this.socket.connected) return;
+    if (!this.you || !LIVE_STATES.has(this.you.state)) return;
+    this._viewKey = key;
+    this._request("view", { tiles }).catch(() => {
+      this._viewKey = null; // try again with the next change
+    });
   }
 
   // --- subscribe leg ---------------------------------------------------------------
@@ -503,6 +577,7 @@ export class Call extends EventTarget {
     if (!entry || !this.pcs.publish) throw new CallError("forbidden", "no video is being sent");
     this.screenTrack = track;
     await entry.sender.replaceTrack(track || (entry.track.enabled ? entry.track : null));
+    await this._applyLayers().catch(() => {});
   }
 
   /**

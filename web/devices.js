@@ -2,7 +2,9 @@
 // with fallbacks, swapping one device for another, and routing sound to a chosen speaker.
 // No page layout here; app.js shows the results.
 
-const VIDEO = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
+// 960×720: Chromium sends all three simulcast layers (call.js SIMULCAST) only from about
+// 960×540 up (its layer count goes by resolution), and 4:3 fills the 4:3 tiles.
+const VIDEO = { width: { ideal: 960 }, height: { ideal: 720 }, frameRate: { ideal: 24 } };
 
 /** Media kinds the token's grants allow us to publish; everything if we cannot tell. */
 export function allowedKinds(claims) {

@@ -18,7 +18,8 @@ export function initials(name) {
 export class Tiles {
   /**
    * @param {HTMLElement} list the <ul> holding the tiles
-   * @param {{onFirstFrame?: () => void, onAutoplayBlocked?: () => void}} hooks
+   * @param {{onFirstFrame?: () => void, onAutoplayBlocked?: () => void,
+   *          onView?: (tiles: object[]) => void}} hooks
    */
   constructor(list, hooks = {}) {
     this.list = list;
@@ -32,6 +33,49 @@ export class Tiles {
     this._speakingSince = new Map(); // pid -> ticks in a row above the threshold
     this.pausedVideo = new Set(); // pids whose video the server paused for our link
     if ("ResizeObserver" in window) new ResizeObserver(() => this._layout()).observe(list);
+    // What we show of each remote participant goes to the SFU (onView), which sends a
+    // hidden tile nothing and a small one the small layer: watch size, scrolling and
+    // the tab's visibility.
+    this._inView = new Map(); // pid -> whether its tile intersects the viewport
+    this._viewTimer = null;
+    this._tileSize =
+      "ResizeObserver" in window ? new ResizeObserver(() => this._viewChanged()) : null;
+    this._tileSeen =
+      "IntersectionObserver" in window
+        ? new IntersectionObserver((entries) => {
+            for (const e of entries) this._inView.set(e.target.dataset.participant, e.isIntersecting);
+            this._viewChanged();
+          })
+        : null;
+    document.addEventListener("visibilitychange", () => this._viewChanged());
+  }
+
+  /**
+   * The view report: per remote participant, whether its tile is visible (on screen,
+   * tab shown) and its size in device pixels (rounded to 8 so a wobble is no change).
+   */
+  views() {
+    const dpr = window.devicePixelRatio || 1;
+    const out = [];
+    for (const [pid, tile] of this.tiles) {
+      if (pid === this.selfId) continue;
+      const rect = tile.el.getBoundingClientRect();
+      const width = Math.min(16384, Math.round((rect.width * dpr) / 8) * 8);
+      const height = Math.min(16384, Math.round((rect.height * dpr) / 8) * 8);
+      const visible =
+        document.visibilityState !== "hidden" && this._inView.get(pid) !== false && width > 0 && height > 0;
+      out.push({ participant: pid, visible, width: visible ? width : 0, height: visible ? height : 0 });
+    }
+    return out;
+  }
+
+  _viewChanged() {
+    if (!this.hooks.onView || this._viewTimer !== null) return;
+    // Debounced: a layout change resizes every tile at once.
+    this._viewTimer = setTimeout(() => {
+      this._viewTimer = null;
+      this.hooks.onView(this.views());
+    }, 250);
   }
 
   setSelf(participant, localStream) {
@@ -68,6 +112,9 @@ export class Tiles {
     const tile = this.tiles.get(pid);
     if (!tile) return;
     tile.video.srcObject = null;
+    if (this._tileSize) this._tileSize.unobserve(tile.el);
+    if (this._tileSeen) this._tileSeen.unobserve(tile.el);
+    this._inView.delete(pid);
     tile.el.remove();
     this.tiles.delete(pid);
     this.streams.delete(pid);
@@ -210,7 +257,11 @@ export class Tiles {
       video.addEventListener("loadeddata", () => this._updateVideoPresence(tile));
       if (isSelf) this.list.prepend(el);
       else this.list.append(el);
-      if (!isSelf) this._attach(tile);
+      if (!isSelf) {
+        this._attach(tile);
+        if (this._tileSize) this._tileSize.observe(el);
+        if (this._tileSeen) this._tileSeen.observe(el);
+      }
       this._layout();
     }
     const wasSharing = Boolean(tile.participant.sharing);
@@ -320,6 +371,7 @@ export class Tiles {
   }
 
   _layout() {
+    this._viewChanged();
     const n = this.tiles.size;
     this.list.dataset.count = String(n);
     if (n === 0) return;

@@ -126,13 +126,15 @@ typedef struct {
     PyObject *payload;       /* bytes */
     PyObject *abs_send_time; /* int or NULL */
     PyObject *mid;           /* str or NULL */
+    PyObject *rid;           /* str or NULL: sdes:rtp-stream-id (a simulcast layer) */
+    PyObject *rrid;          /* str or NULL: sdes:repaired-rtp-stream-id (its RTX) */
     long long arrival_ns;
 } Packet;
 
 extern PyTypeObject PacketType;
 /* A new Packet, or NULL (no exception) for a malformed packet. */
 PyObject *fp_parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int mid_id,
-                       long long arrival_ns);
+                       int rid_id, int rrid_id, long long arrival_ns);
 PyObject *fp_py_parse_rtp(PyObject *module, PyObject *args);
 
 /* ---- leg.c ------------------------------------------------------------------------ */

@@ -15,7 +15,7 @@ static PyMethodDef module_methods[] = {
     {"addr_key", fp_py_addr_key, METH_VARARGS,
      "addr_key(host, port) -> the key of a remote address in Reader.set_routes()"},
     {"parse_rtp", fp_py_parse_rtp, METH_VARARGS,
-     "parse_rtp(data, abs_send_time_id, mid_id) -> Packet | None"},
+     "parse_rtp(data, abs_send_time_id, mid_id[, rid_id, rrid_id]) -> Packet | None"},
     {NULL},
 };
 

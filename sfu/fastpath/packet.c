@@ -4,7 +4,8 @@
  * Crosses into Python: one Packet object per received RTP packet, made by reader.c and
  * passed to the connection's on_rtp (sfu.aiortc_hooks), which routes it to the
  * forwarder; Python reads its attributes (payload as bytes, header fields as ints, the
- * abs-send-time and MID extensions). parse_rtp() is exposed for the tests.
+ * abs-send-time, MID and the two stream-id extensions: simulcast layers and their RTX,
+ * sfu/simulcast.py). parse_rtp() is exposed for the tests.
  */
 #include "fastpath.h"
 
@@ -16,6 +17,8 @@ static void Packet_dealloc(Packet *self)
     Py_XDECREF(self->payload);
     Py_XDECREF(self->abs_send_time);
     Py_XDECREF(self->mid);
+    Py_XDECREF(self->rid);
+    Py_XDECREF(self->rrid);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -63,6 +66,8 @@ static PyMemberDef Packet_members[] = {
     {"payload", T_OBJECT, offsetof(Packet, payload), READONLY, NULL},
     {"abs_send_time", T_OBJECT, offsetof(Packet, abs_send_time), READONLY, NULL},
     {"mid", T_OBJECT, offsetof(Packet, mid), READONLY, NULL},
+    {"rtp_stream_id", T_OBJECT, offsetof(Packet, rid), READONLY, NULL},
+    {"repaired_rtp_stream_id", T_OBJECT, offsetof(Packet, rrid), READONLY, NULL},
     {"arrival_ns", T_LONGLONG, offsetof(Packet, arrival_ns), 0,
      "perf_counter_ns() when the datagram was read, before SRTP"},
     {NULL},
@@ -73,8 +78,6 @@ static PyGetSetDef Packet_getset[] = {
     {"csrc", (getter)Packet_get_csrc, NULL, NULL, NULL},
     {"version", Packet_get_version, NULL, NULL, NULL},
     {"audio_level", Packet_get_none, NULL, NULL, NULL},
-    {"repaired_rtp_stream_id", Packet_get_none, NULL, NULL, NULL},
-    {"rtp_stream_id", Packet_get_none, NULL, NULL, NULL},
     {"transmission_offset", Packet_get_none, NULL, NULL, NULL},
     {"transport_sequence_number", Packet_get_none, NULL, NULL, NULL},
     {NULL},
@@ -95,7 +98,7 @@ PyTypeObject PacketType = {
 /* Parse a plain RTP packet (RFC 3550, RFC 8285 extensions); NULL if malformed (no
  * exception: such packets are dropped, as aiortc drops them). */
 PyObject *fp_parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int mid_id,
-                       long long arrival_ns)
+                       int rid_id, int rrid_id, long long arrival_ns)
 {
     if (n < 12 || (d[0] >> 6) != 2)
         return NULL;
@@ -104,8 +107,8 @@ PyObject *fp_parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int mid
     if (n < pos)
         return NULL;
     long abs_send_time = -1;
-    const unsigned char *mid = NULL;
-    int mid_len = 0;
+    const unsigned char *mid = NULL, *rid = NULL, *rrid = NULL;
+    int mid_len = 0, rid_len = 0, rrid_len = 0;
     if (d[0] & 0x10) {
         if (n < pos + 4)
             return NULL;
@@ -144,6 +147,12 @@ PyObject *fp_parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int mid
             } else if (mid_id && id == mid_id) {
                 mid = value;
                 mid_len = len;
+            } else if (rid_id && id == rid_id) {
+                rid = value;
+                rid_len = len;
+            } else if (rrid_id && id == rrid_id) {
+                rrid = value;
+                rrid_len = len;
             }
             i = (value - d) + len;
         }
@@ -172,12 +181,19 @@ PyObject *fp_parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int mid
     p->arrival_ns = arrival_ns;
     p->abs_send_time = NULL;
     p->mid = NULL;
+    p->rid = NULL;
+    p->rrid = NULL;
     p->payload = PyBytes_FromStringAndSize((const char *)d + pos, n - pos - padding);
     if (abs_send_time >= 0)
         p->abs_send_time = PyLong_FromLong(abs_send_time);
     if (mid)
         p->mid = PyUnicode_DecodeUTF8((const char *)mid, mid_len, NULL);
-    if (!p->payload || (abs_send_time >= 0 && !p->abs_send_time) || (mid && !p->mid)) {
+    if (rid)
+        p->rid = PyUnicode_DecodeUTF8((const char *)rid, rid_len, NULL);
+    if (rrid)
+        p->rrid = PyUnicode_DecodeUTF8((const char *)rrid, rrid_len, NULL);
+    if (!p->payload || (abs_send_time >= 0 && !p->abs_send_time) || (mid && !p->mid) ||
+        (rid && !p->rid) || (rrid && !p->rrid)) {
         Py_DECREF(p);
         PyErr_Clear();
         return NULL;
@@ -187,12 +203,13 @@ PyObject *fp_parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int mid
 
 PyObject *fp_py_parse_rtp(PyObject *module, PyObject *args)
 {
-    /* parse_rtp(data, abs_send_time_id, mid_id) -> Packet | None (for tests) */
+    /* parse_rtp(data, abs_send_time_id, mid_id[, rid_id, rrid_id]) -> Packet | None
+     * (for tests) */
     Py_buffer data;
-    int abs_id, mid_id;
-    if (!PyArg_ParseTuple(args, "y*ii", &data, &abs_id, &mid_id))
+    int abs_id, mid_id, rid_id = 0, rrid_id = 0;
+    if (!PyArg_ParseTuple(args, "y*ii|ii", &data, &abs_id, &mid_id, &rid_id, &rrid_id))
         return NULL;
-    PyObject *p = fp_parse_rtp(data.buf, data.len, abs_id, mid_id, 0);
+    PyObject *p = fp_parse_rtp(data.buf, data.len, abs_id, mid_id, rid_id, rrid_id, 0);
     PyBuffer_Release(&data);
     if (!p)
         Py_RETURN_NONE;

@@ -41,7 +41,7 @@ typedef struct {
     int rtp;
     FpSrtp srtp; /* .rtp, .rtcp: srtp_unprotect, srtp_unprotect_rtcp */
     PyObject *on_rtp, *on_rtcp;
-    int abs_id, mid_id;
+    int abs_id, mid_id, rid_id, rrid_id; /* header extension ids, 0: not negotiated */
     unsigned long long rx_packets, rx_bytes, datagrams, wakeups;
     /* A socket shared by many ICE connections (sfu/udpmux.py): remote address key
      * (addr_key) -> the Reader of the connection that owns that address. The
@@ -106,12 +106,12 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
 static PyObject *Reader_set_rtp(Reader *self, PyObject *args)
 {
     /* set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected,
-     *         on_rtp, on_rtcp, abs_id, mid_id) */
+     *         on_rtp, on_rtcp, abs_id, mid_id[, rid_id, rrid_id]) */
     unsigned long long ctx, fn, fn_rtcp;
     PyObject *session, *dtls, *connected, *on_rtp, *on_rtcp;
-    int abs_id, mid_id;
-    if (!PyArg_ParseTuple(args, "KKKOOOOOii", &ctx, &fn, &fn_rtcp, &session, &dtls, &connected,
-                          &on_rtp, &on_rtcp, &abs_id, &mid_id))
+    int abs_id, mid_id, rid_id = 0, rrid_id = 0;
+    if (!PyArg_ParseTuple(args, "KKKOOOOOii|ii", &ctx, &fn, &fn_rtcp, &session, &dtls,
+                          &connected, &on_rtp, &on_rtcp, &abs_id, &mid_id, &rid_id, &rrid_id))
         return NULL;
     if (!ctx || !fn || !fn_rtcp || !PyCallable_Check(on_rtp) || !PyCallable_Check(on_rtcp)) {
         PyErr_SetString(PyExc_ValueError, "incomplete RTP route");
@@ -126,6 +126,8 @@ static PyObject *Reader_set_rtp(Reader *self, PyObject *args)
     self->on_rtcp = on_rtcp;
     self->abs_id = abs_id;
     self->mid_id = mid_id;
+    self->rid_id = rid_id;
+    self->rrid_id = rrid_id;
     self->rtp = 1;
     Py_RETURN_NONE;
 }
@@ -331,7 +333,7 @@ static int Reader_handle(Reader *t, unsigned char *buf, Py_ssize_t n,
     }
     if (t->srtp.rtp(t->srtp.ctx, buf, &len) != 0)
         return 0; /* not authentic, or replayed: dropped, as aiortc does */
-    PyObject *p = fp_parse_rtp(buf, len, t->abs_id, t->mid_id, t_in);
+    PyObject *p = fp_parse_rtp(buf, len, t->abs_id, t->mid_id, t->rid_id, t->rrid_id, t_in);
     if (!p)
         return 0;
     PyObject *ms = PyLong_FromLongLong(ntp_ms());
@@ -463,7 +465,7 @@ static PyMethodDef Reader_methods[] = {
      "set_routes(routes): share this socket; routes maps addr_key(host, port) -> Reader"},
     {"set_rtp", (PyCFunction)Reader_set_rtp, METH_VARARGS,
      "set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected, on_rtp, "
-     "on_rtcp, abs_id, mid_id)"},
+     "on_rtcp, abs_id, mid_id[, rid_id, rrid_id])"},
     {NULL},
 };
 

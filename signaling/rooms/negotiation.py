@@ -196,6 +196,12 @@ class Negotiator:
             if participant is not None and participant.admitted and self.notifier:
                 payload = {"participant": signal.publisher, "paused": signal.paused}
                 self._spawn(live, self.notifier.send(participant.sid, "video.paused", payload))
+        elif signal.kind is SignalKind.LAYERS and signal.layers is not None:
+            participant = live.room.get(signal.pid)
+            if participant is not None and participant.admitted and self.notifier:
+                mid, rids = signal.layers
+                payload = {"mid": mid, "active": list(rids)}
+                self._spawn(live, self.notifier.send(participant.sid, "publish.layers", payload))
         elif signal.kind is SignalKind.CONNECTION_STATE and signal.leg == "publish":
             participant = live.room.get(signal.pid)
             assert participant is not None
@@ -238,6 +244,20 @@ class Negotiator:
         live = self._live(participant)
         if live.router is not None and participant.admitted:
             live.router.restart_ice(participant.id)
+
+    def set_view(self, participant: Participant, tiles: list[dict[str, Any]]) -> None:
+        """The page's tiles: the SFU sends hidden ones nothing and small ones a small
+        layer. Ids of people not in the room are ignored (the page may lag a roster)."""
+        live = self._live(participant)
+        if live.router is None or not participant.admitted:
+            return
+        views = {
+            t["participant"]: (t["visible"], t["width"], t["height"])
+            for t in tiles
+            if t["participant"] != participant.id and live.room.get(t["participant"]) is not None
+        }
+        if views:
+            live.router.set_view(participant.id, views)
 
     def set_quality(self, participant: Participant, level: str) -> None:
         live = self._live(participant)
