@@ -9,6 +9,7 @@ from aiortc import RTCSessionDescription
 
 from sfu.errors import MediaError
 from tests.media import Peer, Room, wait_for
+from tests.simulcast_peer import SimulcastPublisher
 
 pytestmark = pytest.mark.slow
 
@@ -89,26 +90,35 @@ async def test_router_creates_no_decoder_or_encoder(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(rtcrtpsender, "get_encoder", get_encoder)
     monkeypatch.setattr(rtcrtpreceiver, "get_decoder", get_decoder)
+    # and a simulcast publisher (three VP8 layers, encoded by the test peer itself)
+    cam = SimulcastPublisher("cam", room.router)
     try:
         pids = ("a", "b", "c")
         for pid, colour in zip(pids, (RED, GREEN, BLUE), strict=True):
             await room.join(pid, colour)
+        await cam.publish()
         await wait_for(
-            lambda: all(
-                room.peers[me].decoded(o, k) >= 5
-                for me in pids
-                for o in pids
-                if o != me
-                for k in ("audio", "video")
+            lambda: (
+                all(
+                    room.peers[me].decoded(o, k) >= 5
+                    for me in pids
+                    for o in pids
+                    if o != me
+                    for k in ("audio", "video")
+                )
+                and all(room.peers[me].decoded("cam", "video") >= 5 for me in pids)
             ),
-            timeout=20,
+            timeout=30,
         )
-        # Exactly what the three test peers need: 3 × (audio + video) encoders and
-        # 3 × 2 publishers × 2 kinds decoders. Anything more is the SFU transcoding.
+        # Exactly what the test peers need: 3 × (audio + video) encoders and 3 × 2
+        # publishers × 2 kinds + 3 × the simulcast video decoders. Anything more is
+        # the SFU transcoding (tests/test_simulcast.py checks the layered payloads
+        # arrive byte for byte).
         assert sum(1 for kind, _ in made if kind == "encoder") == 6
-        assert sum(1 for kind, _ in made if kind == "decoder") == 12
+        assert sum(1 for kind, _ in made if kind == "decoder") == 12 + 3
         assert room.router.stats.packets_out > 0
     finally:
+        await cam.close()
         await room.close()
 
 
