@@ -128,6 +128,11 @@ function hasGrant(name) {
   return Boolean(state.claims && Array.isArray(state.claims.grants) && state.claims.grants.includes(name));
 }
 
+/** Our role as the link says (for wording only), "client" when the link is unreadable. */
+function myRole() {
+  return (state.claims && state.claims.role) || "client";
+}
+
 function roleLabelWithOrg(claims) {
   const role = roleLabel(claims.role);
   return typeof claims.org === "string" && claims.org ? `${role} · ${claims.org}` : role;
@@ -163,7 +168,7 @@ function setStatus(key, vars = {}, log = true) {
 function setStatusError(code, message, log = true) {
   setStatus(null);
   state.statusError = { code, message };
-  showLine(errorMessage(code, message), log);
+  showLine(errorMessage(code, message, myRole()), log);
 }
 
 /** Say something that is no status (a chat line): into the status line, as it comes. */
@@ -222,7 +227,7 @@ function renderEnded() {
   if (!state.ended) return;
   const { titleKey, code, message } = state.ended;
   $("ended-title").textContent = t(titleKey);
-  $("ended-text").textContent = code ? errorMessage(code, message) : message ? t(message) : "";
+  $("ended-text").textContent = code ? errorMessage(code, message, myRole()) : message ? t(message) : "";
   $("ended-text").dataset.error = code || "";
   // Never the server's own (English) words on a German page: every code has our text
   // (tests/test_i18n.py), and an unknown one falls back to the server's message above.
@@ -684,7 +689,7 @@ function join() {
     state.mutedByHost.add(kind);
     const track = localTrack(kind);
     if (track && track.enabled) toggle(kind, { quiet: true });
-    setStatus(kind === "video" ? "status.videoMutedByHost" : "status.mutedByHost");
+    setStatus(tRoleKey(kind === "video" ? "status.videoMutedByHost" : "status.mutedByHost", myRole()));
   });
   call.addEventListener("invite-delivery", ({ detail }) => {
     if (state.invite) state.invite.delivery(detail);

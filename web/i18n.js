@@ -17,7 +17,7 @@ export const STRINGS = {
     "prejoin.privacy": "Das Gespräch wird nicht aufgezeichnet. Bild und Ton laufen nur über die Server der Agentur.",
     "prejoin.check": "Prüfen Sie Kamera und Mikrofon in der Vorschau.",
     "prejoin.join": "Gespräch beitreten",
-    "prejoin.joining": "Verbinde …",
+    "prejoin.joining": "Verbindung wird aufgebaut …",
     "prejoin.previewLabel": "Vorschau Ihrer Kamera",
     "prejoin.noLink":
       "Dieser Seite fehlt ein persönlicher Zugangslink. Bitte öffnen Sie den Link, den Sie erhalten haben.",
@@ -40,7 +40,7 @@ export const STRINGS = {
     "device.audioOnly": "Nur das Mikrofon ist verfügbar – Sie nehmen ohne Bild teil.",
     "device.videoOnly": "Nur die Kamera ist verfügbar – Sie nehmen ohne Ton teil.",
     "device.denied":
-      "Kamera und Mikrofon wurden nicht freigegeben. Sie können trotzdem beitreten und zuhören.",
+      "Kamera und Mikrofon wurden nicht freigegeben. Sie können sie im Browser erlauben (Schloss-Symbol neben der Adresse) oder ohne sie beitreten und zuhören.",
     "device.notFound":
       "Keine Kamera und kein Mikrofon gefunden. Sie können trotzdem beitreten und zuhören.",
     "device.insecure":
@@ -111,9 +111,9 @@ export const STRINGS = {
     "status.camOn": "Ihre Kamera ist an.",
 
     "ended.leftTitle": "Sie haben das Gespräch verlassen.",
-    "ended.errorTitle": "Das Gespräch ist nicht möglich.",
+    "ended.errorTitle": "Die Teilnahme ist leider nicht möglich.",
     "ended.closedTitle": "Die Verbindung wurde beendet.",
-    "ended.closedText": "Die Verbindung zum Gespräch wurde getrennt.",
+    "ended.closedText": "Die Verbindung zum Gespräch ist abgebrochen. Sie können erneut beitreten.",
     "ended.rejoin": "Erneut beitreten",
     "ended.checking": "Ihr Zugangslink wird geprüft …",
     "ended.detail": "Hinweis des Servers",
@@ -136,7 +136,7 @@ export const STRINGS = {
     "mod.muteLabel": "Mikrofon von {name} stummschalten",
     "mod.remove": "Entfernen",
     "mod.removeLabel": "{name} aus dem Gespräch entfernen",
-    "mod.mutedNote": "stumm",
+    "mod.mutedNote": "stummgeschaltet",
 
     "invite.open": "Partner hinzuschalten",
     "invite.title": "Partner hinzuschalten",
@@ -145,14 +145,14 @@ export const STRINGS = {
     "invite.name": "Name der Person",
     "invite.rights": "Rechte",
     "invite.minutes": "Gültig (Minuten)",
-    "invite.waiting": "Über den Warteraum eintreten",
+    "invite.waiting": "Erst in den Warteraum (Sie lassen die Person herein)",
     "invite.email": "E-Mail-Adresse (freiwillig)",
     "invite.emailHint": "Wir schicken den Link dorthin, mit einem Kalendereintrag.",
     "invite.email.sent": "Die Einladung wurde per E-Mail an {email} geschickt.",
     "invite.email.failed": "Die E-Mail konnte nicht verschickt werden. Bitte geben Sie den Link selbst weiter.",
     "invite.email.disabled": "Der E-Mail-Versand ist auf diesem Server nicht eingerichtet. Bitte geben Sie den Link selbst weiter.",
     "qr.open": "QR-Code für die Kundin/den Kunden",
-    "qr.title": "Link für das Handy der Kundin/des Kunden",
+    "qr.title": "Link für das eigene Handy der Kundin oder des Kunden",
     "qr.text": "Die Kundin oder der Kunde scannt den Code mit der Kamera des eigenen Handys und tritt damit dem Gespräch bei.",
     "qr.alt": "QR-Code mit dem Zugangslink der Kundin/des Kunden",
     "invite.submit": "Einladung erstellen",
@@ -180,7 +180,7 @@ export const STRINGS = {
     "right.audio": "Ton",
     "right.video": "Bild",
     "right.screen": "Bildschirm teilen",
-    "right.see_client": "Bild der Kundin/des Kunden sehen",
+    "right.see_client": "Bild der Kundin oder des Kunden sehen",
     "right.chat": "Chat",
     "chat.title": "Chat",
     "chat.note": "Der Chat wird nach dem Gespräch nicht gespeichert.",
@@ -198,7 +198,7 @@ export const STRINGS = {
 
     "end.button": "Für alle beenden",
     "end.title": "Gespräch für alle beenden?",
-    "end.text": "Alle Teilnehmenden werden getrennt, und keiner der Links funktioniert danach noch.",
+    "end.text": "Alle werden getrennt. Danach funktioniert keiner der Links mehr.",
     "end.confirm": "Für alle beenden",
 
     "status.hostAway": "Ihre Beratungsperson ist kurz nicht verbunden. Bitte bleiben Sie im Gespräch.",
@@ -209,9 +209,13 @@ export const STRINGS = {
     "status.sessionEndingOne": "Das Gespräch endet in einer Minute.",
     "status.sessionExtended": "Das Gespräch wurde bis {time} Uhr verlängert.",
     "status.mutedByHost":
-      "Ihr Mikrofon wurde stummgeschaltet. Schalten Sie es wieder ein, wenn Sie sprechen möchten.",
+      "Ihre Beratungsperson hat Ihr Mikrofon stummgeschaltet. Schalten Sie es wieder ein, wenn Sie sprechen möchten.",
+    "status.mutedByHost.partner":
+      "Die Beratungsperson hat Ihr Mikrofon stummgeschaltet. Schalten Sie es wieder ein, wenn Sie sprechen möchten.",
     "status.videoMutedByHost":
-      "Ihre Kamera wurde ausgeschaltet. Schalten Sie sie wieder ein, wenn Sie möchten.",
+      "Ihre Beratungsperson hat Ihre Kamera ausgeschaltet. Schalten Sie sie wieder ein, wenn Sie möchten.",
+    "status.videoMutedByHost.partner":
+      "Die Beratungsperson hat Ihre Kamera ausgeschaltet. Schalten Sie sie wieder ein, wenn Sie möchten.",
     "status.someoneWaiting": "{name} wartet im Warteraum.",
     "status.locked": "Das Gespräch ist gesperrt.",
     "status.unlocked": "Das Gespräch ist nicht mehr gesperrt.",
@@ -225,37 +229,42 @@ export const STRINGS = {
     "role.caseworker": "Beratungsperson",
     "role.client": "Kundin/Kunde",
     "role.caseworkerOnSite": "Beratung mit Kundin/Kunde vor Ort",
-    "role.partner": "Partner/in",
+    "role.partner": "Fachperson",
     "role.unknown": "Teilnehmende Person",
 
     "error.token_missing": "Es fehlt ein Zugangslink. Bitte öffnen Sie Ihren persönlichen Link.",
-    "error.token_malformed": "Der Zugangslink ist ungültig oder unvollständig.",
-    "error.token_bad_signature": "Der Zugangslink ist ungültig.",
-    "error.token_bad_algorithm": "Der Zugangslink ist ungültig.",
+    "error.token_malformed": "Der Zugangslink ist ungültig oder unvollständig. Bitte öffnen Sie den Link noch einmal genau so, wie Sie ihn bekommen haben.",
+    "error.token_bad_signature": "Der Zugangslink ist ungültig. Bitte öffnen Sie den Link noch einmal genau so, wie Sie ihn bekommen haben.",
+    "error.token_bad_algorithm": "Der Zugangslink ist ungültig. Bitte öffnen Sie den Link noch einmal genau so, wie Sie ihn bekommen haben.",
     "error.token_expired": "Der Zugangslink ist abgelaufen. Bitte fragen Sie Ihre Beratungsperson nach einem neuen Link.",
+    "error.token_expired.partner":
+      "Der Einladungslink ist abgelaufen. Die Person, die Sie eingeladen hat, kann Ihnen einen neuen schicken.",
+    "error.token_expired.caseworker": "Der Zugangslink ist abgelaufen. Bitte legen Sie das Gespräch neu an.",
     "error.token_not_yet_valid":
       "Der Zugangslink ist noch nicht gültig. Bitte versuchen Sie es zum vereinbarten Termin erneut.",
-    "error.token_claims_missing": "Der Zugangslink ist unvollständig.",
+    "error.token_claims_missing": "Der Zugangslink ist unvollständig. Bitte öffnen Sie den Link noch einmal genau so, wie Sie ihn bekommen haben.",
     "error.token_wrong_audience": "Der Zugangslink gehört nicht zu diesem Dienst.",
     "error.token_wrong_issuer": "Der Zugangslink wurde nicht von diesem Dienst ausgestellt.",
     "error.token_wrong_room": "Der Zugangslink gilt nicht für dieses Gespräch.",
     "error.token_revoked": "Der Zugangslink wurde zurückgezogen und gilt nicht mehr.",
     "error.invite_used":
-      "Diese Einladung wurde bereits verwendet. Bitte fordern Sie eine neue Einladung an.",
+      "Diese Einladung wurde schon benutzt, sie gilt nur einmal. Die Person, die Sie eingeladen hat, kann Ihnen eine neue schicken.",
     "error.api_key_missing": "Der Zugang zur Schnittstelle fehlt (API-Schlüssel).",
     "error.api_key_invalid": "Der API-Schlüssel ist ungültig.",
     "error.forbidden": "Das ist mit Ihrem Zugang nicht möglich.",
     "error.not_found": "Das Gespräch wurde nicht gefunden. Bitte prüfen Sie den Link.",
-    "error.bad_request": "Die Anfrage war fehlerhaft.",
-    "error.payload_too_large": "Die Anfrage war zu groß.",
+    "error.bad_request": "Die Angaben waren unvollständig oder nicht richtig.",
+    "error.payload_too_large": "Das ist zu viel auf einmal. Bitte kürzen Sie den Text.",
     "error.too_many_requests": "Zu viele Anfragen. Bitte warten Sie einen Moment.",
     "error.room_closed": "Dieses Gespräch ist beendet. Der Link gilt nicht mehr.",
     "error.room_full": "Das Gespräch ist voll. Es können keine weiteren Personen teilnehmen.",
-    "error.unknown_event": "Die Seite hat eine unbekannte Nachricht gesendet. Bitte laden Sie neu.",
-    "error.invalid_payload": "Die Seite hat fehlerhafte Daten gesendet. Bitte laden Sie neu.",
-    "error.sdp_invalid": "Die Bild- und Tonverbindung konnte nicht ausgehandelt werden.",
+    "error.unknown_event": "Die Seite hat eine unbekannte Nachricht gesendet. Bitte laden Sie die Seite neu.",
+    "error.invalid_payload": "Die Seite hat fehlerhafte Daten gesendet. Bitte laden Sie die Seite neu.",
+    "error.sdp_invalid": "Bild und Ton konnten nicht verbunden werden. Bitte laden Sie die Seite neu.",
     "error.internal": "Auf dem Server ist ein Fehler aufgetreten. Bitte versuchen Sie es noch einmal.",
     "error.lobby_denied": "Sie wurden nicht in das Gespräch hereingelassen. Bei Fragen wenden Sie sich bitte an die Agentur.",
+    "error.lobby_denied.partner":
+      "Sie wurden nicht in das Gespräch hereingelassen. Bei Fragen wenden Sie sich bitte an die Person, die Sie eingeladen hat.",
     "error.replaced": "Sie haben das Gespräch in einem anderen Fenster oder Tab geöffnet. Dort geht es weiter.",
     "error.wrong_node": "Das Gespräch läuft auf einem anderen Server – Sie werden verbunden …",
     "error.unavailable": "Der Dienst ist kurz nicht erreichbar. Bitte versuchen Sie es gleich noch einmal.",
@@ -265,14 +274,21 @@ export const STRINGS = {
     "error.partner_not_found": "Diese Partnerorganisation ist nicht (mehr) im Verzeichnis.",
     "error.partner_exists": "Eine Partnerorganisation mit diesem Namen ist schon im Verzeichnis.",
     "error.consent_required":
-      "Bitte bestätigen Sie zuerst den Hinweis zum Gespräch (das Kästchen über dem Knopf).",
+      "Bitte bestätigen Sie zuerst den Hinweis zum Gespräch (das Kästchen über „Gespräch beitreten“).",
     "error.removed": "Ihre Beratungsperson hat Sie aus dem Gespräch entfernt.",
+    "error.removed.partner": "Die Beratungsperson hat Sie aus dem Gespräch entfernt.",
     "error.room_ended": "Ihre Beratungsperson hat das Gespräch für alle beendet.",
+    "error.room_ended.partner": "Die Beratungsperson hat das Gespräch für alle beendet.",
+    "error.room_ended.caseworker": "Sie haben das Gespräch für alle beendet. Die Links gelten nicht mehr.",
     "error.session_expired": "Die vereinbarte Zeit für dieses Gespräch ist abgelaufen.",
     "error.room_locked":
       "Das Gespräch ist gerade gesperrt. Es werden keine weiteren Personen eingelassen.",
     "error.seat_taken":
       "Dieser Link ist gerade auf einem anderen Gerät im Gespräch. Bitte nutzen Sie das andere Gerät oder wenden Sie sich an Ihre Beratungsperson.",
+    "error.seat_taken.partner":
+      "Dieser Link ist gerade auf einem anderen Gerät im Gespräch. Bitte nutzen Sie das andere Gerät oder wenden Sie sich an die Beratungsperson.",
+    "error.seat_taken.caseworker":
+      "Dieser Link ist gerade auf einem anderen Gerät im Gespräch. Bitte nutzen Sie das andere Gerät.",
     "error.invite_revoked": "Diese Einladung wurde zurückgezogen.",
     "error.timeout": "Der Server antwortet nicht. Bitte prüfen Sie Ihre Verbindung.",
     "error.media": "Die Bild- und Tonverbindung konnte nicht aufgebaut werden.",
@@ -312,7 +328,7 @@ export const STRINGS = {
     "device.audioOnly": "Only the microphone is available – you will join without video.",
     "device.videoOnly": "Only the camera is available – you will join without sound.",
     "device.denied":
-      "Camera and microphone were not allowed. You can still join and listen.",
+      "Camera and microphone were not allowed. You can allow them in the browser (the lock icon next to the address) or join without them and listen.",
     "device.notFound": "No camera or microphone found. You can still join and listen.",
     "device.insecure": "Camera and microphone need a secure connection (HTTPS).",
     "device.failed": "Camera and microphone could not be started.",
@@ -380,9 +396,9 @@ export const STRINGS = {
     "status.camOn": "Your camera is on.",
 
     "ended.leftTitle": "You left the conversation.",
-    "ended.errorTitle": "The conversation is not possible.",
+    "ended.errorTitle": "Sorry, you cannot take part.",
     "ended.closedTitle": "The connection was closed.",
-    "ended.closedText": "The connection to the conversation was closed.",
+    "ended.closedText": "The connection to the conversation broke off. You can join again.",
     "ended.rejoin": "Join again",
     "ended.checking": "Checking your access link …",
     "ended.detail": "Server says",
@@ -414,14 +430,14 @@ export const STRINGS = {
     "invite.name": "Person's name",
     "invite.rights": "Rights",
     "invite.minutes": "Valid (minutes)",
-    "invite.waiting": "Enter through the waiting room",
+    "invite.waiting": "Waiting room first (you let the person in)",
     "invite.email": "E-mail address (optional)",
     "invite.emailHint": "We send the link there, with a calendar entry.",
     "invite.email.sent": "The invitation was e-mailed to {email}.",
     "invite.email.failed": "The e-mail could not be sent. Please pass the link on yourself.",
     "invite.email.disabled": "E-mail is not set up on this server. Please pass the link on yourself.",
     "qr.open": "QR code for the client",
-    "qr.title": "Link for the client's phone",
+    "qr.title": "Link for the client's own phone",
     "qr.text": "The client scans the code with their own phone's camera and joins the conversation with it.",
     "qr.alt": "QR code with the client's access link",
     "invite.submit": "Create invitation",
@@ -467,7 +483,7 @@ export const STRINGS = {
 
     "end.button": "End for all",
     "end.title": "End the conversation for everyone?",
-    "end.text": "Everyone is disconnected, and none of the links works afterwards.",
+    "end.text": "Everyone is disconnected. After that, none of the links works.",
     "end.confirm": "End for all",
 
     "status.hostAway": "Your adviser is briefly disconnected. Please stay in the conversation.",
@@ -477,8 +493,10 @@ export const STRINGS = {
     "status.sessionEnding": "The conversation ends in {minutes} minutes.",
     "status.sessionEndingOne": "The conversation ends in one minute.",
     "status.sessionExtended": "The conversation was extended until {time}.",
-    "status.mutedByHost": "Your microphone was muted. Turn it back on when you want to speak.",
-    "status.videoMutedByHost": "Your camera was turned off. Turn it back on if you like.",
+    "status.mutedByHost": "Your adviser muted your microphone. Turn it back on when you want to speak.",
+    "status.mutedByHost.partner": "The adviser muted your microphone. Turn it back on when you want to speak.",
+    "status.videoMutedByHost": "Your adviser turned your camera off. Turn it back on if you like.",
+    "status.videoMutedByHost.partner": "The adviser turned your camera off. Turn it back on if you like.",
     "status.someoneWaiting": "{name} is in the waiting room.",
     "status.locked": "The conversation is locked.",
     "status.unlocked": "The conversation is no longer locked.",
@@ -496,32 +514,35 @@ export const STRINGS = {
     "role.unknown": "Participant",
 
     "error.token_missing": "The access link is missing. Please open your personal link.",
-    "error.token_malformed": "The access link is invalid or incomplete.",
-    "error.token_bad_signature": "The access link is invalid.",
-    "error.token_bad_algorithm": "The access link is invalid.",
+    "error.token_malformed": "The access link is invalid or incomplete. Please open the link again exactly as you received it.",
+    "error.token_bad_signature": "The access link is invalid. Please open the link again exactly as you received it.",
+    "error.token_bad_algorithm": "The access link is invalid. Please open the link again exactly as you received it.",
     "error.token_expired": "The access link has expired. Please ask your adviser for a new link.",
+    "error.token_expired.partner": "The invitation link has expired. The person who invited you can send you a new one.",
+    "error.token_expired.caseworker": "The access link has expired. Please set up the conversation again.",
     "error.token_not_yet_valid":
       "The access link is not valid yet. Please try again at the agreed time.",
-    "error.token_claims_missing": "The access link is incomplete.",
+    "error.token_claims_missing": "The access link is incomplete. Please open the link again exactly as you received it.",
     "error.token_wrong_audience": "The access link does not belong to this service.",
     "error.token_wrong_issuer": "The access link was not issued by this service.",
     "error.token_wrong_room": "The access link is not valid for this conversation.",
     "error.token_revoked": "The access link has been withdrawn and is no longer valid.",
-    "error.invite_used": "This invitation has already been used. Please ask for a new one.",
+    "error.invite_used": "This invitation has already been used; it works only once. The person who invited you can send you a new one.",
     "error.api_key_missing": "The API key is missing.",
     "error.api_key_invalid": "The API key is invalid.",
     "error.forbidden": "Your access does not allow this.",
     "error.not_found": "The conversation was not found. Please check the link.",
-    "error.bad_request": "The request was malformed.",
-    "error.payload_too_large": "The request was too large.",
+    "error.bad_request": "Some details were missing or not right.",
+    "error.payload_too_large": "That is too much at once. Please shorten the text.",
     "error.too_many_requests": "Too many requests. Please wait a moment.",
     "error.room_closed": "This conversation has ended. The link no longer works.",
     "error.room_full": "The conversation is full. No one else can join.",
     "error.unknown_event": "The page sent an unknown message. Please reload.",
     "error.invalid_payload": "The page sent malformed data. Please reload.",
-    "error.sdp_invalid": "Picture and sound could not be negotiated.",
+    "error.sdp_invalid": "Picture and sound could not be connected. Please reload the page.",
     "error.internal": "The server ran into an error. Please try again.",
     "error.lobby_denied": "You were not let into the conversation. If you have questions, please contact the agency.",
+    "error.lobby_denied.partner": "You were not let into the conversation. If you have questions, please contact the person who invited you.",
     "error.replaced": "You opened the conversation in another window or tab. It continues there.",
     "error.wrong_node": "The conversation runs on another server – connecting you there …",
     "error.unavailable": "The service is briefly unavailable. Please try again in a moment.",
@@ -530,13 +551,19 @@ export const STRINGS = {
     "error.chat_disabled": "The chat is switched off in this conversation.",
     "error.partner_not_found": "This partner organisation is not (or no longer) in the directory.",
     "error.partner_exists": "A partner organisation with this name is already in the directory.",
-    "error.consent_required": "Please confirm the note about the conversation first (the box above the button).",
+    "error.consent_required": "Please confirm the note about the conversation first (the box above “Join the conversation”).",
     "error.removed": "Your adviser removed you from the conversation.",
+    "error.removed.partner": "The adviser removed you from the conversation.",
     "error.room_ended": "Your adviser ended the conversation for everyone.",
+    "error.room_ended.partner": "The adviser ended the conversation for everyone.",
+    "error.room_ended.caseworker": "You ended the conversation for everyone. The links no longer work.",
     "error.session_expired": "The time booked for this conversation is over.",
     "error.room_locked": "The conversation is locked. No one else is let in right now.",
     "error.seat_taken":
-      "This link is in the conversation on another device right now. Please use that device or ask your caseworker.",
+      "This link is in the conversation on another device right now. Please use that device or ask your adviser.",
+    "error.seat_taken.partner":
+      "This link is in the conversation on another device right now. Please use that device or ask the adviser.",
+    "error.seat_taken.caseworker": "This link is in the conversation on another device right now. Please use that device.",
     "error.invite_revoked": "This invitation has been withdrawn.",
     "error.timeout": "The server does not answer. Please check your connection.",
     "error.media": "Picture and sound could not be connected.",
@@ -566,11 +593,15 @@ export function t(key, vars = {}) {
   return text.replace(/\{(\w+)\}/g, (_, name) => String(vars[name] ?? ""));
 }
 
-/** Human message for a server error: our own text when we know the code, else the server's. */
-export function errorMessage(code, serverMessage) {
+/**
+ * Human message for a server error: our own text when we know the code, else the
+ * server's. With `role`, the words for that person where they differ (`error.code.role`):
+ * a partner has no "Ihre Beratungsperson", and the caseworker ended the session themselves.
+ */
+export function errorMessage(code, serverMessage, role = null) {
   const key = `error.${code}`;
-  if (code && key in STRINGS[current]) return t(key);
-  return serverMessage || t("error.unknown");
+  if (!code || !(key in STRINGS[current])) return serverMessage || t("error.unknown");
+  return role ? tRole(key, role) : t(key);
 }
 
 /** The text of `key` as said to someone in `role` (`key.role`), else the general one. */
