@@ -19,11 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.harness import Browser, Launch, Server, my_id, open_join, wait_js
+from tests.browser.harness import Browser, Launch, Server, my_id, open_join
+from tests.browser.harness import wait_js as _wait_js
 
 pytestmark = pytest.mark.browser
 
 SIZES = [(1280, 720), (1366, 650), (360, 640)]
+
+
+async def wait_js(browser: Browser, expression: str, within: float = 30.0) -> object:
+    """Generous: the machine is shared and often loaded far above its cores."""
+    return await _wait_js(browser, expression, within=max(within, 30.0))
+
 
 _REMOTE_SINKS = """
 () => [...document.querySelectorAll('video[data-testid="remote-video"]')].map((v) => v.sinkId)
@@ -59,12 +66,12 @@ async def _preview_works(browser: Browser) -> None:
     await wait_js(
         browser,
         "(() => { const v = document.getElementById('preview'); return v.videoWidth > 0 && v.currentTime > 0.5; })()",
-        within=20,
+        within=30,
     )
     await wait_js(
         browser,
         "parseFloat(document.getElementById('mic-level').style.getPropertyValue('--level') || '0') > 0",
-        within=20,
+        within=30,
     )
 
 
@@ -119,19 +126,19 @@ async def test_speaker_choice_reaches_every_remote_sound(
 
     # Remembered for this tab: a reload finds the same speaker chosen.
     await page.reload()
-    await page.wait_for_selector("body[data-ready=true]", timeout=15000)
+    await page.wait_for_selector("body[data-ready=true]", timeout=45000)
     assert await page.get_by_test_id("speaker-select").input_value() == first
     assert await page.evaluate("window.roundtable.output") == first
 
     await page.get_by_test_id("consent").click()
     await page.get_by_test_id("join-button").click()
-    await page.wait_for_selector("#view-call:not([hidden])", timeout=15000)
+    await page.wait_for_selector("#view-call:not([hidden])", timeout=45000)
 
     # Someone arriving after the choice: their tile plays through it from the start.
     caseworker = await launch("caseworker")
     await open_join(caseworker, room["caseworker_url"])
     await caseworker.page.get_by_test_id("join-button").click()
-    await wait_js(caseworker, "Boolean(window.roundtable && window.roundtable.you)", within=15)
+    await wait_js(caseworker, "Boolean(window.roundtable && window.roundtable.you)", within=45)
     cw_id = await my_id(caseworker)
     await wait_js(
         client,
@@ -176,4 +183,4 @@ async def test_speaker_choice_explained_where_the_browser_has_none(
         "(() => { const a = window.roundtable.testSound; return a && (a.currentTime > 0 || a.ended); })()",
     )
     await page.get_by_test_id("join-button").click()
-    await page.wait_for_selector("#view-call:not([hidden])", timeout=15000)
+    await page.wait_for_selector("#view-call:not([hidden])", timeout=45000)
