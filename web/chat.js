@@ -18,6 +18,7 @@ export class ChatPanel {
     this.onAnnounce = onAnnounce;
     this.onToggle = onToggle;
     this.selfId = null;
+    this.pending = null; // the text of a send not yet confirmed
     this.enabled = true;
     this.unread = 0;
     this.el = $("chat-panel");
@@ -86,14 +87,28 @@ export class ChatPanel {
     if (!text || !this.enabled) return;
     const error = $("chat-error");
     error.hidden = true;
+    this.pending = text;
     try {
       await this.call.request("chat.send", { text });
-      input.value = "";
+      this._sent(text);
     } catch (err) {
-      error.textContent = errorMessage(err.code || "unknown", err.message);
-      error.hidden = false;
+      // Our own message may be back already while the answer was lost or late (a slow
+      // link): then it was sent, and saying "no answer" would only invite a duplicate.
+      if (this.pending === text) {
+        error.textContent = errorMessage(err.code || "unknown", err.message);
+        error.hidden = false;
+      }
     }
     input.focus();
+  }
+
+  /** `text` went out: empty the input (unless something new was typed meanwhile). */
+  _sent(text) {
+    if (this.pending !== text) return;
+    this.pending = null;
+    const input = $("chat-input");
+    if (input.value.trim() === text) input.value = "";
+    $("chat-error").hidden = true;
   }
 
   async _setEnabled(enabled) {
@@ -124,7 +139,10 @@ export class ChatPanel {
     this._fillHead(li, msg);
     $("chat-log").append(li);
     this._scrollToEnd();
-    if (mine) return;
+    if (mine) {
+      this._sent(msg.text);
+      return;
+    }
     if (!this.open) {
       this.unread += 1;
       this._sync();
