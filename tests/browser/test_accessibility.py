@@ -144,7 +144,10 @@ async def canary(browser: Browser) -> None:
           const box = document.createElement('div');
           box.id = 'canary-scroll';
           box.style.cssText = 'overflow:auto;height:40px';
-          box.innerHTML = '<p style="height:400px">Text</p>';
+          const text = document.createElement('p');
+          text.textContent = 'Text';
+          text.style.height = '400px';
+          box.append(text);
           document.body.append(box);
         }"""
     )
@@ -154,6 +157,54 @@ async def canary(browser: Browser) -> None:
     await page.evaluate(
         "() => ['canary-button', 'canary-scroll'].forEach((id) => document.getElementById(id).remove())"
     )
+
+
+async def send_chat(browser: Browser, pid: str, text: str, *, by_pointer: bool) -> None:
+    """Type into the focused chat input and send (the Send button, or Enter); the message
+    comes back from the server and focus is in the input again. On this shared machine a
+    page's signalling can time out under load (ping 1.5 s + 2.5 s) and the send is then
+    refused with 'timeout' on the page: once, the person simply sends again."""
+    page = browser.page
+    mine = page.locator(f'[data-testid="chat-message"][data-from="{pid}"]')
+    for attempt in (1, 2):
+        if await page.get_by_test_id("chat-input").input_value() != text:
+            await page.get_by_test_id("chat-input").fill("")
+            await page.get_by_test_id("chat-input").click()
+            await page.keyboard.type(text)
+        if by_pointer:
+            await page.get_by_test_id("chat-send").click()
+        else:
+            await page.keyboard.press("Enter")
+        try:
+            await mine.wait_for(timeout=30000)
+            break
+        except Exception:
+            error = await page.get_by_test_id("chat-error").text_content()
+            print(f"{browser.name}: chat send {attempt} failed: {error!r}; {browser.console[-5:]}")
+            if attempt == 2:
+                raise
+    # The message can come back before the send's own answer empties the input.
+    await wait_js(browser, "document.getElementById('chat-input').value === ''")
+    await wait_focus(browser, "chat-input")
+
+
+async def press_until_pressed(browser: Browser, testid: str) -> None:
+    """Click a toggle that asks the server first (raise hand, share screen) until it shows
+    pressed. A person whose click got no answer (the page's signalling timed out on this
+    loaded machine and came back) clicks again: so does this, at most twice more."""
+    button = browser.page.get_by_test_id(testid)
+    for attempt in (1, 2, 3):
+        await button.click()
+        try:
+            await wait_js(
+                browser,
+                f"document.querySelector('[data-testid={testid}]').getAttribute('aria-pressed') === 'true'",
+            )
+            return
+        except AssertionError:
+            print(f"{browser.name}: {testid} click {attempt} not answered; {browser.console[-3:]}")
+            if attempt == 3:
+                raise
 
 
 def _forge(token: str) -> str:
@@ -256,6 +307,55 @@ async def test_axe_and_focus_over_every_state_of_a_five_person_call(
     await dialog.wait_for(state="hidden")
     await wait_focus(caseworker, "dial-in-button")
     await check(client, "in the call with the caseworker", found)
+
+    # Chat, own mute, QR code and a raised hand with two people; the partners come after
+    # (fewer pages at once on this shared machine while the page waits for answers).
+    # --- chat: focus stays in the input after sending, by pointer and by keyboard -------
+    await cl.get_by_test_id("chat-toggle").click()
+    await wait_focus(client, "chat-input")
+    await send_chat(client, cl_id, "Mein Aktenzeichen ist 4711.", by_pointer=True)
+    await cw.get_by_test_id("chat-toggle").click()
+    await wait_focus(caseworker, "chat-input")
+    await send_chat(caseworker, cw_id, "Danke, ich sehe nach.", by_pointer=False)
+    await check(client, "chat open", found)
+    await check(caseworker, "chat open", found)
+    await cl.get_by_test_id("chat-toggle").click()
+    await cw.get_by_test_id("chat-toggle").click()
+
+    # --- own mute: by pointer and by keyboard, focus stays on the button -----------------
+    mic = cl.get_by_test_id("mic-toggle")
+    await mic.click()
+    assert await mic.get_attribute("aria-pressed") == "true"
+    await wait_focus(client, "mic-toggle")
+    cam = cw.get_by_test_id("cam-toggle")
+    await cam.focus()
+    await cw.keyboard.press("Space")
+    assert await cam.get_attribute("aria-pressed") == "true"
+    await wait_focus(caseworker, "cam-toggle")
+    await wait_js(
+        caseworker,
+        f"document.querySelector('li.tile[data-participant=\"{cl_id}\"]')?.classList.contains('mic-muted')",
+        within=15,
+    )
+    await check(client, "self-muted", found)
+    await check(caseworker, "self-muted (camera off)", found)
+
+    # --- QR code for the desk: closing gives focus back to its button --------------------
+    await open_panel(caseworker)
+    await cw.get_by_test_id("qr-button").click()
+    await cw.get_by_test_id("qr-image").wait_for(timeout=45000)
+    await check(caseworker, "QR code", found)
+    await cw.get_by_test_id("qr-dialog").get_by_role("button", name="Schließen").click()
+    await wait_focus(caseworker, "qr-button")
+
+    # --- a raised hand (the order of several: test_room.py) ----------------------------
+    await press_until_pressed(client, "hand-toggle")
+    await open_panel(caseworker)
+    await wait_js(
+        caseworker, "document.querySelectorAll('[data-testid=person-hand]').length === 1", within=20
+    )
+    await check(caseworker, "raised hands", found)
+    await check(client, "own hand raised", found)
 
     # --- partners: one let in by keyboard, one refused, three in the call --------------
     sharer_url = _invite(
@@ -383,66 +483,6 @@ async def test_axe_and_focus_over_every_state_of_a_five_person_call(
     await check(caseworker, "five people (grid)", found)
     await check(client, "five people (speaker)", found)
 
-    # --- chat: focus stays in the input after sending, by pointer and by keyboard -------
-    await cl.get_by_test_id("chat-toggle").click()
-    await wait_focus(client, "chat-input")
-    await cl.keyboard.type("Mein Aktenzeichen ist 4711.")
-    await cl.get_by_test_id("chat-send").click()
-    await cl.locator(f'[data-testid="chat-message"][data-from="{cl_id}"]').wait_for(timeout=45000)
-    await wait_focus(client, "chat-input")
-    await cw.get_by_test_id("chat-toggle").click()
-    await wait_focus(caseworker, "chat-input")
-    await cw.keyboard.type("Danke, ich sehe nach.")
-    assert await cw.get_by_test_id("chat-input").input_value() == "Danke, ich sehe nach."
-    await cw.keyboard.press("Enter")
-    try:
-        await cw.locator(f'[data-testid="chat-message"][data-from="{cw_id}"]').wait_for(
-            timeout=45000
-        )
-    except Exception:
-        print("chat error:", await cw.get_by_test_id("chat-error").text_content())
-        print("chat log:", await cw.get_by_test_id("chat-log").inner_text())
-        print("input:", await cw.get_by_test_id("chat-input").input_value())
-        print("caseworker console:", caseworker.console[-20:])
-        raise
-    await wait_focus(caseworker, "chat-input")
-    await check(client, "chat open", found)
-    await check(caseworker, "chat open", found)
-    await cl.get_by_test_id("chat-toggle").click()
-    await cw.get_by_test_id("chat-toggle").click()
-
-    # --- raised hands ------------------------------------------------------------------
-    for b in (client, waiter):
-        await b.page.get_by_test_id("hand-toggle").click()
-        await wait_js(
-            b,
-            "document.querySelector('[data-testid=hand-toggle]').getAttribute('aria-pressed') === 'true'",
-        )
-    await open_panel(caseworker)
-    await wait_js(
-        caseworker, "document.querySelectorAll('[data-testid=person-hand]').length === 2", within=20
-    )
-    await check(caseworker, "raised hands", found)
-    await check(client, "own hand raised", found)
-
-    # --- own mute: by pointer and by keyboard, focus stays on the button -----------------
-    mic = cl.get_by_test_id("mic-toggle")
-    await mic.click()
-    assert await mic.get_attribute("aria-pressed") == "true"
-    await wait_focus(client, "mic-toggle")
-    cam = cw.get_by_test_id("cam-toggle")
-    await cam.focus()
-    await cw.keyboard.press("Space")
-    assert await cam.get_attribute("aria-pressed") == "true"
-    await wait_focus(caseworker, "cam-toggle")
-    await wait_js(
-        caseworker,
-        f"document.querySelector('li.tile[data-participant=\"{cl_id}\"]').classList.contains('mic-muted')",
-        within=15,
-    )
-    await check(client, "self-muted", found)
-    await check(caseworker, "self-muted (camera off)", found)
-
     # --- muting someone else: the Mute button goes, focus lands on that row's Remove ----
     mute = cw.locator(f'[data-testid="mute-participant"][data-participant="{sh_id}"]')
     await mute.click()
@@ -480,12 +520,7 @@ async def test_axe_and_focus_over_every_state_of_a_five_person_call(
     await check(sharer, "muted by the caseworker", found)
 
     # --- a shared screen ----------------------------------------------------------------
-    await sharer.page.get_by_test_id("screen-toggle").click()
-    await wait_js(
-        sharer,
-        "document.querySelector('[data-testid=screen-toggle]').getAttribute('aria-pressed') === 'true'",
-        within=60,
-    )
+    await press_until_pressed(sharer, "screen-toggle")
     for b in (caseworker, client):
         try:
             await wait_js(
@@ -507,20 +542,17 @@ async def test_axe_and_focus_over_every_state_of_a_five_person_call(
     await check(client, "screen share", found)
     await check(sharer, "sharing the screen", found)
 
-    # --- QR code for the desk: closing gives focus back to its button --------------------
-    await open_panel(caseworker)
-    await cw.get_by_test_id("qr-button").click()
-    await cw.get_by_test_id("qr-image").wait_for(timeout=45000)
-    await check(caseworker, "QR code", found)
-    await cw.get_by_test_id("qr-dialog").get_by_role("button", name="Schließen").click()
-    await wait_focus(caseworker, "qr-button")
-
     # --- end for everyone ----------------------------------------------------------------
     await cw.get_by_test_id("end-session").click()
     await check(caseworker, "end for all? dialog", found, sizes=(DESKTOP,))
     await cw.get_by_test_id("end-session-confirm").click()
     for b in (caseworker, client):
-        await b.page.get_by_test_id("error-message").wait_for(timeout=45000)
+        try:
+            await b.page.get_by_test_id("error-message").wait_for(timeout=90000)
+        except Exception:
+            print(b.name, "view:", await b.page.evaluate("document.body.dataset.view"))
+            print(b.name, "messages:", await b.page.get_by_test_id("messages").inner_text())
+            raise
     # room_ended as it happens; room_closed when the page's reconnect is refused first.
     assert await cl.get_by_test_id("error-message").get_attribute("data-error") in (
         "room_ended",
