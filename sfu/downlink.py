@@ -18,8 +18,9 @@ This is the other direction: what a subscriber can receive, so the allocator
 * **Probes.** Nothing above says the link got wider while we send less than it could
   take. When the allocator wants more than the estimate, the SFU pads the connection
   (RTX padding, :meth:`sfu.forwarder.Leg.pad`) up to a probe target for
-  :data:`PROBE_SECONDS`; if neither REMB falls nor loss shows up by
-  :data:`PROBE_SETTLE` after it, the target becomes the estimate. The first probe of a
+  :data:`PROBE_SECONDS`; if a REMB arrives after it and neither REMB falls nor loss
+  shows up by :data:`PROBE_SETTLE` after it, the target becomes the estimate (no REMB
+  at all: no evidence, the probe failed). The first probe of a
   series asks for 1.5x, each success after that for 2x (libwebrtc's exponential probing),
   a failure waits twice as long before the next (up to :data:`MAX_BACKOFF`), so a
   shaped link is probed every few seconds by a little and a freed one climbs within
@@ -46,6 +47,7 @@ MIN_LOSS_PACKETS = 30  # fewer expected packets say nothing about the link
 DECREASE_HOLD = 0.5  # s between two decreases: the first one's effect needs a round trip
 PROBE_SECONDS = 0.5
 PROBE_SETTLE = 0.7  # s after a probe ends before it counts as a success (feedback lag)
+NO_WORD_WAIT = 1.5  # s more to wait for a REMB after a probe before it counts as failed
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 4.0
 FIRST_PROBE = 1.5
@@ -68,6 +70,7 @@ class DownlinkEstimate:
         self._clock = clock
         self.bps = float(INITIAL_BPS)
         self.remb: int | None = None  # the latest REMB figure
+        self._remb_at = -1e9
         self.loss = 0.0  # the latest loss fraction (for logs and tests)
         self.probe: Probe | None = None
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
@@ -83,6 +86,7 @@ class DownlinkEstimate:
     def on_remb(self, bps: int) -> None:
         now = self._clock()
         last, self.remb = self.remb, bps
+        self._remb_at = now
         if last is not None and bps < REMB_DROP * last:
             self._congested(now, float(bps), hold=False)
 
@@ -119,6 +123,13 @@ class DownlinkEstimate:
         if probe is not None and not probe.failed and self.loss > LOSS_LOW:
             probe.failed = True
         if probe is not None and now >= probe.settles:
+            if not probe.failed and self._remb_at < probe.ends:
+                # No REMB since the padding ended: no word on how the link took it.
+                # Wait a little longer for one (Chromium sends at least ~1/s while it
+                # receives abs-send-time), then count the probe as failed.
+                if now < probe.settles + NO_WORD_WAIT:
+                    return self.bps
+                probe.failed = True
             self.probe = None
             if probe.failed:
                 self._streak = 0

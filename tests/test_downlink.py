@@ -60,10 +60,13 @@ def test_heavy_loss_backs_off_to_what_was_sent_less_half_the_loss() -> None:
 
 
 def _run_probe(clock: Clock, est: DownlinkEstimate, want: float) -> float:
-    """Drive one probe to its end; returns the padding it asked for at the start."""
+    """Drive one probe to its end (a steady REMB after it); returns the padding it asked
+    for at the start."""
     pad = est.padding_bps(want, sending=est.bps)
     assert est.probe is not None
-    clock.now += downlink.PROBE_SECONDS + downlink.PROBE_SETTLE + 0.01
+    clock.now += downlink.PROBE_SECONDS + 0.1
+    est.on_remb(est.remb or 1_000_000)
+    clock.now += downlink.PROBE_SETTLE
     est.update()
     return pad
 
@@ -90,6 +93,11 @@ def test_probes_climb_exponentially_and_a_failed_one_backs_off() -> None:
     assert est.padding_bps(20_000_000, sending=before) == 0  # backing off
     clock.now += 2 * downlink.MIN_BACKOFF + 0.01
     assert est.padding_bps(20_000_000, sending=before) > 0
+    # A probe the subscriber says nothing about (no REMB after it) does not count.
+    quiet = DownlinkEstimate(clock)
+    quiet.padding_bps(100_000_000, sending=quiet.bps)
+    clock.now += downlink.PROBE_SECONDS + downlink.PROBE_SETTLE + downlink.NO_WORD_WAIT + 0.01
+    assert quiet.update() == downlink.INITIAL_BPS and quiet.probe is None
     # Nothing is probed when nothing more is wanted.
     idle = DownlinkEstimate(clock)
     assert idle.padding_bps(idle.bps, sending=idle.bps) == 0
@@ -154,14 +162,26 @@ async def test_real_peers_feedback_reaches_the_estimate_and_opus_has_fec_and_dtx
 
 @pytest.mark.slow
 async def test_a_narrow_link_pauses_video_keeps_audio_and_probes_back_up() -> None:
+    """b plays Chromium's part: its REMB says 2 Mbit/s, then 60 kbit/s, then stays at
+    60 kbit/s (no overuse) about three times a second while the SFU probes."""
     room = Room()
+    reporting: asyncio.Task[None] | None = None
     try:
         await room.join("a", (200, 30, 30))
         b = await room.join("b", (30, 200, 30))
         await wait_for(lambda: b.decoded("a", "video") >= 10, timeout=20)
+        for transceiver in b.sub.getTransceivers():
+            # aiortc's own estimator would send REMBs of its own in between.
+            transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
         await _send_remb(room, "b", 2_000_000)
         await asyncio.sleep(0.2)
-        await _send_remb(room, "b", 60_000)
+
+        async def report() -> None:
+            while True:
+                await _send_remb(room, "b", 60_000)
+                await asyncio.sleep(0.3)
+
+        reporting = asyncio.ensure_future(report())
 
         def paused(value: bool) -> bool:
             return any(
@@ -176,11 +196,13 @@ async def test_a_narrow_link_pauses_video_keeps_audio_and_probes_back_up() -> No
         audio_then = b.decoded("a", "audio")
         await wait_for(lambda: b.decoded("a", "audio") >= audio_then + 20, timeout=10)
         assert not any(isinstance(e, VideoPaused) and e.pid == "a" for e in room.events)
-        # Probes find the loopback link wide again; the video comes back.
+        # Probes find the loopback link wide (REMB steady, no loss); the video comes back.
         seconds = await wait_for(lambda: paused(True) and paused(False), timeout=30)
         video_then = b.decoded("a", "video")
         await wait_for(lambda: b.decoded("a", "video") >= video_then + 10, timeout=15)
         assert room.router.subscribers["b"].allocator.padding_bytes > 0  # probes were sent
         print(f"\n[bwe] paused at 60 kbit/s REMB, resumed by probing after {seconds:.1f} s")
     finally:
+        if reporting is not None:
+            reporting.cancel()
         await room.close()
