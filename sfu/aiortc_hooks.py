@@ -75,6 +75,7 @@ __all__ = [
     "negotiated",
     "negotiated_feedback",
     "negotiate_opus_fec_dtx",
+    "route_rtx_feedback",
     "request_keyframe",
     "decoder_running",
     "fast_route",
@@ -640,6 +641,19 @@ def negotiated_feedback(transceiver: Any) -> tuple[int | None, int | None]:
         None,
     )
     return abs_id, rtx_pt
+
+
+def route_rtx_feedback(sender: RTCRtpSender) -> None:
+    """Let RTCP that names only the sender's RTX SSRC reach it too.
+
+    aiortc routes a REMB to the senders whose SSRCs its FCI lists, and registers a
+    sender under its media SSRC only. A subscriber whose video is paused receives only
+    the SFU's RTX padding, so Chromium's REMB then lists just the RTX SSRC.
+    """
+    dtls = sender.transport
+    router = getattr(dtls, "_rtp_router", None)
+    if router is not None and router.senders.get(sender._rtx_ssrc) is not sender:
+        router.register_sender(sender, sender._rtx_ssrc)
 
 
 OPUS_FMTP = {"minptime": 10, "useinbandfec": 1, "usedtx": 1}

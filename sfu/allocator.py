@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.25  # s between allocations
 PROBE_TICK = 0.02  # s between padding bursts while a probe runs
-KEEP = 0.85  # a layer a video already has needs this share of its rate to stay
+KEEP = 0.8  # a layer a video already has needs this share of its rate to stay
 HOLD_UP = 2.0  # s after a move down before the same video may move up again
 AUDIO_DEFAULT_BPS = 50_000  # an audio track not measured yet (Opus + headers)
 VIDEO_DEFAULT_BPS = 150_000  # a video layer not measured yet
@@ -191,6 +191,7 @@ class Allocator:
             if key not in {v.key for _, v in videos}:
                 del self.layers[key]
         estimate.sent_bps = used
+        estimate.unstamped_bps = audio
         self._want = audio + sum(max(self._layers(leg) or (0.0,)) for leg, _ in videos)
 
     def apply(self, leg: Leg, layer: int | None) -> None:

@@ -6,7 +6,8 @@ This is the other direction: what a subscriber can receive, so the allocator
 
 * **REMB from the subscriber.** Chromium, as a receiver, runs its delay-based estimator
   over packets that carry ``abs-send-time`` (the SFU stamps it on every video packet it
-  sends, at the moment of sending) and reports the result as RTCP REMB when ``goog-remb``
+  sends, at the moment of sending; audio has none, so the audio rate is added to the
+  figure) and reports the result as RTCP REMB when ``goog-remb``
   was negotiated, which the SFU's subscribe offer does. That estimator only rises at
   ~8 %/s and to at most 1.5x what it receives, so it never raises ours (that is the
   probes' job) and only counts when it *falls*: Chromium lowers it only when its
@@ -80,6 +81,8 @@ class DownlinkEstimate:
         self._backoff = MIN_BACKOFF
         self._streak = 0  # successful probes in a row
         self.sent_bps = 0.0  # what the legs actually sent lately (set by the allocator)
+        # What is sent without abs-send-time (audio): Chromium's REMB does not count it.
+        self.unstamped_bps = 0.0
 
     # -- feedback ------------------------------------------------------------------
 
@@ -88,7 +91,7 @@ class DownlinkEstimate:
         last, self.remb = self.remb, bps
         self._remb_at = now
         if last is not None and bps < REMB_DROP * last:
-            self._congested(now, float(bps), hold=False)
+            self._congested(now, bps + self.unstamped_bps, hold=False)
 
     def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
         """One receiver-report block for one of this connection's streams."""

@@ -402,6 +402,8 @@ class Leg:
             self._fast.configure(payload_type, self._ssrc, clock_rate, ext)
         rtx_ssrc = getattr(self.sender, "_rtx_ssrc", None)
         self._rtx = (rtx_payload_type, rtx_ssrc) if rtx_payload_type and rtx_ssrc else None
+        if self._rtx is not None:
+            hooks.route_rtx_feedback(self.sender)
         self._configured = True
         self._refresh()
 
@@ -684,6 +686,8 @@ class Leg:
         send since the last sync failed (the next packet looks it up again)."""
         counters = self._fast.take_counters()
         hooks.account_sent(self.sender, counters)
+        if self._rtx is not None:
+            hooks.route_rtx_feedback(self.sender)  # the transport may have changed (BUNDLE)
         packets, errors, stale = counters[0], counters[6], counters[7]
         self.packets += packets
         self.octets += counters[1]
@@ -756,7 +760,9 @@ class Leg:
                 bitrate, ssrcs = unpack_remb_fci(packet.fci)
             except ValueError:
                 return
-            if self._ssrc in ssrcs:
+            # While a video is paused only our padding carries abs-send-time, and then
+            # Chromium's REMB names just the RTX stream.
+            if self._ssrc in ssrcs or (self._rtx is not None and self._rtx[1] in ssrcs):
                 feedback.on_remb(bitrate)
 
     @property
