@@ -41,6 +41,10 @@ INITIAL_BPS = 2_500_000  # before any feedback: a call starts as before; REMB or
 MIN_BPS = 40_000  # never below one Opus stream
 MAX_BPS = 50_000_000
 REMB_DROP = 0.92  # a REMB this far below the previous one means overuse
+# A receiver's first REMBs jump about while its estimator starts (Chromium's settles on
+# the measured throughput after 5 s, aiortc's starts at a few kbit/s and climbs): they
+# cut nothing. Loss still does.
+REMB_WARMUP = 5.0
 LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
@@ -72,6 +76,7 @@ class DownlinkEstimate:
         self.bps = float(INITIAL_BPS)
         self.remb: int | None = None  # the latest REMB figure
         self._remb_at = -1e9
+        self._first_remb_at: float | None = None
         self.loss = 0.0  # the latest loss fraction (for logs and tests)
         self.probe: Probe | None = None
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
@@ -90,6 +95,10 @@ class DownlinkEstimate:
         now = self._clock()
         last, self.remb = self.remb, bps
         self._remb_at = now
+        if self._first_remb_at is None:
+            self._first_remb_at = now
+        if now - self._first_remb_at < REMB_WARMUP:
+            return  # the receiver's estimator is still finding its feet
         if last is not None and bps < REMB_DROP * last:
             self._congested(now, bps + self.unstamped_bps, hold=False)
 

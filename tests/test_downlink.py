@@ -36,6 +36,11 @@ def test_a_falling_remb_lowers_the_estimate_and_a_rising_one_does_not_raise_it()
     est.on_remb(2_000_000)
     assert est.update() == downlink.INITIAL_BPS  # REMB never raises it: probes do
     clock.now += 1
+    est.on_remb(20_000)  # the receiver's estimator is still starting: nothing cut
+    assert est.update() == downlink.INITIAL_BPS
+    clock.now += downlink.REMB_WARMUP
+    est.on_remb(2_000_000)
+    clock.now += 1
     est.on_remb(250_000)
     assert est.update() == 250_000
     clock.now += 1
@@ -82,7 +87,7 @@ def test_probes_climb_exponentially_and_a_failed_one_backs_off() -> None:
     _run_probe(clock, est, want=100_000_000)
     assert est.bps == pytest.approx(start * 3.0)  # then 2x
     # A probe during which REMB falls fails, keeps the estimate, and waits longer.
-    clock.now += downlink.MIN_BACKOFF
+    clock.now += downlink.REMB_WARMUP
     before = est.bps
     est.on_remb(int(before * 1.2))
     assert est.padding_bps(20_000_000, sending=before) > 0
@@ -173,6 +178,8 @@ async def test_a_narrow_link_pauses_video_keeps_audio_and_probes_back_up() -> No
         for transceiver in b.sub.getTransceivers():
             # aiortc's own estimator would send REMBs of its own in between.
             transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
+        await _send_remb(room, "b", 2_000_000)
+        await asyncio.sleep(downlink.REMB_WARMUP + 0.5)  # drops before that cut nothing
         await _send_remb(room, "b", 2_000_000)
         await asyncio.sleep(0.2)
 
