@@ -196,3 +196,11 @@ async def test_a_link_too_narrow_for_video_pauses_it_and_says_so_while_the_voice
         raise
     await wait_remote_playing(client, {ids["caseworker"]}, within=30)
     print(f"[weak link] shaping lifted → video back after {back:.1f} s")
+    print_allocations(server)
+
+
+def print_allocations(server: Server) -> None:
+    """The allocator's pauses and resumes (INFO lines of sfu.allocator), for the notes."""
+    for line in server.log_tail(400).splitlines():
+        if "sfu.allocator" in line:
+            print("[weak link] server:", line[11:])
