@@ -12,7 +12,7 @@ This is the other direction: what a subscriber can receive, so the allocator
   ~8 %/s and to at most 1.5x what it receives, so it never raises ours (that is the
   probes' job) and only counts when it *falls*: Chromium lowers it only when its
   queueing delay grows (overuse), to ~0.85x what actually arrived — a good measure of
-  the link.
+  the link once a second fall confirms it (:data:`REMB_CONFIRM`); a lone one holds.
 * **Loss in the subscriber's receiver reports** (every leg's RR, packet-weighted over
   the last :data:`LOSS_WINDOW` seconds), as libwebrtc's loss-based controller: above 10 %
   back off to ``sent * (1 - loss / 2)``; between 2 and 10 % hold.
@@ -45,6 +45,10 @@ REMB_DROP = 0.92  # a REMB this far below the previous one means overuse
 # the measured throughput after 5 s, aiortc's starts at a few kbit/s and climbs): they
 # cut nothing. Loss still does.
 REMB_WARMUP = 5.0
+# A lone falling REMB (a loaded receiver's jitter looks like overuse) only holds the
+# estimate at what is sent; a second within this many seconds (Chromium keeps lowering
+# while its queue keeps growing) cuts it to the figure.
+REMB_CONFIRM = 2.0
 LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
@@ -77,6 +81,7 @@ class DownlinkEstimate:
         self.remb: int | None = None  # the latest REMB figure
         self._remb_at = -1e9
         self._first_remb_at: float | None = None
+        self._last_remb_drop = -1e9
         self.loss = 0.0  # the latest loss fraction (for logs and tests)
         self.probe: Probe | None = None
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
@@ -100,7 +105,13 @@ class DownlinkEstimate:
         if now - self._first_remb_at < REMB_WARMUP:
             return  # the receiver's estimator is still finding its feet
         if last is not None and bps < REMB_DROP * last:
-            self._congested(now, bps + self.unstamped_bps, hold=False)
+            confirmed = now - self._last_remb_drop <= REMB_CONFIRM
+            self._last_remb_drop = now
+            figure = bps + self.unstamped_bps
+            if not confirmed:
+                # One overuse can be a busy receiver's jitter: hold what is sent now.
+                figure = max(figure, self.sent_bps)
+            self._congested(now, figure, hold=False)
 
     def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
         """One receiver-report block for one of this connection's streams."""

@@ -41,7 +41,11 @@ def test_a_falling_remb_lowers_the_estimate_and_a_rising_one_does_not_raise_it()
     clock.now += downlink.REMB_WARMUP
     est.on_remb(2_000_000)
     clock.now += 1
-    est.on_remb(250_000)
+    est.sent_bps = 1_000_000
+    est.on_remb(300_000)  # one fall: hold at what is sent
+    assert est.update() == 1_000_000
+    clock.now += 0.5
+    est.on_remb(250_000)  # a second, soon after: the link
     assert est.update() == 250_000
     clock.now += 1
     est.on_remb(400_000)
@@ -167,8 +171,8 @@ async def test_real_peers_feedback_reaches_the_estimate_and_opus_has_fec_and_dtx
 
 @pytest.mark.slow
 async def test_a_narrow_link_pauses_video_keeps_audio_and_probes_back_up() -> None:
-    """b plays Chromium's part: its REMB says 2 Mbit/s, then 1 kbit/s, then stays at
-    1 kbit/s (no overuse) about three times a second while the SFU probes."""
+    """b plays Chromium's part: its REMB says 2 Mbit/s, then 1 and 0.5 kbit/s, then stays
+    at 0.5 kbit/s (no more overuse) about three times a second while the SFU probes."""
     room = Room()
     reporting: asyncio.Task[None] | None = None
     try:
@@ -183,9 +187,12 @@ async def test_a_narrow_link_pauses_video_keeps_audio_and_probes_back_up() -> No
         await _send_remb(room, "b", 2_000_000)
         await asyncio.sleep(0.2)
 
+        await _send_remb(room, "b", 1_000)
+        await asyncio.sleep(0.3)
+
         async def report() -> None:
-            while True:
-                await _send_remb(room, "b", 1_000)
+            while True:  # fell again (so it is the link), then steady
+                await _send_remb(room, "b", 500)
                 await asyncio.sleep(0.3)
 
         reporting = asyncio.ensure_future(report())
