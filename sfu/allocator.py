@@ -38,6 +38,7 @@ TICK = 0.25  # s between allocations
 PROBE_TICK = 0.02  # s between padding bursts while a probe runs
 KEEP = 0.8  # a layer a video already has needs this share of its rate to stay
 HOLD_UP = 2.0  # s after a move down before the same video may move up again
+KEEPALIVE_BPS = 16_000  # padding while every video is paused (see Allocator._pad)
 AUDIO_DEFAULT_BPS = 50_000  # an audio track not measured yet (Opus + headers)
 VIDEO_DEFAULT_BPS = 150_000  # a video layer not measured yet
 RANK_CASEWORKER = 0  # Router.set_rank: the control plane's "most important picture"
@@ -209,17 +210,25 @@ class Allocator:
                 self._on_paused(publisher, paused)
 
     def _pad(self, interval: float) -> bool:
-        """Send this interval's share of a running probe's padding; whether one runs."""
+        """Send this interval's share of a running probe's padding; whether one runs.
+
+        While every video is paused, a trickle of padding (:data:`KEEPALIVE_BPS`) keeps
+        the subscriber's estimator fed: Chromium forgets a stream after 2 s without
+        packets, and a probe into a fresh estimator is over before it sees any overuse.
+        """
         want = getattr(self, "_want", 0.0)
         bps = self.estimate.padding_bps(want, self.estimate.sent_bps)
-        if bps <= 0 or interval <= 0:
-            return self.estimate.probe is not None
-        leg = next((leg for leg in self._legs() if leg.kind == "video" and leg.can_pad), None)
+        legs = [leg for leg in self._legs() if leg.kind == "video"]
+        leg = next((leg for leg in legs if leg.can_pad), None)
         if leg is None:
             return False
-        count = max(1, round(bps * interval / 8 / (PADDING_SIZE + PACKET_OVERHEAD)))
-        self.padding_bytes += leg.pad(count)
-        return True
+        probing = self.estimate.probe is not None
+        if bps <= 0 and not probing and legs and all(v.paused for v in legs):
+            bps, interval = KEEPALIVE_BPS, TICK
+        if bps > 0 and interval > 0:
+            count = max(1, round(bps * interval / 8 / (PADDING_SIZE + PACKET_OVERHEAD)))
+            self.padding_bytes += leg.pad(count)
+        return probing
 
 
 def is_speaking(audio: Forwarder | None) -> bool:

@@ -172,7 +172,11 @@ async def test_a_link_too_narrow_for_video_pauses_it_and_says_so_while_the_voice
     before = await inbound(client)
     await asyncio.sleep(10)
     after = await inbound(client)
-    loss = audio_loss(before, after, {ids["caseworker"]})
+    try:
+        loss = audio_loss(before, after, {ids["caseworker"]})
+    except AssertionError:
+        print(before, after, "\n--- server log ---\n" + server.log_tail(80))
+        raise
     received = after[f"{ids['caseworker']}:audio"]["received"]
     received -= before[f"{ids['caseworker']}:audio"]["received"]
     print(
@@ -180,6 +184,8 @@ async def test_a_link_too_narrow_for_video_pauses_it_and_says_so_while_the_voice
         f"({received} packets in 10 s), {time.monotonic() - shaped_at:.0f} s after shaping"
     )
     assert received > 100  # Opus with DTX still sends while the fake microphone beeps
+    if loss >= 0.05:
+        print_allocations(server)
     assert loss < 0.05
     # The caseworker's own view of the client is untouched (their link is not shaped).
     assert await paused_text(caseworker, ids["client"]) is None
