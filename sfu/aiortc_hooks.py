@@ -37,11 +37,14 @@ import aioice.ice
 import pylibsrtp
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender, clock
 from aiortc import codecs as aiortc_codecs
+from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_RTPFB_NACK,
@@ -83,6 +86,11 @@ __all__ = [
     "read_in_c",
     "map_rtx",
     "use_stream_id_extensions",
+    "transport_cc_offered",
+    "answer_transport_cc",
+    "arrivals",
+    "send_rtcp",
+    "rtcp_ssrc",
 ]
 
 # Name-mangled private attributes of aiortc 1.16.0 that we read or write.
@@ -109,6 +117,8 @@ _RTP_HANDLER = "_roundtable_rtp"  # a receiver's synchronous RTP handler
 # What _account_rtp updates, for an Inbound's Track (sfu/fastpath/inbound.c)
 _ACCOUNT = "_roundtable_account"
 _INBOUND = "_roundtable_inbound"  # a DTLS transport's sfu._fastpath.Inbound
+_ARRIVALS = "_roundtable_arrivals"  # a DTLS transport's sfu._fastpath.Arrivals (transport-cc)
+TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 _ICE_CONNECTION_SEND = aioice.ice.Connection.send
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
@@ -168,6 +178,7 @@ def check_compatible() -> None:
             ],
         ),
         (aioice.ice.Connection, ["_nominated", "_protocols"]),
+        (RTCRtpTransceiver, ["_codecs", "_headerExtensions"]),
         # what sfu/fastpath/inbound.c updates as StreamStatistics.add/NackGenerator.add do
         (
             StreamStatistics,
@@ -185,6 +196,8 @@ def check_compatible() -> None:
         (NackGenerator, ["max_seq", "missing"]),
     ):
         problems += [f"{cls.__name__}.{a}" for a in attrs if not _init_assigns(cls, a)]
+    if "transport_sequence_number" not in HeaderExtensionsMap.configure.__code__.co_names:
+        problems.append("aiortc HeaderExtensionsMap transport-cc")
     if not callable(getattr(RemoteBitrateEstimator, "add", None)) or not callable(
         getattr(StreamStatistics, "add", None)
     ):
@@ -263,6 +276,7 @@ def tap_receiver(
     tap: PacketTap,
     on_receive: Callable[[list[Any]], None],
     account: bool = True,
+    remb: bool = True,
 ) -> None:
     """Route a receiver's RTP through ``tap`` and keep aiortc from ever decoding it.
 
@@ -291,7 +305,7 @@ def tap_receiver(
         on_receive(list(parameters.codecs))
 
     if account:
-        account_rtp = _account_rtp(receiver)
+        account_rtp = _account_rtp(receiver, remb)
 
         def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
             tap(packet, codecs)
@@ -309,14 +323,16 @@ def tap_receiver(
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
-def _account_rtp(receiver: RTCRtpReceiver) -> Callable[[RtpPacket, int], None]:
+def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPacket, int], None]:
     """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` without what only a decoder needs.
 
     Returns the per-packet function for ``receiver``. Kept: REMB bandwidth estimation
     (the publisher's encoder ramps up on it), the synchronisation-source list, RTCP
     receiver statistics and NACKs for missing packets (after unwrapping RTX, as aiortc
     does). Dropped: depayloading and the jitter buffer, whose frames would only feed
-    the decoder we stopped. Cheaper than aiortc's on purpose, where nothing observable
+    the decoder we stopped. With ``remb`` false (the publisher negotiated transport-cc
+    and estimates its uplink itself, :mod:`sfu.twcc`) there is no estimator and no
+    REMB at all: Chromium would take a REMB as a cap on its own estimate. Cheaper than aiortc's on purpose, where nothing observable
     changes: the estimator sees every packet but its estimates go out as REMB at
     libwebrtc's pace (:class:`~sfu.remb.RembThrottle`) instead of once per packet while
     it reports overuse, and the synchronisation-source time (only read by
@@ -325,7 +341,9 @@ def _account_rtp(receiver: RTCRtpReceiver) -> Callable[[RtpPacket, int], None]:
     """
     d = receiver.__dict__
     estimator = d[_RX_REMB]
-    if estimator is not None:
+    if not remb:
+        estimator = d[_RX_REMB] = None
+    elif estimator is not None:
         # Called before any packet arrives, so the estimator has no state to lose.
         estimator = d[_RX_REMB] = _bitrate_estimator()
     # aiortc fills these containers in place and never replaces them.
@@ -673,6 +691,74 @@ def negotiate_opus_fec_dtx() -> None:
             codec.parameters = dict(OPUS_FMTP)
 
 
+def transport_cc_offered(offer_sdp: str) -> dict[str, tuple[int, frozenset[int]]]:
+    """Per mid of an offer that asks for transport-wide congestion control: the
+    extension id and the payload types offered with ``a=rtcp-fb:<pt> transport-cc``.
+
+    Read before the offer is applied: the publish leg's receivers are tapped (with or
+    without REMB) from the ``track`` event inside ``setRemoteDescription``. An offer
+    aiortc cannot parse yields nothing here and fails in ``set_remote`` as before.
+    """
+    try:
+        parsed = aiortc_sdp.SessionDescription.parse(offer_sdp)
+    except Exception:
+        return {}
+    offered = {}
+    for media in parsed.media:
+        mid = media.rtp.muxId
+        ext = next((e.id for e in media.rtp.headerExtensions if e.uri == TRANSPORT_CC), None)
+        pts = frozenset(
+            c.payloadType
+            for c in media.rtp.codecs
+            if any(f.type == "transport-cc" for f in c.rtcpFeedback)
+        )
+        if mid and ext is not None and pts:
+            offered[mid] = (ext, pts)
+    return offered
+
+
+def answer_transport_cc(pc: Any, offered: dict[str, tuple[int, frozenset[int]]]) -> None:
+    """Answer transport-cc where the browser offered it, on a publish connection.
+
+    aiortc knows the extension (it parses it) but never negotiates it. Called after the
+    offer is applied and before ``createAnswer``: the answer then carries the extmap
+    and ``a=rtcp-fb:<pt> transport-cc`` (and no ``goog-remb``, which we no longer send
+    there), and the receivers' extension map, which the C reader reads, gets its id.
+    Audio too: Chromium counts every packet of the transport into one estimate, and
+    audio packets the report leaves out would look like unexplained queueing.
+    """
+    for transceiver in pc.getTransceivers():
+        entry = offered.get(transceiver.mid) if transceiver.mid else None
+        if entry is None:
+            continue
+        ext_id, pts = entry
+        if not any(e.uri == TRANSPORT_CC for e in transceiver._headerExtensions):
+            transceiver._headerExtensions.append(
+                RTCRtpHeaderExtensionParameters(id=ext_id, uri=TRANSPORT_CC)
+            )
+        for codec in transceiver._codecs:
+            if codec.payloadType in pts and not is_rtx(codec):
+                codec.rtcpFeedback = [
+                    f for f in codec.rtcpFeedback if f.type not in ("goog-remb", "transport-cc")
+                ] + [RTCRtcpFeedback(type="transport-cc")]
+
+
+def arrivals(receiver: RTCRtpReceiver) -> Any | None:
+    """The ``sfu._fastpath.Arrivals`` the C reader fills for ``receiver``'s transport, if
+    transport-cc was negotiated there (set once the receiver runs)."""
+    return getattr(receiver.transport, _ARRIVALS, None)
+
+
+def rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
+    """The SSRC ``receiver``'s RTCP goes out with (known once it runs)."""
+    return receiver.__dict__[_RX_RTCP_SSRC]
+
+
+def send_rtcp(receiver: RTCRtpReceiver, data: bytes) -> None:
+    """Send one RTCP packet on ``receiver``'s transport now (or queued behind aiortc)."""
+    _send_rtcp(receiver, data)
+
+
 # -- the C send path (sfu._fastpath.Leg) ------------------------------------------------
 
 _SRTP_PROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
@@ -828,6 +914,14 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
     def on_rtcp(data: bytes) -> None:
         _drive(dtls._handle_rtcp_data(data))
 
+    # transport-cc: every RTP packet's arrival is recorded in C for sfu.twcc.
+    twcc_id = ids.transport_sequence_number or 0
+    recorder = getattr(dtls, _ARRIVALS, None)
+    if twcc_id and recorder is None:
+        recorder = _fastpath.Arrivals()
+        setattr(dtls, _ARRIVALS, recorder)
+    if not twcc_id:
+        recorder = None
     rtp_handler = getattr(dtls, _ON_RTP, None)
     if rtp_handler is None:
         # Packets of tracks registered by take_inbound are taken in C; the rest, and
@@ -867,6 +961,7 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
             ids.rtp_stream_id or 0,
             ids.repaired_rtp_stream_id or 0,
         )
+        reader.set_twcc(twcc_id, recorder)
 
 
 def read_in_c(pc: Any, on_rtp: Callable[[Any, int], None] | None = None) -> None:

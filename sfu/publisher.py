@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 
 from . import aiortc_hooks as hooks
 from . import ice
@@ -16,6 +16,7 @@ from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
 from .ports import MediaPorts, gather_on
 from .simulcast import Layers, OfferedSimulcast, answer_layers, offered_layers
 from .stats import RoomStats
+from .twcc import FeedbackSender
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ class Publisher:
     Kinds the participant may not publish are answered ``inactive`` and never get a
     forwarder, so a hand-made client that sends them anyway reaches nobody. A video
     offered with simulcast gets :class:`~sfu.simulcast.Layers` (a forwarder per layer)
-    and an answer that receives every layer.
+    and an answer that receives every layer. A browser that offers transport-cc gets
+    it (:mod:`sfu.twcc`) instead of our REMB estimate.
     """
 
     def __init__(
@@ -47,6 +49,9 @@ class Publisher:
         self._stats = stats
         self._ports = ports
         self._ice_task: asyncio.Task[None] | None = None
+        # transport-cc offered per mid (latest offer), and a feedback sender per transport
+        self._twcc: dict[str, tuple[int, frozenset[int]]] = {}
+        self._feedback: dict[int, FeedbackSender] = {}
         self._keyframe_interval = keyframe_interval
         self._on_tracks_changed = on_tracks_changed
         self.pc.on("track", self._on_track)
@@ -59,6 +64,7 @@ class Publisher:
         if restarted is not None:
             ice.restart(self.pc)
         self._simulcast = offered_layers(offer_sdp)
+        self._twcc = hooks.transport_cc_offered(offer_sdp)
         await set_remote(self.pc, RTCSessionDescription(sdp=offer_sdp, type="offer"))
         for sim in self._simulcast.values():
             # With BUNDLE one transport carries every section; extension ids are the
@@ -66,6 +72,7 @@ class Publisher:
             for t in self.pc.getTransceivers():
                 if t.mid == sim.mid and t.receiver.transport is not None:
                     hooks.use_stream_id_extensions(t.receiver.transport, sim.rid_ext, sim.rrid_ext)
+        hooks.answer_transport_cc(self.pc, self._twcc)
         answer = await self.pc.createAnswer()
         gather_on(self.pc, self._ports)
         ice.mark(self.pc)
@@ -118,12 +125,29 @@ class Publisher:
             )
         self.forwarders[mid] = fwd
 
+        receiver = transceiver.receiver
+
         def on_receive(codecs: list) -> None:
             fwd.set_codecs(codecs)
+            self._report_arrivals(receiver)
             if fwd.ready:
                 self._on_tracks_changed()
 
-        hooks.tap_receiver(transceiver.receiver, fwd.tap, on_receive)
+        # With transport-cc the browser estimates its uplink from our feedback: no REMB.
+        hooks.tap_receiver(receiver, fwd.tap, on_receive, remb=mid not in self._twcc)
+
+    def _report_arrivals(self, receiver: RTCRtpReceiver) -> None:
+        """Start transport-cc feedback for ``receiver``'s transport if it records arrivals
+        (one sender per transport: with BUNDLE, every track shares it)."""
+        recorder = hooks.arrivals(receiver)
+        if recorder is None or id(recorder) in self._feedback:
+            return
+        self._feedback[id(recorder)] = FeedbackSender(
+            recorder,
+            lambda: hooks.rtcp_ssrc(receiver),
+            lambda packet: hooks.send_rtcp(receiver, packet),
+        )
+        log.info("publisher %s: transport-cc feedback", self.pid)
 
     async def add_ice_candidate(self, candidate: dict | None) -> None:
         await add_candidate(self.pc, candidate)
@@ -139,6 +163,9 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ice_task
             self._ice_task = None
+        for feedback in self._feedback.values():
+            await feedback.close()
+        self._feedback.clear()
         for fwd in self.forwarders.values():
             await fwd.close()
         self.forwarders.clear()

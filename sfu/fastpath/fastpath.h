@@ -6,6 +6,7 @@
  *   packet.c  Packet: a parsed RTP packet readable like aiortc's RtpPacket; parse_rtp()
  *   srtp.c    the libsrtp session aiortc negotiated over DTLS, and the DTLS-state guard
  *   inbound.c Inbound/Track: a publisher's packet accounted and fanned out without Python
+ *   twcc.c    Arrivals: transport-wide sequence numbers and arrival times (transport-cc)
  *   leg.c     Leg: rewrite, remember, protect and send one forwarded track; fanout()
  *   meter.c   Meter: a room's forwarded-packet counters and latency histogram
  *   module.c  the module: its functions, types and the interned attribute names
@@ -150,6 +151,14 @@ PyObject *fp_fanout(PyObject *legs, PyObject *payload, int marker, uint32_t seq,
 
 extern PyTypeObject InboundType, TrackType;
 int fp_inbound_init_names(void);
+
+/* ---- twcc.c ----------------------------------------------------------------------- */
+
+extern PyTypeObject ArrivalsType;
+/* Record the transport-wide sequence number (extension ext_id) of the decrypted RTP
+ * packet d[0..n) with its arrival time, if it carries one. */
+void fp_arrivals_record(PyObject *arrivals, const unsigned char *d, Py_ssize_t n, int ext_id,
+                        int64_t arrival_ns);
 
 /* ---- reader.c --------------------------------------------------------------------- */
 

@@ -42,6 +42,9 @@ typedef struct {
     FpSrtp srtp; /* .rtp, .rtcp: srtp_unprotect, srtp_unprotect_rtcp */
     PyObject *on_rtp, *on_rtcp;
     int abs_id, mid_id, rid_id, rrid_id; /* header extension ids, 0: not negotiated */
+    /* transport-cc: the extension id and where arrivals go (twcc.c); NULL: not negotiated */
+    int twcc_id;
+    PyObject *arrivals;
     unsigned long long rx_packets, rx_bytes, datagrams, wakeups;
     /* A socket shared by many ICE connections (sfu/udpmux.py): remote address key
      * (addr_key) -> the Reader of the connection that owns that address. The
@@ -60,6 +63,7 @@ static void Reader_clear_rtp_(Reader *self)
     fp_srtp_clear(&self->srtp);
     Py_CLEAR(self->on_rtp);
     Py_CLEAR(self->on_rtcp);
+    Py_CLEAR(self->arrivals);
 }
 
 static int Reader_traverse(Reader *self, visitproc visit, void *arg)
@@ -69,6 +73,7 @@ static int Reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->on_rtp);
     Py_VISIT(self->on_rtcp);
     Py_VISIT(self->routes);
+    Py_VISIT(self->arrivals);
     return fp_srtp_traverse(&self->srtp, visit, arg);
 }
 
@@ -129,6 +134,23 @@ static PyObject *Reader_set_rtp(Reader *self, PyObject *args)
     self->rid_id = rid_id;
     self->rrid_id = rrid_id;
     self->rtp = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_set_twcc(Reader *self, PyObject *args)
+{
+    /* set_twcc(ext_id, arrivals | None), after set_rtp: record every RTP packet's
+     * transport-wide sequence number and arrival time in arrivals */
+    int ext_id;
+    PyObject *arrivals;
+    if (!PyArg_ParseTuple(args, "iO", &ext_id, &arrivals))
+        return NULL;
+    if (arrivals != Py_None && (Py_TYPE(arrivals) != &ArrivalsType || ext_id < 1 || ext_id > 255)) {
+        PyErr_SetString(PyExc_ValueError, "set_twcc(ext_id 1..255, Arrivals | None)");
+        return NULL;
+    }
+    self->twcc_id = ext_id;
+    Py_XSETREF(self->arrivals, arrivals == Py_None ? NULL : Py_NewRef(arrivals));
     Py_RETURN_NONE;
 }
 
@@ -333,6 +355,8 @@ static int Reader_handle(Reader *t, unsigned char *buf, Py_ssize_t n,
     }
     if (t->srtp.rtp(t->srtp.ctx, buf, &len) != 0)
         return 0; /* not authentic, or replayed: dropped, as aiortc does */
+    if (t->arrivals)
+        fp_arrivals_record(t->arrivals, buf, len, t->twcc_id, t_in);
     PyObject *p = fp_parse_rtp(buf, len, t->abs_id, t->mid_id, t->rid_id, t->rrid_id, t_in);
     if (!p)
         return 0;
@@ -466,6 +490,8 @@ static PyMethodDef Reader_methods[] = {
     {"set_rtp", (PyCFunction)Reader_set_rtp, METH_VARARGS,
      "set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected, on_rtp, "
      "on_rtcp, abs_id, mid_id[, rid_id, rrid_id])"},
+    {"set_twcc", (PyCFunction)Reader_set_twcc, METH_VARARGS,
+     "set_twcc(ext_id, arrivals | None): record transport-wide sequence numbers (twcc.c)"},
     {NULL},
 };
 
