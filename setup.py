@@ -71,7 +71,7 @@ class BuildPyWithPage(build_py):
 # making a module without it.
 FASTPATH_SOURCES = [
     f"sfu/fastpath/{name}.c"
-    for name in ("module", "meter", "srtp", "packet", "reader", "inbound", "leg", "twcc")
+    for name in ("module", "meter", "srtp", "packet", "reader", "inbound", "leg", "twcc", "tally")
 ]
 
 setup(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +28,9 @@ from aiortc import (
 )
 from aiortc.sdp import SessionDescription
 
-from sfu import aiortc_hooks
+from sfu import _fastpath, aiortc_hooks
 
-from .media import TRAILER, EncodedMedia, ReplayTrack, read_trailer
+from .media import EncodedMedia, ReplayTrack
 from .publisher import PacedSender
 
 log = logging.getLogger(__name__)
@@ -74,23 +73,12 @@ class Window:
     active: bool = False
 
 
-@dataclass(slots=True)
-class Flow:
-    """What one subscriber received of one publisher's track."""
-
-    publisher: str
-    kind: str
-    packets: int = 0  # every packet, window or not
-    # in the measurement window:
-    w_packets: int = 0
-    w_bytes: int = 0
-    first_seq: int | None = None  # trailer frame sequence numbers
-    last_seq: int = 0
-    frames: int = 0  # with a readable trailer
-    markers: int = 0  # packets ending a frame (trailer or not: also counts transcoded media)
-    rtp_first: int | None = None  # extended RTP sequence numbers
-    rtp_last: int = 0
-    rtp_last16: int = 0
+# What one subscriber received of one publisher's track, counted in C by an
+# sfu._fastpath.RxTally (sfu/fastpath/tally.c): packets (every one), and in the
+# measurement window w_packets, w_bytes, frames (with a readable trailer), markers
+# (packets ending a frame, trailer or not), first_seq/last_seq (trailer frame numbers),
+# rtp_first/rtp_last (extended RTP sequence numbers).
+Flow = _fastpath.RxFlow
 
 
 @dataclass(slots=True)
@@ -146,7 +134,9 @@ class SyntheticParticipant:
         # (forgotten at every offer: a mid may have passed to another publisher)
         self._ssrc_mid: dict[int, str] = {}
         self._by_ssrc: dict[int, Flow] = {}
-        self._on_rtp = self._make_on_rtp()
+        # Per received packet, in C: count it, extend its sequence number and, on a
+        # frame's last packet, read the trailer (sfu/fastpath/tally.c).
+        self._on_rtp = _fastpath.RxTally(self.window, self.rx.e2e_ns, self._by_ssrc, self._learn)
         self._sub_lock = asyncio.Lock()
         self._welcome = asyncio.Event()
         self._rtc_config = CLIENT_CONFIG
@@ -305,9 +295,13 @@ class SyntheticParticipant:
         aiortc_hooks.read_in_c(self.sub, on_rtp=self._on_rtp)
 
     def _tap(self, packet: Any, codecs: dict[int, Any]) -> None:
-        # Only where the C reader could not be installed: aiortc routed the packet.
-        packet.arrival_ns = aiortc_hooks.arrival_ns(packet)
-        self._on_rtp(packet, 0)
+        # Only where the C reader could not be installed: aiortc routed the packet; the
+        # tally counts the C reader's packets, so give it one.
+        arrived = aiortc_hooks.arrival_ns(packet)
+        parsed = _fastpath.parse_rtp(packet.serialize(), 0, 0)
+        if parsed is not None:
+            parsed.arrival_ns = arrived
+            self._on_rtp(parsed, 0)
 
     def _learn(self, packet: Any) -> Flow | None:
         """The flow of a packet from an SSRC not seen since the last offer, if known."""
@@ -323,49 +317,6 @@ class SyntheticParticipant:
         if self.rx.first_media_ns is None:
             self.rx.first_media_ns = packet.arrival_ns
         return flow
-
-    def _make_on_rtp(self) -> Callable[[Any, int], None]:
-        """Per received packet: count it, extend its sequence number and, on a frame's
-        last packet only, read the trailer. Everything it touches is bound here."""
-        by_ssrc, learn, window = self._by_ssrc, self._learn, self.window
-        e2e = self.rx.e2e_ns
-        trailer_size = TRAILER.size
-
-        def on_rtp(packet: Any, arrival_time_ms: int) -> None:
-            flow = by_ssrc.get(packet.ssrc)
-            if flow is None:
-                flow = learn(packet)
-                if flow is None:
-                    return
-            flow.packets += 1
-            if not window.active:
-                return
-            payload = packet.payload
-            flow.w_packets += 1
-            flow.w_bytes += len(payload)
-            seq = packet.sequence_number
-            if flow.rtp_first is None:
-                flow.rtp_first = flow.rtp_last = flow.rtp_last16 = seq
-            else:
-                # Extend the 16-bit sequence number; older (reordered) ones only count.
-                delta = (seq - flow.rtp_last16) & 0xFFFF
-                if delta < 0x8000:
-                    flow.rtp_last += delta
-                    flow.rtp_last16 = seq
-            if packet.marker:
-                flow.markers += 1
-                if len(payload) >= trailer_size:
-                    found = read_trailer(payload)
-                    if found is not None:
-                        _, fseq, sent = found
-                        e2e.append(packet.arrival_ns - sent)
-                        flow.frames += 1
-                        if flow.first_seq is None or fseq < flow.first_seq:
-                            flow.first_seq = fseq
-                        if fseq > flow.last_seq:
-                            flow.last_seq = fseq
-
-        return on_rtp
 
     def received_from(self) -> set[str]:
         """Publishers this participant received at least one packet from."""

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import secrets
+import struct
 import subprocess
 import sys
 import tomllib
@@ -397,3 +398,53 @@ async def test_the_pacer_spreads_the_tracks_over_the_frame_period() -> None:
     # 30 tracks started together: no two send within a fifth of the even spacing
     gaps = [b - a for a, b in zip(phases, phases[1:], strict=False)]
     assert min(gaps) > period / 30 / 5
+
+
+def test_the_generator_counts_what_it_receives_in_c() -> None:
+    """RxTally: flows by SSRC (learnt once), packets always, the rest only in the window;
+    sequence numbers extended across a wrap, reordering only counted; the trailer of a
+    frame's last packet gives the frame number and the end-to-end latency."""
+    from bench.media import MAGIC, TRAILER
+    from sfu import _fastpath
+
+    window = Window()
+    e2e: list[int] = []
+    by_ssrc: dict[int, _fastpath.RxFlow] = {}
+    learnt: list[int] = []
+
+    def learn(packet):
+        learnt.append(packet.ssrc)
+        if packet.ssrc != 7:
+            return None  # not a flow of ours
+        flow = by_ssrc[7] = _fastpath.RxFlow("p_a", "video")
+        return flow
+
+    tally = _fastpath.RxTally(window, e2e, by_ssrc, learn)
+
+    def packet(seq: int, marker: bool, frame: int | None, ssrc: int = 7, sent: int = 0):
+        payload = b"x" * 50
+        if frame is not None:
+            payload += TRAILER.pack(MAGIC, 3, frame, sent)
+        data = struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | 96, seq, 0, ssrc) + payload
+        p = _fastpath.parse_rtp(data, 0, 0)
+        p.arrival_ns = sent + 2_000_000
+        return p
+
+    tally(packet(65533, False, None), 0)  # before the window: counted as seen only
+    window.active = True
+    for seq, marker, frame in (
+        (65534, False, None),
+        (65535, True, 41),
+        (1, True, 42),
+        (0, False, None),
+    ):
+        tally(packet(seq, marker, frame, sent=10**9), 0)
+    tally(packet(5, True, 43, ssrc=9), 0)  # unknown SSRC, learn says no
+    flow = by_ssrc[7]
+    assert learnt == [7, 9]
+    assert (flow.packets, flow.w_packets, flow.markers, flow.frames) == (5, 4, 2, 2)
+    assert flow.w_bytes == 50 * 4 + 2 * TRAILER.size
+    assert (flow.first_seq, flow.last_seq) == (41, 42)
+    assert flow.rtp_first == 65534 and flow.rtp_last - flow.rtp_first + 1 == 4  # 65534..1
+    assert e2e == [2_000_000, 2_000_000]
+    assert _fastpath.RxFlow("p", "audio").first_seq is None

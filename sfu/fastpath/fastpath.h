@@ -9,6 +9,7 @@
  *   twcc.c    Arrivals: transport-wide sequence numbers and arrival times (transport-cc)
  *   leg.c     Leg: rewrite, remember, protect and send one forwarded track; fanout()
  *   meter.c   Meter: a room's forwarded-packet counters and latency histogram
+ *   tally.c   RxTally: the load generator's subscribers count what they receive (bench)
  *   module.c  the module: its functions, types and the interned attribute names
  *
  * Everything here runs with the GIL held, on the event loop's thread.
@@ -159,6 +160,11 @@ extern PyTypeObject ArrivalsType;
  * packet d[0..n) with its arrival time, if it carries one. */
 void fp_arrivals_record(PyObject *arrivals, const unsigned char *d, Py_ssize_t n, int ext_id,
                         int64_t arrival_ns);
+
+/* ---- tally.c (the load generator's receive side) ---------------------------------- */
+
+extern PyTypeObject RxFlowType, RxTallyType;
+int fp_tally_init(void);
 
 /* ---- reader.c --------------------------------------------------------------------- */
 

@@ -32,8 +32,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     if (PyType_Ready(&MeterType) < 0 || PyType_Ready(&LegType) < 0 ||
         PyType_Ready(&PacketType) < 0 || PyType_Ready(&ReaderType) < 0 ||
         PyType_Ready(&TrackType) < 0 || PyType_Ready(&InboundType) < 0 ||
-        PyType_Ready(&ArrivalsType) < 0 ||
-        fp_inbound_init_names() < 0)
+        PyType_Ready(&ArrivalsType) < 0 || PyType_Ready(&RxFlowType) < 0 ||
+        PyType_Ready(&RxTallyType) < 0 || fp_inbound_init_names() < 0 || fp_tally_init() < 0)
         return NULL;
     fp_str_state = PyUnicode_InternFromString("_state");
     fp_str_fileno = PyUnicode_InternFromString("fileno");
@@ -57,7 +57,9 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObject(m, "Track", Py_NewRef(&TrackType)) < 0 ||
         PyModule_AddObject(m, "Inbound", Py_NewRef(&InboundType)) < 0 ||
-        PyModule_AddObject(m, "Arrivals", Py_NewRef(&ArrivalsType)) < 0) {
+        PyModule_AddObject(m, "Arrivals", Py_NewRef(&ArrivalsType)) < 0 ||
+        PyModule_AddObject(m, "RxFlow", Py_NewRef(&RxFlowType)) < 0 ||
+        PyModule_AddObject(m, "RxTally", Py_NewRef(&RxTallyType)) < 0) {
         Py_DECREF(m);
         return NULL;
     }
