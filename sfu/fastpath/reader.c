@@ -31,6 +31,15 @@ static unsigned char slots[MMSG][SLOT];
 static struct mmsghdr msgs[MMSG];
 static struct iovec iovs[MMSG];
 static struct sockaddr_storage addrs[MMSG];
+/* The kernel's receive time of each datagram (SO_TIMESTAMPNS, enabled per socket in
+ * Reader_init): transport-cc reports when a packet reached the host, not when the
+ * event loop got round to it, so a busy loop does not look like a congested link and
+ * a probe cluster read in one batch keeps its spread. */
+static union {
+    char buf[CMSG_SPACE(sizeof(struct timespec))];
+    struct cmsghdr align;
+} ctrls[MMSG];
+static int64_t arrival_ns; /* the datagram being handled: kernel time on CLOCK_MONOTONIC */
 
 typedef struct {
     PyObject_HEAD
@@ -101,6 +110,10 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTuple(args, "iOO", &fd, &dr, &er))
         return -1;
     self->fd = fd;
+    if (fd >= 0) {
+        int on = 1; /* best effort: without it, arrival is when the batch was read */
+        (void)setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on));
+    }
     Py_INCREF(dr);
     Py_XSETREF(self->datagram_received, dr);
     Py_INCREF(er);
@@ -356,7 +369,7 @@ static int Reader_handle(Reader *t, unsigned char *buf, Py_ssize_t n,
     if (t->srtp.rtp(t->srtp.ctx, buf, &len) != 0)
         return 0; /* not authentic, or replayed: dropped, as aiortc does */
     if (t->arrivals)
-        fp_arrivals_record(t->arrivals, buf, len, t->twcc_id, t_in);
+        fp_arrivals_record(t->arrivals, buf, len, t->twcc_id, arrival_ns);
     PyObject *p = fp_parse_rtp(buf, len, t->abs_id, t->mid_id, t->rid_id, t->rrid_id, t_in);
     if (!p)
         return 0;
@@ -403,6 +416,8 @@ static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched)
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &addrs[i];
             msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+            msgs[i].msg_hdr.msg_control = ctrls[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof(ctrls[i].buf);
         }
         int got = recvmmsg(self->fd, msgs, want, MSG_DONTWAIT, NULL);
         if (got < 0) {
@@ -426,7 +441,21 @@ static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched)
         }
         budget -= got;
         int64_t t_in = mono_ns();
+        struct timespec wall;
+        clock_gettime(CLOCK_REALTIME, &wall);
+        int64_t wall_to_mono = t_in - ((int64_t)wall.tv_sec * 1000000000LL + wall.tv_nsec);
         for (int i = 0; i < got; i++) {
+            arrival_ns = t_in;
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c;
+                 c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+                    struct timespec k;
+                    memcpy(&k, CMSG_DATA(c), sizeof(k));
+                    int64_t kernel = (int64_t)k.tv_sec * 1000000000LL + k.tv_nsec + wall_to_mono;
+                    if (kernel <= t_in) /* never after we read it (a clock step) */
+                        arrival_ns = kernel;
+                }
+            }
             if (Reader_take(self, slots[i], (Py_ssize_t)msgs[i].msg_len, &addrs[i],
                             msgs[i].msg_hdr.msg_flags, t_in, touched, ntouched) < 0)
                 return NULL;
