@@ -157,6 +157,8 @@ async def test_speaker_choice_reaches_every_remote_sound(
     assert "Fake Audio Output 2" in await page.get_by_test_id("messages").inner_text()
     await page.get_by_test_id("speaker-test").click()
     await wait_js(client, f"window.roundtable.testSound.sinkId === {second!r}")
+    await page.locator("#panel #speaker-row").scroll_into_view_if_needed()
+    await page.screenshot(path=shots / f"call-devices-{width}x{height}.png")
 
 
 _NO_SINK_ID = "delete HTMLMediaElement.prototype.setSinkId;"
