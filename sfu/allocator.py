@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .downlink import DownlinkEstimate
-from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, Forwarder, Leg
+from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, UNCAPPED, Forwarder, Leg
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,24 @@ def allocate(budget: float, audio: float, videos: Iterable[Video]) -> dict[str, 
     return out
 
 
-def single_layer(leg: Leg) -> tuple[float, ...]:
-    """Without simulcast a video has one layer: what its publisher sends."""
-    source = leg.source
-    if source is None:
+LAYER_DEFAULT_BPS = (150_000, 500_000, 1_500_000)  # a layer never measured yet
+
+
+def layer_rates(leg: Leg) -> tuple[float, ...]:
+    """What each layer of a video leg's track costs, low → high, up to the layer the
+    subscriber's view asks for (its tile size); ``()`` for a hidden tile (it wants
+    nothing, so it costs nothing and is not "paused for the link")."""
+    track = leg.track
+    if track is None:
         return ()
-    return (source.wire_bps() or VIDEO_DEFAULT_BPS,)
+    preferred = leg.preferred_layer()
+    if preferred is None:
+        return ()
+    rates = []
+    for i, layer in enumerate(track.layers[: preferred + 1]):
+        default = LAYER_DEFAULT_BPS[min(i, len(LAYER_DEFAULT_BPS) - 1)]
+        rates.append(layer.price_bps() or default)
+    return tuple(rates)
 
 
 class Allocator:
@@ -114,7 +126,7 @@ class Allocator:
         legs: Callable[[], Iterable[Leg]],
         rank: Rank,
         on_paused: Callable[[str, bool], None],
-        layers: Layers = single_layer,
+        layers: Layers = layer_rates,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.estimate = estimate
@@ -125,6 +137,8 @@ class Allocator:
         self._clock = clock
         self.layers: dict[str, int | None] = {}  # track id -> layer given (for tests, logs)
         self._down_at: dict[str, float] = {}
+        self._paused: dict[str, bool] = {}  # track id -> paused for the link (told the page)
+        self._caps: dict[str, int | None] = {}  # track id -> the cap last set
         self._task: asyncio.Task[None] | None = None
         self.padding_bytes = 0
 
@@ -156,11 +170,9 @@ class Allocator:
 
     def tick(self) -> None:
         """One allocation: measure, estimate, choose, apply."""
-        legs = [leg for leg in self._legs() if leg.source is not None]
+        legs = [leg for leg in self._legs() if leg.track is not None]
         audio = sum(
-            (leg.source.wire_bps() or AUDIO_DEFAULT_BPS)  # type: ignore[union-attr]
-            for leg in legs
-            if leg.kind == "audio"
+            (leg.track.price_bps() or AUDIO_DEFAULT_BPS) for leg in legs if leg.kind == "audio"
         )
         videos: list[tuple[Leg, Video]] = []
         now = self._clock()
@@ -169,45 +181,61 @@ class Allocator:
                 continue
             key = leg.track_id or ""
             rates = self._layers(leg)
-            current = self.layers.get(key, None if leg.paused else len(rates) - 1)
+            if not rates:
+                # A hidden tile: nothing to forward, nothing to pause.
+                self._apply(leg, key, UNCAPPED)
+                continue
+            current = self.layers.get(key, len(rates) - 1)
+            if current is not None:
+                current = min(current, len(rates) - 1)
             if now - self._down_at.get(key, -1e9) < HOLD_UP:
                 rates = rates[: (current + 1) if current is not None else 0]
-            rank = self._rank(leg.source.publisher_id)  # type: ignore[union-attr]
+            rank = self._rank(leg.track.publisher_id)
             videos.append((leg, Video(key, rank, rates, current)))
         estimate = self.estimate
         budget = estimate.update()
         chosen = allocate(budget, audio, [v for _, v in videos])
         used = audio
+        want = audio
         for leg, v in videos:
             layer = chosen[v.key]
             before = self.layers.get(v.key, v.current)
             if layer is not None:
                 used += v.rates[layer]
-            if layer != before:
-                if before is not None and (layer is None or layer < before):
-                    self._down_at[v.key] = now
-                self.apply(leg, layer)
+            want += max(self._layers(leg) or (0.0,))
+            if before is not None and (layer is None or layer < before):
+                self._down_at[v.key] = now
             self.layers[v.key] = layer
+            self._apply(leg, v.key, layer)
+        keys = {v.key for _, v in videos}
         for key in list(self.layers):
-            if key not in {v.key for _, v in videos}:
+            if key not in keys:
                 del self.layers[key]
+        for key in list(self._caps):
+            if key not in keys and self._caps[key] != UNCAPPED:
+                del self._caps[key]
         estimate.sent_bps = used
         estimate.unstamped_bps = audio
-        self._want = audio + sum(max(self._layers(leg) or (0.0,)) for leg, _ in videos)
+        self._want = want
 
-    def apply(self, leg: Leg, layer: int | None) -> None:
+    def _apply(self, leg: Leg, key: str, layer: int | None) -> None:
+        """Cap the leg at ``layer`` (``None``: pause) and tell the page about pauses.
+        Only a changed decision is applied: the cap is the allocator's, but it acts on
+        changes rather than re-asserting itself every tick."""
+        if self._caps.get(key, UNCAPPED) != layer:
+            self._caps[key] = layer
+            leg.set_cap(layer)
         paused = layer is None
-        if paused != leg.paused:
-            leg.set_paused(paused)
-            publisher = leg.source.publisher_id if leg.source is not None else None
+        if paused != self._paused.get(key, False):
+            self._paused[key] = paused
             log.info(
                 "subscriber leg %s: video %s (estimate %d bps)",
-                leg.track_id,
+                key,
                 "paused" if paused else "resumed",
                 self.estimate.bps,
             )
-            if publisher is not None:
-                self._on_paused(publisher, paused)
+            if leg.track is not None:
+                self._on_paused(leg.track.publisher_id, paused)
 
     def _pad(self, interval: float) -> bool:
         """Send this interval's share of a running probe's padding; whether one runs.
@@ -223,7 +251,7 @@ class Allocator:
         if leg is None:
             return False
         probing = self.estimate.probe is not None
-        if bps <= 0 and not probing and legs and all(v.paused for v in legs):
+        if bps <= 0 and not probing and legs and all(v.cap is None for v in legs):
             bps, interval = KEEPALIVE_BPS, TICK
         if bps > 0 and interval > 0:
             count = max(1, round(bps * interval / 8 / (PADDING_SIZE + PACKET_OVERHEAD)))

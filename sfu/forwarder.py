@@ -97,6 +97,7 @@ class Forwarder:
         self._rate_counts = (0, 0)
         self._bps = 0.0
         self._pps = 0.0
+        self._peak_bps = 0.0
         # The same work as tap() for packets that need no decision, done in C by the
         # transport's Inbound once this track's SSRC is known (hooks.take_inbound).
         self._inbound = _fastpath.Track(stats.meter, self._fast_legs, self._slow, MAX_PAYLOAD)
@@ -217,6 +218,14 @@ class Forwarder:
         self._rate_at, self._rate_counts = now, (packets, octets)
         self._bps = bps if bps > self._bps else 0.8 * self._bps + 0.2 * bps
         self._pps = pps
+        self._peak_bps = max(self._peak_bps * 0.995, self._bps)
+
+    def price_bps(self) -> float:
+        """What forwarding this stream costs (bits/s with headers), for the allocator:
+        its recent rate, or, when that fell far below what it used to send (a simulcast
+        layer the publisher stopped because nobody took it), the peak it had."""
+        self._measure()
+        return self._bps if self._bps > 0.5 * self._peak_bps else self._peak_bps
 
     def wire_bps(self) -> float:
         """Bits/s arriving lately, headers included (0 before the first measurement)."""
@@ -363,9 +372,6 @@ class Leg:
         # What this leg sent (both send paths), folded in by sync(): for tests and metrics.
         self.packets = 0
         self.octets = 0
-        # Paused by the allocator (sfu.allocator): nothing of the source passes; audio
-        # legs are never paused.
-        self.paused = False
         self._feedback = feedback
         self._ext_ids: tuple[int | None, int | None] = (None, None)  # mid, abs-send-time
         self._mid: str | None = None
@@ -437,7 +443,6 @@ class Leg:
         self._park()
         self.track = None
         self.track_id = None
-        self.paused = False  # the allocator decides afresh for whatever comes next
 
     def _park(self) -> None:
         """Take no packets from anywhere, but stay subscribed to :attr:`track`."""
@@ -561,27 +566,8 @@ class Leg:
         """Let :func:`_fastpath.fanout` send to this leg directly only while nothing of
         it is waiting (a key frame, a queue, a send in flight)."""
         self._fast.ready = (
-            self._configured
-            and not self.paused
-            and not self._waiting_key
-            and not self._queue
-            and not self._sending
+            self._configured and not self._waiting_key and not self._queue and not self._sending
         )
-
-    def set_paused(self, paused: bool) -> None:
-        """Stop (or resume) forwarding to this subscriber; a resumed video waits for a
-        key frame, and the sequence numbers go on without a gap."""
-        if paused == self.paused:
-            return
-        self.paused = paused
-        if paused:
-            self._queue.clear()
-        else:
-            self._waiting_key = self.kind == "video"
-            self._fast.rebase()
-            if self.source is not None:
-                self.source.request_keyframe()
-        self._refresh()
 
     def push(self, packet: RtpPacket, key: bool, t_in: int, tried: Any = None) -> None:
         """A packet the C fan-out did not send: this leg was not ready, or (``tried``)
@@ -589,8 +575,6 @@ class Leg:
         if tried is not None:
             self._after_c_send(packet, t_in, tried)
             self._refresh()
-            return
-        if self.paused:
             return
         self._push(packet, key, t_in)
         self._refresh()
@@ -742,7 +726,7 @@ class Leg:
     # -- feedback from the subscriber -----------------------------------------------
 
     def on_keyframe_request(self) -> None:
-        if self.source is not None and not self.paused:
+        if self.source is not None:
             self.source.request_keyframe()
 
     def _on_rtcp(self, packet: Any) -> None:
