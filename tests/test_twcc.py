@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -336,3 +338,57 @@ async def test_a_transport_cc_publisher_gets_feedback_for_every_packet_and_no_re
         assert client.rembs() == 0
     finally:
         await room.close()
+
+
+def test_the_reader_records_when_each_packet_reached_the_host_not_when_it_was_read() -> None:
+    """Packets sent 30 ms apart and read together, 200 ms later, in one batch keep their
+    spacing (the kernel's receive time): a busy event loop must not look like a link
+    that queues, and a probe cluster read at once must keep its spread."""
+    from pylibsrtp import Policy, Session
+
+    from sfu.aiortc_hooks import _SRTP_UNPROTECT, _SRTP_UNPROTECT_RTCP, srtp_ffi
+
+    key = bytes(range(30))
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+
+    class Dtls:
+        _state = "connected"
+        _RTCDtlsTransport__rx_packets = 0
+        _RTCDtlsTransport__rx_bytes = 0
+
+    got: list[int] = []
+    reader = _fastpath.Reader(server.fileno(), lambda d, a: None, print)
+    ctx = int(srtp_ffi.cast("uintptr_t", rx._srtp[0]))
+    reader.set_rtp(
+        ctx, _SRTP_UNPROTECT, _SRTP_UNPROTECT_RTCP, rx, Dtls(), "connected",
+        lambda p, ms: got.append(p.sequence_number), print, 0, 0,
+    )  # fmt: skip
+    arrivals = _fastpath.Arrivals()
+    reader.set_twcc(TWCC_ID, arrivals)
+    try:
+        sent = []
+        for i in range(4):
+            ext = bytes([(TWCC_ID << 4) | 1]) + struct.pack("!H", 700 + i) + b"\x00"
+            rtp = struct.pack("!BBHII", 0x90, 96, i, 0, 42) + b"\xbe\xde\x00\x01" + ext + b"x"
+            client.sendto(tx.protect(rtp), server.getsockname())
+            sent.append(time.monotonic_ns() // 1000)
+            time.sleep(0.03)
+        time.sleep(0.2)
+        read_at = time.monotonic_ns() // 1000
+        reader()  # the event loop's read callback, late: all four in one batch
+        assert got == [0, 1, 2, 3]
+        recorded = arrivals.drain()
+        assert [seq for seq, _ in recorded] == [700, 701, 702, 703]
+        for (_, at), t in zip(recorded, sent, strict=True):
+            assert at < read_at - 150_000  # long before the read
+            assert abs(at - t) < 20_000  # about when it was sent on loopback
+        gaps = [b - a for (_, a), (_, b) in zip(recorded, recorded[1:], strict=False)]
+        assert all(gap >= 20_000 for gap in gaps), gaps  # the 30 ms spacing survives
+    finally:
+        server.close()
+        client.close()
