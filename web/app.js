@@ -574,11 +574,21 @@ function join() {
     // Refused by the server (bad token, room closed …): socket.io does not retry.
     call.close();
     state.call = null;
+    // Refused on the way back after the session ended for us: the ending is the news.
+    const last = state.lastError;
+    if (last && ENDED_TITLES[last.error]) {
+      showEnded(ENDED_TITLES[last.error], last.error, last.message);
+      setStatus(null);
+      return;
+    }
     showEnded("ended.errorTitle", detail.error || "unknown", detail.message);
     setStatus(null);
   });
   call.addEventListener("server-error", ({ detail }) => {
     // Media negotiation errors keep the call; others are followed by a disconnect.
+    // Why the session is over for us (ended, removed, refused) stays the reason: a request
+    // refused in the moment after it (`forbidden`) must not replace it on the ended page.
+    if (state.lastError && ENDED_TITLES[state.lastError.error]) return;
     state.lastError = detail;
     setStatusError(detail.error, detail.message);
   });
