@@ -461,7 +461,7 @@ async def test_axe_and_focus_over_every_state_of_a_five_person_call(
     await in_call(refused)
     everyone = [caseworker, client, sharer, waiter, refused]
     for b in everyone:
-        await wait_js(b, "document.querySelectorAll('li.tile').length === 5", within=40)
+        await wait_js(b, "document.querySelectorAll('li.tile').length === 5", within=90)
     assert (
         await cw.evaluate("document.querySelector('[data-testid=tiles]').dataset.layout") == "grid"
     )
