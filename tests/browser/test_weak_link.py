@@ -83,7 +83,7 @@ async () => {
     if (s.type !== 'inbound-rtp') return;
     const info = map.get(String(s.mid));
     if (!info) return;
-    out[`${info.participant}:${s.kind}`] = {
+    out[`${info.participant}:${s.kind}:${s.ssrc}`] = {
       lost: s.packetsLost || 0, received: s.packetsReceived || 0,
       width: s.frameWidth || 0, frames: s.framesDecoded || 0,
       concealed: s.concealedSamples || 0, samples: s.totalSamplesReceived || 0,
@@ -99,15 +99,25 @@ async def inbound(browser: Browser) -> dict[str, dict[str, Any]]:
 
 
 def audio_loss(before: dict[str, Any], after: dict[str, Any], pids: set[str]) -> float:
-    """Lost / (lost + received) of the audio of ``pids`` between two samples."""
+    """Lost / (lost + received) of the audio of ``pids`` between two samples, per RTP
+    stream present in both (a renegotiation may add a stream in between)."""
     lost = received = 0
-    for pid in pids:
-        a, b = before.get(f"{pid}:audio"), after.get(f"{pid}:audio")
-        assert a and b, f"no inbound audio from {pid}"
-        lost += b["lost"] - a["lost"]
-        received += b["received"] - a["received"]
-    assert received > 0, "no audio arrived"
+    for key, b in after.items():
+        pid, kind, _ = key.split(":")
+        a = before.get(key)
+        if pid in pids and kind == "audio" and a is not None:
+            lost += b["lost"] - a["lost"]
+            received += b["received"] - a["received"]
+    assert received > 0, f"no audio arrived: {before} → {after}"
     return max(0, lost) / (max(0, lost) + received)
+
+
+def audio_received(before: dict[str, Any], after: dict[str, Any], pid: str) -> int:
+    return sum(
+        b["received"] - before[key]["received"]
+        for key, b in after.items()
+        if key.startswith(f"{pid}:audio:") and key in before
+    )
 
 
 async def paused_text(browser: Browser, pid: str) -> str | None:
@@ -177,8 +187,7 @@ async def test_a_link_too_narrow_for_video_pauses_it_and_says_so_while_the_voice
     except AssertionError:
         print(before, after, "\n--- server log ---\n" + server.log_tail(80))
         raise
-    received = after[f"{ids['caseworker']}:audio"]["received"]
-    received -= before[f"{ids['caseworker']}:audio"]["received"]
+    received = audio_received(before, after, ids["caseworker"])
     print(
         f"[weak link] 120 kbit/s, video paused: audio loss {100 * loss:.2f} % "
         f"({received} packets in 10 s), {time.monotonic() - shaped_at:.0f} s after shaping"
