@@ -195,3 +195,23 @@ def test_parse_rtp_reads_the_stream_id_extensions(rid_id: int) -> None:
     assert got.mid == "1"
     assert got.rtp_stream_id == ("h" if rid_id else None)
     assert got.extensions.repaired_rtp_stream_id is None
+
+
+def test_the_view_event_is_validated_strictly() -> None:
+    from signaling.errors import InvalidPayload
+    from signaling.events import MAX_VIEW_TILES, parse
+
+    tile = {"participant": "p_0123456789abcdef", "visible": True, "width": 640, "height": 480}
+    assert parse("view", ({"tiles": [tile]},)) == {"tiles": [tile]}
+    for bad in (
+        {"tiles": [tile] * (MAX_VIEW_TILES + 1)},  # more tiles than a room holds
+        {"tiles": [{**tile, "width": -1}]},
+        {"tiles": [{**tile, "height": 20000}]},
+        {"tiles": [{**tile, "visible": 1}]},  # no coercion
+        {"tiles": [{**tile, "participant": "../etc"}]},
+        {"tiles": [{**tile, "extra": 1}]},
+        {"tiles": [tile], "more": []},
+        {},
+    ):
+        with pytest.raises(InvalidPayload):
+            parse("view", (bad,))

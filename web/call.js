@@ -5,9 +5,10 @@
 const ACK_TIMEOUT_MS = 15000;
 const LIVE_STATES = new Set(["admitted", "connected"]);
 // The camera as three VP8 layers, low → high (the SFU takes this order): ¼, ½ and full
-// size of the 960×720 capture (devices.js). Chromium sends three layers only from about
-// 960×540 up. The bitrates fit the tiles they serve: a phone's strip or a five-person
-// grid (240×180), a desktop grid of three or four (480×360), one or two people large.
+// size of the 832×624 capture (devices.js). Chromium sends three layers only from about
+// 960×540's pixel count up. The bitrates fit the tiles they serve: a phone's strip or a
+// five-person grid (208×156), a desktop grid of three or four (416×312), one or two
+// people large.
 // Modest on purpose (a talking head moves little): the lower two together stay under
 // 500 kbit/s, so a weak uplink still carries the middle layer.
 const SIMULCAST = [

@@ -96,8 +96,8 @@ async def outbound(browser: Browser) -> dict[str, dict[str, Any]]:
 # The page's own view report (what it told the server it shows).
 _VIEW_JS = "window.roundtable.view"
 
-# Layer sizes of the page's 960×720 camera: l, m, h (web/call.js SIMULCAST).
-LAYER_SIZES = [(240, 180), (480, 360), (960, 720)]
+# Layer sizes of the page's 832×624 camera: l, m, h (web/call.js SIMULCAST).
+LAYER_SIZES = [(208, 156), (416, 312), (832, 624)]
 TILE_SLACK = 0.8  # sfu.forwarder.TILE_SLACK
 
 
@@ -201,6 +201,12 @@ async def test_layers_follow_tiles_switch_at_key_frames_and_hidden_tiles_get_not
             f"[layers] {b.name} receives { ({p: (v['width'], v['height']) for p, v in got.items()}) }"
         )
 
+    # Nobody wants the caseworker's top layer now: after the SFU's hold time its page
+    # stops sending it (encodings[h].active = false), and keeps the others.
+    await until(
+        lambda: _h_stopped(cw), within=20, what="the caseworker's page stops the unused top layer"
+    )
+
     # Layer switches, on the client's view of the caseworker: the caseworker shares a
     # screen (only the full layer goes out, and the screen's tile is enlarged), then stops
     # (camera layers back, the small tile takes a camera layer again).
@@ -265,6 +271,11 @@ _SHOW_JS = """() => {
   delete document.visibilityState;
   document.dispatchEvent(new Event('visibilitychange'));
 }"""
+
+
+async def _h_stopped(browser: Browser) -> bool:
+    sent = await outbound(browser)
+    return sent["h"]["active"] is False and sent["l"]["active"] is True
 
 
 def _leg_layer_is(server: Server, subscriber: str, publisher: str, *layers: int) -> bool:
