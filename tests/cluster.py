@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import aiohttp
 import pytest
 
 from tests.ports import MEDIA_HOST, free_tcp_port, free_udp_port
+from tests.process import WatchedProcess
 
 BIN = Path(sys.executable).parent / "roundtable"
 
@@ -66,7 +65,7 @@ class RedisProcess:
         self.proc = None
 
 
-class Node:
+class Node(WatchedProcess):
     """One ``roundtable serve`` of a cluster; its output is kept for failure messages."""
 
     def __init__(self, name: str, state: Path, shared: dict[str, str], **env: str) -> None:
@@ -87,16 +86,15 @@ class Node:
             "ROUNDTABLE_LOG_LEVEL": "INFO",
             **env,
         }
-        self.proc = subprocess.Popen(
-            [str(BIN), "serve"],
-            env=full,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        self._watch(
+            subprocess.Popen(
+                [str(BIN), "serve"],
+                env=full,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
 
     @classmethod
     def attach(cls, name: str, url: str, shared: dict[str, str]) -> Node:
@@ -104,34 +102,6 @@ class Node:
         node = cls.__new__(cls)
         node.name, node.url, node.api_key = name, url, shared["ROUNDTABLE_API_KEY"]
         return node
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def line_with(self, needle: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            self.seen.append(line)
-            if needle in line:
-                return line
-        raise AssertionError(
-            f"{self.name}: {needle!r} not printed; output so far:\n" + "\n".join(self.seen)
-        )
-
-    def output(self) -> str:
-        while True:
-            try:
-                self.seen.append(self.lines.get_nowait())
-            except queue.Empty:
-                return "\n".join(self.seen)
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:

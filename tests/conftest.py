@@ -1,12 +1,18 @@
-"""Shared test setup: every aiortc peer in the test process gathers on the media host."""
+"""Shared test setup: every aiortc peer in the test process gathers on the media host;
+the state-store fixture that runs a contract test against every store."""
 
 from __future__ import annotations
 
 import os
+import uuid
+from pathlib import Path
 
 import pytest
 
 from sfu import aiortc_hooks
+from signaling.redis_store import RedisStore
+from signaling.sqlite_store import SqliteStore
+from signaling.store import MemoryStore, StateStore
 
 MEDIA_HOST = os.environ.get("ROUNDTABLE_MEDIA_HOST", "127.0.0.1")
 
@@ -63,6 +69,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """Each state store in turn: a contract test runs against all three."""
+    if request.param == "memory":
+        s: StateStore = MemoryStore()
+    elif request.param == "sqlite":
+        s = SqliteStore(tmp_path / "state.sqlite3")
+    else:
+        s = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
+    yield s
+    await s.close()
 
 
 @pytest.fixture

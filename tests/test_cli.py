@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shlex
 import shutil
 import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ import pytest
 from signaling.store import MemoryStore
 from signaling.tokens import TokenService
 from tests.ports import free_udp_port
+from tests.process import WatchedProcess
 
 BIN = Path(sys.executable).parent / "roundtable"
 
@@ -38,39 +37,19 @@ def _env(state: Path) -> dict[str, str]:
     return env
 
 
-class Serve:
+class Serve(WatchedProcess):
     """`roundtable serve` in a subprocess, its stdout read line by line."""
 
     def __init__(self, state: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--host", "127.0.0.1", "--port", "0", *args],
-            env=_env(state),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        self._watch(
+            subprocess.Popen(
+                [str(BIN), "serve", "--host", "127.0.0.1", "--port", "0", *args],
+                env=_env(state),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def line_with(self, needle: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            self.seen.append(line)
-            if needle in line:
-                return line
-        raise AssertionError(f"{needle!r} not printed; output so far:\n" + "\n".join(self.seen))
 
     def stop(self) -> int:
         if self.proc.poll() is None:

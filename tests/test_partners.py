@@ -20,7 +20,7 @@ import pytest
 
 from signaling.redis_store import RedisStore
 from signaling.sqlite_store import SqliteStore
-from signaling.store import MemoryStore, PartnerRecord, PartnerSave, StateStore
+from signaling.store import PartnerRecord, PartnerSave, StateStore
 from tests.controlplane import RunningServer, link_token, running_server
 
 BIN = Path(sys.executable).parent / "roundtable"
@@ -40,18 +40,6 @@ def _record(name: str, **kw: Any) -> PartnerRecord:
 
 
 # -- the store contract ---------------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "memory":
-        s: StateStore = MemoryStore()
-    elif request.param == "sqlite":
-        s = SqliteStore(tmp_path / "state.sqlite3")
-    else:
-        s = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
-    yield s
-    await s.close()
 
 
 async def test_store_keeps_partners_with_unique_names(store: StateStore) -> None:

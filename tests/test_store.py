@@ -11,19 +11,7 @@ import pytest
 
 from signaling.redis_store import RedisStore
 from signaling.sqlite_store import SqliteStore
-from signaling.store import MemoryStore, RoomRecord, StateStore
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "memory":
-        s: StateStore = MemoryStore()
-    elif request.param == "sqlite":
-        s = SqliteStore(tmp_path / "state.sqlite3")
-    else:
-        s = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
-    yield s
-    await s.close()
+from signaling.store import RoomRecord, StateStore
 
 
 def later(seconds: int = 600) -> int:

@@ -219,6 +219,26 @@ async def join(browser: Browser, url: str | None = None) -> None:
     await wait_js(browser, "Boolean(window.roundtable && window.roundtable.you)", within=15)
 
 
+async def click_join(browser: Browser, within: float = 45.0) -> str:
+    """On the pre-join page, as a person: tick the consent box if there is one, press join.
+
+    Generous by default: a loaded machine can take long to set up the call, and only the
+    click itself (no force) is what this checks."""
+    page = browser.page
+    consent = page.get_by_test_id("consent")
+    if await consent.is_visible():
+        await consent.click()
+        assert await consent.is_checked()
+    await page.get_by_test_id("join-button").click()
+    await wait_js(browser, "Boolean(window.roundtable && window.roundtable.you)", within=within)
+    return await my_id(browser)
+
+
+async def in_call(browser: Browser, within: float = 60.0) -> None:
+    """The call view is shown (after the waiting room, if any)."""
+    await browser.page.wait_for_selector("#view-call:not([hidden])", timeout=within * 1000)
+
+
 async def wait_js(browser: Browser, expression: str, within: float = 10.0) -> Any:
     """Poll a JS expression until truthy (``wait_for_function`` needs eval, which our CSP forbids)."""
     start = time.monotonic()

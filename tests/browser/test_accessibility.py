@@ -30,6 +30,8 @@ from tests.browser.harness import (
     Launch,
     Server,
     axe_findings,
+    click_join,
+    in_call,
     launch_inside,
     my_id,
     open_join,
@@ -49,22 +51,6 @@ DESKTOP, PHONE = (1280, 720), (360, 640)
 # assertions are on what the page does, not on how fast.
 async def wait_js(browser: Browser, expression: str, within: float = 30.0) -> Any:
     return await _wait_js(browser, expression, within=max(within, 30.0))
-
-
-async def in_call(browser: Browser) -> None:
-    await browser.page.wait_for_selector("#view-call:not([hidden])", timeout=60000)
-
-
-async def click_join(browser: Browser) -> str:
-    """Tick the consent box if there is one, press the join button (both by pointer)."""
-    page = browser.page
-    consent = page.get_by_test_id("consent")
-    if await consent.is_visible():
-        await consent.click()
-        assert await consent.is_checked()
-    await page.get_by_test_id("join-button").click()
-    await wait_js(browser, "Boolean(window.roundtable && window.roundtable.you)", within=45)
-    return await my_id(browser)
 
 
 # Scroll containers (overflow auto/scroll with more content than room) that a keyboard

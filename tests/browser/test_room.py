@@ -16,7 +16,9 @@ from tests.browser.harness import (
     Launch,
     Server,
     axe_findings,
+    click_join,
     free_port,
+    in_call,
     my_id,
     open_join,
     wait_js,
@@ -25,22 +27,6 @@ from tests.browser.harness import (
 pytestmark = pytest.mark.browser
 
 SIZES = [(1280, 720), (1366, 650), (360, 640)]
-
-
-async def click_join(browser: Browser) -> str:
-    """On the pre-join page: tick the consent box if there is one, press the join button."""
-    page = browser.page
-    consent = page.get_by_test_id("consent")
-    if await consent.is_visible():
-        await consent.click()
-        assert await consent.is_checked()
-    await page.get_by_test_id("join-button").click()
-    await wait_js(browser, "Boolean(window.roundtable && window.roundtable.you)", within=15)
-    return await my_id(browser)
-
-
-async def in_call(browser: Browser) -> None:
-    await browser.page.wait_for_selector("#view-call:not([hidden])", timeout=15000)
 
 
 async def open_panel(browser: Browser) -> None:
