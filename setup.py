@@ -71,7 +71,9 @@ class BuildPyWithPage(build_py):
 # making a module without it.
 FASTPATH_SOURCES = [
     f"sfu/fastpath/{name}.c"
-    for name in ("module", "meter", "srtp", "packet", "reader", "inbound", "leg", "twcc", "tally")
+    for name in (
+        "module", "meter", "srtp", "packet", "reader", "inbound", "leg", "vp8", "twcc", "tally"
+    )
 ]
 
 setup(

@@ -353,10 +353,18 @@ def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPa
     rtx_ssrc = d[_RX_RTX_SSRC]
     # aiortc keeps one NACK generator per receiver, which assumes one stream: simulcast
     # layers interleave several sequence spaces, so each further SSRC gets its own. The
-    # first keeps aiortc's, which the C Inbound updates for the packets it takes (a
-    # plain track: one SSRC; simulcast layers never go the C way).
+    # first keeps aiortc's. The C Inbound updates the one of the SSRC it takes.
     nack = d[_RX_NACK]
     nacks: dict[int, NackGenerator] | None = {} if nack is not None else None
+
+    def nack_for(ssrc: int) -> NackGenerator | None:
+        if nacks is None:
+            return None
+        generator = nacks.get(ssrc)
+        if generator is None:
+            generator = nacks[ssrc] = nack if not nacks else NackGenerator()
+        return generator
+
     throttle = RembThrottle()
     active_until: dict[int, int] = {}  # ssrc -> arrival ms until which its time is fresh
     now_datetime = clock.current_datetime
@@ -378,7 +386,7 @@ def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPa
         _ACCOUNT,
         (
             streams,
-            nack,
+            nack_for,
             active_ssrc,
             now_datetime,
             estimator.add if estimator is not None else None,
@@ -422,11 +430,9 @@ def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPa
             ):
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
-        if nacks is None:
-            return
-        generator = nacks.get(packet.ssrc)
+        generator = nack_for(packet.ssrc)
         if generator is None:
-            generator = nacks[packet.ssrc] = nack if not nacks else NackGenerator()
+            return
         if generator.add(packet):
             rtcp_ssrc = d[_RX_RTCP_SSRC]
             if rtcp_ssrc is not None:
@@ -447,7 +453,9 @@ def take_inbound(receiver: RTCRtpReceiver, ssrc: int, track: _fastpath.Track) ->
         return
     account = getattr(receiver, _ACCOUNT, None)
     if account is not None:
-        track.account(receiver, *account)
+        streams, nack_for, *rest = account
+        # each SSRC its own NACK state (simulcast layers): the one Python uses for it
+        track.account(receiver, streams, nack_for(ssrc), *rest)
     inbound.tracks[ssrc] = track
 
 

@@ -106,16 +106,23 @@ class Forwarder:
         # Legs waiting to move here at this stream's next key frame (Leg.update_layer).
         self.switching: list[Leg] = []
         self.on_restart: Callable[[], None] | None = None  # set by sfu.simulcast.Layers
-        # For layer choice (simulcast layers only: sfu.simulcast.Layers): when the last
-        # packet came (perf_counter_ns), and the frame size of the last VP8 key frame
-        # (0: not known).
-        self.last_ns = 0
+        # For layer choice (simulcast layers only: sfu.simulcast.Layers): the frame size
+        # of the last VP8 key frame (0: not known); when the last packet came is last_ns.
         self.width = 0
         self.height = 0
 
     @property
     def paused(self) -> bool:
         return self._paused
+
+    @property
+    def last_ns(self) -> int:
+        """When the last packet arrived (perf_counter_ns; 0: never), by either path."""
+        return self._inbound.last_ns
+
+    @last_ns.setter
+    def last_ns(self, value: int) -> None:
+        self._inbound.last_ns = value
 
     @paused.setter
     def paused(self, value: bool) -> None:
@@ -145,6 +152,8 @@ class Forwarder:
         self._inbound.payload_type = primary.payloadType if primary else None
         vp8 = primary is not None and primary.mimeType.lower() == "video/vp8"
         self._size_of = vp8_keyframe_size if vp8 else None
+        # A simulcast layer's key frames decide switches: the C path hands them here.
+        self._inbound.keys = vp8 and self.rid is not None
 
     def tap(self, packet: RtpPacket, codecs: dict[int, RTCRtpCodecParameters]) -> None:
         """Per incoming packet: classify once, then queue it on every leg."""
@@ -171,11 +180,15 @@ class Forwarder:
                 )
             return
         self.ssrc = packet.ssrc
-        if self._inbound_ssrc != packet.ssrc and self._receiver is not None and self.rid is None:
+        if (
+            self._inbound_ssrc != packet.ssrc
+            and self._receiver is not None
+            and (self.rid is None or self._inbound.keys)
+        ):
             # From the next packet of this SSRC on, the transport's Inbound may take
-            # what needs no decision here (sfu/fastpath/inbound.c). Not for a simulcast
-            # layer: its key frames and pauses decide which layer legs follow, which the
-            # C path does not look at.
+            # what needs no decision here (sfu/fastpath/inbound.c). A simulcast layer's
+            # key frames still come here (Track.keys): they decide which layer legs
+            # follow. H.264 layers stay on this path (no key-frame test in C).
             self._inbound_ssrc = packet.ssrc
             hooks.take_inbound(self._receiver, packet.ssrc, self._inbound)
         key = self._is_key(payload) if self._is_key is not None else False
@@ -392,12 +405,15 @@ class Leg:
         mid_ext_id: int | None,
         abs_ext_id: int | None = None,
         rtx_payload_type: int | None = None,
+        vp8: bool = False,
     ) -> None:
         """Set what the subscriber negotiated for this leg (after its answer).
 
         With ``abs_ext_id`` every packet carries abs-send-time, stamped by the C send
         path at the moment it is sent: Chromium's receive-side estimator, whose result
         comes back as REMB (:mod:`sfu.downlink`), needs the send time of each packet.
+        With ``vp8`` the payload descriptors' picture ids are kept continuous when the
+        leg changes source (a simulcast layer switch; ``sfu/fastpath/vp8.c``).
         """
         self._mid = mid if mid and mid_ext_id else None
         self._ext_ids = (mid_ext_id if self._mid else None, abs_ext_id)
@@ -406,6 +422,7 @@ class Leg:
             self._fast.configure(payload_type, self._ssrc, clock_rate, ext, abs_off)
         else:
             self._fast.configure(payload_type, self._ssrc, clock_rate, ext)
+        self._fast.vp8 = vp8
         rtx_ssrc = getattr(self.sender, "_rtx_ssrc", None)
         self._rtx = (rtx_payload_type, rtx_ssrc) if rtx_payload_type and rtx_ssrc else None
         if self._rtx is not None:

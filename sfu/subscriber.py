@@ -203,7 +203,13 @@ class Subscriber:
                 continue
             abs_ext, rtx_pt = hooks.negotiated_feedback(leg.transceiver)
             leg.configure(
-                codec.payloadType, codec.clockRate, leg.transceiver.mid, mid_ext, abs_ext, rtx_pt
+                codec.payloadType,
+                codec.clockRate,
+                leg.transceiver.mid,
+                mid_ext,
+                abs_ext,
+                rtx_pt,
+                vp8=codec.mimeType.lower() == "video/vp8",
             )
             leg.follow(fwd, self.views.get(fwd.publisher_id))
         self._pending = []

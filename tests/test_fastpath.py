@@ -541,3 +541,102 @@ def test_inbound_forwards_and_accounts_exactly_as_the_python_path() -> None:
         sender.close()
         for s in sinks:
             s.close()
+
+
+def vp8_descriptor(pid: int | None, tl0: int | None = None, wide: bool = True) -> bytes:
+    """A VP8 payload descriptor (RFC 7741) starting a frame, then one byte of frame."""
+    x = (0x80 if pid is not None else 0) | (0x40 if tl0 is not None else 0)
+    out = bytes([0x90 if x else 0x10])
+    if x:
+        out += bytes([x])
+    if pid is not None:
+        out += bytes([0x80 | pid >> 8, pid & 0xFF]) if wide else bytes([pid & 0x7F])
+    if tl0 is not None:
+        out += bytes([tl0])
+    return out + b"\x01"
+
+
+def picture(data: bytes) -> tuple[int | None, int | None]:
+    """(PictureID, TL0PICIDX) of a rewritten packet's descriptor (no header extension)."""
+    p = data[12:]
+    if not p[0] & 0x80 or not p[1] & 0x80:
+        return None, None
+    wide = bool(p[2] & 0x80)
+    pid = ((p[2] & 0x7F) << 8 | p[3]) if wide else p[2]
+    at = 4 if wide else 3
+    return pid, (p[at] if p[1] & 0x40 else None)
+
+
+def test_vp8_picture_ids_continue_across_sources_and_keep_gaps_within_one() -> None:
+    leg, _ = make_leg()
+    leg.vp8 = True
+    out = []
+    for ssrc, pid, tl0, wide in [
+        (1, 32766, 254, True),  # the first source keeps its numbers ...
+        (1, 32767, 255, True),
+        (1, 1, 1, True),  # ... and its gaps (0 was lost upstream): wraps on 15 bits
+        (2, 5000, 40, True),  # a switch: the next picture id and TL0PICIDX
+        (2, 4999, 39, True),  # a late packet of the new source: shifted the same way
+        (2, 5001, 41, True),
+        (3, None, None, True),  # no picture id yet: nothing to shift
+        (3, 126, None, False),  # 7 bits stay 7 bits, continuing from 5001's output (3)
+        (3, 127, None, False),
+        (3, 0, None, False),  # and wrap at 128
+        (4, 7, 9, True),  # TL0PICIDX again after a source without it: continues
+    ]:
+        data, _ = leg.rewrite(vp8_descriptor(pid, tl0, wide), False, len(out), 0, ssrc)
+        out.append(picture(data))
+    assert out == [
+        (32766, 254),
+        (32767, 255),
+        (1, 1),
+        (2, 2),
+        (1, 1),
+        (3, 3),
+        (None, None),
+        (4, None),
+        (5, None),
+        (6, None),
+        (7, 4),
+    ]
+    # Without Leg.vp8 (another codec, or a publishing leg) the payload is untouched.
+    plain, _ = make_leg()
+    payload = vp8_descriptor(300, 9)
+    assert plain.rewrite(payload, False, 1, 0, 1)[0][12:] == payload
+    assert plain.rewrite(payload, False, 2, 0, 2)[0][12:] == payload
+
+
+def test_a_layers_key_frames_go_to_python_exactly_where_python_sees_one() -> None:
+    """Track.keys: the first packet of a VP8 key frame is handed to Python (which moves
+    legs to the layer), every other packet stays in C; C's key-frame test must agree
+    with sfu.codecs.vp8_keyframe_start on any payload, mangled or short."""
+    import random
+
+    from sfu.codecs import vp8_keyframe_start
+    from sfu.forwarder import MAX_PAYLOAD
+
+    stats = RoomStats()
+    handed: list[bytes] = []
+    inbound = _fastpath.Inbound(lambda p, ms: handed.append(p.payload))
+    track = _fastpath.Track(stats.meter, [], lambda p, slow: None, MAX_PAYLOAD)
+    track.payload_type = 96
+    track.keys = True
+    inbound.tracks[5] = track
+    rng = random.Random(3)
+    want = []
+    for i in range(5000):
+        payload = vp8_descriptor(
+            rng.choice((None, rng.getrandbits(15))), rng.choice((None, rng.getrandbits(8)))
+        )[:-1] + bytes([rng.getrandbits(8) & rng.choice((0xFE, 0xFF))])
+        payload = bytearray(payload + rng.randbytes(rng.randint(0, 3)))
+        if rng.random() < 0.3:
+            payload[rng.randrange(len(payload))] = rng.getrandbits(8)
+        payload = bytes(payload[: rng.randint(1, len(payload))] if i % 4 == 0 else payload)
+        packet = _fastpath.parse_rtp(struct.pack("!BBHII", 0x80, 96, i, 0, 5) + payload, 0, 0)
+        packet.arrival_ns = 1000 + i
+        before = len(handed)
+        inbound(packet, 0)
+        assert (len(handed) > before) == vp8_keyframe_start(payload), payload.hex()
+        want.append(vp8_keyframe_start(payload))
+    assert 300 < sum(want) < 4700  # both kinds were tried
+    assert track.last_ns == 1000 + max(i for i, key in enumerate(want) if not key)

@@ -113,7 +113,7 @@ async def test_router_creates_no_decoder_or_encoder(monkeypatch: pytest.MonkeyPa
         # Exactly what the test peers need: 3 × (audio + video) encoders and 3 × 2
         # publishers × 2 kinds + 3 × the simulcast video decoders. Anything more is
         # the SFU transcoding (tests/test_simulcast.py checks the layered payloads
-        # arrive byte for byte).
+        # arrive byte for byte, but for the VP8 picture id a layer switch renumbers).
         assert sum(1 for kind, _ in made if kind == "encoder") == 6
         assert sum(1 for kind, _ in made if kind == "decoder") == 12 + 3
         assert room.router.stats.packets_out > 0

@@ -36,6 +36,14 @@ class Recorder:
         receiver._handle_rtp_packet = handle
 
 
+def picture_id(payload: bytes) -> tuple[int, bytes]:
+    """The 15-bit PictureID of a VP8 payload descriptor (as aiortc and Chromium write
+    it), and the payload with it zeroed."""
+    assert payload[0] & 0x80 and payload[1] & 0x80 and payload[2] & 0x80, payload[:4].hex()
+    pid = (payload[2] & 0x7F) << 8 | payload[3]
+    return pid, payload[:2] + b"\x80\x00" + payload[4:]
+
+
 async def _room_with_simulcast() -> tuple[Room, SimulcastPublisher, Any, Recorder]:
     room = Room()
     viewer = await room.join("viewer", (0, 0, 0), publish=False)
@@ -110,17 +118,28 @@ async def test_one_layer_per_subscriber_switched_at_key_frames_with_continuous_n
         tss = [p.timestamp for p in packets]
         steps = [(b - a) & 0xFFFFFFFF for a, b in zip(tss, tss[1:], strict=False)]
         assert all(s < 90000 for s in steps), max(steps)
-        # Byte for byte the publisher's payloads (no transcoding), and every change of
-        # layer starts with a key frame of the new layer.
+        # Byte for byte the publisher's payloads (no transcoding) but for the picture id
+        # of the VP8 payload descriptor, and every change of layer starts with a key
+        # frame of the new layer.
+        sent_bare = {r: {picture_id(x)[1] for x in sent[r]} for r in RIDS}
         layer_of = []
         for p in packets:
-            owners = [r for r in RIDS if p.payload in sent[r]]
+            owners = [r for r in RIDS if picture_id(p.payload)[1] in sent_bare[r]]
             assert owners, "a payload the publisher never sent"
             layer_of.append(owners[0])
         changes = [i for i in range(1, len(packets)) if layer_of[i] != layer_of[i - 1]]
         assert [layer_of[i] for i in changes] == ["l", "m"], [layer_of[i] for i in changes]
         for i in changes:
             assert vp8_keyframe_start(packets[i].payload), f"switch at a non-key packet {i}"
+        # The picture ids count on by one per picture across the switches, as one
+        # publisher's would (each layer numbers its own pictures).
+        pids = [picture_id(p.payload)[0] for p in packets if p.payload[0] & 0x10]
+        assert all((b - a) & 0x7FFF == 1 for a, b in zip(pids, pids[1:], strict=False)), pids
+        # The layers' packets went the C way (sfu/fastpath/inbound.c); only their first
+        # packets and key frames came through Python.
+        for f in track.layers:
+            fast, slow = f._inbound.counts
+            assert fast > 4 * slow, (f.rid, fast, slow)
     finally:
         await publisher.close()
         await room.close()
@@ -215,3 +234,191 @@ def test_the_view_event_is_validated_strictly() -> None:
     ):
         with pytest.raises(InvalidPayload):
             parse("view", (bad,))
+
+
+# -- the C path for layers, against the Python path ------------------------------------
+
+KEY = bytes(range(30))  # SRTP: AES_CM_128_HMAC_SHA1_80 key + salt
+VP8_SIZES = {"l": (80, 60), "m": (160, 120), "h": (320, 240)}
+
+
+def vp8_payload(pid: int, tl0: int, key: bool, start: bool, rid: str, n: int) -> bytes:
+    """A VP8 RTP payload as Chromium writes it with temporal layers: descriptor with a
+    15-bit PictureID, TL0PICIDX and the TID byte; a key frame's header with its size."""
+    descriptor = bytes([0x90 if start else 0x80, 0xE0, 0x80 | pid >> 8, pid & 0xFF, tl0, 0x20])
+    if not start:
+        return descriptor + bytes([n]) * 40
+    w, h = VP8_SIZES[rid]
+    if key:
+        tag = bytes([0x00, 0x01, 0x00]) + b"\x9d\x01\x2a" + w.to_bytes(2, "little")
+        return descriptor + tag + h.to_bytes(2, "little") + bytes([n]) * 30
+    return descriptor + bytes([0x01, 0x01, 0x00]) + bytes([n]) * 30
+
+
+def layer_packets() -> list[bytes]:
+    """Three layers, 30 pictures of two packets each, interleaved as they arrive; every
+    layer's first packets carry its rid; picture ids and TL0PICIDX differ per layer (h's
+    wrap), key frames at different pictures per layer."""
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
+    from aiortc.rtcrtpparameters import RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap
+
+    ext = HeaderExtensionsMap()
+    ext.configure(
+        RTCRtpParameters(
+            headerExtensions=[Ext(id=7, uri="urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id")]
+        )
+    )
+    first = {"l": (100, 250, 1000), "m": (20000, 3, 30000), "h": (32760, 100, 65530)}
+    keys = {"l": {0, 10, 25}, "m": {0, 14}, "h": {0, 18}}
+    ssrc = {"l": 0x1111, "m": 0x2222, "h": 0x3333}
+    out = []
+    for pic in range(30):
+        for rid in RIDS:
+            pid0, tl00, seq0 = first[rid]
+            for part in range(2):
+                packet = RtpPacket(
+                    payload_type=96,
+                    marker=part == 1,
+                    sequence_number=(seq0 + 2 * pic + part) & 0xFFFF,
+                    timestamp=(7 * seq0 + 3000 * pic) & 0xFFFFFFFF,
+                    ssrc=ssrc[rid],
+                    payload=vp8_payload(
+                        (pid0 + pic) & 0x7FFF,
+                        (tl00 + pic) & 0xFF,
+                        pic in keys[rid],
+                        part == 0,
+                        rid,
+                        pic,
+                    ),
+                )
+                if pic < 2:
+                    packet.extensions.rtp_stream_id = rid
+                out.append(packet.serialize(ext))
+    return out
+
+
+async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python() -> None:
+    """The same simulcast packets through a Layers' Python path (every packet through
+    Layers.tap) and through the C Inbound (what a publisher's transport uses: layers
+    register their SSRCs once bound by rid, key frames still come to Python): two legs
+    that switch layers at key frames send the subscriber the same packets, with the same
+    sequence numbers, payloads and picture ids (continuous across the switches), and
+    timestamps that differ only by the wall-clock the switch's rebase reads."""
+    import random
+    import socket
+    import time
+
+    from aiortc import RTCPeerConnection
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from pylibsrtp import Policy, Session
+
+    from sfu import _fastpath
+    from sfu import aiortc_hooks as hooks
+    from sfu.forwarder import Leg
+    from sfu.simulcast import Layers
+    from sfu.stats import RoomStats
+
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    codecs = {96: vp8}
+    sender_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pcs: list[RTCPeerConnection] = []
+    sinks: list[socket.socket] = []
+
+    class Dtls:  # what a route checks: the DTLS transport still connected
+        _state = "connected"
+
+    def path(c_path: bool) -> tuple[Layers, list[Leg], Any]:
+        stats = RoomStats()
+        pc = RTCPeerConnection()
+        pcs.append(pc)
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        layers = Layers("t", "pub", receiver, RIDS, stats, 0.0)
+        layers.set_codecs([vp8])
+        inbound = None
+        if c_path:
+            inbound = _fastpath.Inbound(lambda p, ms: layers.tap(p, codecs))
+            setattr(receiver.transport, hooks._INBOUND, inbound)
+        legs = []
+        random.seed(5)  # the same random first sequence number and timestamp per path
+        for view in (None, (True, 150, 110)):
+            transceiver = pc.addTransceiver("video", direction="sendonly")
+            leg = Leg("video", transceiver, stats, 100)
+            leg.configure(96, 90000, None, None, vp8=True)
+            sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sink.bind(("127.0.0.1", 0))
+            sinks.append(sink)
+            tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+            ctx = int(hooks.srtp_ffi.cast("uintptr_t", tx._srtp[0]))
+            leg._fast.set_route(
+                ctx,
+                hooks._SRTP_PROTECT,
+                tx,
+                sender_sock,
+                "127.0.0.1",
+                sink.getsockname()[1],
+                Dtls(),
+                "connected",
+            )
+            leg.follow(layers, view)
+            legs.append(leg)
+        return layers, legs, inbound
+
+    py_layers, py_legs, _ = path(False)
+    c_layers, c_legs, inbound = path(True)
+    try:
+        for n, data in enumerate(layer_packets()):
+            pic = n // 6
+            if pic == 5 and n % 6 == 0:  # leg 0 (top layer) to a small tile: l
+                for leg in (py_legs[0], c_legs[0]):
+                    leg.set_view(True, 70, 50)
+            if pic == 12 and n % 6 == 0:  # leg 1 to a big tile: h; then capped to l
+                for leg in (py_legs[1], c_legs[1]):
+                    leg.set_view(True, 640, 480)
+            if pic == 22 and n % 6 == 0:
+                for leg in (py_legs[1], c_legs[1]):
+                    leg.set_cap(0)
+            now = time.perf_counter_ns()
+            for call in (lambda p: py_layers.tap(p, codecs), lambda p: inbound(p, 0)):
+                packet = _fastpath.parse_rtp(data, 0, 0, 7, 0)
+                packet.arrival_ns = now
+                call(packet)
+        # the C path took the layers' packets but their first ones and key frames
+        taken = sum(f._inbound.counts[0] for f in c_layers.layers)
+        assert taken > 100 and sum(f._inbound.counts[0] for f in py_layers.layers) == 0
+        got = []
+        for sink in sinks:
+            rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+            sink.settimeout(0.3)
+            packets = []
+            with pytest.raises(TimeoutError):
+                while True:
+                    packets.append(rx.unprotect(sink.recv(2048)))
+            got.append(packets)
+        for leg_no in (0, 1):
+            py, c = got[leg_no], got[2 + leg_no]
+            assert len(py) == len(c) > 40
+            assert py_legs[leg_no].switches == c_legs[leg_no].switches >= 1 + leg_no
+            offsets = set()
+            for a, b in zip(py, c, strict=True):
+                # all but the SSRC (aiortc's random one per sender) and the timestamp
+                assert a[:4] + a[12:] == b[:4] + b[12:]
+                offsets.add((int.from_bytes(a[4:8]) - int.from_bytes(b[4:8])) & 0xFFFFFFFF)
+            # timestamps: one offset per segment, a few ms apart at most
+            assert all(min(o, 2**32 - o) < 900 for o in offsets), offsets
+            # what the subscriber sees: continuous sequence numbers and picture ids
+            seqs = [int.from_bytes(p[2:4]) for p in c]
+            assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+            pids = [picture_id(p[12:])[0] for p in c if p[12] & 0x10]
+            assert all((b - a) & 0x7FFF == 1 for a, b in zip(pids, pids[1:], strict=False))
+            tl0s = [p[16] for p in c if p[12] & 0x10]
+            assert all((b - a) & 0xFF == 1 for a, b in zip(tl0s, tl0s[1:], strict=False))
+    finally:
+        for leg in py_legs + c_legs:
+            await leg.close()
+        await py_layers.close()
+        await c_layers.close()
+        for pc in pcs:
+            await pc.close()
+        for s in sinks + [sender_sock]:
+            s.close()

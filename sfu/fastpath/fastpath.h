@@ -8,6 +8,7 @@
  *   inbound.c Inbound/Track: a publisher's packet accounted and fanned out without Python
  *   twcc.c    Arrivals: transport-wide sequence numbers and arrival times (transport-cc)
  *   leg.c     Leg: rewrite, remember, protect and send one forwarded track; fanout()
+ *   vp8.c     VP8 payload descriptor: key-frame start, picture ids continuous per leg
  *   meter.c   Meter: a room's forwarded-packet counters and latency histogram
  *   tally.c   RxTally: the load generator's subscribers count what they receive (bench)
  *   module.c  the module: its functions, types and the interned attribute names
@@ -138,6 +139,22 @@ extern PyTypeObject PacketType;
 PyObject *fp_parse_rtp(const unsigned char *d, Py_ssize_t n, int abs_id, int mid_id,
                        int rid_id, int rrid_id, long long arrival_ns);
 PyObject *fp_py_parse_rtp(PyObject *module, PyObject *args);
+
+/* ---- vp8.c ----------------------------------------------------------------------- */
+
+/* A leg's VP8 picture numbering: what it sent last and the current source's offsets. */
+typedef struct {
+    int pending;  /* a new source began: choose the offsets at its first picture id */
+    int sent, tl0_sent;
+    uint16_t pid_off, last_pid;
+    uint8_t tl0_off, last_tl0;
+} FpVp8;
+
+/* 1 if the VP8 RTP payload p[0..n) is the first packet of a key frame */
+int fp_vp8_keyframe_start(const unsigned char *p, Py_ssize_t n);
+/* Shift the payload descriptor's PictureID/TL0PICIDX in place onto the leg's numbering;
+ * new_source: the first packet from another SSRC than the one before. */
+void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int new_source);
 
 /* ---- leg.c ------------------------------------------------------------------------ */
 

@@ -11,6 +11,10 @@
  *
  * - the Track is armed for this SSRC, not paused, and the payload type is the one the
  *   legs were negotiated for (not RTX, RED, FEC), with a payload of 1..max bytes;
+ * - for a simulcast layer (Track.keys): the packet does not start a VP8 key frame. Key
+ *   frames are where legs switch layers, and the frame size that picks a layer is read
+ *   from them; Python does both (sfu.forwarder.Forwarder._at_keyframe), once per key
+ *   frame, and the layer's other packets stay here;
  * - the receiver is enabled, its stream statistics already exist, and the packet is
  *   newer than the last (no reordering), and, where NACKs are negotiated, it is exactly
  *   the next sequence number with nothing missing (so no NACK can be due).
@@ -19,10 +23,13 @@
  * StreamStatistics fields (the same object, updated in its __dict__ as
  * StreamStatistics.add would), the NackGenerator's max_seq, the bandwidth estimator
  * (sfu._bwe, called directly), the active-SSRC time every 100 ms, the room's and the
- * track's received counters (Track.received, for the allocator's rates), the fan-out to every ready Leg (leg.c).
+ * track's received counters (Track.received, for the allocator's rates) and arrival time
+ * (Track.last_ns: whether a layer is flowing), the fan-out to every ready Leg (leg.c).
  *
  * Crosses into Python:
- * - any other packet: the fallback (the Python on_rtp it replaced), untouched;
+ * - any other packet: the fallback (the Python on_rtp it replaced), untouched; so the
+ *   first packets of an SSRC (a layer is bound by its rtp-stream-id there, and registers
+ *   its Track), a layer's key frames, RTX (bound by repaired-rtp-stream-id), gaps;
  * - an estimate the estimator returns: on_remb(estimate, arrival_ms) (throttle, send);
  * - legs the fan-out could not send to: on_slow(packet, [(index, result)]), as
  *   Forwarder.tap hands them to Leg.push;
@@ -49,6 +56,10 @@ typedef struct {
     int payload_type;  /* -1: none yet */
     int paused;
     int max_payload;
+    /* A simulcast layer: the first packet of each VP8 key frame goes to Python, which
+     * moves legs switching to this layer and reads the frame size (0: no such check). */
+    int keys;
+    long long last_ns; /* arrival of the last packet, either path (Forwarder.last_ns) */
     /* receive accounting (set by sfu.aiortc_hooks, NULL: none) */
     PyObject *receiver;
     PyObject *streams;     /* aiortc's ssrc -> StreamStatistics */
@@ -175,6 +186,34 @@ static int Track_set_paused(Track *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *Track_get_keys(Track *self, void *closure)
+{
+    return PyBool_FromLong(self->keys);
+}
+
+static int Track_set_keys(Track *self, PyObject *value, void *closure)
+{
+    int v = value ? PyObject_IsTrue(value) : 0;
+    if (v < 0)
+        return -1;
+    self->keys = v;
+    return 0;
+}
+
+static PyObject *Track_get_last_ns(Track *self, void *closure)
+{
+    return PyLong_FromLongLong(self->last_ns);
+}
+
+static int Track_set_last_ns(Track *self, PyObject *value, void *closure)
+{
+    long long v = value ? PyLong_AsLongLong(value) : 0;
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    self->last_ns = v;
+    return 0;
+}
+
 static PyObject *Track_get_counts(Track *self, void *closure)
 {
     return Py_BuildValue("(KK)", self->fast, self->slow);
@@ -195,6 +234,10 @@ static PyGetSetDef Track_getset[] = {
     {"payload_type", (getter)Track_get_payload_type, (setter)Track_set_payload_type,
      "the payload type the legs forward (None: nothing goes the C way)", NULL},
     {"paused", (getter)Track_get_paused, (setter)Track_set_paused, "forwarding paused", NULL},
+    {"keys", (getter)Track_get_keys, (setter)Track_set_keys,
+     "hand the first packet of every VP8 key frame to Python (a simulcast layer)", NULL},
+    {"last_ns", (getter)Track_get_last_ns, (setter)Track_set_last_ns,
+     "arrival (perf_counter_ns) of the last packet; Python's path sets it too", NULL},
     {"counts", (getter)Track_get_counts, NULL, "(packets taken in C, handed to Python)", NULL},
     {"received", (getter)Track_get_received, NULL, "(packets, payload bytes) taken in C", NULL},
     {NULL},
@@ -363,6 +406,9 @@ static int Inbound_take(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms)
     if (t->paused || (int)p->payload_type != t->payload_type || plen < 1 ||
         plen > t->max_payload || !t->meter)
         return 0;
+    if (t->keys && fp_vp8_keyframe_start((const unsigned char *)PyBytes_AS_STRING(p->payload),
+                                         plen))
+        return 0; /* a layer's key frame: Python decides who moves to this layer */
     uint32_t seq = p->sequence_number;
     PyObject *stream = NULL;
     long long max_seq = 0;
@@ -381,6 +427,7 @@ static int Inbound_take(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms)
             return PyErr_Occurred() ? -1 : 0;
     }
     /* Forwarder.tap: count, fan out, hand what did not go to Python */
+    t->last_ns = p->arrival_ns;
     t->meter->packets_in++;
     t->meter->bytes_in += (unsigned long long)plen;
     t->payload_bytes += (unsigned long long)plen;

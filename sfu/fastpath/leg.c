@@ -4,7 +4,8 @@
  *
  * For every forwarded RTP packet and every subscriber, the SFU rewrites the RTP header
  * (the subscriber's SSRC, payload type, sequence number and timestamp, the subscriber's
- * MID extension), keeps a copy for NACKs, SRTP-protects it and sends it. Written in
+ * MID extension; for VP8 the payload descriptor's picture ids, vp8.c), keeps a copy for
+ * NACKs, SRTP-protects it and sends it. Written in
  * Python that is ~40 Python-level steps per packet and leg; here it is one call. The
  * semantics are those documented on sfu.forwarder.Leg, which owns a `Leg` object of
  * this module and keeps everything that is not per packet (key-frame waits, queueing,
@@ -49,6 +50,8 @@ typedef struct {
     int ext_len;
     int abs_off; /* where in ext to stamp abs-send-time at send, 0: not at all */
     int ready;   /* set by Python: nothing queued or awaited, sends go out at once */
+    int vp8;     /* set by Python: the payloads are VP8, their picture ids follow the leg */
+    FpVp8 vp8s;
     /* rewriting state (see sfu.forwarder.Leg) */
     int have_in_ssrc;
     uint32_t in_ssrc;
@@ -271,8 +274,10 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
         return -1;
     }
     int64_t now = mono_ns();
+    int new_source = 0;
     if (!self->have_in_ssrc || ssrc != self->in_ssrc || self->rebase) {
         if (!self->have_in_ssrc || ssrc != self->in_ssrc) {
+            new_source = 1;
             /* A new source: continue the timestamps from the last one sent plus the
              * wall-clock time since, so the subscriber's jitter buffer sees no jump. */
             uint32_t step = 1;
@@ -325,6 +330,8 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
         a[2] = abs & 0xFF;
     }
     memcpy(b + 12 + self->ext_len, PyBytes_AS_STRING(payload), plen);
+    if (self->vp8) /* picture ids continue across a change of layer (vp8.c) */
+        fp_vp8_rewrite(&self->vp8s, b + 12 + self->ext_len, plen, new_source);
     *out_ts_p = out_ts;
     return len;
 }
@@ -577,7 +584,23 @@ static int Leg_set_ready(Leg *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *Leg_get_vp8(Leg *self, void *closure)
+{
+    return PyBool_FromLong(self->vp8);
+}
+
+static int Leg_set_vp8(Leg *self, PyObject *value, void *closure)
+{
+    int v = value ? PyObject_IsTrue(value) : 0;
+    if (v < 0)
+        return -1;
+    self->vp8 = v;
+    return 0;
+}
+
 static PyGetSetDef Leg_getset[] = {
+    {"vp8", (getter)Leg_get_vp8, (setter)Leg_set_vp8,
+     "VP8 payloads: keep their picture ids continuous across sources (vp8.c)", NULL},
     {"ready", (getter)Leg_get_ready, (setter)Leg_set_ready,
      "whether fanout() may send to this leg at once (kept by sfu.forwarder.Leg)", NULL},
     {"routed", (getter)Leg_get_routed, NULL, "whether a usable route is set", NULL},
