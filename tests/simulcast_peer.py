@@ -8,6 +8,10 @@ by its own VP8 encoder at 80×60, 160×120 and 320×240, the first packets of ea
 with its rid and the MID (as libwebrtc does until the SSRC is acknowledged). PLIs for a
 layer's SSRC make that layer's next frame a key frame. Every payload sent is kept per
 layer, so a test can check that what subscribers receive is these bytes.
+
+Loss and repair as Chromium does them: a test can have a layer hold back one packet
+(``Layer.drop``); a NACK for it from the SFU is answered on the layer's own RTX SSRC,
+whose packets carry the MID and the layer's rid as ``repaired-rtp-stream-id``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import RTCP_PSFB_PLI, HeaderExtensionsMap, RtcpPsfbPacket, RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+)
 
 from sfu import aiortc_hooks as hooks
 from tests.media import CLIENT_CONFIG, wait_for
@@ -45,11 +56,20 @@ class Layer:
     payloads: set[bytes] = field(default_factory=set)
     keyframes: int = 0
     active: bool = True
+    # Repairs: the layer's RTX stream, packets held back (seq -> packet), NACKed seqs.
+    rtx_ssrc: int = field(default_factory=lambda: random.getrandbits(32))
+    rtx_seq: int = field(default_factory=lambda: random.randint(0, 0xFFFF))
+    drop: int = 0  # hold back the packet this many packets from now (0: none)
+    held: dict[int, RtpPacket] = field(default_factory=dict)
+    nacked: list[int] = field(default_factory=list)
+    repaired: list[tuple[int, bytes]] = field(default_factory=list)  # (seq, payload)
 
     async def _handle_rtcp_packet(self, packet: object) -> None:
         """Called by aiortc's RTP router for RTCP about this SSRC (we registered it)."""
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
             self.keyframe_due = True
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            self.nacked += packet.lost
 
 
 def simulcast_offer(sdp: str) -> str:
@@ -85,6 +105,7 @@ class SimulcastPublisher:
         self._task: asyncio.Task[None] | None = None
         self._ext = HeaderExtensionsMap()
         self._pt = 0
+        self.rtx_payload_type: int | None = None
 
     async def publish(self) -> None:
         self.pc.addTransceiver(hooks.SilentTrack("video"), direction="sendonly")
@@ -96,6 +117,7 @@ class SimulcastPublisher:
         codec, mid_id = hooks.negotiated(transceiver)
         assert codec is not None and codec.mimeType.lower() == "video/vp8"
         self._pt = codec.payloadType
+        self.rtx_payload_type = rtx_payload_type(self.answer, self._pt)
         self.mid = transceiver.mid
         self._ext.configure(
             RTCRtpParameters(
@@ -103,6 +125,10 @@ class SimulcastPublisher:
                     RTCRtpHeaderExtensionParameters(id=mid_id or 0, uri=hooks_mid_uri()),
                     RTCRtpHeaderExtensionParameters(
                         id=RID_EXT, uri="urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+                    ),
+                    RTCRtpHeaderExtensionParameters(
+                        id=RRID_EXT,
+                        uri="urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
                     ),
                 ]
             )
@@ -125,6 +151,7 @@ class SimulcastPublisher:
             for layer in self.layers.values():
                 if layer.active:
                     await self._send_frame(dtls, layer, ts, frame_no)
+                await self._repair(dtls, layer)
             frame_no += 1
             wait = start + frame_no / 30 - asyncio.get_running_loop().time()
             await asyncio.sleep(max(0.0, wait))
@@ -157,8 +184,39 @@ class SimulcastPublisher:
             layer.seq = (layer.seq + 1) & 0xFFFF
             layer.sent += 1
             layer.payloads.add(payload)
+            if layer.drop:
+                layer.drop -= 1
+                if not layer.drop:
+                    layer.held[packet.sequence_number] = packet  # "lost" on the way
+                    continue
             try:
                 await dtls._send_rtp(packet.serialize(self._ext))  # type: ignore[attr-defined]
+            except ConnectionError:
+                return
+
+    async def _repair(self, dtls: object, layer: Layer) -> None:
+        """Answer NACKs as libwebrtc does: the original packet inside an RTX packet (its
+        sequence number first) on the layer's RTX SSRC, marked with the MID and the
+        layer's rid as repaired-rtp-stream-id."""
+        nacked, layer.nacked = layer.nacked, []
+        for seq in nacked:
+            original = layer.held.pop(seq, None)
+            if original is None or self.rtx_payload_type is None:
+                continue
+            rtx = RtpPacket(
+                payload_type=self.rtx_payload_type,
+                marker=original.marker,
+                sequence_number=layer.rtx_seq,
+                timestamp=original.timestamp,
+                ssrc=layer.rtx_ssrc,
+                payload=seq.to_bytes(2, "big") + original.payload,
+            )
+            rtx.extensions.mid = self.mid
+            rtx.extensions.repaired_rtp_stream_id = layer.rid
+            layer.rtx_seq = (layer.rtx_seq + 1) & 0xFFFF
+            layer.repaired.append((seq, original.payload))
+            try:
+                await dtls._send_rtp(rtx.serialize(self._ext))  # type: ignore[attr-defined]
             except ConnectionError:
                 return
 
@@ -167,6 +225,14 @@ class SimulcastPublisher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.pc.close()
+
+
+def rtx_payload_type(sdp: str, apt: int) -> int | None:
+    """The RTX payload type an SDP pairs with payload type ``apt`` (``a=fmtp:N apt=``)."""
+    for line in sdp.splitlines():
+        if line.startswith("a=fmtp:") and f"apt={apt}" in line.split(" ", 1)[-1].split(";"):
+            return int(line[7:].split(" ", 1)[0])
+    return None
 
 
 def hooks_mid_uri() -> str:

@@ -422,3 +422,47 @@ async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python(
             await pc.close()
         for s in sinks + [sender_sock]:
             s.close()
+
+
+async def test_rtx_is_bound_to_its_layer_by_repaired_rid() -> None:
+    """A packet lost on a layer is NACKed by the SFU for that layer's SSRC; the publisher
+    repairs it on the layer's own RTX stream, an SSRC no SDP names, marked only with
+    repaired-rtp-stream-id. The SFU binds each RTX stream to the layer its repaired rid
+    names: the viewer on h gets h's repaired packet and the viewer on l gets l's, each
+    in its place in its continuous sequence, and neither gets the other's."""
+    room = Room()
+    big = await room.join("big", (0, 0, 0), publish=False)
+    small = await room.join("small", (0, 0, 0), publish=False)
+    publisher = SimulcastPublisher("cam", room.router)
+    try:
+        await publisher.publish()
+        assert publisher.rtx_payload_type is not None  # the SFU answered RTX
+        recorders = {}
+        for name, viewer in (("big", big), ("small", small)):
+            await wait_for(lambda v=viewer: v.sub is not None and v.sub.getTransceivers(), 10)
+            recorders[name] = Recorder()
+            recorders[name].install(viewer.sub.getTransceivers()[0].receiver)
+        room.router.set_view("small", {"cam": (True, 70, 50)})
+        legs = {name: room.router.legs_of(name)[0] for name in ("big", "small")}
+        await wait_for(lambda: legs["big"].layer == 2 and legs["small"].layer == 0, timeout=20)
+        await wait_for(lambda: big.decoded("cam", "video") >= 5, timeout=20)
+        await wait_for(lambda: small.decoded("cam", "video") >= 5, timeout=20)
+        # l and h each lose one packet a few packets from now.
+        for rid in ("l", "h"):
+            publisher.layers[rid].drop = 5
+        await wait_for(lambda: all(publisher.layers[r].repaired for r in ("l", "h")), 10)
+        mark = {n: len(r.packets) for n, r in recorders.items()}
+        await wait_for(lambda: all(len(r.packets) > mark[n] + 20 for n, r in recorders.items()), 10)
+        repaired = {r: picture_id(publisher.layers[r].repaired[0][1])[1] for r in ("l", "h")}
+        for name, rid, other in (("big", "h", "l"), ("small", "l", "h")):
+            packets = recorders[name].packets
+            got = [picture_id(p.payload)[1] for p in packets]
+            assert repaired[rid] in got, (name, rid)
+            assert repaired[other] not in got, (name, other)
+            # the repair filled the gap: the sequence numbers have no hole
+            first = packets[0].sequence_number
+            seqs = sorted({(p.sequence_number - first) & 0xFFFF for p in packets})
+            assert seqs == list(range(len(seqs))), (name, seqs)
+    finally:
+        await publisher.close()
+        await room.close()
