@@ -105,6 +105,28 @@ def test_mid_extension_and_history() -> None:
         leg.rewrite(b"x" * 4000, False, 1, 1, 1)
 
 
+def test_history_keeps_a_packet_for_nacks_only_for_its_horizon() -> None:
+    # Memory per participant is mostly this history (one copy per packet per leg): it
+    # holds the last 2 s (libwebrtc keeps max(1 s, 3 RTT)), not 512 packets of any age.
+    leg, _ = make_leg(seq=1000)
+    assert leg.keep_ms == 2000
+    leg.keep_ms = 150
+    old = [leg.rewrite(b"old%d" % i, False, i, 0, 1)[0] for i in range(1, 4)]
+    assert [leg.history(1000 + i) for i in range(1, 4)] == old
+    time.sleep(0.3)
+    new = leg.rewrite(b"new", False, 4, 0, 1)[0]
+    assert [leg.history(1000 + i) for i in range(1, 4)] == [None] * 3
+    assert leg.history(1004) == new  # a NACK for a young packet is answered as before
+    time.sleep(0.3)
+    leg.take_counters()  # a leg that stopped sending lets its history go too
+    assert leg.history(1004) is None
+    leg.keep_ms = 60_000  # within the horizon the 512 slots still bound it
+    sent = [leg.rewrite(b"p", False, s & 0xFFFF, 0, 1)[0] for s in range(5, 5 + 600)]
+    assert leg.history(header(sent[-1])[2]) == sent[-1]
+    assert leg.history(header(sent[-512])[2]) == sent[-512]
+    assert leg.history(header(sent[-513])[2]) is None
+
+
 def test_send_protects_with_the_given_session_and_counts() -> None:
     tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))

@@ -18,7 +18,7 @@
  *   are not ready, or whose send did not simply go out, come back to Python in a list.
  * - per route change: set_route()/clear_route(); per negotiation: configure().
  * - once per RTCP interval: take_counters() (sender reports, getStats); on a NACK:
- *   history(seq).
+ *   history(seq). Sent packets stay in the history for HISTORY_MS (2 s) at most.
  *
  * Sending: a non-blocking sendto() on the ICE pair's UDP socket. Before each send we
  * check that the DTLS transport is still connected and that the socket is still open
@@ -32,6 +32,12 @@
 #include <string.h>
 
 #define HISTORY 512
+/* How long a sent packet is kept for NACKs. libwebrtc keeps a sent packet for
+ * max(1 s, 3 x RTT) (RtpPacketHistory); a repair older than that reaches a jitter buffer
+ * that has given up on its frame. Bounding the history by time, not only by the 512
+ * slots (10 s of a 500 kbit/s video), is most of what a participant costs in memory:
+ * one copy per packet per subscribing leg. */
+#define HISTORY_MS 2000
 #define BUF_SIZE 2048
 #define MAX_EXT 64
 
@@ -67,6 +73,10 @@ typedef struct {
     uint16_t floor;
     unsigned long long stale;
     PyObject *history[HISTORY];
+    uint32_t history_ms[HISTORY]; /* when each was stored (CLOCK_MONOTONIC ms, wraps) */
+    uint16_t history_tail;        /* the oldest output seq that may still be held */
+    int history_used;
+    uint32_t keep_ms;             /* HISTORY_MS unless a test shortens it */
     /* route: where and how to send */
     int routed;
     FpSrtp srtp; /* .rtp is srtp_protect */
@@ -130,6 +140,7 @@ static int Leg_init(Leg *self, PyObject *args, PyObject *kwds)
     self->have_in_ssrc = 0;
     self->clock_rate = 90000;
     self->first_byte = 0x80;
+    self->keep_ms = HISTORY_MS;
     return 0;
 }
 
@@ -352,6 +363,35 @@ static int parse_packet_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t
     return 0;
 }
 
+/* Drop the packets kept longer than keep_ms, oldest first, up to the newest sequence
+ * number `head`. Sequence numbers go out in order, so this stops at the first packet
+ * still young enough: amortised one step per packet sent. */
+static void Leg_cull(Leg *self, uint16_t head, uint32_t now_ms)
+{
+    if (!self->history_used) {
+        self->history_tail = head;
+        self->history_used = 1;
+        return;
+    }
+    uint16_t span = (uint16_t)(head - self->history_tail);
+    if (span >= 0x8000)
+        return; /* a late packet behind the tail: nothing older to drop */
+    if (span >= HISTORY) /* those slots hold newer packets by now */
+        self->history_tail = (uint16_t)(head - (HISTORY - 1));
+    while (self->history_tail != head) {
+        int i = self->history_tail % HISTORY;
+        if (self->history[i] && now_ms - self->history_ms[i] < self->keep_ms)
+            break;
+        Py_CLEAR(self->history[i]);
+        self->history_tail++;
+    }
+}
+
+static inline uint32_t mono_ms(void)
+{
+    return (uint32_t)(mono_ns() / 1000000);
+}
+
 /* Keep the unprotected packet for NACKs; returns a new reference. */
 static PyObject *Leg_remember(Leg *self, Py_ssize_t len)
 {
@@ -359,8 +399,11 @@ static PyObject *Leg_remember(Leg *self, Py_ssize_t len)
     if (!data)
         return NULL;
     uint16_t seq = (uint16_t)(self->buf[2] << 8 | self->buf[3]);
+    uint32_t now_ms = mono_ms();
+    Leg_cull(self, seq, now_ms);
     Py_INCREF(data);
     Py_XSETREF(self->history[seq % HISTORY], data);
+    self->history_ms[seq % HISTORY] = now_ms;
     return data;
 }
 
@@ -542,6 +585,9 @@ static PyObject *Leg_take_counters(Leg *self, PyObject *unused)
                                   self->tx_packets, self->tx_bytes, self->errors, self->stale);
     if (!out)
         return NULL;
+    /* A leg that stopped sending (paused, parked) lets its history go here. */
+    if (self->history_used)
+        Leg_cull(self, (uint16_t)(self->last_out_seq + 1), mono_ms());
     self->sr_packets = self->sr_octets = self->tx_packets = self->tx_bytes = 0;
     self->errors = self->stale = 0;
     return out;
@@ -598,9 +644,28 @@ static int Leg_set_vp8(Leg *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *Leg_get_keep_ms(Leg *self, void *closure)
+{
+    return PyLong_FromUnsignedLong(self->keep_ms);
+}
+
+static int Leg_set_keep_ms(Leg *self, PyObject *value, void *closure)
+{
+    unsigned long ms = value ? PyLong_AsUnsignedLong(value) : (unsigned long)-1;
+    if (ms == (unsigned long)-1 && (!value || PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "keep_ms cannot be deleted");
+        return -1;
+    }
+    self->keep_ms = (uint32_t)(ms > 0x7FFFFFFF ? 0x7FFFFFFF : ms);
+    return 0;
+}
+
 static PyGetSetDef Leg_getset[] = {
     {"vp8", (getter)Leg_get_vp8, (setter)Leg_set_vp8,
      "VP8 payloads: keep their picture ids continuous across sources (vp8.c)", NULL},
+    {"keep_ms", (getter)Leg_get_keep_ms, (setter)Leg_set_keep_ms,
+     "how long (ms) a sent packet stays in the NACK history", NULL},
     {"ready", (getter)Leg_get_ready, (setter)Leg_set_ready,
      "whether fanout() may send to this leg at once (kept by sfu.forwarder.Leg)", NULL},
     {"routed", (getter)Leg_get_routed, NULL, "whether a usable route is set", NULL},
