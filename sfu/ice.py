@@ -14,7 +14,11 @@ by the new ufrag (``sfu.udpmux``).
 Consent (RFC 7675): aioice closes a connection after 30 s without consent, which would
 end the DTLS association and make a restart impossible. The SFU's connections instead
 stop checking and wait: the control plane decides when a participant who is away is
-gone (its reconnect grace) and then closes the connection itself.
+gone (its reconnect grace) and then closes the connection itself. aioice runs one task
+per connection for the checks; the SFU's connections share the loop's timer wheel
+(:mod:`sfu.timers`) instead, with aioice's timing: a binding request every 4-6 s on each
+nominated pair, answered within aioice's RTO (0.5 s) or counted as a failure, expiry
+after six failures in a row (~30 s).
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ from aioice.utils import random_string
 from aiortc import RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceTransport
 
+from .timers import Timer, wheel
 from .udpmux import MuxTransport
 
 log = logging.getLogger(__name__)
 
 _SFU = "_roundtable_sfu"  # marks an aioice Connection of the SFU's own
+_CONSENT = "_roundtable_consent"  # the _Consent checking an SFU connection now
 _original_query_consent = aioice.ice.Connection.query_consent
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)\s*$", re.M)
 _PWD = re.compile(r"^a=ice-pwd:(\S+)\s*$", re.M)
@@ -66,9 +72,14 @@ def connections(pc: RTCPeerConnection) -> list[aioice.Connection]:
 
 def mark(pc: RTCPeerConnection) -> None:
     """Treat ``pc``'s connections as the SFU's (patient consent, restartable)."""
-    install()
     for connection in connections(pc):
-        setattr(connection, _SFU, True)
+        mark_connection(connection)
+
+
+def mark_connection(connection: aioice.Connection) -> None:
+    """Treat one aioice connection as the SFU's; before its ``connect()`` finishes."""
+    install()
+    setattr(connection, _SFU, True)
 
 
 def remote_changed(pc: RTCPeerConnection, sdp: str) -> tuple[str, str] | None:
@@ -105,6 +116,7 @@ def restart(pc: RTCPeerConnection) -> None:
         if task is not None and not task.done():
             task.cancel()
         connection._query_consent_task = None
+        _stop_consent(connection)
         for pair in connection._check_list:
             if pair.task is not None:
                 pair.task.cancel()
@@ -154,30 +166,128 @@ async def _connect(started: list[aioice.Connection]) -> None:
 
 
 async def _query_consent(self: aioice.Connection) -> None:
-    """aioice's consent checks, except that expiry waits for a restart instead of
-    closing the connection (see the module docstring)."""
+    """aioice's consent checks, on the timer wheel, and expiry waits for a restart
+    instead of closing the connection (see the module docstring). aioice starts this as
+    a task when ``connect()`` succeeds; for the SFU's connections the task ends at once."""
     if not getattr(self, _SFU, False):
         return await _original_query_consent(self)
     assert self.remote_password is not None
-    failures = 0
-    while True:
-        await asyncio.sleep(aioice.ice.CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
-        for pair in self._nominated.values():
-            request = self.build_request(pair, nominate=False)
-            try:
-                await pair.protocol.request(
-                    request,
-                    pair.remote_addr,
-                    integrity_key=self.remote_password.encode("utf8"),
-                    retransmissions=0,
-                )
-                failures = 0
-            except stun.TransactionError:
-                failures += 1
-        if failures >= aioice.ice.CONSENT_FAILURES:
-            log.info("connection %s: consent expired, waiting for a restart", self._id)
-            self._query_consent_task = None
+    _stop_consent(self)
+    consent = _Consent(self)
+    setattr(self, _CONSENT, consent)
+    consent.schedule()
+
+
+class _Consent:
+    """The consent checks of one connection: what aioice's ``query_consent`` does
+    between its sleeps, as wheel jobs. aioice's loop sends a binding request on each
+    nominated pair (``retransmissions=0``: one try, failed after ``RETRY_RTO``), resets
+    the failure count on a response and counts one failure per unanswered request."""
+
+    __slots__ = ("connection", "failures", "pending", "timer")
+
+    def __init__(self, connection: aioice.Connection) -> None:
+        self.connection = connection
+        self.failures = 0
+        self.pending: list[_ConsentRequest] = []
+        self.timer: Timer | None = None
+
+    def live(self) -> bool:
+        c = self.connection
+        return getattr(c, _CONSENT, None) is self and not (c._closed or c._closing)
+
+    def schedule(self) -> None:
+        delay = aioice.ice.CONSENT_INTERVAL * (0.8 + 0.4 * random.random())
+        self.timer = wheel().call_later(delay, self.check)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for request in self.pending:
+            request.forget()
+        self.pending = []
+
+    def check(self) -> None:
+        c = self.connection
+        if not self.live() or c.remote_password is None:
             return
+        key = c.remote_password.encode("utf8")
+        for pair in list(c._nominated.values()):
+            request = c.build_request(pair, nominate=False)
+            request.add_message_integrity(key)
+            self.pending.append(_ConsentRequest(self, request, pair, key))
+        if not self.pending:
+            self.schedule()  # nothing nominated right now: aioice sleeps again too
+            return
+        self.timer = wheel().call_later(stun.RETRY_RTO, self.timed_out)
+
+    def answered(self, request: _ConsentRequest, ok: bool) -> None:
+        if request not in self.pending:
+            return
+        request.forget()
+        self.pending.remove(request)
+        if ok:
+            self.failures = 0
+        else:
+            self.failures += 1
+        if not self.pending:
+            self.done()
+
+    def timed_out(self) -> None:
+        self.timer = None
+        for request in self.pending:
+            request.forget()
+            self.failures += 1
+        self.pending = []
+        self.done()
+
+    def done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.live():
+            return
+        if self.failures >= aioice.ice.CONSENT_FAILURES:
+            log.info("connection %s: consent expired, waiting for a restart", self.connection._id)
+            delattr(self.connection, _CONSENT)
+            return
+        self.schedule()
+
+
+class _ConsentRequest:
+    """One consent binding request, in its protocol's transaction table like aioice's
+    ``stun.Transaction``, so the protocol hands it the response."""
+
+    __slots__ = ("consent", "key", "protocol", "tid")
+
+    def __init__(self, consent: _Consent, request: stun.Message, pair: Any, key: bytes) -> None:
+        self.consent = consent
+        self.key = key
+        self.protocol = pair.protocol
+        self.tid = request.transaction_id
+        self.protocol.transactions[self.tid] = self
+        try:
+            self.protocol.send_stun(request, pair.remote_addr)
+        except Exception:  # a closed transport: unanswered, as aioice would count it
+            log.debug("consent request not sent", exc_info=True)
+
+    def response_received(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        # As stun.Transaction: a response not signed with the request's key is ignored.
+        if not message.check_message_integrity(self.key):
+            return
+        self.consent.answered(self, message.message_class == stun.Class.RESPONSE)
+
+    def forget(self) -> None:
+        if self.protocol.transactions.get(self.tid) is self:
+            del self.protocol.transactions[self.tid]
+
+
+def _stop_consent(connection: aioice.Connection) -> None:
+    consent = getattr(connection, _CONSENT, None)
+    if consent is not None:
+        consent.stop()
+        delattr(connection, _CONSENT)
 
 
 def install() -> None:
@@ -210,7 +320,34 @@ def check() -> list[str]:
     for name in ("CONSENT_INTERVAL", "CONSENT_FAILURES", "ICE_FAILED"):
         if not hasattr(aioice.ice, name):
             problems.append(f"aioice.ice.{name}")
+    # What _Consent does in place of aioice's query_consent task.
+    if not hasattr(stun, "RETRY_RTO"):
+        problems.append("stun.RETRY_RTO")
+    if "_closed" not in init or "_closing" not in init:
+        problems.append("aioice Connection._closed/_closing")
+    if "transactions" not in aioice.ice.StunProtocol.__init__.__code__.co_names:
+        problems.append("aioice StunProtocol.transactions")
+    for cls, name in (
+        (aioice.ice.StunProtocol, "send_stun"),
+        (aioice.ice.Connection, "build_request"),
+        (stun.Message, "add_message_integrity"),
+        (stun.Message, "check_message_integrity"),
+    ):
+        if not callable(getattr(cls, name, None)):
+            problems.append(f"aioice {cls.__name__}.{name}")
+    if "response_received" not in aioice.ice.StunProtocol.datagram_received.__code__.co_names:
+        problems.append("aioice StunProtocol response dispatch")
+    if "query_consent" not in aioice.ice.Connection.connect.__code__.co_names:
+        problems.append("aioice Connection.connect starts query_consent")
     return problems
 
 
-__all__ = ["connections", "credentials", "mark", "remote_changed", "restart", "resume"]
+__all__ = [
+    "connections",
+    "credentials",
+    "mark",
+    "mark_connection",
+    "remote_changed",
+    "restart",
+    "resume",
+]
