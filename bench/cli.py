@@ -18,7 +18,15 @@ from typing import Any
 
 from . import report as report_mod
 from .generator import Scenario
-from .media import TRAILER, EncodedMedia, encode_media, packetize_video
+from .media import (
+    SIMULCAST_LAYERS,
+    TRAILER,
+    EncodedMedia,
+    encode_media,
+    packetize_video,
+    with_layers,
+)
+from .participant import VIEWS
 from .runner import cpu_plan, measure_floor, run_load, start_local
 
 EPILOG = """\
@@ -26,6 +34,7 @@ examples:
   roundtable-bench --local --rooms 10 --participants 3 --duration 20 \\
       --json bench-out/bench.json --plot bench-out/bench.png
   roundtable-bench --local --baseline --rooms 4 --participants 3 --duration 15
+  roundtable-bench --local --compare-simulcast --rooms 10 --participants 3 --duration 20
   roundtable-bench --local --find-capacity --rooms 5 --capacity-step 5 --duration 10
   roundtable-bench --local --find-capacity --server-workers 1,2 --workers 2
   roundtable-bench --url https://talk.example.org --api-key KEY --secret SECRET \\
@@ -127,6 +136,32 @@ def parser() -> argparse.ArgumentParser:
         "--video-bitrate", type=int, default=500, help="VP8 bitrate in kbit/s (default 500)"
     )
     load.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="publish the camera as the page does: three VP8 layers (rid l/m/h, 208×156 at "
+        "100, 416×312 at 350, 832×624 at 1000 kbit/s; each its own SSRC with the rid and mid "
+        "header extensions, key frame per layer on PLI) and follow the server's "
+        "publish.layers; subscribers report their tiles with `view` (see --view), so the "
+        "SFU forwards one layer per subscriber and publisher. The report adds the video "
+        "legs per layer and the packets the SFU received. See also --compare-simulcast",
+    )
+    load.add_argument(
+        "--view",
+        choices=VIEWS,
+        default="mixed",
+        help="with --simulcast: the layer each subscriber's tiles ask for. mixed (default): "
+        "participant i asks its j-th other publisher for layer (i+j) mod 3, so every layer "
+        "is forwarded; l/m/h: tiles the size of that layer; top: no view report (the SFU "
+        "forwards the top layer)",
+    )
+    load.add_argument(
+        "--simulcast-scale",
+        type=float,
+        default=1.0,
+        help="with --simulcast: layer sizes and bitrates times this (default 1: the page's; "
+        "0.5 encodes faster for a quick run)",
+    )
+    load.add_argument(
         "--aiortc-publisher",
         action="store_true",
         help="publish through aiortc's RTCRtpSender (packetised per frame, sent from Python) "
@@ -169,7 +204,19 @@ def parser() -> argparse.ArgumentParser:
         "per forwarded packet of each and their ratio",
     )
     modes.add_argument(
-        "--compare-rounds", type=int, default=2, help="compare-ports: rounds (default 2)"
+        "--compare-simulcast",
+        action="store_true",
+        help="run the same load without and with --simulcast against one server, "
+        "alternating --compare-rounds times (each run with its own window and floor), and "
+        "report CPU per forwarded packet of each and their ratio (simulcast ÷ plain), SFU-"
+        "added latency p50/p99 per mode and the video legs per layer. Without simulcast the "
+        "publishers send the usual single stream (--video-bitrate, 640×360)",
+    )
+    modes.add_argument(
+        "--compare-rounds",
+        type=int,
+        default=2,
+        help="compare-ports / compare-simulcast: rounds (default 2)",
     )
     modes.add_argument(
         "--find-capacity",
@@ -263,10 +310,30 @@ async def _compare_workers(args: argparse.Namespace, counts: list[int]) -> int:
     return 0
 
 
+def _video_pps(media: EncodedMedia, view: str) -> float:
+    """Nominal RTP packets/s of one forwarded video track: the plain stream's, or with
+    simulcast the layer (or, mixed, the mean of the layers) the views ask for."""
+    if not media.layers:
+        return media.packets_per_second("video")
+    rids = [r for r, _, _ in SIMULCAST_LAYERS[: len(media.layers)]]
+    if view == "mixed":
+        return sum(media.packets_per_second("video", k) for k in range(len(rids))) / len(rids)
+    k = len(rids) - 1 if view == "top" else rids.index(view)
+    return media.packets_per_second("video", k)
+
+
 def _scenario_dict(args: argparse.Namespace, rooms: int, media: Any = None) -> dict[str, Any]:
-    kinds = ["audio"] if args.audio_only else ["audio", "video"]
-    pps = [media.packets_per_second(k) for k in kinds] if media is not None else []
+    pps = (
+        [media.packets_per_second("audio")]
+        + ([] if args.audio_only else [_video_pps(media, args.view)])
+        if media is not None
+        else []
+    )
+    simulcast = media is not None and bool(media.layers) and not args.audio_only
     return {
+        "simulcast": simulcast,
+        "view": args.view if simulcast else None,
+        "layer_kbps": [round(k, 1) for k in media.layer_kbps()] if simulcast else None,
         # RTP packets/s of one forwarded track, averaged over the kinds published
         "track_pps": round(sum(pps) / len(pps), 1) if pps else None,
         "rooms": rooms,
@@ -285,12 +352,28 @@ def _scenario_dict(args: argparse.Namespace, rooms: int, media: Any = None) -> d
 
 def floor_sizes(media: EncodedMedia, audio_only: bool) -> list[int]:
     """Payload sizes of one second of one audio and one video track, as the publishers
-    send them: the floor forwards the same mix the SFU does."""
+    send them: the floor forwards the same mix the SFU does (with simulcast: a second of
+    each layer)."""
     sizes = [len(f) + TRAILER.size for f in media.audio[:50]]
-    if not audio_only and media.video:
-        for frame in packetize_video(media.video)[:30]:
-            sizes += [len(p) + 4 for p in frame]  # + the VP8 descriptor
+    if not audio_only:
+        for frames in media.layers or (media.video,):
+            for frame in packetize_video(frames)[:30]:
+                sizes += [len(p) + 4 for p in frame]  # + the VP8 descriptor
     return sizes or [160]
+
+
+def simulcast_media(media: EncodedMedia, scale: float) -> EncodedMedia:
+    """``media`` plus the page's layers (:data:`~bench.media.SIMULCAST_LAYERS`), their
+    sizes and bitrates times ``scale``."""
+    layers = tuple(
+        (
+            rid,
+            (max(16, int(w * scale) // 2 * 2), max(16, int(h * scale) // 2 * 2)),
+            int(rate * scale),
+        )
+        for rid, (w, h), rate in SIMULCAST_LAYERS
+    )
+    return with_layers(media, layers)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -308,10 +391,21 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
     scrape_urls: dict[str, str] = {}
     t = time.monotonic()
     media = encode_media(args.video_bitrate * 1000, video=not args.audio_only)
+    layered = None
+    if (args.simulcast or args.compare_simulcast) and not args.audio_only:
+        layered = simulcast_media(media, args.simulcast_scale)
     if progress:
         print(
             f"media: {len(media.video)} VP8 frames (~{media.measured_video_kbps:.0f} kbit/s), "
-            f"{len(media.audio)} Opus frames, encoded once in {time.monotonic() - t:.1f} s",
+            f"{len(media.audio)} Opus frames"
+            + (
+                ", simulcast layers at "
+                + "/".join(f"{k:.0f}" for k in layered.layer_kbps())
+                + " kbit/s"
+                if layered
+                else ""
+            )
+            + f", encoded once in {time.monotonic() - t:.1f} s",
             file=sys.stderr,
         )
     server_cpu, gen_cpu = cpu_plan() if args.local and not args.no_pin else (None, None)
@@ -335,7 +429,8 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
         else:
             url, api_key, secret, pid = args.url.rstrip("/"), args.api_key, args.secret, None
 
-        def scenario(target_url: str, key: str, sec: str | None) -> Scenario:
+        def scenario(target_url: str, key: str, sec: str | None, sim: bool) -> Scenario:
+            used = layered if sim and layered is not None else media
             return Scenario(
                 url=target_url,
                 api_key=key,
@@ -344,19 +439,29 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
                 partner_delay=args.partner_delay,
                 join_pacing=args.join_pacing,
                 audio_only=args.audio_only,
-                media=media,
+                media=used,
                 media_host=args.media_host,
                 tls_verify=not args.insecure,
                 aiortc_publisher=args.aiortc_publisher,
+                view=args.view if used.layers else None,
+                layer_sizes=_sizes(used),
             )
 
         async def one(
-            label: str, target: str, key: str, sec: str | None, rooms: int, spid: int | None
+            label: str,
+            target: str,
+            key: str,
+            sec: str | None,
+            rooms: int,
+            spid: int | None,
+            sim: bool | None = None,
         ) -> dict[str, Any]:
+            sim = bool(args.simulcast) if sim is None else sim
+            used = layered if sim and layered is not None else media
             raw = await run_load(
                 label,
                 scrape_urls.get(target, target),
-                scenario(target, key, sec),
+                scenario(target, key, sec, sim),
                 rooms,
                 args.workers,
                 args.duration,
@@ -367,10 +472,12 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
             )
             floor = None
             if args.local and not args.no_floor:
-                floor = await measure_floor(floor_sizes(media, args.audio_only), server_cpu)
-            return report_mod.summarise(raw, _scenario_dict(args, rooms, media), floor)
+                floor = await measure_floor(floor_sizes(used, args.audio_only), server_cpu)
+            return report_mod.summarise(raw, _scenario_dict(args, rooms, used), floor)
 
-        if args.compare_ports:
+        if args.compare_simulcast:
+            result = await _compare_simulcast(args, one, url, api_key, secret, pid)
+        elif args.compare_ports:
             result = await _compare_ports(args, one, server_cpu)
         elif args.find_capacity:
             result = await _find_capacity(args, one, url, api_key, secret, pid, max_rooms)
@@ -397,6 +504,44 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for s in servers:
             await s.stop()
+
+
+def _sizes(media: EncodedMedia) -> tuple[tuple[int, int], ...]:
+    """The simulcast layers' frame sizes, read from each loop's key frame."""
+    out = []
+    for frames in media.layers:
+        key = frames[0]
+        # VP8 key frame: 3-byte frame tag, start code, then 14-bit width and height
+        out.append(
+            (
+                int.from_bytes(key[6:8], "little") & 0x3FFF,
+                int.from_bytes(key[8:10], "little") & 0x3FFF,
+            )
+        )
+    return tuple(out)
+
+
+async def _compare_simulcast(args, one, url, api_key, secret, pid) -> dict[str, Any]:
+    """The same load without and with simulcast on one server, alternating, each run
+    with its own window and floor; medians and the ratio."""
+    modes = ("plain", "simulcast")
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for round_no in range(1, args.compare_rounds + 1):
+        for mode in modes:
+            rep = await one(
+                f"{mode}, round {round_no}",
+                url,
+                api_key,
+                secret,
+                args.rooms,
+                pid,
+                mode == "simulcast",
+            )
+            runs[mode].append(rep)
+            print(report_mod.table(rep))
+    summary = report_mod.simulcast_comparison(runs)
+    print(report_mod.simulcast_table(summary))
+    return {"compare_simulcast": summary, "runs": runs}
 
 
 async def _compare_ports(args, one, server_cpu: int | None) -> dict[str, Any]:
@@ -600,6 +745,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error("--baseline and --find-capacity are separate runs")
     if args.compare_ports and (not args.local or args.baseline or args.find_capacity):
         parser().error("--compare-ports needs --local and is a run of its own")
+    if args.compare_simulcast and (args.baseline or args.find_capacity or args.compare_ports):
+        parser().error("--compare-simulcast is a run of its own")
+    if (args.simulcast or args.compare_simulcast) and args.audio_only:
+        parser().error("--simulcast needs video (not --audio-only)")
+    if (args.simulcast or args.compare_simulcast) and args.aiortc_publisher:
+        parser().error("--simulcast sends from the C publisher (aiortc cannot send simulcast)")
+    if not 0.1 <= args.simulcast_scale <= 1.0:
+        parser().error("--simulcast-scale must be between 0.1 and 1")
     if args.rooms < 1 or args.participants < 1 or args.duration <= 0:
         parser().error("--rooms, --participants and --duration must be positive")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

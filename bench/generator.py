@@ -42,6 +42,10 @@ class Scenario:
     join_timeout: float = 60.0
     tls_verify: bool = True
     aiortc_publisher: bool = False  # publish through aiortc's RTCRtpSender (slower)
+    # simulcast (media.layers set): the layer each subscriber's tiles ask for
+    # (bench.participant.VIEWS) and the layers' sizes, low → high
+    view: str | None = None
+    layer_sizes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -172,6 +176,8 @@ class Generator:
             audio_only=self.s.audio_only,
             tls_verify=self.s.tls_verify,
             aiortc_publisher=self.s.aiortc_publisher,
+            view=self.s.view,
+            layer_sizes=self.s.layer_sizes,
         )
         assert room.participants is not None
         room.participants.append(p)

@@ -34,6 +34,14 @@ VIDEO_CLOCK = 90000
 AUDIO_CLOCK = 48000
 FPS = 30
 AUDIO_PTIME = 0.020
+# The page's camera layers (web/call.js SIMULCAST: ¼, ½ and full size of the 832×624
+# capture, capped at 100, 350 and 1000 kbit/s), low → high as the page offers them.
+# The bench sends them at its usual 30 fps (the page captures at 20).
+SIMULCAST_LAYERS: tuple[tuple[str, tuple[int, int], int], ...] = (
+    ("l", (208, 156), 100_000),
+    ("m", (416, 312), 350_000),
+    ("h", (832, 624), 1_000_000),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +51,26 @@ class EncodedMedia:
     video: tuple[bytes, ...]
     audio: tuple[bytes, ...]
     video_bitrate: int
+    # --simulcast: one loop per layer of SIMULCAST_LAYERS (each starting with a key
+    # frame), sent side by side; empty without simulcast.
+    layers: tuple[tuple[bytes, ...], ...] = ()
 
-    def packets_per_second(self, kind: str) -> float:
-        """RTP packets per second one track of ``kind`` sends (as aiortc packetises it)."""
+    def packets_per_second(self, kind: str, layer: int | None = None) -> float:
+        """RTP packets per second one track of ``kind`` sends (as aiortc packetises it);
+        ``layer``: one simulcast layer's."""
         if kind == "audio":
             return 1.0 / AUDIO_PTIME
-        if not self.video:
+        frames = self.video if layer is None else self.layers[layer]
+        if not frames:
             return 0.0
-        packets = sum(len(p) for p in packetize_video(self.video))
-        return packets * FPS / len(self.video)
+        packets = sum(len(p) for p in packetize_video(frames))
+        return packets * FPS / len(frames)
+
+    def layer_kbps(self) -> list[float]:
+        """What each simulcast layer's loop carries, kbit/s."""
+        return [
+            sum(len(f) for f in frames) * 8 * FPS / len(frames) / 1000 for frames in self.layers
+        ]
 
     @property
     def measured_video_kbps(self) -> float:
@@ -75,6 +94,19 @@ def encode_media(
         frames = _encode_vp8_frames(width, height, int(seconds * FPS), video_bitrate)
     audio = _encode_opus_frames(int(round(1.0 / AUDIO_PTIME)))
     return EncodedMedia(tuple(frames), tuple(audio), video_bitrate)
+
+
+def with_layers(
+    media: EncodedMedia,
+    layers: tuple[tuple[str, tuple[int, int], int], ...] = SIMULCAST_LAYERS,
+    seconds: float = 3.0,
+) -> EncodedMedia:
+    """``media`` plus one VP8 loop per simulcast layer (its size and bitrate), encoded
+    once like the rest: the same moving pattern at each size, so the SFU reads each
+    layer's width and height from its key frames as it does a browser's."""
+    count = int(seconds * FPS)
+    loops = tuple(tuple(_encode_vp8_frames(w, h, count, rate)) for _, (w, h), rate in layers)
+    return EncodedMedia(media.video, media.audio, media.video_bitrate, loops)
 
 
 class _Pattern:

@@ -30,8 +30,8 @@ from aiortc.sdp import SessionDescription
 
 from sfu import _fastpath, aiortc_hooks
 
-from .media import EncodedMedia, ReplayTrack
-from .publisher import PacedSender
+from .media import SIMULCAST_LAYERS, EncodedMedia, ReplayTrack
+from .publisher import PacedSender, SimulcastSender
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,37 @@ def rtc_configuration(ice: Any) -> RTCConfiguration:
 
 
 SIGNAL_TIMEOUT = 30.0
+# Header extension ids the bench's simulcast offer uses (aiortc's own offer takes 1-3).
+RID_EXT, RRID_EXT = 10, 11
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+# --view: which layer each subscriber's tiles ask for (tiles as big as that layer).
+# "mixed": participant i asks publisher j (its j-th other publisher) for layer (i+j) mod 3,
+# so in a room of three every layer is forwarded; "top": no view report (0 × 0 = top).
+VIEWS = ("mixed", "l", "m", "h", "top")
+
+
+def simulcast_offer(sdp: str, rids: tuple[str, ...]) -> str:
+    """aiortc's offer with its video section shaped like Chromium's simulcast offer:
+    no ``a=ssrc`` lines (the layers' SSRCs are learnt from their rid), the
+    ``rtp-stream-id`` / ``repaired-rtp-stream-id`` extensions, ``a=rid:<rid> send`` per
+    layer and ``a=simulcast:send l;m;h`` (low → high, as web/call.js lists them)."""
+    out: list[str] = []
+    video = False
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            video = line.startswith("m=video")
+        if video and (line.startswith("a=ssrc:") or line.startswith("a=ssrc-group:")):
+            continue
+        out.append(line)
+        if video and line.startswith("a=mid:"):
+            out += [
+                f"a=extmap:{RID_EXT} {RID_URI}",
+                f"a=extmap:{RRID_EXT} {RRID_URI}",
+                *(f"a=rid:{r} send" for r in rids),
+                "a=simulcast:send " + ";".join(rids),
+            ]
+    return "\r\n".join(out)
 
 
 @dataclass(slots=True)
@@ -112,6 +143,8 @@ class SyntheticParticipant:
         audio_only: bool = False,
         tls_verify: bool = True,
         aiortc_publisher: bool = False,
+        view: str | None = None,
+        layer_sizes: tuple[tuple[int, int], ...] = (),
     ) -> None:
         self.url = url
         self.token = token
@@ -121,6 +154,12 @@ class SyntheticParticipant:
         self.window = window
         self.audio_only = audio_only
         self.aiortc_publisher = aiortc_publisher
+        # simulcast (media.layers): publish the layers; ``view``: the layer our tiles ask
+        # for (see VIEWS), reported with the page's `view` event; layer_sizes low → high
+        self.simulcast = bool(media.layers) and not audio_only
+        self.view = view
+        self.layer_sizes = layer_sizes
+        self._viewed: tuple[str, ...] = ()
         self.pid: str | None = None
         self.via = "room"  # how the token came: the room's links, an invite, or minted
         self.rx = Rx()
@@ -146,6 +185,7 @@ class SyntheticParticipant:
         self.sio.on("welcome", self._on_welcome)
         self.sio.on("subscribe.offer", self._on_offer)
         self.sio.on("error", self._on_error)
+        self.sio.on("publish.layers", self._on_layers)
         self.sio.on("connect_error", self._on_connect_error)
         self._refusal: dict[str, Any] | None = None
 
@@ -219,22 +259,65 @@ class SyntheticParticipant:
             # aiortc negotiates and keeps RTCP; its encoder loop waits on a silent track
             # and bench.publisher sends the media.
             sender = self.pub.addTrack(aiortc_hooks.SilentTrack(kind))
-            publisher = PacedSender(kind, frames, self.index)
+            if kind == "video" and self.simulcast:
+                rids = tuple(r for r, _, _ in SIMULCAST_LAYERS[: len(self.media.layers)])
+                publisher = SimulcastSender(self.media.layers, rids, self.index)
+            else:
+                publisher = PacedSender(kind, frames, self.index)
             publisher.attach(sender)
             transceiver = next(t for t in self.pub.getTransceivers() if t.sender is sender)
             paced.append((publisher, transceiver))
             self.tracks.append(publisher)
         await self.pub.setLocalDescription(await self.pub.createOffer())
+        offer = self.pub.localDescription.sdp
+        simulcast = any(isinstance(p, SimulcastSender) for p, _ in paced)
+        if simulcast:
+            offer = simulcast_offer(offer, next(p.rids for p, _ in paced if p.kind == "video"))
         ack = await self.sio.call(
             "publish",
-            {"type": "offer", "sdp": self.pub.localDescription.sdp},
+            {"type": "offer", "sdp": offer},
             timeout=SIGNAL_TIMEOUT,
         )
         if not isinstance(ack, dict) or not ack.get("ok"):
             raise RuntimeError(f"publish refused: {ack}")
+        if simulcast and "a=simulcast:recv " not in ack["sdp"]:
+            raise RuntimeError("the server's answer takes no simulcast (no a=simulcast:recv)")
         await self.pub.setRemoteDescription(RTCSessionDescription(sdp=ack["sdp"], type="answer"))
         for publisher, transceiver in paced:
-            publisher.start(transceiver)
+            if isinstance(publisher, SimulcastSender):
+                publisher.start_layers(transceiver, RID_EXT)
+            else:
+                publisher.start(transceiver)
+
+    async def _on_layers(self, data: Any) -> None:
+        # publish.layers: the layers someone receives; the page turns the others off.
+        if isinstance(data, dict) and isinstance(data.get("active"), list):
+            for t in self.tracks:
+                if isinstance(t, SimulcastSender):
+                    t.set_active({str(r) for r in data["active"]})
+
+    async def _report_view(self) -> None:
+        """The page's `view` event: one tile per video publisher, as big as the layer
+        :attr:`view` asks for (sent when the set of video publishers changed)."""
+        if self.view in (None, "top") or not self.layer_sizes:
+            return
+        pubs = tuple(sorted({p for p, kind in self.mid_owner.values() if kind == "video"}))
+        if pubs == self._viewed:
+            return
+        self._viewed = pubs
+        rids = [r for r, _, _ in SIMULCAST_LAYERS[: len(self.layer_sizes)]]
+        tiles = []
+        for j, pub in enumerate(pubs):
+            k = (
+                (self.index % 100 + j) % len(rids)
+                if self.view == "mixed"
+                else rids.index(self.view)
+            )
+            w, h = self.layer_sizes[k]
+            tiles.append({"participant": pub, "visible": True, "width": w, "height": h})
+        ack = await self.sio.call("view", {"tiles": tiles}, timeout=SIGNAL_TIMEOUT)
+        if isinstance(ack, dict) and not ack.get("ok"):
+            self.errors.append(f"view: {ack.get('error')}")
 
     def _publish_state(self) -> None:
         # Only RTCP arrives on the publish connection (receiver reports, REMB, PLI,
@@ -270,6 +353,7 @@ class SyntheticParticipant:
                 )
                 if isinstance(ack, dict) and not ack.get("ok"):
                     self.errors.append(str(ack.get("error")))
+                await self._report_view()
             except Exception as exc:  # recorded and reported; the run goes on
                 self.errors.append(f"subscribe: {type(exc).__name__}: {exc}")
 

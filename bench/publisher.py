@@ -26,6 +26,13 @@ import weakref
 from typing import Any, ClassVar
 
 from aiortc import RTCRtpSender
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+)
 
 from sfu import _fastpath
 from sfu import aiortc_hooks as hooks
@@ -55,14 +62,22 @@ _SSRC_IN = 1  # the leg's "source"; one source, so its sequence/timestamps pass 
 log = logging.getLogger(__name__)
 
 
-def extension_block(mid: str | None, mid_id: int | None, abs_id: int | None) -> tuple[bytes, int]:
-    """An RFC 8285 one-byte-header block with ``sdes:mid`` and ``abs-send-time``, and
-    the offset of the abs-send-time value in it (0: not negotiated)."""
+def extension_block(
+    mid: str | None,
+    mid_id: int | None,
+    abs_id: int | None,
+    rid: str | None = None,
+    rid_id: int | None = None,
+) -> tuple[bytes, int]:
+    """An RFC 8285 one-byte-header block with ``sdes:mid``, ``rtp-stream-id`` (a
+    simulcast layer's rid) and ``abs-send-time``, and the offset of the abs-send-time
+    value in it (0: not negotiated)."""
     elements = b""
     abs_offset = 0
-    if mid and mid_id:
-        value = mid.encode()
-        elements += bytes([(mid_id << 4) | (len(value) - 1)]) + value
+    for value, ext_id in ((mid, mid_id), (rid, rid_id)):
+        if value and ext_id:
+            data = value.encode()
+            elements += bytes([(ext_id << 4) | (len(data) - 1)]) + data
     if abs_id:
         abs_offset = 4 + len(elements) + 1
         elements += bytes([(abs_id << 4) | 2]) + b"\x00\x00\x00"
@@ -298,3 +313,155 @@ class PacedSender:
             await pacer.remove(self)
             self._account()
         self._leg.clear_route()
+
+
+class _LayerRtcp:
+    """What aiortc's RTP router hands RTCP about one simulcast layer's SSRC to (it routes
+    by SSRC to registered senders): PLI/FIR restart that layer at its key frame, NACKs
+    are answered from that layer's leg history, the rest (receiver reports) is ignored."""
+
+    def __init__(self, owner: SimulcastSender, layer: int) -> None:
+        self._owner, self._layer = owner, layer
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            self._owner.request_layer_keyframe(self._layer)
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            for seq in packet.lost:
+                await self._owner.retransmit_layer(self._layer, seq)
+
+
+class SimulcastSender(PacedSender):
+    """One published camera as simulcast layers, the way a browser sends them.
+
+    Each layer (``EncodedMedia.layers``, low → high, rids from
+    :data:`~bench.media.SIMULCAST_LAYERS`) has its own SSRC, sequence numbers, VP8
+    picture ids and C leg; every packet carries ``sdes:mid`` and ``rtp-stream-id``
+    (a browser stops after the SSRC is acknowledged; sending them throughout costs 4
+    bytes). All layers of one frame leave on the same deadline with the same RTP
+    timestamp and trailer frame number, as one camera frame encoded three times, so a
+    subscriber's frame numbers and timestamps continue across the SFU's layer switches.
+    A PLI/FIR for a layer's SSRC restarts that layer's loop at its key frame;
+    :meth:`set_active` follows the server's ``publish.layers`` (a layer turned back on
+    starts with a key frame, as a browser's encoder does).
+    """
+
+    def __init__(
+        self, layers: tuple[tuple[bytes, ...], ...], rids: tuple[str, ...], publisher_index: int
+    ) -> None:
+        super().__init__("video", layers[-1], publisher_index)
+        self.rids = rids
+        self._layer_packets = [
+            tuple((*b[:-1], b[-1][: -TRAILER.size]) for b in packetize_video(frames))
+            for frames in layers
+        ]
+        n = len(layers)
+        self._layer_index = [0] * n
+        self._layer_pid = [random.randint(0, 0x7FFF) for _ in range(n)]
+        self._layer_seq = [random.randint(0, 0xFFFF) for _ in range(n)]
+        self.ssrcs = [random.getrandbits(32) for _ in range(n)]
+        self._legs = [
+            _fastpath.Leg(
+                _fastpath.Meter(LATENCY_BUCKETS_NS),
+                random.randint(0, 0x7FFF),
+                random.getrandbits(32),
+            )
+            for _ in range(n)
+        ]
+        self.active = [True] * n
+        self.layer_frames = [0] * n  # frames sent per layer
+        self.layer_keyframes = [0] * n  # key-frame requests per layer
+        self.nacked = 0  # packets the SFU asked for again
+
+    def start_layers(self, transceiver: Any, rid_id: int, pacer: Pacer | None = None) -> None:
+        """Configure every layer's leg from what was negotiated, register the layers'
+        SSRCs for RTCP and start sending."""
+        codec, mid_id = hooks.negotiated(transceiver)
+        if codec is None:
+            raise RuntimeError("no video codec negotiated")
+        abs_id = next((e.id for e in transceiver._headerExtensions if e.uri == ABS_SEND_TIME), None)
+        for i, leg in enumerate(self._legs):
+            ext, abs_offset = extension_block(transceiver.mid, mid_id, abs_id, self.rids[i], rid_id)
+            leg.configure(codec.payloadType, self.ssrcs[i], codec.clockRate, ext, abs_offset)
+        super().start(transceiver, pacer)
+
+    def set_active(self, rids: set[str]) -> None:
+        """Send the layers named (the lowest always, as the page does)."""
+        for i, rid in enumerate(self.rids):
+            on = i == 0 or rid in rids
+            if on and not self.active[i]:
+                self._layer_index[i] = 0  # back on: starts with a key frame
+            self.active[i] = on
+
+    def request_keyframe(self) -> None:
+        self.keyframes_requested += 1
+        for i in range(len(self._legs)):
+            self._layer_index[i] = 0
+
+    def request_layer_keyframe(self, layer: int) -> None:
+        self.layer_keyframes[layer] += 1
+        self._layer_index[layer] = 0
+
+    async def retransmit_layer(self, layer: int, seq: int) -> None:
+        self.nacked += 1
+        data = self._legs[layer].history(seq)
+        if data is not None and self._sender is not None:
+            try:
+                await hooks.send_rtp(self._sender, data)
+            except ConnectionError:
+                pass
+
+    def _route(self) -> bool:
+        assert self._sender is not None
+        dtls = self._sender.transport
+        route = hooks.fast_route(dtls) if dtls is not None else None
+        if route is None:
+            return False
+        router = dtls._rtp_router
+        for i, (leg, ssrc) in enumerate(zip(self._legs, self.ssrcs, strict=True)):
+            leg.set_route(*route)
+            self._layer_index[i] = 0  # (re)start where a decoder can: the key frame
+            if ssrc not in router.senders:
+                router.register_sender(_LayerRtcp(self, i), ssrc)
+        return True
+
+    def _send_frame(self, ts: int) -> bool:
+        self._frame += 1
+        t_in = time.perf_counter_ns()
+        for i, leg in enumerate(self._legs):
+            if not self.active[i]:
+                continue
+            packets = self._layer_packets[i][self._layer_index[i]]
+            self._layer_index[i] = (self._layer_index[i] + 1) % len(self._layer_packets[i])
+            pid = self._layer_pid[i]
+            self._layer_pid[i] = (pid + 1) & 0x7FFF
+            first, rest = vp8_descriptor(pid, True), vp8_descriptor(pid, False)
+            last = len(packets) - 1
+            for k, body in enumerate(packets):
+                if k == last:
+                    body += TRAILER.pack(MAGIC, self._pub, self._frame, time.monotonic_ns())
+                body = (rest if k else first) + body
+                self._layer_seq[i] = seq = (self._layer_seq[i] + 1) & 0xFFFF
+                result = leg.send(body, k == last, seq, ts, _SSRC_IN, t_in)
+                if result is False:
+                    self._layer_seq[i] = (seq - 1) & 0xFFFF
+                    return False
+                if result is not None:
+                    self.dropped += 1
+            self.layer_frames[i] += 1
+        self.sent += 1
+        return True
+
+    def _account(self) -> None:
+        # The layers' SSRCs are not aiortc's sender's (it sends SRs for its own SSRC
+        # only): fold only the transport's byte and packet counts.
+        if self._sender is None:
+            return
+        for leg in self._legs:
+            counters = leg.take_counters()
+            hooks.account_sent(self._sender, (0, 0, 0, 0, *counters[4:6]))
+
+    async def stop(self) -> None:
+        await super().stop()
+        for leg in self._legs:
+            leg.clear_route()

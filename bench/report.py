@@ -181,6 +181,12 @@ def summarise(
         else None,
         "cpu_pct_per_track": round(cpu / tracks, 3) if cpu and tracks else None,
         "dropped_packets": _counter_delta(raw, "roundtable_media_dropped_total"),
+        # What the SFU received from publishers (with simulcast: every layer, of which
+        # it forwards one per subscriber), and its video legs by layer at the window's end.
+        "sfu_received_pps": _rate(raw, "roundtable_media_packets_in_total", window),
+        "video_legs_by_layer": dict(sorted(raw.after.legs_by_layer.items()))
+        if raw.after is not None
+        else {},
         "keyframe_requests": _counter_delta(raw, "roundtable_media_keyframe_requests_total"),
         "complete": all_complete,
         "joined": raw.joined,
@@ -194,6 +200,78 @@ def summarise(
         "cpu_series": [list(s) for s in raw.cpu_series],
         "errors": raw.errors,
     }
+
+
+def _rate(raw: RawRun, name: str, window: float) -> float | None:
+    delta = _counter_delta(raw, name)
+    return None if delta is None else round(delta / window, 1)
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    return vals[mid] if len(vals) % 2 else round((vals[mid - 1] + vals[mid]) / 2, 3)
+
+
+def simulcast_comparison(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``--compare-simulcast``: per mode (``plain``, ``simulcast``) the median over its
+    rounds of CPU per forwarded packet, its ratio to the floor, SFU-added p50/p99, loss
+    and packets in/out; the ratio simulcast ÷ plain of the CPU per forwarded packet, per
+    round (the two runs of a round are neighbours in time) and of the medians."""
+    out: dict[str, Any] = {"rounds": len(runs.get("plain", []))}
+    for mode, reps in runs.items():
+        o = [r["overall"] for r in reps]
+        out[mode] = {
+            "cpu_us_per_forwarded_packet": _median([x["cpu_us_per_forwarded_packet"] for x in o]),
+            "ratio_to_floor": _median([x["ratio_to_floor"] for x in o]),
+            "sfu_p50_ms": _median([x["sfu_latency_ms"]["p50"] for x in o]),
+            "sfu_p99_ms": _median([x["sfu_latency_ms"]["p99"] for x in o]),
+            "e2e_p50_ms": _median([x["e2e_latency_ms"]["p50"] for x in o]),
+            "loss_pct": _median([x["loss_pct"] for x in o]),
+            "forwarded_pps": _median([x["forwarded_pps"] for x in o]),
+            "sfu_received_pps": _median([x.get("sfu_received_pps") for x in o]),
+            "server_cpu_pct": _median([x["server_cpu_pct"] for x in o]),
+            "video_legs_by_layer": o[-1].get("video_legs_by_layer") if o else {},
+            "complete": all(x["complete"] for x in o),
+        }
+    per_round = []
+    for a, b in zip(runs.get("plain", []), runs.get("simulcast", []), strict=False):
+        x = a["overall"]["cpu_us_per_forwarded_packet"]
+        y = b["overall"]["cpu_us_per_forwarded_packet"]
+        per_round.append(round(y / x, 3) if x and y else None)
+    out["ratio_per_round"] = per_round
+    plain = out.get("plain", {}).get("cpu_us_per_forwarded_packet")
+    sim = out.get("simulcast", {}).get("cpu_us_per_forwarded_packet")
+    out["ratio"] = round(sim / plain, 3) if plain and sim else None
+    return out
+
+
+def simulcast_table(summary: dict[str, Any]) -> str:
+    head = (
+        f"{'mode':<10} {'µs CPU/fwd pkt':>14} {'× floor':>8} {'SFU p50 ms':>10} "
+        f"{'p99 ms':>7} {'loss %':>7} {'fwd pkt/s':>9} {'in pkt/s':>9} {'CPU %':>6}  legs by layer"
+    )
+    lines = [f"== without vs with simulcast (median of {summary['rounds']} rounds) ==", head]
+    for mode in ("plain", "simulcast"):
+        m = summary.get(mode)
+        if not m:
+            continue
+        layers = ", ".join(f"{k}: {v:.0f}" for k, v in (m["video_legs_by_layer"] or {}).items())
+        lines.append(
+            f"{mode:<10} {_f(m['cpu_us_per_forwarded_packet'], 1):>14} "
+            f"{_f(m['ratio_to_floor'], 2):>8} {_f(m['sfu_p50_ms'], 3):>10} "
+            f"{_f(m['sfu_p99_ms'], 3):>7} {_f(m['loss_pct'], 2):>7} "
+            f"{_f(m['forwarded_pps'], 0):>9} {_f(m['sfu_received_pps'], 0):>9} "
+            f"{_f(m['server_cpu_pct'], 1):>6}  {layers or '-'}"
+        )
+    rounds = ", ".join(_f(r, 2) for r in summary["ratio_per_round"])
+    lines.append(
+        f"CPU per forwarded packet, simulcast ÷ plain: {_f(summary['ratio'], 2)} "
+        f"(per round: {rounds}); same server, same invocation"
+    )
+    return "\n".join(lines)
 
 
 def _counter_delta(raw: RawRun, name: str) -> float | None:

@@ -9,6 +9,13 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY = "roundtable_forwarding_latency_seconds"
+# Simulcast (issue 15): video legs by the layer forwarded, and per leg its layer and
+# packets, labelled (room, subscriber, publisher); the bench keeps these labelled.
+LEGS_BY_LAYER = "roundtable_video_legs"
+LEG_LAYER = "roundtable_video_leg_layer"
+LEG_WANTED = "roundtable_video_leg_wanted_layer"
+LEG_PACKETS = "roundtable_video_leg_packets"
+DOWNLINK = "roundtable_downlink_estimate_bps"
 
 
 @dataclass(slots=True)
@@ -77,6 +84,13 @@ class Histogram:
 class Scrape:
     latency: dict[str, Histogram] = field(default_factory=dict)  # by room
     counters: dict[str, float] = field(default_factory=dict)  # unlabelled samples by name
+    legs_by_layer: dict[str, float] = field(default_factory=dict)  # "0", "1", "paused"
+    # per video leg (room, subscriber, publisher): its layer (-1 paused), wanted, packets
+    leg_layer: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    leg_wanted: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    leg_packets: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    # per subscriber (room, subscriber): the SFU's downlink estimate, bit/s
+    downlink_bps: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 def parse(text: str) -> Scrape:
@@ -93,9 +107,27 @@ def parse(text: str) -> Scrape:
                 elif sample.name.endswith("_sum"):
                     h.total = sample.value
             continue
+        per_leg = {
+            LEG_LAYER: out.leg_layer,
+            LEG_WANTED: out.leg_wanted,
+            LEG_PACKETS: out.leg_packets,
+        }
         for sample in family.samples:
             if not sample.labels:
                 out.counters[sample.name] = sample.value
+            elif family.name == LEGS_BY_LAYER:
+                out.legs_by_layer[sample.labels.get("layer", "")] = sample.value
+            elif family.name in per_leg and not sample.name.endswith("_created"):
+                labels = sample.labels
+                key = (
+                    labels.get("room", ""),
+                    labels.get("subscriber", ""),
+                    labels.get("publisher", ""),
+                )
+                per_leg[family.name][key] = sample.value
+            elif family.name == DOWNLINK:
+                key2 = (sample.labels.get("room", ""), sample.labels.get("subscriber", ""))
+                out.downlink_bps[key2] = sample.value
     return out
 
 
@@ -114,4 +146,10 @@ def merge(scrapes: list[Scrape]) -> Scrape:
             out.latency[room] = out.latency[room].plus(h) if room in out.latency else h
         for name, value in one.counters.items():
             out.counters[name] = out.counters.get(name, 0.0) + value
+        for layer, n in one.legs_by_layer.items():
+            out.legs_by_layer[layer] = out.legs_by_layer.get(layer, 0.0) + n
+        out.leg_layer.update(one.leg_layer)
+        out.leg_wanted.update(one.leg_wanted)
+        out.leg_packets.update(one.leg_packets)
+        out.downlink_bps.update(one.downlink_bps)
     return out

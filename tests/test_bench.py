@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -448,3 +449,141 @@ def test_the_generator_counts_what_it_receives_in_c() -> None:
     assert flow.rtp_first == 65534 and flow.rtp_last - flow.rtp_first + 1 == 4  # 65534..1
     assert e2e == [2_000_000, 2_000_000]
     assert _fastpath.RxFlow("p", "audio").first_seq is None
+
+
+SMALL_LAYERS = (("l", (80, 60), 40_000), ("m", (160, 120), 120_000), ("h", (320, 240), 300_000))
+
+
+async def test_simulcast_publishers_send_three_layers_and_subscribers_get_the_one_they_view(
+    tmp_path: Path, media, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench's --simulcast participants against a real server in this process: each
+    publisher's three layers arrive at the SFU as three forwarders learnt by rid, every
+    subscriber's `view` (mixed: each asks for another layer) gets it exactly that layer,
+    and nothing anywhere in the process decodes or encodes video (the SFU as always,
+    and the bench's peers neither: they send pre-encoded layers and only count)."""
+    import aiortc.rtcrtpreceiver as rtcrtpreceiver
+    import aiortc.rtcrtpsender as rtcrtpsender
+
+    from bench.media import with_layers
+    from server.app import HUB
+
+    made: list[str] = []
+    real_encoder, real_decoder = rtcrtpsender.get_encoder, rtcrtpreceiver.get_decoder
+
+    def get_encoder(codec):
+        made.append("encoder")
+        return real_encoder(codec)
+
+    def get_decoder(codec):
+        made.append("decoder")
+        return real_decoder(codec)
+
+    monkeypatch.setattr(rtcrtpsender, "get_encoder", get_encoder)
+    monkeypatch.setattr(rtcrtpreceiver, "get_decoder", get_decoder)
+    layered = with_layers(media, SMALL_LAYERS, seconds=1.0)
+    sizes = tuple(size for _, size, _ in SMALL_LAYERS)
+    config = Config(
+        host="127.0.0.1",
+        port=0,
+        secret=secrets.token_urlsafe(48),
+        api_key=secrets.token_urlsafe(24),
+        media_host=MEDIA_HOST,
+        media_port=free_udp_port(),
+        state_dir=tmp_path / "state",
+    )
+    app = build_app(config)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    window = Window(active=True)
+    people: list[SyntheticParticipant] = []
+    room = "r_simulcast"
+    try:
+        for i in range(3):
+            token = partner_token(config.secret, room, i)
+            p = SyntheticParticipant(
+                url, token, "partner", i, layered, window, view="mixed", layer_sizes=sizes
+            )
+            people.append(p)
+            await p.join()
+        router = app[HUB]._rooms[room].router
+
+        def legs() -> dict[tuple[str, str], Any]:
+            return {(leg.subscriber, leg.publisher): leg for leg in router.video_legs()}
+
+        # participant i asks its j-th other publisher (sorted by id) for layer (i + j) % 3
+        want = {}
+        for i, p in enumerate(people):
+            others = sorted(q.pid for q in people if q is not p)
+            for j, pub in enumerate(others):
+                want[(p.pid, pub)] = (i + j) % 3
+
+        def on_wanted_layers() -> bool:
+            now = legs()
+            return len(now) == 6 and all(now[k].layer == v for k, v in want.items())
+
+        await wait_for(on_wanted_layers, timeout=30)
+        # every layer of every publisher arrived at the SFU, each in its own forwarder
+        for p in people:
+            track = next(
+                t for t in router.publishers[p.pid].forwarders.values() if t.kind == "video"
+            )
+            assert [f.rid for f in track.layers] == ["l", "m", "h"]
+            assert [(f.width, f.height) for f in track.layers] == list(sizes)
+        # and the subscribers receive video (trailers readable) from both others
+        counts = {
+            p.pid: sum(f.frames for f in p.rx.flows.values() if f.kind == "video") for p in people
+        }
+        await wait_for(
+            lambda: all(
+                sum(f.frames for f in p.rx.flows.values() if f.kind == "video") > counts[p.pid] + 20
+                for p in people
+            ),
+            timeout=20,
+        )
+        by_layer = {}
+        for leg in legs().values():
+            by_layer[leg.layer] = by_layer.get(leg.layer, 0) + 1
+        assert by_layer == {0: 2, 1: 2, 2: 2}
+        assert made == [], made
+    finally:
+        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
+        await server.close()
+
+
+def test_compare_simulcast_reports_both_modes_from_one_invocation(tmp_path: Path) -> None:
+    """--compare-simulcast: the same load without and with simulcast against one local
+    server; each mode has its CPU per forwarded packet and SFU latency, the ratio is
+    theirs, and with simulcast the SFU received more than one layer per publisher but
+    forwarded one per subscriber (legs spread over the layers by the mixed view)."""
+    out = tmp_path / "bench.json"
+    code = cli.main(
+        [
+            *("--local", "--rooms", "1", "--participants", "3", "--duration", "3"),
+            *("--warmup", "1", "--partner-delay", "0.2", "--video-bitrate", "300"),
+            *("--compare-simulcast", "--compare-rounds", "1", "--simulcast-scale", "0.5"),
+            *("--json", str(out), "--no-progress", "--media-host", MEDIA_HOST),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    summary = report["compare_simulcast"]
+    plain, sim = report["runs"]["plain"][0]["overall"], report["runs"]["simulcast"][0]["overall"]
+    for mode, o in (("plain", plain), ("simulcast", sim)):
+        assert o["complete"], report["runs"][mode][0]["errors"]
+        assert o["tracks_forwarded"] == 3 * 2 * 2  # 3 subscribers × 2 others × audio+video
+        assert summary[mode]["cpu_us_per_forwarded_packet"] == o["cpu_us_per_forwarded_packet"]
+        assert summary[mode]["sfu_p50_ms"] <= summary[mode]["sfu_p99_ms"]
+    assert summary["ratio"] == round(
+        sim["cpu_us_per_forwarded_packet"] / plain["cpu_us_per_forwarded_packet"], 3
+    )
+    scenario = report["runs"]["simulcast"][0]["scenario"]
+    assert scenario["simulcast"] and scenario["view"] == "mixed"
+    assert len(scenario["layer_kbps"]) == 3
+    assert not report["runs"]["plain"][0]["scenario"]["simulcast"]
+    # six video legs: without simulcast all on the one layer, with it two per layer
+    assert plain["video_legs_by_layer"] == {"0": 6.0}
+    assert sim["video_legs_by_layer"] == {"0": 2.0, "1": 2.0, "2": 2.0}
+    # per publisher the SFU took in more video packets than any one subscriber got
+    assert sim["sfu_received_pps"] > plain["sfu_received_pps"]
