@@ -52,6 +52,27 @@ def test_a_falling_remb_lowers_the_estimate_and_a_rising_one_does_not_raise_it()
     assert est.update() == 250_000
 
 
+def test_a_remb_falling_after_we_send_less_is_not_the_link() -> None:
+    """The tiles shrank, we send less, and Chromium's REMB follows what arrives down
+    (staying above it): the estimate keeps its figure. Below what we send it counts."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_remb(2_000_000)
+    clock.now += downlink.REMB_WARMUP
+    est.on_remb(2_000_000)
+    est.sent_bps, est.unstamped_bps = 300_000, 100_000  # 200 kbit/s of video now
+    for remb in (1_200_000, 700_000, 400_000, 300_000):
+        clock.now += 0.5
+        est.on_remb(remb)
+        assert est.update() == downlink.INITIAL_BPS, remb
+    clock.now += 0.5
+    est.on_remb(150_000)  # below the video we send: overuse, held at what is sent once
+    assert est.update() == 300_000
+    clock.now += 0.5
+    est.on_remb(120_000)  # confirmed: the link
+    assert est.update() == 220_000
+
+
 def test_heavy_loss_backs_off_to_what_was_sent_less_half_the_loss() -> None:
     clock = Clock()
     est = DownlinkEstimate(clock)
