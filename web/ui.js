@@ -6,6 +6,9 @@ import { routeOutput } from "./devices.js";
 import { roleLabel, t } from "./i18n.js";
 
 const SHOWN_STATES = new Set(["admitted", "connected"]);
+const SPEAKER_HOLD_MS = 4000; // the featured speaker stays at least this long
+const STRIP_SHARE = 0.4; // of the tiles' height, at most, for the strip under the big tile
+const MAX_STRIP_COLS = 6; // strip tiles no narrower than ~47 px on a 360 px phone
 
 export function initials(name) {
   const parts = String(name || "").trim().split(/\s+/).filter(Boolean);
@@ -29,7 +32,8 @@ export class Tiles {
     this.streams = new Map(); // participant id -> MediaStream (may arrive before the roster)
     this.selfId = null;
     this.output = ""; // the chosen speaker's deviceId ("" = the system default)
-    this.speaker = null; // the latest remote participant heard speaking (featured on phones)
+    this.speaker = null; // the remote participant featured as speaking (on phones)
+    this._speakerAt = 0; // when this.speaker was chosen (performance.now())
     this._speakingSince = new Map(); // pid -> ticks in a row above the threshold
     this.pausedVideo = new Set(); // pids whose video the server paused for our link
     if ("ResizeObserver" in window) new ResizeObserver(() => this._layout()).observe(list);
@@ -187,9 +191,17 @@ export class Tiles {
     if (tile) tile.el.classList.toggle("mic-muted", !enabled);
   }
 
-  /** Mark who is speaking (levels: participant id -> 0..1). */
+  /**
+   * Mark who is speaking (levels: participant id -> 0..1), and pick the speaker featured
+   * beside the main person on a phone. That choice moves the big tiles (and so what the
+   * SFU sends), so it is sticky: the main person speaking never takes the place (they are
+   * big anyway), the featured speaker keeps it while still speaking, and a new one takes
+   * it only after SPEAKER_HOLD_MS. Without this, two people talking at once (or Chromium's
+   * fake microphones, which beep in step) swapped the layout about every 0.5 s.
+   */
   setSpeaking(levels, threshold = 0.03) {
-    let speaker = this.speaker;
+    const main = this._mainPid();
+    const candidates = [];
     for (const [pid, tile] of this.tiles) {
       const level = levels.get(pid) || 0;
       const micOff = tile.el.classList.contains("mic-muted");
@@ -198,12 +210,14 @@ export class Tiles {
       // Two ticks in a row (~0.8 s): a cough or a click does not move the big tile.
       const ticks = speaking ? (this._speakingSince.get(pid) || 0) + 1 : 0;
       this._speakingSince.set(pid, ticks);
-      if (ticks >= 2 && pid !== this.selfId) speaker = pid;
+      if (ticks >= 2 && pid !== this.selfId && pid !== main) candidates.push(pid);
     }
-    if (speaker !== this.speaker) {
-      this.speaker = speaker;
-      this._layout();
-    }
+    if (candidates.length === 0 || candidates.includes(this.speaker)) return;
+    const now = performance.now();
+    if (this.speaker && this.tiles.has(this.speaker) && now - this._speakerAt < SPEAKER_HOLD_MS) return;
+    this.speaker = candidates[0];
+    this._speakerAt = now;
+    this._layout();
   }
 
   /** Remote tiles whose video frames are not arriving show the avatar instead. */
@@ -362,12 +376,20 @@ export class Tiles {
     if (screen) return { pids: [screen[0]], reason: "screen" };
     const self = this.tiles.get(this.selfId);
     if (self && self.el.classList.contains("sharing")) return { pids: [this.selfId], reason: "screen" };
+    const main = this._mainPid();
+    const pids = main ? [main] : [];
+    if (this.speaker && this.speaker !== pids[0] && this.tiles.has(this.speaker)) pids.push(this.speaker);
+    return { pids, reason: "people" };
+  }
+
+  /** The person this page mostly talks to: the caseworker, or for the caseworker the client. */
+  _mainPid() {
+    const others = [...this.tiles.entries()].filter(([pid]) => pid !== this.selfId);
+    const self = this.tiles.get(this.selfId);
     const selfRole = self ? self.participant.role : null;
     const mainRole = selfRole === "caseworker" ? "client" : "caseworker";
     const main = others.find(([, tile]) => tile.participant.role === mainRole) || others[0];
-    const pids = main ? [main[0]] : [];
-    if (this.speaker && this.speaker !== pids[0] && this.tiles.has(this.speaker)) pids.push(this.speaker);
-    return { pids, reason: "people" };
+    return main ? main[0] : null;
   }
 
   _layout() {
@@ -389,7 +411,14 @@ export class Tiles {
       // Two big tiles share the top row (two columns each); the strip has four columns on
       // a phone, up to six on a desktop.
       const rest = n - big.size;
-      const cols = big.size === 2 ? 4 : Math.max(1, Math.min(rest, phone ? 4 : 6));
+      let cols = big.size === 2 ? 4 : Math.max(1, Math.min(rest, phone ? 4 : 6));
+      // The strip takes at most STRIP_SHARE of the height (a phone with its side panel
+      // open leaves the stage short): narrower strip tiles rather than a squashed big one.
+      // Only the list's own size decides, never the tiles', so this cannot feed back.
+      const gap = 12;
+      const stripH = (c) => ((width0 - gap * (c - 1)) / c) * 0.75;
+      const height0 = this.list.clientHeight;
+      while (big.size === 1 && height0 > 0 && cols < MAX_STRIP_COLS && stripH(cols) > height0 * STRIP_SHARE) cols++;
       this.list.style.setProperty("--strip-cols", String(cols));
       return;
     }
