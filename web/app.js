@@ -80,7 +80,7 @@ const roundtable = {
   metrics: { joinClickedAt: null, firstRemoteFrameAt: null, joinToFirstFrameMs: null },
   output: "", // the speaker chosen on the page (deviceId), applied to every remote tile
   testSound: null,
-  view: [], // the last `view` report sent to the server (what this page shows)
+  view: [], // the last `view` report sent to the server (what the SFU knows we show)
 };
 window.roundtable = roundtable;
 
@@ -691,6 +691,9 @@ function join() {
     $("host-banner").textContent = away ? tRole("status.hostAway", role) : "";
     setStatus(tRoleKey(away ? "status.hostAway" : "status.hostBack", role));
   });
+  call.addEventListener("view", ({ detail }) => {
+    roundtable.view = detail.tiles; // what the SFU was told last
+  });
   call.addEventListener("video-paused", ({ detail }) => {
     if (state.tiles) state.tiles.setVideoPaused(detail.participant, detail.paused);
   });
@@ -873,7 +876,6 @@ async function main() {
       $("sound-button").hidden = false;
     },
     onView: (tiles) => {
-      roundtable.view = tiles;
       if (state.call) state.call.sendView(tiles);
     },
   });

@@ -2,6 +2,8 @@
 // connections (publish: we offer; subscribe: the SFU offers and re-offers), exactly as
 // docs/protocol.md describes. No DOM here; the UI listens to the events this class emits.
 
+import { ViewReport } from "./view.js";
+
 const ACK_TIMEOUT_MS = 15000;
 const LIVE_STATES = new Set(["admitted", "connected"]);
 // The camera as three VP8 layers, low → high (the SFU takes this order): ¼, ½ and full
@@ -63,7 +65,8 @@ export class Call extends EventTarget {
     this.screenTrack = null;
     this._serverLayers = null; // rids the SFU wants from our camera (publish.layers); null: all
     this._simulcast = false; // the SFU's answer received our layers
-    this._viewKey = null; // the last view report sent (JSON), so only changes go out
+    // The view report, sent only when it changes what the SFU does (web/view.js).
+    this._view = new ViewReport((tiles) => this._sendView(tiles));
     this.leaving = false;
     this._subscribeChain = Promise.resolve();
     this._generation = 0;
@@ -315,7 +318,7 @@ export class Call extends EventTarget {
     }
     // A welcome after a reconnect starts the media from scratch.
     this._teardownMedia();
-    this._viewKey = null; // a fresh server may not know what we show: tell it again
+    this._view.reset(); // a fresh server may not know what we show: tell it again
     this._serverLayers = null;
     this.you = msg.you;
     this.room = msg.room;
@@ -469,16 +472,19 @@ export class Call extends EventTarget {
   /**
    * Tell the SFU what we show of each remote participant (tiles: [{participant,
    * visible, width, height}] in device pixels), so hidden tiles cost nothing and small
-   * ones get the small layer. Sent only when it changed.
+   * ones get the small layer. Sent only when the layer it asks for changes, and a tile
+   * only counts as hidden once it stayed so for a second (web/view.js).
    */
   sendView(tiles) {
-    const key = JSON.stringify(tiles);
-    if (key === this._viewKey || !this.socket || !this.socket.connected) return;
-    if (!this.you || !LIVE_STATES.has(this.you.state)) return;
-    this._viewKey = key;
-    this._request("view", { tiles }).catch(() => {
-      this._viewKey = null; // try again with the next change
-    });
+    this._view.update(tiles);
+  }
+
+  _sendView(tiles) {
+    if (!this.socket || !this.socket.connected) return false;
+    if (!this.you || !LIVE_STATES.has(this.you.state)) return false;
+    this._request("view", { tiles }).catch(() => this._view.reset()); // again next change
+    this._emit("view", { tiles });
+    return true;
   }
 
   // --- subscribe leg ---------------------------------------------------------------

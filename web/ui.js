@@ -4,6 +4,7 @@
 
 import { routeOutput } from "./devices.js";
 import { roleLabel, t } from "./i18n.js";
+import { COALESCE_MS } from "./view.js";
 
 const SHOWN_STATES = new Set(["admitted", "connected"]);
 const SPEAKER_HOLD_MS = 4000; // the featured speaker stays at least this long
@@ -75,11 +76,12 @@ export class Tiles {
 
   _viewChanged() {
     if (!this.hooks.onView || this._viewTimer !== null) return;
-    // Debounced: a layout change resizes every tile at once.
+    // Collected: a layout change resizes every tile at once, and whatever changes within
+    // COALESCE_MS goes out as one look at the page (web/view.js decides what is sent).
     this._viewTimer = setTimeout(() => {
       this._viewTimer = null;
       this.hooks.onView(this.views());
-    }, 250);
+    }, COALESCE_MS);
   }
 
   setSelf(participant, localStream) {

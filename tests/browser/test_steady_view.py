@@ -131,3 +131,52 @@ async def test_steady_layout_sends_steady_view_and_video_keeps_playing(
         assert second[pid]["frames"] > first[pid]["frames"] + 50, (pid, first[pid], second[pid])
         assert not second[pid]["paused"], second[pid]
 
+
+# web/view.js, driven with its own clock in the real page: what reaches the SFU.
+_VIEW_REPORT_JS = """
+async () => {
+  const { ViewReport, HIDE_AFTER_MS } = await import('/static/view.js');
+  let now = 0;
+  const sent = [];
+  const report = new ViewReport((tiles) => { sent.push(tiles); return true; }, () => now);
+  const tile = (visible, width, height) => [{ participant: 'p_a', visible, width, height }];
+  const steps = [];
+  const step = (what, tiles) => { report.update(tiles); steps.push([what, sent.length]); };
+  step('first report', tile(true, 168, 128));
+  step('a wobble', tile(true, 176, 120));
+  step('just past the low layer (208/0.8 = 260 px)', tile(true, 264, 200));
+  step('clearly past it', tile(true, 320, 240));
+  step('just under it again', tile(true, 256, 192));
+  step('clearly under', tile(true, 200, 150));
+  now += 100; step('hidden for a moment', tile(false, 0, 0));
+  now += 400; step('visible again', tile(true, 200, 150));
+  now += 100; step('hidden', tile(false, 0, 0));
+  now += HIDE_AFTER_MS; step('still hidden a second later', tile(false, 0, 0));
+  now += 100; step('shown', tile(true, 200, 150));
+  return { steps, last: sent[sent.length - 1] };
+}
+"""
+
+
+async def test_view_report_sends_only_layer_changes_and_lasting_hides(
+    server: Server, launch: Launch
+) -> None:
+    room = server.create_room(caseworker_name="Frau Berger", client_name="Herr Yılmaz")
+    page = await launch("client", width=360, height=640)
+    await page.page.goto(server.local_url(room["client_url"]))
+    out = await page.page.evaluate(_VIEW_REPORT_JS)
+    counts = dict(out["steps"])
+    assert counts == {
+        "first report": 1,
+        "a wobble": 1,
+        "just past the low layer (208/0.8 = 260 px)": 1,
+        "clearly past it": 2,
+        "just under it again": 2,
+        "clearly under": 3,
+        "hidden for a moment": 3,
+        "visible again": 3,
+        "hidden": 3,
+        "still hidden a second later": 4,
+        "shown": 5,
+    }, out["steps"]
+    assert out["last"] == [{"participant": "p_a", "visible": True, "width": 200, "height": 150}]
