@@ -175,6 +175,7 @@ class Allocator:
             (leg.track.price_bps() or AUDIO_DEFAULT_BPS) for leg in legs if leg.kind == "audio"
         )
         videos: list[tuple[Leg, Video]] = []
+        hidden: set[str] = set()
         now = self._clock()
         for leg in legs:
             if leg.kind != "video":
@@ -182,8 +183,12 @@ class Allocator:
             key = leg.track_id or ""
             rates = self._layers(leg)
             if not rates:
-                # A hidden tile: nothing to forward, nothing to pause.
-                self._apply(leg, key, UNCAPPED)
+                # A hidden tile: nothing to forward, so no cap; but what the page was told
+                # (paused for the link or not) and the layer it had stay as they were, so
+                # hiding and showing a tile is no pause/resume (a flickering layout made
+                # the page show 'Video pausiert' on and off).
+                hidden.add(key)
+                self._apply(leg, key, UNCAPPED, tell=False)
                 continue
             current = self.layers.get(key, len(rates) - 1)
             if current is not None:
@@ -207,24 +212,29 @@ class Allocator:
                 self._down_at[v.key] = now
             self.layers[v.key] = layer
             self._apply(leg, v.key, layer)
-        keys = {v.key for _, v in videos}
+        keys = {v.key for _, v in videos} | hidden
         for key in list(self.layers):
             if key not in keys:
                 del self.layers[key]
         for key in list(self._caps):
             if key not in keys and self._caps[key] != UNCAPPED:
                 del self._caps[key]
+        for key in list(self._paused):
+            if key not in keys:
+                del self._paused[key]
         estimate.sent_bps = used
         estimate.unstamped_bps = audio
         self._want = want
 
-    def _apply(self, leg: Leg, key: str, layer: int | None) -> None:
-        """Cap the leg at ``layer`` (``None``: pause) and tell the page about pauses.
-        Only a changed decision is applied: the cap is the allocator's, but it acts on
-        changes rather than re-asserting itself every tick."""
+    def _apply(self, leg: Leg, key: str, layer: int | None, tell: bool = True) -> None:
+        """Cap the leg at ``layer`` (``None``: pause) and tell the page about pauses
+        (unless not ``tell``). Only a changed decision is applied: the cap is the
+        allocator's, but it acts on changes rather than re-asserting itself every tick."""
         if self._caps.get(key, UNCAPPED) != layer:
             self._caps[key] = layer
             leg.set_cap(layer)
+        if not tell:
+            return
         paused = layer is None
         if paused != self._paused.get(key, False):
             self._paused[key] = paused

@@ -241,3 +241,48 @@ async def test_a_narrow_link_pauses_video_keeps_audio_and_probes_back_up() -> No
         if reporting is not None:
             reporting.cancel()
         await room.close()
+
+
+@pytest.mark.slow
+async def test_hiding_and_showing_a_paused_tile_is_no_resume_and_no_pause() -> None:
+    """A video paused for b's narrow link stays 'paused' for b's page while b hides its
+    tile and shows it again: a view change is not the link (before, the hidden tile was
+    reported 'resumed' and then 'paused' again)."""
+    room = Room()
+    reporting: asyncio.Task[None] | None = None
+    try:
+        await room.join("a", (200, 30, 30))
+        b = await room.join("b", (30, 200, 30))
+        await wait_for(lambda: b.decoded("a", "video") >= 10, timeout=20)
+        for transceiver in b.sub.getTransceivers():
+            transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
+        await _send_remb(room, "b", 2_000_000)
+        await asyncio.sleep(downlink.REMB_WARMUP + 1)
+        await _send_remb(room, "b", 2_000_000)
+        await asyncio.sleep(0.2)
+
+        async def report() -> None:
+            while True:  # keeps falling: the link stays narrow, every probe fails
+                for bps in (1_000, 800):
+                    await _send_remb(room, "b", bps)
+                    await asyncio.sleep(0.3)
+
+        reporting = asyncio.ensure_future(report())
+
+        def told() -> list[bool]:
+            return [
+                e.paused
+                for e in room.events
+                if isinstance(e, VideoPaused) and e.pid == "b" and e.publisher == "a"
+            ]
+
+        await wait_for(lambda: told() == [True], timeout=10)
+        for visible in (False, True, False, True):
+            room.router.set_view("b", {"a": (visible, 320, 240) if visible else (False, 0, 0)})
+            await asyncio.sleep(1.0)  # four allocator ticks
+        assert told() == [True]
+        assert room.router.legs_of("b")[0].paused_by_cap
+    finally:
+        if reporting is not None:
+            reporting.cancel()
+        await room.close()
