@@ -325,13 +325,28 @@ class Router:
         if self._tick_task is None and not self.closed:
             self._tick_task = asyncio.ensure_future(self._tick())
 
+    def _has_layers(self) -> bool:
+        return any(
+            isinstance(fwd, Layers)
+            for p in self.publishers.values()
+            for fwd in p.forwarders.values()
+        )
+
     async def _tick(self) -> None:
+        # Only simulcast tracks need the tick (their layers start and stop on the
+        # publisher's side); a single-layer leg's layer changes only with its view or
+        # cap, which update it themselves. Without one the task ends, so a room without
+        # simulcast costs no wake-up every LAYER_TICK (issue 16); a new track's
+        # _tracks_changed starts it again.
         while True:
             await asyncio.sleep(LAYER_TICK)
             try:
                 self.update_layers()
             except Exception:
                 log.exception("router %s: layer update failed", self.room_id)
+            if not self._has_layers():
+                self._tick_task = None
+                return
 
     def update_layers(self) -> None:
         """Move every video leg towards its wanted layer, and tell publishers which
@@ -339,6 +354,8 @@ class Router:
         wanted: dict[str, set[int]] = {}
         for subscriber in self.subscribers.values():
             for leg in subscriber.video_legs():
+                if leg.track is None or len(leg.track.layers) < 2:
+                    continue  # one layer: nothing the tick could move (see _tick)
                 leg.update_layer()
                 if leg.track is not None:
                     # Kept: what the leg wants and what it receives now (when the wanted
@@ -378,6 +395,8 @@ class Router:
     def _tracks_changed(self, pid: str) -> None:
         if self.closed:
             return
+        if self._has_layers():
+            self._start_tick()
         self._emit(TracksChanged(pid))
         for other in self.subscribers:
             if other != pid:

@@ -150,6 +150,7 @@ async def test_a_hidden_tile_gets_no_video_and_unused_layers_are_stopped() -> No
     try:
         await wait_for(lambda: viewer.decoded("cam", "video") >= 5, timeout=20)
         leg = room.router.legs_of("viewer")[0]
+        assert room.router._tick_task is not None  # a simulcast track: layers are ticked
         room.router.set_view("viewer", {"cam": (False, 0, 0)})
         assert leg.layer is None
         await asyncio.sleep(0.3)  # packets in flight on loopback
