@@ -23,7 +23,6 @@ probe's target (:meth:`sfu.forwarder.Leg.pad`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 
 from .downlink import DownlinkEstimate
 from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, UNCAPPED, Forwarder, Leg
+from .timers import Timer, wheel
 
 log = logging.getLogger(__name__)
 
@@ -139,34 +139,42 @@ class Allocator:
         self._down_at: dict[str, float] = {}
         self._paused: dict[str, bool] = {}  # track id -> paused for the link (told the page)
         self._caps: dict[str, int | None] = {}  # track id -> the cap last set
-        self._task: asyncio.Task[None] | None = None
+        # The next step on the loop's timer wheel (sfu.timers): one job per subscriber,
+        # run together with the other connections' jobs due in the same slot rather than
+        # a task and a loop wake-up each (issue 16).
+        self._timer: Timer | None = None
+        self._last_alloc = -1e9
         self.padding_bytes = 0
 
+    @property
+    def running(self) -> bool:
+        return self._timer is not None
+
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        if self._timer is None:
+            self._timer = wheel().call_later(0, self._step)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def _run(self) -> None:
-        last_alloc = -1e9
-        while True:
-            now = self._clock()
-            if now - last_alloc >= TICK:
-                last_alloc = now
-                try:
-                    self.tick()
-                except Exception:
-                    log.exception("allocator tick failed")
+    def _step(self) -> None:
+        """Allocate every :data:`TICK`, pad every :data:`PROBE_TICK` while a probe runs."""
+        now = self._clock()
+        if now - self._last_alloc >= TICK:
+            self._last_alloc = now
+            try:
+                self.tick()
+            except Exception:
+                log.exception("allocator tick failed")
+        try:
             probing = self._pad(PROBE_TICK if self.estimate.probe is not None else 0)
-            await asyncio.sleep(PROBE_TICK if probing else TICK)
+        except Exception:
+            log.exception("allocator padding failed")
+            probing = False
+        if self._timer is not None:  # not closed meanwhile
+            self._timer = wheel().call_later(PROBE_TICK if probing else TICK, self._step)
 
     def tick(self) -> None:
         """One allocation: measure, estimate, choose, apply."""

@@ -20,6 +20,7 @@ from .forwarder import SYNC_INTERVAL, Forwarder, Leg
 from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
 from .ports import MediaPorts, gather_on
 from .stats import RoomStats
+from .timers import Timer, wheel
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ class Subscriber:
         self._ice_task: asyncio.Task[None] | None = None
         self._queues = {"video": video_queue, "audio": audio_queue}
         self._on_state = on_state
-        self._sync_task: asyncio.Task[None] | None = None
+        # Folding the legs' C counters into aiortc's, on the loop's timer wheel
+        # (sfu.timers): a job, not a task and a loop wake-up per subscriber (issue 16).
+        self._sync_timer: Timer | None = None
         # What this connection can take, and what to forward within it (audio first).
         self.estimate = DownlinkEstimate()
         self.allocator = Allocator(
@@ -161,8 +164,8 @@ class Subscriber:
         assert self.pc is not None and fwd.codec is not None
         transceiver = self.pc.addTransceiver(hooks.SilentTrack(fwd.kind), direction="sendonly")
         transceiver.setCodecPreferences(preference_for(fwd.kind, fwd.codec))
-        if self._sync_task is None:
-            self._sync_task = asyncio.ensure_future(self._sync_legs())
+        if self._sync_timer is None:
+            self._sync_timer = wheel().call_later(SYNC_INTERVAL, self._sync_legs)
         self.allocator.start()
         return Leg(
             fwd.kind, transceiver, self._stats, self._queues[fwd.kind], feedback=self.estimate
@@ -176,13 +179,17 @@ class Subscriber:
                 log.exception("subscriber %s: reading in C failed", self.pid)
         self._on_state(pc.connectionState)
 
-    async def _sync_legs(self) -> None:
+    def _sync_legs(self) -> None:
         """Keep aiortc's RTCP sender reports and getStats true for what the legs' C send
         path sent (aiortc sends a report every 0.5-1.5 s)."""
-        while True:
-            await asyncio.sleep(SYNC_INTERVAL)
-            for leg in [*self.legs.values(), *self._idle]:
+        if self._sync_timer is None:
+            return  # closed
+        for leg in [*self.legs.values(), *self._idle]:
+            try:
                 leg.sync()
+            except Exception:
+                log.exception("subscriber %s: syncing a leg failed", self.pid)
+        self._sync_timer = wheel().call_later(SYNC_INTERVAL, self._sync_legs)
 
     async def accept_answer(self, answer_sdp: str) -> bool:
         """Apply the browser's answer and start forwarding; ``True`` if a new offer is due."""
@@ -244,11 +251,9 @@ class Subscriber:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ice_task
             self._ice_task = None
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
-            self._sync_task = None
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+            self._sync_timer = None
         for leg in [*self.legs.values(), *self._idle]:
             await leg.close()
         self.legs.clear()

@@ -46,6 +46,11 @@ async def test_three_participants_decode_each_other() -> None:
         # No simulcast track in the room: the router's layer tick has nothing to move
         # and stops waking the loop (issue 16).
         await wait_for(lambda: room.router._tick_task is None, timeout=5)
+        # The subscribers' allocators and counter syncs are jobs on the loop's timer wheel,
+        # not a task (and a wake-up) each.
+        assert all(s.allocator.running for s in room.router.subscribers.values())
+        periodic = ("Allocator._run", "Subscriber._sync_legs", "Router._tick")
+        assert not [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ in periodic]
     finally:
         await room.close()
 
