@@ -110,6 +110,24 @@ class MediaStatsCollector(Collector):
         for key, n in sorted(by_layer.items()):
             layers.add_metric([key], n)
         yield from (layers, packets, layer, wanted)
+        # What each subscriber's link is believed to take, and what is spent of it (the
+        # shaped-link test's timeline and the bench read these).
+        estimate = GaugeMetricFamily(
+            "roundtable_downlink_estimate_bps",
+            "A subscriber's downlink bandwidth estimate (bits/s).",
+            labels=["room", "subscriber"],
+        )
+        spent = GaugeMetricFamily(
+            "roundtable_downlink_allocated_bps",
+            "What the allocator forwards to a subscriber (bits/s, headers included).",
+            labels=["room", "subscriber"],
+        )
+        for router, _ in live:
+            for down in router.downlinks():
+                labels = [str(router.room_id), down.subscriber]
+                estimate.add_metric(labels, down.estimate_bps)
+                spent.add_metric(labels, down.sent_bps)
+        yield from (estimate, spent)
 
 
 def _le(bound: float) -> str:

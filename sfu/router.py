@@ -65,6 +65,15 @@ class LegInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DownlinkInfo:
+    """One subscriber's downlink as metrics show it: what the allocator may spend."""
+
+    subscriber: str
+    estimate_bps: float
+    sent_bps: float  # what the allocator chose to forward (headers included)
+
+
+@dataclass(frozen=True, slots=True)
 class TracksChanged:
     pid: str
 
@@ -274,6 +283,13 @@ class Router:
             for sub in self.subscribers.values()
             for leg in sub.video_legs()
             if leg.track is not None
+        ]
+
+    def downlinks(self) -> list[DownlinkInfo]:
+        """Every subscriber's downlink estimate (sfu.downlink) and what is spent of it."""
+        return [
+            DownlinkInfo(sub.pid, sub.estimate.bps, sub.estimate.sent_bps)
+            for sub in self.subscribers.values()
         ]
 
     def tracks(self, pid: str) -> list[TrackInfo]:

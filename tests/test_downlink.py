@@ -14,7 +14,9 @@ import asyncio
 
 import pytest
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
+from prometheus_client.registry import CollectorRegistry
 
+from server.metrics import MediaStatsCollector
 from sfu import downlink
 from sfu.allocator import Video, allocate
 from sfu.downlink import DownlinkEstimate
@@ -186,6 +188,16 @@ async def test_real_peers_feedback_reaches_the_estimate_and_opus_has_fec_and_dtx
         # aiortc's receiver runs its estimator on the abs-send-time we stamp: REMB.
         await wait_for(lambda: sub.estimate.remb is not None, timeout=15)
         await wait_for(lambda: len(sub.estimate._rr_last) >= 2, timeout=15)
+        # /metrics shows each subscriber's estimate and what is spent of it.
+        registry = CollectorRegistry()
+        collector = MediaStatsCollector()
+        collector.track(room.router)
+        registry.register(collector)
+        labels = {"room": str(room.router.room_id), "subscriber": "b"}
+        value = registry.get_sample_value("roundtable_downlink_estimate_bps", labels)
+        assert value == sub.estimate.bps
+        spent = registry.get_sample_value("roundtable_downlink_allocated_bps", labels)
+        assert spent is not None and spent > 0
     finally:
         await room.close()
 

@@ -118,6 +118,35 @@ class Server:
         values = [v for k, v in self.metrics().items() if k == name or k.startswith(name + "{")]
         return sum(values) if values else None
 
+    def leg_layers(self) -> dict[tuple[str, str], int]:
+        """``(subscriber, publisher) -> layer`` each video leg forwards now (-1: paused),
+        as the SFU's ``roundtable_video_leg_layer`` says."""
+        return {
+            (labels["subscriber"], labels["publisher"]): int(value)
+            for labels, value in self.labelled("roundtable_video_leg_layer")
+        }
+
+    def downlink_estimates(self) -> dict[str, float]:
+        """``subscriber -> bits/s`` the SFU believes that subscriber's link takes."""
+        return {
+            labels["subscriber"]: value
+            for labels, value in self.labelled("roundtable_downlink_estimate_bps")
+        }
+
+    def labelled(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Every sample of the metric ``name`` with its labels."""
+        out = []
+        for key, value in self.metrics().items():
+            if key.startswith(name + "{"):
+                inner = key[len(name) + 1 : -1]
+                labels = dict(
+                    (part.split("=", 1)[0], part.split("=", 1)[1].strip('"'))
+                    for part in inner.split(",")
+                    if "=" in part
+                )
+                out.append((labels, value))
+        return out
+
     def participants(self) -> int:
         """Participants the server holds (all states), from ``/metrics``."""
         return int(self._metric_sum("roundtable_participants") or 0)
@@ -290,6 +319,40 @@ async () => {
 """
 
 
+# Every inbound RTP stream of the page's subscribe connection, keyed
+# "participant:kind:ssrc" (mapped through the mid of the subscribe offer's track list).
+_INBOUND_RTP_JS = """
+async () => {
+  const rt = window.roundtable;
+  const pc = rt.pcs && rt.pcs.subscribe;
+  const out = {};
+  if (!pc) return out;
+  const map = rt.call ? rt.call.trackMap : new Map();
+  const stats = await pc.getStats();
+  stats.forEach((s) => {
+    if (s.type !== 'inbound-rtp') return;
+    const info = map.get(String(s.mid));
+    if (!info) return;
+    out[`${info.participant}:${s.kind}:${s.ssrc}`] = {
+      lost: s.packetsLost || 0, received: s.packetsReceived || 0,
+      width: s.frameWidth || 0, height: s.frameHeight || 0, frames: s.framesDecoded || 0,
+      keyframes: s.keyFramesDecoded || 0, dropped: s.framesDropped || 0,
+      freezes: s.freezeCount || 0, freezeSeconds: s.totalFreezesDuration || 0,
+      pli: s.pliCount || 0, nack: s.nackCount || 0,
+      concealed: s.concealedSamples || 0, samples: s.totalSamplesReceived || 0,
+      bytes: s.bytesReceived || 0, header: s.headerBytesReceived || 0,
+    };
+  });
+  return out;
+}
+"""
+
+
+async def inbound_rtp(browser: Browser) -> dict[str, dict[str, Any]]:
+    """What the page receives, per remote participant, kind and RTP stream (getStats)."""
+    return await browser.page.evaluate(_INBOUND_RTP_JS)
+
+
 async def remote_videos(browser: Browser) -> dict[str, dict[str, Any]]:
     return await browser.page.evaluate(_SAMPLE_JS)
 
@@ -438,7 +501,7 @@ async def axe_findings(
 
 
 async def launch_inside(
-    launch: Launch, ns: Any, name: str, server: Server, url: str
+    launch: Launch, ns: Any, name: str, server: Server, url: str, **kwargs: Any
 ) -> tuple[Browser, str]:
     """A Chromium in the child namespace ``ns`` (``tests.netns``) and ``url`` as it
     reaches ``server`` from there (the veth's outside address). Camera and microphone
@@ -450,5 +513,6 @@ async def launch_inside(
         name,
         executable=str(ns.wrapper(CHROMIUM, f"chromium-{name}")),
         args=[f"--unsafely-treat-insecure-origin-as-secure={outside}"],
+        **kwargs,
     )
     return browser, f"{outside}{parts.path}#{parts.fragment}"

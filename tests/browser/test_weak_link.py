@@ -30,6 +30,7 @@ from tests.browser.harness import (
     Browser,
     Launch,
     Server,
+    inbound_rtp,
     join,
     launch_inside,
     my_id,
@@ -68,34 +69,6 @@ def shape(ns: Netns, rate: str | None) -> None:
         *("qdisc", "replace", "dev", ns.outside_dev, "root", "tbf"),
         *("rate", rate, "burst", "6kb", "latency", "300ms"),
     )
-
-
-# Per remote participant and kind, from the page's subscribe connection.
-_INBOUND_JS = """
-async () => {
-  const rt = window.roundtable;
-  const pc = rt.pcs && rt.pcs.subscribe;
-  const out = {};
-  if (!pc) return out;
-  const map = rt.call ? rt.call.trackMap : new Map();
-  const stats = await pc.getStats();
-  stats.forEach((s) => {
-    if (s.type !== 'inbound-rtp') return;
-    const info = map.get(String(s.mid));
-    if (!info) return;
-    out[`${info.participant}:${s.kind}:${s.ssrc}`] = {
-      lost: s.packetsLost || 0, received: s.packetsReceived || 0,
-      width: s.frameWidth || 0, frames: s.framesDecoded || 0,
-      concealed: s.concealedSamples || 0, samples: s.totalSamplesReceived || 0,
-    };
-  });
-  return out;
-}
-"""
-
-
-async def inbound(browser: Browser) -> dict[str, dict[str, Any]]:
-    return await browser.page.evaluate(_INBOUND_JS)
 
 
 def audio_loss(before: dict[str, Any], after: dict[str, Any], pids: set[str]) -> float:
@@ -179,9 +152,9 @@ async def test_a_link_too_narrow_for_video_pauses_it_and_says_so_while_the_voice
     assert avatar == ["grid", "FB", True], avatar
     # The voice gets through while the video is paused (over a settled window).
     await asyncio.sleep(3)
-    before = await inbound(client)
+    before = await inbound_rtp(client)
     await asyncio.sleep(10)
-    after = await inbound(client)
+    after = await inbound_rtp(client)
     try:
         loss = audio_loss(before, after, {ids["caseworker"]})
     except AssertionError:
