@@ -256,10 +256,14 @@ def vp8_payload(pid: int, tl0: int, key: bool, start: bool, rid: str, n: int) ->
     return descriptor + bytes([0x01, 0x01, 0x00]) + bytes([n]) * 30
 
 
+LOST = ("h", 25, 1)  # (rid, picture, packet): never arrives (no leg is on h by then)
+REORDERED = ("m", 20)  # its two packets arrive swapped (no leg is on m by then)
+
+
 def layer_packets() -> list[bytes]:
     """Three layers, 30 pictures of two packets each, interleaved as they arrive; every
     layer's first packets carry its rid; picture ids and TL0PICIDX differ per layer (h's
-    wrap), key frames at different pictures per layer."""
+    wrap), key frames at different pictures per layer; one packet lost, two reordered."""
     from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
     from aiortc.rtcrtpparameters import RTCRtpParameters
     from aiortc.rtp import HeaderExtensionsMap
@@ -295,7 +299,10 @@ def layer_packets() -> list[bytes]:
                 )
                 if pic < 2:
                     packet.extensions.rtp_stream_id = rid
-                out.append(packet.serialize(ext))
+                if (rid, pic, part) != LOST:
+                    out.append(packet.serialize(ext))
+            if (rid, pic) == REORDERED:
+                out[-2:] = out[-1:-3:-1]
     return out
 
 
@@ -305,13 +312,15 @@ async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python(
     register their SSRCs once bound by rid, key frames still come to Python): two legs
     that switch layers at key frames send the subscriber the same packets, with the same
     sequence numbers, payloads and picture ids (continuous across the switches), and
-    timestamps that differ only by the wall-clock the switch's rebase reads."""
+    timestamps that differ only by the wall-clock the switch's rebase reads; and every
+    layer's receive statistics and NACK state (one generator per SSRC) end the same."""
     import random
     import socket
     import time
 
     from aiortc import RTCPeerConnection
-    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack
     from pylibsrtp import Policy, Session
 
     from sfu import _fastpath
@@ -321,7 +330,6 @@ async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python(
     from sfu.stats import RoomStats
 
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
-    codecs = {96: vp8}
     sender_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     pcs: list[RTCPeerConnection] = []
     sinks: list[socket.socket] = []
@@ -329,16 +337,20 @@ async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python(
     class Dtls:  # what a route checks: the DTLS transport still connected
         _state = "connected"
 
-    def path(c_path: bool) -> tuple[Layers, list[Leg], Any]:
+    async def path(c_path: bool) -> tuple[Layers, list[Leg], Any, Any]:
         stats = RoomStats()
         pc = RTCPeerConnection()
         pcs.append(pc)
         receiver = pc.addTransceiver("video", direction="recvonly").receiver
         layers = Layers("t", "pub", receiver, RIDS, stats, 0.0)
-        layers.set_codecs([vp8])
-        inbound = None
+        # as sfu.publisher does: the layers' tap plus aiortc's receive accounting
+        hooks.tap_receiver(receiver, layers.tap, layers.set_codecs)
+        receiver._track = RemoteStreamTrack(kind="video")  # as a remote description would
+        await receiver.receive(RTCRtpReceiveParameters(codecs=[vp8]))
+        handle = getattr(receiver, hooks._RTP_HANDLER)
+        inbound = handle
         if c_path:
-            inbound = _fastpath.Inbound(lambda p, ms: layers.tap(p, codecs))
+            inbound = _fastpath.Inbound(handle)
             setattr(receiver.transport, hooks._INBOUND, inbound)
         legs = []
         random.seed(5)  # the same random first sequence number and timestamp per path
@@ -363,10 +375,10 @@ async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python(
             )
             leg.follow(layers, view)
             legs.append(leg)
-        return layers, legs, inbound
+        return layers, legs, inbound, receiver
 
-    py_layers, py_legs, _ = path(False)
-    c_layers, c_legs, inbound = path(True)
+    py_layers, py_legs, py_in, py_receiver = await path(False)
+    c_layers, c_legs, c_in, c_receiver = await path(True)
     try:
         for n, data in enumerate(layer_packets()):
             pic = n // 6
@@ -380,13 +392,24 @@ async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python(
                 for leg in (py_legs[1], c_legs[1]):
                     leg.set_cap(0)
             now = time.perf_counter_ns()
-            for call in (lambda p: py_layers.tap(p, codecs), lambda p: inbound(p, 0)):
+            for call in (py_in, c_in):
                 packet = _fastpath.parse_rtp(data, 0, 0, 7, 0)
                 packet.arrival_ns = now
-                call(packet)
-        # the C path took the layers' packets but their first ones and key frames
+                call(packet, 3_900_000_000_000 + n)
+        # the C path took the layers' packets but their first ones, key frames, and
+        # what follows a gap; the accounting of each layer's SSRC is the same
         taken = sum(f._inbound.counts[0] for f in c_layers.layers)
         assert taken > 100 and sum(f._inbound.counts[0] for f in py_layers.layers) == 0
+        streams = [r._RTCRtpReceiver__remote_streams for r in (py_receiver, c_receiver)]
+        nack_for = [getattr(r, hooks._ACCOUNT)[1] for r in (py_receiver, c_receiver)]
+        fields = ("base_seq", "max_seq", "cycles", "packets_received", "_last_timestamp")
+        for ssrc in (0x1111, 0x2222, 0x3333):
+            a, b = (s[ssrc] for s in streams)
+            assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+            assert a.packets_lost == b.packets_lost == (1 if ssrc == 0x3333 else 0)
+            na, nb = (n(ssrc) for n in nack_for)
+            assert (na.max_seq, na.missing) == (nb.max_seq, nb.missing)
+            assert len(na.missing) == (1 if ssrc == 0x3333 else 0)
         got = []
         for sink in sinks:
             rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
