@@ -93,8 +93,14 @@ class DownlinkEstimate:
         self.sent_bps = 0.0  # what the legs actually sent lately (set by the allocator)
         # What is sent without abs-send-time (audio): Chromium's REMB does not count it.
         self.unstamped_bps = 0.0
+        # When the subscriber's browser last sent any RTCP (its own clock; None: never):
+        # it is still there (Router.silence), whatever its signalling says.
+        self.heard_at: float | None = None
 
     # -- feedback ------------------------------------------------------------------
+
+    def heard(self) -> None:
+        self.heard_at = self._clock()
 
     def on_remb(self, bps: int) -> None:
         now = self._clock()

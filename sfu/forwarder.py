@@ -752,6 +752,7 @@ class Leg:
         feedback = self._feedback
         if feedback is None:
             return
+        feedback.heard()
         if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
             for report in packet.reports:
                 if report.ssrc == self._ssrc:

@@ -302,6 +302,26 @@ class Router:
             if f.ready
         ]
 
+    def silence(self, pid: str) -> float | None:
+        """Seconds since anything last came from ``pid``'s browser over the media: RTP
+        of any track it publishes, RTCP on the connection it receives on. ``None``: never
+        (no media yet). Media keeps coming from a browser whose page is too busy to
+        answer signalling pings, and stops at once when its network goes: the control
+        plane uses this to tell a cut from a slow page."""
+        ages: list[float] = []
+        publisher = self.publishers.get(pid)
+        if publisher is not None:
+            latest = max(
+                (layer.last_ns for fwd in publisher.forwarders.values() for layer in fwd.layers),
+                default=0,
+            )
+            if latest:
+                ages.append((time.perf_counter_ns() - latest) / 1e9)
+        subscriber = self.subscribers.get(pid)
+        if subscriber is not None and subscriber.estimate.heard_at is not None:
+            ages.append(time.monotonic() - subscriber.estimate.heard_at)
+        return max(0.0, min(ages)) if ages else None
+
     async def remove(self, pid: str) -> None:
         """Drop everything of ``pid``: its media stops reaching anyone at once."""
         publisher = self.publishers.pop(pid, None)

@@ -56,6 +56,8 @@ class MediaRouter(Protocol):
 
     def tracks(self, pid: str) -> Sequence[Any]: ...
 
+    def silence(self, pid: str) -> float | None: ...
+
 
 class SignalKind(StrEnum):
     TRACKS_CHANGED = "tracks_changed"

@@ -67,6 +67,13 @@ def handshake_limit(joins_per_minute: int) -> int:
 # Shared state out of reach (Redis down): a join is refused ``unavailable`` at once.
 UNREACHABLE = (RoutingUnavailable, RedisConnectionError, RedisTimeoutError, ConnectionError)
 
+# Signalling liveness (docs/protocol.md, "Reconnecting"): see make_server.
+PING_INTERVAL = 1.5  # s between engine.io pings
+PING_TIMEOUT = 10.0  # s engine.io waits for a pong: a page that stays silent this long
+LATE_PONG = 2.0  # s a pong may be late before the media is asked whether the page is there
+MEDIA_QUIET = 2.0  # s without RTP/RTCP from the browser that, with a late pong, is a cut
+LIVENESS_EVERY = 0.5  # s between checks
+
 # engine.io's disconnect reasons that mean the network, not the page, ended a connection.
 _NETWORK_LOST = frozenset(
     {engineio.AsyncServer.reason.PING_TIMEOUT, engineio.AsyncServer.reason.TRANSPORT_ERROR}
@@ -81,7 +88,7 @@ class SocketLimits:
     # An Engine.IO socket must send its namespace CONNECT (with a token) this soon, and
     # one address may hold this many sockets that have not: legitimate pages connect
     # within milliseconds, a descriptor-exhaustion attack holds them open.
-    # Below the ping timeout (1.5 + 2.5 s, plus the 1 s sweep), so a silent socket is
+    # Below the ping timeout (1.5 + 10 s, plus the 1 s sweep), so a silent socket is
     # always closed as unauthenticated.
     unauthenticated_seconds: float = 2.5
     unauthenticated_per_address: int = UNAUTHENTICATED_PER_ADDRESS
@@ -127,10 +134,14 @@ def make_server(
         # clear `payload_too_large` from us instead of a dropped transport.
         max_http_buffer_size=4 * MAX_SDP_BYTES,
         # A vanished client (laptop lid closed, network gone) is noticed within 4 s
-        # (engine.io's default: 45 s), so the others see "reconnecting" at once; the
-        # seat and media stay for the reconnect grace, so noticing early costs nothing.
-        ping_interval=1.5,
-        ping_timeout=2.5,
+        # (engine.io's default: 45 s), so the others see "reconnecting" at once: a ping
+        # every 1.5 s, and SignalingSocket's liveness watch closes a connection whose
+        # pong is LATE_PONG overdue *and* whose browser the SFU has not heard for
+        # MEDIA_QUIET. engine.io's own timeout is long: a page too busy to answer pings
+        # (a loaded machine: 2.5 s cost browser tests their signalling at load 25+)
+        # still sends media, and that is no cut.
+        ping_interval=PING_INTERVAL,
+        ping_timeout=PING_TIMEOUT,
         logger=False,
         engineio_logger=False,
     )
@@ -190,6 +201,7 @@ class SignalingSocket:
         self._chat = Chat(hub)
         # Drops that must follow an ack (``room.end``); cancelled at shutdown.
         self._tasks: set[asyncio.Task[None]] = set()
+        self._liveness: asyncio.Task[None] | None = None  # runs while anyone is connected
         self.sio = notifier.sio
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
@@ -303,7 +315,38 @@ class SignalingSocket:
         self._connections[sid] = _Connection(
             participant, TokenBucket(self._limits.events_per_second, self._limits.event_burst)
         )
+        self._watch_liveness()
         self._hub.spawn_for(participant, self._welcome(sid, participant))
+
+    def _watch_liveness(self) -> None:
+        if self._liveness is None or self._liveness.done():
+            self._liveness = asyncio.get_running_loop().create_task(self._liveness_loop())
+
+    async def _liveness_loop(self) -> None:
+        """Tell a cut from a busy page: a connection whose pong is late and whose browser
+        sends no media either is closed as lost (the participant is 'reconnecting' for
+        the others within about 4 s); a late pong alone waits for engine.io's timeout.
+        Ends when nobody is connected."""
+        while self._connections:
+            await asyncio.sleep(LIVENESS_EVERY)
+            for sid, conn in list(self._connections.items()):
+                try:
+                    late = self.sio.pong_overdue(sid)
+                    if late < LATE_PONG:
+                        continue
+                    quiet = self._hub.media_silence(conn.participant)
+                    if quiet is None or quiet < MEDIA_QUIET:
+                        continue
+                    log.info(
+                        "connection %s of %s: pong %.1f s late, no media for %.1f s: lost",
+                        sid,
+                        conn.participant.id,
+                        late,
+                        quiet,
+                    )
+                    await self.sio.close_lost(sid)
+                except Exception:
+                    log.exception("liveness check of %s failed", sid)
 
     def _resumed(
         self, sid: str, environ: dict[str, Any], participant: Participant, previous: str
@@ -317,6 +360,7 @@ class SignalingSocket:
             if old is not None
             else TokenBucket(self._limits.events_per_second, self._limits.event_burst),
         )
+        self._watch_liveness()
         if old is not None and previous != sid:
             # The server had not noticed the old connection drop yet: close it quietly
             # (its disconnect finds no participant any more).
@@ -550,6 +594,9 @@ class SignalingSocket:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._liveness is not None:
+            self._liveness.cancel()
+            await asyncio.gather(self._liveness, return_exceptions=True)
         await self.sio.stop_sweeping()
         # Never a bare disconnect: the page says why, and reconnects (to another node
         # of a cluster, or to this one when it is back).

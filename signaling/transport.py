@@ -207,13 +207,28 @@ class HardenedServer(socketio.AsyncServer):
                 self._on_limit("unauthenticated_timeout")
                 await self.close_engine_socket(eio_sid)
 
-    async def close_engine_socket(self, eio_sid: str) -> None:
+    def pong_overdue(self, sid: str) -> float:
+        """Seconds the client of Socket.IO connection ``sid`` owes us a pong (0: none
+        owed). engine.io sets ``last_ping`` when it sends a ping and clears it on the pong."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, "/")
+        eio_socket = self.eio.sockets.get(eio_sid) if eio_sid else None
+        last_ping = getattr(eio_socket, "last_ping", None)
+        return max(0.0, time.time() - last_ping) if last_ping else 0.0
+
+    async def close_lost(self, sid: str) -> None:
+        """Close connection ``sid`` as engine.io does when its client stopped answering
+        pings (reason ``PING_TIMEOUT``: the participant is 'reconnecting', not gone)."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid:
+            await self.close_engine_socket(eio_sid, reason=self.eio.reason.PING_TIMEOUT)
+
+    async def close_engine_socket(self, eio_sid: str, reason: Any = None) -> None:
         """Close one Engine.IO socket without waiting for a client that may be gone."""
         eio_socket = self.eio.sockets.pop(eio_sid, None)
         if eio_socket is None:
             return
         try:
-            await eio_socket.close(wait=False)
+            await eio_socket.close(wait=False, reason=reason)
         except Exception:
             log.debug("closing engine.io socket %s failed", eio_sid, exc_info=True)
         # engine.io's own "writer, stop" marker: the websocket closes now.

@@ -245,6 +245,14 @@ class Negotiator:
         if live.router is not None and participant.admitted:
             live.router.restart_ice(participant.id)
 
+    def media_silence(self, participant: Participant) -> float | None:
+        """Seconds since the SFU last heard from this participant's browser (RTP it
+        publishes, RTCP of what it receives); ``None``: no media to tell by."""
+        live = self._rooms.get(participant.claims.room)
+        if live is None or live.router is None:
+            return None
+        return live.router.silence(participant.id)
+
     def set_view(self, participant: Participant, tiles: list[dict[str, Any]]) -> None:
         """The page's tiles: the SFU sends hidden ones nothing and small ones a small
         layer. Ids of people not in the room are ignored (the page may lag a roster)."""
