@@ -26,6 +26,11 @@ const QUALITY_EVERY_MS = 3000;
 const RECONNECT = { reconnectionDelay: 400, reconnectionDelayMax: 1500, randomizationFactor: 0.3 };
 // Engine.IO's own reasons for a connection lost to the network (not closed by the server).
 const NETWORK_LOST = new Set(["ping timeout", "transport close", "transport error"]);
+// The server pings every 1.5 s but waits 10 s for the pong (a busy page is no cut; see
+// signaling/socket.py). The page tells a cut itself the same way the server does: a
+// ping this late *and* a media connection that stopped receiving (ICE "disconnected").
+const PING_LATE_MS = 3500;
+const LIVENESS_EVERY_MS = 500;
 
 export class CallError extends Error {
   constructor(code, message) {
@@ -120,7 +125,12 @@ export class Call extends EventTarget {
       this._hops = 0;
       this._transportFailures = 0;
       this.droppedAt = null;
+      this._pingAt = Date.now();
     });
+    socket.io.on("ping", () => {
+      this._pingAt = Date.now();
+    });
+    this._watchLiveness();
     socket.on("connect_error", (err) => {
       const data = err && err.data;
       if (socket !== this.socket || this.leaving) return;
@@ -216,7 +226,9 @@ export class Call extends EventTarget {
     socket.on("disconnect", (reason) => {
       if (socket !== this.socket) return;
       console.info("roundtable: signalling disconnected:", reason);
-      if (!this.leaving && !this._moving && NETWORK_LOST.has(reason)) {
+      const cut = this._cut;
+      this._cut = false;
+      if (!this.leaving && !this._moving && (NETWORK_LOST.has(reason) || cut)) {
         // The network went: keep both peer connections, the server keeps our seat and
         // media for the reconnect grace; on the way back we restart ICE.
         this.droppedAt = Date.now();
@@ -238,6 +250,26 @@ export class Call extends EventTarget {
         this._emit("reconnecting", { reason });
       }
     });
+  }
+
+  /**
+   * A network cut, told quickly without a short ping timeout: no ping for PING_LATE_MS
+   * while a media connection has stopped receiving. Then the signalling is closed as
+   * lost, and socket.io reconnects (resume) as after a ping timeout.
+   */
+  _watchLiveness() {
+    if (this._livenessTimer) return;
+    this._livenessTimer = setInterval(() => {
+      const socket = this.socket;
+      if (!socket || !socket.connected || this.leaving || !this._pingAt) return;
+      if (Date.now() - this._pingAt < PING_LATE_MS) return;
+      const legs = [this.pcs.publish, this.pcs.subscribe].filter(Boolean);
+      const stalled = legs.some((pc) => ["disconnected", "failed"].includes(pc.iceConnectionState));
+      if (!stalled) return;
+      console.info("roundtable: no ping and no media: the network is gone");
+      this._cut = true;
+      socket.io.engine.close();
+    }, LIVENESS_EVERY_MS);
   }
 
   _here() {
