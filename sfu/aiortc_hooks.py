@@ -48,6 +48,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_RTPFB_NACK,
+    RTP_HISTORY_SIZE,
     HeaderExtensions,
     HeaderExtensionsMap,
     RtcpPsfbPacket,
@@ -196,6 +197,8 @@ def check_compatible() -> None:
         (NackGenerator, ["max_seq", "missing"]),
     ):
         problems += [f"{cls.__name__}.{a}" for a in attrs if not _init_assigns(cls, a)]
+    if RTP_HISTORY_SIZE != _fastpath.NACK_HISTORY:
+        problems.append("aiortc RTP_HISTORY_SIZE (NackGenerator.truncate)")
     if "transport_sequence_number" not in HeaderExtensionsMap.configure.__code__.co_names:
         problems.append("aiortc HeaderExtensionsMap transport-cc")
     if not callable(getattr(RemoteBitrateEstimator, "add", None)) or not callable(

@@ -167,6 +167,9 @@ PyObject *fp_fanout(PyObject *legs, PyObject *payload, int marker, uint32_t seq,
 
 /* ---- inbound.c -------------------------------------------------------------------- */
 
+/* aiortc.rtp.RTP_HISTORY_SIZE: how far behind the newest packet NackGenerator keeps a
+ * missing one (module constant NACK_HISTORY, checked by sfu.aiortc_hooks) */
+#define FP_NACK_HISTORY 128
 extern PyTypeObject InboundType, TrackType;
 int fp_inbound_init_names(void);
 

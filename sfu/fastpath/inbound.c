@@ -17,7 +17,9 @@
  *   frame, and the layer's other packets stay here;
  * - the receiver is enabled, its stream statistics already exist, and the packet is
  *   newer than the last (no reordering), and, where NACKs are negotiated, it is exactly
- *   the next sequence number with nothing missing (so no NACK can be due).
+ *   the next sequence number (so no NACK can be due; packets still missing from an
+ *   earlier loss are aged here as NackGenerator.truncate does, their repair, RTX, comes
+ *   through Python).
  *
  * Then it does what the Python path does, with the same results: aiortc's
  * StreamStatistics fields (the same object, updated in its __dict__ as
@@ -318,8 +320,40 @@ static int nack_allows(Track *t, uint32_t seq)
     long long max_seq;
     if (dict_ll(*dp, s_max_seq, &max_seq) <= 0 || (uint32_t)((max_seq + 1) & 0xFFFF) != seq)
         return 0;
+    /* Packets still missing (a loss not yet repaired) do not stop the next one: it adds
+     * nothing to the set, and nack_truncate() ages it as NackGenerator.add would. */
     PyObject *missing = PyDict_GetItemWithError(*dp, s_missing);
-    return missing && PySet_Check(missing) && PySet_GET_SIZE(missing) == 0;
+    return missing && PySet_Check(missing);
+}
+
+/* NackGenerator.truncate once max_seq is seq: forget the missing packets more than
+ * FP_NACK_HISTORY behind it (aiortc 1.16). 0, or -1 with an exception set. */
+static int nack_truncate(PyObject *d, uint32_t seq)
+{
+    PyObject *missing = PyDict_GetItemWithError(d, s_missing);
+    if (!missing)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PySet_Check(missing) || PySet_GET_SIZE(missing) == 0)
+        return 0;
+    uint32_t min_seq = (seq - FP_NACK_HISTORY) & 0xFFFF;
+    PyObject *old = PyList_New(0), *it = old ? PyObject_GetIter(missing) : NULL, *item;
+    if (!it) {
+        Py_XDECREF(old);
+        return -1;
+    }
+    while ((item = PyIter_Next(it))) {
+        long v = PyLong_AsLong(item);
+        int stale = v >= 0 && uint16_gt(min_seq, (uint32_t)v);
+        int r = (v == -1 && PyErr_Occurred()) ? -1 : stale ? PyList_Append(old, item) : 0;
+        Py_DECREF(item);
+        if (r < 0)
+            break;
+    }
+    Py_DECREF(it);
+    for (Py_ssize_t i = 0; !PyErr_Occurred() && i < PyList_GET_SIZE(old); i++)
+        PySet_Discard(missing, PyList_GET_ITEM(old, i));
+    Py_DECREF(old);
+    return PyErr_Occurred() ? -1 : 0;
 }
 
 /* StreamStatistics.add for an in-order packet (aiortc 1.16). */
@@ -487,7 +521,7 @@ static int Inbound_take(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms)
         return -1;
     if (t->nack) {
         PyObject **dp = _PyObject_GetDictPtr(t->nack);
-        if (dp && *dp && dict_set_ll(*dp, s_max_seq, seq) < 0)
+        if (dp && *dp && (dict_set_ll(*dp, s_max_seq, seq) < 0 || nack_truncate(*dp, seq) < 0))
             return -1;
     }
     return 1;

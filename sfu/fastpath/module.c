@@ -59,7 +59,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         PyModule_AddObject(m, "Inbound", Py_NewRef(&InboundType)) < 0 ||
         PyModule_AddObject(m, "Arrivals", Py_NewRef(&ArrivalsType)) < 0 ||
         PyModule_AddObject(m, "RxFlow", Py_NewRef(&RxFlowType)) < 0 ||
-        PyModule_AddObject(m, "RxTally", Py_NewRef(&RxTallyType)) < 0) {
+        PyModule_AddObject(m, "RxTally", Py_NewRef(&RxTallyType)) < 0 ||
+        PyModule_AddIntConstant(m, "NACK_HISTORY", FP_NACK_HISTORY) < 0) {
         Py_DECREF(m);
         return NULL;
     }
