@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from . import link as link_mod
 from . import report as report_mod
 from .generator import Scenario
 from .media import (
@@ -35,6 +36,8 @@ examples:
       --json bench-out/bench.json --plot bench-out/bench.png
   roundtable-bench --local --baseline --rooms 4 --participants 3 --duration 15
   roundtable-bench --local --compare-simulcast --rooms 10 --participants 3 --duration 20
+  unshare -n sh -c 'ip link set lo up && roundtable-bench --local --simulcast --rooms 2 \
+      --duration 30 --link 300kbit,,2% --link-subscribers 1 --link-until 20 --plot out.png'
   roundtable-bench --local --find-capacity --rooms 5 --capacity-step 5 --duration 10
   roundtable-bench --local --find-capacity --server-workers 1,2 --workers 2
   roundtable-bench --url https://talk.example.org --api-key KEY --secret SECRET \\
@@ -162,6 +165,48 @@ def parser() -> argparse.ArgumentParser:
         "0.5 encodes faster for a quick run)",
     )
     load.add_argument(
+        "--link",
+        metavar="RATE[,DELAY][,LOSS]",
+        help="put --link-subscribers subscribers (the client of the first rooms) behind a "
+        "shaped downlink, e.g. 300kbit or 300kbit,100ms,2%%: each in a network namespace of "
+        "its own on a veth pair, RATE by tc tbf on the bench's end (media and signalling "
+        "alike), LOSS by nftables numgen in its namespace, DELAY only where the kernel has "
+        "the netem qdisc (this is checked; without netem a delay is refused, not faked). "
+        "The uplink is not shaped. Needs root in the bench's own network namespace "
+        "(unshare -n) with ip, tc, nft, nsenter and unshare; --local only. The report gives "
+        "per shaped subscriber its audio loss, the layer it received of each publisher over "
+        "time and the SFU's estimate of its link (and --plot draws them)",
+    )
+    load.add_argument(
+        "--link-subscribers",
+        type=int,
+        default=1,
+        help="with --link: how many subscribers are shaped, one per room from the first "
+        "(default 1)",
+    )
+    load.add_argument(
+        "--link-from",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --link: put the shaping on this many seconds into the measurement window "
+        "(default 0: at its start; everyone joins over unshaped links, as in the browser test)",
+    )
+    load.add_argument(
+        "--link-before-join",
+        action="store_true",
+        help="with --link: shape from before anyone joins instead (the shaped participant's "
+        "signalling may drop while the SFU still sends at its initial estimate; it "
+        "reconnects with its resume secret like the page)",
+    )
+    load.add_argument(
+        "--link-until",
+        type=float,
+        metavar="SECONDS",
+        help="with --link: lift the shaping this many seconds into the measurement window "
+        "(the timeline then shows the climb back)",
+    )
+    load.add_argument(
         "--aiortc-publisher",
         action="store_true",
         help="publish through aiortc's RTCRtpSender (packetised per frame, sent from Python) "
@@ -179,7 +224,11 @@ def parser() -> argparse.ArgumentParser:
 
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    out.add_argument("--plot", metavar="FILE", help="write a PNG: latency per room, CPU over time")
+    out.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="write a PNG: latency per room, CPU over time (with --link: each shaped subscriber's layers, estimate and audio loss over time)",
+    )
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     out.add_argument(
         "--no-floor",
@@ -347,6 +396,10 @@ def _scenario_dict(args: argparse.Namespace, rooms: int, media: Any = None) -> d
         "publisher": "aiortc" if args.aiortc_publisher else "c",
         "local": args.local,
         "cpus": os.cpu_count(),
+        "link": args.link,
+        "link_subscribers": args.link_subscribers if args.link else 0,
+        "link_until_s": args.link_until,
+        "link_from_s": None if args.link_before_join else args.link_from,
     }
 
 
@@ -411,12 +464,38 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
     server_cpu, gen_cpu = cpu_plan() if args.local and not args.no_pin else (None, None)
     max_rooms = args.capacity_max_rooms if args.find_capacity else args.rooms
     servers = []
+    links = None
+    seats: tuple[tuple[int, int, str, str], ...] = ()
+    server_host = "127.0.0.1"
+    if args.link:
+        # the namespaces first: the server must listen where they can reach it
+        links = link_mod.create(
+            link_mod.parse_link(args.link), args.link_subscribers, shaped=args.link_before_join
+        )
+        server_host = args.media_host = link_mod.LINK_HOST
+        from sfu import aiortc_hooks
+
+        aiortc_hooks.use_media_host(args.media_host)
+        seat = 1 if args.participants > 1 else 0  # the client, at home on a weak line
+        seats = tuple((r, seat, sh.netns, sh.inside_ip) for r, sh in enumerate(links.shaped))
+        if progress:
+            print(
+                f"link {links.spec}: {len(links.shaped)} subscriber(s) shaped "
+                f"(tc tbf{' + netem' if links.spec.delay_ms else ''}"
+                f"{' + nftables loss' if links.spec.loss_pct and not links.spec.delay_ms else ''})",
+                file=sys.stderr,
+            )
     try:
         if args.compare_ports:
             url = api_key = secret = pid = None  # a server per round, started below
         elif args.local:
             sfu = await start_local(
-                "sfu", args.media_host, args.participants, server_cpu, workers=workers
+                "sfu",
+                args.media_host,
+                args.participants,
+                server_cpu,
+                workers=workers,
+                host=server_host,
             )
             servers.append(sfu)
             scrape_urls[sfu.url] = sfu.metrics_url
@@ -445,6 +524,7 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
                 aiortc_publisher=args.aiortc_publisher,
                 view=args.view if used.layers else None,
                 layer_sizes=_sizes(used),
+                links=seats,
             )
 
         async def one(
@@ -469,6 +549,9 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
                 gen_cpu,
                 progress=progress,
                 warmup=args.warmup,
+                links=links,
+                link_until=args.link_until,
+                link_from=None if args.link_before_join else args.link_from,
             )
             floor = None
             if args.local and not args.no_floor:
@@ -504,6 +587,8 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for s in servers:
             await s.stop()
+        if links is not None:
+            links.close()
 
 
 def _sizes(media: EncodedMedia) -> tuple[tuple[int, int], ...]:
@@ -751,6 +836,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error("--simulcast needs video (not --audio-only)")
     if (args.simulcast or args.compare_simulcast) and args.aiortc_publisher:
         parser().error("--simulcast sends from the C publisher (aiortc cannot send simulcast)")
+    if args.link:
+        try:
+            spec = link_mod.parse_link(args.link)
+        except ValueError as exc:
+            parser().error(str(exc))
+        if not args.local or args.server_workers or args.compare_ports or args.baseline:
+            parser().error("--link needs --local (one server) and no --baseline/--compare-ports")
+        if args.link_subscribers > args.rooms:
+            parser().error("--link-subscribers: at most one per room (--rooms)")
+        try:
+            link_mod.preflight(spec)
+        except link_mod.LinkError as exc:
+            print(f"roundtable-bench: {exc}", file=sys.stderr)
+            return 2
+    elif args.link_until is not None or args.link_before_join:
+        parser().error("--link-until/--link-before-join need --link")
     if not 0.1 <= args.simulcast_scale <= 1.0:
         parser().error("--simulcast-scale must be between 0.1 and 1")
     if args.rooms < 1 or args.participants < 1 or args.duration <= 0:
@@ -763,6 +864,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     aiortc_hooks.use_media_host(args.media_host)
     try:
         return asyncio.run(_run(args))
+    except link_mod.LinkError as exc:
+        print(f"roundtable-bench: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

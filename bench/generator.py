@@ -19,12 +19,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from .link import NetnsLoop, gather_per_thread
 from .media import EncodedMedia
 from .participant import SyntheticParticipant, Window
 
 log = logging.getLogger(__name__)
 
 ROLES = ("caseworker", "client")
+SAMPLE_EVERY_S = 0.5  # shaped participants' timelines (--link)
 PARTNER_GRANTS = ("publish", "subscribe", "audio", "video", "see_client")
 
 
@@ -46,6 +48,9 @@ class Scenario:
     # (bench.participant.VIEWS) and the layers' sizes, low → high
     view: str | None = None
     layer_sizes: tuple[tuple[int, int], ...] = ()
+    # --link: (room index, participant index, namespace path, its address) of each
+    # participant that joins from behind a shaped link (bench.link)
+    links: tuple[tuple[int, int, str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -89,6 +94,23 @@ class Generator:
         self.window = Window()
         self.report = report  # callable(tuple)
         self._http: aiohttp.ClientSession | None = None
+        self._shaped_loops: list[NetnsLoop] = []
+        self.window_t0 = 0.0
+
+    def shaped(self) -> list[SyntheticParticipant]:
+        return [p for room in self.rooms for p in (room.participants or []) if p.shaped]
+
+    def sample_shaped(self) -> None:
+        """One point of each shaped participant's timeline: what it has received of
+        each publisher's audio and video so far in the window (bench.report turns the
+        differences between points into rates and loss per interval)."""
+        t = round(time.monotonic() - self.window_t0, 2)
+        for p in self.shaped():
+            point = []
+            for f in list(p.rx.flows.values()):
+                exp = f.rtp_last - f.rtp_first + 1 if f.rtp_first is not None else 0
+                point.append([f.publisher, f.kind, f.w_packets, exp, f.w_bytes])
+            p.timeline.append([t, point])
 
     async def join_all(self) -> None:
         connector = aiohttp.TCPConnector(ssl=None if self.s.tls_verify else False)
@@ -122,8 +144,7 @@ class Generator:
             room.room_id = body["room"]
             tokens = [_token_from(body["caseworker_url"]), _token_from(body["client_url"])]
             for i in range(min(2, s.participants)):
-                p = self._participant(tokens[i], ROLES[i], room, i)
-                await p.join(t0)
+                await self._join(tokens[i], ROLES[i], room, i, t0)
                 self.report(("joined", 1))
                 if s.join_pacing:
                     await asyncio.sleep(s.join_pacing)
@@ -132,9 +153,7 @@ class Generator:
                 for i in range(2, s.participants):
                     t1 = time.monotonic_ns()
                     token, via = await self._invite(room.room_id, tokens[0], i - 1)
-                    p = self._participant(token, "partner", room, i)
-                    p.via = via
-                    await p.join(t1)
+                    await self._join(token, "partner", room, i, t1, via)
                     self.report(("joined", 1))
                     if s.join_pacing:
                         await asyncio.sleep(s.join_pacing)
@@ -165,7 +184,32 @@ class Generator:
                 raise RuntimeError(f"POST invites: {resp.status} {await resp.text()}")
         return partner_token(self.s.secret, room_id, n), "token"
 
-    def _participant(self, token: str, role: str, room: RoomRun, i: int) -> SyntheticParticipant:
+    async def _join(
+        self, token: str, role: str, room: RoomRun, i: int, t0: int, via: str = "room"
+    ) -> SyntheticParticipant:
+        """A participant joined; from behind its shaped link if --link chose its seat
+        (then it lives on an event loop of its own, in a thread inside its namespace)."""
+        seat = next((x for x in self.s.links if x[0] == room.index and x[1] == i), None)
+        if seat is None:
+            p = self._participant(token, role, room, i)
+            p.via = via
+            await p.join(t0)
+            return p
+        runner = NetnsLoop(seat[2], seat[3], name=f"bench-shaped-{room.index}-{i}")
+        self._shaped_loops.append(runner)
+
+        async def make() -> SyntheticParticipant:
+            return self._participant(token, role, room, i, shaped=True)
+
+        p = await runner.run(make())
+        p.via = via
+        p.runner = runner
+        await runner.run(p.join(t0))
+        return p
+
+    def _participant(
+        self, token: str, role: str, room: RoomRun, i: int, shaped: bool = False
+    ) -> SyntheticParticipant:
         p = SyntheticParticipant(
             self.s.url,
             token,
@@ -176,8 +220,11 @@ class Generator:
             audio_only=self.s.audio_only,
             tls_verify=self.s.tls_verify,
             aiortc_publisher=self.s.aiortc_publisher,
-            view=self.s.view,
+            # behind a link: tiles as big as the top layer, so the layer it gets is the
+            # allocator's choice for its bandwidth, not its view's
+            view="h" if shaped and self.s.view else self.s.view,
             layer_sizes=self.s.layer_sizes,
+            shaped=shaped,
         )
         assert room.participants is not None
         room.participants.append(p)
@@ -250,6 +297,9 @@ class Generator:
                             "errors": p.errors[:5],
                             "sent_frames": p.sent_frames,
                             "send_drops": p.send_drops,
+                            "shaped": p.shaped,
+                            "reconnects": p.reconnects,
+                            "timeline": p.timeline,
                         }
                         for p in people
                     ],
@@ -263,7 +313,12 @@ class Generator:
 
     async def close(self) -> None:
         people = [p for room in self.rooms for p in (room.participants or [])]
-        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
+        await asyncio.gather(
+            *(p.runner.run(p.close()) if p.runner else p.close() for p in people),
+            return_exceptions=True,
+        )
+        for runner in self._shaped_loops:
+            runner.stop()
         if self._http is not None:
             await self._http.close()
 
@@ -284,10 +339,17 @@ async def run(
                 break
             await asyncio.sleep(0.02)
         gen.window.active = True
-        t0 = time.monotonic()
+        t0 = gen.window_t0 = time.monotonic()
+        shaped = bool(gen.shaped())
+        next_sample = t0
         # multiprocessing events cannot be awaited; poll them (bounded by the coordinator).
         while not stop.is_set() and os.getppid() == parent:  # noqa: ASYNC110
+            if shaped and time.monotonic() >= next_sample:
+                gen.sample_shaped()
+                next_sample += SAMPLE_EVERY_S
             await asyncio.sleep(0.02)
+        if shaped:
+            gen.sample_shaped()
         gen.window.active = False
         report(("result", gen.results(time.monotonic() - t0)))
     except Exception as exc:
@@ -316,4 +378,6 @@ def process_main(
 
     # aioice skips loopback; the synthetic peers gather on the media host like the server.
     aiortc_hooks.use_media_host(scenario.media_host)
+    if scenario.links:
+        gather_per_thread()  # those behind a link gather on their namespace's address
     asyncio.run(run(scenario, room_indices, queue.put, start, stop))

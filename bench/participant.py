@@ -145,6 +145,7 @@ class SyntheticParticipant:
         aiortc_publisher: bool = False,
         view: str | None = None,
         layer_sizes: tuple[tuple[int, int], ...] = (),
+        shaped: bool = False,
     ) -> None:
         self.url = url
         self.token = token
@@ -160,6 +161,11 @@ class SyntheticParticipant:
         self.view = view
         self.layer_sizes = layer_sizes
         self._viewed: tuple[str, ...] = ()
+        # behind a shaped link (--link): receive like a browser does for the SFU's
+        # estimate (REMB, receiver reports with loss, NACKs), not only count
+        self.shaped = shaped
+        self.runner: Any = None  # its bench.link.NetnsLoop
+        self.timeline: list[Any] = []  # bench.generator.Generator.sample_shaped
         self.pid: str | None = None
         self.via = "room"  # how the token came: the room's links, an invite, or minted
         self.rx = Rx()
@@ -181,11 +187,25 @@ class SyntheticParticipant:
         self._rtc_config = CLIENT_CONFIG
         self._tasks: set[asyncio.Task[Any]] = set()
         self._grants: set[str] = set()
-        self.sio = socketio.AsyncClient(reconnection=False, ssl_verify=tls_verify)
+        # Behind a shaped link the signalling can drop for seconds (a flooded queue
+        # holds TCP back past the server's 4 s ping limit); the page then reconnects
+        # with its resume secret and keeps its seat and media (docs/protocol.md,
+        # "Reconnecting"), so a shaped participant does too, at the page's pace.
+        self.sio = socketio.AsyncClient(
+            reconnection=shaped,
+            reconnection_delay=0.4,
+            reconnection_delay_max=1.5,
+            randomization_factor=0.3,
+            ssl_verify=tls_verify,
+        )
+        self._resume: str | None = None
+        self.reconnects = 0
         self.sio.on("welcome", self._on_welcome)
         self.sio.on("subscribe.offer", self._on_offer)
         self.sio.on("error", self._on_error)
         self.sio.on("publish.layers", self._on_layers)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.closing = False
         self.sio.on("connect_error", self._on_connect_error)
         self._refusal: dict[str, Any] | None = None
 
@@ -200,7 +220,7 @@ class SyntheticParticipant:
             try:
                 await self.sio.connect(
                     url,
-                    auth={"token": self.token},
+                    auth=self._auth,
                     transports=["websocket"],
                     socketio_path="socket.io",
                     wait_timeout=SIGNAL_TIMEOUT,
@@ -218,7 +238,16 @@ class SyntheticParticipant:
         if "publish" in self._grants:
             await self._publish()
 
+    def _auth(self) -> dict[str, str]:
+        # called at every (re)connect: come back as the same participant once we have
+        # a resume secret
+        return {"token": self.token, **({"resume": self._resume} if self._resume else {})}
+
     async def _on_welcome(self, data: dict[str, Any]) -> None:
+        if data.get("resumed"):
+            self.reconnects += 1
+        if isinstance(data.get("resume"), str):
+            self._resume = data["resume"]
         you = data.get("you", {})
         self.pid = you.get("id")
         self._rtc_config = rtc_configuration(data.get("ice"))
@@ -226,6 +255,11 @@ class SyntheticParticipant:
         if you.get("state") == "waiting":
             self.errors.append("waiting_room")
         self._welcome.set()
+
+    async def _on_disconnect(self, *reason: Any) -> None:
+        # The bench does not reconnect (the page would): say that the run lost it.
+        if not self.closing:
+            self.errors.append(f"signalling lost ({reason[0] if reason else 'disconnect'})")
 
     async def _on_connect_error(self, data: Any) -> None:
         self._refusal = data if isinstance(data, dict) else None
@@ -369,6 +403,11 @@ class SyntheticParticipant:
         # Count and timestamp only (account=False): no REMB, RTCP statistics or NACKs
         # from synthetic subscribers, so the generator stays cheap and an overloaded
         # generator does not make the server retransmit what it merely read late.
+        # Behind a shaped link the SFU's estimate needs them: aiortc's receiver keeps
+        # its REMB, receiver reports and NACKs, and every packet reaches _tap.
+        if self.shaped:
+            aiortc_hooks.tap_receiver(transceiver.receiver, self._tap, lambda codecs: None)
+            return
         aiortc_hooks.tap_receiver(transceiver.receiver, self._tap, self._read_in_c, account=False)
 
     def _read_in_c(self, codecs: list[Any]) -> None:
@@ -381,6 +420,9 @@ class SyntheticParticipant:
     def _tap(self, packet: Any, codecs: dict[int, Any]) -> None:
         # Only where the C reader could not be installed: aiortc routed the packet; the
         # tally counts the C reader's packets, so give it one.
+        if isinstance(packet, _fastpath.Packet):  # the C reader's own (aiortc_hooks)
+            self._on_rtp(packet, 0)
+            return
         arrived = aiortc_hooks.arrival_ns(packet)
         parsed = _fastpath.parse_rtp(packet.serialize(), 0, 0)
         if parsed is not None:
@@ -418,6 +460,7 @@ class SyntheticParticipant:
     # -- leaving ------------------------------------------------------------------------
 
     async def close(self) -> None:
+        self.closing = True
         for track in self.tracks:
             if isinstance(track, PacedSender):
                 await track.stop()

@@ -191,15 +191,136 @@ def summarise(
         "complete": all_complete,
         "joined": raw.joined,
     }
+    links = _links(raw)
+    if links:
+        overall["shaped_audio_loss_pct"] = max(x["audio_loss_pct"] for x in links)
     return {
         "label": raw.label,
         "scenario": scenario,
+        "links": links,
         "window_s": round(window, 2),
         "overall": overall,
         "rooms": rooms_out,
         "cpu_series": [list(s) for s in raw.cpu_series],
         "errors": raw.errors,
     }
+
+
+def _links(raw: RawRun) -> list[dict[str, Any]]:
+    """Per subscriber behind a shaped link (--link): audio and video loss over the
+    window, and its timeline: per 0.5 s the layer the SFU forwarded it of each
+    publisher's video (-1 paused), the SFU's estimate of its downlink, what arrived
+    (kbit/s) and the audio lost in that interval (from its RTP sequence numbers)."""
+    out = []
+    k = 0
+    for room in raw.rooms:
+        for p in room["participants"]:
+            if not p.get("shaped"):
+                continue
+            flows = [f for f in room["flows"] if f["subscriber"] == p["id"]]
+            audio = [f for f in flows if f["kind"] == "audio"]
+            video = [f for f in flows if f["kind"] == "video"]
+            timeline = []
+            prev: dict[tuple[str, str], tuple[int, int, int]] = {}
+            for t, point in p.get("timeline") or []:
+                got = lost = nbytes = 0
+                for publisher, kind, packets, expected, octets in point:
+                    a = prev.get((publisher, kind), (0, 0, 0))
+                    prev[(publisher, kind)] = (packets, expected, octets)
+                    nbytes += octets - a[2]
+                    if kind == "audio":
+                        got += packets - a[0]
+                        lost += max(0, (expected - a[1]) - (packets - a[0]))
+                timeline.append(
+                    {
+                        "t": t,
+                        "audio_loss_pct": round(100.0 * lost / (lost + got), 2)
+                        if lost + got
+                        else None,
+                        "received_kbps_total": nbytes,  # bytes; made a rate below
+                    }
+                )
+            for a, b in zip(timeline, timeline[1:], strict=False):
+                dt = b["t"] - a["t"]
+                b["received_kbps"] = (
+                    round(b["received_kbps_total"] * 8 / dt / 1e3, 1) if dt else None
+                )
+            for point in timeline:
+                point.pop("received_kbps_total")
+                point.setdefault("received_kbps", None)
+            # the SFU's side, sampled by the coordinator from /metrics
+            layers: list[dict[str, Any]] = []
+            for t, legs, estimates in raw.leg_series:
+                layers.append(
+                    {
+                        "t": t,
+                        "layers": {
+                            pub: int(v)
+                            for (r, sub, pub), v in legs.items()
+                            if r == room["room"] and sub == p["id"]
+                        },
+                        "estimate_kbps": round(estimates[(room["room"], p["id"])] / 1e3, 1)
+                        if (room["room"], p["id"]) in estimates
+                        else None,
+                    }
+                )
+            drops = raw.link_drops[k] if k < len(raw.link_drops) else {}
+            k += 1
+            out.append(
+                {
+                    "room": room["room"],
+                    "subscriber": p["id"],
+                    "role": p["role"],
+                    "signalling_reconnects": p.get("reconnects", 0),
+                    "errors": p.get("errors", []),
+                    **{f"audio_{key}": v for key, v in _loss(audio).items()},
+                    **{f"video_{key}": v for key, v in _loss(video).items()},
+                    "timeline": timeline,
+                    "sfu": layers,
+                    "lifted_at": raw.link_lifted_at,
+                    "shaped_at": raw.link_shaped_at,
+                    "shaping_dropped": drops,
+                }
+            )
+    return out
+
+
+def layer_runs(points: list[dict[str, Any]], publisher: str) -> str:
+    """A publisher's layer over time, as runs: ``h 0–3.5 s → l 4–20 s`` (p: paused)."""
+    names = {-1: "paused", 0: "l", 1: "m", 2: "h"}
+    runs: list[list[Any]] = []
+    for pt in points:
+        layer = pt["layers"].get(publisher)
+        if layer is None:
+            continue
+        if runs and runs[-1][0] == layer:
+            runs[-1][2] = pt["t"]
+        else:
+            runs.append([layer, pt["t"], pt["t"]])
+    return " → ".join(f"{names.get(r[0], r[0])} {r[1]:g}–{r[2]:g} s" for r in runs) or "-"
+
+
+def link_lines(x: dict[str, Any], spec: str | None) -> list[str]:
+    estimates = [pt["estimate_kbps"] for pt in x["sfu"] if pt["estimate_kbps"] is not None]
+    est = (
+        f"estimate {min(estimates):.0f}–{max(estimates):.0f} kbit/s (median "
+        f"{float(np.median(estimates)):.0f})"
+        if estimates
+        else "no estimate sampled"
+    )
+    lifted = f", shaped from {x['shaped_at']:g} s" if x.get("shaped_at") is not None else ""
+    lifted += f", lifted at {x['lifted_at']:g} s" if x.get("lifted_at") is not None else ""
+    drops = x.get("shaping_dropped") or {}
+    out = [
+        f"shaped subscriber {x['subscriber']} ({x['role']}, room {x['room']}, link {spec}{lifted}): "
+        f"audio loss {_f(x['audio_loss_pct'])} % · {est} · "
+        f"dropped by tc {drops.get('tc_dropped', '-')}, by nftables {drops.get('nft_dropped', '-')} · "
+        f"signalling reconnected {x.get('signalling_reconnects', 0)}×"
+    ]
+    pubs = sorted({pub for pt in x["sfu"] for pub in pt["layers"]})
+    for pub in pubs:
+        out.append(f"    layer of {pub}: {layer_runs(x['sfu'], pub)}")
+    return out
 
 
 def _rate(raw: RawRun, name: str, window: float) -> float | None:
@@ -358,6 +479,8 @@ def table(report: dict[str, Any]) -> str:
             "warning: the generator was saturated; end-to-end latency and loss measure it, "
             "not the server (add --workers on a machine with more cores)"
         )
+    for x in report.get("links") or []:
+        lines.extend(link_lines(x, report["scenario"].get("link")))
     for err in report["errors"][:5]:
         lines.append(f"error: {err}")
     for r in report["rooms"]:
@@ -386,6 +509,55 @@ def comparison_table(cmp: dict[str, Any], sfu: dict[str, Any], base: dict[str, A
     return "\n".join(lines)
 
 
+def _plot_link(ax_layers: Any, ax_loss: Any, x: dict[str, Any], spec: str | None) -> None:
+    """One shaped subscriber: the layer it got of each publisher and the SFU's estimate
+    of its link over time; below, its audio loss and what arrived per interval."""
+    names = {-1: "paused", 0: "l", 1: "m", 2: "h"}
+    pubs = sorted({pub for pt in x["sfu"] for pub in pt["layers"]})
+    for pub in pubs:
+        pts = [(pt["t"], pt["layers"][pub]) for pt in x["sfu"] if pub in pt["layers"]]
+        ax_layers.step(
+            [t for t, _ in pts], [v for _, v in pts], where="post", label=f"layer of {pub[:10]}"
+        )
+    ax_layers.set_yticks(list(names), [names[k] for k in names])
+    ax_layers.set_ylim(-1.5, 2.5)
+    ax_layers.set_ylabel("layer forwarded")
+    est = [(pt["t"], pt["estimate_kbps"]) for pt in x["sfu"] if pt["estimate_kbps"] is not None]
+    twin = ax_layers.twinx()
+    if est:
+        twin.plot([t for t, _ in est], [v for _, v in est], "k--", label="SFU estimate")
+    twin.set_ylabel("estimate kbit/s")
+    twin.set_ylim(bottom=0)
+    for ax in (ax_layers, ax_loss):
+        start = x.get("shaped_at") or 0.0
+        end = x.get("lifted_at")
+        last = max([pt["t"] for pt in x["sfu"]] + [start + 1])
+        ax.axvspan(start, end if end is not None else last, color="#f4cccc", alpha=0.35, lw=0)
+        ax.grid(alpha=0.3)
+    handles = ax_layers.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax_layers.legend(handles[0] + more[0], handles[1] + more[1], loc="upper right", fontsize=8)
+    ax_layers.set_title(
+        f"subscriber {x['subscriber'][:12]} behind {spec} (shaded: shaped) — audio loss "
+        f"{_f(x['audio_loss_pct'])} % over the window"
+    )
+    tl = [pt for pt in x["timeline"] if pt.get("received_kbps") is not None]
+    ax_loss.bar(
+        [pt["t"] for pt in tl],
+        [pt["audio_loss_pct"] or 0.0 for pt in tl],
+        width=0.4,
+        color="#c44e52",
+        label="audio loss % (per 0.5 s)",
+    )
+    ax_loss.set_ylabel("audio loss %")
+    ax_loss.set_xlabel("s into the measurement window")
+    rx = ax_loss.twinx()
+    rx.plot([pt["t"] for pt in tl], [pt["received_kbps"] for pt in tl], color="#4c72b0")
+    rx.set_ylabel("received kbit/s", color="#4c72b0")
+    rx.set_ylim(bottom=0)
+    ax_loss.legend(loc="upper left", fontsize=8)
+
+
 def write_json(path: str, data: dict[str, Any]) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -400,7 +572,13 @@ def plot(path: str, report: dict[str, Any], baseline: dict[str, Any] | None = No
     import matplotlib.pyplot as plt
 
     rooms = report["rooms"]
-    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 11))
+    links = (report.get("links") or [])[:4]
+    fig, axes = plt.subplots(
+        3 + 2 * len(links), 1, figsize=(10, 11 + 5.5 * len(links)), squeeze=False
+    )
+    ax1, ax2, ax3 = axes[0][0], axes[1][0], axes[2][0]
+    for n, x in enumerate(links):
+        _plot_link(axes[3 + 2 * n][0], axes[4 + 2 * n][0], x, report["scenario"].get("link"))
     x = np.arange(len(rooms))
     labels = [str(r["index"]) for r in rooms]
     for ax, key, title in (

@@ -152,6 +152,7 @@ async def start_local(
     secret: str | None = None,
     extra_env: dict[str, str] | None = None,
     workers: int = 1,
+    host: str = "127.0.0.1",
 ) -> LocalServer:
     """Start ``roundtable serve`` (kind ``sfu``) or ``bench.baseline`` on a free loopback port;
     ``workers`` above 1: ``serve --workers`` with a private redis-server."""
@@ -189,7 +190,7 @@ async def start_local(
     )
     env.update(extra_env or {})
     if kind == "sfu":
-        module = ["server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        module = ["server.cli", "serve", "--host", host, "--port", str(port)]
         module += ["--media-host", media_host, "--log-level", "WARNING"]
         if workers > 1:
             module += ["--workers", str(workers)]
@@ -262,6 +263,12 @@ class RawRun:
     ready: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     joined: int = 0
+    # --link: every 0.5 s of the window, (t, leg layers by (room, subscriber, publisher),
+    # downlink estimates by (room, subscriber)) from /metrics; what the shaping dropped
+    leg_series: list[tuple[float, dict[Any, float], dict[Any, float]]] = field(default_factory=list)
+    link_lifted_at: float | None = None
+    link_shaped_at: float | None = None  # --link-from: when the shaping went on
+    link_drops: list[dict[str, int]] = field(default_factory=list)
 
 
 class CpuSampler:
@@ -302,9 +309,18 @@ async def run_load(
     generator_cpu: int | None,
     progress: bool = True,
     warmup: float = 2.0,
+    links: Any = None,
+    link_until: float | None = None,
+    link_from: float | None = None,
 ) -> RawRun:
-    """Join ``rooms`` rooms from ``workers`` processes, measure ``duration`` seconds, leave."""
+    """Join ``rooms`` rooms from ``workers`` processes, measure ``duration`` seconds, leave.
+    ``links`` (bench.link.Links): sample the shaped subscribers' layers and estimates
+    from /metrics through the window, and lift the shaping ``link_until`` s into it."""
     raw = RawRun(label)
+    if links is not None and links.lifted and link_from is None:
+        links.shape()  # a previous run of this invocation lifted it
+    if links is not None and link_from is not None and not links.lifted:
+        links.lift()  # shaped from link_from s into the window on
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     start, stop = ctx.Event(), ctx.Event()
@@ -366,6 +382,20 @@ async def run_load(
             shown = 0
             while (elapsed := time.monotonic() - t0) < duration:
                 await asyncio.sleep(min(0.5, duration - elapsed))
+                if links is not None:
+                    t = round(time.monotonic() - t0, 2)
+                    if link_from is not None and raw.link_shaped_at is None and t >= link_from:
+                        links.shape()
+                        raw.link_shaped_at = t
+                    if link_until is not None and not links.lifted and t >= link_until:
+                        raw.link_drops = [links.dropped(sh) for sh in links.shaped]
+                        links.lift()
+                        raw.link_lifted_at = t
+                    now_scrape = await _try_scrape(http, url)
+                    if now_scrape is not None:
+                        raw.leg_series.append(
+                            (t, dict(now_scrape.leg_layer), dict(now_scrape.downlink_bps))
+                        )
                 s = sampler.sample()
                 if s is not None:
                     raw.cpu_series.append((round(time.monotonic() - t0, 2), s[0], s[1]))
@@ -376,6 +406,8 @@ async def run_load(
         stop.set()
         raw.window_s = time.monotonic() - t0
         t_cpu1 = sampler.times()
+        if links is not None and not raw.link_drops:
+            raw.link_drops = [links.dropped(sh) for sh in links.shaped]
         raw.generator_cpu_pct = 100.0 * (_cpu_seconds(gens) - g_cpu0) / raw.window_s
         raw.after = await _try_scrape(http, url)
         if t_cpu0 is not None and t_cpu1 is not None:

@@ -587,3 +587,77 @@ def test_compare_simulcast_reports_both_modes_from_one_invocation(tmp_path: Path
     assert sim["video_legs_by_layer"] == {"0": 2.0, "1": 2.0, "2": 2.0}
     # per publisher the SFU took in more video packets than any one subscriber got
     assert sim["sfu_received_pps"] > plain["sfu_received_pps"]
+
+
+def test_link_parses_rate_delay_and_loss() -> None:
+    from bench.link import parse_link
+
+    spec = parse_link("300kbit,100ms,2%")
+    assert (spec.rate, spec.rate_bps, spec.delay_ms, spec.loss_pct) == ("300kbit", 300e3, 100, 2)
+    assert parse_link("1mbit").delay_ms is None and parse_link("1mbit").loss_pct is None
+    assert parse_link("300kbit,,0.5%").loss_pct == 0.5
+    assert str(parse_link("300kbit,,2%")) == "300kbit,,2%"
+    for bad in ("", "300", "fast", "300kbit,soon", "300kbit,,120%", "1kbit", "1,2,3,4"):
+        with pytest.raises(ValueError):
+            parse_link(bad)
+
+
+def test_link_refuses_a_delay_this_kernel_cannot_shape(tmp_path: Path, capsys) -> None:
+    """A DELAY needs the netem qdisc. Where the kernel has it the preflight passes;
+    where it has not (this machine's), the bench refuses and says why instead of
+    faking a delay."""
+    from bench.link import LinkError, parse_link, preflight
+
+    probe = subprocess.run(
+        [
+            "sh",
+            "-c",
+            "ip link add rbt0 type veth peer name rbt1 && "
+            "tc qdisc add dev rbt0 root netem delay 10ms; r=$?; ip link del rbt0; exit $r",
+        ],
+        capture_output=True,
+    )
+    spec = parse_link("300kbit,100ms,2%")
+    if probe.returncode == 0:
+        preflight(spec)
+    else:
+        with pytest.raises(LinkError, match="no netem qdisc"):
+            preflight(spec)
+        code = cli.main(["--local", "--rooms", "1", "--link", "300kbit,100ms", "--no-progress"])
+        assert code == 2
+        assert "RATE[,,LOSS]" in capsys.readouterr().err
+    # rate and loss alone are shaped here: tbf and nftables
+    preflight(parse_link("300kbit,,2%"))
+
+
+def test_a_subscriber_behind_a_shaped_link_gets_a_lower_layer(tmp_path: Path) -> None:
+    """--link: the client sits in a namespace of its own; from the start of the window
+    its downlink goes through tbf at 150 kbit/s while its tiles ask for the top layer of
+    both others; the SFU's estimate of its link falls and it is sent a lower layer (or
+    the video paused). The report has its audio loss, its layer over time and the
+    estimate; the PNG draws them."""
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = cli.main(
+        [
+            *("--local", "--rooms", "1", "--participants", "3", "--duration", "9"),
+            *("--warmup", "1", "--partner-delay", "0.2", "--simulcast"),
+            *("--simulcast-scale", "0.5", "--link", "150kbit", "--link-subscribers", "1"),
+            *("--json", str(out), "--plot", str(png), "--no-progress"),
+        ]
+    )
+    report = json.loads(out.read_text())
+    assert code == 0, report.get("errors")
+    (shaped,) = report["links"]
+    assert shaped["role"] == "client"
+    assert isinstance(shaped["audio_loss_pct"], float)
+    assert shaped["shaped_at"] is not None and shaped["lifted_at"] is None
+    assert len(shaped["timeline"]) >= 12 and len(shaped["sfu"]) >= 10
+    estimates = [p["estimate_kbps"] for p in shaped["sfu"] if p["estimate_kbps"]]
+    assert estimates and min(estimates) < 1000  # from 2.5 Mbit/s down towards the link
+    pubs = {pub for p in shaped["sfu"] for pub in p["layers"]}
+    assert len(pubs) == 2
+    for pub in pubs:
+        layers = [p["layers"][pub] for p in shaped["sfu"] if pub in p["layers"]]
+        assert layers[-1] < 2, (pub, layers)  # not the top layer its tiles ask for
+    assert shaped["shaping_dropped"]["tc_dropped"] >= 0
+    assert png.stat().st_size > 20_000
