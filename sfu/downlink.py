@@ -15,7 +15,10 @@ This is the other direction: what a subscriber can receive, so the allocator
   the link once a second fall confirms it (:data:`REMB_CONFIRM`); a lone one holds.
 * **Loss in the subscriber's receiver reports** (every leg's RR, packet-weighted over
   the last :data:`LOSS_WINDOW` seconds), as libwebrtc's loss-based controller: above 10 %
-  back off to ``sent * (1 - loss / 2)``; between 2 and 10 % hold.
+  back off to ``sent * (1 - loss / 2)``; between 2 and 10 % hold. After a decrease the
+  reports start afresh :data:`LOSS_REFRESH` later: the ones in flight describe what was
+  sent before it, and counting them again cut the same loss over and over (a 300 kbit/s
+  link hit by 2 Mbit/s of video landed at ~50 kbit/s, every video paused).
 * **Probes.** Nothing above says the link got wider while we send less than it could
   take. When the allocator wants more than the estimate, the SFU pads the connection
   (RTX padding, :meth:`sfu.forwarder.Leg.pad`) up to a probe target for
@@ -50,6 +53,7 @@ REMB_WARMUP = 5.0
 # while its queue keeps growing) cuts it to the figure.
 REMB_CONFIRM = 2.0
 LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
+LOSS_REFRESH = 2.0  # s after a decrease before receiver reports count again
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 MIN_LOSS_PACKETS = 30  # fewer expected packets say nothing about the link
@@ -87,6 +91,7 @@ class DownlinkEstimate:
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
         self._rr_last: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq, lost)
         self._last_decrease = -1e9
+        self._loss_from = -1e9  # receiver reports before this describe an older rate
         self._next_probe = clock()  # probing may start at once
         self._backoff = MIN_BACKOFF
         self._streak = 0  # successful probes in a row
@@ -132,7 +137,7 @@ class DownlinkEstimate:
         """One receiver-report block for one of this connection's streams."""
         before = self._rr_last.get(ssrc)
         self._rr_last[ssrc] = (highest_sequence, packets_lost)
-        if before is None:
+        if before is None or self._clock() < self._loss_from:
             return
         expected = highest_sequence - before[0]
         lost = packets_lost - before[1]
@@ -193,6 +198,10 @@ class DownlinkEstimate:
         if hold and now - self._last_decrease < DECREASE_HOLD:
             return
         self._last_decrease = now
+        if bps < self.bps:
+            # What the reports in flight say was sent before this decrease took effect.
+            self._reports.clear()
+            self._loss_from = now + LOSS_REFRESH
         self.bps = max(MIN_BPS, min(self.bps, bps))
         self._streak = 0
         self._next_probe = max(self._next_probe, now + self._backoff)

@@ -91,6 +91,32 @@ def test_heavy_loss_backs_off_to_what_was_sent_less_half_the_loss() -> None:
     assert est2.update() == downlink.INITIAL_BPS
 
 
+def test_loss_cuts_once_per_report_round_not_again_for_the_same_reports() -> None:
+    """Reports still in flight after a cut describe what was sent before it: a link hit
+    by far more than it takes must not be cut again and again for the same loss."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.sent_bps = 2_000_000
+    est.on_report(1, 1000, 0)
+    clock.now += 0.5
+    est.on_report(1, 1200, 150)  # 75 %
+    first = est.update()
+    assert first == pytest.approx(2_000_000 * (1 - 0.75 / 2))
+    est.sent_bps = first  # the allocator spends the new figure at once
+    for _ in range(3):  # the same congestion, reported over the next 1.5 s
+        clock.now += downlink.DECREASE_HOLD
+        seq = est._rr_last[1][0] + 200
+        est.on_report(1, seq, est._rr_last[1][1] + 150)
+        assert est.update() == first
+    # Reports about what was sent after the cut count again.
+    clock.now += downlink.LOSS_REFRESH
+    seq, lost = est._rr_last[1]
+    est.on_report(1, seq + 100, lost)
+    clock.now += 0.5
+    est.on_report(1, seq + 200, lost + 40)  # 20 % of 200 since the refresh
+    assert est.update() == pytest.approx(first * 0.9)
+
+
 def _run_probe(clock: Clock, est: DownlinkEstimate, want: float) -> float:
     """Drive one probe to its end (a steady REMB after it); returns the padding it asked
     for at the start."""

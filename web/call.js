@@ -12,9 +12,12 @@ const LIVE_STATES = new Set(["admitted", "connected"]);
 // five-person grid (208×156), a desktop grid of three or four (416×312), one or two
 // people large.
 // Modest on purpose (a talking head moves little): the lower two together stay under
-// 500 kbit/s, so a weak uplink still carries the middle layer.
+// 500 kbit/s, so a weak uplink still carries the middle layer. The low layer is what a
+// weak downlink gets: at 15 fps and 45 kbit/s two of them and two voices (Opus with FEC,
+// 50 packets/s: ~50 kbit/s each with headers) fit a 300 kbit/s link with the estimate's
+// margin; at 100 kbit/s they did not, and one of the two videos was paused instead.
 const SIMULCAST = [
-  { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 100_000 },
+  { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 45_000, maxFramerate: 15 },
   { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 350_000 },
   { rid: "h", scaleResolutionDownBy: 1, maxBitrate: 1_000_000 },
 ];
@@ -481,9 +484,11 @@ export class Call extends EventTarget {
     const full = SIMULCAST[SIMULCAST.length - 1];
     if (!this._simulcast || params.encodings.length === 1) {
       const enc = params.encodings[0];
-      if (enc.scaleResolutionDownBy === 1 && enc.maxBitrate === full.maxBitrate) return;
+      const fullRate = enc.maxFramerate === undefined;
+      if (enc.scaleResolutionDownBy === 1 && enc.maxBitrate === full.maxBitrate && fullRate) return;
       enc.scaleResolutionDownBy = 1;
       enc.maxBitrate = full.maxBitrate;
+      delete enc.maxFramerate; // the low layer's 15 fps is not for the one full stream
       enc.active = true;
       await entry.sender.setParameters(params);
       return;
