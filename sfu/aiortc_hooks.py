@@ -807,7 +807,10 @@ def fast_route(dtls: RTCDtlsTransport) -> tuple[Any, ...] | None:
     session = dtls._tx_srtp
     ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
     host, port = pair.remote_addr[:2]
-    return (ctx, _SRTP_PROTECT, session, sock, host, port, dtls, State.CONNECTED, udp)
+    # On a shared media port (sfu.udpmux) the writes that a send must not overtake wait
+    # in the shared socket's own transport: hand the C side that one.
+    buffered = getattr(udp, "socket_transport", udp)
+    return (ctx, _SRTP_PROTECT, session, sock, host, port, dtls, State.CONNECTED, buffered)
 
 
 def account_sent(sender: RTCRtpSender, counters: tuple[int, ...]) -> None:

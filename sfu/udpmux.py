@@ -66,6 +66,14 @@ class MuxTransport(asyncio.DatagramTransport):
     def _buffer_size(self) -> int:
         return self._owner.transport._buffer_size  # type: ignore[attr-defined]
 
+    @property
+    def socket_transport(self) -> asyncio.DatagramTransport:
+        """asyncio's own transport on the shared socket, where every connection's
+        queued writes wait. The C send path checks its ``_buffer_size`` before each
+        packet: a plain attribute there, where this view's is a Python property call
+        per packet and leg (sfu.aiortc_hooks.fast_route)."""
+        return self._owner.transport
+
     def get_write_buffer_size(self) -> int:
         return self._owner.transport.get_write_buffer_size()
 

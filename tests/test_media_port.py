@@ -9,6 +9,7 @@ import socket
 import pytest
 from aioice import stun
 
+from sfu import aiortc_hooks as hooks
 from sfu.ports import MediaPorts
 from sfu.router import MediaConfig
 from sfu.udpmux import UdpMux
@@ -77,6 +78,16 @@ async def test_two_rooms_share_one_server_port() -> None:
         readers = set(shared.routes.values())
         assert all(r.rtp for r in readers)
         assert sum(r.rx[0] for r in readers) > 100
+        # The C send path of every leg sends on the shared socket and checks the shared
+        # socket's own asyncio transport for queued writes (a plain attribute, no Python
+        # property call per packet).
+        for r in rooms:
+            for sub in r.router.subscribers.values():
+                for leg in sub.legs.values():
+                    route = hooks.fast_route(leg.sender.transport)
+                    assert route is not None and route[3] is shared.sock
+                    assert route[-1] is shared.transport
+                    assert "_buffer_size" in vars(route[-1])
         # Media keeps flowing while a stranger sprays the port with junk and forged checks.
         before = {
             pid: rooms[1].peers[pid].decoded("c" if pid == "d" else "d", "video")
