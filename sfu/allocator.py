@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from .downlink import DownlinkEstimate
 from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, UNCAPPED, Forwarder, Leg
-from .timers import Timer, wheel
+from .timers import Timer, Wheel, wheel
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class Allocator:
         # run together with the other connections' jobs due in the same slot rather than
         # a task and a loop wake-up each (issue 16).
         self._timer: Timer | None = None
+        self._wheel: Wheel | None = None  # the loop's, looked up once (a weak-dict get)
         self._last_alloc = -1e9
         self.padding_bytes = 0
 
@@ -152,7 +153,8 @@ class Allocator:
 
     def start(self) -> None:
         if self._timer is None:
-            self._timer = wheel().call_later(0, self._step)
+            self._wheel = wheel()
+            self._timer = self._wheel.call_later(0, self._step)
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -173,8 +175,8 @@ class Allocator:
         except Exception:
             log.exception("allocator padding failed")
             probing = False
-        if self._timer is not None:  # not closed meanwhile
-            self._timer = wheel().call_later(PROBE_TICK if probing else TICK, self._step)
+        if self._timer is not None and self._wheel is not None:  # not closed meanwhile
+            self._timer = self._wheel.call_later(PROBE_TICK if probing else TICK, self._step)
 
     def tick(self) -> None:
         """One allocation: measure, estimate, choose, apply."""

@@ -20,7 +20,7 @@ from .forwarder import SYNC_INTERVAL, Forwarder, Leg
 from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
 from .ports import MediaPorts, gather_on
 from .stats import RoomStats
-from .timers import Timer, wheel
+from .timers import Timer, Wheel, wheel
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Subscriber:
         # Folding the legs' C counters into aiortc's, on the loop's timer wheel
         # (sfu.timers): a job, not a task and a loop wake-up per subscriber (issue 16).
         self._sync_timer: Timer | None = None
+        self._wheel: Wheel | None = None  # the loop's, looked up once (a weak-dict get)
         # What this connection can take, and what to forward within it (audio first).
         self.estimate = DownlinkEstimate()
         self.allocator = Allocator(
@@ -165,7 +166,8 @@ class Subscriber:
         transceiver = self.pc.addTransceiver(hooks.SilentTrack(fwd.kind), direction="sendonly")
         transceiver.setCodecPreferences(preference_for(fwd.kind, fwd.codec))
         if self._sync_timer is None:
-            self._sync_timer = wheel().call_later(SYNC_INTERVAL, self._sync_legs)
+            self._wheel = wheel()
+            self._sync_timer = self._wheel.call_later(SYNC_INTERVAL, self._sync_legs)
         self.allocator.start()
         return Leg(
             fwd.kind, transceiver, self._stats, self._queues[fwd.kind], feedback=self.estimate
@@ -182,14 +184,14 @@ class Subscriber:
     def _sync_legs(self) -> None:
         """Keep aiortc's RTCP sender reports and getStats true for what the legs' C send
         path sent (aiortc sends a report every 0.5-1.5 s)."""
-        if self._sync_timer is None:
+        if self._sync_timer is None or self._wheel is None:
             return  # closed
         for leg in [*self.legs.values(), *self._idle]:
             try:
                 leg.sync()
             except Exception:
                 log.exception("subscriber %s: syncing a leg failed", self.pid)
-        self._sync_timer = wheel().call_later(SYNC_INTERVAL, self._sync_legs)
+        self._sync_timer = self._wheel.call_later(SYNC_INTERVAL, self._sync_legs)
 
     async def accept_answer(self, answer_sdp: str) -> bool:
         """Apply the browser's answer and start forwarding; ``True`` if a new offer is due."""
