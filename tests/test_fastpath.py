@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 import time
 
 import pytest
@@ -668,3 +669,62 @@ def test_a_layers_key_frames_go_to_python_exactly_where_python_sees_one() -> Non
         want.append(vp8_keyframe_start(payload))
     assert 300 < sum(want) < 4700  # both kinds were tried
     assert track.last_ns == 1000 + max(i for i, key in enumerate(want) if not key)
+
+
+def test_the_nack_history_answers_with_the_bytes_that_went_out_without_copying() -> None:
+    """The history keeps a reference to the received payload and what the leg wrote
+    around it (header, abs-send-time, a VP8 descriptor renumbered at a switch of
+    source); a NACK is answered with exactly the bytes the subscriber got, and a send
+    that cannot go out now hands back exactly the packet it would have sent."""
+    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2)
+
+    class Dtls:
+        _state = "connected"
+
+    leg, _ = make_leg()
+    ext = b"\xbe\xde\x00\x02" + b"\x10" + b"0" + b"\x32" + b"\x00\x00\x00" + b"\x00\x00"
+    leg.configure(96, 0xCAFE, 90000, ext, 7)
+    leg.vp8 = True
+    ctx = int(srtp_ffi.cast("uintptr_t", tx._srtp[0]))
+    port = receiver.getsockname()[1]
+    leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, Dtls(), "connected")
+    payloads = []
+    try:
+        for i, (ssrc, pid) in enumerate([(1, 100), (1, 101), (2, 7000), (2, 7001)]):
+            payload = vp8_descriptor(pid, 3) + bytes([i]) * 300
+            payloads.append(payload)
+            before = sys.getrefcount(payload)
+            assert leg.send(payload, i % 2 == 1, 50 + i, 9000 * i, ssrc, 0) is None
+            assert sys.getrefcount(payload) == before + 1  # kept by reference, not copied
+            plain = rx.unprotect(receiver.recv(2048))
+            assert leg.history(header(plain)[2]) == plain
+            time.sleep(0.002)  # a new abs-send-time for each
+        # The second source was renumbered (VP8 picture ids continue): the history has
+        # the renumbered bytes, not the publisher's.
+        sent = leg.history(header(plain)[2])
+        assert picture(sent[:12] + sent[24:]) == (103, 4)  # 12 bytes of extension block
+
+        # Earlier writes queued in asyncio's transport: the packet comes back
+        # unprotected, to queue behind them, exactly as the history has it (a send that
+        # would block rebuilds it from the history the same way).
+        class Buffered:
+            _buffer_size = 1
+
+        leg.set_route(
+            ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, Dtls(), "connected", Buffered()
+        )
+        queued = leg.send(payloads[-1], False, 60, 0, 2, 0)
+        assert isinstance(queued, bytes) and queued == leg.history(header(queued)[2])
+        assert queued[24:] != payloads[-1] and queued[29:] == payloads[-1][5:]
+    finally:
+        receiver.close()
+        sender.close()
+    # A new negotiation may change the header: what was sent before is not answered.
+    seq = header(plain)[2]
+    leg.configure(96, 0xCAFE, 90000, ext, 7)
+    assert leg.history(seq) is None

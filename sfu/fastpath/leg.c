@@ -4,7 +4,7 @@
  *
  * For every forwarded RTP packet and every subscriber, the SFU rewrites the RTP header
  * (the subscriber's SSRC, payload type, sequence number and timestamp, the subscriber's
- * MID extension; for VP8 the payload descriptor's picture ids, vp8.c), keeps a copy for
+ * MID extension; for VP8 the payload descriptor's picture ids, vp8.c), keeps it for
  * NACKs, SRTP-protects it and sends it. Written in
  * Python that is ~40 Python-level steps per packet and leg; here it is one call. The
  * semantics are those documented on sfu.forwarder.Leg, which owns a `Leg` object of
@@ -19,6 +19,14 @@
  * - per route change: set_route()/clear_route(); per negotiation: configure().
  * - once per RTCP interval: take_counters() (sender reports, getStats); on a NACK:
  *   history(seq). Sent packets stay in the history for HISTORY_MS (2 s) at most.
+ *
+ * The NACK history does not copy packets: a slot keeps a reference to the payload as
+ * received (one bytes object shared by every leg of the track and the reader's
+ * Packet) and what this leg wrote around it (sequence number, timestamp, marker, the
+ * abs-send-time stamped, the VP8 descriptor bytes as rewritten); history(seq) and a
+ * send that would block build the packet from that again. A copy per packet and leg
+ * was a malloc, a memcpy and a free per forwarded packet, and most of the memory a
+ * participant cost.
  *
  * Sending: a non-blocking sendto() on the ICE pair's UDP socket. Before each send we
  * check that the DTLS transport is still connected and that the socket is still open
@@ -40,6 +48,21 @@
 #define HISTORY_MS 2000
 #define BUF_SIZE 2048
 #define MAX_EXT 64
+/* The payload's first bytes as this leg sent them: a VP8 descriptor's PictureID and
+ * TL0PICIDX (vp8.c) lie within its first 5 bytes. */
+#define HEAD 6
+
+/* One sent packet in the NACK history (see the top of this file). */
+typedef struct {
+    PyObject *payload; /* bytes as received, shared; NULL: empty slot */
+    uint32_t ms;       /* when it was sent (CLOCK_MONOTONIC ms, wraps) */
+    uint32_t ts;       /* the timestamp it went out with */
+    uint32_t config;   /* Leg.config_gen then: a packet of an older configuration is gone */
+    uint16_t seq;      /* the sequence number it went out with */
+    uint8_t marker;
+    uint8_t abs[3];    /* the abs-send-time stamped into it, if the leg stamps one */
+    uint8_t head[HEAD];
+} Sent;
 
 /* ---------------------------------------------------------------------------------- */
 /* Leg: one forwarded track on one subscriber connection.                              */
@@ -72,8 +95,8 @@ typedef struct {
      * already sent before the rebase, so it is dropped instead. */
     uint16_t floor;
     unsigned long long stale;
-    PyObject *history[HISTORY];
-    uint32_t history_ms[HISTORY]; /* when each was stored (CLOCK_MONOTONIC ms, wraps) */
+    Sent history[HISTORY];
+    uint32_t config_gen; /* bumped by configure(): the header the history rebuilds with */
     uint16_t history_tail;        /* the oldest output seq that may still be held */
     int history_used;
     uint32_t keep_ms;             /* HISTORY_MS unless a test shortens it */
@@ -112,7 +135,7 @@ static int Leg_clear(Leg *self)
     Py_CLEAR(self->meter);
     Leg_clear_route_(self);
     for (int i = 0; i < HISTORY; i++)
-        Py_CLEAR(self->history[i]);
+        Py_CLEAR(self->history[i].payload);
     return 0;
 }
 
@@ -169,6 +192,7 @@ static PyObject *Leg_configure(Leg *self, PyObject *args)
     self->abs_off = abs_off;
     self->first_byte = ext.len ? 0x90 : 0x80;
     self->configured = 1;
+    self->config_gen++;
     PyBuffer_Release(&ext);
     Py_RETURN_NONE;
 }
@@ -380,9 +404,9 @@ static void Leg_cull(Leg *self, uint16_t head, uint32_t now_ms)
         self->history_tail = (uint16_t)(head - (HISTORY - 1));
     while (self->history_tail != head) {
         int i = self->history_tail % HISTORY;
-        if (self->history[i] && now_ms - self->history_ms[i] < self->keep_ms)
+        if (self->history[i].payload && now_ms - self->history[i].ms < self->keep_ms)
             break;
-        Py_CLEAR(self->history[i]);
+        Py_CLEAR(self->history[i].payload);
         self->history_tail++;
     }
 }
@@ -392,19 +416,60 @@ static inline uint32_t mono_ms(void)
     return (uint32_t)(mono_ns() / 1000000);
 }
 
-/* Keep the unprotected packet for NACKs; returns a new reference. */
-static PyObject *Leg_remember(Leg *self, Py_ssize_t len)
+/* Keep the packet just rewritten into self->buf (`len` bytes around `payload`) for
+ * NACKs: a reference to the payload and the bytes this leg wrote. Allocates nothing
+ * and runs no Python code. */
+static void Leg_remember(Leg *self, PyObject *payload, Py_ssize_t len)
 {
-    PyObject *data = PyBytes_FromStringAndSize((const char *)self->buf, len);
-    if (!data)
-        return NULL;
-    uint16_t seq = (uint16_t)(self->buf[2] << 8 | self->buf[3]);
+    const unsigned char *b = self->buf;
+    uint16_t seq = (uint16_t)(b[2] << 8 | b[3]);
     uint32_t now_ms = mono_ms();
     Leg_cull(self, seq, now_ms);
-    Py_INCREF(data);
-    Py_XSETREF(self->history[seq % HISTORY], data);
-    self->history_ms[seq % HISTORY] = now_ms;
-    return data;
+    Sent *slot = &self->history[seq % HISTORY];
+    Py_INCREF(payload);
+    Py_XSETREF(slot->payload, payload);
+    slot->ms = now_ms;
+    slot->seq = seq;
+    slot->ts = (uint32_t)b[4] << 24 | (uint32_t)b[5] << 16 | (uint32_t)b[6] << 8 | b[7];
+    slot->marker = (b[1] & 0x80) != 0;
+    slot->config = self->config_gen;
+    if (self->abs_off)
+        memcpy(slot->abs, b + 12 + self->abs_off, 3);
+    Py_ssize_t plen = len - 12 - self->ext_len, h = plen < HEAD ? plen : HEAD;
+    memcpy(slot->head, b + 12 + self->ext_len, (size_t)h);
+}
+
+/* The packet this leg sent with sequence number seq, unprotected, as a new bytes
+ * object; None if the history no longer has it. */
+static PyObject *Leg_sent_packet(Leg *self, uint16_t seq)
+{
+    Sent *slot = &self->history[seq % HISTORY];
+    if (!slot->payload || slot->seq != seq || slot->config != self->config_gen)
+        Py_RETURN_NONE;
+    Py_ssize_t plen = PyBytes_GET_SIZE(slot->payload), h = plen < HEAD ? plen : HEAD;
+    Py_ssize_t len = 12 + self->ext_len + plen;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, len);
+    if (!out)
+        return NULL;
+    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(out);
+    b[0] = self->first_byte;
+    b[1] = (uint8_t)((slot->marker ? 0x80 : 0) | self->pt);
+    b[2] = seq >> 8;
+    b[3] = seq & 0xFF;
+    b[4] = slot->ts >> 24;
+    b[5] = (slot->ts >> 16) & 0xFF;
+    b[6] = (slot->ts >> 8) & 0xFF;
+    b[7] = slot->ts & 0xFF;
+    b[8] = self->ssrc >> 24;
+    b[9] = (self->ssrc >> 16) & 0xFF;
+    b[10] = (self->ssrc >> 8) & 0xFF;
+    b[11] = self->ssrc & 0xFF;
+    memcpy(b + 12, self->ext, self->ext_len);
+    if (self->abs_off)
+        memcpy(b + 12 + self->abs_off, slot->abs, 3);
+    memcpy(b + 12 + self->ext_len, PyBytes_AS_STRING(slot->payload), plen);
+    memcpy(b + 12 + self->ext_len, slot->head, (size_t)h);
+    return out;
 }
 
 static PyObject *Leg_rewrite(Leg *self, PyObject *const *args, Py_ssize_t nargs)
@@ -420,7 +485,8 @@ static PyObject *Leg_rewrite(Leg *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (len == 0)
         Py_RETURN_NONE;
-    PyObject *data = Leg_remember(self, len);
+    Leg_remember(self, args[0], len);
+    PyObject *data = PyBytes_FromStringAndSize((const char *)self->buf, len);
     if (!data)
         return NULL;
     return Py_BuildValue("(NI)", data, out_ts);
@@ -441,28 +507,27 @@ static PyObject *leg_send(Leg *self, PyObject *payload, int marker, uint32_t seq
         return NULL;
     if (len == 0)
         Py_RETURN_NONE; /* stale: dropped */
-    PyObject *data = Leg_remember(self, len); /* may run the GC, hence Python code */
-    if (!data)
-        return NULL;
-    if (!self->routed || Leg_buffered(self))
-        return data; /* the route went, or asyncio holds earlier writes: queue behind */
+    Leg_remember(self, payload, len);
+    if (!self->routed || Leg_buffered(self)) /* the route went, or asyncio holds earlier */
+        return PyBytes_FromStringAndSize((const char *)self->buf, len); /* writes: queue */
     /* no Python code runs from here to the end: the route stays as checked */
     int plen = (int)len;
     if (self->srtp.rtp(self->srtp.ctx, self->buf, &plen) != 0) {
         self->errors++;
-        Py_DECREF(data);
         Py_RETURN_NONE;
     }
     ssize_t n = sendto(fd, self->buf, (size_t)plen, MSG_DONTWAIT,
                        (struct sockaddr *)&self->addr, self->addrlen);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
-            return data; /* Python queues it (aiortc's tx session allows the re-protect) */
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
+            /* Python queues it (aiortc's tx session allows the re-protect); self->buf
+             * is protected by now, the history has it as it was before */
+            uint16_t out_seq = (uint16_t)(self->buf[2] << 8 | self->buf[3]);
+            return Leg_sent_packet(self, out_seq);
+        }
         self->errors++;
-        Py_DECREF(data);
         Py_RETURN_NONE;
     }
-    Py_DECREF(data);
     Meter *m = self->meter;
     m->packets++;
     m->bytes += (unsigned long long)len;
@@ -564,15 +629,7 @@ static PyObject *Leg_history(Leg *self, PyObject *arg)
     long seq = PyLong_AsLong(arg);
     if (seq == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *data = self->history[(uint16_t)seq % HISTORY];
-    if (data && PyBytes_GET_SIZE(data) >= 4) {
-        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(data);
-        if ((b[2] << 8 | b[3]) == (uint16_t)seq) {
-            Py_INCREF(data);
-            return data;
-        }
-    }
-    Py_RETURN_NONE;
+    return Leg_sent_packet(self, (uint16_t)seq);
 }
 
 static PyObject *Leg_take_counters(Leg *self, PyObject *unused)
