@@ -117,6 +117,7 @@ _EXT_IDS = "_HeaderExtensionsMap__ids"
 _RTP_HANDLER = "_roundtable_rtp"  # a receiver's synchronous RTP handler
 # What _account_rtp updates, for an Inbound's Track (sfu/fastpath/inbound.c)
 _ACCOUNT = "_roundtable_account"
+_NACKS = "_roundtable_nacks"  # a receiver's media SSRC -> NackGenerator (_account_rtp)
 _INBOUND = "_roundtable_inbound"  # a DTLS transport's sfu._fastpath.Inbound
 _ARRIVALS = "_roundtable_arrivals"  # a DTLS transport's sfu._fastpath.Arrivals (transport-cc)
 TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -360,6 +361,8 @@ def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPa
     nack = d[_RX_NACK]
     nacks: dict[int, NackGenerator] | None = {} if nack is not None else None
 
+    setattr(receiver, _NACKS, nacks)
+
     def nack_for(ssrc: int) -> NackGenerator | None:
         if nacks is None:
             return None
@@ -444,6 +447,18 @@ def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPa
                 _send_rtcp(receiver, fb)
 
     return account
+
+
+def repairs_loss(receiver: RTCRtpReceiver | None, media_ssrc: int, rtx_payload: bytes) -> bool:
+    """Whether an RTX packet (its payload: the original sequence number, then the
+    original payload) carries a packet of ``media_ssrc`` that is missing here, i.e. one
+    our NACKs ask for. True where this cannot be told (no receive accounting, no NACK
+    state for the stream yet)."""
+    nacks = getattr(receiver, _NACKS, None) if receiver is not None else None
+    generator = nacks.get(media_ssrc) if nacks is not None else None
+    if generator is None:
+        return True
+    return int.from_bytes(rtx_payload[:2], "big") in generator.missing
 
 
 def take_inbound(receiver: RTCRtpReceiver, ssrc: int, track: _fastpath.Track) -> None:

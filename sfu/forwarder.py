@@ -165,7 +165,12 @@ class Forwarder:
                 return  # FEC, RED, or a codec the legs were not negotiated for
             if len(packet.payload) < 2:
                 return
-            # A retransmission the SFU asked for: forward the repaired packet.
+            # A retransmission: forwarded only if it repairs a loss the SFU saw (and
+            # NACKed). libwebrtc also resends recent packets as RTX to probe the
+            # bandwidth ("payload padding"); every subscriber already has those, and
+            # sending them again would cost each one's downlink for nothing.
+            if not hooks.repairs_loss(self._receiver, self.ssrc, packet.payload):
+                return
             arrived = hooks.arrival_ns(packet)
             packet = unwrap_rtx(packet, payload_type=self.codec.payloadType, ssrc=self.ssrc)
             packet.arrival_ns = arrived  # type: ignore[attr-defined]

@@ -8,14 +8,26 @@ subscriber's connection receives is recorded packet by packet.
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
+import time
 from typing import Any
 
+import pylibsrtp
 import pytest
+from aiortc import RTCPeerConnection
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RtpPacket
+from pylibsrtp import Policy, Session
 
+from sfu import _fastpath
+from sfu import aiortc_hooks as hooks
 from sfu.codecs import vp8_keyframe_start
+from sfu.forwarder import Leg
 from sfu.router import LayersWanted, TracksChanged
-from sfu.simulcast import answer_layers, offered_layers
+from sfu.simulcast import Layers, answer_layers, offered_layers
+from sfu.stats import RoomStats
 from tests.media import Room, wait_for
 from tests.simulcast_peer import RIDS, SIZES, SimulcastPublisher, simulcast_offer
 
@@ -306,6 +318,86 @@ def layer_packets() -> list[bytes]:
     return out
 
 
+class _Dtls:  # what a leg's route checks: the DTLS transport still connected
+    _state = "connected"
+
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+RTX = RTCRtpCodecParameters(
+    mimeType="video/rtx", clockRate=90000, payloadType=97, parameters={"apt": 96}
+)
+
+
+class TappedLayers:
+    """A real :class:`Layers` on a real (unconnected) aiortc receiver with the receive
+    accounting a publisher's transport gets (``tap_receiver``), fed through a C Inbound
+    (``c_path``) or straight through the Python handler, and real legs that rewrite,
+    protect and send to UDP sinks on loopback."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection()
+        self.stats = RoomStats()
+        self.legs: list[Leg] = []
+        self.sinks: list[socket.socket] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    async def start(self, c_path: bool, codecs: list[RTCRtpCodecParameters]) -> None:
+        self.receiver = self.pc.addTransceiver("video", direction="recvonly").receiver
+        self.layers = Layers("t", "pub", self.receiver, RIDS, self.stats, 0.0)
+        # as sfu.publisher does: the layers' tap plus aiortc's receive accounting
+        hooks.tap_receiver(self.receiver, self.layers.tap, self.layers.set_codecs)
+        self.receiver._track = RemoteStreamTrack(kind="video")  # as a remote description would
+        await self.receiver.receive(RTCRtpReceiveParameters(codecs=codecs))
+        self.feed = getattr(self.receiver, hooks._RTP_HANDLER)
+        if c_path:
+            self.feed = _fastpath.Inbound(self.feed)
+            setattr(self.receiver.transport, hooks._INBOUND, self.feed)
+
+    def add_leg(self, view: tuple[bool, int, int] | None) -> Leg:
+        leg = Leg("video", self.pc.addTransceiver("video", direction="sendonly"), self.stats, 100)
+        leg.configure(96, 90000, None, None, vp8=True)
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        self.sinks.append(sink)
+        policy = Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+        policy.allow_repeat_tx = True  # as aiortc's: a packet sent twice goes out twice
+        tx = Session(policy)
+        ctx = int(hooks.srtp_ffi.cast("uintptr_t", tx._srtp[0]))
+        port = sink.getsockname()[1]
+        leg._fast.set_route(
+            ctx, hooks._SRTP_PROTECT, tx, self.sock, "127.0.0.1", port, _Dtls(), "connected"
+        )
+        leg.follow(self.layers, view)
+        self.legs.append(leg)
+        return leg
+
+    def received(self, leg_index: int) -> list[bytes]:
+        """What the leg's sink got, decrypted, until it is quiet for 0.3 s; a packet
+        sent twice fails SRTP's replay check here as in a browser, and is counted in
+        :attr:`replayed`."""
+        rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+        sink = self.sinks[leg_index]
+        sink.settimeout(0.3)
+        packets = []
+        self.replayed = 0
+        with pytest.raises(TimeoutError):
+            while True:
+                data = sink.recv(2048)
+                try:
+                    packets.append(rx.unprotect(data))
+                except pylibsrtp.Error:
+                    self.replayed += 1
+        return packets
+
+    async def close(self) -> None:
+        for leg in self.legs:
+            await leg.close()
+        await self.layers.close()
+        await self.pc.close()
+        for s in [*self.sinks, self.sock]:
+            s.close()
+
+
 async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python() -> None:
     """The same simulcast packets through a Layers' Python path (every packet through
     Layers.tap) and through the C Inbound (what a publisher's transport uses: layers
@@ -314,94 +406,35 @@ async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python(
     sequence numbers, payloads and picture ids (continuous across the switches), and
     timestamps that differ only by the wall-clock the switch's rebase reads; and every
     layer's receive statistics and NACK state (one generator per SSRC) end the same."""
-    import random
-    import socket
-    import time
-
-    from aiortc import RTCPeerConnection
-    from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
-    from aiortc.rtcrtpreceiver import RemoteStreamTrack
-    from pylibsrtp import Policy, Session
-
-    from sfu import _fastpath
-    from sfu import aiortc_hooks as hooks
-    from sfu.forwarder import Leg
-    from sfu.simulcast import Layers
-    from sfu.stats import RoomStats
-
-    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
-    sender_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    pcs: list[RTCPeerConnection] = []
-    sinks: list[socket.socket] = []
-
-    class Dtls:  # what a route checks: the DTLS transport still connected
-        _state = "connected"
-
-    async def path(c_path: bool) -> tuple[Layers, list[Leg], Any, Any]:
-        stats = RoomStats()
-        pc = RTCPeerConnection()
-        pcs.append(pc)
-        receiver = pc.addTransceiver("video", direction="recvonly").receiver
-        layers = Layers("t", "pub", receiver, RIDS, stats, 0.0)
-        # as sfu.publisher does: the layers' tap plus aiortc's receive accounting
-        hooks.tap_receiver(receiver, layers.tap, layers.set_codecs)
-        receiver._track = RemoteStreamTrack(kind="video")  # as a remote description would
-        await receiver.receive(RTCRtpReceiveParameters(codecs=[vp8]))
-        handle = getattr(receiver, hooks._RTP_HANDLER)
-        inbound = handle
-        if c_path:
-            inbound = _fastpath.Inbound(handle)
-            setattr(receiver.transport, hooks._INBOUND, inbound)
-        legs = []
-        random.seed(5)  # the same random first sequence number and timestamp per path
-        for view in (None, (True, 150, 110)):
-            transceiver = pc.addTransceiver("video", direction="sendonly")
-            leg = Leg("video", transceiver, stats, 100)
-            leg.configure(96, 90000, None, None, vp8=True)
-            sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sink.bind(("127.0.0.1", 0))
-            sinks.append(sink)
-            tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
-            ctx = int(hooks.srtp_ffi.cast("uintptr_t", tx._srtp[0]))
-            leg._fast.set_route(
-                ctx,
-                hooks._SRTP_PROTECT,
-                tx,
-                sender_sock,
-                "127.0.0.1",
-                sink.getsockname()[1],
-                Dtls(),
-                "connected",
-            )
-            leg.follow(layers, view)
-            legs.append(leg)
-        return layers, legs, inbound, receiver
-
-    py_layers, py_legs, py_in, py_receiver = await path(False)
-    c_layers, c_legs, c_in, c_receiver = await path(True)
+    py, c = TappedLayers(), TappedLayers()
     try:
+        for path, c_path in ((py, False), (c, True)):
+            await path.start(c_path, [VP8])
+            random.seed(5)  # the same random first sequence number and timestamp per path
+            for view in (None, (True, 150, 110)):
+                path.add_leg(view)
         for n, data in enumerate(layer_packets()):
             pic = n // 6
             if pic == 5 and n % 6 == 0:  # leg 0 (top layer) to a small tile: l
-                for leg in (py_legs[0], c_legs[0]):
-                    leg.set_view(True, 70, 50)
+                for path in (py, c):
+                    path.legs[0].set_view(True, 70, 50)
             if pic == 12 and n % 6 == 0:  # leg 1 to a big tile: h; then capped to l
-                for leg in (py_legs[1], c_legs[1]):
-                    leg.set_view(True, 640, 480)
+                for path in (py, c):
+                    path.legs[1].set_view(True, 640, 480)
             if pic == 22 and n % 6 == 0:
-                for leg in (py_legs[1], c_legs[1]):
-                    leg.set_cap(0)
+                for path in (py, c):
+                    path.legs[1].set_cap(0)
             now = time.perf_counter_ns()
-            for call in (py_in, c_in):
+            for path in (py, c):
                 packet = _fastpath.parse_rtp(data, 0, 0, 7, 0)
                 packet.arrival_ns = now
-                call(packet, 3_900_000_000_000 + n)
+                path.feed(packet, 3_900_000_000_000 + n)
         # the C path took the layers' packets but their first ones, key frames, and
         # what follows a gap; the accounting of each layer's SSRC is the same
-        taken = sum(f._inbound.counts[0] for f in c_layers.layers)
-        assert taken > 100 and sum(f._inbound.counts[0] for f in py_layers.layers) == 0
-        streams = [r._RTCRtpReceiver__remote_streams for r in (py_receiver, c_receiver)]
-        nack_for = [getattr(r, hooks._ACCOUNT)[1] for r in (py_receiver, c_receiver)]
+        taken = sum(f._inbound.counts[0] for f in c.layers.layers)
+        assert taken > 100 and sum(f._inbound.counts[0] for f in py.layers.layers) == 0
+        streams = [p.receiver._RTCRtpReceiver__remote_streams for p in (py, c)]
+        nack_for = [getattr(p.receiver, hooks._ACCOUNT)[1] for p in (py, c)]
         fields = ("base_seq", "max_seq", "cycles", "packets_received", "_last_timestamp")
         for ssrc in (0x1111, 0x2222, 0x3333):
             a, b = (s[ssrc] for s in streams)
@@ -410,42 +443,77 @@ async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python(
             na, nb = (n(ssrc) for n in nack_for)
             assert (na.max_seq, na.missing) == (nb.max_seq, nb.missing)
             assert len(na.missing) == (1 if ssrc == 0x3333 else 0)
-        got = []
-        for sink in sinks:
-            rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
-            sink.settimeout(0.3)
-            packets = []
-            with pytest.raises(TimeoutError):
-                while True:
-                    packets.append(rx.unprotect(sink.recv(2048)))
-            got.append(packets)
         for leg_no in (0, 1):
-            py, c = got[leg_no], got[2 + leg_no]
-            assert len(py) == len(c) > 40
-            assert py_legs[leg_no].switches == c_legs[leg_no].switches >= 1 + leg_no
+            got_py, got_c = py.received(leg_no), c.received(leg_no)
+            assert len(got_py) == len(got_c) > 40
+            assert py.legs[leg_no].switches == c.legs[leg_no].switches >= 1 + leg_no
             offsets = set()
-            for a, b in zip(py, c, strict=True):
+            for a, b in zip(got_py, got_c, strict=True):
                 # all but the SSRC (aiortc's random one per sender) and the timestamp
                 assert a[:4] + a[12:] == b[:4] + b[12:]
                 offsets.add((int.from_bytes(a[4:8]) - int.from_bytes(b[4:8])) & 0xFFFFFFFF)
             # timestamps: one offset per segment, a few ms apart at most
             assert all(min(o, 2**32 - o) < 900 for o in offsets), offsets
             # what the subscriber sees: continuous sequence numbers and picture ids
-            seqs = [int.from_bytes(p[2:4]) for p in c]
+            seqs = [int.from_bytes(p[2:4]) for p in got_c]
             assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
-            pids = [picture_id(p[12:])[0] for p in c if p[12] & 0x10]
+            pids = [picture_id(p[12:])[0] for p in got_c if p[12] & 0x10]
             assert all((b - a) & 0x7FFF == 1 for a, b in zip(pids, pids[1:], strict=False))
-            tl0s = [p[16] for p in c if p[12] & 0x10]
+            tl0s = [p[16] for p in got_c if p[12] & 0x10]
             assert all((b - a) & 0xFF == 1 for a, b in zip(tl0s, tl0s[1:], strict=False))
     finally:
-        for leg in py_legs + c_legs:
-            await leg.close()
-        await py_layers.close()
-        await c_layers.close()
-        for pc in pcs:
-            await pc.close()
-        for s in sinks + [sender_sock]:
-            s.close()
+        await py.close()
+        await c.close()
+
+
+async def test_rtx_is_forwarded_only_where_it_repairs_a_loss() -> None:
+    """libwebrtc resends recent packets as RTX to probe bandwidth ("payload padding");
+    the SFU forwards an RTX packet only if it carries a packet it is missing (one its
+    NACKs ask for), so subscribers get each packet once."""
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
+    from aiortc.rtcrtpparameters import RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap
+
+    ext = HeaderExtensionsMap()
+    ext.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                Ext(id=7, uri="urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+                Ext(id=8, uri="urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"),
+            ]
+        )
+    )
+    path = TappedLayers()
+    try:
+        await path.start(True, [VP8, RTX])
+        path.add_leg(None)  # the top layer, h
+        sent: dict[int, bytes] = {}
+        packets = []
+        for seq in range(100, 120):
+            payload = vp8_payload(seq, 0, seq == 100, True, "h", seq)
+            sent[seq] = payload
+            packet = RtpPacket(96, False, seq, 3000 * seq, 0x3333, payload)
+            packet.extensions.rtp_stream_id = "h"
+            if seq != 110:  # lost on the way
+                packets.append(packet.serialize(ext))
+        for rtx_seq, osn in enumerate((105, 110, 119, 110)):
+            # 110 repairs the loss (once: the second time it is no longer missing);
+            # 105 and 119 are payload padding
+            rtx = RtpPacket(97, False, 500 + rtx_seq, 3000 * osn, 0x3334)
+            rtx.payload = osn.to_bytes(2, "big") + sent[osn]
+            rtx.extensions.repaired_rtp_stream_id = "h"
+            packets.append(rtx.serialize(ext))
+        for n, data in enumerate(packets):
+            packet = _fastpath.parse_rtp(data, 0, 0, 7, 8)
+            packet.arrival_ns = time.perf_counter_ns()
+            path.feed(packet, 3_900_000_000_000 + n)
+        got = [p[12:] for p in path.received(0)]
+        assert sorted(got) == sorted(sent.values())  # the repair included
+        assert path.replayed == 0  # nothing twice
+        assert got[-1] == sent[110]
+        assert path.layers.layers[2].ssrc == 0x3333
+    finally:
+        await path.close()
 
 
 async def test_rtx_is_bound_to_its_layer_by_repaired_rid() -> None:
