@@ -614,6 +614,8 @@ def test_vp8_picture_ids_continue_across_sources_and_keep_gaps_within_one() -> N
         (4, 7, 9, True),  # TL0PICIDX again after a source without it: continues
     ]:
         data, _ = leg.rewrite(vp8_descriptor(pid, tl0, wide), False, len(out), 0, ssrc)
+        # a NACK gets the packet as it was sent, with the rewritten picture id
+        assert leg.history(struct.unpack("!H", data[2:4])[0]) == data
         out.append(picture(data))
     assert out == [
         (32766, 254),
