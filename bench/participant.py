@@ -121,14 +121,19 @@ class Rx:
     first_media_ns: int | None = None
 
 
-def offered_ssrcs(sdp: str) -> dict[int, str]:
-    """SSRC → mid of every media section of an offer (its ``a=ssrc`` lines)."""
-    return {
-        ssrc.ssrc: media.rtp.muxId
-        for media in SessionDescription.parse(sdp).media
-        if media.rtp.muxId
-        for ssrc in media.ssrc
-    }
+def offered_ssrcs(sdp: str) -> dict[int, str | None]:
+    """SSRC → mid of every media section of an offer (its ``a=ssrc`` lines); the RTX
+    SSRCs (second of an ``a=ssrc-group:FID``) → ``None``: retransmissions and the
+    SFU's padding probes have sequence numbers of their own, so counting them into
+    the media's flow would make up losses (RxTally skips an SSRC mapped to None)."""
+    out: dict[int, str | None] = {}
+    for media in SessionDescription.parse(sdp).media:
+        if not media.rtp.muxId:
+            continue
+        rtx = {g.items[1] for g in media.ssrc_group if g.semantic == "FID" and len(g.items) > 1}
+        for ssrc in media.ssrc:
+            out[ssrc.ssrc] = None if ssrc.ssrc in rtx else media.rtp.muxId
+    return out
 
 
 class SyntheticParticipant:
@@ -177,8 +182,8 @@ class SyntheticParticipant:
         self.mid_owner: dict[str, tuple[str, str]] = {}
         # what on_rtp routes by: SSRCs from the subscribe offers, and each SSRC's flow
         # (forgotten at every offer: a mid may have passed to another publisher)
-        self._ssrc_mid: dict[int, str] = {}
-        self._by_ssrc: dict[int, Flow] = {}
+        self._ssrc_mid: dict[int, str | None] = {}
+        self._by_ssrc: dict[int, Flow | None] = {}
         # Per received packet, in C: count it, extend its sequence number and, on a
         # frame's last packet, read the trailer (sfu/fastpath/tally.c).
         self._on_rtp = _fastpath.RxTally(self.window, self.rx.e2e_ns, self._by_ssrc, self._learn)
@@ -431,6 +436,9 @@ class SyntheticParticipant:
 
     def _learn(self, packet: Any) -> Flow | None:
         """The flow of a packet from an SSRC not seen since the last offer, if known."""
+        if packet.ssrc in self._ssrc_mid and self._ssrc_mid[packet.ssrc] is None:
+            self._by_ssrc[packet.ssrc] = None  # RTX: not counted, not asked again
+            return None
         mid = self._ssrc_mid.get(packet.ssrc) or packet.extensions.mid
         owner = self.mid_owner.get(mid) if mid else None
         if owner is None:

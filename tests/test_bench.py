@@ -661,3 +661,30 @@ def test_a_subscriber_behind_a_shaped_link_gets_a_lower_layer(tmp_path: Path) ->
         assert layers[-1] < 2, (pub, layers)  # not the top layer its tiles ask for
     assert shaped["shaping_dropped"]["tc_dropped"] >= 0
     assert png.stat().st_size > 20_000
+
+
+def test_retransmissions_and_padding_are_not_counted_into_the_media_flow() -> None:
+    """The SFU's RTX (NACK repairs, padding probes of the downlink estimate) has its own
+    SSRC and sequence numbers; counted into the video's flow it made up losses of tens
+    of percent. The offer's FID group names it; the tally skips it without asking."""
+    from bench.participant import offered_ssrcs
+    from sfu import _fastpath
+
+    sdp = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ssrc:11 cname:x\r\n"
+        "a=rtpmap:111 opus/48000/2\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:1\r\na=ssrc-group:FID 21 22\r\n"
+        "a=ssrc:21 cname:x\r\na=ssrc:22 cname:x\r\na=rtpmap:96 VP8/90000\r\n"
+        "a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n"
+    )
+    assert offered_ssrcs(sdp) == {11: "0", 21: "1", 22: None}
+    window = Window(active=True)
+    flow = _fastpath.RxFlow("p_a", "video")
+    asked: list[int] = []
+    tally = _fastpath.RxTally(window, [], {21: flow, 22: None}, lambda p: asked.append(p.ssrc))
+    for seq, ssrc in ((100, 21), (7000, 22), (101, 21), (7001, 22)):
+        data = struct.pack("!BBHII", 0x80, 96, seq, 0, ssrc) + b"x" * 20
+        tally(_fastpath.parse_rtp(data, 0, 0), 0)
+    assert asked == []
+    assert flow.w_packets == 2 and flow.rtp_last - flow.rtp_first + 1 == 2
