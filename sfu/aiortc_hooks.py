@@ -17,6 +17,8 @@ the two points where RTP enters and leaves:
   sender's SSRC — in C on the nominated pair's socket with aiortc's tx session
   (:func:`fast_route`), else through the DTLS transport's ``_send_rtp`` — keep its
   RTCP sender-report counters true, and take over its key-frame and NACK handlers.
+* **reports**: the SR/RR loops aiortc runs per sender and receiver are replaced by one
+  batch per transport on the timer wheel (:mod:`sfu.rtcp`).
 
 ``check_compatible()`` asserts that every name used here still exists; it runs when
 the SFU starts and in ``tests/test_aiortc_hooks.py`` so that an aiortc upgrade that
@@ -61,7 +63,7 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
-from . import _bwe, _fastpath, ice, ports
+from . import _bwe, _fastpath, ice, ports, rtcp
 from .remb import RembThrottle
 
 __all__ = [
@@ -214,6 +216,7 @@ def check_compatible() -> None:
         problems.append("aioice.ice.get_host_addresses")
     problems += _check_simulcast()
     problems += _check_fast_route() + _check_c_reader() + ports.check() + ice.check()
+    problems += rtcp.check()
     if problems:
         raise RuntimeError(
             "aiortc internals used by sfu/aiortc_hooks.py changed: " + ", ".join(problems)
@@ -323,6 +326,7 @@ def tap_receiver(
         handle(packet, arrival_time_ms)
 
     setattr(receiver, _RTP_HANDLER, handle)
+    rtcp.batch_receiver(receiver, _send_rtcp_on)
     receiver.receive = receive  # type: ignore[method-assign]
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
@@ -508,6 +512,25 @@ def _send_rtcp(receiver: RTCRtpReceiver, packet: Any) -> None:
     task.add_done_callback(_in_flight.discard)
 
 
+def _send_rtcp_on(dtls: RTCDtlsTransport, data: bytes) -> None:
+    """Send one RTCP datagram on ``dtls`` now, else behind what aiortc has queued."""
+    try:
+        if _send_now(dtls, data):
+            return
+    except ConnectionError:
+        return
+    task = asyncio.ensure_future(_send_rtp_quietly(dtls, data))
+    _in_flight.add(task)
+    task.add_done_callback(_in_flight.discard)
+
+
+async def _send_rtp_quietly(dtls: RTCDtlsTransport, data: bytes) -> None:
+    try:
+        await dtls._send_rtp(data)
+    except ConnectionError:
+        pass  # as aiortc's own report loops: a report for a closed transport is dropped
+
+
 def arrival_ns(packet: RtpPacket) -> int:
     """When the packet's datagram reached us (``perf_counter_ns``), before SRTP and
     parsing when the C reader read it (:func:`_install_c_reader`); else now."""
@@ -562,7 +585,9 @@ def take_over_sender(
 ) -> None:
     """Answer a subscriber's PLI/FIR and NACKs ourselves instead of aiortc's encoder;
     ``on_rtcp(packet)`` sees every RTCP packet aiortc routes to the sender (receiver
-    reports, REMB) before aiortc's own handling (its statistics) runs."""
+    reports, REMB) before aiortc's own handling (its statistics) runs. Its sender
+    reports go out with its transport's other reports (:mod:`sfu.rtcp`)."""
+    rtcp.batch_sender(sender, _send_rtcp_on)
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
     sender._retransmit = on_nack  # type: ignore[method-assign]
     if on_rtcp is not None:
