@@ -193,12 +193,12 @@ class Allocator:
             key = leg.track_id or ""
             rates = self._layers(leg)
             if not rates:
-                # A hidden tile: nothing to forward, so no cap; but what the page was told
-                # (paused for the link or not) and the layer it had stay as they were, so
-                # hiding and showing a tile is no pause/resume (a flickering layout made
-                # the page show 'Video pausiert' on and off).
+                # A hidden tile is parked by its view whatever its cap, so the cap, the
+                # layer and what the page was told stay as they were: hiding and showing
+                # a tile is no pause/resume (a flickering layout made the page show
+                # 'Video pausiert' on and off), and showing it again cannot start a key
+                # frame of a layer the link was found too narrow for before the next tick.
                 hidden.add(key)
-                self._apply(leg, key, UNCAPPED, tell=False)
                 continue
             current = self.layers.get(key, len(rates) - 1)
             if current is not None:
@@ -236,15 +236,13 @@ class Allocator:
         estimate.unstamped_bps = audio
         self._want = want
 
-    def _apply(self, leg: Leg, key: str, layer: int | None, tell: bool = True) -> None:
-        """Cap the leg at ``layer`` (``None``: pause) and tell the page about pauses
-        (unless not ``tell``). Only a changed decision is applied: the cap is the
-        allocator's, but it acts on changes rather than re-asserting itself every tick."""
+    def _apply(self, leg: Leg, key: str, layer: int | None) -> None:
+        """Cap the leg at ``layer`` (``None``: pause) and tell the page about pauses.
+        Only a changed decision is applied: the cap is the allocator's, but it acts on
+        changes rather than re-asserting itself every tick."""
         if self._caps.get(key, UNCAPPED) != layer:
             self._caps[key] = layer
             leg.set_cap(layer)
-        if not tell:
-            return
         paused = layer is None
         if paused != self._paused.get(key, False):
             self._paused[key] = paused

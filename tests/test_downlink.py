@@ -315,11 +315,18 @@ async def test_hiding_and_showing_a_paused_tile_is_no_resume_and_no_pause() -> N
             ]
 
         await wait_for(lambda: told() == [True], timeout=10)
+        leg = room.router.legs_of("b")[0]
         for visible in (False, True, False, True):
+            leg.sync()
+            before = leg.packets
             room.router.set_view("b", {"a": (visible, 320, 240) if visible else (False, 0, 0)})
             await asyncio.sleep(1.0)  # four allocator ticks
+            leg.sync()
+            # Showing the tile again must not forward the video the link was found too
+            # narrow for, not even until the next tick (a key frame would bury the audio).
+            assert leg.packets == before, f"visible={visible}: {leg.packets - before} sent"
         assert told() == [True]
-        assert room.router.legs_of("b")[0].paused_by_cap
+        assert leg.paused_by_cap
     finally:
         if reporting is not None:
             reporting.cancel()
