@@ -304,13 +304,23 @@ class Router:
 
     def silence(self, pid: str) -> float | None:
         """Seconds since anything last came from ``pid``'s browser over the media: RTP
-        of any track it publishes, RTCP on the connection it receives on. ``None``: never
-        (no media yet). Media keeps coming from a browser whose page is too busy to
-        answer signalling pings, and stops at once when its network goes: the control
-        plane uses this to tell a cut from a slow page."""
+        of any track it publishes, RTCP on the connection it receives on. Media keeps
+        coming from a browser whose page is too busy to answer signalling pings, and
+        stops at once when its network goes: the control plane uses this to tell a cut
+        from a slow page.
+
+        ``None`` (do not judge by media) unless something is bound to arrive at least
+        about once a second: an audio track it publishes that is not muted by the
+        moderator (Opus with DTX still sends every 400 ms), or a video being forwarded
+        to it (its receiver reports come about every second). Without that - audio
+        received only (RTCP every ~5 s), a camera switched off, a muted track (its
+        packets are not even looked at) - a quiet second proves nothing."""
         ages: list[float] = []
+        bound = False
         publisher = self.publishers.get(pid)
         if publisher is not None:
+            for fwd in publisher.forwarders.values():
+                bound = bound or (fwd.kind == "audio" and not fwd.paused)
             latest = max(
                 (layer.last_ns for fwd in publisher.forwarders.values() for layer in fwd.layers),
                 default=0,
@@ -318,9 +328,13 @@ class Router:
             if latest:
                 ages.append((time.perf_counter_ns() - latest) / 1e9)
         subscriber = self.subscribers.get(pid)
-        if subscriber is not None and subscriber.estimate.heard_at is not None:
-            ages.append(time.monotonic() - subscriber.estimate.heard_at)
-        return max(0.0, min(ages)) if ages else None
+        if subscriber is not None:
+            bound = bound or any(leg.layer is not None for leg in subscriber.video_legs())
+            if subscriber.estimate.heard_at is not None:
+                ages.append(time.monotonic() - subscriber.estimate.heard_at)
+        if not bound or not ages:
+            return None
+        return max(0.0, min(ages))
 
     async def remove(self, pid: str) -> None:
         """Drop everything of ``pid``: its media stops reaching anyone at once."""

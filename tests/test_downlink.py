@@ -331,3 +331,26 @@ async def test_hiding_and_showing_a_paused_tile_is_no_resume_and_no_pause() -> N
         if reporting is not None:
             reporting.cancel()
         await room.close()
+
+
+@pytest.mark.slow
+async def test_silence_judges_only_by_media_bound_to_arrive() -> None:
+    """Router.silence, which tells the control plane a cut from a busy page: a number
+    while something is bound to come every second, None when only audio is received
+    (receiver reports every ~5 s) or the participant's audio is muted by the moderator."""
+    room = Room()
+    try:
+        await room.join("a", (200, 30, 30))
+        c = await room.join("c", (30, 30, 200), publish=False)  # receives only
+        await wait_for(lambda: c.decoded("a", "video") >= 10, timeout=20)
+        await wait_for(lambda: room.router.silence("c") is not None, timeout=5)
+        assert room.router.silence("c") < 3.0  # its receiver reports
+        assert room.router.silence("a") < 1.0  # its RTP
+        room.router.set_view("c", {"a": (False, 0, 0)})  # audio only now
+        assert room.router.silence("c") is None
+        room.router.set_paused("a", "audio", True)  # video still sent, but may stop
+        assert room.router.silence("a") is None
+        room.router.set_view("c", {"a": (True, 320, 240)})
+        await wait_for(lambda: room.router.silence("c") is not None, timeout=5)
+    finally:
+        await room.close()
