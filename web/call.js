@@ -326,6 +326,8 @@ export class Call extends EventTarget {
 
   close() {
     this.leaving = true;
+    clearInterval(this._livenessTimer);
+    this._livenessTimer = null;
     this._teardownMedia();
     if (this.socket) this.socket.disconnect();
     if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();

@@ -177,7 +177,10 @@ async def test_a_silent_cut_is_told_by_the_server_and_the_page_and_the_call_come
         f"\n[timing] silent cut → 'reconnecting' for the caseworker {on_others:.2f} s, "
         f"the client's own banner {on_page:.2f} s"
     )
+    # Each side by its own mechanism, not by engine.io's 10 s timeout (which the waits
+    # above would also let through).
     assert any("no ping and no media" in line for line in cl.console), cl.console[-20:]
+    assert "no media for" in cut_server.log_tail(400), cut_server.log_tail(40)
     await asyncio.sleep(max(0.0, 10 - (time.monotonic() - cut_at)))
     child.run(NFT, "delete", "table", "inet", "roundtable_cut")
 
