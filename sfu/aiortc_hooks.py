@@ -55,6 +55,8 @@ from aiortc.rtp import (
     HeaderExtensionsMap,
     RtcpPsfbPacket,
     RtcpRtpfbPacket,
+    RtcpSenderInfo,
+    RtcpSrPacket,
     RtpPacket,
     is_rtcp,
     pack_remb_fci,
@@ -72,6 +74,8 @@ __all__ = [
     "ntp_now",
     "strip_mdns_candidates",
     "tap_receiver",
+    "report_rtt",
+    "send_sender_report",
     "take_over_sender",
     "update_sender_report",
     "use_media_host",
@@ -144,7 +148,10 @@ def check_compatible() -> None:
                 "_send_rtcp_nack",
             ],
         ),
-        (RTCRtpSender, ["_send_keyframe", "_retransmit", "_handle_rtcp_packet", "send"]),
+        (
+            RTCRtpSender,
+            ["_send_keyframe", "_retransmit", "_handle_rtcp_packet", "_send_rtcp", "send"],
+        ),
         (RTCDtlsTransport, ["_send_rtp", "_handle_rtp_data"]),
     ):
         problems += [f"{cls.__name__}.{m}" for m in methods if not callable(getattr(cls, m, None))]
@@ -592,6 +599,13 @@ def take_over_sender(
     sender._retransmit = on_nack  # type: ignore[method-assign]
     if on_rtcp is not None:
         original = sender._handle_rtcp_packet
+        send_rtcp = sender._send_rtcp
+
+        async def note_and_send(packets: list[Any]) -> None:
+            _note_sender_reports(sender, packets)
+            await send_rtcp(packets)
+
+        sender._send_rtcp = note_and_send  # type: ignore[method-assign]
 
         async def handle_rtcp_packet(packet: Any) -> None:
             try:
@@ -610,6 +624,61 @@ def update_sender_report(sender: RTCRtpSender, rtp_timestamp: int, octets: int) 
     d[_SENDER_RTP_TS] = rtp_timestamp
     d[_SENDER_OCTETS] += octets
     d[_SENDER_PACKETS] += 1
+
+
+_SR_SENT = "_roundtable_sr_sent"  # on a sender: LSR -> when that SR went out (None: twice)
+
+
+def _note_sender_reports(sender: RTCRtpSender, packets: list[Any]) -> None:
+    """Remember when each SR went out, by the LSR a receiver report will quote. aiortc
+    keeps only the latest SR's, and a paused leg's SRs repeat one NTP time: an LSR sent
+    twice is ambiguous and dropped."""
+    sent: dict[int, float | None] = sender.__dict__.setdefault(_SR_SENT, {})
+    for packet in packets:
+        if isinstance(packet, RtcpSrPacket):
+            lsr = (packet.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
+            sent[lsr] = None if lsr in sent else time.monotonic()
+            while len(sent) > 8:
+                del sent[next(iter(sent))]
+
+
+_REPORTS: set[asyncio.Task[None]] = set()  # SRs on their way out (kept referenced)
+
+
+def send_sender_report(sender: RTCRtpSender, clock_rate: int) -> None:
+    """Send one SR now, besides aiortc's own every 0.5-1.5 s: a bandwidth probe wants
+    one crossing the subscriber's link while it runs (its round trip shows the queue).
+    NTP now, with the RTP time carried forward from the last packet's."""
+    d = sender.__dict__
+    last_ntp = d.get(_SENDER_NTP)
+    if not last_ntp or sender._ssrc is None:
+        return  # nothing sent yet: no RTP time to map
+    now = ntp_now()
+    rtp = d[_SENDER_RTP_TS] + round((now - last_ntp) / 2**32 * clock_rate)
+    report = RtcpSrPacket(
+        ssrc=sender._ssrc,
+        sender_info=RtcpSenderInfo(
+            ntp_timestamp=now,
+            rtp_timestamp=rtp & 0xFFFFFFFF,
+            packet_count=d[_SENDER_PACKETS] & 0xFFFFFFFF,
+            octet_count=d[_SENDER_OCTETS] & 0xFFFFFFFF,
+        ),
+    )
+    task = asyncio.ensure_future(sender._send_rtcp([report]))
+    _REPORTS.add(task)
+    task.add_done_callback(_REPORTS.discard)
+
+
+def report_rtt(sender: RTCRtpSender, report: Any) -> tuple[float, float] | None:
+    """The round trip (s) a receiver report block gives, and how long ago (s) the SR it
+    answers was sent: that SR went down the subscriber's link, so a queue there shows
+    here. ``None`` when the block answers no SR we know."""
+    sent_at = sender.__dict__.get(_SR_SENT, {}).get(report.lsr)
+    if sent_at is None or not report.dlsr:
+        return None
+    age = time.monotonic() - sent_at
+    rtt = age - report.dlsr / 65536
+    return (rtt, age) if rtt >= 0 else None
 
 
 _NTP_EPOCH = 2208988800

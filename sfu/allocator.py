@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.25  # s between allocations
 PROBE_TICK = 0.02  # s between padding bursts while a probe runs
+MAX_PAD_INTERVAL = 0.1  # s: the most one burst makes up for (a longer stall is not caught up)
 KEEP = 0.8  # a layer a video already has needs this share of its rate to stay
 HOLD_UP = 2.0  # s after a move down before the same video may move up again
 KEEPALIVE_BPS = 16_000  # padding while every video is paused (see Allocator._pad)
@@ -146,6 +147,11 @@ class Allocator:
         self._wheel: Wheel | None = None  # the loop's, looked up once (a weak-dict get)
         self._last_alloc = -1e9
         self.padding_bytes = 0
+        self._sent: tuple[float, int] | None = None  # (when, media bytes the legs had sent)
+        self._actual_bps = 0.0  # what the legs sent over the last second (headers included)
+        self._chosen: dict[str, int | None] | None = None  # the last allocation (logs)
+        self._pad_at = clock()  # when padding was last sent (or due)
+        self._probe_reported: tuple[object, int] = (None, 0)  # (probe, SRs sent during it)
 
     @property
     def running(self) -> bool:
@@ -170,8 +176,13 @@ class Allocator:
                 self.tick()
             except Exception:
                 log.exception("allocator tick failed")
+        # A probe's padding covers the time since the last burst, not the nominal tick: a
+        # busy loop runs this later than asked, and a probe padding only a tick's share
+        # per run carried much less than its target (and passed, having tested nothing).
+        elapsed = min(max(now - self._pad_at, PROBE_TICK), MAX_PAD_INTERVAL)
+        self._pad_at = now
         try:
-            probing = self._pad(PROBE_TICK if self.estimate.probe is not None else 0)
+            probing = self._pad(elapsed if self.estimate.probe is not None else 0)
         except Exception:
             log.exception("allocator padding failed")
             probing = False
@@ -208,6 +219,7 @@ class Allocator:
             rank = self._rank(leg.track.publisher_id)
             videos.append((leg, Video(key, rank, rates, current)))
         estimate = self.estimate
+        self._measure_sent(legs, now)
         budget = estimate.update()
         chosen = allocate(budget, audio, [v for _, v in videos])
         used = audio
@@ -232,6 +244,15 @@ class Allocator:
         for key in list(self._paused):
             if key not in keys:
                 del self._paused[key]
+        if chosen != self._chosen:
+            self._chosen = chosen
+            log.debug(
+                "allocation for %s: budget %d, audio %d, videos %s",
+                estimate.label,
+                budget,
+                audio,
+                [(v.key, [round(r) for r in v.rates], chosen[v.key]) for _, v in videos],
+            )
         estimate.sent_bps = used
         estimate.unstamped_bps = audio
         self._want = want
@@ -255,6 +276,16 @@ class Allocator:
             if leg.track is not None:
                 self._on_paused(leg.track.publisher_id, paused)
 
+    def _measure_sent(self, legs: list[Leg], now: float) -> None:
+        """What the connection's legs put on the wire over the last second."""
+        total = sum(leg.octets + leg.packets * PACKET_OVERHEAD for leg in legs)
+        last = self._sent
+        if last is None or total < last[1]:  # the first tick, or a leg went away
+            self._sent = (now, total)
+        elif now - last[0] >= 1.0:
+            self._actual_bps = (total - last[1]) * 8 / (now - last[0])
+            self._sent = (now, total)
+
     def _pad(self, interval: float) -> bool:
         """Send this interval's share of a running probe's padding; whether one runs.
 
@@ -263,7 +294,12 @@ class Allocator:
         packets, and a probe into a fresh estimator is over before it sees any overuse.
         """
         want = getattr(self, "_want", 0.0)
-        bps = self.estimate.padding_bps(want, self.estimate.sent_bps)
+        # Padding tops up what the legs really send (measured), not what the allocation
+        # priced them at: priced higher, the probe carried less than its target.
+        sending = self.estimate.sent_bps
+        if self._actual_bps:
+            sending = min(sending, self._actual_bps)
+        bps = self.estimate.padding_bps(want, sending)
         legs = [leg for leg in self._legs() if leg.kind == "video"]
         leg = next((leg for leg in legs if leg.can_pad), None)
         if leg is None:
@@ -274,6 +310,16 @@ class Allocator:
         if bps > 0 and interval > 0:
             count = max(1, round(bps * interval / 8 / (PADDING_SIZE + PACKET_OVERHEAD)))
             self.padding_bytes += leg.pad(count)
+        probe = self.estimate.probe
+        if probe is not None and bps > 0:
+            # Two SRs behind the padding, at 40 and 90 % of the probe (once a queue had
+            # time to build): their round trips tell whether the link took its rate
+            # (sfu.downlink.DownlinkEstimate.on_rtt).
+            due = 0 if probe is not self._probe_reported[0] else self._probe_reported[1]
+            at = probe.started + (0.4 + 0.5 * due) * (probe.ends - probe.started)
+            if due < 2 and self._clock() >= at:
+                leg.send_report()
+                self._probe_reported = (probe, due + 1)
         return probing
 
 

@@ -35,10 +35,13 @@ Time comes from an injected clock so tests can drive it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 INITIAL_BPS = 2_500_000  # before any feedback: a call starts as before; REMB or loss cut it
 MIN_BPS = 40_000  # never below one Opus stream
@@ -54,13 +57,23 @@ REMB_WARMUP = 5.0
 REMB_CONFIRM = 2.0
 LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
 LOSS_REFRESH = 2.0  # s after a decrease before receiver reports count again
+# Chromium keeps lowering its REMB while the queue a loss-based cut answers drains (and
+# counts only the video it still gets then): those falls are that overuse, not a new one.
+REMB_AFTER_LOSS = 2.5
+# Round trips of SR -> RR: an SR waits in the subscriber's link queue like the media.
+RTT_BASE_WINDOW = 30.0  # s over which the lowest round trip is the empty-queue baseline
+QUEUE_DELAY = 0.05  # s above that baseline: a probe's padding built a queue (0.5 s at 1.3x: ~80 ms)
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 MIN_LOSS_PACKETS = 30  # fewer expected packets say nothing about the link
 DECREASE_HOLD = 0.5  # s between two decreases: the first one's effect needs a round trip
 PROBE_SECONDS = 0.5
 PROBE_SETTLE = 0.7  # s after a probe ends before it counts as a success (feedback lag)
-NO_WORD_WAIT = 1.5  # s more to wait for a REMB after a probe before it counts as failed
+# A probe that passed for want of a word against it, shown wrong by a queue this soon
+# after it, is undone.
+PROBE_BLAME = 3.0
+NO_WORD_WAIT = 1.5
+RETRANSMIT_SHARE = 0.15  # of the estimate, at most, for answering NACKs  # s more to wait for a REMB after a probe before it counts as failed
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 4.0
 FIRST_PROBE = 1.5
@@ -73,14 +86,17 @@ class Probe:
     started: float
     ends: float
     settles: float
+    before: float = 0.0  # the estimate when it started (a probe shown wrong reverts)
     failed: bool = False
+    answered: bool = False  # an SR sent late in it came back without queueing delay
 
 
 class DownlinkEstimate:
     """One subscriber connection's estimate in bits/s (:attr:`bps`)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, label: str = "") -> None:
         self._clock = clock
+        self.label = label  # for logs: the subscriber's id
         self.bps = float(INITIAL_BPS)
         self.remb: int | None = None  # the latest REMB figure
         self._remb_at = -1e9
@@ -88,6 +104,14 @@ class DownlinkEstimate:
         self._last_remb_drop = -1e9
         self.loss = 0.0  # the latest loss fraction (for logs and tests)
         self.probe: Probe | None = None
+        self._last_probe: Probe | None = None  # the one before (PROBE_BLAME)
+        self._rtts: deque[tuple[float, float]] = deque()  # (when, round trip s)
+        self.queue_delay = 0.0  # the latest round trip above the baseline (logs, tests)
+        self._loss_cut_at = -1e9
+        self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
+        self._rtx_at = clock()
+        # Did the latest SR sent after the last decrease wait in a queue (None: no word)
+        self._queued: bool | None = None
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
         self._rr_last: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq, lost)
         self._last_decrease = -1e9
@@ -125,6 +149,8 @@ class DownlinkEstimate:
                 # this for the link priced the next view change out (video paused on a
                 # phone whose tiles had just shrunk).
                 return
+            if now - self._loss_cut_at < REMB_AFTER_LOSS:
+                return  # the overuse the loss-based cut just answered
             confirmed = now - self._last_remb_drop <= REMB_CONFIRM
             self._last_remb_drop = now
             figure = bps + self.unstamped_bps
@@ -145,6 +171,62 @@ class DownlinkEstimate:
             return  # a restarted stream or a reordered report: nothing to learn
         self._reports.append((self._clock(), expected, max(0, min(lost, expected))))
 
+    def on_rtt(self, rtt: float, age: float) -> None:
+        """A round trip from an SR sent ``age`` seconds ago and its receiver report.
+
+        Probes use it: an SR sent while the padding runs that waits in a queue says the
+        link did not take the probe's rate, sooner and more surely than REMB (which
+        never rises above 1.5x what arrives, so a probe from below the link's rate looks
+        the same whether it fitted or not) or loss (a probe fills a queue long before it
+        overflows). A probe passes only once such an SR came back without waiting. And
+        the loss rule: once an SR sent after a decrease came back without waiting, the
+        losses still reported are from before it."""
+        now = self._clock()
+        rtts = self._rtts
+        rtts.append((now, rtt))
+        while rtts[0][0] < now - RTT_BASE_WINDOW:
+            rtts.popleft()
+        self.queue_delay = rtt - min(r for _, r in rtts)
+        sent = now - age
+        if sent >= self._last_decrease:
+            self._queued = self.queue_delay > QUEUE_DELAY
+        probe = self.probe
+        if self.queue_delay <= QUEUE_DELAY:
+            if probe is not None and sent >= probe.started + 0.8 * PROBE_SECONDS:
+                probe.answered = True
+            return
+        log.debug("downlink %s: round trip %.3f s, queue %.3f s", self.label, rtt, self.queue_delay)
+        if probe is not None and not probe.failed and sent >= probe.started:
+            probe.failed = True
+        last = self._last_probe
+        if (
+            probe is None
+            and last is not None
+            and not last.failed
+            and sent >= last.started
+            and now <= last.settles + PROBE_BLAME
+        ):
+            # It passed (an SR came back in time), and what it let through since fills
+            # a queue: back to before.
+            last.failed = True
+            log.debug("downlink %s: probe to %d shown wrong", self.label, last.target)
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+            self._lower(now, last.before)
+
+    def allow_retransmit(self, size: int) -> bool:
+        """Whether a NACKed packet of ``size`` bytes may be sent again: at most
+        :data:`RETRANSMIT_SHARE` of the estimate (a token bucket of half a second).
+        Unbounded, a link losing most of what it gets asks for most of it again, and
+        the repairs kept a 300 kbit/s link full for seconds after every cut."""
+        now = self._clock()
+        rate = RETRANSMIT_SHARE * self.bps / 8
+        self._rtx_tokens = min(rate * 0.5, self._rtx_tokens + (now - self._rtx_at) * rate)
+        self._rtx_at = now
+        if self._rtx_tokens < size:
+            return False
+        self._rtx_tokens -= size
+        return True
+
     def forget(self, ssrc: int) -> None:
         self._rr_last.pop(ssrc, None)
 
@@ -159,21 +241,37 @@ class DownlinkEstimate:
         expected = sum(r[1] for r in reports)
         if expected >= MIN_LOSS_PACKETS:
             self.loss = sum(r[2] for r in reports) / expected
-            if self.loss > LOSS_HIGH:
+            # Not when an SR sent after the last decrease came back without waiting: the
+            # link's queue is gone, and these losses are from before (they cut again a
+            # link that then carried what was sent).
+            if self.loss > LOSS_HIGH and self._queued is not False:
                 base = self.sent_bps or self.bps
-                self._congested(now, base * (1 - self.loss / 2))
+                log.debug("downlink %s: loss %.2f of %d sent", self.label, self.loss, base)
+                if self._congested(now, base * (1 - self.loss / 2)):
+                    self._loss_cut_at = now
         probe = self.probe
         if probe is not None and not probe.failed and self.loss > LOSS_LOW:
             probe.failed = True
         if probe is not None and now >= probe.settles:
-            if not probe.failed and self._remb_at < probe.ends:
-                # No REMB since the padding ended: no word on how the link took it.
-                # Wait a little longer for one (Chromium sends at least ~1/s while it
-                # receives abs-send-time), then count the probe as failed.
+            # No REMB since the padding ended, or (where receiver reports give round
+            # trips) no SR sent late in it answered: no word on how the link took it.
+            # Wait a little longer (Chromium sends REMB at least ~1/s while it receives
+            # abs-send-time, and reports within a second), then count it as failed.
+            unheard = self._remb_at < probe.ends or (bool(self._rtts) and not probe.answered)
+            if not probe.failed and unheard:
                 if now < probe.settles + NO_WORD_WAIT:
                     return self.bps
                 probe.failed = True
             self.probe = None
+            self._last_probe = probe
+            log.debug(
+                "downlink %s: probe to %d %s (REMB %s, loss %.2f)",
+                self.label,
+                probe.target,
+                "failed" if probe.failed else "passed",
+                self.remb,
+                self.loss,
+            )
             if probe.failed:
                 self._streak = 0
                 self._backoff = min(self._backoff * 2, MAX_BACKOFF)
@@ -184,20 +282,26 @@ class DownlinkEstimate:
             self._next_probe = now + self._backoff
         return self.bps
 
-    def _congested(self, now: float, bps: float, hold: bool = True) -> None:
-        """Lower the estimate to ``bps``. Loss (``hold``) counts at most every
-        :data:`DECREASE_HOLD`: the same losses stay in the window for a while; a falling
-        REMB is a new figure each time."""
-        probe = self.probe
-        if probe is not None and now <= probe.settles:
-            # Our own padding overfilled the link: the probe failed, and what was sent
-            # before it still fits unless the figure says even that is too much.
+    def _congested(self, now: float, bps: float, hold: bool = True) -> bool:
+        """Lower the estimate to ``bps`` (whether it was). Loss (``hold``) counts at most
+        every :data:`DECREASE_HOLD`: the same losses stay in the window for a while; a
+        falling REMB is a new figure each time."""
+        probe = self.probe or self._last_probe
+        if probe is not None and now <= probe.settles + (PROBE_BLAME if probe.failed else 0):
+            # Our own padding overfilled the link (Chromium's REMB answers it up to a few
+            # seconds later): the probe failed, and what was sent before it still fits
+            # unless the figure says even that is too much.
             probe.failed = True
             if bps >= 0.8 * min(self.bps, self.sent_bps or self.bps):
-                return
+                return False
         if hold and now - self._last_decrease < DECREASE_HOLD:
-            return
+            return False
+        self._lower(now, bps)
+        return True
+
+    def _lower(self, now: float, bps: float) -> None:
         self._last_decrease = now
+        self._queued = None
         if bps < self.bps:
             # What the reports in flight say was sent before this decrease took effect.
             self._reports.clear()
@@ -223,6 +327,7 @@ class DownlinkEstimate:
                 started=now,
                 ends=now + PROBE_SECONDS,
                 settles=now + PROBE_SECONDS + PROBE_SETTLE,
+                before=self.bps,
             )
         if probe.failed or now >= probe.ends:
             return 0.0

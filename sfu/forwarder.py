@@ -224,8 +224,11 @@ class Forwarder:
                 legs[i].push(packet, key, now, tried)
 
     def _measure(self) -> None:
-        # At most every RATE_INTERVAL; rises quickly (a key frame, a new layer) and
-        # falls slowly, so one quiet second does not price a video too low.
+        # At most every RATE_INTERVAL, averaged over ~2 s both ways (a stream that
+        # starts takes its first figure at once): the allocator prices a layer by what
+        # it sends on average. Rising at once to every burst priced a 45 kbit/s low
+        # layer at 150-190 kbit/s for seconds after a subscriber's loss brought key
+        # frames, and at 300 kbit/s one of two videos stayed paused.
         now = time.monotonic()
         dt = now - self._rate_at
         if dt < RATE_INTERVAL:
@@ -234,16 +237,18 @@ class Forwarder:
         bps = (octets - self._rate_counts[1]) * 8 / dt
         pps = (packets - self._rate_counts[0]) / dt
         self._rate_at, self._rate_counts = now, (packets, octets)
-        self._bps = bps if bps > self._bps else 0.8 * self._bps + 0.2 * bps
+        self._bps = bps if self._bps == 0 else 0.75 * self._bps + 0.25 * bps
         self._pps = pps
         self._peak_bps = max(self._peak_bps * 0.995, self._bps)
 
     def price_bps(self) -> float:
         """What forwarding this stream costs (bits/s with headers), for the allocator:
-        its recent rate, or, when that fell far below what it used to send (a simulcast
-        layer the publisher stopped because nobody took it), the peak it had."""
+        its recent rate while it flows, else (a simulcast layer the publisher stopped
+        because nobody took it) the peak it had."""
         self._measure()
-        return self._bps if self._bps > 0.5 * self._peak_bps else self._peak_bps
+        if self.flowing(time.perf_counter_ns()):
+            return self._bps
+        return max(self._bps, self._peak_bps)
 
     def wire_bps(self) -> float:
         """Bits/s arriving lately, headers included (0 before the first measurement)."""
@@ -762,6 +767,9 @@ class Leg:
             for report in packet.reports:
                 if report.ssrc == self._ssrc:
                     feedback.on_report(report.ssrc, report.highest_sequence, report.packets_lost)
+                    rtt = hooks.report_rtt(self.sender, report)
+                    if rtt is not None:
+                        feedback.on_rtt(*rtt)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             try:
                 bitrate, ssrcs = unpack_remb_fci(packet.fci)
@@ -771,6 +779,10 @@ class Leg:
             # Chromium's REMB names just the RTX stream.
             if self._ssrc in ssrcs or (self._rtx is not None and self._rtx[1] in ssrcs):
                 feedback.on_remb(bitrate)
+
+    def send_report(self) -> None:
+        """An extra RTCP SR now (a probe's: its round trip shows the link's queue)."""
+        hooks.send_sender_report(self.sender, 90_000 if self.kind == "video" else 48_000)
 
     @property
     def can_pad(self) -> bool:
@@ -804,6 +816,10 @@ class Leg:
 
     async def retransmit(self, sequence_number: int) -> None:
         data = self._fast.history(sequence_number)
+        feedback = self._feedback
+        if data is not None and feedback is not None:
+            if not feedback.allow_retransmit(len(data) + PACKET_OVERHEAD - 12):
+                return  # the link is full: repairs would add to what it drops
         if data is not None:
             try:
                 await hooks.send_rtp(self.sender, data)

@@ -161,6 +161,69 @@ def test_probes_climb_exponentially_and_a_failed_one_backs_off() -> None:
     assert idle.padding_bps(idle.bps, sending=idle.bps) == 0
 
 
+def test_a_probe_passes_only_when_an_sr_sent_late_in_it_came_back_without_queueing() -> None:
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)  # the empty link's round trip
+    start = est.bps
+    # The link took the padding: an SR from 90 % into the probe came straight back.
+    est.padding_bps(100_000_000, sending=start)
+    clock.now += 0.9 * downlink.PROBE_SECONDS
+    est.on_rtt(0.004, 0.0)
+    clock.now += 0.1 * downlink.PROBE_SECONDS + 0.1
+    est.on_remb(est.remb or 1_000_000)
+    clock.now += downlink.PROBE_SETTLE
+    assert est.update() == pytest.approx(start * 1.5)
+    # The next one fills a queue: the SR sent during it waits 200 ms, the probe fails.
+    clock.now += downlink.MIN_BACKOFF
+    before = est.bps
+    est.padding_bps(100_000_000, sending=before)
+    clock.now += 0.9 * downlink.PROBE_SECONDS
+    est.on_rtt(0.202, 0.0)
+    clock.now += 0.1 * downlink.PROBE_SECONDS + 0.1
+    est.on_remb(est.remb)
+    clock.now += downlink.PROBE_SETTLE
+    assert est.update() == before and est.probe is None
+    # A probe whose SRs never come back (nor any without a queue) fails for want of word.
+    clock.now += 2 * downlink.MIN_BACKOFF
+    est.padding_bps(100_000_000, sending=before)
+    clock.now += downlink.PROBE_SECONDS + 0.1
+    est.on_remb(est.remb)
+    clock.now += downlink.PROBE_SETTLE + downlink.NO_WORD_WAIT + 0.01
+    assert est.update() == before and est.probe is None
+
+
+def test_a_probe_that_passed_is_undone_when_its_rate_then_fills_a_queue() -> None:
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)
+    start = est.bps
+    est.padding_bps(100_000_000, sending=start)
+    clock.now += 0.9 * downlink.PROBE_SECONDS
+    est.on_rtt(0.003, 0.0)  # (the SR crossed before the queue grew)
+    clock.now += 0.1 * downlink.PROBE_SECONDS + 0.1
+    est.on_remb(1_000_000)
+    clock.now += downlink.PROBE_SETTLE
+    assert est.update() == pytest.approx(start * 1.5)
+    clock.now += 1.0  # the allocator spent it; an SR sent now waits 300 ms
+    est.on_rtt(0.302, 0.0)
+    assert est.update() == start
+
+
+def test_retransmissions_get_a_share_of_the_estimate_not_the_whole_link() -> None:
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.bps = 300_000
+    clock.now += 1.0
+    sent = 0
+    while est.allow_retransmit(1000):
+        sent += 1000
+    # Half a second's worth of 15 % of 300 kbit/s (~2.8 kB), then one packet per 180 ms.
+    assert sent == 2000
+    clock.now += 0.2
+    assert est.allow_retransmit(1000) and not est.allow_retransmit(1000)
+
+
 def test_allocation_gives_audio_first_then_low_layers_by_rank_then_upgrades() -> None:
     videos = [
         Video("other", rank=2, rates=(100_000, 400_000, 1_200_000), current=None),
