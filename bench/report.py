@@ -184,9 +184,7 @@ def summarise(
         # What the SFU received from publishers (with simulcast: every layer, of which
         # it forwards one per subscriber), and its video legs by layer at the window's end.
         "sfu_received_pps": _rate(raw, "roundtable_media_packets_in_total", window),
-        "video_legs_by_layer": dict(sorted(raw.after.legs_by_layer.items()))
-        if raw.after is not None
-        else {},
+        "video_legs_by_layer": dict(sorted(raw.legs_by_layer.items())),
         "keyframe_requests": _counter_delta(raw, "roundtable_media_keyframe_requests_total"),
         "complete": all_complete,
         "joined": raw.joined,

@@ -266,6 +266,7 @@ class RawRun:
     # --link: every 0.5 s of the window, (t, leg layers by (room, subscriber, publisher),
     # downlink estimates by (room, subscriber)) from /metrics; what the shaping dropped
     leg_series: list[tuple[float, dict[Any, float], dict[Any, float]]] = field(default_factory=list)
+    legs_by_layer: dict[str, float] = field(default_factory=dict)  # at the window's end
     link_lifted_at: float | None = None
     link_shaped_at: float | None = None  # --link-from: when the shaping went on
     link_drops: list[dict[str, int]] = field(default_factory=list)
@@ -403,6 +404,10 @@ async def run_load(
                 now = min(round(time.monotonic() - t0), round(duration))
                 bar.update(now - shown)
                 shown = now
+        # The video legs as the window closes: after stop the generators leave at
+        # once, and a slow /metrics could no longer show them.
+        last = await _try_scrape(http, url)
+        raw.legs_by_layer = dict(last.legs_by_layer) if last is not None else {}
         stop.set()
         raw.window_s = time.monotonic() - t0
         t_cpu1 = sampler.times()
