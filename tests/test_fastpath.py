@@ -163,6 +163,8 @@ def test_send_protects_with_the_given_session_and_counts() -> None:
             0,
         )
         assert tx_bytes == len(plain) + 10 and ntp >> 32 > 3_900_000_000
+        # the NTP time of the send (kept as monotonic time, converted when asked)
+        assert abs(ntp / (1 << 32) - (time.time() + 2208988800)) < 0.5
         assert leg.take_counters()[0] == 0
 
         dtls._state = "closed"  # the transport went away: the route is dropped

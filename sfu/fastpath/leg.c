@@ -109,7 +109,8 @@ typedef struct {
     socklen_t addrlen;
     /* counters, read by Python to keep RTCP sender reports and getStats true */
     unsigned long long sr_packets, sr_octets, tx_packets, tx_bytes, errors;
-    uint64_t sr_ntp;
+    int64_t sr_mono_ns; /* when the last packet was sent; NTP time at take_counters() */
+    int64_t now_ns;     /* the clock read of the last rewrite: one read per packet and leg */
     uint32_t sr_rtp_ts;
     unsigned char buf[BUF_SIZE];
 } Leg;
@@ -308,7 +309,7 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
         PyErr_SetString(PyExc_ValueError, "packet is too long");
         return -1;
     }
-    int64_t now = mono_ns();
+    int64_t now = self->now_ns = mono_ns();
     int new_source = 0;
     if (!self->have_in_ssrc || ssrc != self->in_ssrc || self->rebase) {
         if (!self->have_in_ssrc || ssrc != self->in_ssrc) {
@@ -423,7 +424,7 @@ static void Leg_remember(Leg *self, PyObject *payload, Py_ssize_t len)
 {
     const unsigned char *b = self->buf;
     uint16_t seq = (uint16_t)(b[2] << 8 | b[3]);
-    uint32_t now_ms = mono_ms();
+    uint32_t now_ms = (uint32_t)(self->now_ns / 1000000); /* as rewritten, just now */
     Leg_cull(self, seq, now_ms);
     Sent *slot = &self->history[seq % HISTORY];
     Py_INCREF(payload);
@@ -531,11 +532,12 @@ static PyObject *leg_send(Leg *self, PyObject *payload, int marker, uint32_t seq
     Meter *m = self->meter;
     m->packets++;
     m->bytes += (unsigned long long)len;
-    meter_observe(m, mono_ns() - t_in);
+    int64_t sent_ns = mono_ns();
+    meter_observe(m, sent_ns - t_in);
     self->sr_packets++;
     self->sr_octets += (unsigned long long)(len - 12 - self->ext_len);
     self->sr_rtp_ts = out_ts;
-    self->sr_ntp = ntp_now();
+    self->sr_mono_ns = sent_ns;
     self->tx_packets++;
     self->tx_bytes += (unsigned long long)plen;
     Py_RETURN_NONE;
@@ -632,13 +634,27 @@ static PyObject *Leg_history(Leg *self, PyObject *arg)
     return Leg_sent_packet(self, (uint16_t)seq);
 }
 
+/* The NTP time of the last send, from the monotonic time it was taken at: an NTP clock
+ * read per packet and leg would only ever be used for the last packet before a report. */
+static uint64_t Leg_sr_ntp(Leg *self)
+{
+    if (!self->sr_mono_ns)
+        return 0;
+    int64_t ago = mono_ns() - self->sr_mono_ns;
+    if (ago < 0)
+        ago = 0;
+    uint64_t ago_ntp = ((uint64_t)(ago / 1000000000LL) << 32) |
+                       (((uint64_t)(ago % 1000000000LL) << 32) / 1000000000ULL);
+    return ntp_now() - ago_ntp;
+}
+
 static PyObject *Leg_take_counters(Leg *self, PyObject *unused)
 {
     /* take_counters() -> (packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors,
      * stale) since the last call: sent by this path (ntp/rtp_ts of the last packet),
      * failed sends, and late packets dropped at a rebase point. */
     PyObject *out = Py_BuildValue("(KKKIKKKK)", self->sr_packets, self->sr_octets,
-                                  (unsigned long long)self->sr_ntp, self->sr_rtp_ts,
+                                  (unsigned long long)Leg_sr_ntp(self), self->sr_rtp_ts,
                                   self->tx_packets, self->tx_bytes, self->errors, self->stale);
     if (!out)
         return NULL;
