@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 _FIELDS = (
     "packets_in",
+    "packets_in_python",
     "bytes_in",
     "packets_out",
     "bytes_out",
@@ -51,6 +52,10 @@ class MediaStatsCollector(Collector):
                 totals[name] += getattr(stats, name, 0)
         for name, help_text in (
             ("packets_in", "RTP packets received from publishers."),
+            (
+                "packets_in_python",
+                "Of those, the ones forwarded by the Python path, not the C receive path.",
+            ),
             ("bytes_in", "RTP payload bytes received from publishers."),
             ("packets_out", "RTP packets forwarded to subscribers."),
             ("bytes_out", "RTP payload bytes forwarded to subscribers."),

@@ -97,6 +97,13 @@ class RoomStats:
         return self.meter.bytes_in
 
     @property
+    def packets_in_python(self) -> int:
+        """Of :attr:`packets_in`, those the Python receive path forwarded (the C Inbound
+        took the rest): a stream's first packets, a simulcast layer's key frames, the
+        packet after a gap, late packets, repairs."""
+        return self.meter.packets_in_python
+
+    @property
     def packets_out(self) -> int:
         return self.meter.packets
 

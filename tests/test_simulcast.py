@@ -19,8 +19,10 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RtpPacket
+from prometheus_client import CollectorRegistry
 from pylibsrtp import Policy, Session
 
+from server.metrics import MediaStatsCollector
 from sfu import _fastpath
 from sfu import aiortc_hooks as hooks
 from sfu.codecs import vp8_keyframe_start
@@ -148,10 +150,17 @@ async def test_one_layer_per_subscriber_switched_at_key_frames_with_continuous_n
         pids = [picture_id(p.payload)[0] for p in packets if p.payload[0] & 0x10]
         assert all((b - a) & 0x7FFF == 1 for a, b in zip(pids, pids[1:], strict=False)), pids
         # The layers' packets went the C way (sfu/fastpath/inbound.c); only their first
-        # packets and key frames came through Python.
+        # packets and key frames came through Python: so says /metrics too.
         for f in track.layers:
             fast, slow = f._inbound.counts
             assert fast > 4 * slow, (f.rid, fast, slow)
+        registry = CollectorRegistry()
+        collector = MediaStatsCollector()
+        collector.track(room.router)
+        registry.register(collector)
+        received = registry.get_sample_value("roundtable_media_packets_in_total")
+        in_python = registry.get_sample_value("roundtable_media_packets_in_python_total")
+        assert received and in_python is not None and in_python < received / 5
     finally:
         await publisher.close()
         await room.close()

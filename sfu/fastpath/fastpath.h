@@ -96,6 +96,7 @@ typedef struct {
     unsigned long long bytes;
     unsigned long long packets_in; /* RTP packets received from publishers */
     unsigned long long bytes_in;   /* their payload bytes */
+    unsigned long long packets_in_py; /* of packets_in: those the Python path took */
 } Meter;
 
 extern PyTypeObject MeterType;

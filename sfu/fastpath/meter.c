@@ -78,6 +78,7 @@ static PyObject *Meter_received(Meter *self, PyObject *arg)
     if (nbytes == -1 && PyErr_Occurred())
         return NULL;
     self->packets_in++;
+    self->packets_in_py++;
     self->bytes_in += (unsigned long long)nbytes;
     Py_RETURN_NONE;
 }
@@ -114,6 +115,7 @@ ULL_GETTER(Meter, packets)
 ULL_GETTER(Meter, bytes)
 ULL_GETTER(Meter, packets_in)
 ULL_GETTER(Meter, bytes_in)
+ULL_GETTER(Meter, packets_in_py)
 
 static PyMethodDef Meter_methods[] = {
     {"observe", (PyCFunction)Meter_observe, METH_O, "Count one delay in nanoseconds."},
@@ -133,6 +135,8 @@ static PyGetSetDef Meter_getset[] = {
     {"bytes", (getter)Meter_get_bytes, NULL, "bytes forwarded (RTP, before SRTP)", NULL},
     {"packets_in", (getter)Meter_get_packets_in, NULL, "RTP packets from publishers", NULL},
     {"bytes_in", (getter)Meter_get_bytes_in, NULL, "their payload bytes", NULL},
+    {"packets_in_python", (getter)Meter_get_packets_in_py, NULL,
+     "of packets_in, those forwarded by the Python path (received())", NULL},
     {NULL},
 };
 
