@@ -626,20 +626,13 @@ def update_sender_report(sender: RTCRtpSender, rtp_timestamp: int, octets: int) 
     d[_SENDER_PACKETS] += 1
 
 
-_SR_SENT = "_roundtable_sr_sent"  # on a sender: LSR -> when that SR went out (None: twice)
-
-
 def _note_sender_reports(sender: RTCRtpSender, packets: list[Any]) -> None:
     """Remember when each SR went out, by the LSR a receiver report will quote. aiortc
     keeps only the latest SR's, and a paused leg's SRs repeat one NTP time: an LSR sent
     twice is ambiguous and dropped."""
-    sent: dict[int, float | None] = sender.__dict__.setdefault(_SR_SENT, {})
     for packet in packets:
         if isinstance(packet, RtcpSrPacket):
-            lsr = (packet.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
-            sent[lsr] = None if lsr in sent else time.monotonic()
-            while len(sent) > 8:
-                del sent[next(iter(sent))]
+            rtcp.note_sender_report(sender, packet.sender_info.ntp_timestamp)
 
 
 _REPORTS: set[asyncio.Task[None]] = set()  # SRs on their way out (kept referenced)
@@ -673,7 +666,7 @@ def report_rtt(sender: RTCRtpSender, report: Any) -> tuple[float, float] | None:
     """The round trip (s) a receiver report block gives, and how long ago (s) the SR it
     answers was sent: that SR went down the subscriber's link, so a queue there shows
     here. ``None`` when the block answers no SR we know."""
-    sent_at = sender.__dict__.get(_SR_SENT, {}).get(report.lsr)
+    sent_at = sender.__dict__.get(rtcp.SR_SENT, {}).get(report.lsr)
     if sent_at is None or not report.dlsr:
         return None
     age = time.monotonic() - sent_at

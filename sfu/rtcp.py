@@ -227,6 +227,20 @@ def _chunk_size(chunk: RtcpSourceInfo) -> int:
     return (n + 3) // 4 * 4
 
 
+SR_SENT = "_roundtable_sr_sent"  # on a sender: LSR -> when that SR went out (None: twice)
+
+
+def note_sender_report(sender: RTCRtpSender, ntp: int) -> None:
+    """An SR with this NTP time goes out now: when, by the LSR a receiver report will
+    quote (sfu.aiortc_hooks.report_rtt). aiortc keeps only the latest SR's, and a
+    paused leg's SRs repeat one NTP time: an LSR sent twice is ambiguous and dropped."""
+    sent: dict[int, float | None] = sender.__dict__.setdefault(SR_SENT, {})
+    lsr = (ntp >> 16) & 0xFFFFFFFF
+    sent[lsr] = None if lsr in sent else time.monotonic()
+    while len(sent) > 8:
+        del sent[next(iter(sent))]
+
+
 def _sender_report(sender: RTCRtpSender, now: float) -> tuple[bytes, RtcpSourceInfo | None]:
     """aiortc's ``RTCRtpSender._run_rtcp`` body: the SR, and its CNAME."""
     d = sender.__dict__
@@ -240,9 +254,11 @@ def _sender_report(sender: RTCRtpSender, now: float) -> tuple[bytes, RtcpSourceI
             octet_count=d[_S + "octet_count"] & 0xFFFFFFFF,
         ),
     )
-    # What the next RR's LSR/DLSR is measured against (aiortc's round-trip estimate).
+    # What the next RR's LSR/DLSR is measured against (aiortc's round-trip estimate,
+    # and the downlink estimate's queue on the subscriber's link: sfu.downlink).
     d[_S + "lsr"] = (ntp >> 16) & 0xFFFFFFFF
     d[_S + "lsr_time"] = now
+    note_sender_report(sender, ntp)
     cname = d[_S + "cname"]
     chunk = None
     if cname is not None:
