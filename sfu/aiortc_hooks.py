@@ -472,11 +472,14 @@ def repairs_loss(receiver: RTCRtpReceiver | None, media_ssrc: int, rtx_payload: 
     return int.from_bytes(rtx_payload[:2], "big") in generator.missing
 
 
-def take_inbound(receiver: RTCRtpReceiver, ssrc: int, track: _fastpath.Track) -> None:
+def take_inbound(
+    receiver: RTCRtpReceiver, ssrc: int, track: _fastpath.Track, media_ssrc: int | None = None
+) -> None:
     """Let the C Inbound of ``receiver``'s transport take the packets of ``ssrc`` that
     need no decision (:mod:`sfu/fastpath/inbound.c`): forwarded through ``track``'s legs
-    and accounted as :func:`_account_rtp` would. Without a C reader on the transport,
-    nothing changes."""
+    and accounted as :func:`_account_rtp` would. For an RTX track (``Track.rtx``),
+    ``media_ssrc`` is the stream it repairs, whose NACK state tells repairs from
+    padding. Without a C reader on the transport, nothing changes."""
     inbound = getattr(receiver.transport, _INBOUND, None)
     if inbound is None:
         return
@@ -484,7 +487,8 @@ def take_inbound(receiver: RTCRtpReceiver, ssrc: int, track: _fastpath.Track) ->
     if account is not None:
         streams, nack_for, *rest = account
         # each SSRC its own NACK state (simulcast layers): the one Python uses for it
-        track.account(receiver, streams, nack_for(ssrc), *rest)
+        nack = nack_for(ssrc if media_ssrc is None else media_ssrc)
+        track.account(receiver, streams, nack, *rest)
     inbound.tracks[ssrc] = track
 
 

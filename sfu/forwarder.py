@@ -102,6 +102,10 @@ class Forwarder:
         # transport's Inbound once this track's SSRC is known (hooks.take_inbound).
         self._inbound = _fastpath.Track(stats.meter, self._fast_legs, self._slow, MAX_PAYLOAD)
         self._inbound_ssrc: int | None = None
+        # This stream's RTX SSRC in the Inbound: its padding stays in C (Track.rtx).
+        self._rtx_inbound = _fastpath.Track(stats.meter, [], self._slow, MAX_PAYLOAD)
+        self._rtx_inbound.rtx = True
+        self._rtx_ssrc: int | None = None
         self._size_of: Callable[[bytes], tuple[int, int] | None] | None = None
         # Legs waiting to move here at this stream's next key frame (Leg.update_layer).
         self.switching: list[Leg] = []
@@ -128,6 +132,7 @@ class Forwarder:
     def paused(self, value: bool) -> None:
         self._paused = value
         self._inbound.paused = value
+        self._rtx_inbound.paused = value
 
     # What arrives, with ~60 bytes of RTP/SRTP/UDP/IP per packet, as the allocator
     # prices a track (sfu.allocator reads and differences these).
@@ -163,6 +168,12 @@ class Forwarder:
         if codec.payloadType != self.codec.payloadType:
             if codec.name.lower() != "rtx" or self.ssrc is None:
                 return  # FEC, RED, or a codec the legs were not negotiated for
+            if self._rtx_ssrc != packet.ssrc and self._receiver is not None:
+                # Its padding (probes, "payload padding" below) is dropped in C from
+                # the next packet on; repairs still come here.
+                self._rtx_ssrc = packet.ssrc
+                self._rtx_inbound.payload_type = codec.payloadType
+                hooks.take_inbound(self._receiver, packet.ssrc, self._rtx_inbound, self.ssrc)
             if len(packet.payload) < 2:
                 return
             # A retransmission: forwarded only if it repairs a loss the SFU saw (and
@@ -314,6 +325,9 @@ class Forwarder:
         if self._inbound_ssrc is not None and self._receiver is not None:
             hooks.drop_inbound(self._receiver, self._inbound_ssrc, self._inbound)
             self._inbound_ssrc = None
+        if self._rtx_ssrc is not None and self._receiver is not None:
+            hooks.drop_inbound(self._receiver, self._rtx_ssrc, self._rtx_inbound)
+            self._rtx_ssrc = None
         for leg in list(self.legs) + self.switching:
             leg.detach()
         for task in list(self._tasks):

@@ -476,9 +476,11 @@ async def test_layer_switches_forward_the_same_bytes_on_the_c_path_as_in_python(
 
 
 async def test_rtx_is_forwarded_only_where_it_repairs_a_loss() -> None:
-    """libwebrtc resends recent packets as RTX to probe bandwidth ("payload padding");
-    the SFU forwards an RTX packet only if it carries a packet it is missing (one its
-    NACKs ask for), so subscribers get each packet once."""
+    """libwebrtc resends recent packets as RTX to probe bandwidth ("payload padding") and
+    sends padding-only RTX packets; the SFU forwards an RTX packet only if it carries a
+    packet it is missing (one its NACKs ask for), so subscribers get each packet once.
+    Once the RTX SSRC is known, its padding is accounted and dropped in C (Track.rtx),
+    with the same result and receive statistics as the Python path."""
     from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
     from aiortc.rtcrtpparameters import RTCRtpParameters
     from aiortc.rtp import HeaderExtensionsMap
@@ -492,37 +494,58 @@ async def test_rtx_is_forwarded_only_where_it_repairs_a_loss() -> None:
             ]
         )
     )
-    path = TappedLayers()
-    try:
-        await path.start(True, [VP8, RTX])
-        path.add_leg(None)  # the top layer, h
-        sent: dict[int, bytes] = {}
-        packets = []
-        for seq in range(100, 120):
-            payload = vp8_payload(seq, 0, seq == 100, True, "h", seq)
-            sent[seq] = payload
-            packet = RtpPacket(96, False, seq, 3000 * seq, 0x3333, payload)
-            packet.extensions.rtp_stream_id = "h"
-            if seq != 110:  # lost on the way
-                packets.append(packet.serialize(ext))
-        for rtx_seq, osn in enumerate((105, 110, 119, 110)):
-            # 110 repairs the loss (once: the second time it is no longer missing);
-            # 105 and 119 are payload padding
-            rtx = RtpPacket(97, False, 500 + rtx_seq, 3000 * osn, 0x3334)
+    sent: dict[int, bytes] = {}
+    packets = []
+    for seq in range(100, 120):
+        payload = vp8_payload(seq, 0, seq == 100, True, "h", seq)
+        sent[seq] = payload
+        packet = RtpPacket(96, False, seq, 3000 * seq, 0x3333, payload)
+        packet.extensions.rtp_stream_id = "h"
+        if seq != 110:  # lost on the way
+            packets.append(packet.serialize(ext))
+    # 105: payload padding (binds the RTX SSRC); 110 repairs the loss; None: padding
+    # only; 119 payload padding; 110 again, no longer missing
+    for rtx_seq, osn in enumerate((105, 110, None, 119, 110, None)):
+        rtx = RtpPacket(97, False, 500 + rtx_seq, 3000 * (osn or 119), 0x3334)
+        if osn is not None:
             rtx.payload = osn.to_bytes(2, "big") + sent[osn]
-            rtx.extensions.repaired_rtp_stream_id = "h"
-            packets.append(rtx.serialize(ext))
+        rtx.extensions.repaired_rtp_stream_id = "h"
+        data = bytearray(rtx.serialize(ext))
+        if osn is None:
+            data[0] |= 0x20  # padding only: 200 bytes, the last says how many
+            data += bytes(199) + bytes([200])
+        packets.append(bytes(data))
+    py, c = TappedLayers(), TappedLayers()
+    try:
+        for path, c_path in ((py, False), (c, True)):
+            await path.start(c_path, [VP8, RTX])
+            random.seed(3)
+            path.add_leg(None)  # the top layer, h
         for n, data in enumerate(packets):
-            packet = _fastpath.parse_rtp(data, 0, 0, 7, 8)
-            packet.arrival_ns = time.perf_counter_ns()
-            path.feed(packet, 3_900_000_000_000 + n)
-        got = [p[12:] for p in path.received(0)]
-        assert sorted(got) == sorted(sent.values())  # the repair included
-        assert path.replayed == 0  # nothing twice
-        assert got[-1] == sent[110]
-        assert path.layers.layers[2].ssrc == 0x3333
+            for path in (py, c):
+                packet = _fastpath.parse_rtp(data, 0, 0, 7, 8)
+                packet.arrival_ns = time.perf_counter_ns()
+                path.feed(packet, 3_900_000_000_000 + n)
+        got = {}
+        for name, path in (("py", py), ("c", c)):
+            got[name] = [p[12:] for p in path.received(0)]
+            assert sorted(got[name]) == sorted(sent.values())  # the repair included
+            assert path.replayed == 0  # nothing twice
+            assert got[name][-1] == sent[110]
+            assert path.layers.layers[2].ssrc == 0x3333
+        assert got["py"] == got["c"]
+        # the RTX stream's padding after the first packet stayed in C, the repair did not
+        assert c.layers.layers[2]._rtx_inbound.counts == (4, 1)
+        streams = [p.receiver._RTCRtpReceiver__remote_streams for p in (py, c)]
+        fields = ("base_seq", "max_seq", "cycles", "packets_received", "_last_timestamp")
+        for ssrc in (0x3333, 0x3334):
+            a, b = (s[ssrc] for s in streams)
+            assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+        nacks = [getattr(p.receiver, hooks._ACCOUNT)[1](0x3333) for p in (py, c)]
+        assert (nacks[0].max_seq, nacks[0].missing) == (nacks[1].max_seq, nacks[1].missing)
     finally:
-        await path.close()
+        await py.close()
+        await c.close()
 
 
 async def test_rtx_is_bound_to_its_layer_by_repaired_rid() -> None:

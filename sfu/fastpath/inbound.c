@@ -28,10 +28,15 @@
  * track's received counters (Track.received, for the allocator's rates) and arrival time
  * (Track.last_ns: whether a layer is flowing), the fan-out to every ready Leg (leg.c).
  *
+ * An RTX SSRC (Track.rtx, registered once its media stream is known) forwards nothing
+ * from here: its padding (padding-only packets, and libwebrtc's payload padding, packets
+ * the stream already has) is accounted and dropped as the Python path would; a repair of
+ * a missing packet goes to Python, which forwards it.
+ *
  * Crosses into Python:
  * - any other packet: the fallback (the Python on_rtp it replaced), untouched; so the
  *   first packets of an SSRC (a layer is bound by its rtp-stream-id there, and registers
- *   its Track), a layer's key frames, RTX (bound by repaired-rtp-stream-id), gaps;
+ *   its Track), a layer's key frames, repairs (RTX bound by repaired-rtp-stream-id), gaps;
  * - an estimate the estimator returns: on_remb(estimate, arrival_ms) (throttle, send);
  * - legs the fan-out could not send to: on_slow(packet, [(index, result)]), as
  *   Forwarder.tap hands them to Leg.push;
@@ -61,6 +66,10 @@ typedef struct {
     /* A simulcast layer: the first packet of each VP8 key frame goes to Python, which
      * moves legs switching to this layer and reads the frame size (0: no such check). */
     int keys;
+    /* A stream's RTX SSRC: nothing is forwarded from here; padding (empty, or a packet
+     * the stream already has: libwebrtc's payload padding) is accounted and dropped, a
+     * repair of a missing packet goes to Python. nack is the media stream's generator. */
+    int rtx;
     long long last_ns; /* arrival of the last packet, either path (Forwarder.last_ns) */
     /* receive accounting (set by sfu.aiortc_hooks, NULL: none) */
     PyObject *receiver;
@@ -202,6 +211,20 @@ static int Track_set_keys(Track *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *Track_get_rtx(Track *self, void *closure)
+{
+    return PyBool_FromLong(self->rtx);
+}
+
+static int Track_set_rtx(Track *self, PyObject *value, void *closure)
+{
+    int v = value ? PyObject_IsTrue(value) : 0;
+    if (v < 0)
+        return -1;
+    self->rtx = v;
+    return 0;
+}
+
 static PyObject *Track_get_last_ns(Track *self, void *closure)
 {
     return PyLong_FromLongLong(self->last_ns);
@@ -238,6 +261,8 @@ static PyGetSetDef Track_getset[] = {
     {"paused", (getter)Track_get_paused, (setter)Track_set_paused, "forwarding paused", NULL},
     {"keys", (getter)Track_get_keys, (setter)Track_set_keys,
      "hand the first packet of every VP8 key frame to Python (a simulcast layer)", NULL},
+    {"rtx", (getter)Track_get_rtx, (setter)Track_set_rtx,
+     "an RTX SSRC: take its padding, hand repairs to Python", NULL},
     {"last_ns", (getter)Track_get_last_ns, (setter)Track_set_last_ns,
      "arrival (perf_counter_ns) of the last packet; Python's path sets it too", NULL},
     {"counts", (getter)Track_get_counts, NULL, "(packets taken in C, handed to Python)", NULL},
@@ -431,11 +456,16 @@ static int Inbound_init(Inbound *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+static int account_rx(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms, Py_ssize_t plen);
+static int Inbound_take_rtx(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms);
+
 /* 1: taken here, 0: not for this path (nothing changed), -1: error */
 static int Inbound_take(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms)
 {
     if (!t->meter || !t->legs || !t->on_slow || !p->payload)
         return 0; /* a Track made without __init__ */
+    if (t->rtx)
+        return Inbound_take_rtx(t, p, ssrc_key, ms);
     Py_ssize_t plen = PyBytes_GET_SIZE(p->payload);
     if (t->paused || (int)p->payload_type != t->payload_type || plen < 1 ||
         plen > t->max_payload || !t->meter)
@@ -480,7 +510,22 @@ static int Inbound_take(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms)
     }
     if (!t->receiver)
         return 1;
-    /* _account_rtp: estimator, active SSRC, statistics, NACK state */
+    if (account_rx(t, p, ssrc_key, ms, plen) < 0)
+        return -1;
+    if (t->nack) {
+        PyObject **dp = _PyObject_GetDictPtr(t->nack);
+        if (dp && *dp && (dict_set_ll(*dp, s_max_seq, seq) < 0 || nack_truncate(*dp, seq) < 0))
+            return -1;
+    }
+    return 1;
+}
+
+/* _account_rtp for a packet taken here: estimator, active SSRC, statistics (NACK state:
+ * the caller's). 0, or -1 with an exception set. */
+static int account_rx(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms, Py_ssize_t plen)
+{
+    uint32_t seq = p->sequence_number;
+    long long max_seq = 0;
     long long arrival_ms = PyLong_AsLongLong(ms);
     if (arrival_ms == -1 && PyErr_Occurred())
         return -1;
@@ -514,17 +559,53 @@ static int Inbound_take(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms)
         t->active_until = arrival_ms + ACTIVE_SSRC_REFRESH_MS;
     }
     /* the stream's dict may have changed hands during the calls above: look again */
-    stream = stream_for(t, ssrc_key, seq, &max_seq);
+    PyObject *stream = stream_for(t, ssrc_key, seq, &max_seq);
     if (stream && stream_add(stream, max_seq, seq, p->timestamp) < 0)
         return -1;
-    if (PyErr_Occurred())
-        return -1;
-    if (t->nack) {
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* A packet on a Track.rtx: 1 taken (padding, accounted and dropped as Forwarder.tap and
+ * _account_rtp would), 0 for Python (a repair, or anything unusual), -1 error. */
+static int Inbound_take_rtx(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms)
+{
+    Py_ssize_t plen = PyBytes_GET_SIZE(p->payload);
+    if (t->paused || !t->receiver || (int)p->payload_type != t->payload_type || plen == 1)
+        return 0;
+    if (plen >= 2) {
+        /* payload padding only: the original is not missing and not newer than the
+         * newest packet of the stream (hooks.repairs_loss; NackGenerator.add then
+         * changes nothing) */
+        if (!t->nack)
+            return 0;
         PyObject **dp = _PyObject_GetDictPtr(t->nack);
-        if (dp && *dp && (dict_set_ll(*dp, s_max_seq, seq) < 0 || nack_truncate(*dp, seq) < 0))
-            return -1;
+        long long max_seq;
+        if (!dp || !*dp || dict_ll(*dp, s_max_seq, &max_seq) <= 0)
+            return PyErr_Occurred() ? -1 : 0;
+        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(p->payload);
+        uint32_t osn = (uint32_t)b[0] << 8 | b[1];
+        if (uint16_gt(osn, (uint32_t)max_seq))
+            return 0;
+        PyObject *missing = PyDict_GetItemWithError(*dp, s_missing);
+        if (!missing || !PySet_Check(missing))
+            return PyErr_Occurred() ? -1 : 0;
+        PyObject *o = PyLong_FromUnsignedLong(osn);
+        int repair = o ? PySet_Contains(missing, o) : -1;
+        Py_XDECREF(o);
+        if (repair != 0)
+            return repair < 0 ? -1 : 0; /* a repair: Python forwards it */
     }
-    return 1;
+    PyObject *enabled = PyObject_GetAttr(t->receiver, s_enabled);
+    if (!enabled)
+        return -1;
+    int on = PyObject_IsTrue(enabled);
+    Py_DECREF(enabled);
+    if (on <= 0)
+        return on;
+    long long max_seq = 0;
+    if (!stream_for(t, ssrc_key, p->sequence_number, &max_seq))
+        return PyErr_Occurred() ? -1 : 0;
+    return account_rx(t, p, ssrc_key, ms, plen) < 0 ? -1 : 1;
 }
 
 static PyObject *Inbound_call(Inbound *self, PyObject *args, PyObject *kwds)
