@@ -36,7 +36,7 @@ examples:
       --json bench-out/bench.json --plot bench-out/bench.png
   roundtable-bench --local --baseline --rooms 4 --participants 3 --duration 15
   roundtable-bench --local --compare-simulcast --rooms 10 --participants 3 --duration 20
-  unshare -n sh -c 'ip link set lo up && roundtable-bench --local --simulcast --rooms 2 \
+  unshare -n sh -c 'ip link set lo up && roundtable-bench --local --simulcast --rooms 2 \\
       --duration 30 --link 300kbit,,2% --link-subscribers 1 --link-until 20 --plot out.png'
   roundtable-bench --local --find-capacity --rooms 5 --capacity-step 5 --duration 10
   roundtable-bench --local --find-capacity --server-workers 1,2 --workers 2
