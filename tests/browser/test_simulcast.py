@@ -192,12 +192,20 @@ async def test_layers_follow_tiles_switch_at_key_frames_and_hidden_tiles_get_not
         print(f"[layers] {b.name} wants {wanted}")
         # The desktop grid of three wants the middle layer; the phone's tiles are no larger.
         assert set(wanted.values()) <= ({0, 1} if b is pa else {1}), wanted
+
         # What arrives is never larger than the tile needs (one layer, the right one or,
-        # while the publisher's uplink does not carry it, a lower one).
-        got = await inbound(b)
-        for pid, want in wanted.items():
-            if pid in got:  # (no inbound stats yet while the allocator holds it paused)
-                assert 0 < got[pid]["width"] <= LAYER_SIZES[want][0], (b.name, pid, got[pid])
+        # while the publisher's uplink does not carry it, a lower one) once the switch
+        # down is through: it waits for the lower layer's key frame (a PLI round trip and
+        # an encode, seconds on a loaded machine), the frames decoded until then are the
+        # old layer's.
+        async def fits(b: Browser = b, wanted: dict = wanted) -> tuple[dict]:
+            got = await inbound(b)
+            for pid, want in wanted.items():
+                if pid in got:  # (no inbound stats yet while the allocator holds it paused)
+                    assert 0 < got[pid]["width"] <= LAYER_SIZES[want][0], (b.name, pid, got[pid])
+            return (got,)
+
+        (got,) = await until(fits, within=20, what=f"{b.name}'s frames fit its tiles")
         print(
             f"[layers] {b.name} receives { ({p: (v['width'], v['height']) for p, v in got.items()}) }"
         )
