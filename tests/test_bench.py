@@ -658,10 +658,13 @@ def test_a_subscriber_behind_a_shaped_link_gets_a_lower_layer(tmp_path: Path) ->
     assert len(pubs) == 2
     for pub in pubs:
         layers = [p["layers"][pub] for p in shaped["sfu"] if pub in p["layers"]]
-        # not (always) the top layer its tiles ask for: the SFU reacts within seconds;
-        # the window is long enough on a loaded machine, and how fast is bench's figure
-        assert min(layers) < 2, (pub, layers)
-    assert shaped["shaping_dropped"]["tc_dropped"] >= 0
+        # not the top layer its tiles ask for, in the second half of the window: the SFU
+        # reacts within seconds (how fast is the bench's figure, not this test's); a
+        # lower layer in the first second, before the top one flows, proves nothing
+        late = layers[len(layers) // 2 :]
+        assert any(layer < 2 for layer in late), (pub, layers)
+    # the shaping really held the link: the top layers the SFU started with overflowed it
+    assert shaped["shaping_dropped"]["tc_dropped"] > 0
     assert png.stat().st_size > 20_000
 
 
