@@ -112,6 +112,7 @@ class DownlinkEstimate:
         self._rtx_at = clock()
         # Did the latest SR sent after the last decrease wait in a queue (None: no word)
         self._queued: bool | None = None
+        self._queued_at = -1e9  # when the SR behind it was sent
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
         self._rr_last: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq, lost)
         self._last_decrease = -1e9
@@ -190,6 +191,7 @@ class DownlinkEstimate:
         sent = now - age
         if sent >= self._last_decrease:
             self._queued = self.queue_delay > QUEUE_DELAY
+            self._queued_at = sent
         probe = self.probe
         if self.queue_delay <= QUEUE_DELAY:
             if probe is not None and sent >= probe.started + 0.8 * PROBE_SECONDS:
@@ -212,6 +214,19 @@ class DownlinkEstimate:
             log.debug("downlink %s: probe to %d shown wrong", self.label, last.target)
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             self._lower(now, last.before)
+
+    def _drained(self, now: float) -> bool:
+        """Whether an SR sent after the last decrease, and lately, came back without
+        waiting: the link's queue is gone, and the losses still reported are from
+        before the decrease (cutting again for them cut a link that then carried what
+        was sent). Not before any decrease, nor on an old answer: an overfull link
+        drops the SRs themselves, and a stale "no queue" then kept a 120 kbit/s link
+        from ever being cut."""
+        return (
+            self._queued is False
+            and self._last_decrease > -1e9
+            and now - self._queued_at < LOSS_REFRESH
+        )
 
     def allow_retransmit(self, size: int) -> bool:
         """Whether a NACKed packet of ``size`` bytes may be sent again: at most
@@ -241,10 +256,7 @@ class DownlinkEstimate:
         expected = sum(r[1] for r in reports)
         if expected >= MIN_LOSS_PACKETS:
             self.loss = sum(r[2] for r in reports) / expected
-            # Not when an SR sent after the last decrease came back without waiting: the
-            # link's queue is gone, and these losses are from before (they cut again a
-            # link that then carried what was sent).
-            if self.loss > LOSS_HIGH and self._queued is not False:
+            if self.loss > LOSS_HIGH and not self._drained(now):
                 base = self.sent_bps or self.bps
                 log.debug("downlink %s: loss %.2f of %d sent", self.label, self.loss, base)
                 if self._congested(now, base * (1 - self.loss / 2)):
