@@ -312,7 +312,8 @@ class Router:
         ``None`` (do not judge by media) unless something is bound to arrive at least
         about once a second: an audio track it publishes that is not muted by the
         moderator (Opus with DTX still sends every 400 ms), or a video being forwarded
-        to it (its receiver reports come about every second). Without that - audio
+        to it whose source is flowing (its receiver reports come about every second; an
+        attached leg whose camera is off gets none, and reports on it stop). Without that - audio
         received only (RTCP every ~5 s), a camera switched off, a muted track (its
         packets are not even looked at) - a quiet second proves nothing."""
         ages: list[float] = []
@@ -329,7 +330,11 @@ class Router:
                 ages.append((time.perf_counter_ns() - latest) / 1e9)
         subscriber = self.subscribers.get(pid)
         if subscriber is not None:
-            bound = bound or any(leg.layer is not None for leg in subscriber.video_legs())
+            now_ns = time.perf_counter_ns()
+            bound = bound or any(
+                leg.source is not None and leg.source.flowing(now_ns)
+                for leg in subscriber.video_legs()
+            )
             if subscriber.estimate.heard_at is not None:
                 ages.append(time.monotonic() - subscriber.estimate.heard_at)
         if not bound or not ages:

@@ -415,5 +415,10 @@ async def test_silence_judges_only_by_media_bound_to_arrive() -> None:
         assert room.router.silence("a") is None
         room.router.set_view("c", {"a": (True, 320, 240)})
         await wait_for(lambda: room.router.silence("c") is not None, timeout=5)
+        # The video it is shown stops (camera off, or muted): its leg stays attached, but
+        # the browser stops reporting on a stream that sends nothing (libwebrtc drops the
+        # report block 8 s after the last packet), so nothing is bound to arrive.
+        room.router.set_paused("a", "video", True)
+        await wait_for(lambda: room.router.silence("c") is None, timeout=5)
     finally:
         await room.close()
