@@ -79,21 +79,26 @@ class Wheel:
         self._armed = None
         self.fired += 1
         # Every slot that has begun (asyncio may run a timer up to its clock resolution
-        # early: the slot this wake-up was armed for counts as begun); a job added while
-        # these run lands in a later slot, or, if already due, in the next wake-up.
+        # early: the slot this wake-up was armed for counts as begun). They are taken
+        # out before any job runs, so a job added meanwhile - even for a slot already
+        # due - waits for the next wake-up: a job re-adding itself in the past cannot
+        # keep this loop (and the event loop) spinning.
         due = math.floor(self._loop.time() / self._resolution)
         if armed is not None and armed > due:
             due = armed
         order, slots = self._order, self._slots
+        ready: list[Timer] = []
         while order and order[0] <= due:
-            for timer in slots.pop(heapq.heappop(order)):
-                if timer.cancelled:
-                    continue
-                timer.cancelled = True  # ran: a late cancel() is harmless
-                try:
-                    timer.callback()
-                except Exception:
-                    log.exception("timer job failed")
+            ready.extend(slots.pop(heapq.heappop(order)))
+        for timer in ready:
+            if timer.cancelled:
+                continue
+            timer.cancelled = True  # ran: a late cancel() is harmless
+            try:
+                timer.callback()
+            except Exception:
+                name = getattr(timer.callback, "__qualname__", type(timer.callback).__name__)
+                log.exception("timer job %s failed", name)
         if order and (self._armed is None or order[0] < self._armed[0]):
             self._arm(order[0])
 

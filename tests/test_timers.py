@@ -65,6 +65,24 @@ async def test_a_job_may_schedule_the_next_one() -> None:
     assert len(ticks) == 5
 
 
+async def test_a_job_re_adding_itself_in_the_past_waits_for_the_next_wakeup() -> None:
+    """A job due at once (a time already past) added by a running job does not run in
+    the same wake-up: otherwise one such job would spin the event loop forever."""
+    loop = asyncio.get_running_loop()
+    w = Wheel(loop)
+    runs: list[int] = []
+
+    def again() -> None:
+        runs.append(w.fired)
+        if len(runs) < 1000:
+            w.call_at(loop.time() - 1.0, again)
+
+    w.call_later(0, again)
+    await asyncio.sleep(0.05)
+    assert len(runs) == len(set(runs)), "ran twice in one wake-up"
+    assert runs == sorted(runs) and len(runs) > 1
+
+
 async def connected_pair() -> tuple[aioice.Connection, aioice.Connection]:
     """An SFU-side (controlled) connection and a peer, connected on loopback."""
     sfu = aioice.Connection(ice_controlling=False)
