@@ -175,7 +175,7 @@ class Allocator:
             try:
                 self.tick()
             except Exception:
-                log.exception("allocator tick failed")
+                log.exception("allocator %s: tick failed", self.estimate.label)
         # A probe's padding covers the time since the last burst, not the nominal tick: a
         # busy loop runs this later than asked, and a probe padding only a tick's share
         # per run carried much less than its target (and passed, having tested nothing).
@@ -184,7 +184,7 @@ class Allocator:
         try:
             probing = self._pad(elapsed if self.estimate.probe is not None else 0)
         except Exception:
-            log.exception("allocator padding failed")
+            log.exception("allocator %s: padding failed", self.estimate.label)
             probing = False
         if self._timer is not None and self._wheel is not None:  # not closed meanwhile
             self._timer = self._wheel.call_later(PROBE_TICK if probing else TICK, self._step)
