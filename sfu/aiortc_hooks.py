@@ -78,6 +78,7 @@ __all__ = [
     "send_sender_report",
     "take_over_sender",
     "update_sender_report",
+    "drop_receive_estimator",
     "use_media_host",
     "arrival_ns",
     "send_rtp",
@@ -619,6 +620,14 @@ def take_over_sender(
             await original(packet)
 
         sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+def drop_receive_estimator(receiver: RTCRtpReceiver) -> None:
+    """Free the receive-side bandwidth estimator aiortc builds for every video receiver
+    (its rate counter alone is 1,000 bucket objects, ~95 KB), for a receiver that never
+    receives: that of a send-only subscriber leg (issue 16: memory per participant).
+    aiortc's receiver skips estimation when it is ``None``, as for audio."""
+    receiver.__dict__[_RX_REMB] = None
 
 
 def update_sender_report(sender: RTCRtpSender, rtp_timestamp: int, octets: int) -> None:

@@ -418,6 +418,8 @@ class Leg:
         hooks.take_over_sender(
             self.sender, self.on_keyframe_request, self.retransmit, self._on_rtcp
         )
+        # The leg only sends: the estimator aiortc gave its receiver would never run.
+        hooks.drop_receive_estimator(transceiver.receiver)
 
     # -- wiring ----------------------------------------------------------------------
 

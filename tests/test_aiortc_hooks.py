@@ -86,3 +86,41 @@ def test_keyframe_detectors_survive_garbage() -> None:
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         vp8_keyframe_start(data)
         h264_keyframe_start(data)
+
+
+async def test_a_subscriber_video_leg_costs_no_receive_estimator() -> None:
+    # aiortc builds a receive-side bandwidth estimator (a 1,000-bucket rate counter) for
+    # every video receiver, also that of a send-only subscriber leg, which never gets a
+    # packet: ~95 KB of a participant's memory per video leg (issue 16: <= 2 MB each).
+    import gc
+    import tracemalloc
+
+    from aiortc import RTCPeerConnection
+
+    from sfu.forwarder import Leg
+    from sfu.stats import RoomStats
+
+    pc = RTCPeerConnection()
+    stats = RoomStats()
+    legs = []
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        for _ in range(4):
+            transceiver = pc.addTransceiver(aiortc_hooks.SilentTrack("video"), "sendonly")
+            legs.append(Leg("video", transceiver, stats, 100))
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+        for leg in legs:
+            await leg.close()
+        await pc.close()
+    per_leg = sum(s.size_diff for s in after.compare_to(before, "filename")) / 4
+    rate = sum(
+        s.size_diff for s in after.compare_to(before, "filename") if "aiortc/rate.py" in str(s)
+    )
+    print(f"{per_leg / 1024:.0f} KB per video leg, {rate} B of rate counters")
+    assert rate <= 0
+    assert per_leg < 60 * 1024
