@@ -348,6 +348,20 @@ async () => {
 """
 
 
+def partner_url(server: Server, room: str) -> str:
+    """A join link for a partner of the pension insurance with every media grant."""
+    token = server.token(
+        room,
+        "partner",
+        "Frau Sommer",
+        "--org",
+        "Deutsche Rentenversicherung",
+        "--grants",
+        "publish,subscribe,audio,video,see_client,screen",
+    )
+    return server.join_url(token)
+
+
 async def inbound_rtp(browser: Browser) -> dict[str, dict[str, Any]]:
     """What the page receives, per remote participant, kind and RTP stream (getStats)."""
     return await browser.page.evaluate(_INBOUND_RTP_JS)

@@ -19,37 +19,14 @@ from tests.browser.harness import (
     Launch,
     Server,
     eventually,
+    inbound_rtp,
     join,
     my_id,
+    partner_url,
     wait_remote_playing,
 )
 
 pytestmark = pytest.mark.browser
-
-# Per remote participant: what its inbound video looks like now (getStats).
-_INBOUND_JS = """
-async () => {
-  const rt = window.roundtable;
-  const pc = rt.pcs && rt.pcs.subscribe;
-  const out = {};
-  if (!pc) return out;
-  const map = rt.call ? rt.call.trackMap : new Map();
-  const stats = await pc.getStats();
-  stats.forEach((s) => {
-    if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
-    const info = map.get(String(s.mid));
-    if (!info) return;
-    out[info.participant] = {
-      width: s.frameWidth || 0, height: s.frameHeight || 0,
-      decoded: s.framesDecoded || 0, dropped: s.framesDropped || 0,
-      freezes: s.freezeCount || 0, packets: s.packetsReceived || 0,
-      keyframes: s.keyFramesDecoded || 0, ssrc: s.ssrc,
-      freezeSeconds: s.totalFreezesDuration || 0,
-    };
-  });
-  return out;
-}
-"""
 
 # What our camera sends, per rid (outbound-rtp).
 _OUTBOUND_JS = """
@@ -86,7 +63,18 @@ async def until(check: Callable[[], Awaitable[Any]], within: float, what: str) -
 
 
 async def inbound(browser: Browser) -> dict[str, dict[str, Any]]:
-    return await browser.page.evaluate(_INBOUND_JS)
+    """Per remote participant: what its inbound video looks like now (getStats)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, s in (await inbound_rtp(browser)).items():
+        participant, kind, ssrc = key.rsplit(":", 2)
+        if kind == "video":
+            out[participant] = {
+                **s,
+                "decoded": s["frames"],
+                "packets": s["received"],
+                "ssrc": int(ssrc),
+            }
+    return out
 
 
 async def outbound(browser: Browser) -> dict[str, dict[str, Any]]:
@@ -143,19 +131,6 @@ async def views_match_sfu(server: Server, browser: Browser, me: str) -> dict[str
     return out
 
 
-def _partner_url(server: Server, room: str) -> str:
-    token = server.token(
-        room,
-        "partner",
-        "Frau Sommer",
-        "--org",
-        "Deutsche Rentenversicherung",
-        "--grants",
-        "publish,subscribe,audio,video,see_client,screen",
-    )
-    return server.join_url(token)
-
-
 async def test_layers_follow_tiles_switch_at_key_frames_and_hidden_tiles_get_nothing(
     server: Server, launch: Launch
 ) -> None:
@@ -180,7 +155,7 @@ async def test_layers_follow_tiles_switch_at_key_frames_and_hidden_tiles_get_not
     # A partner joins on a phone: the desktop tiles shrink (the middle layer), the phone's
     # strip tile takes the low one.
     pa = await launch("partner", width=360, height=640)
-    await join(pa, _partner_url(server, room["room"]))
+    await join(pa, partner_url(server, room["room"]))
     ids["partner"] = await my_id(pa)
     everyone = set(ids.values())
     for b in (cw, cl, pa):

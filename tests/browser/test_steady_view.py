@@ -22,6 +22,7 @@ from tests.browser.harness import (
     Server,
     join,
     my_id,
+    partner_url,
     remote_videos,
     wait_remote_playing,
 )
@@ -76,19 +77,6 @@ def _wire(browser: Browser) -> dict[str, list[tuple[str, Any]]]:
     return log
 
 
-def _partner_url(server: Server, room: str) -> str:
-    token = server.token(
-        room,
-        "partner",
-        "Frau Sommer",
-        "--org",
-        "Deutsche Rentenversicherung",
-        "--grants",
-        "publish,subscribe,audio,video,see_client,screen",
-    )
-    return server.join_url(token)
-
-
 @pytest.mark.parametrize("size", [(360, 640), (1280, 720)], ids=["phone", "desktop"])
 async def test_steady_layout_sends_steady_view_and_video_keeps_playing(
     server: Server, launch: Launch, size: tuple[int, int]
@@ -100,7 +88,7 @@ async def test_steady_layout_sends_steady_view_and_video_keeps_playing(
     wire = _wire(cl)
     await asyncio.gather(
         join(cw, room["caseworker_url"]),
-        join(pa, _partner_url(server, room["room"])),
+        join(pa, partner_url(server, room["room"])),
         join(cl, room["client_url"]),
     )
     ids = {b.name: await my_id(b) for b in (cw, pa, cl)}
