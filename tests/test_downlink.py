@@ -21,7 +21,7 @@ from sfu import downlink
 from sfu.allocator import Video, allocate
 from sfu.downlink import DownlinkEstimate
 from sfu.router import VideoPaused
-from tests.media import Room, wait_for
+from tests.media import Peer, Room, wait_for
 
 
 class Clock:
@@ -247,6 +247,22 @@ def test_a_layer_already_held_needs_less_headroom_to_stay() -> None:
     assert allocate(420_000, 50_000, fresh) == {"v": 0}
 
 
+async def _a_watched_by_b_who_reports_remb(room: Room, settle: float) -> Peer:
+    """``a`` publishes, ``b`` decodes it and plays Chromium's part in REMB: aiortc's own
+    estimator is taken out (it would send REMBs of its own in between), and b reports
+    2 Mbit/s past the warm-up (``settle`` s more; drops before it cut nothing). Returns b."""
+    await room.join("a", (200, 30, 30))
+    b = await room.join("b", (30, 200, 30))
+    await wait_for(lambda: b.decoded("a", "video") >= 10, timeout=20)
+    for transceiver in b.sub.getTransceivers():
+        transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
+    await _send_remb(room, "b", 2_000_000)
+    await asyncio.sleep(downlink.REMB_WARMUP + settle)
+    await _send_remb(room, "b", 2_000_000)
+    await asyncio.sleep(0.2)
+    return b
+
+
 async def _send_remb(room: Room, pid: str, bitrate: int) -> None:
     """The subscriber's own RTCP: a REMB for every video it receives."""
     sub = room.peers[pid].sub
@@ -298,16 +314,7 @@ async def test_a_narrow_link_pauses_video_keeps_audio_and_probes_back_up() -> No
     room = Room()
     reporting: asyncio.Task[None] | None = None
     try:
-        await room.join("a", (200, 30, 30))
-        b = await room.join("b", (30, 200, 30))
-        await wait_for(lambda: b.decoded("a", "video") >= 10, timeout=20)
-        for transceiver in b.sub.getTransceivers():
-            # aiortc's own estimator would send REMBs of its own in between.
-            transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
-        await _send_remb(room, "b", 2_000_000)
-        await asyncio.sleep(downlink.REMB_WARMUP + 3)  # drops before that cut nothing
-        await _send_remb(room, "b", 2_000_000)
-        await asyncio.sleep(0.2)
+        b = await _a_watched_by_b_who_reports_remb(room, settle=3)
 
         await _send_remb(room, "b", 1_000)
         await asyncio.sleep(0.3)
@@ -352,15 +359,7 @@ async def test_hiding_and_showing_a_paused_tile_is_no_resume_and_no_pause() -> N
     room = Room()
     reporting: asyncio.Task[None] | None = None
     try:
-        await room.join("a", (200, 30, 30))
-        b = await room.join("b", (30, 200, 30))
-        await wait_for(lambda: b.decoded("a", "video") >= 10, timeout=20)
-        for transceiver in b.sub.getTransceivers():
-            transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
-        await _send_remb(room, "b", 2_000_000)
-        await asyncio.sleep(downlink.REMB_WARMUP + 1)
-        await _send_remb(room, "b", 2_000_000)
-        await asyncio.sleep(0.2)
+        await _a_watched_by_b_who_reports_remb(room, settle=1)
 
         async def report() -> None:
             while True:  # keeps falling: the link stays narrow, every probe fails
