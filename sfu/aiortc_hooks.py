@@ -726,9 +726,12 @@ def _send_now(dtls: RTCDtlsTransport, data: bytes) -> bool:
     send = dtls.transport._send
     if getattr(send, "__func__", None) is not _ICE_CONNECTION_SEND:
         return False
-    pair = send.__self__._nominated.get(1)
+    connection = send.__self__
+    pair = connection._nominated.get(1)
     if pair is None:
         raise ConnectionError("Cannot send data, not connected")
+    if not ice.consented(connection):
+        raise ConnectionError("Consent expired, nothing may be sent (RFC 7675)")
     protocol = pair.protocol
     if type(protocol) is not aioice.ice.StunProtocol:
         return False
@@ -912,6 +915,8 @@ def fast_route(dtls: RTCDtlsTransport) -> tuple[Any, ...] | None:
     send = dtls.transport._send
     if getattr(send, "__func__", None) is not _ICE_CONNECTION_SEND:
         return None
+    if not ice.consented(send.__self__):
+        return None  # RFC 7675: nothing goes out until a restart wins consent back
     pair = send.__self__._nominated.get(1)
     if pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
         return None

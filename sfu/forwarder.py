@@ -406,6 +406,7 @@ class Leg:
         self._view: tuple[bool, int, int] = (True, 0, 0)  # visible, width, height (px)
         self._switch_to: Forwarder | None = None
         self.switches = 0
+        self._held = False  # the connection lost ICE consent: nothing may be sent (hold)
         # What this leg sent (both send paths), folded in by sync(): for tests and metrics.
         self.packets = 0
         self.octets = 0
@@ -510,6 +511,17 @@ class Leg:
         self.cap = layer
         self.update_layer()
 
+    def hold(self, held: bool) -> None:
+        """Send nothing (``True``), whatever the view and the cap, or resume (``False``,
+        at a key frame): the subscriber's connection lost ICE consent, or a restart won
+        it back (RFC 7675 section 5.1, :mod:`sfu.ice`). A held leg is parked, so it
+        costs the fan-out nothing while the participant may still come back."""
+        self._held = held
+        if held:
+            self._fast.clear_route()
+            self._route = None
+        self.update_layer()
+
     @property
     def layer(self) -> int | None:
         """The index of the layer being forwarded now, ``None`` while parked."""
@@ -543,6 +555,8 @@ class Leg:
 
     def wanted_layer(self) -> int | None:
         """``min(view, cap)``: the layer this leg should get, ``None`` for none at all."""
+        if self._held:
+            return None
         if self.kind != "video":
             return None if self.track is None else 0
         preferred = self.preferred_layer()

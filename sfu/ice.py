@@ -14,7 +14,12 @@ by the new ufrag (``sfu.udpmux``).
 Consent (RFC 7675): aioice closes a connection after 30 s without consent, which would
 end the DTLS association and make a restart impossible. The SFU's connections instead
 stop checking and wait: the control plane decides when a participant who is away is
-gone (its reconnect grace) and then closes the connection itself. aioice runs one task
+gone (its reconnect grace) and then closes the connection itself. What they must not do
+is keep sending (section 5.1: transmission stops when consent expires): an expired
+connection sends nothing at all — the owner's ``on_consent(False)`` parks its legs, the
+C send path finds no route (:func:`consented`), and aiortc's own writes (RTCP, DTLS) are
+dropped at the connection — until a restart's checks succeed and ``on_consent(True)``
+lets media resume. aioice runs one task
 per connection for the checks; the SFU's connections share the loop's timer wheel
 (:mod:`sfu.timers`) instead, with aioice's timing: a binding request every 4-6 s on each
 nominated pair, answered within aioice's RTO (0.5 s) or counted as a failure, expiry
@@ -27,6 +32,7 @@ import asyncio
 import logging
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 
 _SFU = "_roundtable_sfu"  # marks an aioice Connection of the SFU's own
 _CONSENT = "_roundtable_consent"  # the _Consent checking an SFU connection now
+_EXPIRED = "_roundtable_expired"  # set while an SFU connection's consent has expired
+_ON_CONSENT = "_roundtable_on_consent"  # the owner's callback: consent lost / regained
 _original_query_consent = aioice.ice.Connection.query_consent
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)\s*$", re.M)
 _PWD = re.compile(r"^a=ice-pwd:(\S+)\s*$", re.M)
@@ -70,16 +78,59 @@ def connections(pc: RTCPeerConnection) -> list[aioice.Connection]:
     return [transport._connection for transport in _transports(pc)]
 
 
-def mark(pc: RTCPeerConnection) -> None:
-    """Treat ``pc``'s connections as the SFU's (patient consent, restartable)."""
+def mark(pc: RTCPeerConnection, on_consent: Callable[[bool], None] | None = None) -> None:
+    """Treat ``pc``'s connections as the SFU's (patient consent, restartable).
+
+    Call after ``setLocalDescription`` (the transports exist then), before the checks
+    succeed. ``on_consent(False)`` is called when a connection's consent expires (stop
+    sending media), ``on_consent(True)`` when a restart won it back.
+    """
     for connection in connections(pc):
-        mark_connection(connection)
+        mark_connection(connection, on_consent)
 
 
-def mark_connection(connection: aioice.Connection) -> None:
-    """Treat one aioice connection as the SFU's; before its ``connect()`` finishes."""
+def mark_connection(
+    connection: aioice.Connection, on_consent: Callable[[bool], None] | None = None
+) -> None:
+    """:func:`mark` for one aioice connection (a test seam: no peer connection needed)."""
     install()
     setattr(connection, _SFU, True)
+    if on_consent is not None:
+        setattr(connection, _ON_CONSENT, on_consent)
+
+
+def consented(connection: aioice.Connection) -> bool:
+    """``False`` while the connection's consent has expired: nothing may be sent on it."""
+    return not getattr(connection, _EXPIRED, False)
+
+
+async def _withheld(data: bytes, component: int) -> None:
+    """``Connection.sendto`` of an expired connection: the datagram is dropped, as if
+    lost (aiortc's writers, RTCP and DTLS alike, treat a send as done)."""
+
+
+def _expire(connection: aioice.Connection) -> None:
+    setattr(connection, _EXPIRED, True)
+    connection.sendto = _withheld  # type: ignore[method-assign]
+    _tell(connection, False)
+
+
+def _regain(connection: aioice.Connection) -> None:
+    if not getattr(connection, _EXPIRED, False):
+        return
+    delattr(connection, _EXPIRED)
+    del connection.sendto  # aioice's own again
+    _tell(connection, True)
+
+
+def _tell(connection: aioice.Connection, consent: bool) -> None:
+    callback = getattr(connection, _ON_CONSENT, None)
+    if callback is None:
+        return
+    try:
+        callback(consent)
+    except Exception:
+        log.exception("connection %s: consent callback failed", connection._id)
 
 
 def remote_changed(pc: RTCPeerConnection, sdp: str) -> tuple[str, str] | None:
@@ -176,6 +227,9 @@ async def _query_consent(self: aioice.Connection) -> None:
     consent = _Consent(self)
     setattr(self, _CONSENT, consent)
     consent.schedule()
+    # connect() succeeded: after an expiry, that is a restart's checks (new credentials,
+    # consent anew, RFC 7675 section 5.1), so sending may resume.
+    _regain(self)
 
 
 class _Consent:
@@ -249,8 +303,12 @@ class _Consent:
         if not self.live():
             return
         if self.failures >= aioice.ice.CONSENT_FAILURES:
-            log.info("connection %s: consent expired, waiting for a restart", self.connection._id)
+            log.info(
+                "connection %s: consent expired, sending stopped until a restart",
+                self.connection._id,
+            )
             delattr(self.connection, _CONSENT)
+            _expire(self.connection)
             return
         self.schedule()
 
@@ -344,6 +402,7 @@ def check() -> list[str]:
 
 __all__ = [
     "connections",
+    "consented",
     "credentials",
     "mark",
     "mark_connection",

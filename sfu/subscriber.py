@@ -76,6 +76,7 @@ class Subscriber:
         self.restart_due = False
         self._restarting = False
         self._ice_task: asyncio.Task[None] | None = None
+        self._consent_lost = False  # RFC 7675: the legs are held until a restart
         self._queues = {"video": video_queue, "audio": audio_queue}
         self._on_state = on_state
         # Folding the legs' C counters into aiortc's, on the loop's timer wheel
@@ -133,7 +134,7 @@ class Subscriber:
             self._pending.append((leg, fwd))
         offer = await self.pc.createOffer()
         gather_on(self.pc, self._ports)
-        ice.mark(self.pc)
+        ice.mark(self.pc, self._consent)
         await self.pc.setLocalDescription(offer)
         self.negotiating = True
         tracks = tuple(
@@ -169,9 +170,24 @@ class Subscriber:
             self._wheel = wheel()
             self._sync_timer = self._wheel.call_later(SYNC_INTERVAL, self._sync_legs)
         self.allocator.start()
-        return Leg(
+        leg = Leg(
             fwd.kind, transceiver, self._stats, self._queues[fwd.kind], feedback=self.estimate
         )
+        if self._consent_lost:
+            leg.hold(True)
+        return leg
+
+    def _consent(self, granted: bool) -> None:
+        """ICE consent of the connection expired (stop sending media, RFC 7675 section
+        5.1; the participant keeps its reconnect grace) or a restart won it back."""
+        self._consent_lost = not granted
+        log.info(
+            "subscriber %s: %s",
+            self.pid,
+            "consent regained, media resumes" if granted else "consent expired, media held",
+        )
+        for leg in [*self.legs.values(), *self._idle]:
+            leg.hold(not granted)
 
     def _connection_state(self, pc: RTCPeerConnection) -> None:
         if pc.connectionState == "connected":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 
+import aioice.ice
 import pytest
+from aioice import stun
 
 from sfu import ice
 from sfu.ports import MediaPorts
@@ -87,3 +90,60 @@ async def test_restarts_keep_media_and_leak_nothing(shared_port: bool) -> None:
     finally:
         await room.close()
         mux.close()
+
+
+def _is_stun(datagram: bytes) -> bool:
+    return bool(datagram) and datagram[0] < 4  # RFC 7983: 0-3 STUN, 20-63 DTLS, 128-191 RTP
+
+
+async def test_expired_consent_stops_all_sending_until_a_restart(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 7675 section 5.1: when consent expires the SFU stops sending on that
+    connection (media, RTCP, everything but ICE), yet keeps the participant, its
+    connection and legs for the reconnect grace; a restart's checks win consent back
+    and media resumes. Consent is shortened (aioice's module constants) to seconds."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    monkeypatch.setattr(stun, "RETRY_RTO", 0.2)
+    room = Room("room-consent", MediaConfig(media_host=MEDIA_HOST))
+    try:
+        await room.join("a", (220, 30, 30))
+        b = await room.join("b", (30, 200, 30))
+        await wait_for(lambda: b.decoded("a", "video") >= 5 and b.decoded("a", "audio") >= 5, 20)
+
+        # What reaches b's subscribe connection, by kind of datagram.
+        client = ice.connections(b.sub)[0]
+        seen = {"stun": 0, "other": 0}
+        for protocol in client._protocols:
+            original = protocol.datagram_received
+
+            def counted(data: bytes, addr: tuple, original=original) -> None:
+                seen["stun" if _is_stun(data) else "other"] += 1
+                original(data, addr)
+
+            protocol.datagram_received = counted
+        await asyncio.sleep(0.5)
+        assert seen["other"] > 20  # media and RTCP flow
+
+        # b's browser stops answering the SFU's consent checks (its network went).
+        answer = client.request_received
+        client.request_received = lambda *args: None
+        server_sub = room.router.subscribers["b"].pc
+        with caplog.at_level(logging.INFO):
+            await wait_for(lambda: "consent expired" in caplog.text, 15)
+        await asyncio.sleep(0.3)  # what was in flight at expiry
+        seen["other"] = 0
+        await asyncio.sleep(1.5)
+        assert seen["other"] == 0, "the SFU kept sending after consent expired"
+        # The participant stays for its reconnect grace: same connection, same legs.
+        assert room.router.subscribers["b"].pc is server_sub
+        assert not ice.connections(server_sub)[0]._closed
+
+        # The page restarts ICE; checks succeed with new credentials, media resumes.
+        client.request_received = answer
+        frames = b.decoded("a", "video")
+        room.router.restart_ice("b")
+        await wait_for(lambda: b.decoded("a", "video") > frames + 10, 15)
+        await wait_for(lambda: seen["other"] > 20, 5)
+    finally:
+        await room.close()
