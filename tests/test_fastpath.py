@@ -639,6 +639,67 @@ def test_vp8_picture_ids_continue_across_sources_and_keep_gaps_within_one() -> N
     assert plain.rewrite(payload, False, 2, 0, 2)[0][12:] == payload
 
 
+def test_vp8_picture_ids_continue_across_a_pause_and_resume_of_the_same_layer() -> None:
+    """A park (hidden tile, allocator pause) and resume on the same layer rebases the
+    leg; the resume starts at a key frame, where the picture ids are re-synced too, so the
+    subscriber sees no jump by the pictures skipped meanwhile (as mediasoup's and
+    LiveKit's mungers do). A rebase that resumes within a picture keeps the offset. The
+    C send path and the Python path (``rewrite``) give the same bytes."""
+    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2)
+
+    class Dtls:
+        _state = "connected"
+
+    def key(pid: int, tl0: int) -> bytes:
+        return vp8_descriptor(pid, tl0)[:-1] + b"\x00"  # frame tag P bit clear
+
+    try:
+        c_leg, py_leg = make_leg()[0], make_leg()[0]
+        c_leg.vp8 = py_leg.vp8 = True
+        ctx = int(srtp_ffi.cast("uintptr_t", tx._srtp[0]))
+        port = receiver.getsockname()[1]
+        c_leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, Dtls(), "connected")
+        stream = [(key(100, 10), 50)] + [
+            (vp8_descriptor(p, 10 + p - 100), p - 50) for p in (101, 102)
+        ]
+        stream += ["park"]
+        # 20 s later, the same SSRC: picture 700 is the key frame the resume asks for
+        stream += [(key(700, 60), 650)] + [(vp8_descriptor(p, p - 640), p - 50) for p in (701, 702)]
+        # a rebase resuming within a picture (S bit clear: not a key frame's first packet)
+        middle = bytes([0x80]) + vp8_descriptor(710, 70)[1:]
+        stream += ["park", (middle, 660)]
+        c_out, py_out = [], []
+        for item in stream:
+            if item == "park":
+                c_leg.rebase()
+                py_leg.rebase()
+                continue
+            payload, seq = item
+            assert c_leg.send(payload, False, seq, seq * 3000, 1, time.perf_counter_ns()) is None
+            c_out.append(rx.unprotect(receiver.recv(2048)))
+            py_out.append(py_leg.rewrite(payload, False, seq, seq * 3000, 1)[0])
+        assert c_out == py_out
+        assert [picture(p) for p in c_out] == [
+            (100, 10),
+            (101, 11),
+            (102, 12),
+            (103, 13),  # was (700, 60): a jump by the 597 pictures skipped while parked
+            (104, 14),
+            (105, 15),
+            (113, 23),  # within a picture: the offset of before (+ upstream's gap)
+        ]
+        seqs = [header(p)[2] for p in c_out]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # and no sequence gap
+    finally:
+        receiver.close()
+        sender.close()
+
+
 def test_a_layers_key_frames_go_to_python_exactly_where_python_sees_one() -> None:
     """Track.keys: the first packet of a VP8 key frame is handed to Python (which moves
     legs to the layer), every other packet stays in C; C's key-frame test must agree

@@ -154,8 +154,9 @@ typedef struct {
 /* 1 if the VP8 RTP payload p[0..n) is the first packet of a key frame */
 int fp_vp8_keyframe_start(const unsigned char *p, Py_ssize_t n);
 /* Shift the payload descriptor's PictureID/TL0PICIDX in place onto the leg's numbering;
- * new_source: the first packet from another SSRC than the one before. */
-void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int new_source);
+ * resync: continue from the last picture sent (another SSRC, or a resume at a key
+ * frame). */
+void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int resync);
 
 /* ---- leg.c ------------------------------------------------------------------------ */
 

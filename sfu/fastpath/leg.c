@@ -310,8 +310,9 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
         return -1;
     }
     int64_t now = self->now_ns = mono_ns();
-    int new_source = 0;
+    int new_source = 0, rebased = 0;
     if (!self->have_in_ssrc || ssrc != self->in_ssrc || self->rebase) {
+        rebased = 1;
         if (!self->have_in_ssrc || ssrc != self->in_ssrc) {
             new_source = 1;
             /* A new source: continue the timestamps from the last one sent plus the
@@ -366,8 +367,16 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
         a[2] = abs & 0xFF;
     }
     memcpy(b + 12 + self->ext_len, PyBytes_AS_STRING(payload), plen);
-    if (self->vp8) /* picture ids continue across a change of layer (vp8.c) */
-        fp_vp8_rewrite(&self->vp8s, b + 12 + self->ext_len, plen, new_source);
+    if (self->vp8) {
+        /* Picture ids continue across a change of layer (vp8.c), and across a resume of
+         * the same one (a park, a queue drop) when it starts a key frame, as every
+         * resume does: otherwise they would jump by the pictures skipped meanwhile. A
+         * rebase that resumes within a picture keeps the offset (renumbering there
+         * would split one picture over two ids). */
+        unsigned char *vp8 = b + 12 + self->ext_len;
+        int resync = new_source || (rebased && fp_vp8_keyframe_start(vp8, plen));
+        fp_vp8_rewrite(&self->vp8s, vp8, plen, resync);
+    }
     *out_ts_p = out_ts;
     return len;
 }

@@ -8,8 +8,8 @@
  * on its own, so without this the subscriber's picture ids jump at every switch, and
  * Chromium's VP8 receiver takes a jump for lost pictures (it waits for them or asks for
  * another key frame). As mediasoup's VP8 EncodingContext and LiveKit's VP8 munger do:
- * at the first packet of a new source the offset is chosen so its picture id is the last
- * one sent plus one, and every packet of that source is shifted by the same offset, so
+ * at the first packet of a new source (or of the same one resumed at a key frame after a
+ * pause) the offset is chosen so its picture id is the last one sent plus one, and every packet of that source is shifted by the same offset, so
  * gaps and reordering within a layer stay as the publisher made them. The first source
  * a leg ever forwards keeps its own numbers (offset 0): a leg that never switches sends
  * the publisher's descriptor unchanged. The descriptor keeps its size (a 7-bit picture
@@ -71,11 +71,11 @@ int fp_vp8_keyframe_start(const unsigned char *p, Py_ssize_t n)
     return hdr < n && !(p[hdr] & 0x01);
 }
 
-void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int new_source)
+void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int resync)
 {
     Py_ssize_t pid_at, tl0_at, hdr;
     int wide;
-    if (new_source)
+    if (resync)
         v->pending = 1; /* the offsets are chosen at its first picture id */
     if (vp8_fields(p, n, &pid_at, &wide, &tl0_at, &hdr) < 0 || pid_at < 0)
         return; /* no picture id: nothing a subscriber could count on */
