@@ -16,9 +16,13 @@ This is the other direction: what a subscriber can receive, so the allocator
 * **Loss in the subscriber's receiver reports** (every leg's RR, packet-weighted over
   the last :data:`LOSS_WINDOW` seconds), as libwebrtc's loss-based controller: above 10 %
   back off to ``sent * (1 - loss / 2)``; between 2 and 10 % hold. After a decrease the
-  reports start afresh :data:`LOSS_REFRESH` later: the ones in flight describe what was
-  sent before it, and counting them again cut the same loss over and over (a 300 kbit/s
-  link hit by 2 Mbit/s of video landed at ~50 kbit/s, every video paused).
+  reports start afresh: the ones in flight describe what was sent before it, and
+  counting them again cut the same loss over and over (a 300 kbit/s link hit by 2 Mbit/s
+  of video landed at ~50 kbit/s, every video paused). A stream's reports count again
+  once one has passed the last sequence number sent at the decrease (it is the new
+  baseline), about a round trip and one report later, and at the latest
+  :data:`LOSS_REFRESH` later (streams without a fence, such as RTX, wait that long):
+  not for a fixed 2 s, in which a link getting worse again could not be cut.
 * **Probes.** Nothing above says the link got wider while we send less than it could
   take. When the allocator wants more than the estimate, the SFU pads the connection
   (RTX padding, :meth:`sfu.forwarder.Leg.pad`) up to a probe target for
@@ -56,7 +60,7 @@ REMB_WARMUP = 5.0
 # while its queue keeps growing) cuts it to the figure.
 REMB_CONFIRM = 2.0
 LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
-LOSS_REFRESH = 2.0  # s after a decrease before receiver reports count again
+LOSS_REFRESH = 2.0  # s after a decrease before an unfenced stream's reports count again
 # Chromium keeps lowering its REMB while the queue a loss-based cut answers drains (and
 # counts only the video it still gets then): those falls are that overuse, not a new one.
 REMB_AFTER_LOSS = 2.5
@@ -94,9 +98,16 @@ class Probe:
 class DownlinkEstimate:
     """One subscriber connection's estimate in bits/s (:attr:`bps`)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, label: str = "") -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        label: str = "",
+        sent: Callable[[], dict[int, int]] = dict,
+    ) -> None:
         self._clock = clock
         self.label = label  # for logs: the subscriber's id
+        # What the connection's legs sent last: SSRC -> newest output sequence number.
+        self._sent = sent
         self.bps = float(INITIAL_BPS)
         self.remb: int | None = None  # the latest REMB figure
         self._remb_at = -1e9
@@ -117,6 +128,9 @@ class DownlinkEstimate:
         self._rr_last: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq, lost)
         self._last_decrease = -1e9
         self._loss_from = -1e9  # receiver reports before this describe an older rate
+        # SSRC -> last sequence number sent at the last decrease (None: passed): its
+        # reports up to the first one past it describe an older rate.
+        self._fences: dict[int, int | None] = {}
         self._next_probe = clock()  # probing may start at once
         self._backoff = MIN_BACKOFF
         self._streak = 0  # successful probes in a row
@@ -164,8 +178,16 @@ class DownlinkEstimate:
         """One receiver-report block for one of this connection's streams."""
         before = self._rr_last.get(ssrc)
         self._rr_last[ssrc] = (highest_sequence, packets_lost)
-        if before is None or self._clock() < self._loss_from:
+        if before is None:
             return
+        if self._clock() < self._loss_from:
+            if ssrc not in self._fences:
+                return  # not fenced: wait out LOSS_REFRESH
+            fence = self._fences[ssrc]
+            if fence is not None:
+                if 0 < (highest_sequence - fence) & 0xFFFF < 0x8000:
+                    self._fences[ssrc] = None  # past it: the baseline; the next one counts
+                return
         expected = highest_sequence - before[0]
         lost = packets_lost - before[1]
         if expected <= 0 or expected > 0x8000:
@@ -318,6 +340,7 @@ class DownlinkEstimate:
             # What the reports in flight say was sent before this decrease took effect.
             self._reports.clear()
             self._loss_from = now + LOSS_REFRESH
+            self._fences = dict(self._sent())
         self.bps = max(MIN_BPS, min(self.bps, bps))
         self._streak = 0
         self._next_probe = max(self._next_probe, now + self._backoff)

@@ -533,6 +533,11 @@ class Leg:
             return None
 
     @property
+    def sent_seq(self) -> tuple[int, int]:
+        """(SSRC, newest sequence number) of what this leg sent to the subscriber."""
+        return self._ssrc, self._fast.last_seq
+
+    @property
     def paused_by_cap(self) -> bool:
         return self.cap is None
 

@@ -84,7 +84,9 @@ class Subscriber:
         self._sync_timer: Timer | None = None
         self._wheel: Wheel | None = None  # the loop's, looked up once (a weak-dict get)
         # What this connection can take, and what to forward within it (audio first).
-        self.estimate = DownlinkEstimate(label=pid)
+        self.estimate = DownlinkEstimate(
+            label=pid, sent=lambda: dict(leg.sent_seq for leg in self.legs.values())
+        )
         self.allocator = Allocator(
             self.estimate,
             lambda: list(self.legs.values()),

@@ -95,26 +95,52 @@ def test_loss_cuts_once_per_report_round_not_again_for_the_same_reports() -> Non
     """Reports still in flight after a cut describe what was sent before it: a link hit
     by far more than it takes must not be cut again and again for the same loss."""
     clock = Clock()
-    est = DownlinkEstimate(clock)
+    est = DownlinkEstimate(clock)  # no legs tell it what they sent: no fences
     est.sent_bps = 2_000_000
-    est.on_report(1, 1000, 0)
+    seq, lost = 1000, 0
+    est.on_report(1, seq, lost)
     clock.now += 0.5
-    est.on_report(1, 1200, 150)  # 75 %
+    seq, lost = seq + 200, lost + 150  # 75 %
+    est.on_report(1, seq, lost)
     first = est.update()
     assert first == pytest.approx(2_000_000 * (1 - 0.75 / 2))
     est.sent_bps = first  # the allocator spends the new figure at once
     for _ in range(3):  # the same congestion, reported over the next 1.5 s
         clock.now += downlink.DECREASE_HOLD
-        seq = est._rr_last[1][0] + 200
-        est.on_report(1, seq, est._rr_last[1][1] + 150)
+        seq, lost = seq + 200, lost + 150
+        est.on_report(1, seq, lost)
         assert est.update() == first
     # Reports about what was sent after the cut count again.
     clock.now += downlink.LOSS_REFRESH
-    seq, lost = est._rr_last[1]
     est.on_report(1, seq + 100, lost)
     clock.now += 0.5
     est.on_report(1, seq + 200, lost + 40)  # 20 % of 200 since the refresh
     assert est.update() == pytest.approx(first * 0.9)
+
+
+def test_after_a_cut_reports_count_again_once_they_pass_what_was_sent_at_it() -> None:
+    """A link that gets worse again soon after a cut is cut again, without waiting a
+    fixed LOSS_REFRESH: a stream's reports count from the first one past the last
+    sequence number its leg had sent at the decrease (REVIEW #5)."""
+    clock = Clock()
+    sent = {1: 1200}
+    est = DownlinkEstimate(clock, sent=lambda: dict(sent))
+    est.sent_bps = 2_000_000
+    est.on_report(1, 1000, 0)
+    clock.now += 0.5
+    est.on_report(1, 1200, 150)  # 75 %: cut; the leg had sent up to 1200
+    first = est.update()
+    assert first == pytest.approx(2_000_000 * (1 - 0.75 / 2))
+    est.sent_bps = first
+    clock.now += 0.3
+    est.on_report(1, 1200, 160)  # still about what was sent before the cut
+    est.on_report(1, 1230, 160)  # past it: the baseline from here on, not counted
+    assert est.update() == first
+    # 0.6 s after the cut the link gets worse again: 30 % of what was sent since.
+    clock.now += 0.3
+    est.on_report(1, 1430, 220)
+    assert clock.now - 100.5 < downlink.LOSS_REFRESH
+    assert est.update() == pytest.approx(first * (1 - 0.30 / 2))
 
 
 def _run_probe(clock: Clock, est: DownlinkEstimate, want: float) -> float:

@@ -743,6 +743,11 @@ static int Leg_set_keep_ms(Leg *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *Leg_get_last_seq(Leg *self, void *closure)
+{
+    return PyLong_FromUnsignedLong(self->last_out_seq);
+}
+
 static PyGetSetDef Leg_getset[] = {
     {"vp8", (getter)Leg_get_vp8, (setter)Leg_set_vp8,
      "VP8 payloads: keep their picture ids continuous across sources (vp8.c)", NULL},
@@ -751,6 +756,8 @@ static PyGetSetDef Leg_getset[] = {
     {"ready", (getter)Leg_get_ready, (setter)Leg_set_ready,
      "whether fanout() may send to this leg at once (kept by sfu.forwarder.Leg)", NULL},
     {"routed", (getter)Leg_get_routed, NULL, "whether a usable route is set", NULL},
+    {"last_seq", (getter)Leg_get_last_seq, NULL,
+     "the newest output sequence number sent (sfu.downlink fences reports with it)", NULL},
     {NULL},
 };
 
