@@ -500,6 +500,13 @@ def drop_inbound(receiver: RTCRtpReceiver, ssrc: int, track: _fastpath.Track) ->
         del inbound.tracks[ssrc]
 
 
+def inbound_ssrcs(receiver: RTCRtpReceiver) -> set[int]:
+    """The SSRCs whose packets the C Inbound of ``receiver``'s transport takes (for
+    metrics and tests: one per live stream, none left behind)."""
+    inbound = getattr(receiver.transport, _INBOUND, None)
+    return set() if inbound is None else set(inbound.tracks)
+
+
 def _bitrate_estimator() -> _bwe.RemoteBitrateEstimator:
     """aiortc's receive-side bandwidth estimator (``aiortc.rate.RemoteBitrateEstimator``
     of aiortc 1.16.0) ported to C: the same estimates for the same packets, call by

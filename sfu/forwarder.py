@@ -106,6 +106,7 @@ class Forwarder:
         self._rtx_inbound = _fastpath.Track(stats.meter, [], self._slow, MAX_PAYLOAD)
         self._rtx_inbound.rtx = True
         self._rtx_ssrc: int | None = None
+        self._rtx_for: int | None = None  # the media SSRC its registration judges by
         self._size_of: Callable[[bytes], tuple[int, int] | None] | None = None
         # Legs waiting to move here at this stream's next key frame (Leg.update_layer).
         self.switching: list[Leg] = []
@@ -168,10 +169,15 @@ class Forwarder:
         if codec.payloadType != self.codec.payloadType:
             if codec.name.lower() != "rtx" or self.ssrc is None:
                 return  # FEC, RED, or a codec the legs were not negotiated for
-            if self._rtx_ssrc != packet.ssrc and self._receiver is not None:
+            registered = (self._rtx_ssrc, self._rtx_for)
+            if registered != (packet.ssrc, self.ssrc) and self._receiver is not None:
                 # Its padding (probes, "payload padding" below) is dropped in C from
-                # the next packet on; repairs still come here.
-                self._rtx_ssrc = packet.ssrc
+                # the next packet on; repairs still come here. Registered again when
+                # either SSRC changes: C tells repairs from padding by the NACK state of
+                # the media SSRC it was registered with.
+                if self._rtx_ssrc is not None:
+                    hooks.drop_inbound(self._receiver, self._rtx_ssrc, self._rtx_inbound)
+                self._rtx_ssrc, self._rtx_for = packet.ssrc, self.ssrc
                 self._rtx_inbound.payload_type = codec.payloadType
                 hooks.take_inbound(self._receiver, packet.ssrc, self._rtx_inbound, self.ssrc)
             if len(packet.payload) < 2:
@@ -205,6 +211,11 @@ class Forwarder:
             # what needs no decision here (sfu/fastpath/inbound.c). A simulcast layer's
             # key frames still come here (Track.keys): they decide which layer legs
             # follow. H.264 layers stay on this path (no key-frame test in C).
+            if self._inbound_ssrc is not None:
+                # The old SSRC is gone (a restarted encoder, a layer's new SSRC): no
+                # registration left behind to keep this track alive or fan out its
+                # packets without a decision here.
+                hooks.drop_inbound(self._receiver, self._inbound_ssrc, self._inbound)
             self._inbound_ssrc = packet.ssrc
             hooks.take_inbound(self._receiver, packet.ssrc, self._inbound)
         key = self._is_key(payload) if self._is_key is not None else False

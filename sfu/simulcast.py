@@ -175,6 +175,9 @@ class Layers:
         for f in self.layers:
             f.on_restart = self._reconsider
         self._by_ssrc: dict[int, Forwarder] = {}
+        # Each layer's current media and RTX SSRC: a new one replaces the old in _by_ssrc,
+        # so a publisher inventing SSRCs does not grow it.
+        self._ssrc_of: dict[tuple[str | None, bool], int] = {}
         self._rtx_waiting: dict[int, Forwarder] = {}  # RTX ssrc -> layer whose ssrc is unknown
         self._receiver = receiver
         self._paused = False
@@ -229,19 +232,27 @@ class Layers:
         if rid is not None:
             layer = self._by_rid.get(rid)
             if layer is not None:
-                self._by_ssrc[packet.ssrc] = layer
+                self._map(packet.ssrc, layer, rtx=False)
             return layer
         rrid = ext.repaired_rtp_stream_id
         if rrid is not None:
             layer = self._by_rid.get(rrid)
             if layer is not None:
-                self._by_ssrc[packet.ssrc] = layer
+                self._map(packet.ssrc, layer, rtx=True)
                 # aiortc's receiver unwraps RTX (for its NACK bookkeeping) by a map from
                 # the RTX SSRC to the media SSRC, which the SDP would have given it.
                 self._rtx_waiting[packet.ssrc] = layer
                 self._map_waiting_rtx()
             return layer
         return None
+
+    def _map(self, ssrc: int, layer: Forwarder, rtx: bool) -> None:
+        old = self._ssrc_of.get((layer.rid, rtx))
+        if old is not None and old != ssrc:
+            self._by_ssrc.pop(old, None)
+            self._rtx_waiting.pop(old, None)
+        self._ssrc_of[(layer.rid, rtx)] = ssrc
+        self._by_ssrc[ssrc] = layer
 
     def _map_waiting_rtx(self) -> None:
         for rtx_ssrc, layer in list(self._rtx_waiting.items()):

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from aiortc import RTCSessionDescription
 
+from sfu import aiortc_hooks
 from sfu.errors import MediaError
 from tests.media import Peer, Room, wait_for
 from tests.simulcast_peer import SimulcastPublisher
@@ -316,5 +317,30 @@ async def test_published_packets_go_the_c_way_and_are_still_counted() -> None:
             taken += fast
         assert room.router.stats.packets_in >= taken
         assert close_to(room.peers["b"].received.colours["a"], RED)
+    finally:
+        await room.close()
+
+
+async def test_a_stream_with_a_new_ssrc_leaves_no_old_registration_behind() -> None:
+    """A publisher whose encoder restarts on a new SSRC (or a layer that learns one):
+    the transport's C Inbound takes the new SSRC, and the old one is no longer routed,
+    so it neither keeps the track alive nor fans packets out without a decision."""
+    room = Room()
+    try:
+        for pid, colour in (("a", RED), ("b", GREEN)):
+            await room.join(pid, colour)
+        b = room.peers["b"]
+        await wait_for(lambda: b.decoded("a", "video") >= 10, timeout=30)
+        fwd = next(f for f in room.router.publishers["a"].forwarders.values() if f.kind == "video")
+        receiver = fwd._receiver
+        sender = next(s for s in room.peers["a"].pub.getSenders() if s.track.kind == "video")
+        old = sender._ssrc
+        await wait_for(lambda: old in aiortc_hooks.inbound_ssrcs(receiver), timeout=10)
+        # a's browser restarts the encoder: the same track, from now on a new SSRC
+        new = sender._ssrc = (old + 1) & 0xFFFFFFFF
+        frames = b.decoded("a", "video")
+        await wait_for(lambda: new in aiortc_hooks.inbound_ssrcs(receiver), timeout=10)
+        await wait_for(lambda: b.decoded("a", "video") > frames + 10, timeout=15)
+        assert old not in aiortc_hooks.inbound_ssrcs(receiver)
     finally:
         await room.close()

@@ -31,7 +31,13 @@ from sfu.router import LayersWanted, TracksChanged
 from sfu.simulcast import Layers, answer_layers, offered_layers
 from sfu.stats import RoomStats
 from tests.media import Room, wait_for
-from tests.simulcast_peer import RIDS, SIZES, SimulcastPublisher, simulcast_offer
+from tests.simulcast_peer import (
+    MARKED_PACKETS,
+    RIDS,
+    SIZES,
+    SimulcastPublisher,
+    simulcast_offer,
+)
 
 
 class Recorder:
@@ -592,6 +598,36 @@ async def test_rtx_is_bound_to_its_layer_by_repaired_rid() -> None:
             first = packets[0].sequence_number
             seqs = sorted({(p.sequence_number - first) & 0xFFFF for p in packets})
             assert seqs == list(range(len(seqs))), (name, seqs)
+    finally:
+        await publisher.close()
+        await room.close()
+
+
+async def test_a_layer_on_a_new_ssrc_leaves_its_old_one_unrouted() -> None:
+    """A layer's encoder restarts on a new SSRC (marked with its rid again): the C Inbound
+    takes the new SSRC only, and a late packet of the old SSRC (no rid) is not routed to
+    the layer again, which would register the old SSRC once more."""
+    room, publisher, viewer, _ = await _room_with_simulcast()
+    try:
+        await wait_for(lambda: viewer.decoded("cam", "video") >= 5, timeout=20)
+        fwd = room.router.publishers["cam"].forwarders
+        receiver = next(iter(fwd.values())).layers[0]._receiver
+        low = publisher.layers["l"]
+        old = low.ssrc
+        await wait_for(lambda: old in hooks.inbound_ssrcs(receiver), timeout=10)
+        # the encoder restarts: a new SSRC, the rid marks and a key frame again
+        low.ssrc, low.sent, low.keyframe_due = (old + 1) & 0xFFFFFFFF, 0, True
+        await wait_for(lambda: low.ssrc in hooks.inbound_ssrcs(receiver), timeout=10)
+        assert old not in hooks.inbound_ssrcs(receiver)
+        # a few late packets of the old SSRC, unmarked as after the first ones
+        await wait_for(lambda: low.sent > MARKED_PACKETS, timeout=10)
+        new = low.ssrc
+        low.ssrc = old
+        await asyncio.sleep(0.3)
+        assert old not in hooks.inbound_ssrcs(receiver)
+        low.ssrc = new
+        await asyncio.sleep(0.3)
+        assert hooks.inbound_ssrcs(receiver) >= {new}
     finally:
         await publisher.close()
         await room.close()
