@@ -574,6 +574,54 @@ def test_inbound_forwards_and_accounts_exactly_as_the_python_path() -> None:
             s.close()
 
 
+def test_inbound_walks_the_missing_set_only_when_a_loss_can_age_out() -> None:
+    """On a lossy uplink that is never repaired, the C Inbound ages lost packets out of
+    aiortc's NACK state as NackGenerator does, but walks the set (a list, an iterator
+    and a PyLong per entry) only when the oldest one can age out, not for every packet
+    it takes; what it forwards and the NACK state stay what Python makes of them."""
+    from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+
+    from sfu.forwarder import MAX_PAYLOAD
+
+    class CountingSet(set):
+        walks = 0
+
+        def __iter__(self):  # noqa: ANN204
+            self.walks += 1
+            return super().__iter__()
+
+    class Receiver:
+        _enabled = True
+
+    stats = RoomStats()
+    nack, reference = NackGenerator(), NackGenerator()
+    nack.missing = CountingSet()
+    streams: dict = {}
+
+    def fallback(packet, ms) -> None:  # the Python path: what tap_receiver does
+        streams.setdefault(packet.ssrc, StreamStatistics(90000)).add(packet)
+        nack.add(packet)
+
+    track = _fastpath.Track(stats.meter, [], lambda p, slow: pytest.fail("slow"), MAX_PAYLOAD)
+    track.payload_type = 96
+    track.account(Receiver(), streams, nack, {}, lambda: "now", None, print)
+    inbound = _fastpath.Inbound(fallback)
+    inbound.tracks[0x1234] = track
+    walks = 0
+    for n, seq in enumerate([0, 1, 2, 4, *range(5, 300)]):  # 3 is lost for good
+        data = struct.pack("!BBHII", 0x80, 96, seq, 3000 * n, 0x1234) + bytes(100)
+        packet = _fastpath.parse_rtp(data, 0, 0)
+        packet.arrival_ns = time.perf_counter_ns()
+        if seq == 5:
+            walks = nack.missing.walks  # from here on C takes every packet
+        inbound(packet, 3_900_000_000_000 + n)
+        reference.add(_fastpath.parse_rtp(data, 0, 0))
+        assert (nack.max_seq, set(nack.missing)) == (reference.max_seq, reference.missing), seq
+    # all in C but the first (no statistics yet) and the one after the loss
+    assert track.counts == (297, 2) and stats.packets_in == 297
+    assert nack.missing.walks - walks <= 3  # not one per packet while 3 was missing
+
+
 def vp8_descriptor(pid: int | None, tl0: int | None = None, wide: bool = True) -> bytes:
     """A VP8 payload descriptor (RFC 7741) starting a frame, then one byte of frame."""
     x = (0x80 if pid is not None else 0) | (0x40 if tl0 is not None else 0)

@@ -80,6 +80,10 @@ typedef struct {
     PyObject *estimate; /* the estimator's bound add(), or NULL */
     PyObject *on_remb;
     long long active_until;
+    /* The oldest missing sequence number at the last walk of nack.missing (valid if
+     * nack_oldest_ok): nothing can age out before the history passes it (nack_truncate). */
+    int nack_oldest_ok;
+    uint16_t nack_oldest;
     unsigned long long fast, slow;
     unsigned long long payload_bytes; /* of the packets taken here */
 } Track;
@@ -160,6 +164,7 @@ static PyObject *Track_account(Track *self, PyObject *args)
     self->estimate = estimate == Py_None ? NULL : Py_NewRef(estimate);
     self->on_remb = Py_NewRef(on_remb);
     self->active_until = 0;
+    self->nack_oldest_ok = 0;
     Py_RETURN_NONE;
 }
 
@@ -352,8 +357,13 @@ static int nack_allows(Track *t, uint32_t seq)
 }
 
 /* NackGenerator.truncate once max_seq is seq: forget the missing packets more than
- * FP_NACK_HISTORY behind it (aiortc 1.16). 0, or -1 with an exception set. */
-static int nack_truncate(PyObject *d, uint32_t seq)
+ * FP_NACK_HISTORY behind it (aiortc 1.16). 0, or -1 with an exception set.
+ * Walking the set costs a list, an iterator and a PyLong read per entry, and on a lossy
+ * uplink that is never repaired it would run for every packet taken here. It runs only
+ * once the history passes the oldest entry of the last walk: aiortc adds only packets
+ * newer than max_seq to the set (NackGenerator.add), so nothing older can appear, and
+ * removals (repairs) only make the walk early, never late. */
+static int nack_truncate(Track *t, PyObject *d, uint32_t seq)
 {
     PyObject *missing = PyDict_GetItemWithError(d, s_missing);
     if (!missing)
@@ -361,6 +371,11 @@ static int nack_truncate(PyObject *d, uint32_t seq)
     if (!PySet_Check(missing) || PySet_GET_SIZE(missing) == 0)
         return 0;
     uint32_t min_seq = (seq - FP_NACK_HISTORY) & 0xFFFF;
+    if (t->nack_oldest_ok && !uint16_gt(min_seq, t->nack_oldest))
+        return 0;
+    t->nack_oldest_ok = 0;
+    uint32_t oldest = 0, oldest_age = 0;
+    int kept = 0, cacheable = 1;
     PyObject *old = PyList_New(0), *it = old ? PyObject_GetIter(missing) : NULL, *item;
     if (!it) {
         Py_XDECREF(old);
@@ -370,6 +385,16 @@ static int nack_truncate(PyObject *d, uint32_t seq)
         long v = PyLong_AsLong(item);
         int stale = v >= 0 && uint16_gt(min_seq, (uint32_t)v);
         int r = (v == -1 && PyErr_Occurred()) ? -1 : stale ? PyList_Append(old, item) : 0;
+        if (!stale && v >= 0) {
+            uint32_t age = (seq - (uint32_t)v) & 0xFFFF;
+            if (age >= 0x8000) /* not behind max_seq (never from NackGenerator.add) */
+                cacheable = 0;
+            else if (!kept || age > oldest_age) {
+                oldest = (uint32_t)v & 0xFFFF;
+                oldest_age = age;
+            }
+            kept = 1;
+        }
         Py_DECREF(item);
         if (r < 0)
             break;
@@ -378,7 +403,13 @@ static int nack_truncate(PyObject *d, uint32_t seq)
     for (Py_ssize_t i = 0; !PyErr_Occurred() && i < PyList_GET_SIZE(old); i++)
         PySet_Discard(missing, PyList_GET_ITEM(old, i));
     Py_DECREF(old);
-    return PyErr_Occurred() ? -1 : 0;
+    if (PyErr_Occurred())
+        return -1;
+    if (kept && cacheable) {
+        t->nack_oldest = (uint16_t)oldest;
+        t->nack_oldest_ok = 1;
+    }
+    return 0;
 }
 
 /* StreamStatistics.add for an in-order packet (aiortc 1.16). */
@@ -514,7 +545,7 @@ static int Inbound_take(Track *t, Packet *p, PyObject *ssrc_key, PyObject *ms)
         return -1;
     if (t->nack) {
         PyObject **dp = _PyObject_GetDictPtr(t->nack);
-        if (dp && *dp && (dict_set_ll(*dp, s_max_seq, seq) < 0 || nack_truncate(*dp, seq) < 0))
+        if (dp && *dp && (dict_set_ll(*dp, s_max_seq, seq) < 0 || nack_truncate(t, *dp, seq) < 0))
             return -1;
     }
     return 1;
