@@ -18,7 +18,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from server.metrics import MediaStatsCollector
 from sfu import downlink
-from sfu.allocator import Video, allocate
+from sfu.allocator import TICK, Video, allocate
 from sfu.downlink import DownlinkEstimate
 from sfu.router import VideoPaused
 from tests.media import Peer, Room, wait_for
@@ -236,6 +236,52 @@ def test_a_probe_that_passed_is_undone_when_its_rate_then_fills_a_queue() -> Non
     assert est.update() == start
 
 
+def _climb_after_lift(lift_after_failures: int) -> float:
+    """A 300 kbit/s link the estimate sits at (want: 520k) whose probes fail (the SR
+    90 % into each waits 200 ms) until the shaping is lifted right after the
+    ``lift_after_failures``-th failed probe; from then on SRs come straight back.
+    Returns the seconds from the lift until the estimate covers what is wanted,
+    driven as the allocator does: padding asked every 20 ms, an update every 250 ms,
+    one REMB a second, an SR 90 % into each probe."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)
+    est._lower(clock.now, 300_000)
+    want, failures, lifted_at = 520_000.0, 0, None
+    step, next_update, next_remb, reported = 0.02, clock.now, clock.now, None
+    while clock.now < 200:
+        clock.now = round(clock.now + step, 6)
+        est.padding_bps(want, sending=est.bps)
+        probe = est.probe
+        if probe is not None and reported is not probe:
+            if clock.now >= probe.started + 0.9 * downlink.PROBE_SECONDS:
+                reported = probe
+                est.on_rtt(0.002 if lifted_at is not None else 0.202, 0.0)
+        if clock.now >= next_remb:
+            next_remb += 1.0
+            est.on_remb(200_000)
+        if clock.now >= next_update:
+            next_update += TICK
+            had = est.probe
+            est.update()
+            if had is not None and est.probe is None and had.failed and lifted_at is None:
+                failures += 1
+                if failures == lift_after_failures:
+                    lifted_at = clock.now
+            if lifted_at is not None and est.bps >= want:
+                return clock.now - lifted_at
+    raise AssertionError("never climbed")
+
+
+def test_a_lifted_link_is_climbed_back_within_a_few_seconds_whenever_it_is_lifted() -> None:
+    """Issue 15: back up within 10 s of lifting the shaping. Probes on a shaped link
+    fail and back off; the longest wait for the first probe after a lift is the
+    backoff, and two passed probes (1.5x, then 2x capped at what is wanted) follow. The
+    rest of the 10 s is the allocator's tick, the key frame and the page's decoder."""
+    climbs = [_climb_after_lift(n) for n in range(1, 8)]
+    assert max(climbs) <= 5.5, climbs
+
+
 def test_retransmissions_get_a_share_of_the_estimate_not_the_whole_link() -> None:
     clock = Clock()
     est = DownlinkEstimate(clock)
@@ -271,6 +317,8 @@ def test_a_layer_already_held_needs_less_headroom_to_stay() -> None:
     fresh = [Video("v", rank=2, rates=(100_000, 400_000), current=0)]
     assert allocate(420_000, 50_000, held) == {"v": 1}
     assert allocate(420_000, 50_000, fresh) == {"v": 0}
+    # On the tick the estimate fell, a held layer costs its full rate (Allocator.tick).
+    assert allocate(420_000, 50_000, held, keep=1.0) == {"v": 0}
 
 
 async def _a_watched_by_b_who_reports_remb(room: Room, settle: float) -> Peer:

@@ -222,6 +222,7 @@ class Timeline:
         self.stats: dict[str, dict[str, dict[str, Any]]] = {}  # page -> its latest getStats
         self._task: asyncio.Task[None] | None = None
         self._fresh = asyncio.Event()
+        self.figures: dict[str, Any] = {}
 
     def now(self) -> float:
         return round(time.monotonic() - self.start, 2)
@@ -320,6 +321,9 @@ class Timeline:
             print("  " + self.row(sample))
 
     def write(self, **figures: Any) -> None:
+        """Figures written once stay in later writes (a failing assert after the
+        figures' write adds ``failed`` to them)."""
+        self.figures.update(figures)
         out = os.environ.get("ROUNDTABLE_TIMELINE_OUT")
         if not out:
             return
@@ -330,7 +334,7 @@ class Timeline:
             "layer_widths": list(LAYER_WIDTHS),
             "events": self.events,
             "samples": self.samples,
-            **figures,
+            **self.figures,
         }
         Path(out).write_text(json.dumps(doc, indent=1))
         print(f"[300 kbit/s] timeline written to {out}")
@@ -491,7 +495,7 @@ async def _shaped_and_lifted(
                 kept &= layer == top
         unshaped_kept += kept
     a1 = await inbound_rtp(pages["client"])
-    timeline.event("measured window ends")
+    window_to = timeline.event("measured window ends")
     pids = {ids["caseworker"], ids["partner"]}
     loss = audio_loss(a0, a1, pids)
     packets = sum(audio_received(a0, a1, p) for p in pids)
@@ -536,6 +540,7 @@ async def _shaped_and_lifted(
     timeline.event(f"client back on layer {top} of every video ({climb:.1f} s after lifting)")
     await asyncio.sleep(3)
     after = await inbound_rtp(pages["client"])
+    up_seconds = timeline.now() - window_to  # what `up` below spans
     up = {}
     for name in ("caseworker", "partner"):
         up[name] = video_change(a1, after, ids[name])
@@ -571,7 +576,7 @@ async def _shaped_and_lifted(
     # loaded machine's loopback may cost them a moment).
     assert unshaped_kept >= 0.85 * samples, (unshaped_kept, samples, unshaped_low)
     # Back up within 10 s once the link is free (issue 15's figure): the first probe
-    # after the lift is at most MAX_BACKOFF (4 s) away, and two passed probes reach the
+    # after the lift is at most sfu.downlink.MAX_BACKOFF (2.5 s) away, and two passed probes reach the
     # middle layer of both videos.
     assert climb <= 10, f"climb back took {climb:.1f} s"
     # Switching at key frames: the video keeps decoding across each switch (a new key
@@ -579,7 +584,9 @@ async def _shaped_and_lifted(
     # getStats' count and total) in the steady window nor across the climb.
     for name in ("caseworker", "partner"):
         for what, d in (("steady", steady[name]), ("up", up[name])):
-            assert d["frames"] > 100 and d["longest"] < 1.0, (name, what, d)
+            assert d["longest"] < 1.0, (name, what, d)
+        # Decoding went on (at least half the low layer's 15 frames a second).
+        assert up[name]["frames"] >= 7 * up_seconds, (name, up[name], up_seconds)
         assert up[name]["keyframes"] > 0, (name, up[name])
     longest = max(d["longest"] for d in (*steady.values(), *up.values()))
     print(
