@@ -233,8 +233,10 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--no-floor",
         action="store_true",
-        help="with --local: do not measure the Python-loop floor (bench/floor.py) on the "
-        "server's core after each window (the report's ratio_to_floor)",
+        help="with --local: do not measure the Python-loop floors (bench/floor.py) on the "
+        "server's core after each window (the report's ratio_to_floor, and "
+        "ratio_to_fair_floor: a live reader on the generator's core, one unprotect per "
+        "fan-out)",
     )
 
     modes = p.add_argument_group("modes")
@@ -555,7 +557,15 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
             )
             floor = None
             if args.local and not args.no_floor:
-                floor = await measure_floor(floor_sizes(used, args.audio_only), server_cpu)
+                # The fair floor forwards each received packet as often as the SFU did.
+                o = report_mod.summarise(raw, _scenario_dict(args, rooms, used))["overall"]
+                fwd, rx = o.get("forwarded_pps"), o.get("sfu_received_pps")
+                floor = await measure_floor(
+                    floor_sizes(used, args.audio_only),
+                    server_cpu,
+                    fanout=fwd / rx if fwd and rx else None,
+                    reader_cpu=gen_cpu,
+                )
             return report_mod.summarise(raw, _scenario_dict(args, rooms, used), floor)
 
         if args.compare_simulcast:

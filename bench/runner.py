@@ -453,12 +453,22 @@ async def run_load(
 
 
 async def measure_floor(
-    sizes: list[int], cpu: int | None, seconds: float = 2.0
+    sizes: list[int],
+    cpu: int | None,
+    seconds: float = 2.0,
+    fanout: float | None = None,
+    reader_cpu: int | None = None,
 ) -> dict[str, Any] | None:
     """The Python-loop floor (:mod:`bench.floor`) on the server's core, in a process of
-    its own; None if it could not run."""
+    its own; with ``fanout`` (the run's forwarded ÷ received packets) also the fair floor
+    (``fair``: a live reader on ``reader_cpu``, one unprotect per fan-out). None if it
+    could not run."""
     cmd = [sys.executable, "-m", "bench.floor", "--seconds", str(seconds)]
     cmd += ["--sizes", ",".join(str(s) for s in sizes)]
+    if fanout:
+        cmd += ["--fanout", f"{fanout:.3f}"]
+        if reader_cpu is not None:
+            cmd += ["--reader-cpu", str(reader_cpu)]
     if cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = await asyncio.create_subprocess_exec(

@@ -86,6 +86,14 @@ def test_short_run_reports_every_room_and_every_flow(tmp_path: Path) -> None:
     assert o["ratio_to_floor"] == round(
         o["cpu_us_per_forwarded_packet"] / o["floor_us_per_packet"], 2
     )
+    # and beside it, the fair floor: a live reader, one unprotect per fan-out of this run
+    assert o["fair_floor_us_per_packet"] > 0
+    assert o["ratio_to_fair_floor"] == round(
+        o["cpu_us_per_forwarded_packet"] / o["fair_floor_us_per_packet"], 2
+    )
+    assert o["fair_floor"]["fanout"] == pytest.approx(
+        o["forwarded_pps"] / o["sfu_received_pps"], abs=0.01
+    )
     # memory the six participants added to the server
     assert isinstance(o["rss_mb_per_participant"], float) and o["rss_mb_per_participant"] > 0
     assert len(report["rooms"]) == 2
@@ -360,6 +368,18 @@ def test_the_floor_forwards_packets_and_says_what_each_cost() -> None:
 
     floor = measure([80, 1100], 0.3)
     assert floor["packets"] > 100 and 0 < floor["us_per_packet"] < 1000
+
+
+def test_the_fair_floor_unprotects_once_per_fanout_and_its_sinks_are_read() -> None:
+    from bench.floor import measure_fair
+
+    fair = measure_fair([80, 1100], 0.3, 1.5, reader_cpu=sorted(os.sched_getaffinity(0))[-1])
+    assert fair["packets"] > 100 and 0 < fair["us_per_packet"] < 1000
+    # 1.5 legs per received packet: one unprotect for every 1.5 packets sent
+    assert abs(fair["packets"] / fair["unprotected"] - 1.5) < 0.01
+    # a live reader took the datagrams (the plain floor's unread sink takes ~200 of them,
+    # then the kernel drops without delivering); a loaded machine may drop a few
+    assert fair["delivered_pct"] > 50
 
 
 def _step(rooms: int, held: bool, server: float, gen: float, loss: float) -> dict:
