@@ -331,7 +331,8 @@ export class Tiles {
       note.className = "tile-paused";
       note.dataset.testid = "tile-paused";
       note.setAttribute("role", "status");
-      tile.el.append(note);
+      // In the name label (style.css): the two can then never cover each other.
+      tile.el.querySelector(".tile-label").append(note);
     }
     note.textContent = paused ? t("call.videoPaused") : "";
     note.hidden = !paused;
