@@ -268,13 +268,18 @@ class PacedSender:
         return self._start + self._n * self._period
 
     def _route(self) -> bool:
+        """Point the C leg(s) at the sender's connection; ``False`` while it has no
+        usable route (not connected yet, or gone)."""
         assert self._sender is not None
         dtls = self._sender.transport
         route = hooks.fast_route(dtls) if dtls is not None else None
         if route is None:
             return False
-        self._leg.set_route(*route)
+        self._set_route(dtls, route)
         return True
+
+    def _set_route(self, dtls: Any, route: tuple[Any, ...]) -> None:
+        self._leg.set_route(*route)
 
     def _send_frame(self, ts: int) -> bool:
         """Send one frame; ``False`` if the connection has no usable route (any more)."""
@@ -411,19 +416,13 @@ class SimulcastSender(PacedSender):
             except ConnectionError:
                 pass
 
-    def _route(self) -> bool:
-        assert self._sender is not None
-        dtls = self._sender.transport
-        route = hooks.fast_route(dtls) if dtls is not None else None
-        if route is None:
-            return False
+    def _set_route(self, dtls: Any, route: tuple[Any, ...]) -> None:
         router = dtls._rtp_router
         for i, (leg, ssrc) in enumerate(zip(self._legs, self.ssrcs, strict=True)):
             leg.set_route(*route)
             self._layer_index[i] = 0  # (re)start where a decoder can: the key frame
             if ssrc not in router.senders:
                 router.register_sender(_LayerRtcp(self, i), ssrc)
-        return True
 
     def _send_frame(self, ts: int) -> bool:
         self._frame += 1
