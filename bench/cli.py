@@ -168,14 +168,28 @@ def parser() -> argparse.ArgumentParser:
         "--link",
         metavar="RATE[,DELAY][,LOSS]",
         help="put --link-subscribers subscribers (the client of the first rooms) behind a "
-        "shaped downlink, e.g. 300kbit or 300kbit,100ms,2%%: each in a network namespace of "
-        "its own on a veth pair, RATE by tc tbf on the bench's end (media and signalling "
-        "alike), LOSS by nftables numgen in its namespace, DELAY only where the kernel has "
-        "the netem qdisc (this is checked; without netem a delay is refused, not faked). "
-        "The uplink is not shaped. Needs root in the bench's own network namespace "
-        "(unshare -n) with ip, tc, nft, nsenter and unshare; --local only. The report gives "
-        "per shaped subscriber its audio loss, the layer it received of each publisher over "
-        "time and the SFU's estimate of its link (and --plot draws them)",
+        "shaped link, e.g. 300kbit or 300kbit,100ms,2%%: each in a network namespace of "
+        "its own on a veth pair. RATE: tc tbf on the bench's end (what flows to the "
+        "subscriber, media and signalling alike; the uplink is not rate-shaped). DELAY: "
+        "one-way, each direction (a round trip takes 2 x DELAY plus the rate's queue); by "
+        "netem where the kernel has it, and on a kernel without netem (this development "
+        "machine's) by a user-space delay line (bench/delayline.py) in a router namespace "
+        "between bench and subscriber, through TUN devices: it holds each packet for DELAY "
+        "the way netem would, to within ~1 ms; without netem and without /dev/net/tun a "
+        "DELAY is refused. LOSS: random, on the downlink: netem's or the delay line's with a "
+        "DELAY, nftables numgen in the subscriber's namespace without. Which mechanism ran "
+        "and the link's idle round trip are in the output, JSON and PNG. Needs root in the "
+        "bench's own network namespace (unshare -n) with ip, tc, nft, nsenter and unshare; "
+        "--local only. The report gives per shaped subscriber its audio loss, the layer it "
+        "received of each publisher over time and the SFU's estimate of its link (and "
+        "--plot draws them)",
+    )
+    load.add_argument(
+        "--link-tun",
+        default=link_mod.TUN_PATH,
+        metavar="PATH",
+        help="with --link and a DELAY on a kernel without netem: the TUN clone device the "
+        "delay line opens (default %(default)s)",
     )
     load.add_argument(
         "--link-subscribers",
@@ -472,7 +486,10 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
     if args.link:
         # the namespaces first: the server must listen where they can reach it
         links = link_mod.create(
-            link_mod.parse_link(args.link), args.link_subscribers, shaped=args.link_before_join
+            link_mod.parse_link(args.link),
+            args.link_subscribers,
+            shaped=args.link_before_join,
+            tun_path=args.link_tun,
         )
         server_host = args.media_host = link_mod.LINK_HOST
         from sfu import aiortc_hooks
@@ -482,9 +499,9 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
         seats = tuple((r, seat, sh.netns, sh.inside_ip) for r, sh in enumerate(links.shaped))
         if progress:
             print(
-                f"link {links.spec}: {len(links.shaped)} subscriber(s) shaped "
-                f"(tc tbf{' + netem' if links.spec.delay_ms else ''}"
-                f"{' + nftables loss' if links.spec.loss_pct and not links.spec.delay_ms else ''})",
+                f"link {links.spec}: {len(links.shaped)} subscriber(s) shaped by "
+                f"{links.describe()}; idle RTT "
+                + ", ".join(f"{sh.rtt_ms} ms" for sh in links.shaped),
                 file=sys.stderr,
             )
     try:
@@ -856,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.link_subscribers > args.rooms:
             parser().error("--link-subscribers: at most one per room (--rooms)")
         try:
-            link_mod.preflight(spec)
+            link_mod.preflight(spec, args.link_tun)
         except link_mod.LinkError as exc:
             print(f"roundtable-bench: {exc}", file=sys.stderr)
             return 2

@@ -273,6 +273,7 @@ def _links(raw: RawRun) -> list[dict[str, Any]]:
                     }
                 )
             drops = raw.link_drops[k] if k < len(raw.link_drops) else {}
+            info = raw.link_info[k] if k < len(raw.link_info) else {}
             k += 1
             out.append(
                 {
@@ -288,6 +289,10 @@ def _links(raw: RawRun) -> list[dict[str, Any]]:
                     "lifted_at": raw.link_lifted_at,
                     "shaped_at": raw.link_shaped_at,
                     "shaping_dropped": drops,
+                    # "tc tbf + netem (delay)", "... + userspace delay line via TUN (delay)"
+                    "shaping": info.get("shaping"),
+                    "delay_mechanism": info.get("delay"),
+                    "idle_rtt_ms": info.get("rtt_ms"),
                 }
             )
     return out
@@ -319,12 +324,24 @@ def link_lines(x: dict[str, Any], spec: str | None) -> list[str]:
     lifted = f", shaped from {x['shaped_at']:g} s" if x.get("shaped_at") is not None else ""
     lifted += f", lifted at {x['lifted_at']:g} s" if x.get("lifted_at") is not None else ""
     drops = x.get("shaping_dropped") or {}
+    how = f"    via {x['shaping']}" if x.get("shaping") else ""
+    if how and x.get("idle_rtt_ms") is not None:
+        how += f" · idle RTT through the link {x['idle_rtt_ms']:g} ms"
+    late = drops.get("delayline_lateness_us")
+    if how and late and late.get("n"):
+        how += (
+            f" · delay line: {drops.get('delayline_packets', 0)} packets, released late by "
+            f"p50 {_f(late['p50'] / 1e3, 2)} / p99 {_f(late['p99'] / 1e3, 2)} / max "
+            f"{_f(late['max'] / 1e3, 2)} ms, dropped {drops.get('delayline_dropped', 0)}"
+        )
     out = [
         f"shaped subscriber {x['subscriber']} ({x['role']}, room {x['room']}, link {spec}{lifted}): "
         f"audio loss {_f(x['audio_loss_pct'])} % · {est} · "
         f"dropped by tc {drops.get('tc_dropped', '-')}, by nftables {drops.get('nft_dropped', '-')} · "
         f"signalling reconnected {x.get('signalling_reconnects', 0)}×"
     ]
+    if how:
+        out.append(how)
     pubs = sorted({pub for pt in x["sfu"] for pub in pt["layers"]})
     for pub in pubs:
         out.append(f"    layer of {pub}: {layer_runs(x['sfu'], pub)}")
@@ -552,6 +569,9 @@ def _plot_link(ax_layers: Any, ax_loss: Any, x: dict[str, Any], spec: str | None
     ax_layers.set_title(
         f"subscriber {x['subscriber'][:12]} behind {spec} (shaded: shaped) — audio loss "
         f"{_f(x['audio_loss_pct'])} % over the window"
+        + (f"\n{x['shaping']}" if x.get("shaping") else "")
+        + (f", idle RTT {x['idle_rtt_ms']:g} ms" if x.get("idle_rtt_ms") is not None else ""),
+        fontsize=9,
     )
     tl = [pt for pt in x["timeline"] if pt.get("received_kbps") is not None]
     ax_loss.bar(

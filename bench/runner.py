@@ -270,6 +270,9 @@ class RawRun:
     link_lifted_at: float | None = None
     link_shaped_at: float | None = None  # --link-from: when the shaping went on
     link_drops: list[dict[str, int]] = field(default_factory=list)
+    # per shaped link: what shapes it (tbf, netem or the user-space delay line) and its
+    # idle round trip measured at setup
+    link_info: list[dict[str, Any]] = field(default_factory=list)
 
 
 class CpuSampler:
@@ -413,6 +416,11 @@ async def run_load(
         t_cpu1 = sampler.times()
         if links is not None and not raw.link_drops:
             raw.link_drops = [links.dropped(sh) for sh in links.shaped]
+        if links is not None:
+            raw.link_info = [
+                {"shaping": links.describe(), "delay": links.mechanism, "rtt_ms": sh.rtt_ms}
+                for sh in links.shaped
+            ]
         raw.generator_cpu_pct = 100.0 * (_cpu_seconds(gens) - g_cpu0) / raw.window_s
         raw.after = await _try_scrape(http, url)
         if t_cpu0 is not None and t_cpu1 is not None:

@@ -9,9 +9,12 @@ import json
 import os
 import re
 import secrets
+import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -622,12 +625,7 @@ def test_link_parses_rate_delay_and_loss() -> None:
             parse_link(bad)
 
 
-def test_link_refuses_a_delay_this_kernel_cannot_shape(tmp_path: Path, capsys) -> None:
-    """A DELAY needs the netem qdisc. Where the kernel has it the preflight passes;
-    where it has not (this machine's), the bench refuses and says why instead of
-    faking a delay."""
-    from bench.link import LinkError, parse_link, preflight
-
+def _netem_works() -> bool:
     probe = subprocess.run(
         [
             "sh",
@@ -637,17 +635,132 @@ def test_link_refuses_a_delay_this_kernel_cannot_shape(tmp_path: Path, capsys) -
         ],
         capture_output=True,
     )
+    return probe.returncode == 0
+
+
+def test_link_refuses_a_delay_only_without_netem_and_without_tun(capsys) -> None:
+    """A DELAY needs netem or, on a kernel without it (this machine's), a TUN device for
+    the user-space delay line. Pointed at a TUN device that is not there, a kernel
+    without netem has neither: the bench refuses and says why, instead of faking a
+    delay."""
+    from bench.link import NETEM, USERSPACE, LinkError, parse_link, preflight
+
     spec = parse_link("300kbit,100ms,2%")
-    if probe.returncode == 0:
-        preflight(spec)
+    missing = "/dev/net/no-such-tun"
+    if _netem_works():
+        assert preflight(spec).delay == NETEM
+        assert preflight(spec, missing).delay == NETEM
     else:
-        with pytest.raises(LinkError, match="no netem qdisc"):
-            preflight(spec)
-        code = cli.main(["--local", "--rooms", "1", "--link", "300kbit,100ms", "--no-progress"])
-        assert code == 2
-        assert "RATE[,,LOSS]" in capsys.readouterr().err
-    # rate and loss alone are shaped here: tbf and nftables
-    preflight(parse_link("300kbit,,2%"))
+        assert preflight(spec).delay == USERSPACE
+        with pytest.raises(LinkError, match=r"no netem qdisc.*TUN device.*no-such-tun"):
+            preflight(spec, missing)
+        argv = ["--local", "--rooms", "1", "--link", "300kbit,100ms", "--no-progress"]
+        assert cli.main([*argv, "--link-tun", missing]) == 2
+        err = capsys.readouterr().err
+        assert "RATE[,,LOSS]" in err and "/dev/net/tun" in err
+    # rate and loss alone need neither: tbf and nftables
+    assert preflight(parse_link("300kbit,,2%"), missing).delay is None
+
+
+SINK = """
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: a backlog of seconds
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS: the kernel's arrival times
+s.bind((sys.argv[1], 0)); s.settimeout(float(sys.argv[2]))
+print(s.getsockname()[1], flush=True)
+n = octets = 0; first = last = None
+try:
+    while True:
+        data, anc, _, _ = s.recvmsg(4096, 64)
+        sec, nsec = struct.unpack("qq", anc[0][2][:16])
+        last = sec + nsec / 1e9; first = first or last
+        n += 1; octets += len(data)
+except TimeoutError:
+    pass
+print(n, octets, (last or 0) - (first or 0), flush=True)
+"""
+
+
+def _blast(links, ns, pps: int, size: int, seconds: float) -> tuple[int, int, int, float]:
+    """Send ``pps`` UDP datagrams of ``size`` bytes a second for ``seconds`` from the
+    bench's end into ``ns`` (in bursts every 10 ms); the sink there counts them and the
+    span between the first and the last arrival. Returns (sent, received, octets, span)."""
+    sink = subprocess.Popen(
+        [*links.enter(ns), sys.executable, "-c", SINK, ns.inside_ip, "1.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    port = int(sink.stdout.readline())
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((ns.outside_ip, 0))
+        start = time.monotonic()
+        while (t := time.monotonic() - start) < seconds:
+            while sent < pps * t:
+                sock.sendto(b"x" * size, (ns.inside_ip, port))
+                sent += 1
+            time.sleep(0.01)
+    n, octets, span = sink.communicate(timeout=60)[0].split()
+    time.sleep(0.5)  # the delay line writes its counters 4 times a second
+    return sent, int(n), int(octets), float(span)
+
+
+def test_link_delay_is_twice_delay_per_round_trip_and_the_rate_still_holds() -> None:
+    """300 kbit/s with 50 ms: a ping through the link takes 2 x 50 ms (the delay each
+    way; never less, and at most a few ms more), and what gets through a 1 Mbit/s
+    stream is the tbf's 300 kbit/s — on this kernel through the user-space delay line,
+    whose counters and lateness the report quotes."""
+    from bench.link import USERSPACE, ping_rtt, shaped_namespace
+
+    with shaped_namespace("300kbit,50ms", index=210) as (links, ns):
+        assert ns.rtt_ms is not None and 100 <= ns.rtt_ms < 105
+        rtts = ping_rtt(links, ns, count=20)
+        assert len(rtts) == 20
+        assert min(rtts) >= 100.0 and sorted(rtts)[10] < 103, rtts
+        sent, got, octets, span = _blast(links, ns, pps=125, size=1000, seconds=3.0)
+        assert got < sent  # the queue overflowed: the rate, not the sender, decided
+        kbps = (octets + 42 * got) * 8 / span / 1e3  # tbf counts Ethernet+IP+UDP headers
+        assert 270 < kbps < 330, (kbps, sent, got, span)
+        drops = links.dropped(ns)
+        assert drops["tc_dropped"] > 0
+        if links.mechanism == USERSPACE:
+            assert drops["delayline_packets"] >= got + 40  # both ways: the pings too
+            assert drops["delayline_dropped"] == 0
+        # lifted: no delay any more (the packets bypass the delay line)
+        links.lift()
+        assert max(ping_rtt(links, ns, count=5)) < 20
+        links.shape()
+        assert min(ping_rtt(links, ns, count=5)) >= 100.0
+
+
+def test_link_delay_line_keeps_up_with_thousands_of_packets_a_second() -> None:
+    """5,000 packets/s for 3 s through a fast link with 20 ms each way: every packet
+    arrives (the delay line queues, never drops), pings sent meanwhile still take
+    2 x 20 ms plus at most a few ms, and the loss the link asks for is drawn there."""
+    from bench.link import USERSPACE, ping_rtt, shaped_namespace
+
+    with shaped_namespace("500mbit,20ms,2%", index=211) as (links, ns):
+        time.sleep(0.3)  # the setup's own pings counted
+        before = (links.delay_stats(ns) or {}).get("lanes", {}).get("dl_down", {}).get("lost", 0)
+        rtts: list[float] = []
+        pinger = threading.Thread(
+            target=lambda: rtts.extend(ping_rtt(links, ns, count=100)), daemon=True
+        )
+        pinger.start()
+        sent, got, _, _ = _blast(links, ns, pps=5000, size=200, seconds=3.0)
+        pinger.join(30)
+        drops = links.dropped(ns)
+        # 2 % drawn on the downlink: of 15,000 some 300 (binomial, sd ~17)
+        assert 0.012 * sent < sent - got < 0.03 * sent, (sent, got, drops)
+        assert drops["tc_dropped"] == 0
+        assert len(rtts) > 80  # 2 % of the requests are lost too
+        assert min(rtts) >= 40.0 and sorted(rtts)[len(rtts) // 2] < 43, sorted(rtts)
+        if links.mechanism == USERSPACE:
+            down = links.delay_stats(ns)["lanes"]["dl_down"]
+            assert down["overflow"] == down["write_errors"] == 0
+            # every packet not drawn for loss arrived
+            assert sent - got == down["lost"] - before - (100 - len(rtts)), (sent, got, down)
 
 
 def test_a_subscriber_behind_a_shaped_link_gets_a_lower_layer(tmp_path: Path) -> None:
@@ -685,6 +798,38 @@ def test_a_subscriber_behind_a_shaped_link_gets_a_lower_layer(tmp_path: Path) ->
         assert any(layer < 2 for layer in late), (pub, layers)
     # the shaping really held the link: the top layers the SFU started with overflowed it
     assert shaped["shaping_dropped"]["tc_dropped"] > 0
+    assert png.stat().st_size > 20_000
+
+
+def test_a_bench_run_behind_a_link_of_300kbit_100ms_2pct(tmp_path: Path, capsys) -> None:
+    """The issue's link, end to end: the client behind 300 kbit/s, 100 ms each way and
+    2 % loss (on this kernel through the user-space delay line). The run completes, and
+    the report says what shaped the link and its round trip (2 x 100 ms), in the text,
+    the JSON and the PNG's title."""
+    from bench.link import NETEM, USERSPACE
+
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = cli.main(
+        [
+            *("--local", "--rooms", "1", "--participants", "2", "--duration", "6"),
+            *("--warmup", "1", "--partner-delay", "0.2", "--video-bitrate", "200"),
+            *("--link", "300kbit,100ms,2%", "--json", str(out), "--plot", str(png)),
+            "--no-progress",
+        ]
+    )
+    report = json.loads(out.read_text())
+    assert code == 0, report.get("errors")
+    (shaped,) = report["links"]
+    assert shaped["delay_mechanism"] in (NETEM, USERSPACE)
+    assert shaped["shaping"].startswith("tc tbf + ") and "(delay, loss)" in shaped["shaping"]
+    assert 200 <= shaped["idle_rtt_ms"] < 210
+    assert any(pt.get("received_kbps") for pt in shaped["timeline"])  # media got through
+    if shaped["delay_mechanism"] == USERSPACE:
+        drops = shaped["shaping_dropped"]
+        assert drops["delayline_packets"] > 100 and drops["delayline_dropped"] > 0
+        assert drops["delayline_lateness_us"]["n"] > 100
+    text = capsys.readouterr().out
+    assert f"via {shaped['shaping']} · idle RTT through the link" in text
     assert png.stat().st_size > 20_000
 
 
