@@ -528,7 +528,10 @@ def create(
         # one idle round trip per link, shaped: what the report says the link's RTT is
         links.shape()
         for s in links.shaped:
-            rtts = ping_rtt(links, s, count=5)
+            try:
+                rtts = ping_rtt(links, s, count=5)
+            except OSError:  # no raw sockets here: the report then has no RTT, no more
+                rtts = []
             s.rtt_ms = round(sorted(rtts)[len(rtts) // 2], 2) if rtts else None
         if not shaped:
             links.lift()

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,3 +202,26 @@ def veth_namespace(
         holder.wait()
         # The namespace's end went with it; deleting ours is then a no-op, but say so.
         subprocess.run([IP, "link", "del", outside_dev], capture_output=True)
+
+
+@contextmanager
+def shaped_veth_namespace(
+    workdir: Path, link: str, shaped: bool = True, index: int = 200
+) -> Iterator[tuple[Netns, Any]]:
+    """A child namespace behind a shaped link ``link`` (``"300kbit,100ms,2%"``: rate by
+    tbf on the outside end, delay each way and downlink loss by netem or, on a kernel
+    without it, bench/delayline.py in a router namespace between), as a :class:`Netns`
+    (Chromium via ``wrapper``, server reached at ``outside_ip``) and the
+    ``bench.link.Links`` that shape it (``lift()``/``shape()``, ``dropped(...)``)::
+
+        with shaped_veth_namespace(tmp_path / "netns", "300kbit,100ms,2%") as (ns, links):
+            ...  # run_server(..., {"ROUNDTABLE_MEDIA_HOST": ns.outside_ip}, host="0.0.0.0")
+            links.lift()  # the line recovers: rate, delay and loss off
+    """
+    from bench.link import shaped_namespace
+
+    _check_isolated()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with shaped_namespace(link, shaped=shaped, index=index) as (links, s):
+        ns = Netns(s.holder.pid, s.outside_ip, s.inside_ip, s.outside_dev, s.inside_dev, workdir)
+        yield ns, links

@@ -801,6 +801,22 @@ def test_a_subscriber_behind_a_shaped_link_gets_a_lower_layer(tmp_path: Path) ->
     assert png.stat().st_size > 20_000
 
 
+def test_link_shaped_veth_namespace_for_browser_tests(tmp_path: Path) -> None:
+    """What browser tests use to put a Chromium behind a shaped link: a tests.netns
+    namespace whose TCP reaches the outside address, with the round trip of the delay
+    both ways; lifted, the delay is gone."""
+    from bench.link import ping_rtt
+    from tests.netns import shaped_veth_namespace
+
+    with shaped_veth_namespace(tmp_path / "netns", "1mbit,30ms,1%", index=212) as (ns, links):
+        assert ns.tcp_passes()
+        assert ns.run("ip", "route", "show", "default").stdout.strip()
+        (s,) = links.shaped
+        assert s.rtt_ms is not None and 60 <= s.rtt_ms < 65
+        links.lift()
+        assert max(ping_rtt(links, s, count=5)) < 20
+
+
 def test_a_bench_run_behind_a_link_of_300kbit_100ms_2pct(tmp_path: Path, capsys) -> None:
     """The issue's link, end to end: the client behind 300 kbit/s, 100 ms each way and
     2 % loss (on this kernel through the user-space delay line). The run completes, and
