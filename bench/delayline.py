@@ -119,6 +119,7 @@ class DelayLine:
         push, pop = heapq.heappush, heapq.heappop
         read, write, now = os.read, os.write, time.monotonic
         next_stats = now() + STATS_EVERY
+        parent = os.getppid()
         while True:
             t = now()
             # release everything due
@@ -139,6 +140,8 @@ class DelayLine:
             if t >= next_stats:
                 self.write_stats()
                 next_stats = t + STATS_EVERY
+                if os.getppid() != parent:
+                    return  # whoever started us is gone (killed bench): do not linger
             if stop_at is not None and t >= stop_at:
                 return
             timeout = min(next_stats - t, held[0][0] - t if held else 1.0)
