@@ -166,18 +166,19 @@ def parser() -> argparse.ArgumentParser:
     )
     load.add_argument(
         "--link",
-        metavar="RATE[,DELAY][,LOSS]",
+        metavar="RATE[,DELAY[~JITTER]][,LOSS]",
         help="put --link-subscribers subscribers (the client of the first rooms) behind a "
         "shaped link, e.g. 300kbit or 300kbit,100ms,2%%: each in a network namespace of "
         "its own on a veth pair. RATE: tc tbf on the bench's end (what flows to the "
         "subscriber, media and signalling alike; the uplink is not rate-shaped). DELAY: "
-        "one-way, each direction (a round trip takes 2 x DELAY plus the rate's queue); by "
+        "one-way, each direction (a round trip takes 2 x DELAY plus the rate's queue; "
+        "100ms~10ms: each packet 90-110 ms, uniform, so packets may overtake); by "
         "netem where the kernel has it, and on a kernel without netem (this development "
         "machine's) by a user-space delay line (bench/delayline.py) in a router namespace "
         "between bench and subscriber, through TUN devices: it holds each packet for DELAY "
-        "the way netem would, to within ~1 ms; without netem and without /dev/net/tun a "
-        "DELAY is refused. LOSS: random, on the downlink: netem's or the delay line's with a "
-        "DELAY, nftables numgen in the subscriber's namespace without. Which mechanism ran "
+        "the way netem would (median within ~0.5 ms; docs/bench.md); without netem and "
+        "without /dev/net/tun a DELAY is refused. LOSS: random, on the downlink: netem's or "
+        "the delay line's with a DELAY, nftables numgen in the subscriber's namespace without. Which mechanism ran "
         "and the link's idle round trip are in the output, JSON and PNG. Needs root in the "
         "bench's own network namespace (unshare -n) with ip, tc, nft, nsenter and unshare; "
         "--local only. The report gives per shaped subscriber its audio loss, the layer it "

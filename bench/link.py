@@ -82,7 +82,8 @@ CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|bps|kbps|mbps)$", re.I)
-_DELAY = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|us)$", re.I)
+_DELAY = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|us)(?:[~±](\d+(?:\.\d+)?)(ms|s|us))?$", re.I)
+_MS = {"ms": 1.0, "s": 1000.0, "us": 0.001}
 _LOSS = re.compile(r"^(\d+(?:\.\d+)?)%?$")
 _BITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 8, "kbps": 8e3, "mbps": 8e6}
 
@@ -97,19 +98,21 @@ class LinkSpec:
     rate_bps: float
     delay_ms: float | None = None
     loss_pct: float | None = None
+    jitter_ms: float | None = None  # DELAY ± this, uniform (packets may overtake, as in netem)
 
     def __str__(self) -> str:
         parts = [self.rate]
         if self.delay_ms or self.loss_pct:
-            parts.append(f"{self.delay_ms:g}ms" if self.delay_ms else "")
+            jitter = f"~{self.jitter_ms:g}ms" if self.jitter_ms else ""
+            parts.append(f"{self.delay_ms:g}ms{jitter}" if self.delay_ms else "")
         if self.loss_pct:
             parts.append(f"{self.loss_pct:g}%")
         return ",".join(parts)
 
 
 def parse_link(text: str) -> LinkSpec:
-    """``RATE[,DELAY][,LOSS]``: ``300kbit``, ``300kbit,100ms``, ``300kbit,,2%``,
-    ``300kbit,100ms,2%``."""
+    """``RATE[,DELAY[~JITTER]][,LOSS]``: ``300kbit``, ``300kbit,100ms``, ``300kbit,,2%``,
+    ``300kbit,100ms,2%``, ``300kbit,100ms~10ms,2%`` (each packet 90–110 ms)."""
     parts = [p.strip() for p in text.split(",")]
     if not 1 <= len(parts) <= 3 or not parts[0]:
         raise ValueError("--link takes RATE[,DELAY][,LOSS], e.g. 300kbit,100ms,2%")
@@ -119,19 +122,23 @@ def parse_link(text: str) -> LinkSpec:
     rate_bps = float(m.group(1)) * _BITS[m.group(2).lower()]
     if rate_bps < 8000:
         raise ValueError("--link rate below 8 kbit/s would not even carry signalling")
-    delay = loss = None
+    delay = loss = jitter = None
     if len(parts) >= 2 and parts[1]:
         d = _DELAY.match(parts[1])
         if not d:
-            raise ValueError(f"--link delay {parts[1]!r}: e.g. 100ms")
-        delay = float(d.group(1)) * {"ms": 1.0, "s": 1000.0, "us": 0.001}[d.group(2).lower()]
+            raise ValueError(f"--link delay {parts[1]!r}: e.g. 100ms or 100ms~10ms")
+        delay = float(d.group(1)) * _MS[d.group(2).lower()]
+        if d.group(3):
+            jitter = float(d.group(3)) * _MS[d.group(4).lower()]
+            if jitter > delay:
+                raise ValueError(f"--link delay {parts[1]!r}: the jitter exceeds the delay")
     if len(parts) == 3 and parts[2]:
         lo = _LOSS.match(parts[2])
         if not lo or float(lo.group(1)) >= 100:
             raise ValueError(f"--link loss {parts[2]!r}: a percentage below 100, e.g. 2%")
         loss = float(lo.group(1))
     tc_rate = f"{m.group(1)}{m.group(2).lower()}"
-    return LinkSpec(tc_rate, rate_bps, delay or None, loss or None)
+    return LinkSpec(tc_rate, rate_bps, delay or None, loss or None, (delay and jitter) or None)
 
 
 def _tool(name: str) -> str | None:
@@ -340,6 +347,8 @@ class Links:
             tbf = ["tbf", "rate", self.spec.rate, "burst", "6kb", "latency", "300ms"]
             if self.spec.delay_ms and self.tools.delay == NETEM:
                 delay = ["netem", "delay", f"{self.spec.delay_ms}ms"]
+                if self.spec.jitter_ms:
+                    delay.append(f"{self.spec.jitter_ms}ms")
                 netem = delay + (["loss", f"{self.spec.loss_pct}%"] if self.spec.loss_pct else [])
                 _run(self.tools.tc, "qdisc", "replace", "dev", dev, "root", "handle", "1:", *netem)
                 _run(
@@ -599,9 +608,10 @@ def _router_between(links: Links, s: Shaped, tag: str, deadline: float) -> None:
     _run(*router, tools.ip, "route", "add", "default", "via", s.outside_ip)
     s.stats_path = os.path.join(links._workdir, f"delayline-{k}.json")
     loss = f"{spec.loss_pct:g}" if spec.loss_pct else "0"
+    delay = f"{spec.delay_ms:g}:{spec.jitter_ms or 0:g}"
     s.delayline = subprocess.Popen(
         [*router, sys.executable, DELAYLINE, "--tun-path", tools.tun_path]
-        + ["--tun", f"dl_down:{spec.delay_ms:g}:0:{loss}", "--tun", f"dl_up:{spec.delay_ms:g}"]
+        + ["--tun", f"dl_down:{delay}:{loss}", "--tun", f"dl_up:{delay}"]
         + ["--stats", s.stats_path],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

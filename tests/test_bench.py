@@ -620,7 +620,19 @@ def test_link_parses_rate_delay_and_loss() -> None:
     assert parse_link("1mbit").delay_ms is None and parse_link("1mbit").loss_pct is None
     assert parse_link("300kbit,,0.5%").loss_pct == 0.5
     assert str(parse_link("300kbit,,2%")) == "300kbit,,2%"
-    for bad in ("", "300", "fast", "300kbit,soon", "300kbit,,120%", "1kbit", "1,2,3,4"):
+    jittery = parse_link("300kbit,100ms~10ms,2%")
+    assert (jittery.delay_ms, jittery.jitter_ms, str(jittery)) == (100, 10, "300kbit,100ms~10ms,2%")
+    assert parse_link("1mbit,20ms±5ms").jitter_ms == 5
+    for bad in (
+        "",
+        "300",
+        "fast",
+        "300kbit,soon",
+        "300kbit,,120%",
+        "1kbit",
+        "1,2,3,4",
+        "1mbit,5ms~6ms",
+    ):
         with pytest.raises(ValueError):
             parse_link(bad)
 
@@ -799,6 +811,18 @@ def test_a_subscriber_behind_a_shaped_link_gets_a_lower_layer(tmp_path: Path) ->
     # the shaping really held the link: the top layers the SFU started with overflowed it
     assert shaped["shaping_dropped"]["tc_dropped"] > 0
     assert png.stat().st_size > 20_000
+
+
+def test_link_jitter_spreads_the_delay_within_its_bounds() -> None:
+    """DELAY~JITTER: each packet is held DELAY ± JITTER (uniform) each way, so round
+    trips spread over 2 x (DELAY - JITTER) .. 2 x (DELAY + JITTER)."""
+    from bench.link import ping_rtt, shaped_namespace
+
+    with shaped_namespace("10mbit,30ms~10ms", index=213) as (links, ns):
+        rtts = ping_rtt(links, ns, count=40)
+        assert len(rtts) == 40
+        assert min(rtts) >= 40.0 and max(rtts) < 83, sorted(rtts)
+        assert max(rtts) - min(rtts) > 10, sorted(rtts)  # sd of the sum ~8 ms: not one value
 
 
 def test_link_shaped_veth_namespace_for_browser_tests(tmp_path: Path) -> None:
