@@ -147,3 +147,46 @@ async def test_expired_consent_stops_all_sending_until_a_restart(
         await wait_for(lambda: seen["other"] > 20, 5)
     finally:
         await room.close()
+
+
+async def test_a_restart_replaces_the_consent_checks_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an ICE restart the old connection's consent checks stop and one new series
+    starts with the new credentials: no duplicate job left on the wheel (REVIEW #11).
+    Counted where they arrive, at the browser's side of the connection."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    monkeypatch.setattr(stun, "RETRY_RTO", 0.2)
+    loop = asyncio.get_running_loop()
+    room = Room("room-consent-restart", MediaConfig(media_host=MEDIA_HOST))
+    try:
+        await room.join("a", (220, 30, 30))
+        b = await room.join("b", (30, 200, 30))
+        await wait_for(lambda: b.decoded("a", "video") >= 5, 20)
+        client = ice.connections(b.sub)[0]
+        seen: list[tuple[float, str]] = []
+        answer = client.request_received
+
+        def counted(message: stun.Message, addr: tuple, protocol: object) -> None:
+            seen.append((loop.time(), message.attributes.get("USERNAME")))
+            answer(message, addr, protocol)
+
+        client.request_received = counted
+        await asyncio.sleep(2.0)
+        before = list(seen)
+        assert len({user for _, user in before}) == 1 and len(before) >= 5
+
+        server_sub = room.router.subscribers["b"].pc
+        old_local = local_ufrag(server_sub)
+        frames = b.decoded("a", "video")
+        room.router.restart_ice("b")
+        await wait_for(lambda: local_ufrag(server_sub) != old_local, 10)
+        await wait_for(lambda: b.decoded("a", "video") > frames + 10, 15)
+        await asyncio.sleep(0.5)  # the restart's own connectivity checks are over
+        mark = len(seen)
+        await asyncio.sleep(2.0)
+        after = seen[mark:]
+        users = {user for _, user in after}
+        assert users and before[0][1] not in users  # the old series stopped
+        assert len(users) == 1  # and one new series runs ...
+        assert len(after) <= 1.5 * len(before) + 2, (len(before), len(after))  # ... once
+    finally:
+        await room.close()
