@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from . import link as link_mod
@@ -29,6 +29,10 @@ from .media import (
 )
 from .participant import VIEWS
 from .runner import cpu_plan, measure_floor, run_load, start_local
+
+# One measured run of the load: label, server URL, API key, secret, rooms, server pid,
+# simulcast (None: as the options say) -> its report.
+RunOne = Callable[..., Awaitable[dict[str, Any]]]
 
 EPILOG = """\
 examples:
@@ -634,7 +638,14 @@ def _sizes(media: EncodedMedia) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-async def _compare_simulcast(args, one, url, api_key, secret, pid) -> dict[str, Any]:
+async def _compare_simulcast(
+    args: argparse.Namespace,
+    one: RunOne,
+    url: str,
+    api_key: str,
+    secret: str | None,
+    pid: int | None,
+) -> dict[str, Any]:
     """The same load without and with simulcast on one server, alternating, each run
     with its own window and floor; medians and the ratio."""
     modes = ("plain", "simulcast")
@@ -657,7 +668,9 @@ async def _compare_simulcast(args, one, url, api_key, secret, pid) -> dict[str, 
     return {"compare_simulcast": summary, "runs": runs}
 
 
-async def _compare_ports(args, one, server_cpu: int | None) -> dict[str, Any]:
+async def _compare_ports(
+    args: argparse.Namespace, one: RunOne, server_cpu: int | None
+) -> dict[str, Any]:
     """The same load on a shared media port and on ephemeral ports, alternating, each
     round on a fresh server pinned to the same core."""
     modes = {"shared": {}, "ephemeral": {"ROUNDTABLE_MEDIA_PORT": "0"}}
@@ -711,7 +724,15 @@ async def _compare_ports(args, one, server_cpu: int | None) -> dict[str, Any]:
     }
 
 
-async def _find_capacity(args, one, url, api_key, secret, pid, max_rooms) -> dict[str, Any]:
+async def _find_capacity(
+    args: argparse.Namespace,
+    one: RunOne,
+    url: str,
+    api_key: str,
+    secret: str | None,
+    pid: int | None,
+    max_rooms: int,
+) -> dict[str, Any]:
     steps = []
     held: dict[str, Any] | None = None
     rooms = max(1, args.rooms)

@@ -118,7 +118,7 @@ async def test_consent_is_checked_on_the_wheel_and_expires_without_answers(
         requests = []
         answer = peer.request_received
 
-        def counted(message, addr, protocol) -> None:
+        def counted(message: stun.Message, addr: tuple[str, int], protocol: object) -> None:
             requests.append(message.attributes.get("USERNAME"))
             answer(message, addr, protocol)
 
@@ -159,13 +159,15 @@ async def test_consent_is_checked_on_the_wheel_and_expires_without_answers(
         await sfu.close()
 
 
-async def test_an_answer_resets_the_failures(quick_consent: None, caplog) -> None:
+async def test_an_answer_resets_the_failures(
+    quick_consent: None, caplog: pytest.LogCaptureFixture
+) -> None:
     sfu, peer = await connected_pair()
     try:
         answer = peer.request_received
         seen = []
 
-        def every_fifth(message, addr, protocol) -> None:
+        def every_fifth(message: stun.Message, addr: tuple[str, int], protocol: object) -> None:
             seen.append(1)
             if len(seen) % 5 == 0:
                 answer(message, addr, protocol)
@@ -185,7 +187,7 @@ async def test_close_and_restart_stop_the_checks(quick_consent: None) -> None:
     seen = []
     answer = peer.request_received
 
-    def counted(message, addr, protocol) -> None:
+    def counted(message: stun.Message, addr: tuple[str, int], protocol: object) -> None:
         seen.append(1)
         answer(message, addr, protocol)
 
