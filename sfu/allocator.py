@@ -16,7 +16,9 @@ most, then the rest:
 Hysteresis, so it does not flap: a layer a video already has is priced at
 :data:`KEEP` of its rate (in full on the tick the estimate fell: a cut takes effect at
 once), and a video that was moved down (or paused) is not moved up
-again for :data:`HOLD_UP` seconds. Moves down happen at once: they protect the audio.
+again for :data:`HOLD_UP` seconds, nor at all (when the link moved it) before the
+estimate rose above the one it was moved down at. Moves down happen at once: they
+protect the audio.
 Moving up needs a higher estimate, which only a successful probe gives
 (:mod:`sfu.downlink`); while one runs the allocator pads the connection up to the
 probe's target (:meth:`sfu.forwarder.Leg.pad`).
@@ -142,6 +144,8 @@ class Allocator:
         self._clock = clock
         self.layers: dict[str, int | None] = {}  # track id -> layer given (for tests, logs)
         self._down_at: dict[str, float] = {}
+        # track id -> the estimate at which the link moved it down (up again above it)
+        self._down_budget: dict[str, float] = {}
         self._paused: dict[str, bool] = {}  # track id -> paused for the link (told the page)
         self._caps: dict[str, int | None] = {}  # track id -> the cap last set
         # The next step on the loop's timer wheel (sfu.timers): one job per subscriber,
@@ -203,6 +207,9 @@ class Allocator:
         videos: list[tuple[Leg, Video]] = []
         hidden: set[str] = set()
         now = self._clock()
+        estimate = self.estimate
+        self._measure_sent(legs, now)
+        budget = estimate.update()
         for leg in legs:
             if leg.kind != "video":
                 continue
@@ -219,13 +226,20 @@ class Allocator:
             current = self.layers.get(key, len(rates) - 1)
             if current is not None:
                 current = min(current, len(rates) - 1)
-            if now - self._down_at.get(key, -1e9) < HOLD_UP:
+            # Moved down by the link: up again only on a higher estimate (a probe that
+            # passed), not because the layer's price wobbled under the same one. Paused
+            # at 50.6k with audio and video at 25k each, a video was resumed and paused
+            # again every few seconds as its rate moved by 1 %; at 300 kbit/s a loaded
+            # publisher's middle layer dipped to 121k and was taken at 271k.
+            if budget > self._down_budget.get(key, -1.0):
+                self._down_budget.pop(key, None)
+                blocked = False
+            else:
+                blocked = True
+            if blocked or now - self._down_at.get(key, -1e9) < HOLD_UP:
                 rates = rates[: (current + 1) if current is not None else 0]
             rank = self._rank(leg.track.publisher_id)
             videos.append((leg, Video(key, rank, rates, current)))
-        estimate = self.estimate
-        self._measure_sent(legs, now)
-        budget = estimate.update()
         # The tick on which the estimate fell (loss, an overusing REMB, a probe undone)
         # prices held layers in full: the discount is against flapping on a figure that
         # wobbles, and kept a 300 kbit/s link's two middle layers (~530k, 0.8 x that
@@ -241,9 +255,13 @@ class Allocator:
             before = self.layers.get(v.key, v.current)
             if layer is not None:
                 used += v.rates[layer]
-            want += max(self._layers(leg) or (0.0,))
+            viewed = self._layers(leg)
+            want += max(viewed or (0.0,))
             if before is not None and (layer is None or layer < before):
                 self._down_at[v.key] = now
+                if layer is None or layer < min(before, len(viewed) - 1):
+                    # Below what it had and what its tile asks for: the link's doing.
+                    self._down_budget[v.key] = budget
             self.layers[v.key] = layer
             self._apply(leg, v.key, layer)
         keys = {v.key for _, v in videos} | hidden
@@ -256,6 +274,9 @@ class Allocator:
         for key in list(self._paused):
             if key not in keys:
                 del self._paused[key]
+        for key in list(self._down_budget):
+            if key not in keys:
+                del self._down_budget[key]
         if chosen != self._chosen:
             self._chosen = chosen
             log.debug(
