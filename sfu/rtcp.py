@@ -47,6 +47,7 @@ from .timers import Timer, wheel
 log = logging.getLogger(__name__)
 
 MAX_COMPOUND = 1200  # bytes of RTCP per datagram, below any path MTU with SRTCP's trailer
+MAX_REPORT_BLOCKS = 31  # per RR packet: RFC 3550's 5-bit reception report count
 
 # Name-mangled private attributes of aiortc 1.16.0 read here.
 _S = "_RTCRtpSender__"
@@ -193,9 +194,7 @@ def compound(members: list[Any]) -> list[bytes]:
         if isinstance(member, RTCRtpSender):
             items.append(_sender_report(member, now))
         else:
-            report = _receiver_report(member, now)
-            if report is not None:
-                items.append((report, None))
+            items.extend((report, None) for report in _receiver_reports(member, now))
     out: list[bytes] = []
     reports: list[bytes] = []
     chunks: list[RtcpSourceInfo] = []
@@ -266,8 +265,11 @@ def _sender_report(sender: RTCRtpSender, now: float) -> tuple[bytes, RtcpSourceI
     return bytes(packet), chunk
 
 
-def _receiver_report(receiver: RTCRtpReceiver, now: float) -> bytes | None:
-    """aiortc's ``RTCRtpReceiver._run_rtcp`` body: the RR, if there is anything to say."""
+def _receiver_reports(receiver: RTCRtpReceiver, now: float) -> list[bytes]:
+    """aiortc's ``RTCRtpReceiver._run_rtcp`` body: the RR, if there is anything to say;
+    more than one past :data:`MAX_REPORT_BLOCKS` streams (the header's count has 5 bits:
+    aiortc's packer writes a corrupt header for more, and a publisher's transport that
+    learnt many SSRCs would send it)."""
     d = receiver.__dict__
     rtcp_ssrc = d[_R + "rtcp_ssrc"]
     lsrs, lsr_times = d[_R + "lsr"], d[_R + "lsr_time"]
@@ -290,9 +292,12 @@ def _receiver_report(receiver: RTCRtpReceiver, now: float) -> bytes | None:
                 dlsr=dlsr,
             )
         )
-    if rtcp_ssrc is None or not reports:
-        return None
-    return bytes(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
+    if rtcp_ssrc is None:
+        return []
+    return [
+        bytes(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports[i : i + MAX_REPORT_BLOCKS]))
+        for i in range(0, len(reports), MAX_REPORT_BLOCKS)
+    ]
 
 
 def check() -> list[str]:

@@ -263,3 +263,41 @@ async def test_sender_and_receiver_reports_on_the_wire() -> None:
         assert not owners & server_side
     finally:
         await room.close()
+
+
+def test_a_receiver_of_many_streams_reports_them_in_rrs_of_at_most_31_blocks() -> None:
+    """RFC 3550's reception report count has 5 bits: 40 streams on one receiver (a
+    publisher's transport that learnt many SSRCs) take two RRs, every block once, each
+    header true; aiortc's packer wrote one RR whose count overflowed into the padding bit."""
+    from aiortc import (
+        RTCCertificate,
+        RTCDtlsTransport,
+        RTCIceGatherer,
+        RTCIceTransport,
+        RTCRtpReceiver,
+    )
+    from aiortc.rtcrtpreceiver import StreamStatistics
+    from aiortc.rtp import RtpPacket
+
+    from sfu import rtcp
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    rx = RTCRtpReceiver("video", dtls)
+    rx._set_rtcp_ssrc(0x5678)
+    streams = rx.__dict__["_RTCRtpReceiver__remote_streams"]
+    for ssrc in range(1000, 1040):
+        stream = streams[ssrc] = StreamStatistics(90000)
+        stream.add(RtpPacket(payload_type=96, sequence_number=ssrc, timestamp=0, ssrc=ssrc))
+    datagrams = rtcp.compound([rx])
+    blocks = []
+    for datagram in datagrams:
+        assert len(datagram) <= rtcp.MAX_COMPOUND
+        for pt, count, body in packets(datagram):
+            assert pt == RR and count <= 31
+            sender, found = receiver_report(count, body)
+            assert sender == 0x5678
+            blocks += found
+    assert sorted(b["ssrc"] for b in blocks) == list(range(1000, 1040))
+    assert all(b["highest"] == b["ssrc"] for b in blocks)
