@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
@@ -417,6 +417,23 @@ def serve_workers(config: Config, args: argparse.Namespace) -> int:
     return max(codes, key=abs)
 
 
+def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop unless configured otherwise (``ROUNDTABLE_EVENT_LOOP=asyncio``): each wake-up
+    of the loop costs less CPU there, and at 10 rooms x 3 the SFU wakes for every few
+    packets (docs/bench.md). The C read and send paths need the one shared media port on
+    uvloop (sfu.udpmux); with a socket per connection (port 0, a range) only asyncio's
+    loop lets them take over a socket, so that keeps asyncio."""
+    if config.event_loop != "uvloop":
+        return None
+    if config.media_ports is not None or not config.media_port:
+        log.info("event loop: asyncio (uvloop needs the one shared media port)")
+        return None
+    import uvloop
+
+    log.info("event loop: uvloop")
+    return uvloop.new_event_loop
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # A reload (SIGHUP) that arrives while we start must not kill us: ignored until the
     # event loop installs the handler that re-reads the certificate.
@@ -436,7 +453,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return serve_workers(config, args)
     certificate = tls.from_config(config)  # unreadable files fail here, before listening
     try:
-        asyncio.run(_serve(config, generated, certificate))
+        with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
+            runner.run(_serve(config, generated, certificate))
     except OSError as exc:
         from sfu.udpmux import MediaPortError
 

@@ -187,6 +187,11 @@ class Config(BaseSettings):
         "Public IP address put in candidates when the node sits behind 1:1 NAT.",
         shown="unset: the media address itself",
     )
+    event_loop: Literal["uvloop", "asyncio"] = setting(
+        "uvloop",
+        'The event loop: "uvloop" (less CPU per wake-up; needs the one shared media '
+        'port, otherwise asyncio is used) or "asyncio" (the standard library\'s).',
+    )
     ice_policy: Literal["all", "relay"] = setting(
         "all", 'ICE transport policy for the page: "all", or "relay" (TURN only).'
     )
@@ -343,6 +348,14 @@ class Config(BaseSettings):
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("event_loop", mode="before")
+    @classmethod
+    def _event_loop(cls, value: Any) -> Any:
+        value = value.lower() if isinstance(value, str) else value
+        if value not in ("uvloop", "asyncio"):
+            raise ValueError("must be uvloop or asyncio")
         return value
 
     @field_validator("ice_policy", mode="before")

@@ -1001,13 +1001,12 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
     """
     connection = getattr(dtls.transport, "_connection", None)
     loop = asyncio.get_running_loop()
-    if (
-        connection is None
-        or dtls._state is not State.CONNECTED
-        or dtls._rx_srtp is None
-        or not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
-    ):
+    if connection is None or dtls._state is not State.CONNECTED or dtls._rx_srtp is None:
         return
+    # A socket of its own (ROUNDTABLE_MEDIA_PORT=0, a port range) is read by the loop's
+    # transport; only asyncio's selector loop lets us swap its read callback. The shared
+    # media port's sockets have their C Reader from sfu.udpmux on any loop (uvloop too).
+    selector = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
     router = dtls._rtp_router
     ids = dtls._rtp_header_extensions_map.__dict__[_EXT_IDS]
     session = dtls._rx_srtp
@@ -1081,6 +1080,8 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
             continue
         reader = getattr(protocol, _C_READER, None)
         if reader is None:
+            if not selector:
+                continue
             fd = sock.fileno()
             reader = _fastpath.Reader(fd, protocol.datagram_received, protocol.error_received)
             # The public add_reader refuses a transport's fd; the transport's close()

@@ -25,6 +25,7 @@ the shared socket itself, with the same checks as on a socket of its own.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 from typing import Any
@@ -102,6 +103,77 @@ class MuxTransport(asyncio.DatagramTransport):
         self.close()
 
 
+class SocketTransport(asyncio.DatagramTransport):
+    """The shared socket's own writer, on any event loop: asyncio's or uvloop's.
+
+    The C Reader reads the socket (``loop.add_reader``, the public API: no loop transport
+    owns the fd). Writes from Python (STUN, DTLS, RTCP, and what the C send path hands
+    back when the socket would block) go straight out, or wait in order in ``_buffer``
+    until the socket is writable again; the C send path (``sfu/fastpath/leg.c``) reads
+    ``_buffer_size``, a plain attribute, before each send so that it never overtakes
+    them. asyncio's own datagram transport did this on its selector loop, but uvloop's
+    reads the socket itself (libuv) and exposes neither the socket nor the buffer."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: MuxSocket
+    ) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname()})
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._buffer: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._buffer_size = 0  # bytes waiting; read by the C send path before each send
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffer_size
+
+    def is_closing(self) -> bool:
+        return self._sock is None
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._sock is None:
+            return
+        if not self._buffer:
+            try:
+                self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self._fd, self._drain)
+            except OSError as exc:  # ICMP errors of one remote address
+                self._protocol.error_received(exc)
+                return
+        data = bytes(data)
+        self._buffer.append((data, addr))
+        self._buffer_size += len(data)
+
+    def _drain(self) -> None:
+        while self._buffer and self._sock is not None:
+            data, addr = self._buffer[0]
+            try:
+                self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._protocol.error_received(exc)
+            self._buffer.popleft()
+            self._buffer_size -= len(data)
+        self._loop.remove_writer(self._fd)
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._buffer.clear()
+        self._buffer_size = 0
+        self._sock.close()
+        self._sock = None
+
+    def abort(self) -> None:
+        self.close()
+
+
 class MuxSocket(asyncio.DatagramProtocol):
     """The shared socket on one media address and the routes to its connections."""
 
@@ -134,14 +206,10 @@ class MuxSocket(asyncio.DatagramProtocol):
             ) from exc
         self.sock = sock
         self.port = sock.getsockname()[1]
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = SocketTransport(loop, sock, self)
         reader = _fastpath.Reader(sock.fileno(), self._unrouted, self.error_received)
         reader.set_routes(self.routes)
-        # As for a connection's own socket (sfu.aiortc_hooks._install_c_reader): the
-        # public add_reader refuses a transport's fd; close() removes this one.
-        loop._remove_reader(sock.fileno())  # type: ignore[attr-defined]
-        loop._add_reader(sock.fileno(), reader)  # type: ignore[attr-defined]
+        loop.add_reader(sock.fileno(), reader)  # close() removes it
 
     def close(self) -> None:
         for protocol in list(self._protocols):

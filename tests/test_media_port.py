@@ -7,6 +7,7 @@ import os
 import socket
 
 import pytest
+import uvloop
 from aioice import stun
 
 from sfu import aiortc_hooks as hooks
@@ -43,6 +44,21 @@ def everyone_decodes(room: Room) -> bool:
 
 
 async def test_two_rooms_share_one_server_port() -> None:
+    await _two_rooms_share_one_port()
+
+
+def test_two_rooms_share_one_server_port_on_uvloop() -> None:
+    """The server's default loop (server.cli): the shared socket's reader is the C Reader
+    and the legs send in C there too, with the socket's own transport as the writer."""
+
+    async def on_uvloop() -> None:
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        await _two_rooms_share_one_port()
+
+    uvloop.run(on_uvloop())
+
+
+async def _two_rooms_share_one_port() -> None:
     port = free_udp_port()
     mux = UdpMux(port)
     config = MediaConfig(media_host=MEDIA_HOST, ports=MediaPorts(mux=mux))
