@@ -47,6 +47,7 @@ IFF_NO_PI = 0x1000
 QUEUE_LIMIT = 10_000  # packets held at once, all devices; netem's default is 1,000 per qdisc
 STATS_EVERY = 0.25  # s between writes of --stats
 BIN_US = 25  # lateness histogram resolution
+_PROTO = {1: "icmp", 6: "tcp", 17: "udp", 256: "not ipv4"}
 BINS = 4000  # up to 100 ms; later ones land in the last bin (max is kept exactly)
 
 
@@ -76,6 +77,7 @@ class Lane:
     lost: int = 0  # dropped on purpose (LOSS)
     overflow: int = 0  # dropped because QUEUE_LIMIT packets were held
     write_errors: int = 0
+    protocols: dict[int, int] = field(default_factory=dict)  # IP protocol number: packets read
 
     @classmethod
     def parse(cls, text: str) -> Lane:
@@ -97,6 +99,7 @@ class Lane:
             "lost": self.lost,
             "overflow": self.overflow,
             "write_errors": self.write_errors,
+            "protocols": {_PROTO.get(p, str(p)): n for p, n in sorted(self.protocols.items())},
         }
 
 
@@ -155,6 +158,8 @@ class DelayLine:
                         break
                     t = now()
                     lane.received += 1
+                    proto = data[9] if data[0] >> 4 == 4 else 256  # 256: not IPv4
+                    lane.protocols[proto] = lane.protocols.get(proto, 0) + 1
                     if lane.loss and self.rng.random() < lane.loss:
                         lane.lost += 1
                         continue

@@ -726,10 +726,11 @@ def test_link_delay_is_twice_delay_per_round_trip_and_the_rate_still_holds() -> 
     from bench.link import USERSPACE, ping_rtt, shaped_namespace
 
     with shaped_namespace("300kbit,50ms", index=210) as (links, ns):
-        assert ns.rtt_ms is not None and 100 <= ns.rtt_ms < 105
+        assert ns.rtt_ms is not None and 100 <= ns.rtt_ms < 115  # a busy machine's tail aside
         rtts = ping_rtt(links, ns, count=20)
         assert len(rtts) == 20
-        assert min(rtts) >= 100.0 and sorted(rtts)[10] < 103, rtts
+        # never faster than the delay both ways; the median within a few ms of it
+        assert min(rtts) >= 100.0 and sorted(rtts)[10] < 105, rtts
         sent, got, octets, span = _blast(links, ns, pps=125, size=1000, seconds=3.0)
         assert got < sent  # the queue overflowed: the rate, not the sender, decided
         kbps = (octets + 42 * got) * 8 / span / 1e3  # tbf counts Ethernet+IP+UDP headers
@@ -754,7 +755,8 @@ def test_link_delay_line_keeps_up_with_thousands_of_packets_a_second() -> None:
 
     with shaped_namespace("500mbit,20ms,2%", index=211) as (links, ns):
         time.sleep(0.3)  # the setup's own pings counted
-        before = (links.delay_stats(ns) or {}).get("lanes", {}).get("dl_down", {}).get("lost", 0)
+        lanes = (links.delay_stats(ns) or {}).get("lanes", {})
+        before = lanes.get("dl_down", {}).get("sent", 0)
         rtts: list[float] = []
         pinger = threading.Thread(
             target=lambda: rtts.extend(ping_rtt(links, ns, count=100)), daemon=True
@@ -767,12 +769,14 @@ def test_link_delay_line_keeps_up_with_thousands_of_packets_a_second() -> None:
         assert 0.012 * sent < sent - got < 0.03 * sent, (sent, got, drops)
         assert drops["tc_dropped"] == 0
         assert len(rtts) > 80  # 2 % of the requests are lost too
-        assert min(rtts) >= 40.0 and sorted(rtts)[len(rtts) // 2] < 43, sorted(rtts)
+        assert min(rtts) >= 40.0 and sorted(rtts)[len(rtts) // 2] < 45, sorted(rtts)
         if links.mechanism == USERSPACE:
             down = links.delay_stats(ns)["lanes"]["dl_down"]
+            # it queued everything it read and did not draw for loss, and released it all
             assert down["overflow"] == down["write_errors"] == 0
-            # every packet not drawn for loss arrived
-            assert sent - got == down["lost"] - before - (100 - len(rtts)), (sent, got, down)
+            assert down["received"] - down["lost"] == down["sent"], down
+            # and all it released arrived (the echo requests among it: one per reply)
+            assert got == down["sent"] - before - len(rtts), (sent, got, links.delay_stats(ns))
 
 
 def test_a_subscriber_behind_a_shaped_link_gets_a_lower_layer(tmp_path: Path) -> None:
@@ -821,7 +825,7 @@ def test_link_jitter_spreads_the_delay_within_its_bounds() -> None:
     with shaped_namespace("10mbit,30ms~10ms", index=213) as (links, ns):
         rtts = ping_rtt(links, ns, count=40)
         assert len(rtts) == 40
-        assert min(rtts) >= 40.0 and max(rtts) < 83, sorted(rtts)
+        assert min(rtts) >= 40.0 and max(rtts) < 90, sorted(rtts)  # 80 + a busy tail
         assert max(rtts) - min(rtts) > 10, sorted(rtts)  # sd of the sum ~8 ms: not one value
 
 
@@ -836,7 +840,9 @@ def test_link_shaped_veth_namespace_for_browser_tests(tmp_path: Path) -> None:
         assert ns.tcp_passes()
         assert ns.run("ip", "route", "show", "default").stdout.strip()
         (s,) = links.shaped
-        assert s.rtt_ms is not None and 60 <= s.rtt_ms < 65
+        assert s.rtt_ms is not None and 60 <= s.rtt_ms < 75  # a busy machine's tail aside
+        rtts = ping_rtt(links, s, count=20)
+        assert min(rtts) >= 60 and sorted(rtts)[len(rtts) // 2] < 65, sorted(rtts)
         links.lift()
         assert max(ping_rtt(links, s, count=5)) < 20
 
@@ -862,7 +868,7 @@ def test_a_bench_run_behind_a_link_of_300kbit_100ms_2pct(tmp_path: Path, capsys)
     (shaped,) = report["links"]
     assert shaped["delay_mechanism"] in (NETEM, USERSPACE)
     assert shaped["shaping"].startswith("tc tbf + ") and "(delay, loss)" in shaped["shaping"]
-    assert 200 <= shaped["idle_rtt_ms"] < 210
+    assert 200 <= shaped["idle_rtt_ms"] < 215
     assert any(pt.get("received_kbps") for pt in shaped["timeline"])  # media got through
     if shaped["delay_mechanism"] == USERSPACE:
         drops = shaped["shaping_dropped"]
