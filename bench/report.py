@@ -202,6 +202,13 @@ def summarise(
     links = _links(raw)
     if links:
         overall["shaped_audio_loss_pct"] = max(x["audio_loss_pct"] for x in links)
+        settled = [
+            x["phases"]["audio"]["settled"]["audio_loss_pct"]
+            for x in links
+            if "settled" in x["phases"]["audio"]
+            and x["phases"]["audio"]["settled"]["audio_loss_pct"] is not None
+        ]
+        overall["shaped_settled_audio_loss_pct"] = max(settled) if settled else None
     return {
         "label": raw.label,
         "scenario": scenario,
@@ -245,6 +252,9 @@ def _links(raw: RawRun) -> list[dict[str, Any]]:
                         "audio_loss_pct": round(100.0 * lost / (lost + got), 2)
                         if lost + got
                         else None,
+                        # the counts, so phases can be summed packet-weighted
+                        "audio_lost": lost,
+                        "audio_received": got,
                         "received_kbps_total": nbytes,  # bytes; made a rate below
                     }
                 )
@@ -272,6 +282,7 @@ def _links(raw: RawRun) -> list[dict[str, Any]]:
                         else None,
                     }
                 )
+            phases = link_phases(timeline, layers, raw.link_shaped_at, raw.link_lifted_at)
             drops = raw.link_drops[k] if k < len(raw.link_drops) else {}
             info = raw.link_info[k] if k < len(raw.link_info) else {}
             k += 1
@@ -284,6 +295,7 @@ def _links(raw: RawRun) -> list[dict[str, Any]]:
                     "errors": p.get("errors", []),
                     **{f"audio_{key}": v for key, v in _loss(audio).items()},
                     **{f"video_{key}": v for key, v in _loss(video).items()},
+                    "phases": phases,
                     "timeline": timeline,
                     "sfu": layers,
                     "lifted_at": raw.link_lifted_at,
@@ -295,6 +307,134 @@ def _links(raw: RawRun) -> list[dict[str, Any]]:
                     "idle_rtt_ms": info.get("rtt_ms"),
                 }
             )
+    return out
+
+
+def link_phases(
+    timeline: list[dict[str, Any]],
+    sfu: list[dict[str, Any]],
+    shaped_at: float | None,
+    lifted_at: float | None,
+) -> dict[str, Any]:
+    """The shaped window cut where its behaviour changes, so one loss figure does not
+    mix the shock with the steady state (issue 15 compares the settled part with a
+    browser's): *transition* from the shaping until every video the subscriber gets
+    is on the low layer or paused (the SFU's answer to the link), *settled* from then
+    until the lift, *after the lift* to the end. Audio loss per phase is
+    packet-weighted over the 0.5 s intervals ending in it. ``to_low_s``: shaping →
+    low/paused; ``climb_s``: lift → every video back on the layer it had before the
+    shaping (``first_up_s``: the first one leaving the low layer); None: not seen."""
+    start = shaped_at or 0.0
+    before: dict[str, int] = {}
+    for pt in sfu:
+        if pt["t"] < start:
+            before.update(pt["layers"])
+    low_at = next(
+        (
+            pt["t"]
+            for pt in sfu
+            if pt["t"] >= start
+            and (lifted_at is None or pt["t"] <= lifted_at)
+            and pt["layers"]
+            and all(v <= 0 for v in pt["layers"].values())
+        ),
+        None,
+    )
+    if not before:
+        # shaped from the start: climbing back means the best it had before the low point
+        for pt in sfu:
+            if low_at is not None and pt["t"] >= low_at:
+                break
+            for pub, v in pt["layers"].items():
+                before[pub] = max(v, before.get(pub, -1))
+    climbed_at = first_up = None
+    if lifted_at is not None:
+        after = [pt for pt in sfu if pt["t"] >= lifted_at and pt["layers"]]
+        first_up = next(
+            (pt["t"] for pt in after if any(v > 0 for v in pt["layers"].values())), None
+        )
+        if before:
+            climbed_at = next(
+                (
+                    pt["t"]
+                    for pt in after
+                    if all(pt["layers"].get(pub, -1) >= v for pub, v in before.items())
+                ),
+                None,
+            )
+    bounds = {"before": (-1e9, start)}
+    end_shaped = lifted_at if lifted_at is not None else 1e9
+    if low_at is None:
+        bounds["transition"] = (start, end_shaped)
+    else:
+        bounds["transition"] = (start, low_at)
+        bounds["settled"] = (low_at, end_shaped)
+    if lifted_at is not None:
+        bounds["after_lift"] = (lifted_at, 1e9)
+    loss: dict[str, Any] = {}
+    for name, (a, b) in bounds.items():
+        lost = got = 0
+        prev_t = None
+        for pt in timeline:
+            # an interval belongs to the phase its middle lies in
+            mid = pt["t"] if prev_t is None else (prev_t + pt["t"]) / 2
+            prev_t = pt["t"]
+            if a <= mid < b:
+                lost += pt.get("audio_lost", 0)
+                got += pt.get("audio_received", 0)
+        loss[name] = {
+            "from_s": round(max(a, 0.0), 2),
+            "until_s": round(b, 2) if b < 1e9 else None,
+            "audio_loss_pct": round(100.0 * lost / (lost + got), 2) if lost + got else None,
+            "audio_packets": lost + got,
+        }
+
+    def since(t: float | None, ref: float | None) -> float | None:
+        return round(t - ref, 2) if t is not None and ref is not None else None
+
+    return {
+        "low_at": low_at,
+        "to_low_s": since(low_at, start),
+        "climb_target": before,
+        "first_up_at": first_up,
+        "first_up_s": since(first_up, lifted_at),
+        "climbed_at": climbed_at,
+        "climb_s": since(climbed_at, lifted_at),
+        "audio": loss,
+    }
+
+
+def phase_lines(x: dict[str, Any]) -> list[str]:
+    ph = x.get("phases")
+    if not ph:
+        return []
+    a = ph["audio"]
+
+    def part(name: str, label: str) -> str:
+        p = a.get(name)
+        if p is None:
+            return f"{label}: -"
+        span = (
+            f"{p['from_s']:g}–{p['until_s']:g} s"
+            if p["until_s"] is not None
+            else (f"{p['from_s']:g} s–end")
+        )
+        return f"{label} {span}: audio loss {_f(p['audio_loss_pct'])} % of {p['audio_packets']}"
+
+    low = (
+        f"low/paused {ph['to_low_s']:g} s after the shaping"
+        if ph["to_low_s"] is not None
+        else "never all on low/paused while shaped"
+    )
+    out = [f"    phases: {low} · {part('transition', 'transition')} · {part('settled', 'settled')}"]
+    if "after_lift" in a:
+        if ph["climb_s"] is not None:
+            climb = f"back on the layers before the shaping {ph['climb_s']:g} s after the lift"
+        else:
+            climb = "not back on the layers before the shaping by the end"
+        if ph["first_up_s"] is not None:
+            climb += f" (first step up after {ph['first_up_s']:g} s)"
+        out.append(f"    after the lift: {climb} · {part('after_lift', 'after the lift')}")
     return out
 
 
@@ -342,6 +482,7 @@ def link_lines(x: dict[str, Any], spec: str | None) -> list[str]:
     ]
     if how:
         out.append(how)
+    out.extend(phase_lines(x))
     pubs = sorted({pub for pt in x["sfu"] for pub in pt["layers"]})
     for pub in pubs:
         out.append(f"    layer of {pub}: {layer_runs(x['sfu'], pub)}")
@@ -563,6 +704,36 @@ def _plot_link(ax_layers: Any, ax_loss: Any, x: dict[str, Any], spec: str | None
         last = max([pt["t"] for pt in x["sfu"]] + [start + 1])
         ax.axvspan(start, end if end is not None else last, color="#f4cccc", alpha=0.35, lw=0)
         ax.grid(alpha=0.3)
+    ph = x.get("phases") or {}
+    marks = [
+        (ph.get("low_at"), f"low/paused +{ph.get('to_low_s')} s", "#8c564b"),
+        (ph.get("climbed_at"), f"climbed back +{ph.get('climb_s')} s", "#2ca02c"),
+    ]
+    for t, label, colour in marks:
+        if t is None:
+            continue
+        for ax in (ax_layers, ax_loss):
+            ax.axvline(t, color=colour, ls=":", lw=1.5)
+        ax_layers.annotate(
+            label, (t, 2.3), xytext=(3, 0), textcoords="offset points", fontsize=8, color=colour
+        )
+    for name, label in (
+        ("transition", "transition"),
+        ("settled", "settled"),
+        ("after_lift", "after lift"),
+    ):
+        p = (ph.get("audio") or {}).get(name)
+        if not p or p["audio_packets"] == 0:
+            continue
+        ax_loss.annotate(
+            f"{label}\n{_f(p['audio_loss_pct'])} %",
+            (p["from_s"], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+        )
     handles = ax_layers.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     ax_layers.legend(handles[0] + more[0], handles[1] + more[1], loc="upper right", fontsize=8)

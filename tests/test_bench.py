@@ -817,6 +817,89 @@ def test_a_subscriber_behind_a_shaped_link_gets_a_lower_layer(tmp_path: Path) ->
     assert png.stat().st_size > 20_000
 
 
+def test_link_phases_split_the_audio_loss_where_the_layers_change() -> None:
+    """The phases are cut at the SFU's samples: transition until every video is on the
+    low layer or paused, settled until the lift, then after it; each 0.5 s interval of
+    audio counts in the phase its middle lies in, packet-weighted; the climb is timed
+    to every video back on the layer it had before the shaping."""
+    from bench.report import link_phases
+
+    sfu = [{"t": t / 2, "layers": {}} for t in range(0, 41)]
+    for pt in sfu:
+        t = pt["t"]
+        a = 2 if t < 4 else 1 if t < 6 else 0 if t < 13 else 1 if t < 15 else 2
+        b = 2 if t < 4 else 0 if t < 7 else -1 if t < 12 else 2
+        pt["layers"] = {"A": a, "B": b}
+    # 25 packets per 0.5 s; lost: 10 in the transition (3-7 s), 1 settled, 0 after
+    timeline = [{"t": t / 2, "audio_lost": 0, "audio_received": 25} for t in range(1, 41)]
+    for pt in timeline:
+        if 3 < pt["t"] <= 6:
+            pt["audio_lost"], pt["audio_received"] = 5, 20
+        if pt["t"] == 9.5:
+            pt["audio_lost"], pt["audio_received"] = 4, 21
+    ph = link_phases(timeline, sfu, 3.0, 10.0)
+    assert ph["low_at"] == 6.0 and ph["to_low_s"] == 3.0
+    assert ph["climb_target"] == {"A": 2, "B": 2}
+    assert ph["first_up_at"] == 12.0 and ph["first_up_s"] == 2.0
+    assert ph["climbed_at"] == 15.0 and ph["climb_s"] == 5.0
+    a = ph["audio"]
+    # intervals ending at 3.5 .. 6.0 have their middle in [3, 6): six of them
+    assert a["transition"] == {
+        "from_s": 3.0,
+        "until_s": 6.0,
+        "audio_loss_pct": 20.0,
+        "audio_packets": 150,
+    }
+    assert a["settled"]["audio_packets"] == 200 and a["settled"]["audio_loss_pct"] == 2.0
+    assert a["after_lift"]["audio_loss_pct"] == 0.0 and a["after_lift"]["until_s"] is None
+    total = sum(p["audio_packets"] for p in a.values())
+    assert total == sum(pt["audio_lost"] + pt["audio_received"] for pt in timeline)
+    # never all low while shaped: one transition phase to the lift, no climb target met
+    sfu_high = [{"t": pt["t"], "layers": {"A": 2, "B": 0}} for pt in sfu]
+    ph = link_phases(timeline, sfu_high, 3.0, 10.0)
+    assert ph["low_at"] is None and ph["to_low_s"] is None and "settled" not in ph["audio"]
+    assert ph["audio"]["transition"]["until_s"] == 10.0
+
+
+def test_a_lifted_link_reports_its_phases_in_text_json_and_png(tmp_path: Path, capsys) -> None:
+    """A real run shaped from 2 s to 8 s: the report splits the shaped subscriber's audio
+    loss into transition / settled / after the lift, times the move to the low layer and
+    the climb back (or says it did not happen), and the text and PNG carry them."""
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = cli.main(
+        [
+            *("--local", "--rooms", "1", "--participants", "3", "--duration", "14"),
+            *("--warmup", "1", "--partner-delay", "0.2", "--simulcast"),
+            *("--simulcast-scale", "0.5", "--link", "150kbit", "--link-subscribers", "1"),
+            *("--link-from", "2", "--link-until", "8"),
+            *("--json", str(out), "--plot", str(png), "--no-progress"),
+        ]
+    )
+    report = json.loads(out.read_text())
+    assert code == 0, report.get("errors")
+    (shaped,) = report["links"]
+    shaped_at, lifted_at = shaped["shaped_at"], shaped["lifted_at"]
+    assert 2 <= shaped_at < 3 and 8 <= lifted_at < 9
+    ph = shaped["phases"]
+    a = ph["audio"]
+    assert a["transition"]["from_s"] == shaped_at and a["after_lift"]["from_s"] == lifted_at
+    total = sum(p["audio_packets"] for p in a.values())
+    assert total > 400  # 14 s of two Opus streams at 50 packets/s, less what was lost
+    assert total == sum(pt["audio_lost"] + pt["audio_received"] for pt in shaped["timeline"])
+    if ph["low_at"] is not None:
+        assert ph["to_low_s"] == round(ph["low_at"] - shaped_at, 2)
+        low = next(pt for pt in shaped["sfu"] if pt["t"] == ph["low_at"])
+        assert low["layers"] and all(v <= 0 for v in low["layers"].values())
+        assert a["settled"]["from_s"] == ph["low_at"]
+    if ph["climbed_at"] is not None:
+        back = next(pt for pt in shaped["sfu"] if pt["t"] == ph["climbed_at"])
+        assert all(back["layers"][p] >= v for p, v in ph["climb_target"].items())
+    text = capsys.readouterr().out
+    assert "    phases: " in text and "    after the lift: " in text
+    assert f"transition {shaped_at:g}–" in text
+    assert png.stat().st_size > 20_000
+
+
 def test_link_jitter_spreads_the_delay_within_its_bounds() -> None:
     """DELAY~JITTER: each packet is held DELAY ± JITTER (uniform) each way, so round
     trips spread over 2 x (DELAY - JITTER) .. 2 x (DELAY + JITTER)."""
