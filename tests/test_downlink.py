@@ -282,6 +282,32 @@ def test_a_lifted_link_is_climbed_back_within_a_few_seconds_whenever_it_is_lifte
     assert max(climbs) <= 5.5, climbs
 
 
+def test_loss_during_the_next_probe_undoes_the_probe_that_just_passed() -> None:
+    """A probe passed (its SR came back in time) but its rate did not fit; the next
+    probe of the series starts 0.5 s later, and the 20-40 % loss that follows was taken
+    for that probe's padding alone, keeping the first one's figure (run w1: the queue on
+    a 300 kbit/s link reached 440 ms)."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)
+    start = est.bps
+    est.sent_bps = start
+    est.padding_bps(100_000_000, sending=start)
+    clock.now += 0.9 * downlink.PROBE_SECONDS
+    est.on_rtt(0.004, 0.0)
+    clock.now += 0.1 * downlink.PROBE_SECONDS + 0.1
+    est.on_remb(est.remb or 1_000_000)
+    clock.now += downlink.PROBE_SETTLE
+    assert est.update() == pytest.approx(start * 1.5)
+    est.sent_bps = est.bps  # the allocator spent it
+    est.on_report(1, 1000, 0)
+    clock.now += downlink.MIN_BACKOFF
+    assert est.padding_bps(100_000_000, sending=est.bps) > 0  # the next probe runs
+    clock.now += 0.3
+    est.on_report(1, 1200, 50)  # 25 %
+    assert est.update() == start
+
+
 def test_retransmissions_get_a_share_of_the_estimate_not_the_whole_link() -> None:
     clock = Clock()
     est = DownlinkEstimate(clock)

@@ -118,25 +118,28 @@ class Server:
         values = [v for k, v in self.metrics().items() if k == name or k.startswith(name + "{")]
         return sum(values) if values else None
 
-    def leg_layers(self) -> dict[tuple[str, str], int]:
+    def leg_layers(self, metrics: dict[str, float] | None = None) -> dict[tuple[str, str], int]:
         """``(subscriber, publisher) -> layer`` each video leg forwards now (-1: paused),
-        as the SFU's ``roundtable_video_leg_layer`` says."""
+        as the SFU's ``roundtable_video_leg_layer`` says (in ``metrics`` if given: one
+        ``/metrics`` read for several figures)."""
         return {
             (labels["subscriber"], labels["publisher"]): int(value)
-            for labels, value in self.labelled("roundtable_video_leg_layer")
+            for labels, value in self.labelled("roundtable_video_leg_layer", metrics)
         }
 
-    def downlink_estimates(self) -> dict[str, float]:
+    def downlink_estimates(self, metrics: dict[str, float] | None = None) -> dict[str, float]:
         """``subscriber -> bits/s`` the SFU believes that subscriber's link takes."""
         return {
             labels["subscriber"]: value
-            for labels, value in self.labelled("roundtable_downlink_estimate_bps")
+            for labels, value in self.labelled("roundtable_downlink_estimate_bps", metrics)
         }
 
-    def labelled(self, name: str) -> list[tuple[dict[str, str], float]]:
+    def labelled(
+        self, name: str, metrics: dict[str, float] | None = None
+    ) -> list[tuple[dict[str, str], float]]:
         """Every sample of the metric ``name`` with its labels."""
         out = []
-        for key, value in self.metrics().items():
+        for key, value in (self.metrics() if metrics is None else metrics).items():
             if key.startswith(name + "{"):
                 inner = key[len(name) + 1 : -1]
                 labels = dict(
