@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import uvloop
@@ -13,13 +16,15 @@ from aioice import stun
 from sfu import aiortc_hooks as hooks
 from sfu.ports import MediaPorts
 from sfu.router import MediaConfig
-from sfu.udpmux import UdpMux
+from sfu.udpmux import MuxSocket, UdpMux
 from tests.media import Room, wait_for
+from tests.netns import veth_namespace
 from tests.ports import free_udp_port
 
 pytestmark = pytest.mark.slow
 
 MEDIA_HOST = os.environ.get("ROUNDTABLE_MEDIA_HOST", "127.0.0.1")
+TC = "/usr/sbin/tc" if os.path.exists("/usr/sbin/tc") else "tc"
 COLOURS = {"a": (220, 30, 30), "b": (30, 200, 30), "c": (30, 30, 220), "d": (200, 200, 30)}
 
 
@@ -169,4 +174,73 @@ async def test_announced_address_is_offered() -> None:
         assert f" {MEDIA_HOST} {port} typ host" not in sdp
     finally:
         await room.close()
+        mux.close()
+
+
+_RECEIVE = """
+import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+s.settimeout(10)
+print(s.getsockname()[1], flush=True)
+got = []
+try:
+    while len(got) < int(sys.argv[2]):
+        got.append(int.from_bytes(s.recv(2048)[:4], "big"))
+except TimeoutError:
+    pass
+print(json.dumps(got), flush=True)
+"""
+
+
+def test_the_shared_sockets_writer_queues_in_order_when_the_socket_would_block(
+    tmp_path,
+) -> None:
+    """sfu.udpmux.SocketTransport (the shared socket's writer on either loop): behind a
+    slow link the socket's send buffer fills; what would block waits in order, the
+    buffered size the C send path checks says so, and everything goes out once the
+    socket drains."""
+    count = 200
+    with veth_namespace(tmp_path / "netns") as ns:
+        # 2 Mbit/s with a deep queue: datagrams wait in tbf, charged to our send buffer.
+        subprocess.run(
+            [TC, "qdisc", "add", "dev", ns.outside_dev, "root", "tbf", "rate", "2mbit"]
+            + ["burst", "4000", "limit", "10000000"],
+            check=True,
+        )
+        for run in (asyncio.run, uvloop.run):
+            receiver = subprocess.Popen(
+                [*ns.enter(), sys.executable, "-c", _RECEIVE, ns.inside_ip, str(count)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert receiver.stdout is not None
+                port = int(receiver.stdout.readline())
+                queued = run(_burst_through(ns.outside_ip, (ns.inside_ip, port), count))
+                out, _ = receiver.communicate(timeout=30)
+            finally:
+                if receiver.poll() is None:
+                    receiver.kill()
+            assert queued > 0  # the socket did block, so the queue was used
+            # all of them, in the order sent
+            assert json.loads(out.strip().splitlines()[-1]) == list(range(count))
+
+
+async def _burst_through(host: str, to: tuple[str, int], count: int) -> int:
+    """Sends ``count`` numbered datagrams through the shared socket's writer at once;
+    the most it held queued."""
+    mux = MuxSocket(host, 0)
+    await mux.open()
+    try:
+        assert mux.sock is not None
+        mux.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport = mux.transport
+        queued = 0
+        for seq in range(count):
+            transport.sendto(seq.to_bytes(4, "big") + bytes(996), to)
+            queued = max(queued, transport._buffer_size)  # type: ignore[attr-defined]
+        await wait_for(lambda: transport.get_write_buffer_size() == 0, timeout=20)
+        return queued
+    finally:
         mux.close()
