@@ -21,9 +21,11 @@ C send path finds no route (:func:`consented`), and aiortc's own writes (RTCP, D
 dropped at the connection — until a restart's checks succeed and ``on_consent(True)``
 lets media resume. aioice runs one task
 per connection for the checks; the SFU's connections share the loop's timer wheel
-(:mod:`sfu.timers`) instead, with aioice's timing: a binding request every 4-6 s on each
-nominated pair, answered within aioice's RTO (0.5 s) or counted as a failure, expiry
-after six failures in a row (~30 s).
+(:mod:`sfu.timers`) instead, with aioice's interval: a binding request every 4-6 s on
+each nominated pair. Expiry is RFC 7675's, not aioice's: a valid response to any request
+sent within the expiry window (``CONSENT_FAILURES x CONSENT_INTERVAL``, 30 s) is consent,
+however late it comes (a link with a standing queue answers late, not never), and
+consent expires when the window passes without one.
 """
 
 from __future__ import annotations
@@ -226,35 +228,53 @@ async def _query_consent(self: aioice.Connection) -> None:
     _stop_consent(self)
     consent = _Consent(self)
     setattr(self, _CONSENT, consent)
-    consent.schedule()
+    consent.start()
     # connect() succeeded: after an expiry, that is a restart's checks (new credentials,
     # consent anew, RFC 7675 section 5.1), so sending may resume.
     _regain(self)
 
 
 class _Consent:
-    """The consent checks of one connection: what aioice's ``query_consent`` does
-    between its sleeps, as wheel jobs. aioice's loop sends a binding request on each
-    nominated pair (``retransmissions=0``: one try, failed after ``RETRY_RTO``), resets
-    the failure count on a response and counts one failure per unanswered request."""
+    """The consent checks of one connection (RFC 7675), as wheel jobs: a binding request
+    on each nominated pair every ``CONSENT_INTERVAL`` (randomised as aioice does), each
+    request kept in its protocol's transaction table for the whole expiry window, so a
+    response that comes late still counts. Consent expires ``CONSENT_FAILURES x
+    CONSENT_INTERVAL`` after the last success (or after the checks began)."""
 
-    __slots__ = ("connection", "failures", "pending", "timer")
+    __slots__ = ("connection", "due", "expiry", "last_success", "pending", "timer")
 
     def __init__(self, connection: aioice.Connection) -> None:
         self.connection = connection
-        self.failures = 0
+        # connect() just succeeded: its checks are this consent's first success.
+        self.last_success = asyncio.get_running_loop().time()
         self.pending: list[_ConsentRequest] = []
-        self.timer: Timer | None = None
+        self.timer: Timer | None = None  # the next check
+        self.expiry: Timer | None = None  # the end of the window, if no success comes
+        self.due = 0.0  # when the expiry job should run
+
+    @staticmethod
+    def window() -> float:
+        return aioice.ice.CONSENT_FAILURES * aioice.ice.CONSENT_INTERVAL
 
     def live(self) -> bool:
         c = self.connection
         return getattr(c, _CONSENT, None) is self and not (c._closed or c._closing)
 
+    def start(self) -> None:
+        self.schedule()
+        self.arm(self.window())
+
+    def arm(self, delay: float) -> None:
+        self.due = asyncio.get_running_loop().time() + delay
+        self.expiry = wheel().call_later(delay, self.lapse)
+
     def schedule(self) -> None:
         delay = aioice.ice.CONSENT_INTERVAL * (0.8 + 0.4 * random.random())
         self.timer = wheel().call_later(delay, self.check)
 
-    def stop(self) -> None:
+    def suspend(self) -> None:
+        """No more checks (an ICE restart changed the credentials); the expiry stays
+        armed, so the connection stops sending on time unless the restart connects."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -262,66 +282,71 @@ class _Consent:
             request.forget()
         self.pending = []
 
+    def stop(self) -> None:
+        self.suspend()
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+
     def check(self) -> None:
+        self.timer = None
         c = self.connection
         if not self.live() or c.remote_password is None:
             return
+        # Requests older than the window cannot give consent any more (section 5.1).
+        oldest = asyncio.get_running_loop().time() - self.window()
+        while self.pending and self.pending[0].sent < oldest:
+            self.pending.pop(0).forget()
         key = c.remote_password.encode("utf8")
         for pair in list(c._nominated.values()):
             request = c.build_request(pair, nominate=False)
             request.add_message_integrity(key)
             self.pending.append(_ConsentRequest(self, request, pair, key))
-        if not self.pending:
-            self.schedule()  # nothing nominated right now: aioice sleeps again too
-            return
-        self.timer = wheel().call_later(stun.RETRY_RTO, self.timed_out)
+        self.schedule()
 
     def answered(self, request: _ConsentRequest, ok: bool) -> None:
         if request not in self.pending:
             return
         request.forget()
         self.pending.remove(request)
-        if ok:
-            self.failures = 0
-        else:
-            self.failures += 1
-        if not self.pending:
-            self.done()
+        if ok and self.live():
+            self.last_success = asyncio.get_running_loop().time()
 
-    def timed_out(self) -> None:
-        self.timer = None
-        for request in self.pending:
-            request.forget()
-            self.failures += 1
-        self.pending = []
-        self.done()
-
-    def done(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def lapse(self) -> None:
+        """The window since the last success may have passed: expire, or look again
+        when it would (a success meanwhile moved it)."""
+        self.expiry = None
         if not self.live():
             return
-        if self.failures >= aioice.ice.CONSENT_FAILURES:
-            log.info(
-                "connection %s: consent expired, sending stopped until a restart",
-                self.connection._id,
-            )
-            delattr(self.connection, _CONSENT)
-            _expire(self.connection)
+        now = asyncio.get_running_loop().time()
+        left = self.last_success + self.window() - now
+        if left > 0:
+            self.arm(left)
             return
-        self.schedule()
+        if now - self.due > aioice.ice.CONSENT_INTERVAL:
+            # This job ran late: the SFU's own loop stalled, and answers may wait unread
+            # in the socket. Read them for one more interval before deciding.
+            self.arm(aioice.ice.CONSENT_INTERVAL)
+            return
+        log.info(
+            "connection %s: consent expired, sending stopped until a restart",
+            self.connection._id,
+        )
+        self.stop()
+        delattr(self.connection, _CONSENT)
+        _expire(self.connection)
 
 
 class _ConsentRequest:
     """One consent binding request, in its protocol's transaction table like aioice's
     ``stun.Transaction``, so the protocol hands it the response."""
 
-    __slots__ = ("consent", "key", "protocol", "tid")
+    __slots__ = ("consent", "key", "protocol", "sent", "tid")
 
     def __init__(self, consent: _Consent, request: stun.Message, pair: Any, key: bytes) -> None:
         self.consent = consent
         self.key = key
+        self.sent = asyncio.get_running_loop().time()
         self.protocol = pair.protocol
         self.tid = request.transaction_id
         self.protocol.transactions[self.tid] = self
@@ -379,8 +404,6 @@ def check() -> list[str]:
         if not hasattr(aioice.ice, name):
             problems.append(f"aioice.ice.{name}")
     # What _Consent does in place of aioice's query_consent task.
-    if not hasattr(stun, "RETRY_RTO"):
-        problems.append("stun.RETRY_RTO")
     if "_closed" not in init or "_closing" not in init:
         problems.append("aioice Connection._closed/_closing")
     if "transactions" not in aioice.ice.StunProtocol.__init__.__code__.co_names:

@@ -185,6 +185,7 @@ class Router:
                     on_paused=lambda publisher, paused: self._emit(
                         VideoPaused(pid, publisher, paused)
                     ),
+                    on_renegotiate=lambda: self._emit(RenegotiationNeeded(pid)),
                 )
                 self.subscribers[pid] = subscriber
                 subscriber.views.update(self._early_views.pop(pid, {}))

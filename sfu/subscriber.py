@@ -60,6 +60,7 @@ class Subscriber:
         ports: MediaPorts | None = None,
         rank: Rank | None = None,
         on_paused: Callable[[str, bool], None] | None = None,
+        on_renegotiate: Callable[[], None] | None = None,
     ) -> None:
         self.pid = pid
         self.accept: Accept = lambda publisher, kind: True
@@ -79,6 +80,8 @@ class Subscriber:
         self._consent_lost = False  # RFC 7675: the legs are held until a restart
         self._queues = {"video": video_queue, "audio": audio_queue}
         self._on_state = on_state
+        # Asks the control plane for a new offer (Router: RenegotiationNeeded).
+        self._on_renegotiate = on_renegotiate or (lambda: None)
         # Folding the legs' C counters into aiortc's, on the loop's timer wheel
         # (sfu.timers): a job, not a task and a loop wake-up per subscriber (issue 16).
         self._sync_timer: Timer | None = None
@@ -190,6 +193,14 @@ class Subscriber:
         )
         for leg in [*self.legs.values(), *self._idle]:
             leg.hold(not granted)
+        if not granted and self.pc is not None:
+            # The SFU offers on this connection, so it restarts ICE itself (as
+            # Router.restart_ice): the page answers a restart offer whatever its own ICE
+            # state says. Chromium keeps a pc "connected" while it hears the SFU's
+            # answers to its own checks, so waiting for the page to see "failed" could
+            # hold the legs for good.
+            self.restart_due = True
+            self._on_renegotiate()
 
     def _connection_state(self, pc: RTCPeerConnection) -> None:
         if pc.connectionState == "connected":

@@ -6,11 +6,14 @@ import asyncio
 import gc
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 import aioice.ice
 import pytest
 from aioice import stun
 
+from server.cli import loop_factory
+from server.config import Config
 from sfu import ice
 from sfu.ports import MediaPorts
 from sfu.router import MediaConfig
@@ -190,3 +193,125 @@ async def test_a_restart_replaces_the_consent_checks_once(monkeypatch: pytest.Mo
         assert len(after) <= 1.5 * len(before) + 2, (len(before), len(after))  # ... once
     finally:
         await room.close()
+
+
+def run_like_the_server(shared_port: bool, body: Callable[[MediaConfig], Awaitable[None]]) -> None:
+    """Run ``body`` on the event loop the server runs with that media port setup
+    (server.cli.loop_factory, so ROUNDTABLE_EVENT_LOOP counts): one shared port (the
+    default: uvloop unless told otherwise) or port 0 (a socket per connection: asyncio)."""
+    port = free_udp_port() if shared_port else 0
+    factory = loop_factory(Config(media_port=port)) or asyncio.new_event_loop
+
+    async def main() -> None:
+        mux = UdpMux(port) if shared_port else None
+        try:
+            await body(
+                MediaConfig(media_host=MEDIA_HOST, ports=MediaPorts(mux=mux) if mux else None)
+            )
+        finally:
+            if mux is not None:
+                mux.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+SERVER_SETUPS = pytest.mark.parametrize(
+    "shared_port", [True, False], ids=["shared-port-loop", "port-0-loop"]
+)
+
+
+def quick_consent(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Consent in seconds, not half minutes (aioice's module constants, which sfu.ice
+    reads): a check every 0.32-0.48 s; the old per-check timeout (RETRY_RTO) 0.2 s.
+    Returns the expiry window (6 x 0.4 s: long enough that a loaded machine's stalls of
+    the test's own loop do not expire consent by themselves)."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.4)
+    monkeypatch.setattr(stun, "RETRY_RTO", 0.2)
+    return aioice.ice.CONSENT_FAILURES * 0.4
+
+
+@SERVER_SETUPS
+def test_consent_answered_late_is_consent(
+    shared_port: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 7675 section 5.1: a valid response to any request of the expiry window is
+    consent, however late. b's link holds a standing queue: every check the SFU sends to
+    either of b's connections is answered 0.3 s late (longer than aioice's 0.2 s RTO
+    here; the old code expired after six such checks, ~3.6 s). Consent must never
+    expire, and b must keep getting a's video (REVIEW3 #1)."""
+    window = quick_consent(monkeypatch)
+
+    async def body(config: MediaConfig) -> None:
+        room = Room("room-consent-late", config)
+        try:
+            await room.join("a", (220, 30, 30))
+            b = await room.join("b", (30, 200, 30))
+            await wait_for(lambda: b.decoded("a", "video") >= 5, 20)
+            loop = asyncio.get_running_loop()
+            answered = {"n": 0}
+            for pc in (b.sub, b.pub):
+                client = ice.connections(pc)[0]
+
+                def late(*args: object, answer=client.request_received) -> None:
+                    answered["n"] += 1
+                    loop.call_later(0.3, answer, *args)
+
+                client.request_received = late
+            with caplog.at_level(logging.INFO, logger="sfu.ice"):
+                await asyncio.sleep(2 * window)
+                frames = b.decoded("a", "video")
+                await asyncio.sleep(1.0)
+                assert "consent expired" not in caplog.text
+            new = b.decoded("a", "video") - frames
+            assert new > 10, f"b's video stopped: {new} frames in 1 s"
+            servers = [room.router.subscribers["b"].pc, room.router.publishers["b"].pc]
+            assert all(ice.consented(c) for pc in servers for c in ice.connections(pc))
+            assert answered["n"] >= 15  # the checks went on, each answered late
+        finally:
+            await room.close()
+
+    run_like_the_server(shared_port, body)
+
+
+@SERVER_SETUPS
+def test_the_sfu_restarts_an_expired_subscribe_connection_itself(
+    shared_port: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SFU offers on the subscribe connection, so when its consent expires the SFU
+    asks for a restart offer itself: the page's ICE may well stay "connected" (it hears
+    the SFU's answers to its own checks) and never restart. b stops answering until the
+    consent expired, then answers again and asks for nothing: media comes back."""
+    quick_consent(monkeypatch)
+
+    async def body(config: MediaConfig) -> None:
+        room = Room("room-consent-self-restart", config)
+        try:
+            await room.join("a", (220, 30, 30))
+            b = await room.join("b", (30, 200, 30))
+            await wait_for(lambda: b.decoded("a", "video") >= 5, 20)
+            server_sub = room.router.subscribers["b"].pc
+            (server,) = ice.connections(server_sub)
+            old_local = local_ufrag(server_sub)
+            client = ice.connections(b.sub)[0]
+            answer = client.request_received
+
+            back = {"yes": False}
+
+            def until_expired(*args: object) -> None:
+                back["yes"] = back["yes"] or not ice.consented(server)
+                if back["yes"]:  # b's network is back
+                    answer(*args)
+
+            client.request_received = until_expired
+            with caplog.at_level(logging.INFO, logger="sfu.ice"):
+                await wait_for(lambda: "consent expired" in caplog.text, 15)
+            frames = b.decoded("a", "video")
+            await wait_for(lambda: b.decoded("a", "video") > frames + 10, 15)
+            assert ice.consented(server)
+            assert local_ufrag(server_sub) != old_local  # by a restart, on the same pc
+            assert room.router.subscribers["b"].pc is server_sub
+        finally:
+            await room.close()
+
+    run_like_the_server(shared_port, body)
