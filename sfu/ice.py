@@ -83,9 +83,11 @@ def connections(pc: RTCPeerConnection) -> list[aioice.Connection]:
 def mark(pc: RTCPeerConnection, on_consent: Callable[[bool], None] | None = None) -> None:
     """Treat ``pc``'s connections as the SFU's (patient consent, restartable).
 
-    Call after ``setLocalDescription`` (the transports exist then), before the checks
-    succeed. ``on_consent(False)`` is called when a connection's consent expires (stop
-    sending media), ``on_consent(True)`` when a restart won it back.
+    Call once the transceivers exist (before or after ``setLocalDescription``: aiortc
+    creates a transceiver's transports in ``addTransceiver``), before the checks succeed,
+    and again after adding transceivers. ``on_consent(False)`` is called when a
+    connection's consent expires (stop sending media), ``on_consent(True)`` when a
+    restart won it back; each once per change.
     """
     for connection in connections(pc):
         mark_connection(connection, on_consent)
