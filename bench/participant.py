@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,6 +170,8 @@ class SyntheticParticipant:
         # behind a shaped link (--link): receive like a browser does for the SFU's
         # estimate (REMB, receiver reports with loss, NACKs), not only count
         self.shaped = shaped
+        self._remb: aiortc_hooks.RembState | None = None  # the subscribe PC's estimator
+        self._remb_pc: RTCPeerConnection | None = None
         self.runner: Any = None  # its bench.link.NetnsLoop
         self.timeline: list[Any] = []  # bench.generator.Generator.sample_shaped
         self.pid: str | None = None
@@ -377,6 +380,10 @@ class SyntheticParticipant:
                 if self.sub is None:
                     self.sub = RTCPeerConnection(self._rtc_config)
                     self.sub.on("track", self._on_track)
+                    if self.shaped:
+                        task = asyncio.ensure_future(self._remb_with_reports(self.sub))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
                 for t in data.get("tracks", []):
                     self.mid_owner[t["mid"]] = (t["participant"], t["kind"])
                 self._ssrc_mid.update(offered_ssrcs(data["sdp"]))
@@ -396,6 +403,20 @@ class SyntheticParticipant:
             except Exception as exc:  # recorded and reported; the run goes on
                 self.errors.append(f"subscribe: {type(exc).__name__}: {exc}")
 
+    async def _remb_with_reports(self, pc: RTCPeerConnection) -> None:
+        """Behind a shaped link: the connection's latest REMB again on the RTCP report
+        timer (1 s nominal, varied over [0.5, 1.5] as RFC 3550 and aiortc), as Chromium
+        puts its REMB into every regular report; aiortc sends one only when a packet
+        with abs-send-time arrives (aiortc_hooks.send_latest_remb)."""
+        while not self.closing and pc.connectionState not in ("closed", "failed"):
+            await asyncio.sleep(0.5 + random.random())
+            # one estimate for the connection (RembState), so one REMB per report
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video" and aiortc_hooks.send_latest_remb(
+                    transceiver.receiver
+                ):
+                    break
+
     # -- measuring ----------------------------------------------------------------------
 
     def _on_track(self, track: Any) -> None:
@@ -411,7 +432,15 @@ class SyntheticParticipant:
         # Behind a shaped link the SFU's estimate needs them: aiortc's receiver keeps
         # its REMB, receiver reports and NACKs, and every packet reaches _tap.
         if self.shaped:
-            aiortc_hooks.tap_receiver(transceiver.receiver, self._tap, lambda codecs: None)
+            # one estimator for the connection, as a browser has (aiortc_hooks.RembState)
+            if self._remb is None or self._remb_pc is not self.sub:
+                self._remb, self._remb_pc = aiortc_hooks.RembState(), self.sub
+            aiortc_hooks.tap_receiver(
+                transceiver.receiver,
+                self._tap,
+                lambda codecs: None,
+                shared_remb=self._remb,
+            )
             return
         aiortc_hooks.tap_receiver(transceiver.receiver, self._tap, self._read_in_c, account=False)
 

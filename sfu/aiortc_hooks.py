@@ -125,6 +125,7 @@ _RTP_HANDLER = "_roundtable_rtp"  # a receiver's synchronous RTP handler
 # What _account_rtp updates, for an Inbound's Track (sfu/fastpath/inbound.c)
 _ACCOUNT = "_roundtable_account"
 _NACKS = "_roundtable_nacks"  # a receiver's media SSRC -> NackGenerator (_account_rtp)
+_REMB_STATE = "_roundtable_remb"  # a receiver's RembState (_account_rtp)
 _INBOUND = "_roundtable_inbound"  # a DTLS transport's sfu._fastpath.Inbound
 _ARRIVALS = "_roundtable_arrivals"  # a DTLS transport's sfu._fastpath.Arrivals (transport-cc)
 TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -286,12 +287,29 @@ class SilentTrack(MediaStreamTrack):
 PacketTap = Callable[[RtpPacket, dict[int, Any]], None]
 
 
+class RembState:
+    """A receive-side estimator, the pace of its REMBs and its latest figure. By default
+    each receiver has its own (aiortc's way); a client that models a browser shares one
+    among all receivers of a connection (libwebrtc has one per transport, and its REMB
+    is the whole link's figure listing every SSRC): two per-stream estimates, each
+    capped at 1.5x its own stream, reach the SFU as alternating REMBs that look like a
+    falling link (:meth:`sfu.downlink.DownlinkEstimate.on_remb`)."""
+
+    __slots__ = ("estimator", "latest", "throttle")
+
+    def __init__(self) -> None:
+        self.estimator: Any = _bitrate_estimator()
+        self.throttle = RembThrottle()
+        self.latest: tuple[int, list[int]] | None = None
+
+
 def tap_receiver(
     receiver: RTCRtpReceiver,
     tap: PacketTap,
     on_receive: Callable[[list[Any]], None],
     account: bool = True,
     remb: bool = True,
+    shared_remb: RembState | None = None,
 ) -> None:
     """Route a receiver's RTP through ``tap`` and keep aiortc from ever decoding it.
 
@@ -320,7 +338,7 @@ def tap_receiver(
         on_receive(list(parameters.codecs))
 
     if account:
-        account_rtp = _account_rtp(receiver, remb)
+        account_rtp = _account_rtp(receiver, remb, shared_remb)
 
         def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
             tap(packet, codecs)
@@ -339,7 +357,9 @@ def tap_receiver(
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
-def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPacket, int], None]:
+def _account_rtp(
+    receiver: RTCRtpReceiver, remb: bool = True, shared_remb: RembState | None = None
+) -> Callable[[RtpPacket, int], None]:
     """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` without what only a decoder needs.
 
     Returns the per-packet function for ``receiver``. Kept: REMB bandwidth estimation
@@ -357,11 +377,12 @@ def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPa
     """
     d = receiver.__dict__
     estimator = d[_RX_REMB]
+    state = d[_REMB_STATE] = shared_remb or RembState()
     if not remb:
         estimator = d[_RX_REMB] = None
     elif estimator is not None:
         # Called before any packet arrives, so the estimator has no state to lose.
-        estimator = d[_RX_REMB] = _bitrate_estimator()
+        estimator = d[_RX_REMB] = state.estimator
     # aiortc fills these containers in place and never replaces them.
     active_ssrc = d[_RX_ACTIVE_SSRC]
     codecs = d[_RX_CODECS]
@@ -383,11 +404,12 @@ def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPa
             generator = nacks[ssrc] = nack if not nacks else NackGenerator()
         return generator
 
-    throttle = RembThrottle()
+    throttle = state.throttle
     active_until: dict[int, int] = {}  # ssrc -> arrival ms until which its time is fresh
     now_datetime = clock.current_datetime
 
     def send_remb(remb: tuple[int, list[int]], arrival_time_ms: int) -> None:
+        state.latest = remb  # for send_latest_remb
         if throttle.should_send(remb[0], arrival_time_ms):
             rtcp_ssrc = d[_RX_RTCP_SSRC]
             if rtcp_ssrc is not None:
@@ -459,6 +481,29 @@ def _account_rtp(receiver: RTCRtpReceiver, remb: bool = True) -> Callable[[RtpPa
                 _send_rtcp(receiver, fb)
 
     return account
+
+
+def send_latest_remb(receiver: RTCRtpReceiver) -> bool:
+    """Send ``receiver``'s latest estimate as REMB again, now; False if it has none yet.
+
+    libwebrtc puts its latest REMB into every regular RTCP report (``RTCPSender::SetRemb``
+    sets a non-volatile flag), about once a second for video, whether or not packets
+    arrived since. aiortc (and :func:`_account_rtp`) sends one only when a packet with
+    abs-send-time makes the estimator produce a figure: with every video paused only
+    the SFU's padding does, and between probes (no keep-alive padding while a leg is
+    capped) the SFU hears nothing and :mod:`sfu.downlink` counts a probe without a REMB
+    after it as failed. A client that models a browser (the bench's shaped subscriber)
+    calls this on its report timer."""
+    state = receiver.__dict__.get(_REMB_STATE)
+    remb = state.latest if state is not None else None
+    rtcp_ssrc = receiver.__dict__.get(_RX_RTCP_SSRC)
+    if remb is None or rtcp_ssrc is None:
+        return False
+    _send_rtcp(
+        receiver,
+        RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)),
+    )
+    return True
 
 
 def repairs_loss(receiver: RTCRtpReceiver | None, media_ssrc: int, rtx_payload: bytes) -> bool:
