@@ -25,7 +25,10 @@ per connection for the checks; the SFU's connections share the loop's timer whee
 each nominated pair. Expiry is RFC 7675's, not aioice's: a valid response to any request
 sent within the expiry window (``CONSENT_FAILURES x CONSENT_INTERVAL``, 30 s) is consent,
 however late it comes (a link with a standing queue answers late, not never), and
-consent expires when the window passes without one.
+consent expires when the window passes without one. A restart stops the checks (the
+browser answers only its new credentials) but not that clock: if the restart never
+connects, the old consent still expires on time, and a restart whose checks fail expires
+it at once.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ async def _withheld(data: bytes, component: int) -> None:
 
 
 def _expire(connection: aioice.Connection) -> None:
+    if getattr(connection, _EXPIRED, False):
+        return  # told once: a failed restart of an expired connection changes nothing
     setattr(connection, _EXPIRED, True)
     connection.sendto = _withheld  # type: ignore[method-assign]
     _tell(connection, False)
@@ -171,7 +176,12 @@ def restart(pc: RTCPeerConnection) -> None:
         if task is not None and not task.done():
             task.cancel()
         connection._query_consent_task = None
-        _stop_consent(connection)
+        # The checks stop, not the expiry clock: a restart that never connects (the page
+        # moved to a network that blocks UDP, its signalling still alive) must not leave
+        # media going to the old address without consent.
+        consent = getattr(connection, _CONSENT, None)
+        if consent is not None:
+            consent.suspend()
         for pair in connection._check_list:
             if pair.task is not None:
                 pair.task.cancel()
@@ -214,10 +224,17 @@ def resume(pc: RTCPeerConnection, remote: tuple[str, str]) -> asyncio.Task[None]
 
 async def _connect(started: list[aioice.Connection]) -> None:
     for connection in started:
+        ufrag = connection.local_username
         try:
             await connection.connect()
         except ConnectionError:
-            log.info("ICE restart of connection %s failed", connection._id)
+            if connection.local_username != ufrag or connection._closed or connection._closing:
+                continue  # a newer restart (or close) ended these checks, not the peer
+            # The peer did not answer the restart's checks: it gives no consent (RFC 7675
+            # section 5.1), whatever the old pair's clock says.
+            log.info("ICE restart of connection %s failed, consent expired", connection._id)
+            _stop_consent(connection)
+            _expire(connection)
 
 
 async def _query_consent(self: aioice.Connection) -> None:

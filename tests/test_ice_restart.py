@@ -315,3 +315,42 @@ def test_the_sfu_restarts_an_expired_subscribe_connection_itself(
             await room.close()
 
     run_like_the_server(shared_port, body)
+
+
+@SERVER_SETUPS
+def test_a_restart_that_never_connects_still_ends_sending(
+    shared_port: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart stops the consent checks of the old pair (the page answers only its new
+    credentials), but not the expiry: b asks for a restart and then its network drops
+    every datagram (a network that blocks UDP, signalling still alive). After the expiry
+    window no media, RTCP or DTLS may reach b (RFC 7675 section 5.1; REVIEW3 #2)."""
+    window = quick_consent(monkeypatch)
+
+    async def body(config: MediaConfig) -> None:
+        room = Room("room-consent-restart-fails", config)
+        try:
+            await room.join("a", (220, 30, 30))
+            b = await room.join("b", (30, 200, 30))
+            await wait_for(lambda: b.decoded("a", "video") >= 5, 20)
+            client = ice.connections(b.sub)[0]
+            seen = {"stun": 0, "other": 0}
+            for protocol in client._protocols:
+
+                def gone(data: bytes, addr: tuple) -> None:  # nothing arrives any more
+                    seen["stun" if _is_stun(data) else "other"] += 1
+
+                protocol.datagram_received = gone
+            room.router.restart_ice("b")
+            with caplog.at_level(logging.INFO, logger="sfu.ice"):
+                await asyncio.sleep(window + 1.0)
+                seen["other"] = 0
+                await asyncio.sleep(1.5)
+            assert seen["other"] == 0, "the SFU kept sending without consent"
+            assert "consent expired" in caplog.text
+            # Still the same participant and connection, for its reconnect grace.
+            assert not ice.connections(room.router.subscribers["b"].pc)[0]._closed
+        finally:
+            await room.close()
+
+    run_like_the_server(shared_port, body)
