@@ -418,11 +418,13 @@ def serve_workers(config: Config, args: argparse.Namespace) -> int:
 
 
 def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop unless configured otherwise (``ROUNDTABLE_EVENT_LOOP=asyncio``): each wake-up
-    of the loop costs less CPU there, and at 10 rooms x 3 the SFU wakes for every few
-    packets (docs/bench.md). The C read and send paths need the one shared media port on
-    uvloop (sfu.udpmux); with a socket per connection (port 0, a range) only asyncio's
-    loop lets them take over a socket, so that keeps asyncio."""
+    """asyncio unless configured otherwise (``ROUNDTABLE_EVENT_LOOP=uvloop``). A wake-up of
+    uvloop costs less CPU in a microbenchmark, but in the bench the SFU's CPU per forwarded
+    packet was a tie between the loops and uvloop's p99 was worse in loaded runs
+    (docs/bench.md), while the test suite and every earlier deployment run on asyncio: so
+    uvloop is opt-in. The C read and send paths need the one shared media port on uvloop
+    (sfu.udpmux); with a socket per connection (port 0, a range) only asyncio's loop lets
+    them take over a socket, so that keeps asyncio."""
     if config.event_loop != "uvloop":
         return None
     if config.media_ports is not None or not config.media_port:

@@ -188,9 +188,10 @@ class Config(BaseSettings):
         shown="unset: the media address itself",
     )
     event_loop: Literal["uvloop", "asyncio"] = setting(
-        "uvloop",
-        'The event loop: "uvloop" (less CPU per wake-up; needs the one shared media '
-        'port, otherwise asyncio is used) or "asyncio" (the standard library\'s).',
+        "asyncio",
+        'The event loop: "asyncio" (the standard library\'s) or "uvloop" (less CPU per '
+        "wake-up in a microbenchmark, a tie in the bench so far; needs the one shared media "
+        "port, otherwise asyncio is used).",
     )
     ice_policy: Literal["all", "relay"] = setting(
         "all", 'ICE transport policy for the page: "all", or "relay" (TURN only).'

@@ -251,17 +251,18 @@ def test_serve_says_when_the_media_port_is_taken(tmp_path: Path) -> None:
     assert "ROUNDTABLE_MEDIA_PORT" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_the_server_runs_on_uvloop_unless_told_otherwise_or_without_the_shared_port() -> None:
+def test_the_server_runs_on_asyncio_unless_told_uvloop_and_uvloop_needs_the_shared_port() -> None:
     import uvloop
 
     from server.cli import loop_factory
     from server.config import Config, ConfigError
 
-    assert loop_factory(Config()) is uvloop.new_event_loop
+    assert loop_factory(Config()) is None
+    assert loop_factory(Config(event_loop="uvloop")) is uvloop.new_event_loop
+    assert loop_factory(Config(event_loop="UVLOOP")) is uvloop.new_event_loop
     assert loop_factory(Config(event_loop="asyncio")) is None
-    assert loop_factory(Config(event_loop="ASYNCIO")) is None
     # a socket per connection: only asyncio's loop lets the C reader take it over
-    assert loop_factory(Config(media_port=0)) is None
-    assert loop_factory(Config(media_ports="40000-40010")) is None
+    assert loop_factory(Config(event_loop="uvloop", media_port=0)) is None
+    assert loop_factory(Config(event_loop="uvloop", media_ports="40000-40010")) is None
     with pytest.raises((ConfigError, ValueError)):
         Config(event_loop="trio")
