@@ -323,7 +323,8 @@ def link_phases(
     until the lift, *after the lift* to the end. Audio loss per phase is
     packet-weighted over the 0.5 s intervals ending in it. ``to_low_s``: shaping →
     low/paused; ``climb_s``: lift → every video back on the layer it had before the
-    shaping (``first_up_s``: the first one leaving the low layer); None: not seen."""
+    shaping (``first_up_s``: the first step up of any, paused → low included); None:
+    not seen."""
     start = shaped_at or 0.0
     before: dict[str, int] = {}
     for pt in sfu:
@@ -350,8 +351,16 @@ def link_phases(
     climbed_at = first_up = None
     if lifted_at is not None:
         after = [pt for pt in sfu if pt["t"] >= lifted_at and pt["layers"]]
+        at_lift = next(
+            (pt["layers"] for pt in reversed(sfu) if pt["t"] < lifted_at and pt["layers"]), {}
+        )
         first_up = next(
-            (pt["t"] for pt in after if any(v > 0 for v in pt["layers"].values())), None
+            (
+                pt["t"]
+                for pt in after
+                if any(v > at_lift.get(pub, -1) for pub, v in pt["layers"].items())
+            ),
+            None,
         )
         if before:
             climbed_at = next(

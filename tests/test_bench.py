@@ -828,7 +828,7 @@ def test_link_phases_split_the_audio_loss_where_the_layers_change() -> None:
     for pt in sfu:
         t = pt["t"]
         a = 2 if t < 4 else 1 if t < 6 else 0 if t < 13 else 1 if t < 15 else 2
-        b = 2 if t < 4 else 0 if t < 7 else -1 if t < 12 else 2
+        b = 2 if t < 4 else 0 if t < 7 else -1 if t < 11.5 else 0 if t < 12 else 2
         pt["layers"] = {"A": a, "B": b}
     # 25 packets per 0.5 s; lost: 10 in the transition (3-7 s), 1 settled, 0 after
     timeline = [{"t": t / 2, "audio_lost": 0, "audio_received": 25} for t in range(1, 41)]
@@ -840,7 +840,7 @@ def test_link_phases_split_the_audio_loss_where_the_layers_change() -> None:
     ph = link_phases(timeline, sfu, 3.0, 10.0)
     assert ph["low_at"] == 6.0 and ph["to_low_s"] == 3.0
     assert ph["climb_target"] == {"A": 2, "B": 2}
-    assert ph["first_up_at"] == 12.0 and ph["first_up_s"] == 2.0
+    assert ph["first_up_at"] == 11.5 and ph["first_up_s"] == 1.5  # B: paused -> l
     assert ph["climbed_at"] == 15.0 and ph["climb_s"] == 5.0
     a = ph["audio"]
     # intervals ending at 3.5 .. 6.0 have their middle in [3, 6): six of them
