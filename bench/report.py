@@ -745,7 +745,7 @@ def _plot_link(ax_layers: Any, ax_loss: Any, x: dict[str, Any], spec: str | None
         )
     handles = ax_layers.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    ax_layers.legend(handles[0] + more[0], handles[1] + more[1], loc="upper right", fontsize=8)
+    ax_layers.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left", fontsize=8)
     ax_layers.set_title(
         f"subscriber {x['subscriber'][:12]} behind {spec} (shaded: shaped) — audio loss "
         f"{_f(x['audio_loss_pct'])} % over the window"
@@ -767,7 +767,7 @@ def _plot_link(ax_layers: Any, ax_loss: Any, x: dict[str, Any], spec: str | None
     rx.plot([pt["t"] for pt in tl], [pt["received_kbps"] for pt in tl], color="#4c72b0")
     rx.set_ylabel("received kbit/s", color="#4c72b0")
     rx.set_ylim(bottom=0)
-    ax_loss.legend(loc="upper left", fontsize=8)
+    ax_loss.legend(loc="upper right", fontsize=8)
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:
