@@ -195,14 +195,24 @@ async def test_a_restart_replaces_the_consent_checks_once(monkeypatch: pytest.Mo
         await room.close()
 
 
-def run_like_the_server(shared_port: bool, body: Callable[[MediaConfig], Awaitable[None]]) -> None:
-    """Run ``body`` on the event loop the server runs with that media port setup
-    (server.cli.loop_factory, so ROUNDTABLE_EVENT_LOOP counts): one shared port (the
-    default: uvloop unless told otherwise) or port 0 (a socket per connection: asyncio)."""
+def run_like_the_server(setup: str, body: Callable[[MediaConfig], Awaitable[None]]) -> None:
+    """Run ``body`` on the event loop the server runs with that setup
+    (server.cli.loop_factory): "shared-port" is the default config, one media port and
+    the loop ROUNDTABLE_EVENT_LOOP names (asyncio unless told otherwise); "uvloop" the same
+    port with uvloop opted in; "port-0" a socket per connection (always asyncio)."""
+    shared_port = setup != "port-0"
     port = free_udp_port() if shared_port else 0
-    factory = loop_factory(Config(media_port=port)) or asyncio.new_event_loop
+    config = Config(media_port=port)
+    if setup == "uvloop":
+        config = Config(media_port=port, event_loop="uvloop")
+    factory = loop_factory(config) or asyncio.new_event_loop
+    assert setup != "uvloop" or factory is not asyncio.new_event_loop
 
     async def main() -> None:
+        loop = type(asyncio.get_running_loop())
+        assert (loop.__module__.split(".")[0] == "uvloop") == (
+            factory is not asyncio.new_event_loop
+        )
         mux = UdpMux(port) if shared_port else None
         try:
             await body(
@@ -216,9 +226,7 @@ def run_like_the_server(shared_port: bool, body: Callable[[MediaConfig], Awaitab
         runner.run(main())
 
 
-SERVER_SETUPS = pytest.mark.parametrize(
-    "shared_port", [True, False], ids=["shared-port-loop", "port-0-loop"]
-)
+SERVER_SETUPS = pytest.mark.parametrize("setup", ["shared-port", "uvloop", "port-0"])
 
 
 def quick_consent(monkeypatch: pytest.MonkeyPatch) -> float:
@@ -233,7 +241,7 @@ def quick_consent(monkeypatch: pytest.MonkeyPatch) -> float:
 
 @SERVER_SETUPS
 def test_consent_answered_late_is_consent(
-    shared_port: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    setup: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """RFC 7675 section 5.1: a valid response to any request of the expiry window is
     consent, however late. b's link holds a standing queue: every check the SFU sends to
@@ -271,12 +279,12 @@ def test_consent_answered_late_is_consent(
         finally:
             await room.close()
 
-    run_like_the_server(shared_port, body)
+    run_like_the_server(setup, body)
 
 
 @SERVER_SETUPS
 def test_the_sfu_restarts_an_expired_subscribe_connection_itself(
-    shared_port: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    setup: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The SFU offers on the subscribe connection, so when its consent expires the SFU
     asks for a restart offer itself: the page's ICE may well stay "connected" (it hears
@@ -314,12 +322,12 @@ def test_the_sfu_restarts_an_expired_subscribe_connection_itself(
         finally:
             await room.close()
 
-    run_like_the_server(shared_port, body)
+    run_like_the_server(setup, body)
 
 
 @SERVER_SETUPS
 def test_a_restart_that_never_connects_still_ends_sending(
-    shared_port: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    setup: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A restart stops the consent checks of the old pair (the page answers only its new
     credentials), but not the expiry: b asks for a restart and then its network drops
@@ -353,4 +361,4 @@ def test_a_restart_that_never_connects_still_ends_sending(
         finally:
             await room.close()
 
-    run_like_the_server(shared_port, body)
+    run_like_the_server(setup, body)
