@@ -310,6 +310,9 @@ def _links(raw: RawRun) -> list[dict[str, Any]]:
     return out
 
 
+BROWSER_SETTLE_S = 5.0  # the browser test's steady window starts this long after the move down
+
+
 def link_phases(
     timeline: list[dict[str, Any]],
     sfu: list[dict[str, Any]],
@@ -380,6 +383,9 @@ def link_phases(
         bounds["settled"] = (low_at, end_shaped)
     if lifted_at is not None:
         bounds["after_lift"] = (lifted_at, 1e9)
+    if low_at is not None and low_at + BROWSER_SETTLE_S < end_shaped:
+        # the window tests/browser/test_weak_link.py measures (comparable figures)
+        bounds["settled_browser_window"] = (low_at + BROWSER_SETTLE_S, end_shaped)
     loss: dict[str, Any] = {}
     for name, (a, b) in bounds.items():
         lost = got = 0
@@ -401,8 +407,10 @@ def link_phases(
     def since(t: float | None, ref: float | None) -> float | None:
         return round(t - ref, 2) if t is not None and ref is not None else None
 
+    browser = loss.pop("settled_browser_window", None)
     return {
         "low_at": low_at,
+        "settled_browser_window": browser,
         "to_low_s": since(low_at, start),
         "climb_target": before,
         "first_up_at": first_up,
@@ -436,6 +444,12 @@ def phase_lines(x: dict[str, Any]) -> list[str]:
         else "never all on low/paused while shaped"
     )
     out = [f"    phases: {low} · {part('transition', 'transition')} · {part('settled', 'settled')}"]
+    bw = ph.get("settled_browser_window")
+    if bw is not None:
+        out[0] += (
+            f" (from {BROWSER_SETTLE_S:g} s after the move, as the browser test: "
+            f"{_f(bw['audio_loss_pct'])} % of {bw['audio_packets']})"
+        )
     if "after_lift" in a:
         if ph["climb_s"] is not None:
             climb = f"back on the layers before the shaping {ph['climb_s']:g} s after the lift"

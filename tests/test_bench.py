@@ -852,6 +852,10 @@ def test_link_phases_split_the_audio_loss_where_the_layers_change() -> None:
     }
     assert a["settled"]["audio_packets"] == 200 and a["settled"]["audio_loss_pct"] == 2.0
     assert a["after_lift"]["audio_loss_pct"] == 0.0 and a["after_lift"]["until_s"] is None
+    # the browser test's window starts 5 s after the move down (11 s): after this lift
+    assert ph["settled_browser_window"] is None
+    bw = link_phases(timeline, sfu, 3.0, 14.0)["settled_browser_window"]
+    assert bw == {"from_s": 11.0, "until_s": 14.0, "audio_loss_pct": 0.0, "audio_packets": 150}
     total = sum(p["audio_packets"] for p in a.values())
     assert total == sum(pt["audio_lost"] + pt["audio_received"] for pt in timeline)
     # never all low while shaped: one transition phase to the lift, no climb target met
