@@ -146,6 +146,7 @@ class Allocator:
         self._down_at: dict[str, float] = {}
         # track id -> the estimate at which the link moved it down (up again above it)
         self._down_budget: dict[str, float] = {}
+        self._ranks: dict[str, int] = {}  # track id -> its rank at the last tick
         self._paused: dict[str, bool] = {}  # track id -> paused for the link (told the page)
         self._caps: dict[str, int | None] = {}  # track id -> the cap last set
         # The next step on the loop's timer wheel (sfu.timers): one job per subscriber,
@@ -206,6 +207,7 @@ class Allocator:
         )
         videos: list[tuple[Leg, Video]] = []
         hidden: set[str] = set()
+        shown: list[tuple[Leg, str, tuple[float, ...], int | None, int]] = []
         now = self._clock()
         estimate = self.estimate
         self._measure_sent(legs, now)
@@ -226,6 +228,19 @@ class Allocator:
             current = self.layers.get(key, len(rates) - 1)
             if current is not None:
                 current = min(current, len(rates) - 1)
+            shown.append((leg, key, rates, current, self._rank(leg.track.publisher_id)))
+        # The speaker changed (Router.rank), so the videos' order did: a video that now
+        # ranks lower loses its layer at the same estimate, which is the allocator's own
+        # priority, not the link. Such moves down do not wait for a higher estimate (that
+        # kept the new speaker's video on the low layer for as long as the link stayed
+        # full), and those recorded before do not hold the videos of the new order back.
+        ranks = {key: rank for _, key, _, _, rank in shown}
+        both = [key for key in ranks if key in self._ranks]
+        reordered = sorted(both, key=ranks.__getitem__) != sorted(both, key=self._ranks.__getitem__)
+        self._ranks = ranks
+        if reordered:
+            self._down_budget.clear()
+        for leg, key, rates, current, rank in shown:
             # Moved down by the link: up again only on a higher estimate (a probe that
             # passed), not because the layer's price wobbled under the same one. Paused
             # at 50.6k with audio and video at 25k each, a video was resumed and paused
@@ -238,7 +253,6 @@ class Allocator:
                 blocked = True
             if blocked or now - self._down_at.get(key, -1e9) < HOLD_UP:
                 rates = rates[: (current + 1) if current is not None else 0]
-            rank = self._rank(leg.track.publisher_id)
             videos.append((leg, Video(key, rank, rates, current)))
         # The tick on which the estimate fell (loss, an overusing REMB, a probe undone)
         # prices held layers in full: the discount is against flapping on a figure that
@@ -252,15 +266,17 @@ class Allocator:
         want = audio
         for leg, v in videos:
             layer = chosen[v.key]
-            before = self.layers.get(v.key, v.current)
+            # A video's first allocation is no move down: the top layer it "had" is a default.
+            before = self.layers.get(v.key)
             if layer is not None:
                 used += v.rates[layer]
             viewed = self._layers(leg)
             want += max(viewed or (0.0,))
             if before is not None and (layer is None or layer < before):
                 self._down_at[v.key] = now
-                if layer is None or layer < min(before, len(viewed) - 1):
-                    # Below what it had and what its tile asks for: the link's doing.
+                if not reordered and (layer is None or layer < min(before, len(viewed) - 1)):
+                    # Below what it had and what its tile asks for, in the same order as
+                    # before: the link's doing.
                     self._down_budget[v.key] = budget
             self.layers[v.key] = layer
             self._apply(leg, v.key, layer)

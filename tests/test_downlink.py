@@ -18,7 +18,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from server.metrics import MediaStatsCollector
 from sfu import downlink
-from sfu.allocator import TICK, Video, allocate
+from sfu.allocator import HOLD_UP, TICK, Allocator, Video, allocate
 from sfu.downlink import DownlinkEstimate
 from sfu.router import VideoPaused
 from tests.media import Peer, Room, wait_for
@@ -345,6 +345,74 @@ def test_a_layer_already_held_needs_less_headroom_to_stay() -> None:
     assert allocate(420_000, 50_000, fresh) == {"v": 0}
     # On the tick the estimate fell, a held layer costs its full rate (Allocator.tick).
     assert allocate(420_000, 50_000, held, keep=1.0) == {"v": 0}
+
+
+class _Track:
+    def __init__(self, publisher_id: str, price: float | None = None) -> None:
+        self.publisher_id = publisher_id
+        self.price = price
+
+    def price_bps(self) -> float | None:
+        return self.price
+
+
+class _Leg:
+    """What Allocator.tick reads of a leg, and the cap it sets."""
+
+    def __init__(self, kind: str, track_id: str, publisher_id: str, price: float | None = None):
+        self.kind = kind
+        self.track_id = track_id
+        self.track = _Track(publisher_id, price)
+        self.octets = self.packets = 0
+        self.cap: int | None = None
+
+    def set_cap(self, layer: int | None) -> None:
+        self.cap = layer
+
+
+class _FixedEstimate:
+    label = "fixed"
+    probe = None
+    sent_bps = unstamped_bps = 0.0
+
+    def __init__(self, bps: float) -> None:
+        self.bps = bps
+
+    def update(self) -> float:
+        return self.bps
+
+
+def test_the_speakers_video_gets_the_better_layer_at_an_unchanged_estimate() -> None:
+    """A video moved down because another one now ranks higher (the speaker changed) was
+    not moved down by the link: at the same estimate it goes up again once it ranks
+    first (77da86f blocked it until the estimate rose, and counted the first allocation,
+    where a video 'had' the top layer by default, as a move down by the link)."""
+    clock = Clock()
+    ranks = {"A": 1, "B": 2}  # A speaks
+    legs = [_Leg("audio", "au", "A", 50_000), _Leg("video", "A", "A"), _Leg("video", "B", "B")]
+    # 460k: audio and both low layers, and one video's high layer, not two
+    alloc = Allocator(
+        _FixedEstimate(460_000),  # type: ignore[arg-type]
+        lambda: legs,  # type: ignore[arg-type,return-value]
+        ranks.__getitem__,
+        lambda publisher, paused: None,
+        layers=lambda leg: (100_000.0, 300_000.0),
+        clock=clock,
+    )
+
+    def run(seconds: float) -> None:
+        for _ in range(round(seconds / TICK)):
+            clock.now += TICK
+            alloc.tick()
+
+    run(HOLD_UP + 1)
+    assert alloc.layers == {"A": 1, "B": 0}
+    for speaker, other in (("B", "A"), ("A", "B"), ("B", "A")):
+        ranks.update({speaker: 1, other: 2})
+        run(HOLD_UP + TICK)
+        assert alloc.layers == {speaker: 1, other: 0}, f"{speaker} speaks"
+        run(1.0)  # and it stays so
+        assert alloc.layers == {speaker: 1, other: 0}, f"{speaker} speaks"
 
 
 async def _a_watched_by_b_who_reports_remb(room: Room, settle: float) -> Peer:
