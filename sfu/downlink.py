@@ -60,6 +60,12 @@ REMB_WARMUP = 5.0
 # while its queue keeps growing) cuts it to the figure.
 REMB_CONFIRM = 2.0
 LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
+# No RTCP at all from the subscriber for this long (it sends an RR and a REMB about every
+# second while it receives video): its network was gone (a silent cut, a reconnect, an
+# ICE restart), not congested. What its first reports after that count as lost is what
+# was sent into the void meanwhile: 90 % of it, which cut a resumed subscriber's
+# estimate to ~55 kbit/s and paused its video for seconds after the cut was lifted.
+FEEDBACK_GAP = 3.0
 LOSS_REFRESH = 2.0  # s after a decrease before an unfenced stream's reports count again
 # Chromium keeps lowering its REMB while the queue a loss-based cut answers drains (and
 # counts only the video it still gets then): those falls are that overuse, not a new one.
@@ -129,6 +135,9 @@ class DownlinkEstimate:
         self._queued_at = -1e9  # when the SR behind it was sent
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
         self._rr_last: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq, lost)
+        # Streams whose receiver had all we sent and got nothing new: the source paused
+        # (a publisher cut off), so their next advancing report is a baseline.
+        self._idle: set[int] = set()
         self._last_decrease = -1e9
         self._loss_from = -1e9  # receiver reports before this describe an older rate
         # SSRC -> last sequence number sent at the last decrease (None: passed): its
@@ -147,7 +156,26 @@ class DownlinkEstimate:
     # -- feedback ------------------------------------------------------------------
 
     def heard(self) -> None:
-        self.heard_at = self._clock()
+        now = self._clock()
+        if self.heard_at is not None and now - self.heard_at > FEEDBACK_GAP:
+            self._resumed(now)
+        self.heard_at = now
+
+    def _resumed(self, now: float) -> None:
+        """Feedback again after :data:`FEEDBACK_GAP` without any: the subscriber was cut
+        off, not congested. Every stream's next report is a new baseline (the loss over
+        the gap is the cut's), and the estimate stays what it was before the gap. Its
+        receiver's REMB starts afresh too (Chromium's estimator forgets streams that
+        sent nothing for 2 s), so it warms up again before it counts."""
+        log.debug("downlink %s: feedback again after %.1f s", self.label, now - self.heard_at)
+        self._rr_last.clear()
+        self._idle.clear()
+        self._reports.clear()
+        self.loss = 0.0
+        self._fences.clear()
+        self._loss_from = -1e9
+        self.remb = None
+        self._first_remb_at = None
 
     def on_remb(self, bps: int) -> None:
         now = self._clock()
@@ -193,8 +221,19 @@ class DownlinkEstimate:
                 return
         expected = highest_sequence - before[0]
         lost = packets_lost - before[1]
+        sent = self._sent().get(ssrc) if expected == 0 else None
+        if sent is not None and (sent - highest_sequence) & 0xFFFF == 0:
+            # Nothing new, and nothing more was sent: the stream's source paused (its
+            # publisher was cut off). The sequence numbers it lost upstream meanwhile
+            # show up as a jump when it comes back: 90 % "loss" on a link that carried
+            # all we sent, which paused the returning video for the others.
+            self._idle.add(ssrc)
+            return
         if expected <= 0 or expected > 0x8000:
             return  # a restarted stream or a reordered report: nothing to learn
+        if ssrc in self._idle:
+            self._idle.discard(ssrc)
+            return  # back from a pause at the source: the baseline from here on
         self._reports.append((self._clock(), expected, max(0, min(lost, expected))))
 
     def on_rtt(self, rtt: float, age: float) -> None:
@@ -273,6 +312,7 @@ class DownlinkEstimate:
 
     def forget(self, ssrc: int) -> None:
         self._rr_last.pop(ssrc, None)
+        self._idle.discard(ssrc)
 
     # -- the periodic update (the allocator's tick) ----------------------------------
 

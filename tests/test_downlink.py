@@ -143,6 +143,59 @@ def test_after_a_cut_reports_count_again_once_they_pass_what_was_sent_at_it() ->
     assert est.update() == pytest.approx(first * (1 - 0.30 / 2))
 
 
+def test_a_subscriber_cut_off_for_seconds_is_not_congested_when_it_comes_back() -> None:
+    """A silent cut of the subscriber's network: no RTCP for 10 s while the legs kept
+    sending. Its first report after the cut counts 90 % of that as lost; that was the
+    cut, not the link (it cut a resumed client to ~55 kbit/s and paused its video)."""
+    clock = Clock()
+    sent = {1: 1000}
+    est = DownlinkEstimate(clock, sent=lambda: dict(sent))
+    est.sent_bps = 600_000
+    for seq in (1000, 1050, 1100):  # a report a second, no loss
+        sent[1] = seq
+        est.heard()
+        est.on_report(1, seq, 0)
+        assert est.update() == downlink.INITIAL_BPS
+        clock.now += 1
+    clock.now += 10  # the cut: the legs keep sending, nothing comes back
+    sent[1] = 1650
+    est.heard()
+    est.on_report(1, 1600, 450)  # 90 % of 500
+    assert est.update() == downlink.INITIAL_BPS
+    # From there on its reports count as before: 20 % loss is a cut.
+    clock.now += 1
+    sent[1] = 1700
+    est.heard()
+    est.on_report(1, 1700, 470)
+    assert est.update() == pytest.approx(600_000 * 0.9)
+
+
+def test_a_publisher_cut_off_for_seconds_is_no_loss_on_its_subscribers_links() -> None:
+    """The publisher's network was cut: its subscribers' receivers got all the SFU sent
+    and kept reporting nothing new. When it comes back its sequence numbers jump by what
+    it sent into the void; that is no loss on the subscriber's link (it paused the
+    returning video for the caseworker, estimate 104 kbit/s)."""
+    clock = Clock()
+    sent = {1: 1000}
+    est = DownlinkEstimate(clock, sent=lambda: dict(sent))
+    est.sent_bps = 600_000
+    est.on_report(1, 1000, 0)
+    for _ in range(10):  # the cut: reports keep coming, nothing new in them
+        clock.now += 1
+        est.heard()
+        est.on_report(1, 1000, 0)
+        assert est.update() == downlink.INITIAL_BPS
+    sent[1] = 1600  # back: 500 sequence numbers lost upstream, then 100 delivered
+    clock.now += 1
+    est.heard()
+    est.on_report(1, 1600, 500)
+    assert est.update() == downlink.INITIAL_BPS
+    clock.now += 1
+    sent[1] = 1700
+    est.on_report(1, 1700, 520)  # 20 % of what was sent since: the link's
+    assert est.update() == pytest.approx(600_000 * 0.9)
+
+
 def _run_probe(clock: Clock, est: DownlinkEstimate, want: float) -> float:
     """Drive one probe to its end (a steady REMB after it); returns the padding it asked
     for at the start."""

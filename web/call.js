@@ -738,7 +738,12 @@ export class Call extends EventTarget {
   }
 
   async _measureQuality() {
-    if (!this.socket || !this.socket.connected || this.leaving) return;
+    if (!this.socket || !this.socket.connected || this.leaving) {
+      // The loss over a cut is the cut's (told as 'reconnecting'), not the link's: the
+      // measurement after it starts afresh (it said 'poor' for a call that came back).
+      this._lossSeen = null;
+      return;
+    }
     let lost = 0;
     let received = 0;
     let rtt = 0;
@@ -759,12 +764,16 @@ export class Call extends EventTarget {
         }
       });
     }
-    const prev = this._lossSeen || { lost, received };
-    this._lossSeen = { lost, received };
-    const dLost = lost - prev.lost;
-    const dAll = dLost + (received - prev.received);
-    const lossRate = Math.max(dAll > 0 ? dLost / dAll : 0, sentLoss);
-    const level = down ? "lost" : lossRate > 0.05 || rtt > 0.4 ? "poor" : "good";
+    const prev = this._lossSeen;
+    this._lossSeen = down ? null : { lost, received };
+    let level = "lost";
+    if (!down) {
+      if (!prev) return; // a baseline: nothing measured yet since the call began or a cut
+      const dLost = lost - prev.lost;
+      const dAll = dLost + (received - prev.received);
+      const lossRate = Math.max(dAll > 0 ? dLost / dAll : 0, sentLoss);
+      level = lossRate > 0.05 || rtt > 0.4 ? "poor" : "good";
+    }
     if (level === this.quality) return;
     this.quality = level;
     this._request("quality", { level }).catch(() => {});
