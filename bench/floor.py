@@ -173,27 +173,25 @@ def read_sinks(count: int, cpu: int | None) -> None:
     ep.register(stdin, select.EPOLLIN | select.EPOLLHUP)
     print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
     buf = bytearray(2048)
+
+    def drain(sock: socket.socket) -> int:
+        """Read ``sock`` until empty; how many datagrams that was."""
+        n = 0
+        try:
+            while True:
+                sock.recv_into(buf)
+                n += 1
+        except BlockingIOError:
+            return n
+
     received = 0
     while True:
         events = ep.poll()
         if any(fd == stdin for fd, _ in events):
             break
-        for fd, _ in events:
-            sock = by_fd[fd]
-            try:
-                while True:
-                    sock.recv_into(buf)
-                    received += 1
-            except BlockingIOError:
-                pass
+        received += sum(drain(by_fd[fd]) for fd, _ in events)
     # what is still queued arrived too (sent before the sender stopped)
-    for sock in socks:
-        try:
-            while True:
-                sock.recv_into(buf)
-                received += 1
-        except BlockingIOError:
-            pass
+    received += sum(drain(sock) for sock in socks)
     print(received, flush=True)
 
 

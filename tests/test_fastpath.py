@@ -687,21 +687,42 @@ def test_vp8_picture_ids_continue_across_sources_and_keep_gaps_within_one() -> N
     assert plain.rewrite(payload, False, 2, 0, 2)[0][12:] == payload
 
 
+class Wire:
+    """A leg's route to a loopback receiver: SRTP out with KEY, and what arrives
+    unprotected again, so a test reads the exact bytes the subscriber gets."""
+
+    class Dtls:  # what the C path checks before each send
+        _state = "connected"
+
+    def __init__(self) -> None:
+        self.tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+        self.rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+        self.receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.receiver.bind(("127.0.0.1", 0))
+        self.receiver.settimeout(2)
+
+    def route(self, leg: object, *transport: object) -> None:
+        ctx = int(srtp_ffi.cast("uintptr_t", self.tx._srtp[0]))
+        port = self.receiver.getsockname()[1]
+        args = (ctx, _SRTP_PROTECT, self.tx, self.sender, "127.0.0.1", port, self.Dtls())
+        leg.set_route(*args, "connected", *transport)  # type: ignore[attr-defined]
+
+    def recv(self) -> bytes:
+        return self.rx.unprotect(self.receiver.recv(2048))
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.sender.close()
+
+
 def test_vp8_picture_ids_continue_across_a_pause_and_resume_of_the_same_layer() -> None:
     """A park (hidden tile, allocator pause) and resume on the same layer rebases the
     leg; the resume starts at a key frame, where the picture ids are re-synced too, so the
     subscriber sees no jump by the pictures skipped meanwhile (as mediasoup's and
     LiveKit's mungers do). A rebase that resumes within a picture keeps the offset. The
     C send path and the Python path (``rewrite``) give the same bytes."""
-    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
-    rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.bind(("127.0.0.1", 0))
-    receiver.settimeout(2)
-
-    class Dtls:
-        _state = "connected"
+    wire = Wire()
 
     def key(pid: int, tl0: int) -> bytes:
         return vp8_descriptor(pid, tl0)[:-1] + b"\x00"  # frame tag P bit clear
@@ -709,9 +730,7 @@ def test_vp8_picture_ids_continue_across_a_pause_and_resume_of_the_same_layer() 
     try:
         c_leg, py_leg = make_leg()[0], make_leg()[0]
         c_leg.vp8 = py_leg.vp8 = True
-        ctx = int(srtp_ffi.cast("uintptr_t", tx._srtp[0]))
-        port = receiver.getsockname()[1]
-        c_leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, Dtls(), "connected")
+        wire.route(c_leg)
         stream = [(key(100, 10), 50)] + [
             (vp8_descriptor(p, 10 + p - 100), p - 50) for p in (101, 102)
         ]
@@ -729,7 +748,7 @@ def test_vp8_picture_ids_continue_across_a_pause_and_resume_of_the_same_layer() 
                 continue
             payload, seq = item
             assert c_leg.send(payload, False, seq, seq * 3000, 1, time.perf_counter_ns()) is None
-            c_out.append(rx.unprotect(receiver.recv(2048)))
+            c_out.append(wire.recv())
             py_out.append(py_leg.rewrite(payload, False, seq, seq * 3000, 1)[0])
         assert c_out == py_out
         assert [picture(p) for p in c_out] == [
@@ -744,8 +763,7 @@ def test_vp8_picture_ids_continue_across_a_pause_and_resume_of_the_same_layer() 
         seqs = [header(p)[2] for p in c_out]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # and no sequence gap
     finally:
-        receiver.close()
-        sender.close()
+        wire.close()
 
 
 def test_a_layers_key_frames_go_to_python_exactly_where_python_sees_one() -> None:
@@ -789,23 +807,12 @@ def test_the_nack_history_answers_with_the_bytes_that_went_out_without_copying()
     around it (header, abs-send-time, a VP8 descriptor renumbered at a switch of
     source); a NACK is answered with exactly the bytes the subscriber got, and a send
     that cannot go out now hands back exactly the packet it would have sent."""
-    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
-    rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.bind(("127.0.0.1", 0))
-    receiver.settimeout(2)
-
-    class Dtls:
-        _state = "connected"
-
+    wire = Wire()
     leg, _ = make_leg()
     ext = b"\xbe\xde\x00\x02" + b"\x10" + b"0" + b"\x32" + b"\x00\x00\x00" + b"\x00\x00"
     leg.configure(96, 0xCAFE, 90000, ext, 7)
     leg.vp8 = True
-    ctx = int(srtp_ffi.cast("uintptr_t", tx._srtp[0]))
-    port = receiver.getsockname()[1]
-    leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, Dtls(), "connected")
+    wire.route(leg)
     payloads = []
     try:
         for i, (ssrc, pid) in enumerate([(1, 100), (1, 101), (2, 7000), (2, 7001)]):
@@ -814,7 +821,7 @@ def test_the_nack_history_answers_with_the_bytes_that_went_out_without_copying()
             before = sys.getrefcount(payload)
             assert leg.send(payload, i % 2 == 1, 50 + i, 9000 * i, ssrc, 0) is None
             assert sys.getrefcount(payload) == before + 1  # kept by reference, not copied
-            plain = rx.unprotect(receiver.recv(2048))
+            plain = wire.recv()
             assert leg.history(header(plain)[2]) == plain
             time.sleep(0.002)  # a new abs-send-time for each
         # The second source was renumbered (VP8 picture ids continue): the history has
@@ -828,15 +835,12 @@ def test_the_nack_history_answers_with_the_bytes_that_went_out_without_copying()
         class Buffered:
             _buffer_size = 1
 
-        leg.set_route(
-            ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, Dtls(), "connected", Buffered()
-        )
+        wire.route(leg, Buffered())
         queued = leg.send(payloads[-1], False, 60, 0, 2, 0)
         assert isinstance(queued, bytes) and queued == leg.history(header(queued)[2])
         assert queued[24:] != payloads[-1] and queued[29:] == payloads[-1][5:]
     finally:
-        receiver.close()
-        sender.close()
+        wire.close()
     # A new negotiation may change the header: what was sent before is not answered.
     seq = header(plain)[2]
     leg.configure(96, 0xCAFE, 90000, ext, 7)
