@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 ALL_KINDS = frozenset({"audio", "video"})
 LAYER_TICK = 0.1  # s between re-evaluating every video leg's layer
+# s a voice keeps its video's rank after its audio last looked like speech: through the
+# pauses between words (and a fake microphone's beeps) the speaker's rank would come and
+# go every few ticks, and each time the allocator gives the layer to the other video
+SPEAKER_HOLD = 3.0
 # A layer nobody wants is still sent for this long before the publisher is asked to stop
 # it, so a tile that shrinks and grows back (a layout flip) does not restart a layer.
 LAYER_OFF_AFTER = 4.0
@@ -130,6 +134,7 @@ class Router:
         self._on_event = on_event or (lambda event: None)
         self._locks: dict[str, asyncio.Lock] = {}
         self._ranks: dict[str, int] = {}
+        self._spoke: dict[str, float] = {}  # publisher id -> when it last spoke (monotonic s)
         self.closed = False
         self._tick_task: asyncio.Task[None] | None = None
         # Per simulcast track id: when each layer was last wanted (monotonic s), and the
@@ -253,7 +258,12 @@ class Router:
             if pub is not None
             else None
         )
-        return RANK_SPEAKER if is_speaking(audio) else rank
+        now = time.monotonic()
+        if is_speaking(audio):
+            self._spoke[publisher] = now
+        elif now - self._spoke.get(publisher, -1e9) >= SPEAKER_HOLD:
+            return rank
+        return RANK_SPEAKER
 
     def set_view(self, pid: str, views: Mapping[str, tuple[bool, int, int]]) -> None:
         """What ``pid``'s page shows, by publisher id: ``(visible, width, height)`` in
@@ -355,6 +365,7 @@ class Router:
             await subscriber.close()
         self._locks.pop(pid, None)
         self._ranks.pop(pid, None)
+        self._spoke.pop(pid, None)
         self._early_views.pop(pid, None)
         if publisher is not None:
             self._tracks_changed(pid)

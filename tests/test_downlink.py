@@ -468,6 +468,33 @@ def test_the_speakers_video_gets_the_better_layer_at_an_unchanged_estimate() -> 
         assert alloc.layers == {speaker: 1, other: 0}, f"{speaker} speaks"
 
 
+def test_a_speaker_keeps_the_rank_through_pauses_between_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Router.rank holds RANK_SPEAKER for SPEAKER_HOLD after the voice was last heard: a
+    rank that came and went with every pause reordered the videos, and with it the layer
+    went from one video to the other and back at an unchanged estimate."""
+    from types import SimpleNamespace
+
+    from sfu import router as router_module
+    from sfu.allocator import RANK_CASEWORKER, RANK_OTHER, RANK_SPEAKER
+
+    clock = Clock()
+    monkeypatch.setattr(router_module, "time", SimpleNamespace(monotonic=clock))
+    pps = [50.0]
+    audio = SimpleNamespace(kind="audio", packet_rate=lambda: pps[0])
+    router = router_module.Router("r")
+    router.publishers["p"] = SimpleNamespace(forwarders={"a": audio})  # type: ignore[assignment]
+    assert router.rank("p") == RANK_SPEAKER
+    pps[0] = 2.5  # DTX: a pause
+    clock.now += router_module.SPEAKER_HOLD - 0.1
+    assert router.rank("p") == RANK_SPEAKER
+    clock.now += 0.2
+    assert router.rank("p") == RANK_OTHER
+    router.set_rank("p", RANK_CASEWORKER)
+    assert router.rank("p") == RANK_CASEWORKER
+
+
 async def _a_watched_by_b_who_reports_remb(room: Room, settle: float) -> Peer:
     """``a`` publishes, ``b`` decodes it and plays Chromium's part in REMB: aiortc's own
     estimator is taken out (it would send REMBs of its own in between), and b reports
