@@ -208,6 +208,7 @@ class Allocator:
         videos: list[tuple[Leg, Video]] = []
         hidden: set[str] = set()
         shown: list[tuple[Leg, str, tuple[float, ...], int | None, int]] = []
+        any_blocked = False
         now = self._clock()
         estimate = self.estimate
         self._measure_sent(legs, now)
@@ -250,7 +251,7 @@ class Allocator:
                 self._down_budget.pop(key, None)
                 blocked = False
             else:
-                blocked = True
+                blocked = any_blocked = True
             if blocked or now - self._down_at.get(key, -1e9) < HOLD_UP:
                 rates = rates[: (current + 1) if current is not None else 0]
             videos.append((leg, Video(key, rank, rates, current)))
@@ -304,6 +305,11 @@ class Allocator:
             )
         estimate.sent_bps = used
         estimate.unstamped_bps = audio
+        if any_blocked:
+            # Only a higher estimate unblocks a video the link moved down, and only a
+            # passed probe raises it; a probe starts when want > 1.02 x the estimate, which
+            # a video paused a few hundred bit/s short never asks for (REVIEW3 #10).
+            want = max(want, budget * 1.1)
         self._want = want
 
     def _apply(self, leg: Leg, key: str, layer: int | None) -> None:
