@@ -16,9 +16,16 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -351,20 +358,14 @@ class Config(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("event_loop", mode="before")
+    @field_validator("event_loop", "ice_policy", mode="before")
     @classmethod
-    def _event_loop(cls, value: Any) -> Any:
+    def _one_of(cls, value: Any, info: ValidationInfo) -> Any:
+        """A choice of words, in any case; the choices are the field's Literal."""
         value = value.lower() if isinstance(value, str) else value
-        if value not in ("uvloop", "asyncio"):
-            raise ValueError("must be uvloop or asyncio")
-        return value
-
-    @field_validator("ice_policy", mode="before")
-    @classmethod
-    def _policy(cls, value: Any) -> Any:
-        value = value.lower() if isinstance(value, str) else value
-        if value not in ("all", "relay"):
-            raise ValueError("must be all or relay")
+        choices = get_args(cls.model_fields[info.field_name].annotation)
+        if value not in choices:
+            raise ValueError(f"must be {' or '.join(choices)}")
         return value
 
     @field_validator("media_ports", mode="before")

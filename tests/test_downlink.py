@@ -240,12 +240,9 @@ def test_probes_climb_exponentially_and_a_failed_one_backs_off() -> None:
     assert idle.padding_bps(idle.bps, sending=idle.bps) == 0
 
 
-def test_a_probe_passes_only_when_an_sr_sent_late_in_it_came_back_without_queueing() -> None:
-    clock = Clock()
-    est = DownlinkEstimate(clock)
-    est.on_rtt(0.002, 0.002)  # the empty link's round trip
-    start = est.bps
-    # The link took the padding: an SR from 90 % into the probe came straight back.
+def pass_a_probe(clock: Clock, est: DownlinkEstimate, start: float) -> None:
+    """A probe from ``start`` the link takes: an SR sent 90 % into it comes straight
+    back, a REMB follows, and after the settle time the estimate is 1.5 x ``start``."""
     est.padding_bps(100_000_000, sending=start)
     clock.now += 0.9 * downlink.PROBE_SECONDS
     est.on_rtt(0.004, 0.0)
@@ -253,6 +250,15 @@ def test_a_probe_passes_only_when_an_sr_sent_late_in_it_came_back_without_queuei
     est.on_remb(est.remb or 1_000_000)
     clock.now += downlink.PROBE_SETTLE
     assert est.update() == pytest.approx(start * 1.5)
+
+
+def test_a_probe_passes_only_when_an_sr_sent_late_in_it_came_back_without_queueing() -> None:
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)  # the empty link's round trip
+    start = est.bps
+    # The link took the padding: an SR from 90 % into the probe came straight back.
+    pass_a_probe(clock, est, start)
     # The next one fills a queue: the SR sent during it waits 200 ms, the probe fails.
     clock.now += downlink.MIN_BACKOFF
     before = est.bps
@@ -345,13 +351,7 @@ def test_loss_during_the_next_probe_undoes_the_probe_that_just_passed() -> None:
     est.on_rtt(0.002, 0.002)
     start = est.bps
     est.sent_bps = start
-    est.padding_bps(100_000_000, sending=start)
-    clock.now += 0.9 * downlink.PROBE_SECONDS
-    est.on_rtt(0.004, 0.0)
-    clock.now += 0.1 * downlink.PROBE_SECONDS + 0.1
-    est.on_remb(est.remb or 1_000_000)
-    clock.now += downlink.PROBE_SETTLE
-    assert est.update() == pytest.approx(start * 1.5)
+    pass_a_probe(clock, est, start)
     est.sent_bps = est.bps  # the allocator spent it
     est.on_report(1, 1000, 0)
     clock.now += downlink.MIN_BACKOFF
