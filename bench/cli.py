@@ -28,7 +28,7 @@ from .media import (
     with_layers,
 )
 from .participant import VIEWS
-from .runner import cpu_plan, measure_floor, run_load, start_local
+from .runner import cpu_plan, measure_floor, run_load, server_rss_mb, start_local
 
 # One measured run of the load: label, server URL, API key, secret, rooms, server pid,
 # simulcast (None: as the options say) -> its report.
@@ -551,6 +551,10 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
                 links=seats,
             )
 
+        # Each server's RSS before its first participant, taken at its first run: the
+        # baseline of "RSS per participant" for every later run on it (capacity steps).
+        idle_rss: dict[int, float | None] = {}
+
         async def one(
             label: str,
             target: str,
@@ -562,6 +566,8 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
         ) -> dict[str, Any]:
             sim = bool(args.simulcast) if sim is None else sim
             used = layered if sim and layered is not None else media
+            if spid and spid not in idle_rss:
+                idle_rss[spid] = server_rss_mb(spid)
             raw = await run_load(
                 label,
                 scrape_urls.get(target, target),
@@ -576,6 +582,7 @@ async def _run_single(args: argparse.Namespace) -> dict[str, Any]:
                 links=links,
                 link_until=args.link_until,
                 link_from=None if args.link_before_join else args.link_from,
+                rss_idle_mb=idle_rss.get(spid) if spid else None,
             )
             floor = None
             if args.local and not args.no_floor:
@@ -766,6 +773,9 @@ async def _find_capacity(
                 "tracks_per_core": o["tracks_per_core"],
                 "tracks_per_core_at_nominal_rate": o["tracks_per_core_at_nominal_rate"],
                 "cpu_us_per_forwarded_packet": o["cpu_us_per_forwarded_packet"],
+                "server_rss_mb": o["server_rss_mb"],
+                "server_rss_idle_mb": o["server_rss_idle_mb"],
+                "rss_mb_per_participant": o["rss_mb_per_participant"],
                 "complete": o["complete"],
                 "generator_cpu_pct": o["generator_cpu_pct"],
                 "held": ok,

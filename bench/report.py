@@ -161,8 +161,10 @@ def summarise(
         "join_ms": _pcts_ms([int(j * 1e6) for j in joins]),
         "server_cpu_pct": None if cpu is None else round(cpu, 1),
         "server_rss_mb": None if raw.rss_mb is None else round(raw.rss_mb, 1),
-        # What each participant adds to the server's memory: RSS in the window minus
-        # RSS before they joined, per participant (issue 16: ≤ 2 MB at 30 rooms × 3).
+        # The baseline below: the server's RSS before any participant ever joined it.
+        "server_rss_idle_mb": None if raw.rss_idle_mb is None else round(raw.rss_idle_mb, 1),
+        # What each participant adds to the server's memory: peak RSS in the window minus
+        # that baseline, per participant (issue 16: ≤ 2 MB at 30 rooms × 3).
         "rss_mb_per_participant": round((raw.rss_mb - raw.rss_idle_mb) / people, 2)
         if raw.rss_mb is not None and raw.rss_idle_mb is not None and people
         else None,
@@ -653,7 +655,8 @@ def table(report: dict[str, Any]) -> str:
     lines.append(row("overall", o))
     lines.append(
         f"server CPU {_f(o['server_cpu_pct'], 1)} % · RSS {_f(o['server_rss_mb'], 0)} MB "
-        f"({_f(o.get('rss_mb_per_participant'), 2)} MB per participant) · "
+        f"({_f(o.get('rss_mb_per_participant'), 2)} MB per participant over the "
+        f"{_f(o.get('server_rss_idle_mb'), 0)} MB before anyone joined) · "
         f"{o['tracks_forwarded']} tracks forwarded · {_f(o['tracks_per_core'], 0)} tracks per core "
         f"({_f(o['tracks_per_core_at_nominal_rate'], 0)} at the nominal packet rate, "
         f"{_f(o['cpu_us_per_forwarded_packet'], 1)} µs CPU per forwarded packet = "

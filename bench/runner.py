@@ -258,7 +258,10 @@ class RawRun:
     cpu_series: list[tuple[float, float, float]] = field(default_factory=list)  # t, %, RSS MB
     cpu_pct: float | None = None
     rss_mb: float | None = None
-    rss_idle_mb: float | None = None  # the server's RSS before this run's participants joined
+    # The server's RSS before any participant joined it (measured once per server): a
+    # server that ran an earlier step keeps that step's heap, so its RSS at this run's
+    # start is no idle figure (a capacity search read 0.01 MB per participant off it).
+    rss_idle_mb: float | None = None
     generator_cpu_pct: float | None = None  # all generator processes, in % of one core
     ready: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -302,6 +305,12 @@ class CpuSampler:
         return cpu, rss
 
 
+def server_rss_mb(pid: int | None) -> float | None:
+    """The RSS of a local server (and its workers) now, in MB; None without a pid."""
+    s = CpuSampler(pid).sample() if pid else None
+    return s[1] if s is not None else None
+
+
 async def run_load(
     label: str,
     url: str,
@@ -316,10 +325,13 @@ async def run_load(
     links: Any = None,
     link_until: float | None = None,
     link_from: float | None = None,
+    rss_idle_mb: float | None = None,
 ) -> RawRun:
     """Join ``rooms`` rooms from ``workers`` processes, measure ``duration`` seconds, leave.
     ``links`` (bench.link.Links): sample the shaped subscribers' layers and estimates
-    from /metrics through the window, and lift the shaping ``link_until`` s into it."""
+    from /metrics through the window, and lift the shaping ``link_until`` s into it.
+    ``rss_idle_mb``: the server's RSS before any participant ever joined it
+    (:func:`server_rss_mb` right after it started); None: the RSS at this run's start."""
     raw = RawRun(label)
     if links is not None and links.lifted and link_from is None:
         links.shape()  # a previous run of this invocation lifted it
@@ -344,7 +356,7 @@ async def run_load(
     total = rooms * scenario.participants
     sampler = CpuSampler(server_pid)
     idle = sampler.sample()
-    raw.rss_idle_mb = idle[1] if idle is not None else None
+    raw.rss_idle_mb = rss_idle_mb if rss_idle_mb is not None else idle[1] if idle else None
     results: list[list[dict[str, Any]]] = []
     http = aiohttp.ClientSession()
     try:

@@ -612,6 +612,38 @@ def test_compare_simulcast_reports_both_modes_from_one_invocation(tmp_path: Path
     assert sim["sfu_received_pps"] > plain["sfu_received_pps"]
 
 
+def test_every_capacity_step_counts_rss_per_participant_from_the_idle_server(
+    tmp_path: Path,
+) -> None:
+    """A capacity search runs its steps against one server, which keeps the heap an
+    earlier step grew. RSS per participant is measured from the server's RSS before any
+    participant joined (once), not from what the previous step left: that read 0.01 MB."""
+    out = tmp_path / "bench.json"
+    cli.main(
+        [
+            *("--local", "--find-capacity", "--rooms", "1", "--capacity-step", "1"),
+            *("--capacity-max-rooms", "2", "--participants", "3", "--duration", "2"),
+            *("--warmup", "1", "--partner-delay", "0.2", "--video-bitrate", "300"),
+            *("--p99-threshold-ms", "1000", "--loss-threshold", "100", "--no-floor"),
+            *("--json", str(out), "--no-progress", "--media-host", MEDIA_HOST),
+        ]
+    )
+    report = json.loads(out.read_text())
+    steps = report["capacity"]["steps"]
+    assert len(steps) == 2, steps  # two rooms, or one room run again after a failed step
+    idle = steps[0]["server_rss_idle_mb"]
+    assert isinstance(idle, float) and 0 < idle < steps[0]["server_rss_mb"]
+    for step in steps:
+        # the same baseline for every step: the server before its first participant
+        assert step["server_rss_idle_mb"] == idle, steps
+        people = step["rooms"] * 3
+        assert step["rss_mb_per_participant"] == pytest.approx(
+            (step["server_rss_mb"] - idle) / people, abs=0.1 / people + 0.01
+        )
+    if report["capacity"]["held_rooms"]:
+        assert report["overall"]["server_rss_idle_mb"] == idle
+
+
 def test_link_parses_rate_delay_and_loss() -> None:
     from bench.link import parse_link
 
