@@ -66,6 +66,11 @@ LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
 # was sent into the void meanwhile: 90 % of it, which cut a resumed subscriber's
 # estimate to ~55 kbit/s and paused its video for seconds after the cut was lifted.
 FEEDBACK_GAP = 3.0
+# The same for a subscriber that gets no video (every tile hidden, nobody publishes
+# video, every video paused with no padding answered): Chromium sends audio RTCP every
+# 5 s nominal (randomised 2.5-7.5 s), so 3 s of silence is normal there, and reading it
+# as a cut re-baselined its loss at almost every report (REVIEW3 #11). Twice the nominal.
+AUDIO_FEEDBACK_GAP = 10.0
 LOSS_REFRESH = 2.0  # s after a decrease before an unfenced stream's reports count again
 # Chromium keeps lowering its REMB while the queue a loss-based cut answers drains (and
 # counts only the video it still gets then): those falls are that overuse, not a new one.
@@ -157,8 +162,15 @@ class DownlinkEstimate:
 
     def heard(self) -> None:
         now = self._clock()
-        if self.heard_at is not None and now - self.heard_at > FEEDBACK_GAP:
-            self._resumed(now)
+        if self.heard_at is not None:
+            # Video keeps the feedback coming about every second: an RR per video stream
+            # while the allocator forwards any (sent above the audio), or a REMB while
+            # only padding carries abs-send-time. Without either, audio's RTCP is all.
+            video = (
+                self.sent_bps > self.unstamped_bps or self.heard_at - self._remb_at <= FEEDBACK_GAP
+            )
+            if now - self.heard_at > (FEEDBACK_GAP if video else AUDIO_FEEDBACK_GAP):
+                self._resumed(now)
         self.heard_at = now
 
     def _resumed(self, now: float) -> None:

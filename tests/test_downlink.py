@@ -170,6 +170,43 @@ def test_a_subscriber_cut_off_for_seconds_is_not_congested_when_it_comes_back() 
     assert est.update() == pytest.approx(600_000 * 0.9)
 
 
+def test_an_audio_only_subscriber_s_reports_seconds_apart_still_count_their_loss() -> None:
+    """Every tile hidden: the subscriber gets audio only, and Chromium reports audio
+    every 5 s (2.5-7.5 s). Such a silence is no cut: the loss those reports show counts
+    (REVIEW3 #11: it was re-baselined at almost every report). A silence of more than
+    twice the interval still is a cut. While padding keeps REMB coming (every video
+    paused for the link), 3 s of silence is a cut as with video."""
+    clock = Clock()
+    sent = {1: 1000}
+    est = DownlinkEstimate(clock, sent=lambda: dict(sent))
+    est.sent_bps = est.unstamped_bps = 50_000  # audio only: nothing above the audio
+    est.heard()
+    est.on_report(1, 1000, 0)
+    assert est.update() == downlink.INITIAL_BPS
+    clock.now += 7  # the next audio report, 7 s later: 20 % of what was sent lost
+    sent[1] = 1350
+    est.heard()
+    est.on_report(1, 1350, 70)
+    cut = est.update()
+    assert cut < downlink.INITIAL_BPS
+    # 12 s of silence: a cut; its loss is the void's, not the link's
+    clock.now += 12
+    sent[1] = 1950
+    est.heard()
+    est.on_report(1, 1950, 600)
+    assert est.update() == cut
+    # every video paused, padding answered by REMB about every second: 4 s is a cut
+    for _ in range(3):
+        clock.now += 1
+        est.heard()
+        est.on_remb(300_000)
+    clock.now += 4
+    sent[1] = 2150
+    est.heard()
+    est.on_report(1, 2150, 780)  # 90 % of 200
+    assert est.update() == cut
+
+
 def test_a_publisher_cut_off_for_seconds_is_no_loss_on_its_subscribers_links() -> None:
     """The publisher's network was cut: its subscribers' receivers got all the SFU sent
     and kept reporting nothing new. When it comes back its sequence numbers jump by what
