@@ -128,6 +128,38 @@ def test_history_keeps_a_packet_for_nacks_only_for_its_horizon() -> None:
     assert leg.history(header(sent[-513])[2]) is None
 
 
+def test_a_late_packet_behind_the_history_tail_leaves_it_after_its_horizon_too() -> None:
+    """REVIEW #10. Culling walks forward from the oldest held sequence number; a late
+    (reordered) packet whose number that walk had already passed, because the number's
+    slot was empty, was kept until its slot was reused 512 packets later, whatever its
+    age. And one late by more than 512 must not push a newer packet out of its slot."""
+    leg, _ = make_leg(seq=1000)
+    leg.keep_ms = 150
+    leg.rewrite(b"a", False, 1, 0, 1)  # out 1001
+    time.sleep(0.3)
+    leg.rewrite(b"c", False, 3, 0, 1)  # out 1003: 1001 is gone, and 1002's slot is empty
+    assert leg.history(1001) is None
+    late = leg.rewrite(b"b", False, 2, 0, 1)[0]  # out 1002, behind the walk
+    assert header(late)[2] == 1002 and leg.history(1002) == late  # a NACK now: answered
+    time.sleep(0.3)
+    leg.rewrite(b"d", False, 4, 0, 1)
+    assert leg.history(1003) is None and leg.history(1002) is None
+    time.sleep(0.3)
+    leg.rewrite(b"f", False, 6, 0, 1)  # out 1006: 1004 is gone, 1005's slot empty
+    late = leg.rewrite(b"e", False, 5, 0, 1)[0]  # out 1005, behind the walk
+    assert header(late)[2] == 1005 and leg.history(1005) == late
+    time.sleep(0.3)
+    leg.take_counters()  # the walk of a leg that stopped sending sees it as well
+    assert leg.history(1006) is None and leg.history(1005) is None
+    leg.keep_ms = 60_000
+    sent = [leg.rewrite(b"p%d" % s, False, s, 0, 1)[0] for s in range(7, 7 + 600)]
+    newest = header(sent[-1])[2]
+    very_late = leg.rewrite(b"very late", False, 7 + 600 - 1 - 512, 0, 1)[0]
+    assert header(very_late)[2] == (newest - 512) & 0xFFFF  # forwarded: its slot is newest's
+    assert leg.history(newest) == sent[-1]
+    assert leg.history(header(very_late)[2]) is None
+
+
 def test_send_protects_with_the_given_session_and_counts() -> None:
     tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))

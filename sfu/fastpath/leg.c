@@ -46,6 +46,9 @@
  * slots (10 s of a 500 kbit/s video), is most of what a participant costs in memory:
  * one copy per packet per subscribing leg. */
 #define HISTORY_MS 2000
+/* Late packets kept behind the history's tail, culled by their own age (see Leg_cull).
+ * Reordering is rare and brief; when more are outstanding, the oldest goes early. */
+#define LATE 8
 #define BUF_SIZE 2048
 #define MAX_EXT 64
 /* The payload's first bytes as this leg sent them: a VP8 descriptor's PictureID and
@@ -100,6 +103,8 @@ typedef struct {
     uint16_t history_tail;        /* the oldest output seq that may still be held */
     int history_used;
     uint32_t keep_ms;             /* HISTORY_MS unless a test shortens it */
+    uint16_t late[LATE];          /* seqs stored behind history_tail, in the order sent */
+    int late_n;
     /* route: where and how to send */
     int routed;
     FpSrtp srtp; /* .rtp is srtp_protect */
@@ -397,11 +402,31 @@ static int parse_packet_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t
     return 0;
 }
 
+/* Let the late packet stored behind the tail go: the oldest of them (late[0]). Its
+ * slot may hold a newer packet by now, which stays. */
+static void Leg_drop_late(Leg *self)
+{
+    Sent *slot = &self->history[self->late[0] % HISTORY];
+    if (slot->payload && slot->seq == self->late[0])
+        Py_CLEAR(slot->payload);
+    self->late_n--;
+    memmove(self->late, self->late + 1, (size_t)self->late_n * sizeof self->late[0]);
+}
+
 /* Drop the packets kept longer than keep_ms, oldest first, up to the newest sequence
  * number `head`. Sequence numbers go out in order, so this stops at the first packet
- * still young enough: amortised one step per packet sent. */
+ * still young enough: amortised one step per packet sent. A late (reordered) packet
+ * goes out after numbers above its own, and may find the walk already past its number
+ * (its slot was empty then): those are listed in `late` and culled by their own age
+ * (REVIEW #10: they stayed until their slot was reused, whatever their age). */
 static void Leg_cull(Leg *self, uint16_t head, uint32_t now_ms)
 {
+    while (self->late_n) {
+        Sent *slot = &self->history[self->late[0] % HISTORY];
+        if (slot->payload && slot->seq == self->late[0] && now_ms - slot->ms < self->keep_ms)
+            break;
+        Leg_drop_late(self);
+    }
     if (!self->history_used) {
         self->history_tail = head;
         self->history_used = 1;
@@ -436,6 +461,14 @@ static void Leg_remember(Leg *self, PyObject *payload, Py_ssize_t len)
     uint32_t now_ms = (uint32_t)(self->now_ns / 1000000); /* as rewritten, just now */
     Leg_cull(self, seq, now_ms);
     Sent *slot = &self->history[seq % HISTORY];
+    if ((uint16_t)(seq - self->history_tail) >= 0x8000) { /* behind the tail: late */
+        if (slot->payload && slot->seq != seq &&
+            (uint16_t)(slot->seq - self->history_tail) < 0x8000)
+            return; /* over 512 late: its slot holds a newer packet, the likelier NACK */
+        if (self->late_n == LATE)
+            Leg_drop_late(self);
+        self->late[self->late_n++] = seq;
+    }
     Py_INCREF(payload);
     Py_XSETREF(slot->payload, payload);
     slot->ms = now_ms;
