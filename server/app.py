@@ -87,6 +87,8 @@ def sfu_router_factory(config: Config, metrics: Metrics, media_ports: Any = None
                     paused=event.paused,
                 )
             )
+        elif isinstance(event, sfu_router.PublishRestartNeeded):
+            emit(MediaSignal(SignalKind.PUBLISH_RESTART, event.pid, leg="publish"))
         elif isinstance(event, sfu_router.LayersWanted):
             emit(MediaSignal(SignalKind.LAYERS, event.pid, layers=(event.mid, event.rids)))
 

@@ -40,6 +40,7 @@ class Publisher:
         on_tracks_changed: Callable[[], None],
         on_state: Callable[[str], None],
         ports: MediaPorts | None = None,
+        on_consent_lost: Callable[[], None] = lambda: None,
     ) -> None:
         self.pid = pid
         self.kinds = kinds
@@ -54,6 +55,7 @@ class Publisher:
         self._feedback: dict[int, FeedbackSender] = {}
         self._keyframe_interval = keyframe_interval
         self._on_tracks_changed = on_tracks_changed
+        self._on_consent_lost = on_consent_lost
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", lambda: on_state(self.pc.connectionState))
 
@@ -75,7 +77,7 @@ class Publisher:
         hooks.answer_transport_cc(self.pc, self._twcc)
         answer = await self.pc.createAnswer()
         gather_on(self.pc, self._ports)
-        ice.mark(self.pc)
+        ice.mark(self.pc, self._consent)
         await self.pc.setLocalDescription(answer)
         if restarted is not None:
             self._restart_checks(ice.resume(self.pc, restarted))
@@ -151,6 +153,20 @@ class Publisher:
 
     async def add_ice_candidate(self, candidate: dict | None) -> None:
         await add_candidate(self.pc, candidate)
+
+    def _consent(self, granted: bool) -> None:
+        """ICE consent of the publish connection expired (nothing is sent on it: no
+        PLI, NACK or REMB reaches the browser, while its media still fans out), or a
+        restart won it back. The browser offers on this connection, so only it can
+        restart ICE; its pc may stay "connected" (the SFU still answers its checks),
+        so it is asked to at once rather than left to notice by itself."""
+        log.info(
+            "publisher %s: %s",
+            self.pid,
+            "consent regained" if granted else "consent expired, asking for an ICE restart",
+        )
+        if not granted:
+            self._on_consent_lost()
 
     def _restart_checks(self, task: asyncio.Task[None]) -> None:
         if self._ice_task is not None:

@@ -88,6 +88,14 @@ class RenegotiationNeeded:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishRestartNeeded:
+    """``pid``'s publish connection lost ICE consent: its page should restart ICE on
+    it (a re-offer with new credentials; the page offers there, so the SFU cannot)."""
+
+    pid: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionState:
     pid: str
     leg: str  # "publish" | "subscribe"
@@ -113,7 +121,14 @@ class LayersWanted:
     rids: tuple[str, ...]
 
 
-RouterEvent = TracksChanged | RenegotiationNeeded | ConnectionState | VideoPaused | LayersWanted
+RouterEvent = (
+    TracksChanged
+    | RenegotiationNeeded
+    | PublishRestartNeeded
+    | ConnectionState
+    | VideoPaused
+    | LayersWanted
+)
 
 
 class Router:
@@ -159,6 +174,7 @@ class Router:
                     ports=self.config.ports,
                     on_tracks_changed=lambda: self._tracks_changed(pid),
                     on_state=lambda state: self._emit(ConnectionState(pid, "publish", state)),
+                    on_consent_lost=lambda: self._emit(PublishRestartNeeded(pid)),
                 )
                 self.publishers[pid] = publisher
             self._start_tick()
@@ -493,6 +509,7 @@ __all__ = [
     "LegInfo",
     "MediaConfig",
     "OfferedTrack",
+    "PublishRestartNeeded",
     "RenegotiationNeeded",
     "Router",
     "RouterEvent",

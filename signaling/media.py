@@ -65,6 +65,7 @@ class SignalKind(StrEnum):
     CONNECTION_STATE = "connection_state"
     VIDEO_PAUSED = "video_paused"
     LAYERS = "layers"  # the publisher should send only these simulcast layers
+    PUBLISH_RESTART = "publish_restart"  # the publish connection lost consent: restart ICE
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,6 +256,7 @@ class MediaParticipant:
         self._answering = asyncio.Lock()
         self._closed = False
         client.sio.on("subscribe.offer", self._on_offer)
+        client.sio.on("publish.restart", self._on_publish_restart)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -268,6 +269,29 @@ class MediaParticipant:
             return
         # Handlers run inside the client's read loop; answering needs an ack, so not here.
         self._spawn(self._answer(offer))
+
+    async def _on_publish_restart(self, msg: Any) -> None:
+        self.client.events["publish.restart"].append(msg)
+        if not self._closed:
+            self._spawn(self.restart_publish())
+
+    async def restart_publish(self) -> None:
+        """What the page does on ``publish.restart``: ``restartIce()`` on the publish
+        connection and a re-offer with the new credentials (aiortc has no restartIce:
+        sfu.ice does it on this client's connection, as tests.media.Peer does)."""
+        from aiortc import RTCSessionDescription
+
+        from sfu import ice
+
+        ice.restart(self.pub)
+        await self.pub.setLocalDescription(await self.pub.createOffer())
+        ack = await self.client.call(
+            "publish", {"type": "offer", "sdp": self.pub.localDescription.sdp}
+        )
+        await self.pub.setRemoteDescription(RTCSessionDescription(sdp=ack["sdp"], type="answer"))
+        task = ice.resume(self.pub, ice.credentials(ack["sdp"]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, offer: dict[str, Any]) -> None:
         from aiortc import RTCPeerConnection, RTCSessionDescription

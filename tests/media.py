@@ -21,7 +21,7 @@ from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (kept for ad-hoc 
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 from sfu import ice
-from sfu.router import MediaConfig, RenegotiationNeeded, Router, RouterEvent
+from sfu.router import MediaConfig, PublishRestartNeeded, RenegotiationNeeded, Router, RouterEvent
 
 VIDEO_CLOCK = 90000
 # max-bundle as browsers effectively use it; aiortc's default "balanced" policy strands
@@ -163,8 +163,13 @@ class Room:
         self.events.append(event)
         if isinstance(event, RenegotiationNeeded) and event.pid in self.peers:
             task = asyncio.ensure_future(self.peers[event.pid].renegotiate())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        elif isinstance(event, PublishRestartNeeded) and event.pid in self.peers:
+            # what the page does on ``publish.restart``
+            task = asyncio.ensure_future(self.peers[event.pid].restart_publish())
+        else:
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def join(self, pid: str, colour: tuple[int, int, int], publish: bool = True) -> Peer:
         peer = Peer(pid, self.router, colour)

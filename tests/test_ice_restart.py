@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aioice.ice
 import pytest
@@ -18,6 +19,7 @@ from sfu import ice
 from sfu.ports import MediaPorts
 from sfu.router import MediaConfig
 from sfu.udpmux import UdpMux
+from tests.controlplane import Clients, link_token, me, running_server
 from tests.media import Room, wait_for
 from tests.ports import free_udp_port
 
@@ -323,6 +325,102 @@ def test_the_sfu_restarts_an_expired_subscribe_connection_itself(
             await room.close()
 
     run_like_the_server(setup, body)
+
+
+@SERVER_SETUPS
+def test_the_sfu_asks_for_a_restart_of_an_expired_publish_connection(
+    setup: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The page offers on its publish connection, so the SFU cannot restart ICE there
+    itself; when that connection's consent expires it asks the page to (a
+    ``PublishRestartNeeded``, sent as ``publish.restart``) at once. The page's pc may
+    stay "connected" and never restart by itself: without the request the connection
+    stayed expired, and no PLI, NACK or REMB reached the publisher. b stops answering
+    the SFU's checks on its publish connection until the consent expired, then answers
+    again: the SFU's RTCP reaches b's publish connection again."""
+    quick_consent(monkeypatch)
+
+    async def body(config: MediaConfig) -> None:
+        room = Room("room-consent-publish-restart", config)
+        try:
+            a = await room.join("a", (220, 30, 30))
+            b = await room.join("b", (30, 200, 30))
+            await wait_for(lambda: a.decoded("b", "video") >= 5, 20)
+            server_pub = room.router.publishers["b"].pc
+            (server,) = ice.connections(server_pub)
+            old_local = local_ufrag(server_pub)
+            client = ice.connections(b.pub)[0]
+            answer = client.request_received
+            back = {"yes": False}
+
+            def until_expired(*args: object) -> None:
+                back["yes"] = back["yes"] or not ice.consented(server)
+                if back["yes"]:  # b's network is back
+                    answer(*args)
+
+            client.request_received = until_expired
+            with caplog.at_level(logging.INFO, logger="sfu.ice"):
+                await wait_for(lambda: "consent expired" in caplog.text, 15)
+            seen = {"other": 0}
+            for protocol in client._protocols:
+
+                def counted(data: bytes, addr: tuple, original=protocol.datagram_received) -> None:
+                    if not _is_stun(data):
+                        seen["other"] += 1
+                    original(data, addr)
+
+                protocol.datagram_received = counted
+            await wait_for(lambda: ice.consented(server), 15)
+            assert local_ufrag(server_pub) != old_local  # by a restart, on the same pc
+            assert room.router.publishers["b"].pc is server_pub
+            await wait_for(lambda: seen["other"] > 0, 5)  # the SFU's RTCP to b again
+            frames = a.decoded("b", "video")
+            await wait_for(lambda: a.decoded("b", "video") > frames + 10, 15)
+        finally:
+            await room.close()
+
+    run_like_the_server(setup, body)
+
+
+async def test_the_page_is_told_to_restart_its_expired_publish_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same through the server and its signalling: the participant whose publish
+    connection lost consent gets ``publish.restart`` and restarts that leg as the page
+    does (a re-offer with new credentials on ``publish``); the SFU's connection has
+    consent again, on the same pc."""
+    quick_consent(monkeypatch)
+    async with running_server(tmp_path) as server:
+        clients = Clients(server)
+        try:
+            room = await server.create_room()
+            cw = await clients.join_media(link_token(room["caseworker_url"]), (220, 40, 40))
+            cl = await clients.join_media(link_token(room["client_url"]), (40, 40, 220))
+            for peer in (cw, cl):
+                assert (await peer.publish())["ok"] is True
+            cl_id = me(cl.client)
+            await wait_for(lambda: cw.frames[(cl_id, "video")] > 5, 20)
+            server_pub = server.hub._rooms[room["room"]].router.publishers[cl_id].pc
+            (server_conn,) = ice.connections(server_pub)
+            old_local = local_ufrag(server_pub)
+            client = ice.connections(cl.pub)[0]
+            answer = client.request_received
+            back = {"yes": False}
+
+            def until_expired(*args: object) -> None:
+                back["yes"] = back["yes"] or not ice.consented(server_conn)
+                if back["yes"]:
+                    answer(*args)
+
+            client.request_received = until_expired
+            assert await cl.client.wait("publish.restart", within=15) == {}
+            assert "publish.restart" not in cw.client.events  # only to its own page
+            await wait_for(lambda: ice.consented(server_conn), 15)
+            assert local_ufrag(server_pub) != old_local
+            frames = cw.frames[(cl_id, "video")]
+            await wait_for(lambda: cw.frames[(cl_id, "video")] > frames + 10, 15)
+        finally:
+            await clients.close()
 
 
 @SERVER_SETUPS

@@ -208,6 +208,11 @@ export class Call extends EventTarget {
         this._emit("video-paused", { participant: msg.participant, paused: msg.paused === true });
       }
     });
+    // The SFU lost consent on our publish connection (RFC 7675): it cannot restart ICE
+    // there (we offer), and our pc may still say "connected". Restart that leg now.
+    socket.on("publish.restart", () => {
+      this._restartPublish().catch((err) => this._reportError(err, "sdp_invalid"));
+    });
     socket.on("publish.layers", (msg) => {
       if (!msg || !Array.isArray(msg.active)) return;
       this._serverLayers = new Set(msg.active.map(String));
@@ -418,17 +423,22 @@ export class Call extends EventTarget {
         // the welcome's credential may still do
       }
     }
-    const pub = this.pcs.publish;
-    if (pub && pub.signalingState === "stable" && this.published) {
-      pub.restartIce();
-      await pub.setLocalDescription(await pub.createOffer({ iceRestart: true }));
-      const answer = await this._request("publish", { type: "offer", sdp: pub.localDescription.sdp });
-      if (gen !== this._generation || pub.signalingState === "closed") return;
-      await pub.setRemoteDescription({ type: "answer", sdp: answer.sdp });
-    }
+    await this._restartPublish();
     if (this.pcs.subscribe && gen === this._generation) {
       await this._request("ice.restart", { pc: "subscribe" });
     }
+  }
+
+  /** ICE restart on the publish leg alone: a re-offer with new ICE credentials. */
+  async _restartPublish() {
+    const gen = this._generation;
+    const pub = this.pcs.publish;
+    if (!pub || pub.signalingState !== "stable" || !this.published) return;
+    pub.restartIce();
+    await pub.setLocalDescription(await pub.createOffer({ iceRestart: true }));
+    const answer = await this._request("publish", { type: "offer", sdp: pub.localDescription.sdp });
+    if (gen !== this._generation || pub.signalingState === "closed") return;
+    await pub.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   }
 
   /** Both legs: the STUN/TURN servers and transport policy the server sent in welcome. */

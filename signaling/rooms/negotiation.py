@@ -202,6 +202,10 @@ class Negotiator:
                 mid, rids = signal.layers
                 payload = {"mid": mid, "active": list(rids)}
                 self._spawn(live, self.notifier.send(participant.sid, "publish.layers", payload))
+        elif signal.kind is SignalKind.PUBLISH_RESTART:
+            participant = live.room.get(signal.pid)
+            if participant is not None and participant.admitted and self.notifier:
+                self._spawn(live, self.notifier.send(participant.sid, "publish.restart", {}))
         elif signal.kind is SignalKind.CONNECTION_STATE and signal.leg == "publish":
             participant = live.room.get(signal.pid)
             assert participant is not None
