@@ -108,7 +108,7 @@ def media_ports(config: Config) -> Any:
 
     mux = None
     if config.media_ports is None and config.media_port:
-        mux = UdpMux(config.media_port)
+        mux = UdpMux(config.media_port, coalesce=config.read_coalesce_ms / 1000)
     return MediaPorts(mux=mux, port_range=config.media_ports, announced_ip=config.announced_ip)
 
 

@@ -194,6 +194,16 @@ class Config(BaseSettings):
         "Public IP address put in candidates when the node sits behind 1:1 NAT.",
         shown="unset: the media address itself",
     )
+    read_coalesce_ms: float = setting(
+        0.0,
+        "Read coalescing on the shared media port, in milliseconds (0 = off): after a "
+        "read, the port is read again after this long, in one batch, instead of on every "
+        "datagram: fewer event-loop wake-ups for up to about this much more forwarding "
+        "delay (the loop's timers have 1 ms resolution). Off by default: in the bench it "
+        "saved no CPU (docs/bench.md).",
+        ge=0,
+        le=20,
+    )
     event_loop: Literal["uvloop", "asyncio"] = setting(
         "asyncio",
         'The event loop: "asyncio" (the standard library\'s) or "uvloop" (less CPU per '

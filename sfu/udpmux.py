@@ -175,11 +175,20 @@ class SocketTransport(asyncio.DatagramTransport):
 
 
 class MuxSocket(asyncio.DatagramProtocol):
-    """The shared socket on one media address and the routes to its connections."""
+    """The shared socket on one media address and the routes to its connections.
 
-    def __init__(self, host: str, port: int) -> None:
+    ``coalesce``: read coalescing window in seconds (0: off). After the event loop
+    wakes the reader for this socket, the socket is left unwatched for that long and
+    what arrived meanwhile is read in one batch (``sfu._fastpath.Reader.coalesce``):
+    one wake-up per window instead of one per datagram or two, for at most about one
+    window more of forwarding delay (the first datagram after a quiet spell is read at
+    once)."""
+
+    def __init__(self, host: str, port: int, coalesce: float = 0.0) -> None:
         self.host = host
         self.port = port
+        self.coalesce = coalesce
+        self.reader: _fastpath.Reader | None = None
         self.sock: socket.socket | None = None
         self.transport: asyncio.DatagramTransport = None  # type: ignore[assignment]
         # addr_key(host, port) -> the C Reader of the connection that owns the address
@@ -210,10 +219,15 @@ class MuxSocket(asyncio.DatagramProtocol):
         reader = _fastpath.Reader(sock.fileno(), self._unrouted, self.error_received)
         reader.set_routes(self.routes)
         loop.add_reader(sock.fileno(), reader)  # close() removes it
+        if self.coalesce > 0:
+            reader.coalesce(loop, self.coalesce)
+        self.reader = reader
 
     def close(self) -> None:
         for protocol in list(self._protocols):
             protocol.transport.close()
+        if self.reader is not None:
+            self.reader.stop()  # no poll after the socket is gone
         if self.transport is not None:
             self.transport.close()
 
@@ -315,10 +329,11 @@ def _local_ufrag(data: bytes) -> str | None:
 class UdpMux:
     """The shared sockets of one node, one per media address, opened on first use
     (``server/`` opens them at start, so that a port in use fails the start); port 0
-    binds one ephemeral port, shared all the same."""
+    binds one ephemeral port, shared all the same. ``coalesce``: see :class:`MuxSocket`."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, coalesce: float = 0.0) -> None:
         self.port = port
+        self.coalesce = coalesce
         self._sockets: dict[str, MuxSocket] = {}
         self._lock = asyncio.Lock()
 
@@ -326,7 +341,7 @@ class UdpMux:
         async with self._lock:
             found = self._sockets.get(host)
             if found is None:
-                found = MuxSocket(host, self.port)
+                found = MuxSocket(host, self.port, self.coalesce)
                 await found.open()
                 self._sockets[host] = found
                 if not self.port:  # ephemeral: every address on the port the first got

@@ -350,6 +350,140 @@ def test_reader_takes_a_burst_in_few_system_calls_and_drops_an_oversized_datagra
         client.close()
 
 
+def _reader_with_rtp(fd: int, rtp: list, other: list | None = None) -> tuple:
+    """A Reader on fd that decrypts SRTP with KEY and hands packets to rtp."""
+    from sfu.aiortc_hooks import _SRTP_UNPROTECT, _SRTP_UNPROTECT_RTCP
+
+    class Dtls:
+        _state = "connected"
+        _RTCDtlsTransport__rx_packets = 0
+        _RTCDtlsTransport__rx_bytes = 0
+
+    rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    reader = _fastpath.Reader(
+        fd, lambda d, a: (other if other is not None else []).append(d), print
+    )
+    ctx = int(srtp_ffi.cast("uintptr_t", rx._srtp[0]))
+    reader.set_rtp(
+        ctx,
+        _SRTP_UNPROTECT,
+        _SRTP_UNPROTECT_RTCP,
+        rx,
+        Dtls(),
+        "connected",
+        lambda p, ms: rtp.append(p),
+        print,
+        0,
+        0,
+    )
+    return reader, rx
+
+
+def test_a_packets_arrival_is_when_the_kernel_received_it_not_when_it_was_read() -> None:
+    """The SFU's forwarding latency is measured from Packet.arrival_ns: a datagram that
+    waited 50 ms in the socket (for the event loop, or a coalescing window) counts
+    those 50 ms."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rtp: list = []
+    reader, _rx = _reader_with_rtp(server.fileno(), rtp)
+    try:
+        sent = time.perf_counter_ns()
+        client.sendto(
+            tx.protect(struct.pack("!BBHII", 0x80, 96, 1, 1000, 42) + b"media"),
+            server.getsockname(),
+        )
+        time.sleep(0.05)
+        read = time.perf_counter_ns()
+        reader()
+        (p,) = rtp
+        assert sent <= p.arrival_ns < sent + 20_000_000  # received at once, read 50 ms later
+        assert read - p.arrival_ns >= 40_000_000
+    finally:
+        server.close()
+        client.close()
+
+
+async def test_read_coalescing_reads_once_per_window_in_order_and_bytes_unchanged() -> None:
+    """Reader.coalesce(loop, window): the first datagram after a quiet spell is read at
+    once; what follows within the window waits for the window's poll and is read in one
+    batch, in order and unchanged; a poll that finds nothing hands the socket back to
+    the loop; stop() cancels the next poll."""
+    import asyncio
+
+    from tests.media import wait_for
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rtp: list = []
+    other: list[bytes] = []
+    reader, _rx = _reader_with_rtp(server.fileno(), rtp, other)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(server.fileno(), reader)
+    reader.coalesce(loop, 0.05)  # a long window, so that the test can see it
+    plain = [
+        struct.pack("!BBHII", 0x80, 96, seq, 1000 + seq, 42) + bytes([seq]) * (50 + seq)
+        for seq in range(12)
+    ]
+
+    def until(cond, within: float = 2.0):  # polls every 2 ms: the window is 50
+        return wait_for(cond, timeout=within, interval=0.002)
+
+    try:
+        t0 = time.monotonic()
+        client.sendto(tx.protect(plain[0]), server.getsockname())
+        await until(lambda: len(rtp) == 1)
+        assert len(rtp) == 1 and time.monotonic() - t0 < 0.04  # read at once
+        assert reader.paused  # ... and the socket is unwatched for the window
+        for p in plain[1:6]:
+            client.sendto(tx.protect(p), server.getsockname())
+        client.sendto(b"\x00\x01not-srtp", server.getsockname())
+        await asyncio.sleep(0.01)
+        assert len(rtp) == 1  # waiting for the window
+        await until(lambda: len(rtp) == 6)
+        waited = time.monotonic() - t0
+        assert 0.04 < waited < 0.5
+        assert other == [b"\x00\x01not-srtp"]
+        datagrams, wakeups = reader.stats
+        assert (datagrams, wakeups) == (7, 2) and reader.polls == 1  # one batch
+        # Media keeps flowing: poll after poll, in order, bytes as sent.
+        for p in plain[6:]:
+            client.sendto(tx.protect(p), server.getsockname())
+        await until(lambda: len(rtp) == 12)
+        assert [
+            struct.pack("!BBHII", 0x80, 96, p.sequence_number, p.timestamp, p.ssrc) + p.payload
+            for p in rtp
+        ] == plain
+        # A poll that finds nothing gives the socket back to the loop.
+        await until(lambda: not reader.paused, within=1.0)
+        assert not reader.paused
+        polls = reader.polls
+        t1 = time.monotonic()
+        client.sendto(
+            tx.protect(struct.pack("!BBHII", 0x80, 96, 12, 1, 42) + b"x"), server.getsockname()
+        )
+        await until(lambda: len(rtp) == 13)
+        assert time.monotonic() - t1 < 0.04 and reader.polls == polls  # read at once again
+        assert reader.paused
+        reader.stop()
+        assert not reader.paused
+        client.sendto(
+            tx.protect(struct.pack("!BBHII", 0x80, 96, 13, 1, 42) + b"y"), server.getsockname()
+        )
+        await asyncio.sleep(0.15)
+        assert len(rtp) == 13  # stopped: no poll reads the socket any more
+    finally:
+        loop.remove_reader(server.fileno())
+        server.close()
+        client.close()
+
+
 def test_a_publishing_leg_stamps_abs_send_time() -> None:
     leg, _ = make_leg()
     # mid (id 1, "0") then abs-send-time (id 3, 3 bytes), padded to whole words

@@ -49,7 +49,12 @@ def everyone_decodes(room: Room) -> bool:
 
 
 async def test_two_rooms_share_one_server_port() -> None:
-    await _two_rooms_share_one_port()
+    await _two_rooms_share_one_port(coalesce=0.0)
+
+
+async def test_two_rooms_share_one_server_port_with_read_coalescing() -> None:
+    """ROUNDTABLE_READ_COALESCE_MS=1: the shared socket is read by the window's polls."""
+    await _two_rooms_share_one_port(coalesce=0.001)
 
 
 def test_two_rooms_share_one_server_port_on_uvloop() -> None:
@@ -58,14 +63,14 @@ def test_two_rooms_share_one_server_port_on_uvloop() -> None:
 
     async def on_uvloop() -> None:
         assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
-        await _two_rooms_share_one_port()
+        await _two_rooms_share_one_port(coalesce=0.0)
 
     uvloop.run(on_uvloop())
 
 
-async def _two_rooms_share_one_port() -> None:
+async def _two_rooms_share_one_port(coalesce: float) -> None:
     port = free_udp_port()
-    mux = UdpMux(port)
+    mux = UdpMux(port, coalesce=coalesce)
     config = MediaConfig(media_host=MEDIA_HOST, ports=MediaPorts(mux=mux))
     rooms = [Room("room-1", config), Room("room-2", config)]
     try:
@@ -99,6 +104,8 @@ async def _two_rooms_share_one_port() -> None:
         readers = set(shared.routes.values())
         assert all(r.rtp for r in readers)
         assert sum(r.rx[0] for r in readers) > 100
+        assert shared.reader is not None
+        assert (shared.reader.polls > 10) if coalesce else (shared.reader.polls == 0)
         # The C send path of every leg sends on the shared socket and checks the shared
         # socket's own asyncio transport for queued writes (a plain attribute, no Python
         # property call per packet).

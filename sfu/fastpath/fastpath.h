@@ -57,6 +57,7 @@ static inline long long ntp_ms(void)
 
 extern PyObject *fp_str_state, *fp_str_fileno, *fp_str_buffer_size;
 extern PyObject *fp_str_rx_packets, *fp_str_rx_bytes;
+extern PyObject *fp_str_add_reader, *fp_str_remove_reader, *fp_str_call_later;
 
 /* ---- srtp.c ----------------------------------------------------------------------- */
 

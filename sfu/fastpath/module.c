@@ -8,6 +8,7 @@
 
 PyObject *fp_str_state, *fp_str_fileno, *fp_str_buffer_size;
 PyObject *fp_str_rx_packets, *fp_str_rx_bytes;
+PyObject *fp_str_add_reader, *fp_str_remove_reader, *fp_str_call_later;
 
 static PyMethodDef module_methods[] = {
     {"fanout", (PyCFunction)(void (*)(void))fp_py_fanout, METH_FASTCALL,
@@ -41,8 +42,12 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     /* aiortc 1.16's RTCDtlsTransport counters (checked by sfu.aiortc_hooks) */
     fp_str_rx_packets = PyUnicode_InternFromString("_RTCDtlsTransport__rx_packets");
     fp_str_rx_bytes = PyUnicode_InternFromString("_RTCDtlsTransport__rx_bytes");
+    /* the event loop's methods read coalescing calls (reader.c) */
+    fp_str_add_reader = PyUnicode_InternFromString("add_reader");
+    fp_str_remove_reader = PyUnicode_InternFromString("remove_reader");
+    fp_str_call_later = PyUnicode_InternFromString("call_later");
     if (!fp_str_state || !fp_str_fileno || !fp_str_buffer_size || !fp_str_rx_packets ||
-        !fp_str_rx_bytes)
+        !fp_str_rx_bytes || !fp_str_add_reader || !fp_str_remove_reader || !fp_str_call_later)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (!m)

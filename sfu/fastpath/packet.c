@@ -69,7 +69,8 @@ static PyMemberDef Packet_members[] = {
     {"rtp_stream_id", T_OBJECT, offsetof(Packet, rid), READONLY, NULL},
     {"repaired_rtp_stream_id", T_OBJECT, offsetof(Packet, rrid), READONLY, NULL},
     {"arrival_ns", T_LONGLONG, offsetof(Packet, arrival_ns), 0,
-     "perf_counter_ns() when the datagram was read, before SRTP"},
+     "perf_counter_ns() clock: when the kernel received the datagram (SO_TIMESTAMPNS; "
+     "else when it was read), before SRTP"},
     {NULL},
 };
 
