@@ -58,6 +58,21 @@ _BOXES_JS = """
     nameText: (tile.querySelector('.tile-name') || {}).textContent || '',
     note: box(tile.querySelector('.tile-paused')),
     noteText: (tile.querySelector('.tile-paused') || {}).textContent || '',
+    // What a person sees of the note: all of it (the CSS clamps it to two lines, and
+    // textContent is the whole string however much the clamp cuts off), nothing on top.
+    noteClipped: (() => {
+      const el = tile.querySelector('.tile-paused');
+      return !!el && (el.scrollHeight > el.clientHeight + 1 || el.scrollWidth > el.clientWidth + 1);
+    })(),
+    noteCovered: (() => {
+      const el = tile.querySelector('.tile-paused');
+      if (!el) return false;
+      const r = el.getBoundingClientRect();
+      return [[0.1, 0.5], [0.5, 0.5], [0.9, 0.5]].some(([fx, fy]) => {
+        const top = document.elementFromPoint(r.x + fx * r.width, r.y + fy * r.height);
+        return !top || !el.contains(top);
+      });
+    })(),
     state: box(tile.querySelector('.tile-state')),
   };
 })
@@ -144,6 +159,8 @@ async def _check(cl: Any, sockets: list[Any], others: set[str], size: tuple[int,
             if t["note"] is None:
                 continue
             assert "schwache Verbindung" in t["noteText"] or "weak" in t["noteText"], where
+            assert not t["noteClipped"], where  # shown in full, not cut off by the clamp
+            assert not t["noteCovered"], where
             assert _inside(t["note"], t["tile"]), where
             assert not _overlap(t["note"], t["name"]), where
             if t["state"] is not None:
