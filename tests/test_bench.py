@@ -752,17 +752,20 @@ def _blast(links, ns, pps: int, size: int, seconds: float) -> tuple[int, int, in
 
 def test_link_delay_is_twice_delay_per_round_trip_and_the_rate_still_holds() -> None:
     """300 kbit/s with 50 ms: a ping through the link takes 2 x 50 ms (the delay each
-    way; never less, and at most a few ms more), and what gets through a 1 Mbit/s
+    way; never less, and never a hop more), and what gets through a 1 Mbit/s
     stream is the tbf's 300 kbit/s — on this kernel through the user-space delay line,
     whose counters and lateness the report quotes."""
     from bench.link import USERSPACE, ping_rtt, shaped_namespace
 
     with shaped_namespace("300kbit,50ms", index=210) as (links, ns):
-        assert ns.rtt_ms is not None and 100 <= ns.rtt_ms < 115  # a busy machine's tail aside
+        # Never faster than the delay both ways, and the delay once each way: an upper
+        # bound of one more 50 ms hop catches a doubled delay, not the delay line's
+        # lateness, which is how soon a shared machine schedules it (the report has
+        # that: delayline_lateness_us; REVIEW3 #4).
+        assert ns.rtt_ms is not None and 100 <= ns.rtt_ms < 150
         rtts = ping_rtt(links, ns, count=20)
         assert len(rtts) == 20
-        # never faster than the delay both ways; the median within a few ms of it
-        assert min(rtts) >= 100.0 and sorted(rtts)[10] < 105, rtts
+        assert min(rtts) >= 100.0 and sorted(rtts)[10] < 150, rtts
         sent, got, octets, span = _blast(links, ns, pps=125, size=1000, seconds=3.0)
         assert got < sent  # the queue overflowed: the rate, not the sender, decided
         kbps = (octets + 42 * got) * 8 / span / 1e3  # tbf counts Ethernet+IP+UDP headers
@@ -782,7 +785,7 @@ def test_link_delay_is_twice_delay_per_round_trip_and_the_rate_still_holds() -> 
 def test_link_delay_line_keeps_up_with_thousands_of_packets_a_second() -> None:
     """5,000 packets/s for 3 s through a fast link with 20 ms each way: every packet
     arrives (the delay line queues, never drops), pings sent meanwhile still take
-    2 x 20 ms plus at most a few ms, and the loss the link asks for is drawn there."""
+    2 x 20 ms and less than a hop more, and the loss the link asks for is drawn there."""
     from bench.link import USERSPACE, ping_rtt, shaped_namespace
 
     with shaped_namespace("500mbit,20ms,2%", index=211) as (links, ns):
@@ -801,7 +804,8 @@ def test_link_delay_line_keeps_up_with_thousands_of_packets_a_second() -> None:
         assert 0.012 * sent < sent - got < 0.03 * sent, (sent, got, drops)
         assert drops["tc_dropped"] == 0
         assert len(rtts) > 80  # 2 % of the requests are lost too
-        assert min(rtts) >= 40.0 and sorted(rtts)[len(rtts) // 2] < 45, sorted(rtts)
+        # the delay once each way (< one more 20 ms hop), however late the line runs
+        assert min(rtts) >= 40.0 and sorted(rtts)[len(rtts) // 2] < 60, sorted(rtts)
         if links.mechanism == USERSPACE:
             down = links.delay_stats(ns)["lanes"]["dl_down"]
             # it queued everything it read and did not draw for loss, and released it all
@@ -944,7 +948,9 @@ def test_link_jitter_spreads_the_delay_within_its_bounds() -> None:
     with shaped_namespace("10mbit,30ms~10ms", index=213) as (links, ns):
         rtts = ping_rtt(links, ns, count=40)
         assert len(rtts) == 40
-        assert min(rtts) >= 40.0 and max(rtts) < 90, sorted(rtts)  # 80 + a busy tail
+        # within 2 x (30 ± 10); above 80 only by the line's lateness, while one more hop
+        # of 20-40 ms (a doubled delay) would put the upper tenth past 100
+        assert min(rtts) >= 40.0 and sorted(rtts)[36] < 100, sorted(rtts)
         assert max(rtts) - min(rtts) > 10, sorted(rtts)  # sd of the sum ~8 ms: not one value
 
 
@@ -959,9 +965,10 @@ def test_link_shaped_veth_namespace_for_browser_tests(tmp_path: Path) -> None:
         assert ns.tcp_passes()
         assert ns.run("ip", "route", "show", "default").stdout.strip()
         (s,) = links.shaped
-        assert s.rtt_ms is not None and 60 <= s.rtt_ms < 75  # a busy machine's tail aside
+        # the delay once each way: below one more 30 ms hop, however late the line runs
+        assert s.rtt_ms is not None and 60 <= s.rtt_ms < 90
         rtts = ping_rtt(links, s, count=20)
-        assert min(rtts) >= 60 and sorted(rtts)[len(rtts) // 2] < 65, sorted(rtts)
+        assert min(rtts) >= 60 and sorted(rtts)[len(rtts) // 2] < 90, sorted(rtts)
         links.lift()
         assert max(ping_rtt(links, s, count=5)) < 20
 
@@ -987,7 +994,7 @@ def test_a_bench_run_behind_a_link_of_300kbit_100ms_2pct(tmp_path: Path, capsys)
     (shaped,) = report["links"]
     assert shaped["delay_mechanism"] in (NETEM, USERSPACE)
     assert shaped["shaping"].startswith("tc tbf + ") and "(delay, loss)" in shaped["shaping"]
-    assert 200 <= shaped["idle_rtt_ms"] < 215
+    assert 200 <= shaped["idle_rtt_ms"] < 300  # once each way, not a hop more
     assert any(pt.get("received_kbps") for pt in shaped["timeline"])  # media got through
     if shaped["delay_mechanism"] == USERSPACE:
         drops = shaped["shaping_dropped"]
