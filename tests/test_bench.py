@@ -630,7 +630,8 @@ def test_every_capacity_step_counts_rss_per_participant_from_the_idle_server(
     )
     report = json.loads(out.read_text())
     steps = report["capacity"]["steps"]
-    assert len(steps) == 2, steps  # two rooms, or one room run again after a failed step
+    # two rooms, or a step run again after it failed: each against the same server
+    assert len(steps) >= 2, steps
     idle = steps[0]["server_rss_idle_mb"]
     assert isinstance(idle, float) and 0 < idle < steps[0]["server_rss_mb"]
     for step in steps:
