@@ -16,9 +16,15 @@ from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
 from .ports import MediaPorts, gather_on
 from .simulcast import Layers, OfferedSimulcast, answer_layers, offered_layers
 from .stats import RoomStats
+from .timers import Timer, wheel
 from .twcc import FeedbackSender
 
 log = logging.getLogger(__name__)
+
+# While the publish connection's consent stays expired, the page is asked again this
+# often: a request can meet a page busy with an offer of its own (it restarts only from
+# a stable state), or a page whose signalling was away when it was sent.
+RESTART_ASK_AGAIN = 10.0
 
 
 class Publisher:
@@ -56,6 +62,8 @@ class Publisher:
         self._keyframe_interval = keyframe_interval
         self._on_tracks_changed = on_tracks_changed
         self._on_consent_lost = on_consent_lost
+        self._consent_lost = False
+        self._ask_timer: Timer | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", lambda: on_state(self.pc.connectionState))
 
@@ -165,8 +173,19 @@ class Publisher:
             self.pid,
             "consent regained" if granted else "consent expired, asking for an ICE restart",
         )
-        if not granted:
-            self._on_consent_lost()
+        self._consent_lost = not granted
+        if granted and self._ask_timer is not None:
+            self._ask_timer.cancel()
+            self._ask_timer = None
+        if not granted and self._ask_timer is None:
+            self._ask_restart()
+
+    def _ask_restart(self) -> None:
+        self._ask_timer = None
+        if not self._consent_lost:
+            return  # a restart won it back
+        self._on_consent_lost()
+        self._ask_timer = wheel().call_later(RESTART_ASK_AGAIN, self._ask_restart)
 
     def _restart_checks(self, task: asyncio.Task[None]) -> None:
         if self._ice_task is not None:
@@ -174,6 +193,10 @@ class Publisher:
         self._ice_task = task
 
     async def close(self) -> None:
+        self._consent_lost = False
+        if self._ask_timer is not None:
+            self._ask_timer.cancel()
+            self._ask_timer = None
         if self._ice_task is not None:
             self._ice_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -16,8 +16,9 @@ from aioice import stun
 from server.cli import loop_factory
 from server.config import Config
 from sfu import ice
+from sfu import publisher as publisher_mod
 from sfu.ports import MediaPorts
-from sfu.router import MediaConfig
+from sfu.router import MediaConfig, PublishRestartNeeded
 from sfu.udpmux import UdpMux
 from tests.controlplane import Clients, link_token, me, running_server
 from tests.media import Room, wait_for
@@ -380,6 +381,56 @@ def test_the_sfu_asks_for_a_restart_of_an_expired_publish_connection(
             await room.close()
 
     run_like_the_server(setup, body)
+
+
+def test_the_sfu_asks_again_while_the_publish_connection_stays_expired(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The page restarts ICE only from a stable state: a ``publish.restart`` that meets
+    an offer of its own (or a page whose signalling was away) does nothing. While the
+    consent stays expired the SFU asks again (every RESTART_ASK_AGAIN), so the second
+    request restarts it."""
+    quick_consent(monkeypatch)
+    monkeypatch.setattr(publisher_mod, "RESTART_ASK_AGAIN", 1.0)
+
+    async def body(config: MediaConfig) -> None:
+        room = Room("room-consent-publish-ask-again", config)
+        try:
+            a = await room.join("a", (220, 30, 30))
+            b = await room.join("b", (30, 200, 30))
+            await wait_for(lambda: a.decoded("b", "video") >= 5, 20)
+            (server,) = ice.connections(room.router.publishers["b"].pc)
+            asked: list[float] = []
+            handle = room._on_event
+            loop = asyncio.get_running_loop()
+
+            def busy_the_first_time(event: object) -> None:
+                if isinstance(event, PublishRestartNeeded):
+                    asked.append(loop.time())
+                    if len(asked) == 1:
+                        return  # the page was in the middle of an offer of its own
+                handle(event)
+
+            room.router._on_event = busy_the_first_time
+            client = ice.connections(b.pub)[0]
+            answer = client.request_received
+            back = {"yes": False}
+
+            def until_expired(*args: object) -> None:
+                back["yes"] = back["yes"] or not ice.consented(server)
+                if back["yes"]:
+                    answer(*args)
+
+            client.request_received = until_expired
+            await wait_for(lambda: bool(asked), 15)
+            await wait_for(lambda: ice.consented(server), 15)
+            assert len(asked) == 2 and asked[1] - asked[0] >= 0.9, asked
+            await asyncio.sleep(1.5)
+            assert len(asked) == 2  # consent back: no more requests
+        finally:
+            await room.close()
+
+    run_like_the_server("shared-port", body)
 
 
 async def test_the_page_is_told_to_restart_its_expired_publish_connection(
