@@ -75,6 +75,10 @@ LOSS_REFRESH = 2.0  # s after a decrease before an unfenced stream's reports cou
 # Chromium keeps lowering its REMB while the queue a loss-based cut answers drains (and
 # counts only the video it still gets then): those falls are that overuse, not a new one.
 REMB_AFTER_LOSS = 2.5
+# ... unless it says less than this share of what the cut left: then it is news (a
+# 300 kbit/s link: REMB 110k while the first loss cut left 1.72 M; ignored, the
+# estimate took 9 s of loss cuts to come down and stayed above the link).
+REMB_FAR = 0.5
 # Round trips of SR -> RR: an SR waits in the subscriber's link queue like the media.
 RTT_BASE_WINDOW = 30.0  # s over which the lowest round trip is the empty-queue baseline
 QUEUE_DELAY = 0.05  # s above that baseline: a probe's padding built a queue (0.5 s at 1.3x: ~80 ms)
@@ -132,6 +136,7 @@ class DownlinkEstimate:
         self._last_probe: Probe | None = None  # the one before (PROBE_BLAME)
         self._rtts: deque[tuple[float, float]] = deque()  # (when, round trip s)
         self.queue_delay = 0.0  # the latest round trip above the baseline (logs, tests)
+        self._rtt_at = -1e9  # when it was measured
         self._loss_cut_at = -1e9
         self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
         self._rtx_at = clock()
@@ -197,25 +202,43 @@ class DownlinkEstimate:
             self._first_remb_at = now
         if now - self._first_remb_at < REMB_WARMUP:
             return  # the receiver's estimator is still finding its feet
-        if last is not None and bps < REMB_DROP * last:
-            probe = self.probe
-            sending = probe.target if probe is not None and now <= probe.settles else self.sent_bps
-            if bps >= sending - self.unstamped_bps:
-                # Still above what we send with abs-send-time: Chromium's REMB follows
-                # what arrives (it stays about 1.5x above it), so it falls when *we* send
-                # less (smaller tiles, a hidden one); overuse puts it below that. Taking
-                # this for the link priced the next view change out (video paused on a
-                # phone whose tiles had just shrunk).
-                return
-            if now - self._loss_cut_at < REMB_AFTER_LOSS:
-                return  # the overuse the loss-based cut just answered
-            confirmed = now - self._last_remb_drop <= REMB_CONFIRM
-            self._last_remb_drop = now
-            figure = bps + self.unstamped_bps
-            if not confirmed:
-                # One overuse can be a busy receiver's jitter: hold what is sent now.
-                figure = max(figure, self.sent_bps)
-            self._congested(now, figure, hold=False)
+        probe = self.probe
+        sending = probe.target if probe is not None and now <= probe.settles else self.sent_bps
+        if bps >= sending - self.unstamped_bps:
+            # Still above what we send with abs-send-time: Chromium's REMB follows
+            # what arrives (it stays about 1.5x above it), so it falls when *we* send
+            # less (smaller tiles, a hidden one); overuse puts it below that. Taking
+            # this for the link priced the next view change out (video paused on a
+            # phone whose tiles had just shrunk).
+            return
+        figure = bps + self.unstamped_bps
+        fell = last is not None and bps < REMB_DROP * last
+        # Below the estimate and flat, while the link queues or loses: Chromium holds
+        # its figure once the overuse it answered has passed, and we still send above
+        # it (a 300 kbit/s link: REMB flat at ~100k for good while loss cuts alone left
+        # the estimate at 337k, a 0.45 s standing queue, 2.5-11 % audio loss). Without
+        # queue or loss a REMB below us is the receiver's estimator still climbing
+        # (~8 %/s) after a probe raised ours: not the link.
+        below = figure < REMB_DROP * self.bps and self._congestion_seen(now)
+        if not (fell or below):
+            return
+        if (
+            now - self._loss_cut_at < REMB_AFTER_LOSS
+            and self._last_decrease <= self._loss_cut_at  # (not since a REMB's cut)
+            and figure >= REMB_FAR * self.bps
+        ):
+            return  # the overuse the loss-based cut just answered
+        confirmed = now - self._last_remb_drop <= REMB_CONFIRM
+        self._last_remb_drop = now
+        if not confirmed:
+            # One overuse can be a busy receiver's jitter: hold what is sent now.
+            figure = max(figure, self.sent_bps)
+        self._congested(now, figure, hold=False)
+
+    def _congestion_seen(self, now: float) -> bool:
+        """Whether the link lately lost more than :data:`LOSS_LOW` or queued an SR."""
+        queued = self.queue_delay > QUEUE_DELAY and now - self._rtt_at <= REMB_CONFIRM
+        return queued or self.loss > LOSS_LOW
 
     def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
         """One receiver-report block for one of this connection's streams."""
@@ -264,6 +287,7 @@ class DownlinkEstimate:
         while rtts[0][0] < now - RTT_BASE_WINDOW:
             rtts.popleft()
         self.queue_delay = rtt - min(r for _, r in rtts)
+        self._rtt_at = now
         sent = now - age
         if sent >= self._last_decrease:
             self._queued = self.queue_delay > QUEUE_DELAY

@@ -75,6 +75,68 @@ def test_a_remb_falling_after_we_send_less_is_not_the_link() -> None:
     assert est.update() == 220_000
 
 
+def test_a_remb_below_the_estimate_cuts_it_even_after_a_loss_cut_and_when_flat() -> None:
+    """A 300 kbit/s shock (benchlink3's dbg1): Chromium's REMB falls to ~100k within a
+    second, during the REMB_AFTER_LOSS after the first loss cut, then stays flat. Far
+    below what that cut left, it is news; flat below the estimate while the link loses,
+    it still counts. The estimate comes down to REMB + audio (audio has no
+    abs-send-time), not by loss cuts over ~9 s to a figure above the link."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_remb(2_400_000)
+    clock.now += downlink.REMB_WARMUP
+    est.on_remb(2_400_000)
+    est.sent_bps, est.unstamped_bps = 2_200_000, 80_000
+    est.on_report(1, 1000, 0)
+    clock.now += 0.5
+    est.on_report(1, 1200, 90)  # 45 %: the loss cut
+    cut = est.update()
+    assert cut == pytest.approx(2_200_000 * (1 - 0.45 / 2))
+    est.sent_bps = cut
+    for remb in (200_000, 150_000, 110_000):
+        clock.now += 0.3
+        est.on_remb(remb)
+        est.update()
+    assert est.bps <= 200_000  # within a second of the shock, not 9 s
+    # Loss cuts alone (the REMB ignored while flat) left it above the link: flat REMBs
+    # below it, with the link still losing, bring it to REMB + audio.
+    est2 = DownlinkEstimate(clock)
+    est2.on_remb(2_400_000)
+    clock.now += downlink.REMB_WARMUP
+    est2.on_remb(100_000)
+    est2.bps = est2.sent_bps = 337_000
+    est2.unstamped_bps = 80_000
+    est2.loss = 0.05  # held, not cut, by the loss rule
+    for _ in range(3):
+        clock.now += 1.0
+        est2.on_remb(100_000)
+        est2.update()
+    assert est2.bps == 180_000
+
+
+def test_a_remb_below_the_estimate_without_loss_or_queue_is_a_climbing_receiver() -> None:
+    """After probes raised the estimate, Chromium's REMB rises at ~8 %/s behind it:
+    below the estimate and below what we send, but the link neither queues nor loses."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_remb(400_000)
+    clock.now += downlink.REMB_WARMUP
+    est.bps, est.sent_bps, est.unstamped_bps = 900_000, 850_000, 80_000
+    est.on_rtt(0.02, 0.02)
+    for remb in (420_000, 450_000, 490_000, 530_000):
+        clock.now += 1.0
+        est.on_rtt(0.021, 0.021)
+        est.on_remb(remb)
+        assert est.update() == 900_000, remb
+    # The same REMB while SRs wait in a queue: the link.
+    clock.now += 1.0
+    est.on_rtt(0.3, 0.3)
+    est.on_remb(530_000)
+    clock.now += 1.0
+    est.on_remb(520_000)
+    assert est.update() == 600_000
+
+
 def test_heavy_loss_backs_off_to_what_was_sent_less_half_the_loss() -> None:
     clock = Clock()
     est = DownlinkEstimate(clock)
