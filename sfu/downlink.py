@@ -136,7 +136,6 @@ class DownlinkEstimate:
         self._last_probe: Probe | None = None  # the one before (PROBE_BLAME)
         self._rtts: deque[tuple[float, float]] = deque()  # (when, round trip s)
         self.queue_delay = 0.0  # the latest round trip above the baseline (logs, tests)
-        self._rtt_at = -1e9  # when it was measured
         self._loss_cut_at = -1e9
         self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
         self._rtx_at = clock()
@@ -213,13 +212,15 @@ class DownlinkEstimate:
             return
         figure = bps + self.unstamped_bps
         fell = last is not None and bps < REMB_DROP * last
-        # Below the estimate and flat, while the link queues or loses: Chromium holds
+        # Below the estimate and flat, while the link loses: Chromium holds
         # its figure once the overuse it answered has passed, and we still send above
         # it (a 300 kbit/s link: REMB flat at ~100k for good while loss cuts alone left
-        # the estimate at 337k, a 0.45 s standing queue, 2.5-11 % audio loss). Without
-        # queue or loss a REMB below us is the receiver's estimator still climbing
-        # (~8 %/s) after a probe raised ours: not the link.
-        below = figure < REMB_DROP * self.bps and self._congestion_seen(now)
+        # the estimate at 337k, a 0.45 s standing queue, 2.5-11 % audio loss). A rising
+        # one, or one without loss, is the receiver's estimator still climbing (~8 %/s)
+        # after a probe raised ours: not the link. (Round trips as the sign of a queue
+        # were tried: under load their noise cut unshaped links and slowed climbs.)
+        flat = last is not None and bps <= last  # a climbing receiver's REMB rises each time
+        below = figure < REMB_DROP * self.bps and flat and self.loss > LOSS_LOW
         if not (fell or below):
             return
         if (
@@ -234,11 +235,6 @@ class DownlinkEstimate:
             # One overuse can be a busy receiver's jitter: hold what is sent now.
             figure = max(figure, self.sent_bps)
         self._congested(now, figure, hold=False)
-
-    def _congestion_seen(self, now: float) -> bool:
-        """Whether the link lately lost more than :data:`LOSS_LOW` or queued an SR."""
-        queued = self.queue_delay > QUEUE_DELAY and now - self._rtt_at <= REMB_CONFIRM
-        return queued or self.loss > LOSS_LOW
 
     def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
         """One receiver-report block for one of this connection's streams."""
@@ -287,7 +283,6 @@ class DownlinkEstimate:
         while rtts[0][0] < now - RTT_BASE_WINDOW:
             rtts.popleft()
         self.queue_delay = rtt - min(r for _, r in rtts)
-        self._rtt_at = now
         sent = now - age
         if sent >= self._last_decrease:
             self._queued = self.queue_delay > QUEUE_DELAY
