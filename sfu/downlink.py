@@ -43,7 +43,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ REMB_FAR = 0.5
 # Round trips of SR -> RR: an SR waits in the subscriber's link queue like the media.
 RTT_BASE_WINDOW = 30.0  # s over which the lowest round trip is the empty-queue baseline
 QUEUE_DELAY = 0.05  # s above that baseline: a probe's padding built a queue (0.5 s at 1.3x: ~80 ms)
+# A round trip that jumped on another connection of this process within this many
+# seconds too is the host's (the event loop or the machine stalled, weak3's f2: 0.6 s
+# and 1.2 s on the shaped and an unshaped subscriber at the same moment), not a queue
+# on this link: it neither fails a probe nor answers one.
+HOST_JUMP_WINDOW = 0.5
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 MIN_LOSS_PACKETS = 30  # fewer expected packets say nothing about the link
@@ -113,6 +118,35 @@ class Probe:
     answered: bool = False  # an SR sent late in it came back without queueing delay
 
 
+@dataclass(slots=True)
+class HostJumps:
+    """Round trips above each connection's own 30 s minimum seen lately by all
+    subscriber connections of this process. A queue on one subscriber's link shows
+    on that connection only; a stalled event loop, or a machine too busy to run the
+    browsers' RTCP threads, shows on every connection that reports meanwhile."""
+
+    _seen: deque[tuple[float, str, float]] = field(default_factory=deque)
+
+    def note(self, now: float, label: str, jump: float) -> None:
+        seen = self._seen
+        seen.append((now, label, jump))
+        while seen[0][0] < now - 2 * HOST_JUMP_WINDOW:
+            seen.popleft()
+
+    def elsewhere(self, when: float, label: str, jump: float) -> bool:
+        """Whether another connection's round trip was up by at least half of ``jump``
+        within :data:`HOST_JUMP_WINDOW` of ``when`` (scanned only for a sample that
+        looks like a queue: rare)."""
+        return any(
+            other != label and abs(t - when) <= HOST_JUMP_WINDOW and j >= max(QUEUE_DELAY, jump / 2)
+            for t, other, j in self._seen
+        )
+
+
+# The process's one record: every connection's estimate in it shares the event loop.
+HOST = HostJumps()
+
+
 class DownlinkEstimate:
     """One subscriber connection's estimate in bits/s (:attr:`bps`)."""
 
@@ -121,8 +155,10 @@ class DownlinkEstimate:
         clock: Callable[[], float] = time.monotonic,
         label: str = "",
         sent: Callable[[], dict[int, int]] = dict,
+        host: HostJumps | None = None,
     ) -> None:
         self._clock = clock
+        self._host = host  # the other connections' round trips (None: judged alone)
         self.label = label  # for logs: the subscriber's id
         # What the connection's legs sent last: SSRC -> newest output sequence number.
         self._sent = sent
@@ -135,6 +171,10 @@ class DownlinkEstimate:
         self.probe: Probe | None = None
         self._last_probe: Probe | None = None  # the one before (PROBE_BLAME)
         self._rtts: deque[tuple[float, float]] = deque()  # (when, round trip s)
+        # Round trips not judged yet (when, SR sent, queue, the probe then): judged on the
+        # next update, once the other connections' reports that a stall delayed with
+        # this one have been seen too (HostJumps).
+        self._unjudged: list[tuple[float, float, float, Probe | None]] = []
         self.queue_delay = 0.0  # the latest round trip above the baseline (logs, tests)
         self._loss_cut_at = -1e9
         self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
@@ -276,27 +316,46 @@ class DownlinkEstimate:
         the same whether it fitted or not) or loss (a probe fills a queue long before it
         overflows). A probe passes only once such an SR came back without waiting. And
         the loss rule: once an SR sent after a decrease came back without waiting, the
-        losses still reported are from before it."""
+        losses still reported are from before it. Judged on the next :meth:`update`."""
         now = self._clock()
         rtts = self._rtts
         rtts.append((now, rtt))
         while rtts[0][0] < now - RTT_BASE_WINDOW:
             rtts.popleft()
         self.queue_delay = rtt - min(r for _, r in rtts)
-        sent = now - age
-        if sent >= self._last_decrease:
-            self._queued = self.queue_delay > QUEUE_DELAY
-            self._queued_at = sent
-        probe = self.probe
-        if self.queue_delay <= QUEUE_DELAY:
-            if probe is not None and sent >= probe.started + 0.8 * PROBE_SECONDS:
-                probe.answered = True
-            return
-        log.debug("downlink %s: round trip %.3f s, queue %.3f s", self.label, rtt, self.queue_delay)
-        if probe is not None and not probe.failed and sent >= probe.started:
-            probe.failed = True
-        if probe is None or sent < probe.started:  # (during a probe: that probe's queue)
-            self._blame(now, sent)
+        if self._host is not None and self.queue_delay > QUEUE_DELAY:
+            self._host.note(now, self.label, self.queue_delay)
+        self._unjudged.append((now, now - age, self.queue_delay, self.probe))
+
+    def _judge(self, now: float) -> None:
+        """The round trips since the last update: did a probe's padding build a queue,
+        did the queue after a decrease drain. A queue on this connection alone is its
+        link's; one the others saw at the same moment is the host's (HostJumps)."""
+        pending, self._unjudged = self._unjudged, []
+        hosts = 0
+        for at, sent, queue, probe in pending:
+            host = (
+                queue > QUEUE_DELAY
+                and self._host is not None
+                and self._host.elsewhere(at, self.label, queue)
+            )
+            if sent >= self._last_decrease and not host:
+                self._queued = queue > QUEUE_DELAY
+                self._queued_at = sent
+            if queue <= QUEUE_DELAY:
+                if probe is not None and sent >= probe.started + 0.8 * PROBE_SECONDS:
+                    probe.answered = True
+                continue
+            if host:
+                hosts += 1
+                continue
+            if probe is not None and not probe.failed and sent >= probe.started:
+                log.debug("downlink %s: queue %.3f s, probe failed", self.label, queue)
+                probe.failed = True
+            if probe is None or sent < probe.started:  # (during a probe: that probe's queue)
+                self._blame(now, sent)
+        if hosts:
+            log.debug("downlink %s: %d round trips up with the host's", self.label, hosts)
 
     def _blame(self, now: float, since: float) -> bool:
         """A queue (or loss) seen for what was sent at ``since``: if the last probe
@@ -348,8 +407,10 @@ class DownlinkEstimate:
     # -- the periodic update (the allocator's tick) ----------------------------------
 
     def update(self) -> float:
-        """Fold loss and probe outcomes in; returns the estimate."""
+        """Fold round trips, loss and probe outcomes in; returns the estimate."""
         now = self._clock()
+        if self._unjudged:
+            self._judge(now)
         reports = self._reports
         while reports and reports[0][0] < now - LOSS_WINDOW:
             reports.popleft()

@@ -14,7 +14,7 @@ from . import aiortc_hooks as hooks
 from . import ice
 from .allocator import Allocator, Rank
 from .codecs import preference_for
-from .downlink import DownlinkEstimate
+from .downlink import HOST, DownlinkEstimate
 from .errors import MediaError
 from .forwarder import SYNC_INTERVAL, Forwarder, Leg
 from .peer import add_candidate, close_quietly, new_peer_connection, set_remote
@@ -88,7 +88,9 @@ class Subscriber:
         self._wheel: Wheel | None = None  # the loop's, looked up once (a weak-dict get)
         # What this connection can take, and what to forward within it (audio first).
         self.estimate = DownlinkEstimate(
-            label=pid, sent=lambda: dict(leg.sent_seq for leg in self.legs.values())
+            label=pid,
+            sent=lambda: dict(leg.sent_seq for leg in self.legs.values()),
+            host=HOST,
         )
         self.allocator = Allocator(
             self.estimate,

@@ -394,6 +394,73 @@ def test_a_probe_that_passed_is_undone_when_its_rate_then_fills_a_queue() -> Non
     assert est.update() == start
 
 
+def _probe_with_round_trips(clock: Clock, est: DownlinkEstimate, during: list[float]) -> float:
+    """A probe from the current estimate whose two SRs (at 40 and 90 %, as the
+    allocator sends them) come back after the round trips ``during``, a REMB after it;
+    returns the estimate once it settled (or was given up)."""
+    start = est.bps
+    est.padding_bps(100_000_000, sending=start)
+    for at, rtt in zip((0.4, 0.9), during, strict=True):
+        clock.now = est.probe.started + at * downlink.PROBE_SECONDS + rtt
+        est.on_rtt(rtt, rtt)
+    clock.now = est.probe.ends + 0.1
+    est.on_remb(est.remb or 1_000_000)
+    clock.now += downlink.PROBE_SETTLE + downlink.NO_WORD_WAIT + 0.01
+    return est.update()
+
+
+def _resting_round_trips(clock: Clock, est: DownlinkEstimate, rtts: list[float]) -> None:
+    """SRs outside any probe, four a second (a subscriber's legs' RRs)."""
+    for rtt in rtts:
+        clock.now += 0.25
+        est.on_rtt(rtt, rtt)
+        est.update()
+
+
+def test_a_probe_on_a_link_with_a_standing_queue_fails_however_steady_the_queue() -> None:
+    """Why a probe is judged against the empty link's round trip (the 30 s minimum) and
+    not the seconds before it: a tbf link at its rate keeps a standing queue (run a1:
+    0.12 s once the shaping's 0.45 s had drained) and drops what does not fit, so a
+    1.5x probe's SRs come back no later than the ones before it. Judged against those,
+    it passed on a 300 kbit/s link; the video moved up and froze 3.5 s."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    _resting_round_trips(clock, est, [0.002] * 8)  # before the shaping
+    _resting_round_trips(clock, est, [0.45] * 8 + [0.12] * 4)  # its queue, drained to 0.12
+    before = est.bps
+    assert _probe_with_round_trips(clock, est, [0.12, 0.12]) == before
+
+
+def test_a_round_trip_that_jumped_on_other_connections_too_is_the_hosts() -> None:
+    """A stalled event loop (or a machine too busy for the browsers' RTCP) delays every
+    connection's receiver reports at once (weak3's f2: 0.6 s on the shaped subscriber,
+    1.2 s on an unshaped one, within 30 ms): that fails no probe. The same jump on this
+    connection alone is its link's queue."""
+    for shared in (True, False):
+        clock = Clock()
+        host = downlink.HostJumps()
+        est = DownlinkEstimate(clock, label="client", host=host)
+        other = DownlinkEstimate(clock, label="partner", host=host)
+        for _ in range(12):
+            clock.now += 0.25
+            for e in (est, other):
+                e.on_rtt(0.002, 0.002)
+                e.update()
+        start = est.bps
+        est.padding_bps(100_000_000, sending=start)
+        clock.now = est.probe.started + 0.4 * downlink.PROBE_SECONDS + 0.6
+        est.on_rtt(0.6, 0.6)  # the first SR: the stall
+        if shared:
+            clock.now += 0.03
+            other.on_rtt(1.2, 1.2)
+        clock.now = est.probe.started + 0.9 * downlink.PROBE_SECONDS + 0.003
+        est.on_rtt(0.003, 0.003)  # the second came straight back
+        clock.now = est.probe.ends + 0.1
+        est.on_remb(1_000_000)
+        clock.now += downlink.PROBE_SETTLE + 0.01
+        assert est.update() == (pytest.approx(1.5 * start) if shared else start), shared
+
+
 def _climb_after_lift(lift_after_failures: int) -> float:
     """A 300 kbit/s link the estimate sits at (want: 520k) whose probes fail (the SR
     90 % into each waits 200 ms) until the shaping is lifted right after the
