@@ -426,20 +426,20 @@ async def test_read_coalescing_reads_once_per_window_in_order_and_bytes_unchange
     reader, _rx = _reader_with_rtp(server.fileno(), rtp, other)
     loop = asyncio.get_running_loop()
     loop.add_reader(server.fileno(), reader)
-    reader.coalesce(loop, 0.05)  # a long window, so that the test can see it
+    reader.coalesce(loop, 0.2)  # a long window, so that a loaded machine cannot blur it
     plain = [
         struct.pack("!BBHII", 0x80, 96, seq, 1000 + seq, 42) + bytes([seq]) * (50 + seq)
         for seq in range(12)
     ]
 
-    def until(cond, within: float = 2.0):  # polls every 2 ms: the window is 50
+    def until(cond, within: float = 3.0):  # polls every 2 ms: the window is 200
         return wait_for(cond, timeout=within, interval=0.002)
 
     try:
         t0 = time.monotonic()
         client.sendto(tx.protect(plain[0]), server.getsockname())
         await until(lambda: len(rtp) == 1)
-        assert len(rtp) == 1 and time.monotonic() - t0 < 0.04  # read at once
+        assert len(rtp) == 1 and time.monotonic() - t0 < 0.15  # read at once
         assert reader.paused  # ... and the socket is unwatched for the window
         for p in plain[1:6]:
             client.sendto(tx.protect(p), server.getsockname())
@@ -448,7 +448,7 @@ async def test_read_coalescing_reads_once_per_window_in_order_and_bytes_unchange
         assert len(rtp) == 1  # waiting for the window
         await until(lambda: len(rtp) == 6)
         waited = time.monotonic() - t0
-        assert 0.04 < waited < 0.5
+        assert 0.18 < waited < 1.5
         assert other == [b"\x00\x01not-srtp"]
         datagrams, wakeups = reader.stats
         assert (datagrams, wakeups) == (7, 2) and reader.polls == 1  # one batch
@@ -461,7 +461,7 @@ async def test_read_coalescing_reads_once_per_window_in_order_and_bytes_unchange
             for p in rtp
         ] == plain
         # A poll that finds nothing gives the socket back to the loop.
-        await until(lambda: not reader.paused, within=1.0)
+        await until(lambda: not reader.paused)
         assert not reader.paused
         polls = reader.polls
         t1 = time.monotonic()
@@ -469,14 +469,14 @@ async def test_read_coalescing_reads_once_per_window_in_order_and_bytes_unchange
             tx.protect(struct.pack("!BBHII", 0x80, 96, 12, 1, 42) + b"x"), server.getsockname()
         )
         await until(lambda: len(rtp) == 13)
-        assert time.monotonic() - t1 < 0.04 and reader.polls == polls  # read at once again
+        assert time.monotonic() - t1 < 0.15 and reader.polls == polls  # read at once again
         assert reader.paused
         reader.stop()
         assert not reader.paused
         client.sendto(
             tx.protect(struct.pack("!BBHII", 0x80, 96, 13, 1, 42) + b"y"), server.getsockname()
         )
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.5)
         assert len(rtp) == 13  # stopped: no poll reads the socket any more
     finally:
         loop.remove_reader(server.fileno())

@@ -422,8 +422,8 @@ static PyObject *Reader_coalesce(Reader *self, PyObject *args)
     double window;
     if (!PyArg_ParseTuple(args, "Od", &loop, &window))
         return NULL;
-    if (self->fd < 0 || !(window > 0 && window <= 0.1)) {
-        PyErr_SetString(PyExc_ValueError, "coalesce(loop, 0 < window <= 0.1 s) on a socket");
+    if (self->fd < 0 || !(window > 0 && window <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "coalesce(loop, 0 < window <= 1 s) on a socket");
         return NULL;
     }
     PyObject *w = PyFloat_FromDouble(window);
