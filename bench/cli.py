@@ -292,7 +292,9 @@ def parser() -> argparse.ArgumentParser:
         "--find-capacity",
         action="store_true",
         help="raise the number of rooms from --rooms by --capacity-step until p99 SFU "
-        "latency or loss pass their thresholds; print the largest load that held",
+        "latency or loss pass their thresholds (or a generator saturates), then bisect "
+        "between the last step that held and the first that failed; print the largest "
+        "load that held and which side saturated first",
     )
     modes.add_argument(
         "--p99-threshold-ms", type=float, default=10.0, help="capacity: p99 limit (default 10 ms)"
@@ -312,6 +314,13 @@ def parser() -> argparse.ArgumentParser:
     )
     modes.add_argument(
         "--capacity-max-rooms", type=int, default=200, help="capacity: stop at this many rooms"
+    )
+    modes.add_argument(
+        "--capacity-resolution",
+        type=int,
+        default=0,
+        help="capacity: bisect until the last held and the first failed step are at most "
+        "this many rooms apart (default: a quarter of --capacity-step, at least 1)",
     )
     return p
 
@@ -744,6 +753,8 @@ async def _find_capacity(
     held: dict[str, Any] | None = None
     rooms = max(1, args.rooms)
     retried = False
+    resolution = args.capacity_resolution or max(1, args.capacity_step // 4)
+    failed_at: int | None = None  # the fewest rooms that failed so far
     while rooms <= max_rooms:
         rep = await one(f"capacity {rooms} rooms", url, api_key, secret, rooms, pid)
         o = rep["overall"]
@@ -787,16 +798,23 @@ async def _find_capacity(
             f"loss {o['loss_pct']} %, server CPU {o['server_cpu_pct']} % -> "
             + ("held" if ok else "FAILED: " + "; ".join(reasons))
         )
-        if not ok:
-            if not retried and args.capacity_retries:
-                # One scheduling hiccup on a shared machine should not end the search.
-                retried = True
-                print(f"{rooms:>4} rooms: running the step again once")
-                continue
-            break
+        if not ok and not retried and args.capacity_retries:
+            # One scheduling hiccup on a shared machine should not end the search.
+            retried = True
+            print(f"{rooms:>4} rooms: running the step again once")
+            continue
         retried = False
-        held = rep
-        rooms += args.capacity_step
+        if ok:
+            if held is None or rooms > held["scenario"]["rooms"]:
+                held = rep
+        else:
+            failed_at = rooms if failed_at is None else min(failed_at, rooms)
+        following = next_capacity_step(
+            held["scenario"]["rooms"] if held else 0, failed_at, args.capacity_step, resolution
+        )
+        if following is None:
+            break
+        rooms = following
     if held is not None:
         o = held["overall"]
         print(
@@ -824,6 +842,21 @@ async def _find_capacity(
     }
 
 
+def next_capacity_step(
+    held_rooms: int, failed_at: int | None, step: int, resolution: int
+) -> int | None:
+    """The rooms of the capacity search's next step, or None when it is done: up by
+    ``step`` while every step holds; after a failure, halfway between the largest load
+    that held and the smallest that failed, until they are ``resolution`` apart (a first
+    step that fails ends it: there is nothing below to bisect towards)."""
+    if failed_at is None:
+        return held_rooms + step
+    gap = failed_at - held_rooms
+    if held_rooms == 0 or gap <= resolution:
+        return None
+    return held_rooms + gap // 2
+
+
 SERVER_SATURATED_PCT = 90.0  # of each core the server may use: it has no headroom left
 GENERATOR_SATURATED_PCT = 85.0  # per generator process, as the report warns
 
@@ -838,7 +871,8 @@ def _per_core(server_cpu_pct: float | None, args: argparse.Namespace) -> float |
 def saturation(steps: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Which side gave out first in a capacity search, and the figures that show it.
 
-    The last step is the one that failed (or the largest tried). A side is saturated
+    The step judged is the smallest load that failed (after bisection that need not be
+    the last step run), or the largest tried when every step held. A side is saturated
     when its CPU is at its limit: the server at SERVER_SATURATED_PCT of its core(s),
     the generators at GENERATOR_SATURATED_PCT each. If both are, the one nearer its
     limit; if neither is, the failure is loss (or SFU latency) with CPU to spare, which
@@ -846,8 +880,17 @@ def saturation(steps: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
     """
     if not steps:
         return {"side": "none", "evidence": "no step ran"}
-    last = steps[-1]
-    held = [s for s in steps if s["held"]]
+    failed = [s for s in steps if not s["held"]]
+    if failed:
+        # the smallest load that failed; of its runs (a retried step), the last
+        limit = min(s["rooms"] for s in failed)
+        last = [s for s in failed if s["rooms"] == limit][-1]
+    else:
+        last = max(steps, key=lambda s: s["rooms"])
+    held = sorted(
+        (s for s in steps if s["held"] and s["rooms"] < last["rooms"] + (0 if failed else 1)),
+        key=lambda s: s["rooms"],
+    )
     srv, gen = last["server_core_pct"], last["generator_cpu_pct"]
     gen_limit = GENERATOR_SATURATED_PCT * max(1, args.workers)
     srv_load = (srv or 0.0) / SERVER_SATURATED_PCT
@@ -875,7 +918,9 @@ def saturation(steps: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
             f"{h['generator_cpu_pct']} %, loss {h['loss_pct']} %"
         )
     if side == "none":
-        evidence = "every step held up to the largest tried: " + evidence
+        evidence = (
+            "every step held up to the largest tried (raise --capacity-max-rooms): " + evidence
+        )
     return {"side": side, "evidence": evidence, "rooms": last["rooms"]}
 
 

@@ -412,6 +412,41 @@ def test_the_capacity_search_names_the_side_that_saturated_first() -> None:
     assert cli.saturation([held], args)["side"] == "none"
 
 
+def test_the_capacity_search_bisects_to_the_limit_and_judges_the_smallest_failed_load() -> None:
+    """Up by the step while every step holds; after the first failure, halfway between
+    the largest load that held and the smallest that failed, until they are the
+    resolution apart. The verdict is the smallest failed load's, not the last run's."""
+    nxt = cli.next_capacity_step
+    assert nxt(0, None, 20, 5) == 20  # nothing run yet, nothing failed: up
+    assert nxt(80, None, 20, 5) == 100
+    assert nxt(80, 100, 20, 5) == 90  # 100 failed: bisect
+    assert nxt(90, 100, 20, 5) == 95  # 90 held
+    assert nxt(90, 95, 20, 5) is None  # 95 failed: 5 apart, the limit is found
+    assert nxt(80, 90, 20, 5) == 85  # 90 failed instead
+    assert nxt(85, 90, 20, 5) is None
+    assert nxt(0, 20, 20, 5) is None  # the first step failed: nothing to bisect towards
+
+    # A whole search against a stand-in machine whose generator gives out above 93
+    # rooms (the server has room to spare): 60, 80, 100 (run twice), 90, 95 (twice) ->
+    # the limit lies between 90 and 95, and the generator saturated first.
+    args = cli.parser().parse_args(
+        ["--local", "--find-capacity", "--rooms", "60", "--capacity-step", "20"]
+    )
+    steps, rooms, held, failed_at = [], 60, 0, None
+    while rooms is not None:
+        ok = rooms <= 93
+        for _attempt in range(1 if ok else 2):  # a failed step is run once more
+            steps.append(_step(rooms, ok, 60.0 + rooms * 0.2, 50.0 + rooms * 0.4, 0.0))
+        held, failed_at = (
+            (max(held, rooms), failed_at) if ok else (held, min(failed_at or rooms, rooms))
+        )
+        rooms = nxt(held, failed_at, 20, max(1, 20 // 4))
+    assert [s["rooms"] for s in steps] == [60, 80, 100, 100, 90, 95, 95]
+    verdict = cli.saturation(steps, args)
+    assert verdict["rooms"] == 95 and verdict["side"] == "generator CPU"
+    assert "last held 90 rooms" in verdict["evidence"]
+
+
 async def test_the_pacer_spreads_the_tracks_over_the_frame_period() -> None:
     from bench.publisher import Pacer
 
