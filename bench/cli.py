@@ -789,6 +789,8 @@ async def _find_capacity(
                 "rss_mb_per_participant": o["rss_mb_per_participant"],
                 "complete": o["complete"],
                 "generator_cpu_pct": o["generator_cpu_pct"],
+                "server_wait_pct": o.get("server_wait_pct"),
+                "load_avg": round(os.getloadavg()[0], 2),
                 "held": ok,
                 "why_not": reasons,
             }
@@ -859,6 +861,9 @@ def next_capacity_step(
 
 SERVER_SATURATED_PCT = 90.0  # of each core the server may use: it has no headroom left
 GENERATOR_SATURATED_PCT = 85.0  # per generator process, as the report warns
+# % of the window the server was ready but waited for its core (other processes on it)
+# above which a failure with both CPUs below their limits is the machine's, not the SFU's
+MACHINE_WAIT_PCT = 2.0
 
 
 def _per_core(server_cpu_pct: float | None, args: argparse.Namespace) -> float | None:
@@ -895,10 +900,14 @@ def saturation(steps: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
     gen_limit = GENERATOR_SATURATED_PCT * max(1, args.workers)
     srv_load = (srv or 0.0) / SERVER_SATURATED_PCT
     gen_load = (gen or 0.0) / gen_limit
+    wait = last.get("server_wait_pct")
     if last["held"]:
         side = "none"
     elif srv_load >= 1.0 or gen_load >= 1.0:
         side = "server CPU" if srv_load >= gen_load else "generator CPU"
+    elif wait is not None and wait >= MACHINE_WAIT_PCT:
+        # Packets waited in the socket while other processes had the server's core.
+        side = "machine"
     elif last["loss_pct"] > args.loss_threshold:
         side = "loss"
     elif not last["complete"]:
@@ -909,7 +918,9 @@ def saturation(steps: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
         f"at {last['rooms']} rooms ({last['tracks_forwarded']} tracks): server CPU "
         f"{srv} % of its core(s) (limit {SERVER_SATURATED_PCT:.0f} %), generator CPU {gen} % "
         f"(limit {gen_limit:.0f} %), loss {last['loss_pct']} % (limit {args.loss_threshold} %), "
-        f"SFU p99 {last['sfu_p99_ms']} ms, e2e p99 {last['e2e_p99_ms']} ms"
+        f"SFU p99 {last['sfu_p99_ms']} ms, e2e p99 {last['e2e_p99_ms']} ms, server waited "
+        f"for its core {wait} % of the window (machine limit {MACHINE_WAIT_PCT} %), load "
+        f"average {last.get('load_avg')}"
     )
     if held:
         h = held[-1]

@@ -171,6 +171,9 @@ def summarise(
         "generator_cpu_pct": None
         if raw.generator_cpu_pct is None
         else round(raw.generator_cpu_pct, 1),
+        # How long the server was ready to run but waited for its core (other processes
+        # on it), in % of the window: the SFU latency counts that wait.
+        "server_wait_pct": None if raw.server_wait_pct is None else round(raw.server_wait_pct, 2),
         "tracks_per_core": round(tracks / (cpu / 100.0), 1) if cpu else None,
         # Per forwarded packet, so a generator that sent less does not flatter the server:
         "cpu_us_per_forwarded_packet": us_per_packet,
@@ -666,7 +669,8 @@ def table(report: dict[str, Any]) -> str:
         f"{_f(o.get('fair_floor_us_per_packet'), 1)} µs) · "
         f"received {_f(o['received_pps'], 0)} pkt/s, {_f(o['received_kbps'] / 1000 if o['received_kbps'] else None, 1)} Mbit/s · "
         f"dropped {_f(o['dropped_packets'], 0)} · window {report['window_s']} s · "
-        f"generator CPU {_f(o['generator_cpu_pct'], 0)} %"
+        f"generator CPU {_f(o['generator_cpu_pct'], 0)} % · "
+        f"server waited for its core {_f(o.get('server_wait_pct'), 1)} % of the window"
     )
     if o["generator_cpu_pct"] and o["generator_cpu_pct"] > 85 * max(
         1, report["scenario"]["workers"]

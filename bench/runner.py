@@ -263,6 +263,9 @@ class RawRun:
     # start is no idle figure (a capacity search read 0.01 MB per participant off it).
     rss_idle_mb: float | None = None
     generator_cpu_pct: float | None = None  # all generator processes, in % of one core
+    # % of the window the server's event loop was ready to run but waited for its core
+    # (other processes on it): what SFU latency then measures is the machine's
+    server_wait_pct: float | None = None
     ready: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     joined: int = 0
@@ -293,6 +296,21 @@ class CpuSampler:
         if self.proc is None:
             return None
         return _cpu_seconds(self.tree)
+
+    def waited(self) -> float | None:
+        """Seconds the server's event-loop threads (each process's main thread) spent
+        runnable but waiting for a CPU so far (``/proc/PID/schedstat``, field 2), or None
+        where the kernel does not keep it."""
+        if self.proc is None:
+            return None
+        total = 0
+        for p in self.tree:
+            try:
+                with open(f"/proc/{p.pid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                return None
+        return total / 1e9
 
     def sample(self) -> tuple[float, float] | None:
         if self.proc is None:
@@ -391,6 +409,7 @@ async def run_load(
         gens = [psutil.Process(p.pid) for p in procs if p.pid]
         g_cpu0 = _cpu_seconds(gens)
         t_cpu0, t0 = sampler.times(), time.monotonic()
+        wait0 = sampler.waited()
         start.set()
         with tqdm(
             total=round(duration), desc=f"{label}: measuring", unit="s", disable=not progress
@@ -426,6 +445,9 @@ async def run_load(
         stop.set()
         raw.window_s = time.monotonic() - t0
         t_cpu1 = sampler.times()
+        wait1 = sampler.waited()
+        if wait0 is not None and wait1 is not None:
+            raw.server_wait_pct = 100.0 * (wait1 - wait0) / raw.window_s
         if links is not None and not raw.link_drops:
             raw.link_drops = [links.dropped(sh) for sh in links.shaped]
         if links is not None:

@@ -409,6 +409,13 @@ def test_the_capacity_search_names_the_side_that_saturated_first() -> None:
     assert generator["side"] == "generator CPU" and "generator CPU 92.0 %" in generator["evidence"]
     loss = cli.saturation([held, _step(50, False, 60.0, 50.0, 2.0)], args)
     assert loss["side"] == "loss" and "loss 2.0 %" in loss["evidence"]
+    # SFU p99 over its limit with both CPUs to spare while the server waited for its core
+    # 6 % of the window (other processes on it): the machine's, not the SFU's.
+    busy = {**_step(50, False, 40.0, 40.0, 0.0), "sfu_p99_ms": 24.0, "server_wait_pct": 6.0}
+    machine = cli.saturation([held, busy], args)
+    assert machine["side"] == "machine" and "waited for its core 6.0 %" in machine["evidence"]
+    calm = {**busy, "server_wait_pct": 0.3}
+    assert cli.saturation([held, calm], args)["side"] == "SFU latency"
     assert cli.saturation([held], args)["side"] == "none"
 
 
@@ -672,6 +679,8 @@ def test_every_capacity_step_counts_rss_per_participant_from_the_idle_server(
     for step in steps:
         # the same baseline for every step: the server before its first participant
         assert step["server_rss_idle_mb"] == idle, steps
+        # how long the server waited for its core (/proc/PID/schedstat), and the load
+        assert 0 <= step["server_wait_pct"] < 100 and step["load_avg"] >= 0, step
         people = step["rooms"] * 3
         assert step["rss_mb_per_participant"] == pytest.approx(
             (step["server_rss_mb"] - idle) / people, abs=0.1 / people + 0.01
