@@ -374,6 +374,12 @@ class Allocator:
             at = probe.started + (0.4 + 0.5 * due) * (probe.ends - probe.started)
             if due < 2 and self._clock() >= at:
                 leg.send_report()
+                if probe.audio_only:
+                    # Every video paused: Chromium reports on audio only, and answers the
+                    # last SR of each stream, so one from inside the probe on audio too.
+                    for audio in self._legs():
+                        if audio.kind == "audio":
+                            audio.send_report()
                 self._probe_reported = (probe, due + 1)
         return probing
 

@@ -97,6 +97,12 @@ PROBE_SETTLE = 0.7  # s after a probe ends before it counts as a success (feedba
 # after it, is undone.
 PROBE_BLAME = 3.0
 NO_WORD_WAIT = 1.5  # s more to wait for a REMB after a probe before it counts as failed
+# ... and for a receiver report answering one of its SRs while no video is forwarded
+# (every video paused): Chromium then reports on audio alone, every 5 s nominal
+# (randomised 2.5-7.5 s), and after 1.5 s every probe of a paused link "failed for want
+# of word" (the 90 kbit/s browser test: 4-8 probes in a row after the lift, video back
+# 20-34 s after it, once not within 45 s).
+AUDIO_REPORT_WAIT = 8.0
 RETRANSMIT_SHARE = 0.15  # of the estimate, at most, for answering NACKs
 MIN_BACKOFF = 0.5
 # With the probe and its settling, a shaped link is probed every ~3.7 s, and a lifted one
@@ -116,6 +122,7 @@ class Probe:
     before: float = 0.0  # the estimate when it started (a probe shown wrong reverts)
     failed: bool = False
     answered: bool = False  # an SR sent late in it came back without queueing delay
+    audio_only: bool = False  # no video forwarded: only audio's reports answer its SRs
 
 
 @dataclass(slots=True)
@@ -432,7 +439,8 @@ class DownlinkEstimate:
             # abs-send-time, and reports within a second), then count it as failed.
             unheard = self._remb_at < probe.ends or (bool(self._rtts) and not probe.answered)
             if not probe.failed and unheard:
-                if now < probe.settles + NO_WORD_WAIT:
+                wait = AUDIO_REPORT_WAIT if probe.audio_only else NO_WORD_WAIT
+                if now < probe.settles + wait:
                     return self.bps
                 probe.failed = True
             self.probe = None
@@ -504,6 +512,7 @@ class DownlinkEstimate:
                 ends=now + PROBE_SECONDS,
                 settles=now + PROBE_SECONDS + PROBE_SETTLE,
                 before=self.bps,
+                audio_only=0 < self.sent_bps <= self.unstamped_bps,
             )
         if probe.failed or now >= probe.ends:
             return 0.0

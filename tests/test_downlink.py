@@ -461,6 +461,32 @@ def test_a_round_trip_that_jumped_on_other_connections_too_is_the_hosts() -> Non
         assert est.update() == (pytest.approx(1.5 * start) if shared else start), shared
 
 
+def test_a_probe_of_a_link_with_every_video_paused_waits_for_audios_report() -> None:
+    """Every video paused: Chromium reports on audio alone, every 2.5-7.5 s, so the
+    answer to a probe's SR comes seconds after it (the 90 kbit/s browser test: every
+    probe after the lift failed for want of word for 20-45 s). With video forwarded a
+    report comes every second, and one that late is no answer."""
+    for paused in (True, False):
+        clock = Clock()
+        est = DownlinkEstimate(clock)
+        est.on_remb(100_000)
+        est.on_rtt(0.002, 0.002)
+        est.bps = est.unstamped_bps = 50_000
+        est.sent_bps = 50_000 if paused else 200_000
+        est.padding_bps(100_000_000, sending=est.sent_bps)
+        sr_sent = est.probe.started + 0.9 * downlink.PROBE_SECONDS
+        for _ in range(24):  # REMB about every 250 ms; the allocator's tick
+            clock.now += 0.25
+            est.on_remb(100_000)
+            if clock.now >= sr_sent + 5.0 and not est.probe.answered:
+                est.on_rtt(0.003, clock.now - sr_sent)  # audio's report, 5 s later
+            est.update()
+            if est.probe is None:
+                break
+        assert est.probe is None
+        assert est.bps == (75_000 if paused else 50_000), paused
+
+
 def _climb_after_lift(lift_after_failures: int) -> float:
     """A 300 kbit/s link the estimate sits at (want: 520k) whose probes fail (the SR
     90 % into each waits 200 ms) until the shaping is lifted right after the
