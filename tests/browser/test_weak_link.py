@@ -13,12 +13,14 @@ everything flowing to the child namespace (media and signalling alike). Measured
 printed for the closing notes: the shaped participant's audio loss from its own getStats
 (``packetsLost`` / ``packetsReceived`` of inbound audio over the shaped period), the video
 width it received, how long the move down and the climb back took, and the freezes.
-Issue 15's own figures (climb back within 10 s, no freeze over 1 s) are measured, printed
-and written to the timeline JSON; the asserts hold generous bounds that catch a broken
-climb or a stuck decoder rather than the goal, because on a shared 2-core machine the
-round trips the estimator judges probes by grow with the CPU load (NOTES-weak3: 12 of 15
-runs met the goal below load 10, the climb took 18-60 s at load 20-30). Goals live in
-bench/ (`roundtable-bench --link`), and the unit test
+Issue 15's climb back within 10 s is asserted. On a shared 2-core machine the round
+trips the estimator judges probes by jumped with the CPU load on every connection at
+once, and the climb took 18-60 s at load 20-30 (NOTES-weak3); since the estimator takes
+such a jump for the host's, not the link's (sfu.downlink.HostJumps), it took 3.9-8.0 s in
+every run, at load 8-10 too (NOTES-weak4). The other goal, no freeze over 1 s, is printed
+and asserted at 3 s: a 1.5x probe that passes wrongly on the shaped link moves a video up
+for a second and freezes it about 1 s (1 run in 9 over 1 s, two at 0.96-0.98 s). The bench
+(`roundtable-bench --link`) measures the same on a delayed, lossy link, and the unit test
 test_a_lifted_link_is_climbed_back_within_a_few_seconds_whenever_it_is_lifted holds the
 climb on a fake clock.
 """
@@ -598,22 +600,22 @@ async def _shaped_and_lifted(
     # The unshaped subscribers keep their layer (the client's link is not theirs; a
     # loaded machine's loopback may cost them a moment).
     assert unshaped_kept >= 0.85 * samples, (unshaped_kept, samples, unshaped_low)
-    # Back up once the link is free. Issue 15's figure is 10 s (printed above): the first
-    # probe after the lift is at most sfu.downlink.MAX_BACKOFF (2.5 s) away, and two passed
-    # probes reach the middle layer of both videos. The bound is 30 s: a loaded machine's
-    # round trips fail probes that a quiet one passes (see the module docstring).
-    assert climb <= 30, f"climb back took {climb:.1f} s (issue 15's goal: 10 s)"
+    # Back up once the link is free, within issue 15's 10 s: the first probe after the
+    # lift is at most sfu.downlink.MAX_BACKOFF (2.5 s) away, and two passed probes reach
+    # the middle layer of both videos.
+    assert climb <= 10, f"climb back took {climb:.1f} s (issue 15: 10 s)"
     # Switching at key frames: the video keeps decoding across each switch (a new key
     # frame on the way up, the decoder never stuck): issue 15's goal is no freeze over 1 s
     # (the bound from getStats' count and total) in the steady window nor across the
-    # climb; asserted at 3 s, as a loaded machine's decoder stalls on its own.
+    # climb, printed below; asserted at 3 s (a wrongly passed probe, module docstring).
     for name in ("caseworker", "partner"):
         for what, d in (("steady", steady[name]), ("up", up[name])):
-            assert d["longest"] < 3.0, (name, what, d)  # the goal, 1 s, is printed below
+            assert d["longest"] < 3.0, (name, what, d)
         # Decoding went on (at least half the low layer's 15 frames a second).
         assert up[name]["frames"] >= 7 * up_seconds, (name, up[name], up_seconds)
         assert up[name]["keyframes"] > 0, (name, up[name])
     longest = max(d["longest"] for d in (*steady.values(), *up.values()))
     print(
         f"[300 kbit/s] longest freeze in the steady window and after the climb <= {longest:.2f} s"
+        " (issue 15's goal: 1 s)"
     )
