@@ -211,7 +211,7 @@ export class Call extends EventTarget {
     // The SFU lost consent on our publish connection (RFC 7675): it cannot restart ICE
     // there (we offer), and our pc may still say "connected". Restart that leg now.
     socket.on("publish.restart", () => {
-      this._restartPublish().catch((err) => this._reportError(err, "sdp_invalid"));
+      this._onPublishRestart().catch((err) => this._reportError(err, "sdp_invalid"));
     });
     socket.on("publish.layers", (msg) => {
       if (!msg || !Array.isArray(msg.active)) return;
@@ -429,16 +429,42 @@ export class Call extends EventTarget {
     }
   }
 
+  /**
+   * The SFU lost ICE consent on our publish connection (`publish.restart`, asked again
+   * every 10 s while it lasts): fresh TURN credentials first, as restartIce() does (the
+   * restart allocates new relays, and the welcome's credential may have run out), then
+   * the publish leg's restart.
+   */
+  async _onPublishRestart() {
+    if (this.ice.iceServers.length) {
+      try {
+        await this.refreshIce();
+      } catch {
+        // the welcome's credential may still do
+      }
+    }
+    await this._restartPublish();
+  }
+
   /** ICE restart on the publish leg alone: a re-offer with new ICE credentials. */
   async _restartPublish() {
     const gen = this._generation;
     const pub = this.pcs.publish;
-    if (!pub || pub.signalingState !== "stable" || !this.published) return;
-    pub.restartIce();
-    await pub.setLocalDescription(await pub.createOffer({ iceRestart: true }));
-    const answer = await this._request("publish", { type: "offer", sdp: pub.localDescription.sdp });
-    if (gen !== this._generation || pub.signalingState === "closed") return;
-    await pub.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    // One at a time: restartIce() (a resume) and publish.restart can meet, and both
+    // would pass the "stable" test before either offers.
+    if (!pub || pub.signalingState !== "stable" || !this.published || this._publishRestarting) {
+      return;
+    }
+    this._publishRestarting = true;
+    try {
+      pub.restartIce();
+      await pub.setLocalDescription(await pub.createOffer({ iceRestart: true }));
+      const answer = await this._request("publish", { type: "offer", sdp: pub.localDescription.sdp });
+      if (gen !== this._generation || pub.signalingState === "closed") return;
+      await pub.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    } finally {
+      this._publishRestarting = false;
+    }
   }
 
   /** Both legs: the STUN/TURN servers and transport policy the server sent in welcome. */

@@ -37,6 +37,15 @@ _UFRAGS_JS = """
 """
 
 
+# A TURN server in welcome (nothing listens there; host pairs connect): the restart
+# allocates new relays, so the page asks for fresh credentials first, as restartIce() does.
+_TURN = {
+    "ROUNDTABLE_TURN_URLS": "turn:127.0.0.1:3479",
+    "ROUNDTABLE_TURN_SECRET": "s3cret-for-tests",
+}
+
+
+@pytest.mark.parametrize("server", [_TURN], indirect=True)
 async def test_the_page_restarts_its_publish_connection_when_the_server_asks(
     server: Server, launch: Launch
 ) -> None:
@@ -44,9 +53,17 @@ async def test_the_page_restarts_its_publish_connection_when_the_server_asks(
     cw = await launch("caseworker")
     cl = await launch("client")
     sockets: list[Any] = []
+    sent: list[str] = []  # what the client's page sends, in order
 
     def route(ws: Any) -> None:
-        ws.connect_to_server()  # everything passes both ways, as without the route
+        upstream = ws.connect_to_server()  # everything passes both ways, as without the route
+
+        def to_server(message: str | bytes) -> None:
+            if isinstance(message, str):
+                sent.append(message)
+            upstream.send(message)
+
+        ws.on_message(to_server)
         sockets.append(ws)
 
     await cl.page.route_web_socket(re.compile(r"/socket\.io/"), route)
@@ -59,6 +76,7 @@ async def test_the_page_restarts_its_publish_connection_when_the_server_asks(
     assert local and remote and state == "connected"
 
     assert sockets
+    asked = len(sent)
     sockets[-1].send("42" + json.dumps(["publish.restart", {}]))
     # A re-offer with new ICE credentials, answered by the SFU with new ones of its own,
     # on the same connection, which connects again.
@@ -68,6 +86,10 @@ async def test_the_page_restarts_its_publish_connection_when_the_server_asks(
         f"&& u[1] !== {json.dumps(remote)} && u[2] === 'connected'; }})()",
         within=20,
     )
+    # Fresh TURN credentials before the re-offer (the welcome's may have run out).
+    events = [m[m.index("[") + 2 :].split('"', 1)[0] for m in sent[asked:] if m.startswith("42")]
+    assert "ice.refresh" in events and "publish" in events, events
+    assert events.index("ice.refresh") < events.index("publish"), events
     # The caseworker keeps seeing the client, and the client the caseworker.
     before = (await remote_videos(cw))[client_id]["frames"]
     await wait_remote_playing(cw, {client_id}, within=30)
