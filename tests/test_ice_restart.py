@@ -232,6 +232,21 @@ def run_like_the_server(setup: str, body: Callable[[MediaConfig], Awaitable[None
 SERVER_SETUPS = pytest.mark.parametrize("setup", ["shared-port", "uvloop", "port-0"])
 
 
+def silent_until_expired(client: object, server: object) -> None:
+    """The browser's side ``client`` stops answering the SFU's consent checks until the
+    SFU's ``server`` connection has lost consent, then answers again (its network is
+    back): a network that carries the page's checks but not the SFU's, for a while."""
+    answer = client.request_received
+    back = {"yes": False}
+
+    def until_expired(*args: object) -> None:
+        back["yes"] = back["yes"] or not ice.consented(server)
+        if back["yes"]:
+            answer(*args)
+
+    client.request_received = until_expired
+
+
 def quick_consent(monkeypatch: pytest.MonkeyPatch) -> float:
     """Consent in seconds, not half minutes (aioice's module constants, which sfu.ice
     reads): a check every 0.32-0.48 s; the old per-check timeout (RETRY_RTO) 0.2 s.
@@ -305,16 +320,7 @@ def test_the_sfu_restarts_an_expired_subscribe_connection_itself(
             (server,) = ice.connections(server_sub)
             old_local = local_ufrag(server_sub)
             client = ice.connections(b.sub)[0]
-            answer = client.request_received
-
-            back = {"yes": False}
-
-            def until_expired(*args: object) -> None:
-                back["yes"] = back["yes"] or not ice.consented(server)
-                if back["yes"]:  # b's network is back
-                    answer(*args)
-
-            client.request_received = until_expired
+            silent_until_expired(client, server)
             with caplog.at_level(logging.INFO, logger="sfu.ice"):
                 await wait_for(lambda: "consent expired" in caplog.text, 15)
             frames = b.decoded("a", "video")
@@ -351,15 +357,7 @@ def test_the_sfu_asks_for_a_restart_of_an_expired_publish_connection(
             (server,) = ice.connections(server_pub)
             old_local = local_ufrag(server_pub)
             client = ice.connections(b.pub)[0]
-            answer = client.request_received
-            back = {"yes": False}
-
-            def until_expired(*args: object) -> None:
-                back["yes"] = back["yes"] or not ice.consented(server)
-                if back["yes"]:  # b's network is back
-                    answer(*args)
-
-            client.request_received = until_expired
+            silent_until_expired(client, server)
             with caplog.at_level(logging.INFO, logger="sfu.ice"):
                 await wait_for(lambda: "consent expired" in caplog.text, 15)
             seen = {"other": 0}
@@ -413,15 +411,7 @@ def test_the_sfu_asks_again_while_the_publish_connection_stays_expired(
 
             room.router._on_event = busy_the_first_time
             client = ice.connections(b.pub)[0]
-            answer = client.request_received
-            back = {"yes": False}
-
-            def until_expired(*args: object) -> None:
-                back["yes"] = back["yes"] or not ice.consented(server)
-                if back["yes"]:
-                    answer(*args)
-
-            client.request_received = until_expired
+            silent_until_expired(client, server)
             await wait_for(lambda: bool(asked), 15)
             await wait_for(lambda: ice.consented(server), 15)
             assert len(asked) == 2 and asked[1] - asked[0] >= 0.9, asked
@@ -455,15 +445,7 @@ async def test_the_page_is_told_to_restart_its_expired_publish_connection(
             (server_conn,) = ice.connections(server_pub)
             old_local = local_ufrag(server_pub)
             client = ice.connections(cl.pub)[0]
-            answer = client.request_received
-            back = {"yes": False}
-
-            def until_expired(*args: object) -> None:
-                back["yes"] = back["yes"] or not ice.consented(server_conn)
-                if back["yes"]:
-                    answer(*args)
-
-            client.request_received = until_expired
+            silent_until_expired(client, server_conn)
             assert await cl.client.wait("publish.restart", within=15) == {}
             assert "publish.restart" not in cw.client.events  # only to its own page
             await wait_for(lambda: ice.consented(server_conn), 15)
