@@ -885,7 +885,13 @@ def saturation(steps: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
     """
     if not steps:
         return {"side": "none", "evidence": "no step ran"}
-    failed = [s for s in steps if not s["held"]]
+    # A run that failed at a load that held on its retry, or below a load that held,
+    # was a hiccup the search went past: it is not the limit.
+    failed = [
+        s
+        for s in steps
+        if not s["held"] and not any(h["held"] and h["rooms"] >= s["rooms"] for h in steps)
+    ]
     if failed:
         # the smallest load that failed; of its runs (a retried step), the last
         limit = min(s["rooms"] for s in failed)

@@ -264,7 +264,8 @@ class RawRun:
     rss_idle_mb: float | None = None
     generator_cpu_pct: float | None = None  # all generator processes, in % of one core
     # % of the window the server's event loop was ready to run but waited for its core
-    # (other processes on it): what SFU latency then measures is the machine's
+    # (other processes on it): what SFU latency then measures is the machine's. With
+    # ``serve --workers``: the largest of the workers' shares
     server_wait_pct: float | None = None
     ready: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -297,20 +298,20 @@ class CpuSampler:
             return None
         return _cpu_seconds(self.tree)
 
-    def waited(self) -> float | None:
-        """Seconds the server's event-loop threads (each process's main thread) spent
-        runnable but waiting for a CPU so far (``/proc/PID/schedstat``, field 2), or None
-        where the kernel does not keep it."""
+    def waited(self) -> dict[int, float] | None:
+        """Per server process (``serve --workers``: each worker), the seconds its main
+        thread -- the event loop -- spent runnable but waiting for a CPU so far
+        (``/proc/PID/schedstat``, field 2), or None where the kernel does not keep it."""
         if self.proc is None:
             return None
-        total = 0
+        out = {}
         for p in self.tree:
             try:
                 with open(f"/proc/{p.pid}/schedstat") as f:
-                    total += int(f.read().split()[1])
+                    out[p.pid] = int(f.read().split()[1]) / 1e9
             except (OSError, IndexError, ValueError):
                 return None
-        return total / 1e9
+        return out
 
     def sample(self) -> tuple[float, float] | None:
         if self.proc is None:
@@ -446,8 +447,11 @@ async def run_load(
         raw.window_s = time.monotonic() - t0
         t_cpu1 = sampler.times()
         wait1 = sampler.waited()
-        if wait0 is not None and wait1 is not None:
-            raw.server_wait_pct = 100.0 * (wait1 - wait0) / raw.window_s
+        if wait0 and wait1:
+            # the most delayed server process (one node's loop), not the sum over workers
+            raw.server_wait_pct = max(
+                100.0 * (wait1[pid] - wait0[pid]) / raw.window_s for pid in wait0 if pid in wait1
+            )
         if links is not None and not raw.link_drops:
             raw.link_drops = [links.dropped(sh) for sh in links.shaped]
         if links is not None:

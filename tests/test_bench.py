@@ -454,6 +454,27 @@ def test_the_capacity_search_bisects_to_the_limit_and_judges_the_smallest_failed
     assert "last held 90 rooms" in verdict["evidence"]
 
 
+def test_the_capacity_verdict_skips_a_failed_run_its_retry_or_a_larger_load_held() -> None:
+    """100 rooms failed once (loss at 40 % server CPU: a hiccup), held on its retry, and
+    the search went on to 110 held, 115 failed twice: the limit is 115's, judged against
+    110, not the hiccup's at 100 against 80 (review4)."""
+    args = cli.parser().parse_args(["--local", "--find-capacity", "--capacity-step", "20"])
+    steps = [
+        _step(60, True, 60.0, 50.0, 0.0),
+        _step(80, True, 70.0, 60.0, 0.0),
+        _step(100, False, 40.0, 50.0, 3.0),
+        _step(100, True, 80.0, 70.0, 0.0),
+        _step(120, False, 97.0, 80.0, 2.0),
+        _step(120, False, 97.0, 80.0, 2.0),
+        _step(110, True, 88.0, 75.0, 0.0),
+        _step(115, False, 95.0, 78.0, 2.0),
+        _step(115, False, 95.0, 78.0, 2.0),
+    ]
+    verdict = cli.saturation(steps, args)
+    assert verdict["rooms"] == 115 and verdict["side"] == "server CPU", verdict
+    assert "last held 110 rooms" in verdict["evidence"]
+
+
 async def test_the_pacer_spreads_the_tracks_over_the_frame_period() -> None:
     from bench.publisher import Pacer
 
