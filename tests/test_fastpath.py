@@ -400,7 +400,7 @@ def test_a_packets_arrival_is_when_the_kernel_received_it_not_when_it_was_read()
         read = time.perf_counter_ns()
         reader()
         (p,) = rtp
-        assert sent <= p.arrival_ns < sent + 20_000_000  # received at once, read 50 ms later
+        assert sent <= p.arrival_ns  # the kernel's time, on the perf_counter clock
         assert read - p.arrival_ns >= 40_000_000
     finally:
         server.close()
@@ -439,16 +439,15 @@ async def test_read_coalescing_reads_once_per_window_in_order_and_bytes_unchange
         t0 = time.monotonic()
         client.sendto(tx.protect(plain[0]), server.getsockname())
         await until(lambda: len(rtp) == 1)
-        assert len(rtp) == 1 and time.monotonic() - t0 < 0.15  # read at once
+        # read at once, by the loop's own callback, not a poll
+        assert len(rtp) == 1 and reader.stats == (1, 1) and reader.polls == 0
         assert reader.paused  # ... and the socket is unwatched for the window
         for p in plain[1:6]:
             client.sendto(tx.protect(p), server.getsockname())
         client.sendto(b"\x00\x01not-srtp", server.getsockname())
-        await asyncio.sleep(0.01)
-        assert len(rtp) == 1  # waiting for the window
         await until(lambda: len(rtp) == 6)
         waited = time.monotonic() - t0
-        assert 0.18 < waited < 1.5
+        assert waited > 0.18  # the window (0.2 s) from the first read
         assert other == [b"\x00\x01not-srtp"]
         datagrams, wakeups = reader.stats
         assert (datagrams, wakeups) == (7, 2) and reader.polls == 1  # one batch
@@ -464,12 +463,11 @@ async def test_read_coalescing_reads_once_per_window_in_order_and_bytes_unchange
         await until(lambda: not reader.paused)
         assert not reader.paused
         polls = reader.polls
-        t1 = time.monotonic()
         client.sendto(
             tx.protect(struct.pack("!BBHII", 0x80, 96, 12, 1, 42) + b"x"), server.getsockname()
         )
         await until(lambda: len(rtp) == 13)
-        assert time.monotonic() - t1 < 0.15 and reader.polls == polls  # read at once again
+        assert reader.polls == polls  # read at once again, by the loop's callback
         assert reader.paused
         reader.stop()
         assert not reader.paused
