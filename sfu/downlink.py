@@ -127,10 +127,13 @@ class Probe:
 
 @dataclass(slots=True)
 class HostJumps:
-    """Round trips above each connection's own 30 s minimum seen lately by all
-    subscriber connections of this process. A queue on one subscriber's link shows
-    on that connection only; a stalled event loop, or a machine too busy to run the
-    browsers' RTCP threads, shows on every connection that reports meanwhile."""
+    """Every round trip lately of all subscriber connections of this process, as its
+    height above that connection's own 30 s minimum. A queue on one subscriber's link
+    shows on that connection only; a stalled event loop, or a machine too busy to run
+    the browsers' RTCP threads, shows on every connection that reports meanwhile. So
+    a jump is the host's when most of the others that reported at the same moment
+    jumped too, not when any one did: with many subscribers some other one is always
+    queueing on a weak link of its own (review4 #3)."""
 
     _seen: deque[tuple[float, str, float]] = field(default_factory=deque)
 
@@ -141,13 +144,15 @@ class HostJumps:
             seen.popleft()
 
     def elsewhere(self, when: float, label: str, jump: float) -> bool:
-        """Whether another connection's round trip was up by at least half of ``jump``
-        within :data:`HOST_JUMP_WINDOW` of ``when`` (scanned only for a sample that
-        looks like a queue: rare)."""
-        return any(
-            other != label and abs(t - when) <= HOST_JUMP_WINDOW and j >= max(QUEUE_DELAY, jump / 2)
-            for t, other, j in self._seen
-        )
+        """Whether at least half of the other connections that reported within
+        :data:`HOST_JUMP_WINDOW` of ``when`` (and at least one) were up by half of
+        ``jump`` or more (scanned only for a sample that looks like a queue)."""
+        others: dict[str, float] = {}
+        for t, other, j in self._seen:
+            if other != label and abs(t - when) <= HOST_JUMP_WINDOW:
+                others[other] = max(others.get(other, 0.0), j)
+        up = sum(1 for j in others.values() if j >= max(QUEUE_DELAY, jump / 2))
+        return up > 0 and 2 * up >= len(others)
 
 
 # The process's one record: every connection's estimate in it shares the event loop.
@@ -330,7 +335,7 @@ class DownlinkEstimate:
         while rtts[0][0] < now - RTT_BASE_WINDOW:
             rtts.popleft()
         self.queue_delay = rtt - min(r for _, r in rtts)
-        if self._host is not None and self.queue_delay > QUEUE_DELAY:
+        if self._host is not None:  # every sample: the others' calm counts too
             self._host.note(now, self.label, self.queue_delay)
         self._unjudged.append((now, now - age, self.queue_delay, self.probe))
 

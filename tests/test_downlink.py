@@ -487,6 +487,35 @@ def test_a_probe_of_a_link_with_every_video_paused_waits_for_audios_report() -> 
         assert est.bps == (75_000 if paused else 50_000), paused
 
 
+def test_one_other_connection_s_own_queue_is_not_the_hosts() -> None:
+    """Twelve subscribers on one node: a probe passed on s0, then its rate fills a
+    queue (an SR waits 300 ms) while ten others are at 2 ms. s1 queueing on a weak
+    link of its own at the same moment is no host stall: the probe is undone all the
+    same (review4 #3: one other connection's queue masked this one's)."""
+    clock = Clock()
+    host = downlink.HostJumps()
+    ests = [DownlinkEstimate(clock, label=f"s{i}", host=host) for i in range(12)]
+    for e in ests:
+        e.on_rtt(0.002, 0.002)
+        e.update()
+    est, weak = ests[0], ests[1]
+    start = est.bps
+    est.padding_bps(100_000_000, sending=start)
+    clock.now += 0.9 * downlink.PROBE_SECONDS
+    est.on_rtt(0.003, 0.0)
+    clock.now += 0.1 * downlink.PROBE_SECONDS + 0.1
+    est.on_remb(1_000_000)
+    clock.now += downlink.PROBE_SETTLE
+    assert est.update() == pytest.approx(start * 1.5)
+    clock.now += 1.0
+    est.on_rtt(0.302, 0.0)
+    for e in ests[2:]:
+        e.on_rtt(0.002, 0.002)
+    clock.now += 0.2
+    weak.on_rtt(0.2, 0.0)
+    assert est.update() == start
+
+
 def _climb_after_lift(lift_after_failures: int) -> float:
     """A 300 kbit/s link the estimate sits at (want: 520k) whose probes fail (the SR
     90 % into each waits 200 ms) until the shaping is lifted right after the
