@@ -703,11 +703,15 @@ def _note_sender_reports(sender: RTCRtpSender, packets: list[Any]) -> None:
 _REPORTS: set[asyncio.Task[None]] = set()  # SRs on their way out (kept referenced)
 
 
-def send_sender_report(sender: RTCRtpSender, clock_rate: int) -> None:
+def send_sender_report(sender: RTCRtpSender, clock_rate: int, hold: float = 0.0) -> None:
     """Send one SR now, besides aiortc's own every 0.5-1.5 s: a bandwidth probe wants
     one crossing the subscriber's link while it runs (its round trip shows the queue).
-    NTP now, with the RTP time carried forward from the last packet's."""
+    NTP now, with the RTP time carried forward from the last packet's. ``hold``: the
+    periodic ones wait that many seconds, so the receiver's next report answers this
+    one (Chromium answers a stream's latest SR, and reports on audio every 2.5-7.5 s)."""
     d = sender.__dict__
+    if hold:
+        d[rtcp.SR_HOLD] = time.monotonic() + hold
     last_ntp = d.get(_SENDER_NTP)
     if not last_ntp or sender._ssrc is None:
         return  # nothing sent yet: no RTP time to map

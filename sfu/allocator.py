@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .downlink import DownlinkEstimate
+from .downlink import AUDIO_REPORT_WAIT, DownlinkEstimate
 from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, UNCAPPED, Forwarder, Leg
 from .timers import Timer, Wheel, wheel
 
@@ -375,11 +375,14 @@ class Allocator:
             if due < 2 and self._clock() >= at:
                 leg.send_report()
                 if probe.audio_only:
-                    # Every video paused: Chromium reports on audio only, and answers the
-                    # last SR of each stream, so one from inside the probe on audio too.
+                    # Every video paused: Chromium reports on audio only, seconds later,
+                    # and answers the last SR of each stream: one from inside the probe
+                    # on audio too, and audio's periodic SRs held until that report
+                    # (one sent after the probe would answer for a drained link).
+                    hold = probe.settles + AUDIO_REPORT_WAIT - self._clock()
                     for audio in self._legs():
                         if audio.kind == "audio":
-                            audio.send_report()
+                            audio.send_report(hold=hold)
                 self._probe_reported = (probe, due + 1)
         return probing
 

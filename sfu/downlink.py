@@ -355,7 +355,13 @@ class DownlinkEstimate:
                 self._queued = queue > QUEUE_DELAY
                 self._queued_at = sent
             if queue <= QUEUE_DELAY:
-                if probe is not None and sent >= probe.started + 0.8 * PROBE_SECONDS:
+                # (A paused link's probe: only its own SR, not one sent after it, when
+                # the queue its padding built had drained: REVIEW4 #9.)
+                if (
+                    probe is not None
+                    and sent >= probe.started + 0.8 * PROBE_SECONDS
+                    and (not probe.audio_only or sent <= probe.ends)
+                ):
                     probe.answered = True
                 continue
             if host:

@@ -826,9 +826,10 @@ class Leg:
             if self._ssrc in ssrcs or (self._rtx is not None and self._rtx[1] in ssrcs):
                 feedback.on_remb(bitrate)
 
-    def send_report(self) -> None:
-        """An extra RTCP SR now (a probe's: its round trip shows the link's queue)."""
-        hooks.send_sender_report(self.sender, 90_000 if self.kind == "video" else 48_000)
+    def send_report(self, hold: float = 0.0) -> None:
+        """An extra RTCP SR now (a probe's: its round trip shows the link's queue); the
+        periodic ones wait ``hold`` seconds (aiortc_hooks.send_sender_report)."""
+        hooks.send_sender_report(self.sender, 90_000 if self.kind == "video" else 48_000, hold)
 
     @property
     def can_pad(self) -> bool:

@@ -190,8 +190,11 @@ def compound(members: list[Any]) -> list[bytes]:
     """The RTCP datagrams with the reports of ``members`` (SRs, RRs, one SDES each)."""
     now = time.time()
     items: list[tuple[bytes, RtcpSourceInfo | None]] = []
+    mono = time.monotonic()
     for member in members:
         if isinstance(member, RTCRtpSender):
+            if member.__dict__.get(SR_HOLD, 0.0) > mono:
+                continue  # a probe's SR waits for its answer
             items.append(_sender_report(member, now))
         else:
             items.extend((report, None) for report in _receiver_reports(member, now))
@@ -227,6 +230,9 @@ def _chunk_size(chunk: RtcpSourceInfo) -> int:
 
 
 SR_SENT = "_roundtable_sr_sent"  # on a sender: LSR -> when that SR went out (None: twice)
+# On a sender: until when (time.monotonic) its periodic SRs are held back, so that the
+# receiver's next report answers the extra SR a probe sent (sfu.downlink.AUDIO_REPORT_WAIT).
+SR_HOLD = "_roundtable_sr_hold"
 
 
 def note_sender_report(sender: RTCRtpSender, ntp: int) -> None:

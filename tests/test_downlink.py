@@ -487,6 +487,29 @@ def test_a_probe_of_a_link_with_every_video_paused_waits_for_audios_report() -> 
         assert est.bps == (75_000 if paused else 50_000), paused
 
 
+def test_a_paused_links_probe_is_not_answered_by_an_sr_sent_after_it() -> None:
+    """Audio's report comes seconds after a paused link's probe and answers the latest
+    SR: one sent after the probe shows the link after its queue drained, whatever the
+    padding built (REVIEW4 #9). Only the probe's own SR answers it (the SFU holds
+    audio's periodic SRs back until that report: sfu.rtcp.SR_HOLD)."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_remb(100_000)
+    est.on_rtt(0.002, 0.002)
+    est.bps = est.unstamped_bps = est.sent_bps = 50_000
+    est.padding_bps(100_000_000, sending=est.sent_bps)
+    late_sr = est.probe.ends + 1.0
+    for _ in range(40):
+        clock.now += 0.25
+        est.on_remb(100_000)
+        if clock.now >= late_sr + 4.0 and not est.probe.answered:
+            est.on_rtt(0.003, clock.now - late_sr)
+        est.update()
+        if est.probe is None:
+            break
+    assert est.probe is None and est.bps == 50_000
+
+
 def test_one_other_connection_s_own_queue_is_not_the_hosts() -> None:
     """Twelve subscribers on one node: a probe passed on s0, then its rate fills a
     queue (an SR waits 300 ms) while ten others are at 2 ms. s1 queueing on a weak
