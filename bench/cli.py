@@ -849,12 +849,14 @@ def next_capacity_step(
 ) -> int | None:
     """The rooms of the capacity search's next step, or None when it is done: up by
     ``step`` while every step holds; after a failure, halfway between the largest load
-    that held and the smallest that failed, until they are ``resolution`` apart (a first
-    step that fails ends it: there is nothing below to bisect towards)."""
+    that held (0 if none did) and the smallest that failed, until they are
+    ``resolution`` apart. A first step that fails searches downwards: started at 40
+    rooms on a server whose SFU p99 passed 10 ms at 35, the search used to end with "no
+    load held" and no limit at all."""
     if failed_at is None:
         return held_rooms + step
     gap = failed_at - held_rooms
-    if held_rooms == 0 or gap <= resolution:
+    if gap <= resolution or gap < 2:
         return None
     return held_rooms + gap // 2
 

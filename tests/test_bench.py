@@ -431,7 +431,10 @@ def test_the_capacity_search_bisects_to_the_limit_and_judges_the_smallest_failed
     assert nxt(90, 95, 20, 5) is None  # 95 failed: 5 apart, the limit is found
     assert nxt(80, 90, 20, 5) == 85  # 90 failed instead
     assert nxt(85, 90, 20, 5) is None
-    assert nxt(0, 20, 20, 5) is None  # the first step failed: nothing to bisect towards
+    assert nxt(0, 40, 20, 5) == 20  # the first step failed: search downwards
+    assert nxt(0, 20, 20, 5) == 10
+    assert nxt(0, 4, 20, 5) is None  # within the resolution of nothing
+    assert nxt(0, 1, 20, 1) is None  # one room failed: there is no smaller load
 
     # A whole search against a stand-in machine whose generator gives out above 93
     # rooms (the server has room to spare): 60, 80, 100 (run twice), 90, 95 (twice) ->
@@ -452,6 +455,20 @@ def test_the_capacity_search_bisects_to_the_limit_and_judges_the_smallest_failed
     verdict = cli.saturation(steps, args)
     assert verdict["rooms"] == 95 and verdict["side"] == "generator CPU"
     assert "last held 90 rooms" in verdict["evidence"]
+
+    # Started above the limit: a server whose SFU p99 passes 10 ms above 33 rooms,
+    # searched from 40 in steps of 20: 40 (twice), 20, 30, 35 (twice) -> 30 held.
+    steps, rooms, held, failed_at = [], 40, 0, None
+    while rooms is not None:
+        ok = rooms <= 33
+        for _attempt in range(1 if ok else 2):
+            steps.append(_step(rooms, ok, 40.0 + rooms * 0.4, 40.0 + rooms * 0.4, 0.0))
+        held, failed_at = (
+            (max(held, rooms), failed_at) if ok else (held, min(failed_at or rooms, rooms))
+        )
+        rooms = nxt(held, failed_at, 20, max(1, 20 // 4))
+    assert [s["rooms"] for s in steps] == [40, 40, 20, 30, 35, 35]
+    assert "last held 30 rooms" in cli.saturation(steps, args)["evidence"]
 
 
 def test_the_capacity_verdict_skips_a_failed_run_its_retry_or_a_larger_load_held() -> None:
