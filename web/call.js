@@ -416,24 +416,17 @@ export class Call extends EventTarget {
   async restartIce() {
     const gen = this._generation;
     console.info("roundtable: restarting ICE");
-    if (this.ice.iceServers.length) {
-      try {
-        await this.refreshIce();
-      } catch {
-        // the welcome's credential may still do
-      }
-    }
-    await this._restartPublish();
+    await this._onPublishRestart();
     if (this.pcs.subscribe && gen === this._generation) {
       await this._request("ice.restart", { pc: "subscribe" });
     }
   }
 
   /**
-   * The SFU lost ICE consent on our publish connection (`publish.restart`, asked again
-   * every 10 s while it lasts): fresh TURN credentials first, as restartIce() does (the
-   * restart allocates new relays, and the welcome's credential may have run out), then
-   * the publish leg's restart.
+   * The publish leg's restart with fresh TURN credentials first (the restart allocates
+   * new relays, and the welcome's credential may have run out): restartIce()'s first
+   * half, and all of it when the SFU lost ICE consent on our publish connection
+   * (`publish.restart`, asked again every 10 s while it lasts).
    */
   async _onPublishRestart() {
     if (this.ice.iceServers.length) {
