@@ -301,3 +301,86 @@ def test_a_receiver_of_many_streams_reports_them_in_rrs_of_at_most_31_blocks() -
             blocks += found
     assert sorted(b["ssrc"] for b in blocks) == list(range(1000, 1040))
     assert all(b["highest"] == b["ssrc"] for b in blocks)
+
+
+async def test_audio_sends_no_periodic_sr_while_a_paused_links_probe_waits_for_its_report() -> None:
+    """Every video of b's link paused: a probe's SRs go out on audio too, and Chromium's
+    audio report, seconds later, answers the stream's latest SR. A periodic SR sent
+    after the probe would be the one it answers, for a link whose queue had drained, so
+    the SFU holds audio's periodic SRs until the probe is judged (a13cb93, REVIEW4 #9).
+    b plays Chromium's part: REMB that pauses a's video, then no receiver report (its
+    audio report is seconds away) while the probe waits for one."""
+    from sfu.router import VideoPaused
+    from tests.test_downlink import _a_watched_by_b_who_reports_remb, _send_remb
+
+    room = Room("room-sr-hold", MediaConfig(media_host=MEDIA_HOST))
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        b = await _a_watched_by_b_who_reports_remb(room, settle=3)
+        estimate = room.router.subscribers["b"].estimate
+        dtls = transport(b.sub)
+        down = Wire(dtls)
+        ssrcs = sent_ssrcs(b.sub.remoteDescription.sdp)  # kind -> the SFU's SSRC
+        quiet = {"on": False}
+        send = dtls._send_rtp
+
+        async def send_unless_held(data: bytes) -> None:
+            if quiet["on"] and data[1] == RR:
+                return  # Chromium's report on audio is still seconds away
+            await send(data)
+
+        dtls._send_rtp = send_unless_held
+
+        async def remb() -> None:
+            await _send_remb(room, "b", 1_000)
+            while True:  # fell again (so it is the link), then steady
+                await asyncio.sleep(0.3)
+                await _send_remb(room, "b", 500)
+
+        probes: dict[int, list] = {}  # id -> [probe, first seen, last seen] (time.time)
+
+        async def watch() -> None:
+            while True:
+                probe = estimate.probe
+                if probe is not None and probe.audio_only:
+                    seen = probes.setdefault(id(probe), [probe, time.time(), 0.0])
+                    seen[2] = time.time()
+                await asyncio.sleep(0.01)
+
+        tasks += [asyncio.ensure_future(remb()), asyncio.ensure_future(watch())]
+
+        def paused() -> bool:
+            return any(
+                isinstance(e, VideoPaused) and e.pid == "b" and e.paused for e in room.events
+            )
+
+        await wait_for(paused, timeout=10)
+        quiet["on"] = True
+        # The first probe of the paused link, judged (it waits AUDIO_REPORT_WAIT for b's
+        # report, which does not come, then fails).
+        await wait_for(lambda: any(estimate.probe is not p for p, _, _ in probes.values()), 20)
+        _, first, last = min(probes.values(), key=lambda seen: seen[1])
+        assert last - first > 5, "the probe waited for audio's report"
+
+        def srs(kind: str, periodic: bool) -> list[float]:
+            # The periodic SRs go out batched with their CNAME (SDES); a probe's alone.
+            ssrc = ssrcs[kind]
+            return [
+                at
+                for at, compound in down.reports(SR)
+                if first <= at <= last
+                and any(q[0] == SDES for q in compound) is periodic
+                and any(
+                    pt == SR and sender_report(c, body)["ssrc"] == ssrc for pt, c, body in compound
+                )
+            ]
+
+        assert srs("audio", periodic=False), "the probe sent an SR on audio"
+        held_from = min(srs("audio", periodic=False))
+        assert [at for at in srs("audio", periodic=True) if at > held_from] == []
+        # Video's periodic SRs went on meanwhile: only audio's were held.
+        assert len([at for at in srs("video", periodic=True) if at > held_from]) >= 3
+    finally:
+        for task in tasks:
+            task.cancel()
+        await room.close()
