@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -127,32 +127,43 @@ class Probe:
 
 @dataclass(slots=True)
 class HostJumps:
-    """Every round trip lately of all subscriber connections of this process, as its
+    """The newest round trip of every subscriber connection of this process, as its
     height above that connection's own 30 s minimum. A queue on one subscriber's link
     shows on that connection only; a stalled event loop, or a machine too busy to run
     the browsers' RTCP threads, shows on every connection that reports meanwhile. So
     a jump is the host's when most of the others that reported at the same moment
     jumped too, not when any one did: with many subscribers some other one is always
-    queueing on a weak link of its own (review4 #3)."""
+    queueing on a weak link of its own (review4 #3).
 
-    _seen: deque[tuple[float, str, float]] = field(default_factory=deque)
+    One entry per connection, not every report of the last second: judging a jump looks
+    at each connection once (hundreds of subscribers, several reports a second each,
+    and in a stall every one of them has a jump to judge)."""
+
+    # label -> (when its newest round trip came, its height); least recently noted first
+    _newest: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
+
+    def __len__(self) -> int:
+        """How many connections reported within the last 2 x HOST_JUMP_WINDOW."""
+        return len(self._newest)
 
     def note(self, now: float, label: str, jump: float) -> None:
-        seen = self._seen
-        seen.append((now, label, jump))
-        while seen[0][0] < now - 2 * HOST_JUMP_WINDOW:
-            seen.popleft()
+        newest = self._newest
+        newest[label] = (now, jump)
+        newest.move_to_end(label)
+        while next(iter(newest.values()))[0] < now - 2 * HOST_JUMP_WINDOW:
+            newest.popitem(last=False)
 
     def elsewhere(self, when: float, label: str, jump: float) -> bool:
-        """Whether at least half of the other connections that reported within
-        :data:`HOST_JUMP_WINDOW` of ``when`` (and at least one) were up by half of
-        ``jump`` or more (scanned only for a sample that looks like a queue)."""
-        others: dict[str, float] = {}
-        for t, other, j in self._seen:
-            if other != label and abs(t - when) <= HOST_JUMP_WINDOW:
-                others[other] = max(others.get(other, 0.0), j)
-        up = sum(1 for j in others.values() if j >= max(QUEUE_DELAY, jump / 2))
-        return up > 0 and 2 * up >= len(others)
+        """Whether at least half of the other connections whose newest round trip came
+        within :data:`HOST_JUMP_WINDOW` of ``when`` (and at least one) were up by half
+        of ``jump`` or more (asked only for a sample that looks like a queue)."""
+        threshold = max(QUEUE_DELAY, jump / 2)
+        others = up = 0
+        for other, (t, j) in self._newest.items():
+            if abs(t - when) <= HOST_JUMP_WINDOW and other != label:
+                others += 1
+                up += j >= threshold
+        return up > 0 and 2 * up >= others
 
 
 # The process's one record: every connection's estimate in it shares the event loop.

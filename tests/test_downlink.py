@@ -539,6 +539,77 @@ def test_one_other_connection_s_own_queue_is_not_the_hosts() -> None:
     assert est.update() == start
 
 
+def _scan(seen: list[tuple[float, str, float]], when: float, label: str, jump: float) -> bool:
+    """HostJumps.elsewhere as fb170cc wrote it, over every report of the last second:
+    the reference the one-entry-per-connection record must agree with."""
+    others: dict[str, float] = {}
+    for t, other, j in seen:
+        if other != label and abs(t - when) <= downlink.HOST_JUMP_WINDOW:
+            others[other] = max(others.get(other, 0.0), j)
+    up = sum(1 for j in others.values() if j >= max(downlink.QUEUE_DELAY, jump / 2))
+    return up > 0 and 2 * up >= len(others)
+
+
+def test_host_jumps_at_400_subscribers_hold_one_entry_each_and_judge_as_before() -> None:
+    """400 subscriber connections, each reporting four round trips a second (its legs'
+    RRs): the record holds one entry per connection, and every judgement agrees with a
+    scan of every report of the last second (fb170cc) — a stall all of them see is the
+    host's, one weak link's queue is not, half of the others jumping is the host's and
+    one fewer is not."""
+    n, window = 400, downlink.HOST_JUMP_WINDOW
+    host = downlink.HostJumps()
+    seen: list[tuple[float, str, float]] = []
+    labels = [f"s{i}" for i in range(n)]
+    now = 100.0
+
+    def note(label: str, jump: float) -> None:
+        host.note(now, label, jump)
+        seen.append((now, label, jump))
+        while seen[0][0] < now - 2 * window:
+            del seen[0]
+
+    def judged(label: str, when: float, jump: float) -> bool:
+        decision = host.elsewhere(when, label, jump)
+        assert decision == _scan(seen, when, label, jump), (label, when, jump)
+        return decision
+
+    def calm(seconds: float) -> None:
+        nonlocal now
+        for _ in range(round(seconds * 4)):
+            now += 0.25
+            for i, label in enumerate(labels):
+                note(label, 0.002 + 0.001 * (i % 7))
+
+    calm(3.0)
+    assert len(host) == n  # not 4 reports a second each
+    # A stall: every connection's next report came 0.6-1.2 s late, within 30 ms.
+    stalled_at = now
+    jumps = {label: 0.6 + 0.6 * i / n for i, label in enumerate(labels)}
+    for i, label in enumerate(labels):
+        now = stalled_at + 0.03 * i / n
+        note(label, jumps[label])
+    now += 0.25  # the connections' next update judges them
+    assert all(judged(label, stalled_at, jumps[label]) for label in labels)
+    assert len(host) == n
+    calm(2.0)
+    # One weak link's queue, the others calm: its own link's.
+    now += 0.1
+    note("s0", 0.3)
+    assert not judged("s0", now, 0.3)
+    # Half of the others jumped by at least half as much: the host's; one fewer: not.
+    for ups, expected in ((n // 2, True), (n // 2 - 1, False)):
+        calm(2.0)
+        now += 0.25
+        when = now
+        note("s0", 0.4)
+        for label in labels[1 : 1 + ups]:
+            note(label, 0.2)
+        for label in labels[1 + ups :]:
+            note(label, 0.002)
+        assert judged("s0", when, 0.4) is expected, ups
+    assert len(host) == n
+
+
 def _climb_after_lift(lift_after_failures: int) -> float:
     """A 300 kbit/s link the estimate sits at (want: 520k) whose probes fail (the SR
     90 % into each waits 200 ms) until the shaping is lifted right after the
