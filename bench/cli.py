@@ -790,14 +790,18 @@ async def _find_capacity(
                 "complete": o["complete"],
                 "generator_cpu_pct": o["generator_cpu_pct"],
                 "server_wait_pct": o.get("server_wait_pct"),
+                "loop_stalls": o.get("loop_stalls"),
+                "gc": o.get("gc"),
                 "load_avg": round(os.getloadavg()[0], 2),
                 "held": ok,
                 "why_not": reasons,
             }
         )
+        stalls = o.get("loop_stalls") or {}
         print(
             f"{rooms:>4} rooms: {o['tracks_forwarded']} tracks, SFU p99 {p99} ms, "
-            f"loss {o['loss_pct']} %, server CPU {o['server_cpu_pct']} % -> "
+            f"loss {o['loss_pct']} %, server CPU {o['server_cpu_pct']} %, loop stalls "
+            f"> 10 ms: {stalls.get('over_10ms', '-')} (longest ≤ {stalls.get('max_ms', '-')} ms) -> "
             + ("held" if ok else "FAILED: " + "; ".join(reasons))
         )
         if not ok and not retried and args.capacity_retries:

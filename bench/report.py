@@ -174,6 +174,11 @@ def summarise(
         # How long the server was ready to run but waited for its core (other processes
         # on it), in % of the window: the SFU latency counts that wait.
         "server_wait_pct": None if raw.server_wait_pct is None else round(raw.server_wait_pct, 2),
+        # The server's event loop (server.loopwatch): stretches between two polls of its
+        # sockets longer than 5/10/20 ms (a datagram arriving then waits that long), the
+        # longest, and its GC pauses by generation.
+        "loop_stalls": _loop_stalls(raw, window),
+        "gc": _gc(raw),
         "tracks_per_core": round(tracks / (cpu / 100.0), 1) if cpu else None,
         # Per forwarded packet, so a generator that sent less does not flatter the server:
         "cpu_us_per_forwarded_packet": us_per_packet,
@@ -591,6 +596,44 @@ def simulcast_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _hist_delta(raw: RawRun, key: str) -> Histogram | None:
+    if raw.before is None or raw.after is None or key not in raw.after.hists:
+        return None
+    return raw.after.hists[key].minus(raw.before.hists.get(key))
+
+
+STALL_MS = (5, 10, 20)
+
+
+def _loop_stalls(raw: RawRun, window: float) -> dict[str, Any] | None:
+    h = _hist_delta(raw, "loop")
+    if h is None:
+        return None
+    out: dict[str, Any] = {
+        f"over_{ms}ms": round(h.count - h.buckets.get(ms / 1000, 0.0)) for ms in STALL_MS
+    }
+    top = h.max_bound()
+    out["max_ms"] = None if top is None else round(top * 1000, 1)  # bucket bound: "≤"
+    out["stretches_per_s"] = round(h.count / window, 1) if window else None
+    out["busy_pct"] = round(100.0 * h.total / window, 1) if window else None
+    return out
+
+
+def _gc(raw: RawRun) -> dict[str, Any] | None:
+    out = {}
+    for gen in range(3):
+        h = _hist_delta(raw, f"gc{gen}")
+        if h is None:
+            return None
+        top = h.max_bound()
+        out[f"gen{gen}"] = {
+            "count": round(h.count),
+            "total_ms": round(h.total * 1000, 1),
+            "max_ms": None if top is None else round(top * 1000, 1),
+        }
+    return out
+
+
 def _counter_delta(raw: RawRun, name: str) -> float | None:
     if raw.before is None or raw.after is None or name not in raw.after.counters:
         return None
@@ -672,6 +715,22 @@ def table(report: dict[str, Any]) -> str:
         f"generator CPU {_f(o['generator_cpu_pct'], 0)} % · "
         f"server waited for its core {_f(o.get('server_wait_pct'), 1)} % of the window"
     )
+    stalls, gcs = o.get("loop_stalls"), o.get("gc")
+    if stalls is not None:
+        lines.append(
+            "server loop stalls (poll to poll): "
+            + ", ".join(f"> {ms} ms: {stalls[f'over_{ms}ms']}" for ms in STALL_MS)
+            + f", longest ≤ {_f(stalls['max_ms'], 1)} ms · busy {_f(stalls['busy_pct'], 1)} %"
+            + (
+                " · GC "
+                + ", ".join(
+                    f"gen{g}: {v['count']}× {_f(v['total_ms'], 1)} ms (max ≤ {_f(v['max_ms'], 1)})"
+                    for g, v in enumerate(gcs.values())
+                )
+                if gcs
+                else ""
+            )
+        )
     if o["generator_cpu_pct"] and o["generator_cpu_pct"] > 85 * max(
         1, report["scenario"]["workers"]
     ):

@@ -16,6 +16,10 @@ LEG_LAYER = "roundtable_video_leg_layer"
 LEG_WANTED = "roundtable_video_leg_wanted_layer"
 LEG_PACKETS = "roundtable_video_leg_packets"
 DOWNLINK = "roundtable_downlink_estimate_bps"
+# server.loopwatch: the event loop's busy stretches (poll to poll), and GC pauses by
+# generation; kept as histograms under "loop" and "gc0".."gc2"
+LOOP_BUSY = "roundtable_loop_busy_seconds"
+GC = "roundtable_gc_seconds"
 
 
 @dataclass(slots=True)
@@ -91,6 +95,8 @@ class Scrape:
     leg_packets: dict[tuple[str, str, str], float] = field(default_factory=dict)
     # per subscriber (room, subscriber): the SFU's downlink estimate, bit/s
     downlink_bps: dict[tuple[str, str], float] = field(default_factory=dict)
+    # server.loopwatch's histograms: "loop" (busy stretches), "gc0".."gc2" (collections)
+    hists: dict[str, Histogram] = field(default_factory=dict)
 
 
 def parse(text: str) -> Scrape:
@@ -100,6 +106,17 @@ def parse(text: str) -> Scrape:
             for sample in family.samples:
                 room = sample.labels.get("room", "")
                 h = out.latency.setdefault(room, Histogram())
+                if sample.name.endswith("_bucket"):
+                    h.buckets[float(sample.labels["le"])] = sample.value
+                elif sample.name.endswith("_count"):
+                    h.count = sample.value
+                elif sample.name.endswith("_sum"):
+                    h.total = sample.value
+            continue
+        if family.name in (LOOP_BUSY, GC):
+            for sample in family.samples:
+                key = "loop" if family.name == LOOP_BUSY else f"gc{sample.labels.get('generation')}"
+                h = out.hists.setdefault(key, Histogram())
                 if sample.name.endswith("_bucket"):
                     h.buckets[float(sample.labels["le"])] = sample.value
                 elif sample.name.endswith("_count"):
@@ -152,4 +169,7 @@ def merge(scrapes: list[Scrape]) -> Scrape:
         out.leg_wanted.update(one.leg_wanted)
         out.leg_packets.update(one.leg_packets)
         out.downlink_bps.update(one.downlink_bps)
+        for key, h in one.hists.items():
+            # several workers: their stretches together (each is one loop's)
+            out.hists[key] = out.hists[key].plus(h) if key in out.hists else h
     return out
