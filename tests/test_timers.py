@@ -229,3 +229,51 @@ async def test_close_and_restart_stop_the_checks(quick_consent: None) -> None:
     finally:
         await peer.close()
         await sfu.close()
+
+
+async def test_jobs_due_together_let_the_loop_poll_between_budgets() -> None:
+    """A slot holding many jobs runs them in goes of at most ``budget`` seconds, with the
+    event loop's other ready work (its sockets' readers) between the goes: 150 allocator
+    steps in one slot held the loop for 10-23 ms at 50 rooms. The clock is the test's:
+    each job "takes" 1 ms of it."""
+    loop = asyncio.get_running_loop()
+    now = [0.0]
+    w = Wheel(loop, budget=0.0025, clock=lambda: now[0])
+    ran: list[str] = []
+
+    def job(i: int) -> None:
+        now[0] += 0.001
+        ran.append(f"job{i}")
+        if i == 0:
+            # what a datagram's reader would be: ready work queued behind the wheel
+            loop.call_soon(lambda: ran.append("reader"))
+
+    for i in range(10):
+        w.call_later(0, lambda i=i: job(i))
+    await asyncio.sleep(0.2)
+    assert sorted(ran, key=lambda x: (x != "reader", x)) == ["reader"] + [
+        f"job{i}" for i in range(10)
+    ]
+    # three jobs fill a 2.5 ms budget; the reader ran before the fourth
+    assert ran.index("reader") == 3
+    assert w.deferred == 3  # goes of 3, 3, 3 and 1
+    assert w.fired == 1
+
+
+async def test_a_job_cancelled_while_its_go_waits_does_not_run() -> None:
+    loop = asyncio.get_running_loop()
+    now = [0.0]
+    w = Wheel(loop, budget=0.0005, clock=lambda: now[0])
+    ran: list[int] = []
+    timers = []
+
+    def job(i: int) -> None:
+        now[0] += 0.001
+        ran.append(i)
+        if i == 0:
+            timers[1].cancel()  # the next one, already taken out of its slot
+
+    for i in range(3):
+        timers.append(w.call_later(0, lambda i=i: job(i)))
+    await asyncio.sleep(0.2)
+    assert ran == [0, 2]
