@@ -12,7 +12,8 @@ This is the other direction: what a subscriber can receive, so the allocator
   ~8 %/s and to at most 1.5x what it receives, so it never raises ours (that is the
   probes' job) and only counts when it *falls*: Chromium lowers it only when its
   queueing delay grows (overuse), to ~0.85x what actually arrived — a good measure of
-  the link once a second fall confirms it (:data:`REMB_CONFIRM`); a lone one holds.
+  the link once a second fall confirms it (:data:`REMB_CONFIRM`), or our own measures
+  do (a queue in the round trips, loss); a lone one holds.
 * **Loss in the subscriber's receiver reports** (every leg's RR, packet-weighted over
   the last :data:`LOSS_WINDOW` seconds), as libwebrtc's loss-based controller: above 10 %
   back off to ``sent * (1 - loss / 2)``; between 2 and 10 % hold. After a decrease the
@@ -53,7 +54,12 @@ MAX_BPS = 50_000_000
 REMB_DROP = 0.92  # a REMB this far below the previous one means overuse
 # A receiver's first REMBs jump about while its estimator starts (Chromium's settles on
 # the measured throughput after 5 s, aiortc's starts at a few kbit/s and climbs): they
-# cut nothing. Loss still does.
+# cut nothing, unless our own round trips show a queue on this link (not the host's) or
+# it loses. Chromium sends no REMB at all before its estimator is initialised unless it
+# sees overuse, so when a link narrows in a call's first seconds its first REMB is the
+# overuse's: ignored, the cut was left to loss 1.3-1.65 s after a 300 kbit/s shaping,
+# one video at a time, and each froze 2.4-6 s (weak5's T1, T2: REMB 266k at +0.5 s,
+# 234k at +0.7, 199k at +0.95 while 370k of video was sent). Loss still cuts anyway.
 REMB_WARMUP = 5.0
 # A lone falling REMB (a loaded receiver's jitter looks like overuse) only holds the
 # estimate at what is sent; a second within this many seconds (Chromium keeps lowering
@@ -74,6 +80,10 @@ AUDIO_FEEDBACK_GAP = 10.0
 LOSS_REFRESH = 2.0  # s after a decrease before an unfenced stream's reports count again
 # Chromium keeps lowering its REMB while the queue a loss-based cut answers drains (and
 # counts only the video it still gets then): those falls are that overuse, not a new one.
+# The same after a REMB's own cut below what was sent: after a 300 kbit/s shaping, a cut
+# to 262k moved both videos to the low layer (197k with the audio), and 1.4 s later the
+# draining receiver said 100k: cut to 196k, one video paused for 5 s (weak5's T5; G1 in
+# NOTES-weak4, 8.5 s).
 REMB_AFTER_LOSS = 2.5
 # ... unless it says less than this share of what the cut left: then it is news (a
 # 300 kbit/s link: REMB 110k while the first loss cut left 1.72 M; ignored, the
@@ -179,8 +189,12 @@ class DownlinkEstimate:
         label: str = "",
         sent: Callable[[], dict[int, int]] = dict,
         host: HostJumps | None = None,
+        on_lower: Callable[[], None] = lambda: None,
     ) -> None:
         self._clock = clock
+        # Called when the estimate fell outside the periodic update (a REMB's cut): the
+        # allocator acts on it now rather than at its next tick, up to 0.25 s later.
+        self._on_lower = on_lower
         self._host = host  # the other connections' round trips (None: judged alone)
         self.label = label  # for logs: the subscriber's id
         # What the connection's legs sent last: SSRC -> newest output sequence number.
@@ -200,6 +214,7 @@ class DownlinkEstimate:
         self._unjudged: list[tuple[float, float, float, Probe | None]] = []
         self.queue_delay = 0.0  # the latest round trip above the baseline (logs, tests)
         self._loss_cut_at = -1e9
+        self._remb_cut_at = -1e9  # a REMB's last cut below what was sent
         self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
         self._rtx_at = clock()
         # Did the latest SR sent after the last decrease wait in a queue (None: no word)
@@ -262,7 +277,8 @@ class DownlinkEstimate:
         self._remb_at = now
         if self._first_remb_at is None:
             self._first_remb_at = now
-        if now - self._first_remb_at < REMB_WARMUP:
+        evidence = self._overfull(now)
+        if now - self._first_remb_at < REMB_WARMUP and not evidence:
             return  # the receiver's estimator is still finding its feet
         probe = self.probe
         sending = probe.target if probe is not None and now <= probe.settles else self.sent_bps
@@ -274,7 +290,11 @@ class DownlinkEstimate:
             # phone whose tiles had just shrunk).
             return
         figure = bps + self.unstamped_bps
-        fell = last is not None and bps < REMB_DROP * last
+        # A receiver's first REMB with a queue or loss on its link is its overuse's (see
+        # REMB_WARMUP): a fall when it is below what we send it.
+        if last is None and not evidence:
+            last = bps
+        fell = bps < REMB_DROP * (last if last is not None else sending - self.unstamped_bps)
         # Below the estimate and flat, while the link loses: Chromium holds
         # its figure once the overuse it answered has passed, and we still send above
         # it (a 300 kbit/s link: REMB flat at ~100k for good while loss cuts alone left
@@ -292,11 +312,22 @@ class DownlinkEstimate:
             and figure >= REMB_FAR * self.bps
         ):
             return  # the overuse the loss-based cut just answered
-        confirmed = now - self._last_remb_drop <= REMB_CONFIRM
+        if (
+            now - self._remb_cut_at < REMB_AFTER_LOSS
+            and self._last_decrease <= self._remb_cut_at  # (no loss cut since)
+            and figure >= REMB_FAR * self.bps
+            and probe is None  # (a probe's overuse fails it)
+        ):
+            return  # the overuse a REMB's cut just answered, draining
+        # Confirmed by a second fall, or by our own round trips or the receiver reports:
+        # a busy receiver's jitter builds no queue on the link and loses nothing.
+        confirmed = now - self._last_remb_drop <= REMB_CONFIRM or evidence
         self._last_remb_drop = now
         if not confirmed:
             # One overuse can be a busy receiver's jitter: hold what is sent now.
             figure = max(figure, self.sent_bps)
+        elif figure < min(self.bps, self.sent_bps):
+            self._remb_cut_at = now
         self._congested(now, figure, hold=False)
 
     def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
@@ -415,6 +446,14 @@ class DownlinkEstimate:
             and now - self._queued_at < LOSS_REFRESH
         )
 
+    def _overfull(self, now: float) -> bool:
+        """Whether this link shows, by our own measures, that it gets more than it
+        carries: the latest round trip judged (of an SR sent within :data:`LOSS_REFRESH`,
+        after the last decrease) waited in a queue of this link's own, or its receivers
+        report loss above :data:`LOSS_LOW`."""
+        queued = self._queued is True and now - self._queued_at < LOSS_REFRESH
+        return queued or self.loss > LOSS_LOW
+
     def allow_retransmit(self, size: int) -> bool:
         """Whether a NACKed packet of ``size`` bytes may be sent again: at most
         :data:`RETRANSMIT_SHARE` of the estimate (a token bucket of half a second).
@@ -512,9 +551,12 @@ class DownlinkEstimate:
             self._reports.clear()
             self._loss_from = now + LOSS_REFRESH
             self._fences = dict(self._sent())
+        lowered = bps < self.bps
         self.bps = max(MIN_BPS, min(self.bps, bps))
         self._streak = 0
         self._next_probe = max(self._next_probe, now + self._backoff)
+        if lowered:
+            self._on_lower()
 
     # -- probing -------------------------------------------------------------------
 

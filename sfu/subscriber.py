@@ -91,6 +91,7 @@ class Subscriber:
             label=pid,
             sent=lambda: dict(leg.sent_seq for leg in self.legs.values()),
             host=HOST,
+            on_lower=lambda: self.allocator.soon(),
         )
         self.allocator = Allocator(
             self.estimate,
