@@ -154,11 +154,14 @@ async def _serve(
     from server.app import build_app
 
     app = build_app(config)
-    from server import loopwatch
+    from server import gcpolicy, loopwatch
     from server.app import METRICS
 
     # The loop's busy stretches and GC pauses on /metrics (what SFU latency waits for).
     loopwatch.install(asyncio.get_running_loop(), app[METRICS].registry)
+    # Everything imported and built so far is frozen: full collections skip it (and,
+    # after each, what survived it; server/gcpolicy.py).
+    gcpolicy.install(asyncio.get_running_loop())
     # Before anything is printed: whoever starts us may stop us as soon as we speak.
     stops = StopSignals()
     runner = web.AppRunner(app, access_log=None)

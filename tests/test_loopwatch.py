@@ -1,17 +1,18 @@
 """The event loop's busy stretches and GC pauses (server/loopwatch.py), as the bench
-reads them."""
+reads them, and the GC policy that keeps full collections short (server/gcpolicy.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bench.report import _gc, _loop_stalls
 from bench.runner import RawRun
 from bench.scrape import parse
-from server import loopwatch
+from server import gcpolicy, loopwatch
 
 
 async def test_a_long_callback_is_one_stretch_the_bench_counts(monkeypatch) -> None:
@@ -65,3 +66,73 @@ async def test_gc_pauses_are_timed_by_generation() -> None:
     assert gcs is not None
     assert gcs["gen1"]["count"] == 1 and gcs["gen2"]["count"] == 2
     assert gcs["gen2"]["total_ms"] > 0
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def cycle() -> weakref.ref[Node]:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+async def test_full_collections_examine_only_what_survived_since_the_last() -> None:
+    """What the server held at start, and what survived a full collection, is frozen:
+    the next full collection does not examine (nor free) it. Without the policy the
+    cycle below is freed by the first full collection."""
+    loop = asyncio.get_running_loop()
+    policy = gcpolicy.GcPolicy(loop, thaw_growth=1e9)  # never thaws here
+    held = [cycle()]  # a cycle alive (referenced) when the server starts
+    keep = held[0]()
+    policy.install()
+    try:
+        del keep
+        gc.collect()
+        await asyncio.sleep(0)
+        assert held[0]() is not None  # frozen: not examined, so not freed
+        # made after the start: examined and freed by the next full collection
+        young = cycle()
+        gc.collect()
+        assert young() is None
+        # a cycle that survives one full collection is frozen after it
+        late = cycle()
+        keep = late()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert policy.full >= 2 and policy.thaws == 0
+        del keep
+        gc.collect()
+        await asyncio.sleep(0)
+        assert late() is not None
+    finally:
+        policy.uninstall()
+    gc.collect()
+    assert held[0]() is None and late() is None
+
+
+async def test_frozen_cycles_are_freed_once_the_frozen_heap_has_grown() -> None:
+    """What is frozen and becomes cyclic garbage (a participant who left) is freed by
+    the full collection after the frozen heap grew past ``thaw_growth`` times its last
+    base: the leak is bounded."""
+    loop = asyncio.get_running_loop()
+    policy = gcpolicy.GcPolicy(loop, thaw_growth=1.0001)
+    leaked = cycle()
+    keep = leaked()
+    policy.install()
+    try:
+        del keep
+        grown = [[] for _ in range(1000)]  # the frozen heap grows at the next freeze
+        gc.collect()  # survivors frozen; more than the base: thawed for the next one
+        await asyncio.sleep(0)
+        assert policy.thaws == 1
+        assert leaked() is not None  # not yet examined
+        gc.collect()  # the whole heap: the frozen cycle is freed
+        await asyncio.sleep(0)
+        assert leaked() is None
+        assert gc.get_freeze_count() > 0  # and its survivors frozen again
+        del grown
+    finally:
+        policy.uninstall()
