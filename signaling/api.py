@@ -149,7 +149,7 @@ class RestApi:
         return web.json_response({"status": "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        resp = web.Response(body=self._metrics.render())
+        resp = web.Response(body=await self._metrics.render_async())
         resp.headers["Content-Type"] = CONTENT_TYPE
         return resp
 

@@ -200,3 +200,44 @@ async def test_chunked_body_without_length_is_limited_too(server: RunningServer)
 
     status, got = await _post_rooms(server, _bearer(server.config.api_key), data=small())
     assert status == 201, got
+
+
+async def test_metrics_render_lets_the_loop_run_between_families() -> None:
+    """/metrics is rendered a metric family at a go once a go took its budget, so media
+    waiting on the loop is not held for the whole render (12-35 ms at 30-50 rooms). The
+    bytes are the same as rendering at once."""
+    import asyncio
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    from signaling.metrics import Metrics
+
+    metrics = Metrics()
+
+    class Many:
+        def collect(self):
+            for i in range(5):
+                g = GaugeMetricFamily(f"roundtable_test_{i}", "A test family.", labels=["x"])
+                for j in range(10):
+                    g.add_metric([str(j)], i * j)
+                yield g
+
+    metrics.register(Many())
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001  # each look at the clock: 1 ms later
+        return now[0]
+
+    loop.call_soon(lambda: order.append("media"))
+    body = await metrics.render_async(budget=0.0015, clock=clock)
+    order.append("rendered")
+    assert order == ["media", "rendered"]
+
+    def steady(text: bytes) -> list[bytes]:  # the process's CPU and memory move on
+        return [line for line in text.splitlines() if b"process_" not in line]
+
+    assert steady(body) == steady(metrics.render())
+    assert b'roundtable_test_4{x="9"} 36.0' in body
