@@ -26,7 +26,7 @@ from .participant import SyntheticParticipant, Window
 log = logging.getLogger(__name__)
 
 ROLES = ("caseworker", "client")
-SAMPLE_EVERY_S = 0.5  # shaped participants' timelines (--link)
+SAMPLE_EVERY_S = 0.5  # every participant's timeline while a link is shaped (--link)
 PARTNER_GRANTS = ("publish", "subscribe", "audio", "video", "see_client")
 
 
@@ -101,11 +101,13 @@ class Generator:
         return [p for room in self.rooms for p in (room.participants or []) if p.shaped]
 
     def sample_shaped(self) -> None:
-        """One point of each shaped participant's timeline: what it has received of
-        each publisher's audio and video so far in the window (bench.report turns the
-        differences between points into rates and loss per interval)."""
+        """One point of every participant's timeline while a link is shaped: what it
+        has received of each publisher's audio and video so far in the window
+        (bench.report turns the differences between points into rates and loss per
+        interval; the unshaped subscribers' show whether one link's shaping reaches
+        the others)."""
         t = round(time.monotonic() - self.window_t0, 2)
-        for p in self.shaped():
+        for p in (p for room in self.rooms for p in (room.participants or [])):
             point = []
             for f in list(p.rx.flows.values()):
                 exp = f.rtp_last - f.rtp_first + 1 if f.rtp_first is not None else 0
@@ -340,15 +342,15 @@ async def run(
             await asyncio.sleep(0.02)
         gen.window.active = True
         t0 = gen.window_t0 = time.monotonic()
-        shaped = bool(gen.shaped())
+        sampling = bool(scenario.links)  # every worker: the unshaped rooms count too
         next_sample = t0
         # multiprocessing events cannot be awaited; poll them (bounded by the coordinator).
         while not stop.is_set() and os.getppid() == parent:  # noqa: ASYNC110
-            if shaped and time.monotonic() >= next_sample:
+            if sampling and time.monotonic() >= next_sample:
                 gen.sample_shaped()
                 next_sample += SAMPLE_EVERY_S
             await asyncio.sleep(0.02)
-        if shaped:
+        if sampling:
             gen.sample_shaped()
         gen.window.active = False
         report(("result", gen.results(time.monotonic() - t0)))

@@ -219,10 +219,15 @@ def summarise(
             and x["phases"]["audio"]["settled"]["audio_loss_pct"] is not None
         ]
         overall["shaped_settled_audio_loss_pct"] = max(settled) if settled else None
+    unshaped = _unshaped(raw) if links else None
+    if unshaped is not None:
+        overall["unshaped_audio_loss_pct"] = unshaped["audio_loss_pct"]
+        overall["unshaped_legs_moved"] = unshaped["legs_moved"]
     return {
         "label": raw.label,
         "scenario": scenario,
         "links": links,
+        "unshaped": unshaped,
         "window_s": round(window, 2),
         "overall": overall,
         "rooms": rooms_out,
@@ -318,6 +323,100 @@ def _links(raw: RawRun) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+def _unshaped(raw: RawRun) -> dict[str, Any] | None:
+    """The subscribers *not* behind a shaped link, while one is shaped (from the
+    shaping to the lift; shaped before the join: from the window's start): their audio
+    and video loss (RTP sequence numbers, packet-weighted over the 0.5 s intervals
+    whose middle lies in that span), the worst one subscriber saw in one interval, which
+    of their video legs the SFU moved off the layer it had before the shaping, and the
+    lowest estimate of their downlinks. One link's shaping should reach none of this
+    (issue 15: the unshaped subscribers keep their layer)."""
+    start = raw.link_shaped_at or 0.0
+    end = raw.link_lifted_at if raw.link_lifted_at is not None else 1e9
+    shaped = {(r["room"], p["id"]) for r in raw.rooms for p in r["participants"] if p.get("shaped")}
+    got = {"audio": [0, 0], "video": [0, 0]}  # kind -> [expected, lost]
+    worst: dict[str, Any] | None = None
+    subscribers = 0
+    for room in raw.rooms:
+        for p in room["participants"]:
+            if (room["room"], p["id"]) in shaped or not p.get("timeline"):
+                continue
+            subscribers += 1
+            prev: dict[tuple[str, str], tuple[int, int]] = {}
+            prev_t = None
+            for t, point in p["timeline"]:
+                mid = t if prev_t is None else (prev_t + t) / 2
+                prev_t = t
+                expected = lost = 0
+                for publisher, kind, packets, exp, _octets in point:
+                    a = prev.get((publisher, kind), (0, 0))
+                    prev[(publisher, kind)] = (packets, exp)
+                    if not start <= mid < end:
+                        continue
+                    e, miss = exp - a[1], max(0, (exp - a[1]) - (packets - a[0]))
+                    got[kind][0] += e
+                    got[kind][1] += miss
+                    expected += e
+                    lost += miss
+                if expected and (worst is None or lost / expected > worst["loss_pct"] / 100):
+                    worst = {
+                        "t": t,
+                        "subscriber": p["id"],
+                        "loss_pct": round(100.0 * lost / expected, 2),
+                    }
+    if not subscribers:
+        return None
+    # Each unshaped video leg's layer at the SFU (/metrics), against its last before.
+    before: dict[tuple[str, str, str], float] = {}
+    moves: list[dict[str, Any]] = []
+    moved: set[tuple[str, str, str]] = set()
+    lowest = None
+    for t, legs, estimates in raw.leg_series:
+        for (r, sub, pub), layer in legs.items():
+            if (r, sub) in shaped:
+                continue
+            key = (r, sub, pub)
+            if t < start or key not in before:
+                before[key] = layer
+            elif t < end and layer != before[key] and key not in moved:
+                moved.add(key)
+                moves.append(
+                    {"t": t, "subscriber": sub, "publisher": pub, "from": before[key], "to": layer}
+                )
+        if start <= t < end:
+            for (r, sub), bps in estimates.items():
+                if (r, sub) not in shaped:
+                    lowest = bps if lowest is None else min(lowest, bps)
+
+    def pct(kind: str) -> float | None:
+        e, lost = got[kind]
+        return round(100.0 * lost / e, 2) if e else None
+
+    return {
+        "subscribers": subscribers,
+        "from_s": round(start, 2),
+        "until_s": round(end, 2) if end < 1e9 else None,
+        "audio_loss_pct": pct("audio"),
+        "video_loss_pct": pct("video"),
+        "worst_interval": worst,
+        "legs": len(before),
+        "legs_moved": len(moved),
+        "moves": moves[:10],
+        "estimate_min_kbps": round(lowest / 1e3, 1) if lowest is not None else None,
+    }
+
+
+def unshaped_line(u: dict[str, Any]) -> str:
+    worst = u["worst_interval"]
+    return (
+        f"unshaped subscribers ({u['subscribers']}) while the link was shaped: audio loss "
+        f"{_f(u['audio_loss_pct'])} %, video {_f(u['video_loss_pct'])} % (worst 0.5 s of one: "
+        f"{_f(worst['loss_pct'] if worst else None)} %) · {u['legs_moved']} of {u['legs']} "
+        f"video legs moved off their layer · lowest estimate "
+        f"{_f(u['estimate_min_kbps'], 0)} kbit/s"
+    )
 
 
 BROWSER_SETTLE_S = 5.0  # the browser test's steady window starts this long after the move down
@@ -740,6 +839,8 @@ def table(report: dict[str, Any]) -> str:
         )
     for x in report.get("links") or []:
         lines.extend(link_lines(x, report["scenario"].get("link")))
+    if report.get("unshaped"):
+        lines.append(unshaped_line(report["unshaped"]))
     for err in report["errors"][:5]:
         lines.append(f"error: {err}")
     for r in report["rooms"]:

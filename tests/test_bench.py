@@ -984,6 +984,65 @@ def test_link_phases_split_the_audio_loss_where_the_layers_change() -> None:
     assert ph["audio"]["transition"]["until_s"] == 10.0
 
 
+def test_the_unshaped_subscribers_loss_and_layers_while_a_link_is_shaped() -> None:
+    """Whether one link's shaping reaches the others (issue 15: the unshaped keep their
+    layer): over the shaped span only (3-10 s), the unshaped subscribers' audio and
+    video loss, the worst 0.5 s one of them had, the video legs the SFU moved off the
+    layer they had before the shaping, and their lowest estimate. The shaped
+    subscriber's own loss and layers count in none of it."""
+    from bench.report import _unshaped, unshaped_line
+    from bench.runner import RawRun
+
+    def timeline(lost_at: dict[float, int]) -> list:
+        # 25 audio and 50 video packets per 0.5 s from publisher A; lost_at: t -> audio lost
+        out, a_got, a_exp, v = [], 0, 0, 0
+        for i in range(1, 31):
+            t = i / 2
+            a_exp += 25
+            a_got += 25 - lost_at.get(t, 0)
+            v += 50
+            out.append([t, [["A", "audio", a_got, a_exp, 0], ["A", "video", v, v, 0]]])
+        return out
+
+    raw = RawRun("sfu")
+    raw.link_shaped_at, raw.link_lifted_at = 3.0, 10.0
+    raw.rooms = [
+        {
+            "room": "r",
+            "participants": [
+                {"id": "client", "shaped": True, "timeline": timeline({5.0: 20, 6.0: 20})},
+                # lost 5 at 2.0 (before the shaping), 5 at 4.0 and 10 at 8.0 (while)
+                {"id": "partner", "shaped": False, "timeline": timeline({2.0: 5, 4.0: 5})},
+                {"id": "caseworker", "shaped": False, "timeline": timeline({8.0: 10})},
+            ],
+        }
+    ]
+    for i in range(30):
+        t = i / 2
+        layers = {("r", "client", "A"): 0 if t >= 4 else 2, ("r", "partner", "A"): 1}
+        # the caseworker's leg is moved down at 6 s and back at 7 s; nothing after the lift counts
+        layers[("r", "caseworker", "A")] = 0 if 6 <= t < 7 or t >= 11 else 2
+        estimates = {("r", "client"): 300e3, ("r", "partner"): 2.5e6, ("r", "caseworker"): 2.5e6}
+        if t == 6.5:
+            estimates[("r", "caseworker")] = 900e3
+        raw.leg_series.append((t, layers, estimates))
+    u = _unshaped(raw)
+    assert u is not None
+    assert u["subscribers"] == 2 and u["from_s"] == 3.0 and u["until_s"] == 10.0
+    # the 0.5 s intervals whose middle lies in [3, 10): 14 per subscriber, 25 packets each
+    assert u["audio_loss_pct"] == round(100 * 15 / (2 * 14 * 25), 2)
+    assert u["video_loss_pct"] == 0.0
+    assert u["worst_interval"] == {"t": 8.0, "subscriber": "caseworker", "loss_pct": 13.33}
+    assert u["legs"] == 2 and u["legs_moved"] == 1
+    assert u["moves"] == [
+        {"t": 6.0, "subscriber": "caseworker", "publisher": "A", "from": 2, "to": 0}
+    ]
+    assert u["estimate_min_kbps"] == 900.0
+    line = unshaped_line(u)
+    assert line.startswith("unshaped subscribers (2) while the link was shaped: audio loss 2.14 %")
+    assert "1 of 2 video legs moved off their layer" in line and "900 kbit/s" in line
+
+
 def test_a_lifted_link_reports_its_phases_in_text_json_and_png(tmp_path: Path, capsys) -> None:
     """A real run shaped from 2 s to 8 s: the report splits the shaped subscriber's audio
     loss into transition / settled / after the lift, times the move to the low layer and
@@ -1017,9 +1076,15 @@ def test_a_lifted_link_reports_its_phases_in_text_json_and_png(tmp_path: Path, c
     if ph["climbed_at"] is not None:
         back = next(pt for pt in shaped["sfu"] if pt["t"] == ph["climbed_at"])
         assert all(back["layers"][p] >= v for p, v in ph["climb_target"].items())
+    # the two unshaped subscribers over the same span (what they saw is the bench's
+    # figure, not this test's)
+    u = report["unshaped"]
+    assert u["subscribers"] == 2 and u["from_s"] == shaped_at and u["until_s"] == lifted_at
+    assert u["legs"] == 4 and u["audio_loss_pct"] is not None
     text = capsys.readouterr().out
     assert "    phases: " in text and "    after the lift: " in text
     assert f"transition {shaped_at:g}–" in text
+    assert "unshaped subscribers (2) while the link was shaped: audio loss " in text
     assert png.stat().st_size > 20_000
 
 
