@@ -89,6 +89,7 @@ REMB_AFTER_LOSS = 2.5
 # 300 kbit/s link: REMB 110k while the first loss cut left 1.72 M; ignored, the
 # estimate took 9 s of loss cuts to come down and stayed above the link).
 REMB_FAR = 0.5
+REMB_FRESH = 1.0  # s: a REMB this recent joins a loss cut (Chromium sends one at least every ~1 s)
 # Round trips of SR -> RR: an SR waits in the subscriber's link queue like the media.
 RTT_BASE_WINDOW = 30.0  # s over which the lowest round trip is the empty-queue baseline
 QUEUE_DELAY = 0.05  # s above that baseline: a probe's padding built a queue (0.5 s at 1.3x: ~80 ms)
@@ -488,7 +489,19 @@ class DownlinkEstimate:
             if self.loss > LOSS_HIGH and not self._drained(now):
                 base = self.sent_bps or self.bps
                 log.debug("downlink %s: loss %.2f of %d sent", self.label, self.loss, base)
-                if self._congested(now, base * (1 - self.loss / 2)):
+                figure = base * (1 - self.loss / 2)
+                # The receiver's REMB of this last second, below what we send: the loss
+                # confirms it, and it is the link's figure (a loss cut to 495k moved one
+                # video, and the REMB that said 267k then counted as that cut's drain:
+                # the second video moved 0.75 s later; weak5's T9).
+                stamped = self.sent_bps - self.unstamped_bps
+                if (
+                    self.remb is not None
+                    and now - self._remb_at < REMB_FRESH
+                    and self.remb < REMB_DROP * stamped
+                ):
+                    figure = min(figure, self.remb + self.unstamped_bps)
+                if self._congested(now, figure):
                     self._loss_cut_at = now
         probe = self.probe
         if probe is not None and not probe.failed and self.loss > LOSS_LOW:

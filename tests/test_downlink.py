@@ -249,6 +249,30 @@ def test_a_remb_falling_while_the_queue_its_cut_answered_drains_cuts_no_further(
     assert est.update() == 125_000
 
 
+def test_a_loss_cut_takes_the_receiver_s_remb_when_that_says_less() -> None:
+    """Loss over 10 % cuts to ``sent * (1 - loss / 2)``; when the receiver's REMB of the
+    last second says less than that, below what we send, the loss confirms it and the
+    cut goes to the REMB's figure. A loss cut to 495k moved one of two videos after a
+    300 kbit/s shaping, and the REMB that said 267k then counted as that cut's drain:
+    the second video moved 0.75 s later (weak5's T9)."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.sent_bps, est.unstamped_bps = 575_000, 95_000
+    est.on_remb(172_000)  # in its warm-up, and no loss yet: no cut
+    est.on_report(1, 1000, 0)
+    clock.now += 0.5
+    est.on_report(1, 1200, 40)  # 20 %
+    assert est.update() == 267_000
+    # Without a REMB of its own below what we send, the loss figure as before.
+    est2 = DownlinkEstimate(clock)
+    est2.sent_bps, est2.unstamped_bps = 575_000, 95_000
+    est2.on_remb(600_000)
+    est2.on_report(1, 1000, 0)
+    clock.now += 0.5
+    est2.on_report(1, 1200, 40)
+    assert est2.update() == pytest.approx(575_000 * 0.9)
+
+
 def test_heavy_loss_backs_off_to_what_was_sent_less_half_the_loss() -> None:
     clock = Clock()
     est = DownlinkEstimate(clock)
