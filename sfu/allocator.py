@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .downlink import AUDIO_REPORT_WAIT, DownlinkEstimate
 from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, UNCAPPED, Forwarder, Leg
@@ -163,6 +164,8 @@ class Allocator:
         self._pad_at = clock()  # when padding was last sent (or due)
         self._probe_reported: tuple[object, int] = (None, 0)  # (probe, SRs sent during it)
         self._stepping = False
+        # The probe being padded: (probe, padding bytes sent, what the legs sent then).
+        self._padded: tuple[Any, int, float] = (None, 0, 0.0)
 
     @property
     def running(self) -> bool:
@@ -350,6 +353,23 @@ class Allocator:
             if leg.track is not None:
                 self._on_paused(leg.track.publisher_id, paused)
 
+    def _log_padding(self) -> None:
+        """What the last probe really put on the wire against its target: a probe
+        that carried less than it asked for tested less, and may pass on a link that
+        cannot take its target."""
+        probe, padded, sending = self._padded
+        if probe is None:
+            return
+        seconds = probe.ends - probe.started
+        log.debug(
+            "downlink %s: probe to %d carried %d + %d bps of padding (%.0f %%)",
+            self.estimate.label,
+            probe.target,
+            sending,
+            padded * 8 / seconds,
+            100 * (sending + padded * 8 / seconds) / probe.target,
+        )
+
     def _measure_sent(self, legs: list[Leg], now: float) -> None:
         """What the connection's legs put on the wire over the last second."""
         total = sum(leg.octets + leg.packets * PACKET_OVERHEAD for leg in legs)
@@ -374,6 +394,10 @@ class Allocator:
         if self._actual_bps:
             sending = min(sending, self._actual_bps)
         bps = self.estimate.padding_bps(want, sending)
+        probe = self.estimate.probe
+        if probe is not self._padded[0]:
+            self._log_padding()
+            self._padded = (probe, 0, sending)
         legs = [leg for leg in self._legs() if leg.kind == "video"]
         leg = next((leg for leg in legs if leg.can_pad), None)
         if leg is None:
@@ -383,8 +407,10 @@ class Allocator:
             bps, interval = KEEPALIVE_BPS, TICK
         if bps > 0 and interval > 0:
             count = max(1, round(bps * interval / 8 / (PADDING_SIZE + PACKET_OVERHEAD)))
-            self.padding_bytes += leg.pad(count)
-        probe = self.estimate.probe
+            padded = leg.pad(count)
+            self.padding_bytes += padded
+            if probe is not None:
+                self._padded = (probe, self._padded[1] + padded, self._padded[2])
         if probe is not None and bps > 0:
             # Two SRs behind the padding, at 40 and 90 % of the probe (once a queue had
             # time to build): their round trips tell whether the link took its rate
