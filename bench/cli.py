@@ -801,8 +801,9 @@ async def _find_capacity(
         print(
             f"{rooms:>4} rooms: {o['tracks_forwarded']} tracks, SFU p99 {p99} ms, "
             f"loss {o['loss_pct']} %, server CPU {o['server_cpu_pct']} %, loop stalls "
-            f"> 10 ms: {stalls.get('over_10ms', '-')} (longest ≤ {stalls.get('max_ms', '-')} ms) -> "
-            + ("held" if ok else "FAILED: " + "; ".join(reasons))
+            f"> 10 ms: {stalls.get('over_10ms', '-')} (longest ≤ {stalls.get('max_ms', '-')} ms; "
+            f"by own CPU {stalls.get('cpu_over_10ms', '-')}, ≤ {stalls.get('cpu_max_ms', '-')} ms)"
+            " -> " + ("held" if ok else "FAILED: " + "; ".join(reasons))
         )
         if not ok and not retried and args.capacity_retries:
             # One scheduling hiccup on a shared machine should not end the search.

@@ -715,6 +715,15 @@ def _loop_stalls(raw: RawRun, window: float) -> dict[str, Any] | None:
     out["max_ms"] = None if top is None else round(top * 1000, 1)  # bucket bound: "≤"
     out["stretches_per_s"] = round(h.count / window, 1) if window else None
     out["busy_pct"] = round(100.0 * h.total / window, 1) if window else None
+    # The same stretches by the server thread's own CPU time: what is left when the OS
+    # running other processes meanwhile (server_wait_pct) is taken out - the server's
+    # own stalls, comparable on a shared machine.
+    c = _hist_delta(raw, "loop_cpu")
+    if c is not None:
+        for ms in STALL_MS:
+            out[f"cpu_over_{ms}ms"] = round(c.count - c.buckets.get(ms / 1000, 0.0))
+        top = c.max_bound()
+        out["cpu_max_ms"] = None if top is None else round(top * 1000, 1)
     return out
 
 
@@ -820,6 +829,9 @@ def table(report: dict[str, Any]) -> str:
             "server loop stalls (poll to poll): "
             + ", ".join(f"> {ms} ms: {stalls[f'over_{ms}ms']}" for ms in STALL_MS)
             + f", longest ≤ {_f(stalls['max_ms'], 1)} ms · busy {_f(stalls['busy_pct'], 1)} %"
+            + " · by own CPU time: "
+            + ", ".join(f"> {ms} ms: {_f(stalls.get(f'cpu_over_{ms}ms'))}" for ms in STALL_MS)
+            + f", longest ≤ {_f(stalls.get('cpu_max_ms'), 1)} ms"
             + (
                 " · GC "
                 + ", ".join(

@@ -17,8 +17,9 @@ LEG_WANTED = "roundtable_video_leg_wanted_layer"
 LEG_PACKETS = "roundtable_video_leg_packets"
 DOWNLINK = "roundtable_downlink_estimate_bps"
 # server.loopwatch: the event loop's busy stretches (poll to poll), and GC pauses by
-# generation; kept as histograms under "loop" and "gc0".."gc2"
+# generation; kept as histograms under "loop", "loop_cpu" (own CPU time) and "gc0".."gc2"
 LOOP_BUSY = "roundtable_loop_busy_seconds"
+LOOP_BUSY_CPU = "roundtable_loop_busy_cpu_seconds"
 GC = "roundtable_gc_seconds"
 
 
@@ -113,9 +114,11 @@ def parse(text: str) -> Scrape:
                 elif sample.name.endswith("_sum"):
                     h.total = sample.value
             continue
-        if family.name in (LOOP_BUSY, GC):
+        if family.name in (LOOP_BUSY, LOOP_BUSY_CPU, GC):
             for sample in family.samples:
-                key = "loop" if family.name == LOOP_BUSY else f"gc{sample.labels.get('generation')}"
+                key = {LOOP_BUSY: "loop", LOOP_BUSY_CPU: "loop_cpu"}.get(
+                    family.name, f"gc{sample.labels.get('generation')}"
+                )
                 h = out.hists.setdefault(key, Histogram())
                 if sample.name.endswith("_bucket"):
                     h.buckets[float(sample.labels["le"])] = sample.value

@@ -52,6 +52,7 @@ BUCKETS = (
 TRACE_MS = 5.0
 
 _clock = time.perf_counter
+_cpu_clock = time.thread_time  # this thread's CPU time: a stretch less what the OS took
 
 
 class Hist:
@@ -96,11 +97,10 @@ class _TimedSelector:
         watch = self._watch
         back = watch._back
         if back is not None:
-            watch._stretch(_clock() - back)
+            watch._stretch(_clock() - back, _cpu_clock() - watch._back_cpu)
         events = self._inner.select(timeout)
         watch._back = _clock()
-        if watch._trace is not None:
-            watch._back_cpu = time.thread_time()
+        watch._back_cpu = _cpu_clock()
         return events
 
     def __getattr__(self, name: str) -> Any:
@@ -110,6 +110,7 @@ class _TimedSelector:
 class LoopWatch(Collector):
     def __init__(self) -> None:
         self.busy = Hist()
+        self.busy_cpu = Hist()  # the same stretches' own CPU time
         self.gc = [Hist(), Hist(), Hist()]  # by generation
         self.gc_in_stretch = 0.0  # GC seconds since the stretch began
         self._back: float | None = None
@@ -150,10 +151,11 @@ class LoopWatch(Collector):
                 (took, f"gc gen{info.get('generation')} collected={info.get('collected')}")
             )
 
-    def _stretch(self, seconds: float) -> None:
+    def _stretch(self, seconds: float, cpu: float) -> None:
         self.busy.add(seconds)
+        self.busy_cpu.add(cpu)
         if self._trace is not None and seconds * 1e3 >= TRACE_MS:
-            self._write_trace(seconds)
+            self._write_trace(seconds, cpu)
         self.gc_in_stretch = 0.0
         if self._calls:
             self._calls = []
@@ -199,7 +201,7 @@ class LoopWatch(Collector):
     def _calls_append(self, took: float, name: str) -> None:
         self._calls.append((took, name))
 
-    def _write_trace(self, seconds: float) -> None:
+    def _write_trace(self, seconds: float, cpu: float) -> None:
         by_name: dict[str, list[float]] = {}
         for took, name in self._calls:
             entry = by_name.setdefault(name, [0, 0.0])
@@ -209,7 +211,7 @@ class LoopWatch(Collector):
         parts = " | ".join(f"{name} x{int(n)} {t * 1e3:.2f}ms" for name, (n, t) in top)
         self._trace.write(
             f"{time.time():.3f} stretch {seconds * 1e3:.2f}ms cpu "
-            f"{(time.thread_time() - self._back_cpu) * 1e3:.2f}ms gc {self.gc_in_stretch * 1e3:.2f}ms"
+            f"{cpu * 1e3:.2f}ms gc {self.gc_in_stretch * 1e3:.2f}ms"
             f" :: {parts}\n"
         )
 
@@ -223,6 +225,13 @@ class LoopWatch(Collector):
             )
             h.add_metric([], self.busy.cumulative(), self.busy.total)
             yield h
+            c = HistogramMetricFamily(
+                "roundtable_loop_busy_cpu_seconds",
+                "The same stretches' own CPU time (the thread's): without the time the OS "
+                "gave other processes meanwhile.",
+            )
+            c.add_metric([], self.busy_cpu.cumulative(), self.busy_cpu.total)
+            yield c
         g = HistogramMetricFamily(
             "roundtable_gc_seconds",
             "Python garbage collections by generation, and how long each took.",
