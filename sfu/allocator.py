@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .downlink import AUDIO_REPORT_WAIT, DownlinkEstimate
+from .downlink import AUDIO_REPORT_WAIT, PROBE_SR_SLACK, DownlinkEstimate
 from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, UNCAPPED, Forwarder, Leg
 from .timers import Timer, Wheel, wheel
 
@@ -411,13 +411,16 @@ class Allocator:
             self.padding_bytes += padded
             if probe is not None:
                 self._padded = (probe, self._padded[1] + padded, self._padded[2])
-        if probe is not None and bps > 0:
-            # Two SRs behind the padding, at 40 and 90 % of the probe (once a queue had
+        if probe is not None and not probe.failed:
+            # Two SRs behind the padding, at 40 and 85 % of the probe (once a queue had
             # time to build): their round trips tell whether the link took its rate
-            # (sfu.downlink.DownlinkEstimate.on_rtt).
+            # (sfu.downlink.DownlinkEstimate.on_rtt), and only the second, the probe's
+            # own, can pass it. Sent whether or not this step pads (at 90 % a loaded
+            # loop's step often came after the padding had ended: no SR, no word).
             due = 0 if probe is not self._probe_reported[0] else self._probe_reported[1]
-            at = probe.started + (0.4 + 0.5 * due) * (probe.ends - probe.started)
-            if due < 2 and self._clock() >= at:
+            at = probe.started + (0.4 + 0.45 * due) * (probe.ends - probe.started)
+            now = self._clock()
+            if due < 2 and at <= now <= probe.ends + PROBE_SR_SLACK:
                 leg.send_report()
                 if probe.audio_only:
                     # Every video paused: Chromium reports on audio only, seconds later,

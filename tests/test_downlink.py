@@ -273,6 +273,71 @@ def test_a_loss_cut_takes_the_receiver_s_remb_when_that_says_less() -> None:
     assert est2.update() == pytest.approx(575_000 * 0.9)
 
 
+def _cut_to_the_low_layers(clock: Clock) -> DownlinkEstimate:
+    """A 300 kbit/s shaping's first cut: 500k sent, the REMB and the queue say 262k;
+    the allocator then sends 202k (audio and both low layers)."""
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)
+    est.sent_bps, est.unstamped_bps = 500_000, 95_000
+    clock.now += 0.5
+    est.on_rtt(0.33, 0.4)  # an SR sent 0.4 s ago waited 330 ms
+    est.update()
+    est.on_remb(167_000)
+    assert est.update() == 262_000
+    est.sent_bps = 202_000
+    return est
+
+
+def test_remb_falls_wait_until_the_queue_a_cut_answered_has_drained() -> None:
+    """The link's queue took 2.4 s to drain after the move down; the receiver's REMB
+    said 88k meanwhile, and 2.6 s after the cut that counted (a video paused, weak5's
+    T12). Until an SR sent after the cut comes back without waiting, a REMB not far
+    below the estimate is still that overuse."""
+    clock = Clock()
+    est = _cut_to_the_low_layers(clock)
+    est.loss = 0.05  # the queue's leftovers, dropped while it drains
+    for _ in range(6):  # 3 s, SRs sent after the cut still waiting
+        clock.now += 0.5
+        est.on_rtt(0.29, 0.5)
+        est.on_remb(88_000)
+        assert est.update() == 262_000
+    # Drained: the REMB now says what arrives (all we send) at Chromium's 0.85x: held
+    # at what is sent, nothing paused.
+    clock.now += 0.5
+    est.on_rtt(0.01, 0.3)
+    est.update()
+    for _ in range(4):
+        clock.now += 0.5
+        est.on_remb(90_000)
+        assert est.update() >= est.sent_bps
+
+
+def test_a_remb_saying_all_we_send_arrives_holds_what_is_sent() -> None:
+    """Chromium's REMB after a decrease lingers at 0.85x what arrives: with the link
+    neither queueing nor losing much, a figure of 0.85x what we send or more is no cut
+    below it (a cut to 196k paused one of two low layers, 197k with the audio)."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_remb(2_000_000)
+    clock.now += downlink.REMB_WARMUP
+    est.on_rtt(0.002, 0.002)
+    est.on_remb(2_000_000)
+    est.bps, est.sent_bps, est.unstamped_bps = 264_000, 197_000, 96_000
+    est.loss = 0.04
+    for remb in (95_000, 88_000, 80_000):
+        clock.now += 0.3
+        est.on_rtt(0.003, 0.2)
+        est.update()
+        est.on_remb(remb)
+    assert est.update() == 197_000
+    # Far below what arrives is the link (with the queue it builds).
+    clock.now += 0.3
+    est.on_rtt(0.2, 0.2)
+    est.update()
+    est.on_remb(40_000)
+    assert est.update() == 136_000
+
+
 def test_heavy_loss_backs_off_to_what_was_sent_less_half_the_loss() -> None:
     clock = Clock()
     est = DownlinkEstimate(clock)
@@ -644,6 +709,39 @@ def test_a_paused_links_probe_is_not_answered_by_an_sr_sent_after_it() -> None:
         if est.probe is None:
             break
     assert est.probe is None and est.bps == 50_000
+
+
+def test_a_video_links_probe_is_not_answered_by_an_sr_sent_after_it() -> None:
+    """The same for a link that carries video: an SR sent after the probe ended finds
+    the queue its padding built drained, or draining (a tbf link drains at its rate
+    less what we still send). The probe's own SRs went unanswered (lost in the full
+    queue): no word, so it fails, rather than passing on a periodic SR 0.3 s later
+    (a 1.5x probe passed on a 300 kbit/s link and froze a video ~1 s)."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)
+    est.bps = est.sent_bps = 264_000
+    est.unstamped_bps = 96_000
+    est.padding_bps(100_000_000, sending=est.sent_bps)
+    late_sr = est.probe.ends + 0.3
+    for _ in range(20):
+        clock.now += 0.25
+        est.on_remb(110_000)
+        if clock.now >= late_sr + 0.1 and not est.probe.answered:
+            est.on_rtt(0.003, clock.now - late_sr)
+        est.update()
+        if est.probe is None:
+            break
+    assert est.probe is None and est.bps == 264_000
+    # Its own SR, sent just after the padding ended (the RTCP batch), answers it.
+    clock.now += downlink.MAX_BACKOFF
+    est.padding_bps(100_000_000, sending=est.sent_bps)
+    own_sr = est.probe.ends + 0.02
+    clock.now = own_sr + 0.1
+    est.on_rtt(0.003, 0.1)
+    clock.now = est.probe.settles + 0.01
+    est.on_remb(110_000)
+    assert est.update() == pytest.approx(264_000 * 1.5)
 
 
 def test_one_other_connection_s_own_queue_is_not_the_hosts() -> None:
