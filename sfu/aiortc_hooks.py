@@ -128,6 +128,7 @@ _NACKS = "_roundtable_nacks"  # a receiver's media SSRC -> NackGenerator (_accou
 _REMB_STATE = "_roundtable_remb"  # a receiver's RembState (_account_rtp)
 _INBOUND = "_roundtable_inbound"  # a DTLS transport's sfu._fastpath.Inbound
 _ARRIVALS = "_roundtable_arrivals"  # a DTLS transport's sfu._fastpath.Arrivals (transport-cc)
+_LIVE = "_roundtable_live"  # a DTLS transport's sfu._fastpath.Live (see live())
 TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 _ICE_CONNECTION_SEND = aioice.ice.Connection.send
 
@@ -154,7 +155,7 @@ def check_compatible() -> None:
             RTCRtpSender,
             ["_send_keyframe", "_retransmit", "_handle_rtcp_packet", "_send_rtcp", "send"],
         ),
-        (RTCDtlsTransport, ["_send_rtp", "_handle_rtp_data"]),
+        (RTCDtlsTransport, ["_send_rtp", "_handle_rtp_data", "_set_state"]),
     ):
         problems += [f"{cls.__name__}.{m}" for m in methods if not callable(getattr(cls, m, None))]
     for cls, attrs in (
@@ -953,12 +954,34 @@ _SRTP_UNPROTECT_RTCP = int(
 )
 
 
+def live(dtls: RTCDtlsTransport) -> _fastpath.Live:
+    """``dtls``'s state as the C path reads it before each packet: a flag, not an
+    attribute read and comparison per packet and leg.
+
+    Made once per transport. From then on the transport's own ``_set_state`` (where
+    aiortc makes every change of state after ``__init__``) sets the flag first, then
+    stores and announces the state, so no handler of the change, and no packet after
+    it, sees the flag disagree with ``dtls._state``."""
+    flag = dtls.__dict__.get(_LIVE)
+    if flag is not None:
+        return flag
+    flag = dtls.__dict__[_LIVE] = _fastpath.Live(dtls._state is State.CONNECTED)
+    set_state = dtls._set_state
+
+    def _set_state(state: State) -> None:
+        flag.connected = state is State.CONNECTED
+        set_state(state)
+
+    dtls._set_state = _set_state  # type: ignore[method-assign]
+    return flag
+
+
 def fast_route(dtls: RTCDtlsTransport) -> tuple[Any, ...] | None:
     """What ``sfu._fastpath.Leg.set_route`` needs to send on ``dtls`` by itself.
 
-    ``(srtp_ctx, srtp_protect, session, socket, host, port, dtls, State.CONNECTED,
-    transport)``: the libsrtp context of aiortc's own tx session (so SRTP indexes and
-    keys stay aiortc's), the function that protects with it, the UDP socket and remote
+    ``(srtp_ctx, srtp_protect, session, socket, host, port, live(dtls), transport)``:
+    the libsrtp context of aiortc's own tx session (so SRTP indexes and keys stay
+    aiortc's), the function that protects with it, the UDP socket and remote
     address of the nominated ICE pair, and asyncio's transport on that socket. ``None``
     unless the transport is connected over the chain :func:`_send_now` knows (a host
     pair through aioice's own ``Connection.send``). Before each send the C side checks
@@ -986,7 +1009,7 @@ def fast_route(dtls: RTCDtlsTransport) -> tuple[Any, ...] | None:
     # On a shared media port (sfu.udpmux) the writes that a send must not overtake wait
     # in the shared socket's own transport: hand the C side that one.
     buffered = getattr(udp, "socket_transport", udp)
-    return (ctx, _SRTP_PROTECT, session, sock, host, port, dtls, State.CONNECTED, buffered)
+    return (ctx, _SRTP_PROTECT, session, sock, host, port, live(dtls), buffered)
 
 
 def account_sent(sender: RTCRtpSender, counters: tuple[int, ...]) -> None:
@@ -1144,7 +1167,7 @@ def _install_c_reader(dtls: RTCDtlsTransport) -> None:
             _SRTP_UNPROTECT_RTCP,
             session,
             dtls,
-            State.CONNECTED,
+            live(dtls),
             rtp_handler,
             on_rtcp,
             ids.abs_send_time or 0,

@@ -168,16 +168,13 @@ def test_send_protects_with_the_given_session_and_counts() -> None:
     receiver.bind(("127.0.0.1", 0))
     receiver.settimeout(2)
 
-    class Dtls:  # what the C path checks before each send
-        _state = "connected"
-
-    dtls = Dtls()
+    live = _fastpath.Live(True)  # the DTLS transport's state, checked before each send
     leg, stats = make_leg()
     assert leg.send(b"x", False, 1, 1, 1, 0) is False  # no route: nothing happens
     assert stats.packets_out == 0
     ctx = int(srtp_ffi.cast("uintptr_t", tx._srtp[0]))
     port = receiver.getsockname()[1]
-    leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, dtls, "connected")
+    leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, live)
     try:
         assert leg.send(b"hello", True, 10, 900, 7, time.perf_counter_ns()) is None
         plain = rx.unprotect(receiver.recv(2048))
@@ -199,17 +196,15 @@ def test_send_protects_with_the_given_session_and_counts() -> None:
         assert abs(ntp / (1 << 32) - (time.time() + 2208988800)) < 0.5
         assert leg.take_counters()[0] == 0
 
-        dtls._state = "closed"  # the transport went away: the route is dropped
+        live.connected = False  # the transport went away: the route is dropped
         assert leg.send(b"x", False, 11, 900, 7, 0) is False
         assert not leg.routed
 
         class Transport:  # asyncio's, on the socket: it may hold earlier writes
             _buffer_size = 1
 
-        dtls._state = "connected"
-        leg.set_route(
-            ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, dtls, "connected", Transport()
-        )
+        live.connected = True
+        leg.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, live, Transport())
         queued = leg.send(b"late", False, 12, 900, 7, 0)  # must not overtake them: queue it
         assert isinstance(queued, bytes) and queued[12:] == b"late"
         Transport._buffer_size = 0
@@ -265,8 +260,7 @@ async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> 
     server.setblocking(False)
     client.bind(("127.0.0.1", 0))
 
-    class Dtls:
-        _state = "connected"
+    class Dtls:  # aiortc's counters, which the reader keeps
         _RTCDtlsTransport__rx_packets = 0
         _RTCDtlsTransport__rx_bytes = 0
 
@@ -274,7 +268,7 @@ async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> 
     rtp: list[tuple[object, int]] = []
     rtcp: list[bytes] = []
     reader = _fastpath.Reader(server.fileno(), lambda d, a: other.append((d, a)), print)
-    dtls = Dtls()
+    dtls, live = Dtls(), _fastpath.Live(True)
     ctx = int(srtp_ffi.cast("uintptr_t", rx._srtp[0]))
     reader.set_rtp(
         ctx,
@@ -282,7 +276,7 @@ async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> 
         _SRTP_UNPROTECT_RTCP,
         rx,
         dtls,
-        "connected",
+        live,
         lambda p, ms: rtp.append((p, ms)),
         rtcp.append,
         0,
@@ -311,7 +305,7 @@ async def test_reader_drains_the_socket_decrypts_rtp_and_hands_on_the_rest() -> 
         assert datagrams == 8 and wakeups < 8  # several datagrams per event-loop callback
         assert dtls._RTCDtlsTransport__rx_packets == 7 == reader.rx[0]  # aiortc's counters
 
-        dtls._state = "closed"  # no longer ours to decrypt: handed to the protocol as is
+        live.connected = False  # no longer ours to decrypt: handed to the protocol as is
         client.sendto(tx.protect(struct.pack("!BBHII", 0x80, 96, 5, 1, 42)), server.getsockname())
         for _ in range(100):
             if len(other) == 2:
@@ -354,8 +348,7 @@ def _reader_with_rtp(fd: int, rtp: list, other: list | None = None, on_rtp=None)
     """A Reader on fd that decrypts SRTP with KEY and hands packets to rtp (or on_rtp)."""
     from sfu.aiortc_hooks import _SRTP_UNPROTECT, _SRTP_UNPROTECT_RTCP
 
-    class Dtls:
-        _state = "connected"
+    class Dtls:  # aiortc's counters, which the reader keeps
         _RTCDtlsTransport__rx_packets = 0
         _RTCDtlsTransport__rx_bytes = 0
 
@@ -370,7 +363,7 @@ def _reader_with_rtp(fd: int, rtp: list, other: list | None = None, on_rtp=None)
         _SRTP_UNPROTECT_RTCP,
         rx,
         Dtls(),
-        "connected",
+        _fastpath.Live(True),
         on_rtp or (lambda p, ms: rtp.append(p)),
         print,
         0,
@@ -548,14 +541,11 @@ def test_fanout_sends_to_ready_legs_and_returns_the_rest() -> None:
     receiver.bind(("127.0.0.1", 0))
     receiver.settimeout(2)
 
-    class Dtls:
-        _state = "connected"
-
     try:
         routed, waiting, unrouted = (make_leg()[0] for _ in range(3))
         ctx = int(srtp_ffi.cast("uintptr_t", tx._srtp[0]))
         port = receiver.getsockname()[1]
-        routed.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, Dtls(), "connected")
+        routed.set_route(ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", port, _fastpath.Live(True))
         routed.ready = unrouted.ready = True  # `waiting` stays not ready (e.g. a key frame)
         legs = [routed, waiting, unrouted]
         slow = _fastpath.fanout(legs, b"x", False, 1, 1, 1, time.perf_counter_ns())
@@ -662,9 +652,6 @@ def test_inbound_forwards_and_accounts_exactly_as_the_python_path() -> None:
         s.bind(("127.0.0.1", 0))
         s.settimeout(2)
 
-    class Dtls:
-        _state = "connected"
-
     class Receiver:
         _enabled = True
 
@@ -676,7 +663,7 @@ def test_inbound_forwards_and_accounts_exactly_as_the_python_path() -> None:
         leg = _fastpath.Leg(stats.meter, 4000, 77)
         leg.configure(96, 0xCAFE, 90000, b"")
         leg.set_route(
-            ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", sink.getsockname()[1], Dtls(), "connected"
+            ctx, _SRTP_PROTECT, tx, sender, "127.0.0.1", sink.getsockname()[1], _fastpath.Live(True)
         )
         leg.ready = True
         return [leg], stats, {}, NackGenerator()
@@ -901,9 +888,6 @@ class Wire:
     """A leg's route to a loopback receiver: SRTP out with KEY, and what arrives
     unprotected again, so a test reads the exact bytes the subscriber gets."""
 
-    class Dtls:  # what the C path checks before each send
-        _state = "connected"
-
     def __init__(self) -> None:
         self.tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
         self.rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
@@ -915,8 +899,8 @@ class Wire:
     def route(self, leg: object, *transport: object) -> None:
         ctx = int(srtp_ffi.cast("uintptr_t", self.tx._srtp[0]))
         port = self.receiver.getsockname()[1]
-        args = (ctx, _SRTP_PROTECT, self.tx, self.sender, "127.0.0.1", port, self.Dtls())
-        leg.set_route(*args, "connected", *transport)  # type: ignore[attr-defined]
+        args = (ctx, _SRTP_PROTECT, self.tx, self.sender, "127.0.0.1", port, _fastpath.Live(True))
+        leg.set_route(*args, *transport)  # type: ignore[attr-defined]
 
     def recv(self) -> bytes:
         return self.rx.unprotect(self.receiver.recv(2048))

@@ -191,6 +191,51 @@ async def test_leaving_participant_disappears_and_nothing_is_left() -> None:
         await room.close()
 
 
+async def test_forwarding_stops_the_moment_the_dtls_transport_closes() -> None:
+    """The C send path reads the DTLS transport's state as a flag that the transport's
+    own state change sets (``aiortc_hooks.live``): from the change on, not one more
+    packet is protected or sent on the closed transport, while the publisher keeps
+    sending; the C route is dropped at the next packet."""
+    room = Room()
+    try:
+        for pid, colour in (("a", RED), ("b", GREEN)):
+            await room.join(pid, colour)
+        await wait_for(lambda: room.peers["b"].decoded("a", "video") >= 10, timeout=30)
+        legs = list(room.router.subscribers["b"].legs.values())
+        assert {leg.kind for leg in legs} == {"audio", "video"}
+        await wait_for(lambda: all(leg._fast.routed for leg in legs), timeout=5)
+        (dtls,) = {leg.sender.transport for leg in legs}
+        assert aiortc_hooks.live(dtls).connected
+        for leg in legs:
+            leg.sync = lambda: None  # keep the C counters here (no folding into aiortc)
+            leg._fast.take_counters()
+        await asyncio.sleep(0.5)
+        assert all(leg._fast.take_counters()[4] > 0 for leg in legs)  # the C path sends
+        at_close: list[tuple[object, ...]] = []
+
+        def on_statechange() -> None:
+            # Runs inside the transport's _set_state, as soon as the state changed.
+            if dtls.state != "connected" and not at_close:
+                for leg in legs:
+                    leg._fast.take_counters()  # count from here on
+                # the very next packet: not sent, and the route is dropped
+                at_close.append(tuple(leg._fast.send(b"x", False, 1, 1, 1, 0) for leg in legs))
+                at_close.append(tuple(leg._fast.routed for leg in legs))
+
+        dtls.on("statechange", on_statechange)
+        forwarded = room.router.stats.packets_in
+        await dtls.stop()
+        await wait_for(lambda: bool(at_close), timeout=5)
+        assert at_close == [(False,) * len(legs)] * 2
+        assert not aiortc_hooks.live(dtls).connected
+        # a keeps publishing; nothing more goes out on b's closed transport
+        await wait_for(lambda: room.router.stats.packets_in > forwarded + 100, timeout=5)
+        assert [leg._fast.take_counters()[4] for leg in legs] == [0] * len(legs)
+        assert not any(leg._fast.routed for leg in legs)
+    finally:
+        await room.close()
+
+
 async def test_stalled_subscriber_does_not_delay_the_others() -> None:
     room = Room()
     never = asyncio.get_running_loop().create_future()

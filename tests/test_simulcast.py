@@ -338,10 +338,6 @@ def layer_packets() -> list[bytes]:
     return out
 
 
-class _Dtls:  # what a leg's route checks: the DTLS transport still connected
-    _state = "connected"
-
-
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 RTX = RTCRtpCodecParameters(
     mimeType="video/rtx", clockRate=90000, payloadType=97, parameters={"apt": 96}
@@ -385,7 +381,7 @@ class TappedLayers:
         ctx = int(hooks.srtp_ffi.cast("uintptr_t", tx._srtp[0]))
         port = sink.getsockname()[1]
         leg._fast.set_route(
-            ctx, hooks._SRTP_PROTECT, tx, self.sock, "127.0.0.1", port, _Dtls(), "connected"
+            ctx, hooks._SRTP_PROTECT, tx, self.sock, "127.0.0.1", port, _fastpath.Live(True)
         )
         leg.follow(self.layers, view)
         self.legs.append(leg)

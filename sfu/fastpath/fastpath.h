@@ -55,7 +55,7 @@ static inline long long ntp_ms(void)
 
 /* ---- interned attribute names (module.c) ------------------------------------------ */
 
-extern PyObject *fp_str_state, *fp_str_fileno, *fp_str_buffer_size;
+extern PyObject *fp_str_fileno, *fp_str_buffer_size;
 extern PyObject *fp_str_rx_packets, *fp_str_rx_bytes;
 extern PyObject *fp_str_add_reader, *fp_str_remove_reader, *fp_str_call_later;
 
@@ -66,21 +66,33 @@ typedef int (*srtp_fn)(void *ctx, void *hdr, int *len);
 
 #define SRTP_TRAILER 144 /* pylibsrtp's SRTP_MAX_TRAILER_LEN */
 
+/* A DTLS transport's state as the C path reads it: connected is set from Python by the
+ * transport's _set_state (sfu.aiortc_hooks.live), never read from the transport. */
+typedef struct {
+    PyObject_HEAD
+    char connected;
+} Live;
+
+extern PyTypeObject LiveType;
+
 /* A libsrtp session borrowed from aiortc, valid while its DTLS transport is connected. */
 typedef struct {
     void *ctx;
-    srtp_fn rtp, rtcp;   /* protect or unprotect, as the user set them; rtcp may be NULL */
-    PyObject *session;   /* pylibsrtp's Session: keeps ctx alive */
-    PyObject *dtls;      /* aiortc's RTCDtlsTransport */
-    PyObject *connected; /* the State dtls must be in */
+    srtp_fn rtp, rtcp; /* protect or unprotect, as the user set them; rtcp may be NULL */
+    PyObject *session; /* pylibsrtp's Session: keeps ctx alive */
+    Live *live;        /* the DTLS transport's state */
 } FpSrtp;
 
-void fp_srtp_set(FpSrtp *s, void *ctx, srtp_fn rtp, srtp_fn rtcp, PyObject *session,
-                 PyObject *dtls, PyObject *connected);
+/* 0, or -1 with an exception set (live is not a Live; s is left as it was) */
+int fp_srtp_set(FpSrtp *s, void *ctx, srtp_fn rtp, srtp_fn rtcp, PyObject *session,
+                PyObject *live);
 void fp_srtp_clear(FpSrtp *s);
 int fp_srtp_traverse(FpSrtp *s, visitproc visit, void *arg);
-/* 1 while the DTLS transport is connected, 0 once it is not, -1 with an exception set */
-int fp_srtp_live(FpSrtp *s);
+/* 1 while the DTLS transport is connected, 0 once it is not */
+static inline int fp_srtp_live(const FpSrtp *s)
+{
+    return s->live && s->live->connected;
+}
 
 /* ---- meter.c ---------------------------------------------------------------------- */
 

@@ -211,15 +211,15 @@ static PyObject *Leg_rebase(Leg *self, PyObject *unused)
 
 static PyObject *Leg_set_route(Leg *self, PyObject *args)
 {
-    /* set_route(srtp_ctx, protect_fn, session, sock, host, port, dtls, connected[,
-     *           transport]): transport is asyncio's on sock, whose pending writes a send
-     *           must not overtake */
+    /* set_route(srtp_ctx, protect_fn, session, sock, host, port, live[, transport]):
+     *           live is the DTLS transport's Live; transport is asyncio's on sock, whose
+     *           pending writes a send must not overtake */
     unsigned long long ctx, fn;
-    PyObject *session, *sock, *dtls, *connected, *transport = NULL;
+    PyObject *session, *sock, *live, *transport = NULL;
     const char *host;
     int port;
-    if (!PyArg_ParseTuple(args, "KKOOsiOO|O", &ctx, &fn, &session, &sock, &host, &port, &dtls,
-                          &connected, &transport))
+    if (!PyArg_ParseTuple(args, "KKOOsiO|O", &ctx, &fn, &session, &sock, &host, &port, &live,
+                          &transport))
         return NULL;
     if (!ctx || !fn || port <= 0 || port > 65535) {
         PyErr_SetString(PyExc_ValueError, "incomplete route");
@@ -232,8 +232,9 @@ static PyObject *Leg_set_route(Leg *self, PyObject *args)
         return NULL;
     }
     Leg_clear_route_(self);
-    fp_srtp_set(&self->srtp, (void *)(uintptr_t)ctx, (srtp_fn)(uintptr_t)fn, NULL, session,
-                dtls, connected);
+    if (fp_srtp_set(&self->srtp, (void *)(uintptr_t)ctx, (srtp_fn)(uintptr_t)fn, NULL, session,
+                    live) < 0)
+        return NULL;
     Py_INCREF(sock);
     self->sock = sock;
     if (transport && transport != Py_None) {
@@ -277,9 +278,7 @@ static int Leg_route_fd(Leg *self)
 {
     if (!self->routed)
         return -1;
-    int live = fp_srtp_live(&self->srtp);
-    if (live <= 0) {
-        PyErr_Clear();
+    if (!fp_srtp_live(&self->srtp)) {
         Leg_clear_route_(self);
         return -1;
     }
@@ -719,7 +718,7 @@ static PyMethodDef Leg_methods[] = {
     {"rebase", (PyCFunction)Leg_rebase, METH_NOARGS,
      "Rebase the sequence offset at the next packet (we dropped packets)."},
     {"set_route", (PyCFunction)Leg_set_route, METH_VARARGS,
-     "set_route(srtp_ctx, protect_fn, session, sock, host, port, dtls, connected)"},
+     "set_route(srtp_ctx, protect_fn, session, sock, host, port, live[, transport])"},
     {"clear_route", (PyCFunction)Leg_clear_route, METH_NOARGS, "Forget the route."},
     {"rewrite", (PyCFunction)(void (*)(void))Leg_rewrite, METH_FASTCALL,
      "rewrite(payload, marker, seq, ts, ssrc) -> (packet, out_ts)"},

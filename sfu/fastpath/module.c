@@ -6,7 +6,7 @@
  */
 #include "fastpath.h"
 
-PyObject *fp_str_state, *fp_str_fileno, *fp_str_buffer_size;
+PyObject *fp_str_fileno, *fp_str_buffer_size;
 PyObject *fp_str_rx_packets, *fp_str_rx_bytes;
 PyObject *fp_str_add_reader, *fp_str_remove_reader, *fp_str_call_later;
 
@@ -34,9 +34,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         PyType_Ready(&PacketType) < 0 || PyType_Ready(&ReaderType) < 0 ||
         PyType_Ready(&TrackType) < 0 || PyType_Ready(&InboundType) < 0 ||
         PyType_Ready(&ArrivalsType) < 0 || PyType_Ready(&RxFlowType) < 0 ||
-        PyType_Ready(&RxTallyType) < 0 || fp_inbound_init_names() < 0 || fp_tally_init() < 0)
+        PyType_Ready(&RxTallyType) < 0 || PyType_Ready(&LiveType) < 0 || fp_inbound_init_names() < 0 || fp_tally_init() < 0)
         return NULL;
-    fp_str_state = PyUnicode_InternFromString("_state");
     fp_str_fileno = PyUnicode_InternFromString("fileno");
     fp_str_buffer_size = PyUnicode_InternFromString("_buffer_size");
     /* aiortc 1.16's RTCDtlsTransport counters (checked by sfu.aiortc_hooks) */
@@ -46,7 +45,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     fp_str_add_reader = PyUnicode_InternFromString("add_reader");
     fp_str_remove_reader = PyUnicode_InternFromString("remove_reader");
     fp_str_call_later = PyUnicode_InternFromString("call_later");
-    if (!fp_str_state || !fp_str_fileno || !fp_str_buffer_size || !fp_str_rx_packets ||
+    if (!fp_str_fileno || !fp_str_buffer_size || !fp_str_rx_packets ||
         !fp_str_rx_bytes || !fp_str_add_reader || !fp_str_remove_reader || !fp_str_call_later)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
@@ -65,6 +64,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         PyModule_AddObject(m, "Arrivals", Py_NewRef(&ArrivalsType)) < 0 ||
         PyModule_AddObject(m, "RxFlow", Py_NewRef(&RxFlowType)) < 0 ||
         PyModule_AddObject(m, "RxTally", Py_NewRef(&RxTallyType)) < 0 ||
+        PyModule_AddObject(m, "Live", Py_NewRef(&LiveType)) < 0 ||
         PyModule_AddIntConstant(m, "NACK_HISTORY", FP_NACK_HISTORY) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -53,7 +53,8 @@ typedef struct {
     PyObject *error_received;    /* the protocol's error_received(exc) */
     /* set once the DTLS transport is connected: SRTP goes to on_rtp/on_rtcp directly */
     int rtp;
-    FpSrtp srtp; /* .rtp, .rtcp: srtp_unprotect, srtp_unprotect_rtcp */
+    FpSrtp srtp;    /* .rtp, .rtcp: srtp_unprotect, srtp_unprotect_rtcp */
+    PyObject *dtls; /* aiortc's RTCDtlsTransport, whose receive counters we keep */
     PyObject *on_rtp, *on_rtcp;
     int abs_id, mid_id, rid_id, rrid_id; /* header extension ids, 0: not negotiated */
     /* transport-cc: the extension id and where arrivals go (twcc.c); NULL: not negotiated */
@@ -88,6 +89,7 @@ static void Reader_clear_rtp_(Reader *self)
 {
     self->rtp = 0;
     fp_srtp_clear(&self->srtp);
+    Py_CLEAR(self->dtls);
     Py_CLEAR(self->on_rtp);
     Py_CLEAR(self->on_rtcp);
     Py_CLEAR(self->arrivals);
@@ -97,6 +99,7 @@ static int Reader_traverse(Reader *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->datagram_received);
     Py_VISIT(self->error_received);
+    Py_VISIT(self->dtls);
     Py_VISIT(self->on_rtp);
     Py_VISIT(self->on_rtcp);
     Py_VISIT(self->routes);
@@ -149,21 +152,23 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds)
 
 static PyObject *Reader_set_rtp(Reader *self, PyObject *args)
 {
-    /* set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected,
-     *         on_rtp, on_rtcp, abs_id, mid_id[, rid_id, rrid_id]) */
+    /* set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, live,
+     *         on_rtp, on_rtcp, abs_id, mid_id[, rid_id, rrid_id]): live is dtls's Live */
     unsigned long long ctx, fn, fn_rtcp;
-    PyObject *session, *dtls, *connected, *on_rtp, *on_rtcp;
+    PyObject *session, *dtls, *live, *on_rtp, *on_rtcp;
     int abs_id, mid_id, rid_id = 0, rrid_id = 0;
     if (!PyArg_ParseTuple(args, "KKKOOOOOii|ii", &ctx, &fn, &fn_rtcp, &session, &dtls,
-                          &connected, &on_rtp, &on_rtcp, &abs_id, &mid_id, &rid_id, &rrid_id))
+                          &live, &on_rtp, &on_rtcp, &abs_id, &mid_id, &rid_id, &rrid_id))
         return NULL;
     if (!ctx || !fn || !fn_rtcp || !PyCallable_Check(on_rtp) || !PyCallable_Check(on_rtcp)) {
         PyErr_SetString(PyExc_ValueError, "incomplete RTP route");
         return NULL;
     }
     Reader_clear_rtp_(self);
-    fp_srtp_set(&self->srtp, (void *)(uintptr_t)ctx, (srtp_fn)(uintptr_t)fn,
-                (srtp_fn)(uintptr_t)fn_rtcp, session, dtls, connected);
+    if (fp_srtp_set(&self->srtp, (void *)(uintptr_t)ctx, (srtp_fn)(uintptr_t)fn,
+                    (srtp_fn)(uintptr_t)fn_rtcp, session, live) < 0)
+        return NULL;
+    self->dtls = Py_NewRef(dtls);
     Py_INCREF(on_rtp);
     self->on_rtp = on_rtp;
     Py_INCREF(on_rtcp);
@@ -326,12 +331,12 @@ static int Reader_take(Reader *self, unsigned char *buf, Py_ssize_t n,
  * by getStats): once per read callback rather than per packet. */
 static void Reader_flush_counters(Reader *t)
 {
-    if (!t->srtp.dtls || !t->pending_packets)
+    if (!t->dtls || !t->pending_packets)
         return;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    if (add_to_attr(t->srtp.dtls, fp_str_rx_packets, t->pending_packets) < 0 ||
-        add_to_attr(t->srtp.dtls, fp_str_rx_bytes, t->pending_bytes) < 0)
+    if (add_to_attr(t->dtls, fp_str_rx_packets, t->pending_packets) < 0 ||
+        add_to_attr(t->dtls, fp_str_rx_bytes, t->pending_bytes) < 0)
         PyErr_Clear();
     PyErr_Restore(type, value, tb);
     t->pending_packets = t->pending_bytes = 0;
@@ -484,10 +489,7 @@ static int Reader_handle(Reader *t, unsigned char *buf, Py_ssize_t n,
     unsigned char b0 = buf[0], b1 = n > 1 ? buf[1] : 0;
     if (!(t->rtp && n > 12 && b0 > 127 && b0 < 192))
         return Reader_fallback(t, buf, n, addr);
-    int connected = fp_srtp_live(&t->srtp);
-    if (connected < 0)
-        return -1;
-    if (!connected) {
+    if (!fp_srtp_live(&t->srtp)) {
         Reader_clear_rtp_(t);
         return Reader_fallback(t, buf, n, addr);
     }
@@ -676,7 +678,7 @@ static PyMethodDef Reader_methods[] = {
     {"set_routes", (PyCFunction)Reader_set_routes, METH_O,
      "set_routes(routes): share this socket; routes maps addr_key(host, port) -> Reader"},
     {"set_rtp", (PyCFunction)Reader_set_rtp, METH_VARARGS,
-     "set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, connected, on_rtp, "
+     "set_rtp(srtp_ctx, unprotect_fn, unprotect_rtcp_fn, session, dtls, live, on_rtp, "
      "on_rtcp, abs_id, mid_id[, rid_id, rrid_id])"},
     {"coalesce", (PyCFunction)Reader_coalesce, METH_VARARGS,
      "coalesce(loop, window_s): after each read, leave the socket unwatched for window_s and "
