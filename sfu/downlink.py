@@ -158,10 +158,17 @@ class HostJumps:
 
     One entry per connection, not every report of the last second: judging a jump looks
     at each connection once (hundreds of subscribers, several reports a second each,
-    and in a stall every one of them has a jump to judge)."""
+    and in a stall every one of them has a jump to judge). The entry keeps the highest
+    round trip of the last second beside the newest: after a stall a connection's
+    queued reports are read newest last, and the newest waited least (the one its
+    browser sent just before the loop woke), so by its newest alone no other
+    connection looked up and every stall read as each link's own queue."""
 
-    # label -> (when its newest round trip came, its height); least recently noted first
-    _newest: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
+    # label -> (newest: when, height; highest since: when, height), least recently
+    # noted first
+    _newest: OrderedDict[str, tuple[float, float, float, float]] = field(
+        default_factory=OrderedDict
+    )
 
     def __len__(self) -> int:
         """How many connections reported within the last 2 x HOST_JUMP_WINDOW."""
@@ -169,19 +176,26 @@ class HostJumps:
 
     def note(self, now: float, label: str, jump: float) -> None:
         newest = self._newest
-        newest[label] = (now, jump)
-        newest.move_to_end(label)
+        before = newest.pop(label, None)  # (re-inserted last: least recently noted first)
+        if before is not None and before[2] >= now - 2 * HOST_JUMP_WINDOW and before[3] >= jump:
+            newest[label] = (now, jump, before[2], before[3])
+        else:
+            newest[label] = (now, jump, now, jump)
         while next(iter(newest.values()))[0] < now - 2 * HOST_JUMP_WINDOW:
             newest.popitem(last=False)
 
     def elsewhere(self, when: float, label: str, jump: float) -> bool:
-        """Whether at least half of the other connections whose newest round trip came
-        within :data:`HOST_JUMP_WINDOW` of ``when`` (and at least one) were up by half
-        of ``jump`` or more (asked only for a sample that looks like a queue)."""
+        """Whether at least half of the other connections that reported within
+        :data:`HOST_JUMP_WINDOW` of ``when`` (and at least one) were up by half of
+        ``jump`` or more then (asked only for a sample that looks like a queue)."""
         threshold = max(QUEUE_DELAY, jump / 2)
         others = up = 0
-        for other, (t, j) in self._newest.items():
-            if abs(t - when) <= HOST_JUMP_WINDOW and other != label:
+        for other, (t, j, peak_t, peak) in self._newest.items():
+            if abs(peak_t - when) <= HOST_JUMP_WINDOW:
+                j = peak  # (the highest since then, so at least the newest)
+            elif abs(t - when) > HOST_JUMP_WINDOW:
+                continue
+            if other != label:
                 others += 1
                 up += j >= threshold
         return up > 0 and 2 * up >= others

@@ -844,6 +844,36 @@ def test_host_jumps_at_400_subscribers_hold_one_entry_each_and_judge_as_before()
     assert len(host) == n
 
 
+def test_a_stall_is_the_hosts_though_each_connections_newest_report_waited_least() -> None:
+    """A 1.2 s loop stall with 50 connections reporting four round trips a second: each
+    one's reports sent meanwhile wait in the socket and are read in a burst when the loop
+    wakes, newest last, and the newest waited least (its browser sent it just before).
+    Each connection's largest jump is still the host's (as fb170cc's scan said)."""
+    n, stall = 50, 1.2
+    host = downlink.HostJumps()
+    seen: list[tuple[float, str, float]] = []
+    now = 100.0
+    labels = [f"s{i}" for i in range(n)]
+    for _ in range(12):
+        now += 0.25
+        for label in labels:
+            host.note(now, label, 0.003)
+            seen.append((now, label, 0.003))
+    woke = now + stall
+    backlog = []
+    for i, label in enumerate(labels):
+        sent = [now + 0.25 * (i + 0.5) / n + 0.25 * k for k in range(5)]
+        backlog += [(s, label, woke - s) for s in sent if s < woke]
+    backlog.sort()
+    for k, (_sent, label, jump) in enumerate(backlog):
+        host.note(woke + 0.0001 * k, label, jump)
+        seen.append((woke + 0.0001 * k, label, jump))
+    for label in labels:
+        largest = max(j for _, other, j in backlog if other == label)
+        assert _scan(seen, woke, label, largest)
+        assert host.elsewhere(woke, label, largest), label
+
+
 def _climb_after_lift(lift_after_failures: int) -> float:
     """A 300 kbit/s link the estimate sits at (want: 520k) whose probes fail (the SR
     90 % into each waits 200 ms) until the shaping is lifted right after the
