@@ -8,7 +8,9 @@ The wheel keeps the jobs in slots of :data:`RESOLUTION` seconds and arms one loo
 for the earliest non-empty slot, so jobs due within the same slot run in one wake-up and
 an idle job costs one small object, not a task.
 
-A job runs at most :data:`RESOLUTION` late (never early); the periods it serves (RTCP
+A job runs never early, and late by at most :data:`RESOLUTION` plus the goes of the jobs
+due before it (see below; the loop's other ready work runs between goes, and the next
+slot may fire while an earlier one's goes are still pending); the periods it serves (RTCP
 0.5-1.5 s, consent 4-6 s) are randomised over far wider ranges than that.
 
 Jobs due together run at most :data:`BUDGET` seconds at a go: then the loop polls its
