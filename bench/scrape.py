@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -100,32 +101,30 @@ class Scrape:
     hists: dict[str, Histogram] = field(default_factory=dict)
 
 
+def _add_sample(h: Histogram, sample: Any) -> None:
+    """One sample of a Prometheus histogram family into ``h``."""
+    if sample.name.endswith("_bucket"):
+        h.buckets[float(sample.labels["le"])] = sample.value
+    elif sample.name.endswith("_count"):
+        h.count = sample.value
+    elif sample.name.endswith("_sum"):
+        h.total = sample.value
+
+
 def parse(text: str) -> Scrape:
     out = Scrape()
     for family in text_string_to_metric_families(text):
         if family.name == LATENCY:
             for sample in family.samples:
                 room = sample.labels.get("room", "")
-                h = out.latency.setdefault(room, Histogram())
-                if sample.name.endswith("_bucket"):
-                    h.buckets[float(sample.labels["le"])] = sample.value
-                elif sample.name.endswith("_count"):
-                    h.count = sample.value
-                elif sample.name.endswith("_sum"):
-                    h.total = sample.value
+                _add_sample(out.latency.setdefault(room, Histogram()), sample)
             continue
         if family.name in (LOOP_BUSY, LOOP_BUSY_CPU, GC):
             for sample in family.samples:
                 key = {LOOP_BUSY: "loop", LOOP_BUSY_CPU: "loop_cpu"}.get(
                     family.name, f"gc{sample.labels.get('generation')}"
                 )
-                h = out.hists.setdefault(key, Histogram())
-                if sample.name.endswith("_bucket"):
-                    h.buckets[float(sample.labels["le"])] = sample.value
-                elif sample.name.endswith("_count"):
-                    h.count = sample.value
-                elif sample.name.endswith("_sum"):
-                    h.total = sample.value
+                _add_sample(out.hists.setdefault(key, Histogram()), sample)
             continue
         per_leg = {
             LEG_LAYER: out.leg_layer,
