@@ -19,8 +19,10 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (kept for ad-hoc debugging)
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from sfu import ice
+from sfu.downlink import REMB_WARMUP
 from sfu.router import MediaConfig, PublishRestartNeeded, RenegotiationNeeded, Router, RouterEvent
 
 VIDEO_CLOCK = 90000
@@ -201,3 +203,32 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> 
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
     return time.monotonic() - start
+
+
+async def a_watched_by_b_who_reports_remb(room: Room, settle: float) -> Peer:
+    """``a`` publishes, ``b`` decodes it and plays Chromium's part in REMB: aiortc's own
+    estimator is taken out (it would send REMBs of its own in between), and b reports
+    2 Mbit/s past the warm-up (``settle`` s more; drops before it cut nothing). Returns b."""
+    await room.join("a", (200, 30, 30))
+    b = await room.join("b", (30, 200, 30))
+    await wait_for(lambda: b.decoded("a", "video") >= 10, timeout=20)
+    for transceiver in b.sub.getTransceivers():
+        transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
+    await send_remb(room, "b", 2_000_000)
+    await asyncio.sleep(REMB_WARMUP + settle)
+    await send_remb(room, "b", 2_000_000)
+    await asyncio.sleep(0.2)
+    return b
+
+
+async def send_remb(room: Room, pid: str, bitrate: int) -> None:
+    """The subscriber's own RTCP: a REMB for every video it receives."""
+    sub = room.peers[pid].sub
+    assert sub is not None
+    receivers = [t.receiver for t in sub.getTransceivers() if t.kind == "video"]
+    ssrcs = [s for r in receivers for s in r._RTCRtpReceiver__remote_streams]
+    rtcp_ssrc = receivers[0]._RTCRtpReceiver__rtcp_ssrc
+    packet = RtcpPsfbPacket(
+        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
+    )
+    await receivers[0]._send_rtcp(packet)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 from prometheus_client.registry import CollectorRegistry
 
 from server.metrics import MediaStatsCollector
@@ -21,7 +20,7 @@ from sfu import downlink
 from sfu.allocator import HOLD_UP, TICK, Allocator, Video, allocate
 from sfu.downlink import DownlinkEstimate
 from sfu.router import VideoPaused
-from tests.media import Peer, Room, wait_for
+from tests.media import Room, a_watched_by_b_who_reports_remb, send_remb, wait_for
 
 
 class Clock:
@@ -1074,35 +1073,6 @@ def test_a_speaker_keeps_the_rank_through_pauses_between_words(
     assert router.rank("p") == RANK_CASEWORKER
 
 
-async def _a_watched_by_b_who_reports_remb(room: Room, settle: float) -> Peer:
-    """``a`` publishes, ``b`` decodes it and plays Chromium's part in REMB: aiortc's own
-    estimator is taken out (it would send REMBs of its own in between), and b reports
-    2 Mbit/s past the warm-up (``settle`` s more; drops before it cut nothing). Returns b."""
-    await room.join("a", (200, 30, 30))
-    b = await room.join("b", (30, 200, 30))
-    await wait_for(lambda: b.decoded("a", "video") >= 10, timeout=20)
-    for transceiver in b.sub.getTransceivers():
-        transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
-    await _send_remb(room, "b", 2_000_000)
-    await asyncio.sleep(downlink.REMB_WARMUP + settle)
-    await _send_remb(room, "b", 2_000_000)
-    await asyncio.sleep(0.2)
-    return b
-
-
-async def _send_remb(room: Room, pid: str, bitrate: int) -> None:
-    """The subscriber's own RTCP: a REMB for every video it receives."""
-    sub = room.peers[pid].sub
-    assert sub is not None
-    receivers = [t.receiver for t in sub.getTransceivers() if t.kind == "video"]
-    ssrcs = [s for r in receivers for s in r._RTCRtpReceiver__remote_streams]
-    rtcp_ssrc = receivers[0]._RTCRtpReceiver__rtcp_ssrc
-    packet = RtcpPsfbPacket(
-        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
-    )
-    await receivers[0]._send_rtcp(packet)
-
-
 @pytest.mark.slow
 async def test_real_peers_feedback_reaches_the_estimate_and_opus_has_fec_and_dtx() -> None:
     room = Room()
@@ -1141,14 +1111,14 @@ async def test_a_narrow_link_pauses_video_keeps_audio_and_probes_back_up() -> No
     room = Room()
     reporting: asyncio.Task[None] | None = None
     try:
-        b = await _a_watched_by_b_who_reports_remb(room, settle=3)
+        b = await a_watched_by_b_who_reports_remb(room, settle=3)
 
-        await _send_remb(room, "b", 1_000)
+        await send_remb(room, "b", 1_000)
         await asyncio.sleep(0.3)
 
         async def report() -> None:
             while True:  # fell again (so it is the link), then steady
-                await _send_remb(room, "b", 500)
+                await send_remb(room, "b", 500)
                 await asyncio.sleep(0.3)
 
         reporting = asyncio.ensure_future(report())
@@ -1186,12 +1156,12 @@ async def test_hiding_and_showing_a_paused_tile_is_no_resume_and_no_pause() -> N
     room = Room()
     reporting: asyncio.Task[None] | None = None
     try:
-        await _a_watched_by_b_who_reports_remb(room, settle=1)
+        await a_watched_by_b_who_reports_remb(room, settle=1)
 
         async def report() -> None:
             while True:  # keeps falling: the link stays narrow, every probe fails
                 for bps in (1_000, 800):
-                    await _send_remb(room, "b", bps)
+                    await send_remb(room, "b", bps)
                     await asyncio.sleep(0.3)
 
         reporting = asyncio.ensure_future(report())

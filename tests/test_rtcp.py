@@ -18,7 +18,7 @@ import time
 import pytest
 
 from sfu.router import MediaConfig
-from tests.media import Room, wait_for
+from tests.media import Room, a_watched_by_b_who_reports_remb, send_remb, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -311,12 +311,11 @@ async def test_audio_sends_no_periodic_sr_while_a_paused_links_probe_waits_for_i
     b plays Chromium's part: REMB that pauses a's video, then no receiver report (its
     audio report is seconds away) while the probe waits for one."""
     from sfu.router import VideoPaused
-    from tests.test_downlink import _a_watched_by_b_who_reports_remb, _send_remb
 
     room = Room("room-sr-hold", MediaConfig(media_host=MEDIA_HOST))
     tasks: list[asyncio.Task[None]] = []
     try:
-        b = await _a_watched_by_b_who_reports_remb(room, settle=3)
+        b = await a_watched_by_b_who_reports_remb(room, settle=3)
         estimate = room.router.subscribers["b"].estimate
         dtls = transport(b.sub)
         down = Wire(dtls)
@@ -332,10 +331,10 @@ async def test_audio_sends_no_periodic_sr_while_a_paused_links_probe_waits_for_i
         dtls._send_rtp = send_unless_held
 
         async def remb() -> None:
-            await _send_remb(room, "b", 1_000)
+            await send_remb(room, "b", 1_000)
             while True:  # fell again (so it is the link), then steady
                 await asyncio.sleep(0.3)
-                await _send_remb(room, "b", 500)
+                await send_remb(room, "b", 500)
 
         probes: dict[int, list] = {}  # id -> [probe, first seen, last seen] (time.time)
 
