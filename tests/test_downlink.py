@@ -743,6 +743,25 @@ def test_a_video_links_probe_is_not_answered_by_an_sr_sent_after_it() -> None:
     assert est.update() == pytest.approx(264_000 * 1.5)
 
 
+def test_a_paused_links_probe_lowers_an_estimate_its_remb_says_is_too_high() -> None:
+    """Every video paused at the first cut's figure (337k on a 300 kbit/s link): the
+    REMB then counts only in probes, and it says the link carried less than that. The
+    estimate comes down to the figure, so the next probe asks for 1.5x of what the link
+    carries, not of a figure above it."""
+    for remb, then in ((145_000, 245_000), (20_000, 120_000)):  # (REMB + the audio)
+        clock = Clock()
+        est = DownlinkEstimate(clock)
+        est.on_remb(500_000)
+        est.on_rtt(0.002, 0.002)
+        clock.now += downlink.REMB_WARMUP
+        est.bps, est.sent_bps, est.unstamped_bps = 337_000, 100_000, 100_000
+        est.padding_bps(100_000_000, sending=est.sent_bps)
+        assert est.probe is not None and est.probe.audio_only
+        clock.now += 0.4
+        est.on_remb(remb)
+        assert est.update() == then
+
+
 def test_one_other_connection_s_own_queue_is_not_the_hosts() -> None:
     """Twelve subscribers on one node: a probe passed on s0, then its rate fills a
     queue (an SR waits 300 ms) while ten others are at 2 ms. s1 queueing on a weak
