@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,23 +58,17 @@ _cpu_clock = time.thread_time  # this thread's CPU time: a stretch less what the
 
 
 class Hist:
-    """Counts per bucket of :data:`BUCKETS` (not cumulative), their sum and the max."""
+    """Counts per bucket of :data:`BUCKETS` (not cumulative) and their sum."""
 
-    __slots__ = ("counts", "total", "max")
+    __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * len(BUCKETS)
         self.total = 0.0
-        self.max = 0.0
 
     def add(self, seconds: float) -> None:
-        i = 0
-        while seconds > BUCKETS[i]:
-            i += 1
-        self.counts[i] += 1
+        self.counts[bisect_left(BUCKETS, seconds)] += 1  # the first bound ≥ seconds
         self.total += seconds
-        if seconds > self.max:
-            self.max = seconds
 
     @property
     def count(self) -> int:
@@ -118,6 +114,7 @@ class LoopWatch(Collector):
         self._gc_start = 0.0
         self._trace: Any = None
         self._calls: list[tuple[float, str]] = []
+        self._original_run: Any = None
         self.selector_wrapped = False
 
     # -- installing -------------------------------------------------------------------
@@ -134,6 +131,16 @@ class LoopWatch(Collector):
     def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        if self._trace is not None:
+            from asyncio import events
+
+            from sfu import timers
+
+            events.Handle._run = self._original_run  # type: ignore[method-assign]
+            timers.Wheel.trace = None
+            loop.remove_signal_handler(signal.SIGUSR1)
+            self._trace.close()
+            self._trace = None
         selector = getattr(loop, "_selector", None)
         if isinstance(selector, _TimedSelector):
             loop._selector = selector._inner  # type: ignore[attr-defined]
@@ -169,7 +176,7 @@ class LoopWatch(Collector):
         self._trace = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as us
         calls = self._calls_append
 
-        original_run = events.Handle._run
+        original_run = self._original_run = events.Handle._run
 
         def timed_run(handle: Any) -> None:
             t0 = _clock()
@@ -179,8 +186,6 @@ class LoopWatch(Collector):
                 calls(took, _name(handle._callback))
 
         events.Handle._run = timed_run  # type: ignore[method-assign]
-        import signal
-
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._census)
         timers.Wheel.trace = calls  # type: ignore[attr-defined]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import weakref
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -142,3 +143,48 @@ async def test_frozen_cycles_are_freed_once_the_frozen_heap_has_grown() -> None:
         del grown
     finally:
         policy.uninstall()
+
+
+async def test_frozen_cycles_are_freed_at_the_latest_thaw_after_seconds() -> None:
+    """A heap that does not grow (participants leave as others join) still has its
+    frozen garbage freed: the first full collection ``thaw_after`` seconds after the
+    last whole-heap one thaws, and the next examines everything."""
+    loop = asyncio.get_running_loop()
+    now = [0.0]
+    policy = gcpolicy.GcPolicy(loop, thaw_growth=1e9, thaw_after=300, clock=lambda: now[0])
+    leaked = cycle()
+    keep = leaked()
+    policy.install()
+    try:
+        del keep
+        gc.collect()
+        await asyncio.sleep(0)
+        assert policy.thaws == 0 and leaked() is not None  # 0 s: frozen, kept
+        now[0] = 301.0
+        gc.collect()  # the first full collection after 300 s: thawed
+        await asyncio.sleep(0)
+        assert policy.thaws == 1
+        gc.collect()  # the whole heap
+        await asyncio.sleep(0)
+        assert leaked() is None
+        # the clock starts again from that whole-heap collection
+        gc.collect()
+        await asyncio.sleep(0)
+        assert policy.thaws == 1
+    finally:
+        policy.uninstall()
+
+
+async def test_uninstall_undoes_the_trace(monkeypatch, tmp_path) -> None:
+    from asyncio import events
+
+    from sfu import timers
+
+    run = events.Handle._run
+    monkeypatch.setenv("ROUNDTABLE_LOOP_TRACE", str(tmp_path / "trace"))
+    loop = asyncio.get_running_loop()
+    watch = loopwatch.install(loop, CollectorRegistry())
+    assert events.Handle._run is not run and timers.Wheel.trace is not None
+    watch.uninstall(loop)
+    assert events.Handle._run is run and timers.Wheel.trace is None
+    assert not loop.remove_signal_handler(signal.SIGUSR1)  # none left
