@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .downlink import AUDIO_REPORT_WAIT, PROBE_SR_SLACK, DownlinkEstimate
+from .downlink import AUDIO_REPORT_WAIT, NO_WORD_WAIT, PROBE_SR_SLACK, DownlinkEstimate
 from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, UNCAPPED, Forwarder, Leg
 from .timers import Timer, Wheel, wheel
 
@@ -421,7 +421,11 @@ class Allocator:
             at = probe.started + (0.4 + 0.45 * due) * (probe.ends - probe.started)
             now = self._clock()
             if due < 2 and at <= now <= probe.ends + PROBE_SR_SLACK:
-                leg.send_report()
+                # The leg's periodic SRs wait until the probe is judged: Chromium's next
+                # report answers only a stream's latest SR, and only the probe's own
+                # counts (a periodic one in between left a probe without word: after a
+                # lift the climb took 12 s, weak5's R11).
+                leg.send_report(hold=probe.settles + NO_WORD_WAIT - now)
                 if probe.audio_only:
                     # Every video paused: Chromium reports on audio only, seconds later,
                     # and answers the last SR of each stream: one from inside the probe

@@ -762,6 +762,38 @@ def test_a_paused_links_probe_lowers_an_estimate_its_remb_says_is_too_high() -> 
         assert est.update() == then
 
 
+def test_a_probe_s_own_srs_hold_the_leg_s_periodic_ones_until_it_is_judged() -> None:
+    """Only a probe's own SR can pass it, and Chromium answers a stream's latest SR: a
+    periodic SR of the same leg sent in between left probes without word, and the climb
+    after a lift took 12 s (weak5's R11). Both of the probe's SRs hold the leg's periodic
+    ones until the probe is judged."""
+
+    class PaddingLeg:
+        kind = "video"
+        can_pad = True
+        cap = None
+
+        def __init__(self) -> None:
+            self.holds: list[float] = []
+
+        def pad(self, count: int) -> int:
+            return count * 315
+
+        def send_report(self, hold: float = 0.0) -> None:
+            self.holds.append(hold)
+
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    leg = PaddingLeg()
+    allocator = Allocator(est, lambda: [leg], lambda p: 2, lambda p, paused: None, clock=clock)
+    est.padding_bps(10_000_000, sending=0)  # a probe starts
+    for at in (0.21, 0.43):
+        clock.now = est.probe.started + at
+        allocator._pad(0.02)
+    assert len(leg.holds) == 2
+    assert all(hold >= est.probe.settles - clock.now for hold in leg.holds), leg.holds
+
+
 def test_one_other_connection_s_own_queue_is_not_the_hosts() -> None:
     """Twelve subscribers on one node: a probe passed on s0, then its rate fills a
     queue (an SR waits 300 ms) while ten others are at 2 ms. s1 queueing on a weak
