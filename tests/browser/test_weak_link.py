@@ -18,8 +18,12 @@ trips the estimator judges probes by jumped with the CPU load on every connectio
 once, and the climb took 18-60 s at load 20-30 (NOTES-weak3); since the estimator takes
 such a jump for the host's, not the link's (sfu.downlink.HostJumps), it took 3.9-8.0 s in
 every run, at load 8-10 too (NOTES-weak4). The other goal, no freeze over 1 s, is printed
-and asserted at 3 s: a 1.5x probe that passes wrongly on the shaped link moves a video up
-for a second and freezes it about 1 s (1 run in 9 over 1 s, two at 0.96-0.98 s). The bench
+and asserted at 3 s in the steady window and across the climb: a 1.5x probe that passes
+wrongly on the shaped link moves a video up for a second and freezes it about 1 s. Since
+only a probe's own SR can pass it, that held at 0 s in every run at load 2-6, but not at
+load 9-13 (NOTES-weak5: 1.33 s once, and a video paused after such an upgrade). The move
+down when the shaping starts is printed, not asserted: the freeze lasts until the low
+layer's key frame is through the link's full queue, 0.4-2.2 s per video (NOTES-weak5). The bench
 (`roundtable-bench --link`) measures the same on a delayed, lossy link, and the unit test
 test_a_lifted_link_is_climbed_back_within_a_few_seconds_whenever_it_is_lifted holds the
 climb on a fake clock.
@@ -604,18 +608,20 @@ async def _shaped_and_lifted(
     # lift is at most sfu.downlink.MAX_BACKOFF (2.5 s) away, and two passed probes reach
     # the middle layer of both videos.
     assert climb <= 10, f"climb back took {climb:.1f} s (issue 15: 10 s)"
+    longest = max(d["longest"] for d in (*steady.values(), *up.values()))
+    print(
+        f"[300 kbit/s] longest freeze in the steady window and after the climb <= {longest:.2f} s"
+        " (issue 15's goal: 1 s); at the move down: "
+        + " / ".join(f"{name} {down[name]['longest']:.2f} s" for name in ("caseworker", "partner"))
+        + " (printed, not asserted)"
+    )
     # Switching at key frames: the video keeps decoding across each switch (a new key
     # frame on the way up, the decoder never stuck): issue 15's goal is no freeze over 1 s
     # (the bound from getStats' count and total) in the steady window nor across the
-    # climb, printed below; asserted at 3 s (a wrongly passed probe, module docstring).
+    # climb, printed above; asserted at 3 s (a wrongly passed probe, module docstring).
     for name in ("caseworker", "partner"):
         for what, d in (("steady", steady[name]), ("up", up[name])):
             assert d["longest"] < 3.0, (name, what, d)
         # Decoding went on (at least half the low layer's 15 frames a second).
         assert up[name]["frames"] >= 7 * up_seconds, (name, up[name], up_seconds)
         assert up[name]["keyframes"] > 0, (name, up[name])
-    longest = max(d["longest"] for d in (*steady.values(), *up.values()))
-    print(
-        f"[300 kbit/s] longest freeze in the steady window and after the climb <= {longest:.2f} s"
-        " (issue 15's goal: 1 s)"
-    )
