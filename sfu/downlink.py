@@ -352,9 +352,15 @@ class DownlinkEstimate:
             # figure that says all we send arrives (Chromium's 0.85x of it) while the link
             # neither queues nor loses much: its estimator lingering after a decrease.
             figure = max(figure, self.sent_bps)
-        elif figure < min(self.bps, self.sent_bps):
-            self._cut_at = now
+            cut = False
+        else:
+            cut = figure < min(self.bps, self.sent_bps)
+        before = self.bps
         self._congested(now, figure, hold=False)
+        if cut and self.bps < before:
+            # Not when the figure only failed a probe (_congested kept the estimate):
+            # then no queue of ours is draining, and a fall after it is news.
+            self._cut_at = now
 
     def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
         """One receiver-report block for one of this connection's streams."""

@@ -337,6 +337,33 @@ def test_a_remb_saying_all_we_send_arrives_holds_what_is_sent() -> None:
     assert est.update() == 136_000
 
 
+def test_a_fall_after_a_remb_that_only_failed_a_probe_is_news() -> None:
+    """A REMB below what we send just after a probe (0.83x: not the 0.85x that only
+    holds, above the 0.8x that cuts in a probe) fails that probe and keeps the
+    estimate (our padding's overuse). No cut of ours is draining then, so a fall to
+    0.6x the estimate 0.6 s later is the link narrowing: it cuts."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_remb(3_000_000)
+    clock.now += downlink.REMB_WARMUP
+    est.on_remb(3_000_000)
+    est.sent_bps, est.unstamped_bps = 1_000_000, 100_000
+    est.bps = 1_000_000
+    est.padding_bps(100_000_000, sending=1_000_000)  # a probe to 1.5 M
+    clock.now = est.probe.ends + 0.05
+    est.on_remb(1_000_000)
+    clock.now += 0.2
+    est.on_remb(730_000)  # 830k with the audio: the probe's overuse
+    assert est.bps == 1_000_000
+    clock.now += downlink.PROBE_SETTLE + 0.1
+    est.update()
+    clock.now += 0.4
+    est.on_remb(500_000)
+    clock.now += 0.2
+    est.on_remb(450_000)
+    assert est.bps == 600_000
+
+
 def test_heavy_loss_backs_off_to_what_was_sent_less_half_the_loss() -> None:
     clock = Clock()
     est = DownlinkEstimate(clock)
