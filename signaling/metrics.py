@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -132,19 +132,34 @@ class Metrics:
         self.limit_hits.labels(limit=limit).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return b"".join(_texts(self.registry.collect()))
 
     async def render_async(
         self, budget: float = RENDER_BUDGET, clock: Callable[[], float] = time.perf_counter
     ) -> bytes:
         """:meth:`render`'s bytes, but the loop runs its other work (media) whenever a
-        go took ``budget`` seconds: between metric families, which the registry's
-        collectors build one at a time."""
+        go took ``budget`` seconds: between metric families, or parts of one large family
+        (server.metrics), which the registry's collectors build one at a time."""
         parts = []
         deadline = clock() + budget
-        for family in self.registry.collect():
-            parts.append(generate_latest(_One(family)))
+        for text in _texts(self.registry.collect()):
+            parts.append(text)
             if clock() >= deadline:
                 await asyncio.sleep(0)
                 deadline = clock() + budget
         return b"".join(parts)
+
+
+def _texts(families: Iterable[Metric]) -> Iterator[bytes]:
+    """Each family's exposition text. A collector may yield one large family as
+    consecutive parts of the same name (server.metrics): the parts after the first lose
+    their ``# HELP``/``# TYPE`` lines, so the text is that of the family in one piece."""
+    previous = None
+    for family in families:
+        text = generate_latest(_One(family))
+        if family.name == previous:
+            text = b"".join(
+                line for line in text.splitlines(keepends=True) if not line.startswith(b"# ")
+            )
+        previous = family.name
+        yield text
