@@ -26,6 +26,22 @@ and its survivors are frozen again. That whole-heap collection is still the long
 (0.2-0.5 s at 45 rooms): it is rarer, not gone. CPython's own rule would run one at
 every 25 % of growth. (Objects freed by reference counting - most - are freed whether
 frozen or not.)
+
+Young collections were the next pause. CPython starts one when 700 more container
+objects were allocated than freed, but the server, once calls run, allocates about as
+many as it frees: every Socket.IO message in or out replaces its socket's waiting chain
+(python-engineio's ``wait_for`` task, future, timer handle, coroutines: ~35 objects that
+live until the next message), aiortc's RTCP statistics replace the last report's. The
+young generation then held 7,000-15,000 live objects by the time the count reached 700,
+and each young collection examined all of them: 2.5-7 ms every 0.4 s at 70 rooms × 3
+(server/loopwatch's trace; the /metrics GC histogram), freeing nothing
+(``collected=0``) - and a datagram that arrived meanwhile waited for it. So every
+:data:`FREEZE_EVERY` seconds the young objects are frozen too (``gc.freeze()`` splices
+the generations' lists: it examines nothing), which also restarts CPython's count: a
+young collection that still runs examines at most that long's survivors. Cyclic garbage
+made meanwhile - rare once calls run: the young collections freed none - waits for the
+next thaw like the rest, and the thaw is checked on the same timer
+(:data:`CHECK_EVERY`), since full collections no longer come by themselves.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +62,11 @@ log = logging.getLogger(__name__)
 # the garbage frozen meanwhile (participants who left) is bounded by both.
 THAW_GROWTH = 1.5
 THAW_AFTER = 300.0  # s
+# s between freezes of the young objects (0: CPython's own young collections only); the
+# environment's ROUNDTABLE_GC_FREEZE_EVERY overrides it (e.g. 0 to compare in a bench).
+FREEZE_EVERY = 0.1
+# s between checks of the thaw rule on that timer (the heap's size costs ~1 ms to read).
+CHECK_EVERY = 5.0
 
 
 class GcPolicy:
@@ -54,8 +76,12 @@ class GcPolicy:
         thaw_growth: float = THAW_GROWTH,
         thaw_after: float = THAW_AFTER,
         clock: Callable[[], float] = time.monotonic,
+        freeze_every: float = FREEZE_EVERY,
+        check_every: float = CHECK_EVERY,
     ) -> None:
         self._loop = loop
+        self.freeze_every = freeze_every
+        self.check_every = check_every
         self.thaw_growth = thaw_growth
         self.thaw_after = thaw_after
         self._clock = clock
@@ -64,16 +90,47 @@ class GcPolicy:
         self.thaws = 0
         self._thawed = False  # the next full collection examines everything
         self._base = 0  # allocated blocks after the last whole-heap collection (or start)
+        self._check_at = 0.0  # when the timer next checks the thaw rule
+        self._timer: asyncio.TimerHandle | None = None
+        self.freezes = 0  # freezes of the young objects by the timer
 
     def install(self) -> None:
         gc.freeze()
         self._base = sys.getallocatedblocks()
         gc.callbacks.append(self._on_gc)
+        if self.freeze_every > 0:
+            self._check_at = self._clock() + self.check_every
+            self._timer = self._loop.call_later(self.freeze_every, self._tick)
 
     def uninstall(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
         gc.unfreeze()
+
+    def _tick(self) -> None:
+        self._timer = self._loop.call_later(self.freeze_every, self._tick)
+        now = self._clock()
+        if now >= self._check_at:
+            self._check_at = now + self.check_every
+            if self._thaw_due(sys.getallocatedblocks()):
+                # Everything is examined now (the long pause the thaw rule bounds);
+                # _after_full freezes its survivors and takes the new base.
+                gc.unfreeze()
+                self._thawed = True
+                self.thaws += 1
+                gc.collect()
+                return
+        gc.freeze()
+        self.freezes += 1
+
+    def _thaw_due(self, blocks: int) -> bool:
+        return (
+            blocks > self.thaw_growth * self._base
+            or self._clock() - self._whole_at >= self.thaw_after
+        )
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase != "stop" or info.get("generation") != 2:
@@ -97,10 +154,7 @@ class GcPolicy:
             self._thawed = False
             self._base = blocks
             self._whole_at = self._clock()
-        elif (
-            blocks > self.thaw_growth * self._base
-            or self._clock() - self._whole_at >= self.thaw_after
-        ):
+        elif self._thaw_due(blocks):
             # The next full collection examines everything, and frees frozen cycles.
             gc.unfreeze()
             self._thawed = True
@@ -108,9 +162,10 @@ class GcPolicy:
 
 
 def install(loop: asyncio.AbstractEventLoop) -> GcPolicy:
-    policy = GcPolicy(loop)
+    every = os.environ.get("ROUNDTABLE_GC_FREEZE_EVERY")
+    policy = GcPolicy(loop, freeze_every=FREEZE_EVERY if every is None else float(every))
     policy.install()
     return policy
 
 
-__all__ = ["THAW_AFTER", "THAW_GROWTH", "GcPolicy", "install"]
+__all__ = ["CHECK_EVERY", "FREEZE_EVERY", "THAW_AFTER", "THAW_GROWTH", "GcPolicy", "install"]

@@ -188,3 +188,50 @@ async def test_uninstall_undoes_the_trace(monkeypatch, tmp_path) -> None:
     watch.uninstall(loop)
     assert events.Handle._run is run and timers.Wheel.trace is None
     assert not loop.remove_signal_handler(signal.SIGUSR1)  # none left
+
+
+async def test_the_timer_freezes_young_objects_and_thaws_on_its_own() -> None:
+    """Every ``freeze_every`` seconds the young objects are frozen (a young collection
+    then has nothing of before to examine, nor to free); the thaw rule is checked on the
+    same timer, and when due it runs the whole-heap collection itself - full collections
+    no longer come by themselves once young ones are rare."""
+    loop = asyncio.get_running_loop()
+    now = [0.0]
+    policy = gcpolicy.GcPolicy(
+        loop,
+        thaw_growth=1e9,
+        thaw_after=300,
+        clock=lambda: now[0],
+        freeze_every=0.01,
+        check_every=5.0,
+    )
+    policy.install()
+    try:
+        leaked = cycle()  # young garbage made after the start
+        await asyncio.sleep(0.05)
+        assert policy.freezes >= 1
+        gc.collect(0)
+        gc.collect(1)
+        assert leaked() is not None  # frozen by the timer: examined by neither
+        before = policy.full
+        now[0] = 301.0  # the thaw is due at the next check
+        await asyncio.sleep(0.2)  # ~20 ticks
+        assert leaked() is None  # freed by the whole-heap collection the timer ran
+        assert policy.thaws == 1 and policy.full > before
+        await asyncio.sleep(0.05)
+        assert policy.thaws == 1  # and the clock starts again from it
+    finally:
+        policy.uninstall()
+    assert policy._timer is None
+
+
+async def test_the_young_freeze_can_be_turned_off(monkeypatch) -> None:
+    monkeypatch.setenv("ROUNDTABLE_GC_FREEZE_EVERY", "0")
+    policy = gcpolicy.install(asyncio.get_running_loop())
+    try:
+        assert policy.freeze_every == 0 and policy._timer is None
+        leaked = cycle()
+        gc.collect(0)
+        assert leaked() is None  # CPython's young collections as before
+    finally:
+        policy.uninstall()
