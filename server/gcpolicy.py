@@ -40,8 +40,10 @@ and each young collection examined all of them: 2.5-7 ms every 0.4 s at 70 rooms
 the generations' lists: it examines nothing), which also restarts CPython's count: a
 young collection that still runs examines at most that long's survivors. Cyclic garbage
 made meanwhile - rare once calls run: the young collections freed none - waits for the
-next thaw like the rest, and the thaw is checked on the same timer
-(:data:`CHECK_EVERY`), since full collections no longer come by themselves.
+next thaw like the rest. Full collections then come only where much is allocated
+(joins): a thaw decided after one runs its whole-heap collection at once (the timer
+would freeze everything again before the next came), and the time rule is kept by the
+timer.
 """
 
 from __future__ import annotations
@@ -65,8 +67,6 @@ THAW_AFTER = 300.0  # s
 # s between freezes of the young objects (0: CPython's own young collections only); the
 # environment's ROUNDTABLE_GC_FREEZE_EVERY overrides it (e.g. 0 to compare in a bench).
 FREEZE_EVERY = 0.1
-# s between checks of the thaw rule on that timer (the heap's size costs ~1 ms to read).
-CHECK_EVERY = 5.0
 
 
 class GcPolicy:
@@ -77,11 +77,9 @@ class GcPolicy:
         thaw_after: float = THAW_AFTER,
         clock: Callable[[], float] = time.monotonic,
         freeze_every: float = FREEZE_EVERY,
-        check_every: float = CHECK_EVERY,
     ) -> None:
         self._loop = loop
         self.freeze_every = freeze_every
-        self.check_every = check_every
         self.thaw_growth = thaw_growth
         self.thaw_after = thaw_after
         self._clock = clock
@@ -90,7 +88,6 @@ class GcPolicy:
         self.thaws = 0
         self._thawed = False  # the next full collection examines everything
         self._base = 0  # allocated blocks after the last whole-heap collection (or start)
-        self._check_at = 0.0  # when the timer next checks the thaw rule
         self._timer: asyncio.TimerHandle | None = None
         self.freezes = 0  # freezes of the young objects by the timer
 
@@ -99,7 +96,6 @@ class GcPolicy:
         self._base = sys.getallocatedblocks()
         gc.callbacks.append(self._on_gc)
         if self.freeze_every > 0:
-            self._check_at = self._clock() + self.check_every
             self._timer = self._loop.call_later(self.freeze_every, self._tick)
 
     def uninstall(self) -> None:
@@ -112,19 +108,23 @@ class GcPolicy:
 
     def _tick(self) -> None:
         self._timer = self._loop.call_later(self.freeze_every, self._tick)
-        now = self._clock()
-        if now >= self._check_at:
-            self._check_at = now + self.check_every
-            if self._thaw_due(sys.getallocatedblocks()):
-                # Everything is examined now (the long pause the thaw rule bounds);
-                # _after_full freezes its survivors and takes the new base.
-                gc.unfreeze()
-                self._thawed = True
-                self.thaws += 1
-                gc.collect()
-                return
+        if self._clock() - self._whole_at >= self.thaw_after:
+            # Full collections come by themselves only where much is allocated (joins);
+            # in a steady call the time rule is kept here.
+            self._whole_heap()
+            return
         gc.freeze()
         self.freezes += 1
+
+    def _whole_heap(self) -> None:
+        """Examine everything now (the long pause the thaw rule bounds): frozen cycles
+        are freed, and :meth:`_after_full` freezes the survivors and takes the new base.
+        With the young freeze on it cannot wait for the next full collection: the timer
+        would freeze everything again before it came."""
+        gc.unfreeze()
+        self._thawed = True
+        self.thaws += 1
+        gc.collect()
 
     def _thaw_due(self, blocks: int) -> bool:
         return (
@@ -155,10 +155,14 @@ class GcPolicy:
             self._base = blocks
             self._whole_at = self._clock()
         elif self._thaw_due(blocks):
-            # The next full collection examines everything, and frees frozen cycles.
-            gc.unfreeze()
-            self._thawed = True
-            self.thaws += 1
+            if self.freeze_every > 0:
+                # Now, while joins allocate (what made this full collection come).
+                self._whole_heap()
+            else:
+                # The next full collection examines everything, and frees frozen cycles.
+                gc.unfreeze()
+                self._thawed = True
+                self.thaws += 1
 
 
 def install(loop: asyncio.AbstractEventLoop) -> GcPolicy:
@@ -168,4 +172,4 @@ def install(loop: asyncio.AbstractEventLoop) -> GcPolicy:
     return policy
 
 
-__all__ = ["CHECK_EVERY", "FREEZE_EVERY", "THAW_AFTER", "THAW_GROWTH", "GcPolicy", "install"]
+__all__ = ["FREEZE_EVERY", "THAW_AFTER", "THAW_GROWTH", "GcPolicy", "install"]

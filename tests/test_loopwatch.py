@@ -8,6 +8,7 @@ import gc
 import signal
 import weakref
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bench.report import _gc, _loop_stalls
@@ -91,7 +92,7 @@ async def test_full_collections_examine_only_what_survived_since_the_last() -> N
     the next full collection does not examine (nor free) it. Without the policy the
     cycle below is freed by the first full collection."""
     loop = asyncio.get_running_loop()
-    policy = gcpolicy.GcPolicy(loop, thaw_growth=1e9)  # never thaws here
+    policy = gcpolicy.GcPolicy(loop, thaw_growth=1e9, freeze_every=0)  # never thaws here
     held = [cycle()]  # a cycle alive (referenced) when the server starts
     keep = held[0]()
     policy.install()
@@ -120,26 +121,32 @@ async def test_full_collections_examine_only_what_survived_since_the_last() -> N
     assert held[0]() is None and late() is None
 
 
-async def test_frozen_cycles_are_freed_once_the_frozen_heap_has_grown() -> None:
+@pytest.mark.parametrize("freeze_every", [0.0, 0.1])
+async def test_frozen_cycles_are_freed_once_the_frozen_heap_has_grown(freeze_every) -> None:
     """What is frozen and becomes cyclic garbage (a participant who left) is freed by
     the full collection after the frozen heap grew past ``thaw_growth`` times its last
-    base: the leak is bounded."""
+    base: the leak is bounded. Without the young freeze that is the next full
+    collection; with it, one run at once (the timer would freeze everything again
+    before the next came)."""
     loop = asyncio.get_running_loop()
-    policy = gcpolicy.GcPolicy(loop, thaw_growth=1.0001)
+    policy = gcpolicy.GcPolicy(loop, thaw_growth=1.0001, freeze_every=freeze_every)
     leaked = cycle()
     keep = leaked()
     policy.install()
     try:
         del keep
         grown = [[] for _ in range(1000)]  # the frozen heap grows at the next freeze
-        gc.collect()  # survivors frozen; more than the base: thawed for the next one
+        gc.collect()  # survivors frozen; more than the base: thawed
         await asyncio.sleep(0)
         assert policy.thaws == 1
-        assert leaked() is not None  # not yet examined
-        gc.collect()  # the whole heap: the frozen cycle is freed
-        await asyncio.sleep(0)
+        if not freeze_every:
+            assert leaked() is not None  # not yet examined
+            gc.collect()  # the whole heap: the frozen cycle is freed
+            await asyncio.sleep(0)
         assert leaked() is None
+        await asyncio.sleep(0)
         assert gc.get_freeze_count() > 0  # and its survivors frozen again
+        assert policy.thaws == 1
         del grown
     finally:
         policy.uninstall()
@@ -151,7 +158,9 @@ async def test_frozen_cycles_are_freed_at_the_latest_thaw_after_seconds() -> Non
     last whole-heap one thaws, and the next examines everything."""
     loop = asyncio.get_running_loop()
     now = [0.0]
-    policy = gcpolicy.GcPolicy(loop, thaw_growth=1e9, thaw_after=300, clock=lambda: now[0])
+    policy = gcpolicy.GcPolicy(
+        loop, thaw_growth=1e9, thaw_after=300, clock=lambda: now[0], freeze_every=0
+    )
     leaked = cycle()
     keep = leaked()
     policy.install()
@@ -203,7 +212,6 @@ async def test_the_timer_freezes_young_objects_and_thaws_on_its_own() -> None:
         thaw_after=300,
         clock=lambda: now[0],
         freeze_every=0.01,
-        check_every=5.0,
     )
     policy.install()
     try:
@@ -214,7 +222,7 @@ async def test_the_timer_freezes_young_objects_and_thaws_on_its_own() -> None:
         gc.collect(1)
         assert leaked() is not None  # frozen by the timer: examined by neither
         before = policy.full
-        now[0] = 301.0  # the thaw is due at the next check
+        now[0] = 301.0  # the thaw is due at the next tick
         await asyncio.sleep(0.2)  # ~20 ticks
         assert leaked() is None  # freed by the whole-heap collection the timer ran
         assert policy.thaws == 1 and policy.full > before
