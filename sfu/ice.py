@@ -56,6 +56,7 @@ _CONSENT = "_roundtable_consent"  # the _Consent checking an SFU connection now
 _EXPIRED = "_roundtable_expired"  # set while an SFU connection's consent has expired
 _ON_CONSENT = "_roundtable_on_consent"  # the owner's callback: consent lost / regained
 _original_query_consent = aioice.ice.Connection.query_consent
+_original_close = aioice.ice.Connection.close
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)\s*$", re.M)
 _PWD = re.compile(r"^a=ice-pwd:(\S+)\s*$", re.M)
 
@@ -392,9 +393,19 @@ def _stop_consent(connection: aioice.Connection) -> None:
         delattr(connection, _CONSENT)
 
 
+async def _close(self: aioice.Connection) -> None:
+    """aioice's close, after the consent jobs stop: their wheel timers (the expiry up to
+    30 s ahead) held the closed connection, and through its owner's callback the
+    subscriber, allocator and room router, until they came due."""
+    _stop_consent(self)
+    await _original_close(self)
+
+
 def install() -> None:
     if aioice.ice.Connection.query_consent is not _query_consent:
         aioice.ice.Connection.query_consent = _query_consent
+    if aioice.ice.Connection.close is not _close:
+        aioice.ice.Connection.close = _close
 
 
 def check() -> list[str]:

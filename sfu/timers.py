@@ -42,11 +42,16 @@ class Timer:
     __slots__ = ("callback", "cancelled")
 
     def __init__(self, callback: Callable[[], None]) -> None:
-        self.callback = callback
+        self.callback: Callable[[], None] | None = callback
         self.cancelled = False
 
     def cancel(self) -> None:
+        """The job stays in its slot until the slot comes due, but without its callback:
+        a closed connection's consent expiry (30 s ahead) held the connection, its
+        subscriber, allocator and room router - and the room's series on /metrics -
+        for that long after everyone had left."""
         self.cancelled = True
+        self.callback = None
 
 
 class Wheel:
@@ -130,18 +135,20 @@ class Wheel:
         while i < n:
             timer = ready[i]
             i += 1
-            if timer.cancelled:
+            callback = timer.callback
+            if timer.cancelled or callback is None:
                 continue
             timer.cancelled = True  # ran: a late cancel() is harmless
+            timer.callback = None
             try:
                 if trace is None:
-                    timer.callback()
+                    callback()
                 else:
                     t0 = time.perf_counter()
-                    timer.callback()
-                    trace(time.perf_counter() - t0, f"wheel {_name(timer.callback)}")
+                    callback()
+                    trace(time.perf_counter() - t0, f"wheel {_name(callback)}")
             except Exception:
-                log.exception("timer job %s failed", _name(timer.callback))
+                log.exception("timer job %s failed", _name(callback))
             if i < n and clock() >= deadline:
                 self.deferred += 1
                 self._loop.call_soon(self._run, ready, i)

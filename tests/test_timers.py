@@ -231,6 +231,40 @@ async def test_close_and_restart_stop_the_checks(quick_consent: None) -> None:
         await sfu.close()
 
 
+async def test_a_closed_connection_is_not_held_by_its_consent_jobs() -> None:
+    """Consent's expiry job lies 30 s ahead (aioice's own interval here). Before, close
+    left it (and the next check) armed on the wheel, and a cancelled job kept its
+    callback: the closed connection - and through its owner's callback a subscriber,
+    its allocator and the room's router - lived until the job came due."""
+    import gc
+    import weakref
+
+    sfu, peer = await connected_pair()
+    await asyncio.sleep(0.05)
+    assert getattr(sfu, ice._CONSENT, None) is not None
+    gone = weakref.ref(sfu)
+    await sfu.close()
+    await peer.close()
+    del sfu
+    gc.collect()
+    assert gone() is None
+
+
+async def test_a_cancelled_job_lets_go_of_its_callback() -> None:
+    import weakref
+
+    class Owner:
+        def job(self) -> None:
+            raise AssertionError("cancelled, yet ran")
+
+    owner = Owner()
+    gone = weakref.ref(owner)
+    timer = wheel().call_later(60, owner.job)
+    timer.cancel()
+    del owner
+    assert gone() is None  # no collection needed: nothing holds it any more
+
+
 async def test_jobs_due_together_let_the_loop_poll_between_budgets() -> None:
     """A slot holding many jobs runs them in goes of at most ``budget`` seconds, with the
     event loop's other ready work (its sockets' readers) between the goes: 150 allocator
