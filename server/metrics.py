@@ -50,10 +50,13 @@ class MediaStatsCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         totals = dict(self._retired)
-        live = list(self._routers.items())
-        for _, stats in live:
+        routers = list(self._routers.items())
+        for _, stats in routers:
             for name in _FIELDS:
                 totals[name] += getattr(stats, name, 0)
+        # A closed room's router lives on until a collection frees its cycles (after
+        # server.gcpolicy's next thaw: minutes): its totals count, its series do not.
+        live = [(router, stats) for router, stats in routers if not router.closed]
         for name, help_text in (
             ("packets_in", "RTP packets received from publishers."),
             (

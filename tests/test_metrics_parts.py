@@ -34,6 +34,7 @@ class _Leg:
 class _Router:
     def __init__(self, room: int, seen: list[str]) -> None:
         self.room_id = f"r{room}"
+        self.closed = False
         self.stats = RoomStats()
         for ns in (15_000, 900_000, 4_000_000 * (room % 3)):
             self.stats.latency.observe(ns)
@@ -96,6 +97,22 @@ def test_a_big_node_s_families_come_in_parts_whose_text_is_one_family_s() -> Non
     assert text.count(b"roundtable_video_leg_packets_total{") == 240
     assert b'roundtable_video_leg_layer{publisher="p1",room="r0",subscriber="s0"} -1.0' in text
     assert text.count(b'roundtable_forwarding_latency_seconds_count{room="') == 40
+
+
+def test_a_closed_room_s_series_go_its_totals_stay() -> None:
+    """A closed room's router lives until a collection frees its cycles (minutes, with
+    server.gcpolicy): its series left /metrics at once - 20 closed rooms' histograms in
+    every scrape of the next bench step - while the counters still never go down."""
+    collector, routers, _ = _node(3)
+    for router in routers:
+        router.stats.dropped = 5
+    text = b"".join(_texts(collector.collect()))
+    assert text.count(b'roundtable_forwarding_latency_seconds_count{room="') == 3
+    routers[1].closed = True
+    text = b"".join(_texts(collector.collect()))
+    assert text.count(b'roundtable_forwarding_latency_seconds_count{room="') == 2
+    assert b'room="r1"' not in text
+    assert b"roundtable_media_dropped_total 15.0" in text
 
 
 def test_an_empty_node_still_shows_each_family_once() -> None:
