@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -460,6 +462,16 @@ def simulcast_media(media: EncodedMedia, scale: float) -> EncodedMedia:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    # SIGTERM or SIGHUP (kill, pkill, a CI timeout, a closed terminal) ends the run as
+    # Ctrl-C does: cancelled, so the server, redis and generator processes it started
+    # stop with it. Python's default for SIGTERM ended the bench alone, and its server
+    # and generators went on forwarding media for as long as nobody noticed.
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is not None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, task.cancel)
     server_workers = _server_workers(args)
     if len(server_workers) > 1 or server_workers[0] > 1:
         return await _compare_workers(args, server_workers)
@@ -997,6 +1009,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:  # SIGTERM/SIGHUP (see _run)
+        print("roundtable-bench: stopped by a signal", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

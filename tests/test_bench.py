@@ -9,6 +9,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import struct
 import subprocess
@@ -1178,3 +1179,86 @@ def test_retransmissions_and_padding_are_not_counted_into_the_media_flow() -> No
         tally(_fastpath.parse_rtp(data, 0, 0), 0)
     assert asked == []
     assert flow.w_packets == 2 and flow.rtp_last - flow.rtp_first + 1 == 2
+
+
+def _descendants(pid: int) -> set[tuple[int, str]]:
+    """Every live process below ``pid`` (from /proc), as (pid, start time): a pid alone
+    may be taken by a new process once its own ended."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
+    found: set[tuple[int, str]] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child[0])
+    return found
+
+
+def _alive(process: tuple[int, str]) -> bool:
+    try:
+        fields = Path(f"/proc/{process[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == process[1] and fields[0] != "Z"
+
+
+def test_sigterm_stops_the_server_and_generators_the_bench_started(tmp_path: Path) -> None:
+    """`kill` (or pkill, or a CI timeout) ends a --local run as Ctrl-C does. Before, the
+    bench died alone and its server and generator went on forwarding media."""
+    bench = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "--local",
+            "--rooms",
+            "2",
+            "--participants",
+            "2",
+            "--duration",
+            "60",
+            "--video-bitrate",
+            "300",
+            "--no-progress",
+            "--no-floor",
+            "--media-host",
+            MEDIA_HOST,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started: set[tuple[int, str]] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the server and the generator process
+            started = _descendants(bench.pid)
+            if len(started) >= 2:
+                time.sleep(3)  # into the run
+                started = _descendants(bench.pid)
+                break
+            time.sleep(0.2)
+        assert len(started) >= 2, started
+        bench.send_signal(signal.SIGTERM)
+        _, err = bench.communicate(timeout=90)
+        assert bench.returncode == 143, err
+        assert "stopped by a signal" in err
+        for _ in range(50):  # multiprocessing's resource tracker ends as its pipe closes
+            left = [p for p in started if _alive(p)]
+            if not left:
+                break
+            time.sleep(0.1)
+        assert not left, [Path(f"/proc/{p[0]}/cmdline").read_bytes() for p in left]
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
