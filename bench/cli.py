@@ -469,9 +469,16 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     if task is not None:
+
+        def stop() -> None:
+            # Once: a second signal would cancel the cleanup itself (a server sent its
+            # terminate but its redis and workdir left, the next server not stopped).
+            if not task.cancelling():
+                task.cancel()
+
         for sig in (signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, task.cancel)
+                loop.add_signal_handler(sig, stop)
     server_workers = _server_workers(args)
     if len(server_workers) > 1 or server_workers[0] > 1:
         return await _compare_workers(args, server_workers)

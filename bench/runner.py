@@ -77,8 +77,11 @@ class LocalServer:
                 await self.proc.wait()
         if self._drain is not None:
             self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._drain
+            # wait() does not raise the drain's own CancelledError, so a cancel of the
+            # bench itself (SIGTERM) arriving meanwhile is not swallowed here.
+            await asyncio.wait([self._drain])
+            if not self._drain.cancelled():
+                self._drain.exception()  # retrieved: a failed drain is not the bench's
         if self.redis is not None and self.redis.poll() is None:
             self.redis.terminate()
             await asyncio.get_running_loop().run_in_executor(None, self.redis.wait, 10)

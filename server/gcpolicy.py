@@ -136,9 +136,18 @@ class GcPolicy:
         With the young freeze on it cannot wait for the next full collection: the timer
         would freeze everything again before it came."""
         gc.unfreeze()
+        full = self.full
         self._thawed = True
-        self.thaws += 1
         gc.collect()
+        if self.full == full:
+            # No collection ran (another thread's was under way): frozen again, and the
+            # next tick tries again - the pending _after_full must not take this for a
+            # whole-heap one.
+            self._thawed = False
+            gc.freeze()
+            self._check_at = 0.0
+            return
+        self.thaws += 1
 
     def _thaw_due(self, blocks: int) -> bool:
         return (

@@ -245,6 +245,9 @@ async def _query_consent(self: aioice.Connection) -> None:
     if not getattr(self, _SFU, False):
         return await _original_query_consent(self)
     assert self.remote_password is not None
+    if self._closing or self._closed:
+        # A restart's connect() that completed as close() began: no jobs to hold it.
+        return
     _stop_consent(self)
     consent = _Consent(self)
     setattr(self, _CONSENT, consent)

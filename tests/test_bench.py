@@ -1249,6 +1249,8 @@ def test_sigterm_stops_the_server_and_generators_the_bench_started(tmp_path: Pat
             time.sleep(0.2)
         assert len(started) >= 2, started
         bench.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        bench.send_signal(signal.SIGTERM)  # a second one must not break off the cleanup
         _, err = bench.communicate(timeout=90)
         assert bench.returncode == 143, err
         assert "stopped by a signal" in err

@@ -251,6 +251,26 @@ async def test_the_timer_keeps_the_growth_rule_too() -> None:
         policy.uninstall()
 
 
+async def test_a_thaw_whose_collection_did_not_run_is_tried_again(monkeypatch) -> None:
+    """gc.collect() does nothing while another thread's collection is under way: that
+    is no whole-heap collection, so no new base is taken and the next tick tries again."""
+    loop = asyncio.get_running_loop()
+    policy = gcpolicy.GcPolicy(loop, thaw_growth=1e9, freeze_every=0)
+    policy.install()
+    try:
+        monkeypatch.setattr(gc, "collect", lambda *args: 0)
+        policy._whole_heap()
+        assert policy.thaws == 0 and not policy._thawed
+        assert gc.get_freeze_count() > 0  # frozen again, as before the attempt
+        monkeypatch.undo()
+        policy._whole_heap()
+        assert policy.thaws == 1 and policy._thawed
+        await asyncio.sleep(0)
+        assert not policy._thawed  # _after_full took the new base
+    finally:
+        policy.uninstall()
+
+
 async def test_the_young_freeze_can_be_turned_off(monkeypatch) -> None:
     monkeypatch.setenv("ROUNDTABLE_GC_FREEZE_EVERY", "0")
     policy = gcpolicy.install(asyncio.get_running_loop())
