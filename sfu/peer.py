@@ -9,6 +9,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from .aiortc_hooks import strip_mdns_candidates
 from .errors import MediaError
+from .unlink import unlink_later, unlinked
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,10 @@ async def add_candidate(pc: RTCPeerConnection, candidate: dict | None) -> None:
 
 
 async def close_quietly(pc: RTCPeerConnection) -> None:
+    if unlinked(pc):
+        return  # closed, and its objects cleared since
     try:
         await pc.close()
     except Exception:  # closing must never raise into cleanup paths
         log.exception("error while closing a peer connection")
+    unlink_later(pc)

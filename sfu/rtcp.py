@@ -165,7 +165,8 @@ class _Reports:
     def tick(self) -> None:
         self.timer = None
         dtls = self.dtls
-        if dtls._state in (State.CLOSED, State.FAILED):
+        # A transport whose objects sfu.unlink cleared is closed too.
+        if getattr(dtls, "_state", State.CLOSED) in (State.CLOSED, State.FAILED):
             self.closed = True
             for member in self.members:
                 member.__dict__[_BATCHED] = None
