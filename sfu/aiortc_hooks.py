@@ -712,7 +712,7 @@ def send_sender_report(sender: RTCRtpSender, clock_rate: int, hold: float = 0.0)
     one (Chromium answers a stream's latest SR, and reports on audio every 2.5-7.5 s)."""
     d = sender.__dict__
     if hold:
-        d[rtcp.SR_HOLD] = time.monotonic() + hold
+        hold_sender_reports(sender, hold)
     last_ntp = d.get(_SENDER_NTP)
     if not last_ntp or sender._ssrc is None:
         return  # nothing sent yet: no RTP time to map
@@ -730,6 +730,15 @@ def send_sender_report(sender: RTCRtpSender, clock_rate: int, hold: float = 0.0)
     task = asyncio.ensure_future(sender._send_rtcp([report]))
     _REPORTS.add(task)
     task.add_done_callback(_REPORTS.discard)
+
+
+def hold_sender_reports(sender: RTCRtpSender, hold: float) -> None:
+    """The periodic SRs wait ``hold`` seconds from now (0: no longer): replaces the
+    ``hold`` of :func:`send_sender_report` (a probe judged sooner or later than that)."""
+    if hold > 0:
+        sender.__dict__[rtcp.SR_HOLD] = time.monotonic() + hold
+    else:
+        sender.__dict__.pop(rtcp.SR_HOLD, None)
 
 
 def report_rtt(sender: RTCRtpSender, report: Any) -> tuple[float, float] | None:

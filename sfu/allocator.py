@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 TICK = 0.25  # s between allocations
 PROBE_TICK = 0.02  # s between padding bursts while a probe runs
 MAX_PAD_INTERVAL = 0.1  # s: the most one burst makes up for (a longer stall is not caught up)
+# s past its due judgement that a probe's hold of periodic SRs lasts at most: the
+# judgement releases it; this bounds one whose release never comes.
+RELEASE_BOUND = 2.0
 KEEP = 0.8  # a layer a video already has needs this share of its rate to stay
 HOLD_UP = 2.0  # s after a move down before the same video may move up again
 KEEPALIVE_BPS = 16_000  # padding while every video is paused (see Allocator._pad)
@@ -166,6 +169,9 @@ class Allocator:
         self._stepping = False
         # The probe being padded: (probe, padding bytes sent, what the legs sent then).
         self._padded: tuple[Any, int, float] = (None, 0, 0.0)
+        # The probe whose SRs hold legs' periodic ones until it is judged (_pad), when its
+        # hold would have ended by the probe's waits alone (clock), and those legs.
+        self._held: tuple[Any, float, list[Leg]] = (None, 0.0, [])
 
     @property
     def running(self) -> bool:
@@ -208,6 +214,7 @@ class Allocator:
                 self.tick()
             except Exception:
                 log.exception("allocator %s: tick failed", self.estimate.label)
+        self._release_reports()
         # A probe's padding covers the time since the last burst, not the nominal tick: a
         # busy loop runs this later than asked, and a probe padding only a tick's share
         # per run carried much less than its target (and passed, having tested nothing).
@@ -425,18 +432,41 @@ class Allocator:
                 # report answers only a stream's latest SR, and only the probe's own
                 # counts (a periodic one in between left a probe without word: after a
                 # lift the climb took 12 s, weak5's R11).
-                leg.send_report(hold=probe.settles + NO_WORD_WAIT - now)
                 if probe.audio_only:
                     # Every video paused: Chromium reports on audio only, seconds later,
                     # and answers the last SR of each stream: one from inside the probe
-                    # on audio too, and audio's periodic SRs held until that report
-                    # (one sent after the probe would answer for a drained link).
-                    hold = probe.settles + AUDIO_REPORT_WAIT - self._clock()
-                    for audio in self._legs():
-                        if audio.kind == "audio":
-                            audio.send_report(hold=hold)
+                    # on audio too, and audio's periodic SRs held until the probe is
+                    # judged (one sent after it would answer for a drained link).
+                    # Video's wait only as long as for a video probe, as before.
+                    leg.send_report(hold=probe.settles + NO_WORD_WAIT - now)
+                    held = [audio for audio in self._legs() if audio.kind == "audio"]
+                    wait = AUDIO_REPORT_WAIT
+                else:
+                    held, wait = [leg], NO_WORD_WAIT
+                # Until the probe is judged, which is at the first tick after settles +
+                # wait: a hold of exactly that let a periodic SR out in between, while the
+                # probe still waited (up to a tick, more on a loaded loop). So the hold
+                # lasts longer, and _release_reports ends it at the judgement (not before
+                # settles + wait, as before); its deadline only bounds a hold whose release
+                # never comes (the allocator closed).
+                for report in held:
+                    report.send_report(hold=probe.settles + wait + RELEASE_BOUND - now)
+                before = self._held[2] if self._held[0] is probe else []
+                legs = before + [r for r in held if r not in before]
+                self._held = (probe, probe.settles + wait, legs)
                 self._probe_reported = (probe, due + 1)
         return probing
+
+    def _release_reports(self) -> None:
+        """Once the estimate has judged the probe whose SRs hold legs' periodic ones,
+        let those go again (at once, or at the hold's nominal end if that is later)."""
+        probe, until, legs = self._held
+        if probe is None or probe is self.estimate.probe:
+            return
+        self._held = (None, 0.0, [])
+        rest = max(0.0, until - self._clock())
+        for leg in legs:
+            leg.hold_reports(rest)
 
 
 def is_speaking(audio: Forwarder | None) -> bool:

@@ -831,6 +831,11 @@ class Leg:
         periodic ones wait ``hold`` seconds (aiortc_hooks.send_sender_report)."""
         hooks.send_sender_report(self.sender, 90_000 if self.kind == "video" else 48_000, hold)
 
+    def hold_reports(self, hold: float) -> None:
+        """The periodic SRs wait ``hold`` seconds from now (0: no longer), in place of
+        the wait a :meth:`send_report` set."""
+        hooks.hold_sender_reports(self.sender, hold)
+
     @property
     def can_pad(self) -> bool:
         return self._rtx is not None and self._ext_ids[1] is not None

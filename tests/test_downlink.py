@@ -821,6 +821,58 @@ def test_a_probe_s_own_srs_hold_the_leg_s_periodic_ones_until_it_is_judged() -> 
     assert all(hold >= est.probe.settles - clock.now for hold in leg.holds), leg.holds
 
 
+def test_a_paused_links_probe_holds_audios_periodic_srs_until_it_is_judged_however_late() -> None:
+    """Every video paused: the probe's SRs hold audio's periodic ones until the probe is
+    judged (here it fails for want of audio's report). The estimate judges it on the
+    first allocator tick after settles + AUDIO_REPORT_WAIT, up to a tick later, more on
+    a loaded loop: a hold that ended at exactly that time let a periodic SR out while the
+    probe still waited, and its report would have answered that SR (test_rtcp's hold
+    test, once in CI). The judgement ends the hold."""
+    clock = Clock()
+
+    class ReportingLeg:
+        can_pad = True
+        cap = None
+        track = None
+
+        def __init__(self, kind: str) -> None:
+            self.kind = kind
+            self.held_until = 0.0  # when its periodic SRs go again (the fake clock)
+
+        def pad(self, count: int) -> int:
+            return count * 315
+
+        def send_report(self, hold: float = 0.0) -> None:
+            if hold:
+                self.held_until = clock.now + hold
+
+        def hold_reports(self, hold: float) -> None:
+            self.held_until = clock.now + hold
+
+    est = DownlinkEstimate(clock)
+    est.on_remb(100_000)
+    est.on_rtt(0.002, 0.002)
+    est.bps = est.unstamped_bps = est.sent_bps = 50_000
+    video, audio = ReportingLeg("video"), ReportingLeg("audio")
+    allocator = Allocator(
+        est, lambda: [video, audio], lambda p: 2, lambda p, paused: None, clock=clock
+    )
+    est.padding_bps(100_000_000, sending=est.sent_bps)
+    probe = est.probe
+    assert probe is not None and probe.audio_only
+    for at in (0.21, 0.43):
+        clock.now = probe.started + at
+        allocator._pad(0.02)
+    # Audio's report does not come; the tick that judges the probe comes late.
+    clock.now = probe.settles + downlink.AUDIO_REPORT_WAIT + 0.2
+    assert est.probe is probe
+    assert audio.held_until > clock.now, "held while the probe waits"
+    assert video.held_until < clock.now, "video's only as long as a video probe's"
+    allocator._step()  # the allocator's tick: the estimate judges the probe
+    assert est.probe is None and probe.failed
+    assert audio.held_until == clock.now, "the judgement lets audio's periodic SRs go"
+
+
 def test_one_other_connection_s_own_queue_is_not_the_hosts() -> None:
     """Twelve subscribers on one node: a probe passed on s0, then its rate fills a
     queue (an SR waits 300 ms) while ten others are at 2 ms. s1 queueing on a weak

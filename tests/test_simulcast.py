@@ -110,13 +110,33 @@ async def test_one_layer_per_subscriber_switched_at_key_frames_with_continuous_n
         await wait_for(lambda: all(f.width > 0 for f in track.layers), timeout=15)
         assert [(f.width, f.height) for f in track.layers] == [SIZES[r] for r in RIDS]
 
-        # No view reported: the top layer; the viewer decodes it.
+        # No view reported: the top layer; the viewer decodes it. On a loaded machine the
+        # leg may get there from below: the top layer's packets came >0.3 s apart while
+        # a lower one's flowed (forwarder.FRESH_NS; back up at its next key frame), or
+        # the viewer's own REMB or reports, stalled with the rest of the process, cut
+        # the estimate under the top layer's price and the allocator capped the leg (back
+        # up with the next probe that passes: within ~2-6 s, sfu.downlink). So wait for
+        # the layer and for the top layer's packets themselves, not for frames alone.
         await wait_for(lambda: viewer.decoded("cam", "video") >= 10, timeout=20)
         leg = room.router.legs_of("viewer")[0]
-        assert leg.layer == 2
-        # (on a loaded machine the leg may have started on a lower layer that flowed
-        # first and moved up: the layer sequence below counts from here)
+        top = publisher.layers[RIDS[-1]].payloads
+
+        def on_top_layer() -> bool:
+            # The leg forwards the top layer, and its packets reach the viewer: in order
+            # on loopback, so every packet after this one is the top layer's too, until
+            # the next switch.
+            return (
+                leg.layer == 2
+                and bool(rec.packets)
+                and picture_id(rec.packets[-1].payload)[1] in {picture_id(x)[1] for x in top}
+            )
+
+        await wait_for(on_top_layer, timeout=20)
         on_top = len(rec.packets)
+        # ... and decodes it (that it stayed there until the view changed: the layer
+        # sequence below, which counts from here).
+        frames_before = viewer.decoded("cam", "video")
+        await wait_for(lambda: viewer.decoded("cam", "video") >= frames_before + 10, timeout=10)
         # A small tile: the low layer, at a key frame of the low layer.
         room.router.set_view("viewer", {"cam": (True, 70, 50)})
         await wait_for(lambda: leg.layer == 0, timeout=10)
