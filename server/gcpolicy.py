@@ -25,7 +25,12 @@ first: the next full collection then examines the whole heap and frees what leak
 and its survivors are frozen again. That whole-heap collection is still the long pause
 (0.2-0.5 s at 45 rooms): it is rarer, not gone. CPython's own rule would run one at
 every 25 % of growth. (Objects freed by reference counting - most - are freed whether
-frozen or not.)
+frozen or not.) Since sfu.unlink frees a closed connection by reference counting, little
+cyclic garbage is left to wait for a thaw (census of every collectable object, calls
+running at 20 rooms × 3: 8-18 objects per 30 s; ~200 per participant who left, from
+~1,400), so the time rule waits an hour: at 300 s it stalled every call on the node
+for the whole heap's 0.1 s (20 rooms × 3) to 1 s (70 × 3) every five minutes to free
+almost nothing.
 
 Young collections were the next pause. CPython starts one when 700 more container
 objects were allocated than freed, but the server, once calls run, allocates about as
@@ -63,7 +68,7 @@ log = logging.getLogger(__name__)
 # this many times its size after the last whole-heap collection, or this long after it:
 # the garbage frozen meanwhile (participants who left) is bounded by both.
 THAW_GROWTH = 1.5
-THAW_AFTER = 300.0  # s
+THAW_AFTER = 3600.0  # s
 # s between freezes of the young objects (0: CPython's own young collections only); the
 # environment's ROUNDTABLE_GC_FREEZE_EVERY overrides it (e.g. 0 to compare in a bench).
 FREEZE_EVERY = 0.1
