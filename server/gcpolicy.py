@@ -16,8 +16,9 @@ So, as Instagram's servers do with ``gc.freeze()`` before forking:
 - after each full collection, its survivors are frozen too. The next full collection
   then examines only what was made since, not the whole heap again.
 
-What is frozen is never collected, so cyclic garbage among frozen objects - the
-connections of participants who left since - would stay. So the frozen objects are
+What is frozen is never collected, so cyclic garbage among frozen objects would stay
+(before sfu.unlink: the connections of every participant who left; now what it does not
+reach, and a connection it leaves to the collector). So the frozen objects are
 thawed (``gc.unfreeze()``) once the heap (Python's allocated memory blocks) is
 :data:`THAW_GROWTH` times what it was after the last collection that examined
 everything (or at start), or :data:`THAW_AFTER` seconds after it, whichever comes

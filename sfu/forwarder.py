@@ -321,8 +321,8 @@ class Forwarder:
 
     def request_keyframe(self) -> None:
         """Relay a key-frame request (PLI) to the publisher, at most once per interval."""
-        if self.kind != "video" or self.ssrc is None:
-            return
+        if self.kind != "video" or self.ssrc is None or self._receiver is None:
+            return  # (no receiver: closed, its publisher gone)
         now = time.monotonic()
         if now - self._last_pli < self._keyframe_interval:
             return
@@ -339,6 +339,9 @@ class Forwarder:
         if self._rtx_ssrc is not None and self._receiver is not None:
             hooks.drop_inbound(self._receiver, self._rtx_ssrc, self._rtx_inbound)
             self._rtx_ssrc = None
+        # Its publisher's connection is closing (and later unlinked): a leg that follows
+        # this forwarder again (an answer that was on its way) asks nothing of it.
+        self._receiver = None
         for leg in list(self.legs) + self.switching:
             leg.detach()
         for task in list(self._tasks):

@@ -389,6 +389,9 @@ class _ConsentRequest:
             del self.protocol.transactions[self.tid]
 
 
+CLOSED_PROTOCOLS = "_roundtable_closed_protocols"
+
+
 def _stop_consent(connection: aioice.Connection) -> None:
     consent = getattr(connection, _CONSENT, None)
     if consent is not None:
@@ -399,8 +402,12 @@ def _stop_consent(connection: aioice.Connection) -> None:
 async def _close(self: aioice.Connection) -> None:
     """aioice's close, after the consent jobs stop: their wheel timers (the expiry up to
     30 s ahead) held the closed connection, and through its owner's callback the
-    subscriber, allocator and room router, until they came due."""
+    subscriber, allocator and room router, until they came due.
+
+    The protocols it closes are kept (:data:`CLOSED_PROTOCOLS`) for :mod:`sfu.unlink`:
+    aioice's close forgets them, and after an ICE restart no candidate pair names them."""
     _stop_consent(self)
+    setattr(self, CLOSED_PROTOCOLS, list(self._protocols))
     await _original_close(self)
 
 

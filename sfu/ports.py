@@ -90,10 +90,15 @@ async def _gather(
         try:
             if ports.mux is not None:
                 shared = await ports.mux.socket_for(address)
+                if self._closing or self._closed:
+                    break  # closed while the socket opened: attach nothing
                 protocol = shared.attach(self, component)
                 port = shared.port
             else:
                 protocol, port = await _bind(self, address, ports.port_range)
+                if self._closing or self._closed:
+                    await protocol.close()
+                    break
         except OSError as exc:
             log.warning("cannot bind media on %s: %s", address, exc.strerror or exc)
             continue

@@ -6,9 +6,10 @@ event handlers on its transports (bound methods of the connection), the transpor
 (closures over senders and transports, the C :class:`sfu._fastpath.Reader`). Closed, such
 a connection is ~700 objects of cyclic garbage (one participant ~1,400, its libsrtp
 sessions and their keys among them) that only a whole-heap collection frees. With
-:mod:`server.gcpolicy` freezing the heap, that is the thaw: every ≤ 300 s or when the
-heap has grown by half, and at 70 rooms × 3 it held the event loop 0.2-1 s, every call on
-the node stalled for as long (a capacity search's step failed on one such pause).
+:mod:`server.gcpolicy` freezing the heap, that is the thaw (it then ran every 300 s, or
+when the heap had grown by half), and at 70 rooms × 3 it held the event loop 0.2-1 s,
+every call on the node stalled for as long (a capacity search's step failed on one such
+pause).
 
 :func:`unlink_later` clears the instance dictionaries of the connection's objects
 (connection, transceivers, senders, receivers, DTLS and ICE transports, the ICE gatherer,
@@ -17,6 +18,11 @@ returned: every cycle among them passes through one of those dictionaries, so th
 tree is freed at once. The delay lets callbacks that were already scheduled at close run
 against intact objects; an object used after that raises ``AttributeError`` where it
 would have acted on a closed connection.
+
+Only what is certainly closed is cleared: a connection whose close was cancelled, or
+one with an ICE socket (on the shared media port: a route in its ``MuxSocket``) still
+open, is left to the garbage collector as before - clearing it could break the
+datagrams of every other call on that socket.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+
+from .ice import CLOSED_PROTOCOLS
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +97,24 @@ def _objects(pc: Any) -> list[Any]:
             continue
         add(connection)
         cd = vars(connection)
-        for protocol in list(cd.get("_protocols") or []):
-            add(protocol)
+        protocols = list(cd.get("_protocols") or []) + list(cd.get(CLOSED_PROTOCOLS) or [])
         for pair in list(cd.get("_check_list") or []):
             add(pair)
-            add(vars(pair).get("protocol"))  # close() emptied _protocols
+            protocols.append(vars(pair).get("protocol"))  # close() emptied _protocols
         for pair in list((cd.get("_nominated") or {}).values()):
             add(pair)
+        for protocol in protocols:
+            if protocol is None:
+                continue
+            transport = getattr(protocol, "transport", None)
+            if transport is not None and not transport.is_closing():
+                raise _StillOpen(connection)
+            add(protocol)
     return found
+
+
+class _StillOpen(Exception):
+    """A closed connection's ICE socket is still open (attached after close)."""
 
 
 def unlink(pc: Any) -> None:
@@ -104,10 +122,13 @@ def unlink(pc: Any) -> None:
     if unlinked(pc):
         return
     closed = vars(pc).get("_RTCPeerConnection__isClosed")
-    if closed is None or not closed.done():
-        return  # not closed (or not aiortc's): in use
+    if closed is None or not closed.done() or closed.cancelled():
+        return  # not (certainly) closed, or not aiortc's: in use
     try:
         objects = _objects(pc)
+    except _StillOpen as exc:
+        log.warning("unlink: a closed connection's ICE socket is open, left to the GC: %s", exc)
+        return
     except Exception:  # never into the loop: the GC frees them all the same
         log.exception("unlink: could not walk a closed connection")
         return
