@@ -164,6 +164,7 @@ class Router:
         """Apply ``pid``'s publish offer (first or re-offer); returns the SFU's answer."""
         self._check_open()
         async with self._lock(pid):
+            self._check_open()  # closed while this call waited
             publisher = self.publishers.get(pid)
             if publisher is None:
                 publisher = Publisher(
@@ -193,6 +194,7 @@ class Router:
         """
         self._check_open()
         async with self._lock(pid):
+            self._check_open()
             subscriber = self.subscribers.get(pid)
             if subscriber is None:
                 subscriber = Subscriber(
@@ -369,22 +371,30 @@ class Router:
         return max(0.0, min(ages))
 
     async def remove(self, pid: str) -> None:
-        """Drop everything of ``pid``: its media stops reaching anyone at once."""
-        publisher = self.publishers.pop(pid, None)
-        subscriber = self.subscribers.pop(pid, None)
-        if publisher is not None:
-            gone = {f.track_id for f in publisher.forwarders.values()}
-            for other in self.subscribers.values():
-                other.drop_source(gone)
-            await publisher.close()
-        if subscriber is not None:
-            await subscriber.close()
-        self._locks.pop(pid, None)
-        self._ranks.pop(pid, None)
-        self._spoke.pop(pid, None)
-        self._early_views.pop(pid, None)
-        if publisher is not None:
-            self._tracks_changed(pid)
+        """Drop everything of ``pid``: its media stops reaching anyone at once.
+
+        Waits for a publish or subscribe of ``pid`` already under way (their connections
+        are gathering sockets): closed in the middle, a connection would go on gathering
+        into sockets nobody closes, and a call queued behind it would register a new
+        one after the removal. A call made after this one starts afresh (the same
+        person's new page after a seat takeover)."""
+        # The lock is kept (one per participant id until the room closes): dropped here,
+        # a call queued on it and a call made after the removal would not take turns.
+        async with self._lock(pid):
+            publisher = self.publishers.pop(pid, None)
+            subscriber = self.subscribers.pop(pid, None)
+            if publisher is not None:
+                gone = {f.track_id for f in publisher.forwarders.values()}
+                for other in self.subscribers.values():
+                    other.drop_source(gone)
+                await publisher.close()
+            if subscriber is not None:
+                await subscriber.close()
+            self._ranks.pop(pid, None)
+            self._spoke.pop(pid, None)
+            self._early_views.pop(pid, None)
+            if publisher is not None:
+                self._tracks_changed(pid)
 
     async def close(self) -> None:
         self.closed = True
@@ -393,13 +403,15 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
             self._tick_task = None
+        # As remove(): after the calls under way; those still waiting find it closed.
         for pid in list(self.publishers) + list(self.subscribers):
-            publisher = self.publishers.pop(pid, None)
-            subscriber = self.subscribers.pop(pid, None)
-            if publisher is not None:
-                await publisher.close()
-            if subscriber is not None:
-                await subscriber.close()
+            async with self._lock(pid):
+                publisher = self.publishers.pop(pid, None)
+                subscriber = self.subscribers.pop(pid, None)
+                if publisher is not None:
+                    await publisher.close()
+                if subscriber is not None:
+                    await subscriber.close()
         self._locks.clear()
 
     # -- internals ---------------------------------------------------------------------
