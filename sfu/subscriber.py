@@ -66,6 +66,10 @@ class Subscriber:
         self.accept: Accept = lambda publisher, kind: True
         self.pc: RTCPeerConnection | None = None
         self.legs: dict[str, Leg] = {}  # active, by track id
+        # The forwarder each active leg was offered for. A track id names a publisher's
+        # transceiver (pid:mid), not its connection: the participant's new page after a
+        # seat takeover publishes the same ids on new forwarders.
+        self._feeds: dict[str, Forwarder] = {}
         self.negotiating = False
         self.dirty = False
         self._idle: list[Leg] = []
@@ -116,9 +120,10 @@ class Subscriber:
             return None
         wanted = self._wanted(forwarders)
         current = set(self.legs)
+        replaced = {t for t in current & wanted.keys() if self._feeds.get(t) is not wanted[t]}
         restart = self.restart_due and self.pc is not None and self.pc.remoteDescription is not None
         self.restart_due = False
-        if wanted.keys() == current and not restart:
+        if wanted.keys() == current and not replaced and not restart:
             return None
         if restart:
             ice.restart(self.pc)
@@ -127,18 +132,22 @@ class Subscriber:
             self.pc = new_peer_connection()
             pc = self.pc
             pc.on("connectionstatechange", lambda: self._connection_state(pc))
-        for track_id in current - wanted.keys():
+        # A replaced track's leg is let go here and, with the same codec, taken again
+        # just below: the same transceiver, following the new forwarder after the answer.
+        for track_id in (current - wanted.keys()) | replaced:
             leg = self.legs.pop(track_id)
+            del self._feeds[track_id]
             leg.detach()
             leg.transceiver.direction = "inactive"
             self._idle.append(leg)
         self._pending = []
-        for track_id in sorted(wanted.keys() - current):
+        for track_id in sorted(wanted.keys() - self.legs.keys()):
             fwd = wanted[track_id]
             leg = self._reuse(fwd) or self._new_leg(fwd)
             leg.transceiver.direction = "sendonly"
             leg.track_id = track_id
             self.legs[track_id] = leg
+            self._feeds[track_id] = fwd
             self._pending.append((leg, fwd))
         offer = await self.pc.createOffer()
         gather_on(self.pc, self._ports)
@@ -291,6 +300,7 @@ class Subscriber:
         for leg in [*self.legs.values(), *self._idle]:
             await leg.close()
         self.legs.clear()
+        self._feeds.clear()
         self._idle.clear()
         self._pending = []
         if self.pc is not None:

@@ -12,11 +12,11 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
 from sfu.errors import MediaError
-from tests.media import CLIENT_CONFIG, ColourVideoTrack, Room, wait_for
+from tests.media import CLIENT_CONFIG, ColourVideoTrack, Peer, Room, wait_for
 
 pytestmark = pytest.mark.slow
 
-RED, GREEN = (220, 30, 30), (30, 200, 30)
+RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
 
 
 def udp_sockets() -> int:
@@ -38,6 +38,10 @@ def udp_sockets() -> int:
 def answered_or_refused(results: list[object]) -> bool:
     """A call caught up in a removal may be refused with a code, but not crash."""
     return all(not isinstance(r, BaseException) or isinstance(r, MediaError) for r in results)
+
+
+def close_to(a: tuple[int, ...], b: tuple[int, ...], tol: int = 40) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("end", ["remove", "close"])
@@ -107,5 +111,45 @@ async def test_remove_during_a_pending_subscribe_leaves_no_subscriber() -> None:
         assert "b" not in router.subscribers
         assert not [leg for leg in router.video_legs() if leg.subscriber == "b"]
         await wait_for(lambda: udp_sockets() == base, timeout=5)
+    finally:
+        await room.close()
+
+
+async def test_a_seat_takeover_republishes_to_every_subscriber() -> None:
+    """The participant's new page takes the seat (RoomHub.join with ``takeover``): the
+    hub removes the old page's media and the new page publishes under the same id, so
+    its tracks have the same ids (``pid:mid``) on new forwarders. A subscriber whose
+    next offer comes only after that (its page still owed the answer to an earlier
+    offer) must follow the new forwarders, not keep legs on the closed ones."""
+    room = Room()
+    router = room.router
+    try:
+        await room.join("a", RED)
+        b = await room.join("b", GREEN)
+        await wait_for(lambda: b.decoded("a", "video") >= 5, timeout=20)
+        old_tracks = {t.id for t in router.tracks("a")}
+
+        del room.peers["b"]  # b's renegotiation waits (its page owes an answer)
+        old_page = room.peers.pop("a")
+        await router.remove("a")  # what RoomHub.join does to the replaced connection
+        await old_page.close()
+        new_page = Peer("a", router, BLUE)
+        room.peers["a"] = new_page
+        await new_page.renegotiate()
+        await new_page.publish()
+        await wait_for(lambda: len(router.tracks("a")) == 2, timeout=10)
+        assert {t.id for t in router.tracks("a")} == old_tracks  # same ids, new forwarders
+
+        room.peers["b"] = b
+        video, audio = b.decoded("a", "video"), b.decoded("a", "audio")
+        await b.renegotiate()  # b's answer came: its pending renegotiation runs
+        await wait_for(
+            lambda: (
+                b.decoded("a", "video") >= video + 10
+                and close_to(b.received.colours["a"], BLUE)
+                and b.decoded("a", "audio") >= audio + 10
+            ),
+            timeout=10,
+        )
     finally:
         await room.close()
