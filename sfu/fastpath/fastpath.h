@@ -185,6 +185,16 @@ PyObject *fp_fanout(PyObject *legs, PyObject *payload, int marker, uint32_t seq,
 /* aiortc.rtp.RTP_HISTORY_SIZE: how far behind the newest packet NackGenerator keeps a
  * missing one (module constant NACK_HISTORY, checked by sfu.aiortc_hooks) */
 #define FP_NACK_HISTORY 128
+
+/* Datagrams per read callback, at most: what stays queued waits for the loop's next
+ * iteration, behind every timer-wheel go and callback that is ready by then. 64 kept
+ * ~2.6 ms of arrivals per callback at 75 rooms x 3 (25,000 datagrams/s) and the SFU p99
+ * at 21-47 ms; 256 read what queued during a wheel go at once and held it at 8.8-9.5 ms
+ * (docs/bench.md, 2026-12-03). At ~26 us per media datagram with two subscribers, a full
+ * batch is ~7 ms of work: the bound on how long the socket keeps the loop from the rest
+ * (signalling, timers) under overload. */
+#define FP_READ_BATCH 256
+
 extern PyTypeObject InboundType, TrackType;
 int fp_inbound_init_names(void);
 

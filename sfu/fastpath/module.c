@@ -65,7 +65,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         PyModule_AddObject(m, "RxFlow", Py_NewRef(&RxFlowType)) < 0 ||
         PyModule_AddObject(m, "RxTally", Py_NewRef(&RxTallyType)) < 0 ||
         PyModule_AddObject(m, "Live", Py_NewRef(&LiveType)) < 0 ||
-        PyModule_AddIntConstant(m, "NACK_HISTORY", FP_NACK_HISTORY) < 0) {
+        PyModule_AddIntConstant(m, "NACK_HISTORY", FP_NACK_HISTORY) < 0 ||
+        PyModule_AddIntConstant(m, "READ_BATCH", FP_READ_BATCH) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -25,7 +25,7 @@
 #include <netinet/in.h>
 #include <string.h>
 
-#define BATCH 64 /* datagrams per read callback, at most */
+#define BATCH FP_READ_BATCH /* datagrams per read callback, at most (fastpath.h) */
 #define MMSG 16   /* datagrams per recvmmsg() */
 /* A slot per datagram of one recvmmsg(). WebRTC keeps datagrams under the path MTU
  * (media, DTLS records, STUN); one that does not fit is dropped (MSG_TRUNC). */
