@@ -3,14 +3,29 @@ one device per link (docs/protocol.md, "Reconnecting")."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import engineio.packet
 import pytest
+from aiortc.mediastreams import AudioStreamTrack
 
-from tests.controlplane import Clients, RunningServer, link_token, me, running_server
+from tests.controlplane import (
+    Clients,
+    MediaParticipant,
+    RunningServer,
+    link_token,
+    me,
+    running_server,
+)
+from tests.media import ColourVideoTrack, wait_for
 
 ROOM = "r_reconnect"
+RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
+
+
+def close_to(a: tuple[int, ...], b: tuple[int, ...], tol: int = 40) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
 
 
 @pytest.fixture
@@ -177,3 +192,76 @@ async def test_self_mute_and_connection_quality_reach_everyone(
     assert bad["error"] == "invalid_payload"
     bad = await cl.call("ice.restart", {"pc": "publish"})
     assert bad["error"] == "invalid_payload"
+
+
+@pytest.mark.slow
+async def test_a_replaced_page_s_queued_offer_leaves_no_publisher_behind(
+    server: RunningServer, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page 1 sends two publish offers at once (its second waits for its first); while
+    the first is still in the SFU, page 2 of the same person takes the seat over. No
+    offer of page 1 may leave a publisher under the seat's id: page 2's own offer must
+    get a connection of its own (not be a re-offer on page 1's), and its media must
+    reach B. Before the fix the second offer, let through before the takeover, reached
+    the router after the takeover's removal and stayed there."""
+    from sfu.publisher import Publisher
+
+    b = await clients.join_media(server.token(room=ROOM, role="caseworker", name="B"), GREEN)
+    token = server.token(room=ROOM, role="client", name="A")
+    page1 = await clients.join_media(token, RED)
+    pid, secret = me(page1.client), page1.client.events["welcome"][0]["resume"]
+
+    # Page 1's first offer stays in the SFU (a slow gathering) until the takeover is on.
+    in_sfu, go_on = asyncio.Event(), asyncio.Event()
+    negotiate = Publisher.negotiate
+
+    async def slow_first(self: Publisher, offer_sdp: str) -> str:
+        if not in_sfu.is_set():
+            in_sfu.set()
+            await go_on.wait()
+        return await negotiate(self, offer_sdp)
+
+    monkeypatch.setattr(Publisher, "negotiate", slow_first)
+    # Counts the offers that reached the hub: the second then waits for the first's turn.
+    entered = 0
+    publish = server.hub.publish
+
+    async def counted(participant, offer_sdp: str) -> str:
+        nonlocal entered
+        entered += 1
+        return await publish(participant, offer_sdp)
+
+    monkeypatch.setattr(server.hub, "publish", counted)
+    page1.pub.addTrack(AudioStreamTrack())
+    page1.pub.addTrack(ColourVideoTrack(RED))
+    await page1.pub.setLocalDescription(await page1.pub.createOffer())
+    offer = {"type": "offer", "sdp": page1.pub.localDescription.sdp}
+    offers = [asyncio.ensure_future(page1.client.call("publish", offer)) for _ in range(2)]
+    await wait_for(lambda: in_sfu.is_set() and entered == 2, timeout=10)
+
+    room = server.hub.room(ROOM)
+    old_sid = room.get(pid).sid
+    page2 = MediaParticipant(clients.new(), BLUE)
+    clients._media.append(page2)
+    takeover = asyncio.ensure_future(
+        page2.client.connect(server.url, token, resume=secret, fresh=True)
+    )
+    await wait_for(lambda: room.get(pid).sid != old_sid, timeout=10)  # seated, page 1 left
+    # An offer page 1 sends now (its connection not yet closed) is refused at once.
+    assert (await page1.client.call("publish", offer))["error"] == "forbidden"
+    go_on.set()
+    assert await takeover, page2.client.refusal
+    await page2.client.wait("welcome")
+    acks = await asyncio.gather(*offers, return_exceptions=True)
+    # Page 1 is told its offers were not taken (or was gone before it heard).
+    assert all(isinstance(a, BaseException) or a.get("error") == "forbidden" for a in acks), acks
+    # Nothing of page 1 is left in the SFU under the seat's id.
+    live = server.hub._rooms[ROOM]
+    assert pid not in live.router.publishers, "page 1's publisher outlived the takeover"
+
+    ack = await page2.publish()
+    assert ack.get("ok"), ack
+    await wait_for(
+        lambda: b.frames[(pid, "video")] >= 10 and close_to(b.colours.get(pid, ()), BLUE),
+        timeout=20,
+    )

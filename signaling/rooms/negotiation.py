@@ -72,6 +72,13 @@ class Negotiator:
         )
         neg = live.negotiations[participant.id]
         async with neg.publish_lock:
+            # Asked again now that this offer has its turn: an offer that waited here
+            # (behind the same page's earlier one) while its connection was replaced or
+            # removed would reach the router after that removal and leave a publisher
+            # under the seat's id, which the next page's offer would re-offer. From here
+            # to its place in the router's queue there is no await, so a removal after
+            # this check is queued behind the call and undoes it.
+            live = self._live(participant)
             router = self._router(live)
             # On a narrow link the caseworker's picture goes before the others'.
             role = participant.claims.role
