@@ -248,7 +248,8 @@ async def test_a_replaced_page_s_queued_offer_leaves_no_publisher_behind(
     )
     await wait_for(lambda: room.get(pid).sid != old_sid, timeout=10)  # seated, page 1 left
     # An offer page 1 sends now (its connection not yet closed) is refused at once.
-    assert (await page1.client.call("publish", offer))["error"] == "forbidden"
+    late = await page1.client.call("publish", offer)
+    assert late == {"error": "forbidden", "message": "You are no longer in this session."}
     go_on.set()
     assert await takeover, page2.client.refusal
     await page2.client.wait("welcome")

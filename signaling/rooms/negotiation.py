@@ -60,8 +60,10 @@ class Negotiator:
         return live.router
 
     async def publish(self, participant: Participant, offer_sdp: str) -> str:
-        participant.require("publish")
+        # The seat first: a replaced connection is told it is no longer in the session,
+        # not that it is not admitted yet.
         live = self._live(participant)
+        participant.require("publish")
         # A screen share is a second video track; until the SFU tells them apart, the
         # `screen` right lets a participant publish video as well.
         grants = participant.claims.grants
