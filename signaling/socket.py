@@ -363,8 +363,10 @@ class SignalingSocket:
         self._watch_liveness()
         if old is not None and previous != sid:
             # The server had not noticed the old connection drop yet: close it quietly
-            # (its disconnect finds no participant any more).
-            self._hub.spawn_for(participant, self._notifier.drop(previous, None))
+            # (its disconnect finds no participant any more). Not through the notifier's
+            # drop, which closes only what is still among the connections: the old one
+            # was taken out above, and stayed open until engine.io's ping timeout.
+            self._hub.spawn_for(participant, self.sio.disconnect(previous))
         self._hub.spawn_for(participant, self._welcome(sid, participant, resumed=True))
 
     def _tell_moderators(self, claims: Any, event: str, reason: str) -> None:

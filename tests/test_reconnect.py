@@ -89,6 +89,23 @@ async def test_a_dropped_participant_is_reconnecting_then_resumes_its_seat(
     assert "participant.gone" not in cw.events
 
 
+async def test_a_resume_before_the_server_noticed_the_cut_closes_the_old_connection(
+    server: RunningServer, clients: Clients
+) -> None:
+    """The page is back (resume, same media) while the server still holds its old
+    connection, e.g. half-open after a cut: the server closes the old one at once, not
+    only when engine.io's ping timeout finds it dead."""
+    cw = await clients.join(server.token(room=ROOM, role="caseworker", name="Frau B"))
+    cl = await clients.join(server.token(room=ROOM, role="client", name="Herr K"))
+    pid, secret = me(cl), cl.events["welcome"][0]["resume"]
+    back = clients.new()
+    assert await back.connect(server.url, cl_token(cl), resume=secret), back.refusal
+    assert (await back.wait("welcome"))["resumed"] is True
+    await cl.wait("_disconnect", within=3)
+    await cw.wait("roster", _shows(pid, connection="live"))
+    assert "participant.gone" not in cw.events
+
+
 def cl_token(client) -> str:
     return client.sio.connection_auth["token"]
 
