@@ -57,6 +57,12 @@ class ColourVideoTrack(MediaStreamTrack):
         return frame
 
 
+def close_to(a: tuple[int, ...], b: tuple[int, ...], tol: int = 40) -> bool:
+    """Whether a decoded colour is the one sent (VP8 moves each channel a little); a
+    colour not decoded yet (``()``) is not."""
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+
 @dataclass
 class Received:
     """What one participant decoded, per publishing participant and kind."""

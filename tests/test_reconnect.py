@@ -18,14 +18,10 @@ from tests.controlplane import (
     me,
     running_server,
 )
-from tests.media import ColourVideoTrack, wait_for
+from tests.media import ColourVideoTrack, close_to, wait_for
 
 ROOM = "r_reconnect"
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
-
-
-def close_to(a: tuple[int, ...], b: tuple[int, ...], tol: int = 40) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
 
 
 @pytest.fixture

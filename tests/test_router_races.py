@@ -12,7 +12,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
 from sfu.errors import MediaError
-from tests.media import CLIENT_CONFIG, ColourVideoTrack, Peer, Room, wait_for
+from tests.media import CLIENT_CONFIG, ColourVideoTrack, Peer, Room, close_to, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +38,6 @@ def udp_sockets() -> int:
 def answered_or_refused(results: list[object]) -> bool:
     """A call caught up in a removal may be refused with a code, but not crash."""
     return all(not isinstance(r, BaseException) or isinstance(r, MediaError) for r in results)
-
-
-def close_to(a: tuple[int, ...], b: tuple[int, ...], tol: int = 40) -> bool:
-    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("end", ["remove", "close"])

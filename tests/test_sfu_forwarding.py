@@ -9,16 +9,12 @@ from aiortc import RTCSessionDescription
 
 from sfu import aiortc_hooks
 from sfu.errors import MediaError
-from tests.media import Peer, Room, wait_for
+from tests.media import Peer, Room, close_to, wait_for
 from tests.simulcast_peer import SimulcastPublisher
 
 pytestmark = pytest.mark.slow
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
-
-
-def close_to(a: tuple[int, ...], b: tuple[int, ...], tol: int = 40) -> bool:
-    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
 
 
 async def test_three_participants_decode_each_other() -> None:
