@@ -403,15 +403,9 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
             self._tick_task = None
-        # As remove(): after the calls under way; those still waiting find it closed.
+        # Each after its calls under way (remove); those still waiting find it closed.
         for pid in list(self.publishers) + list(self.subscribers):
-            async with self._lock(pid):
-                publisher = self.publishers.pop(pid, None)
-                subscriber = self.subscribers.pop(pid, None)
-                if publisher is not None:
-                    await publisher.close()
-                if subscriber is not None:
-                    await subscriber.close()
+            await self.remove(pid)
         self._locks.clear()
 
     # -- internals ---------------------------------------------------------------------
