@@ -473,6 +473,12 @@ async def _run(args: argparse.Namespace) -> int:
         def stop() -> None:
             # Once: a second signal would cancel the cleanup itself (a server sent its
             # terminate but its redis and workdir left, the next server not stopped).
+            # Further signals are ignored by the process, not by this handler: closing
+            # the loop puts back the default action, and a second SIGTERM between a
+            # quick cleanup and the exit killed the bench (-15, not 143).
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
             if not task.cancelling():
                 task.cancel()
 
