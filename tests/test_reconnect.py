@@ -279,3 +279,76 @@ async def test_a_replaced_page_s_queued_offer_leaves_no_publisher_behind(
         lambda: b.frames[(pid, "video")] >= 10 and close_to(b.colours.get(pid, ()), BLUE),
         timeout=20,
     )
+
+
+@pytest.mark.slow
+async def test_a_replaced_page_s_queued_renegotiation_does_not_reach_the_sfu(
+    server: RunningServer, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page 1 has two subscribe renegotiations under way (its second waits for its
+    first); while the first is in the SFU, page 2 of the same person takes the seat over.
+    The second must not reach the router after the takeover's removal: it would register
+    a subscriber under the seat's id with page 1's receive rights (none: page 1 has left),
+    which page 2's own renegotiation then had to undo. Page 2 receives B's picture."""
+    from sfu.router import Router
+    from sfu.subscriber import Subscriber
+
+    b = await clients.join_media(server.token(room=ROOM, role="caseworker", name="B"), GREEN)
+    assert (await b.publish()).get("ok")
+    token = server.token(room=ROOM, role="client", name="A")
+    page1 = await clients.join_media(token, RED)
+    pid, secret = me(page1.client), page1.client.events["welcome"][0]["resume"]
+    bid = me(b.client)
+    await wait_for(lambda: page1.frames[(bid, "video")] >= 5, timeout=20)
+
+    # Page 1's next subscribe offer stays in the SFU until the takeover is on.
+    in_sfu, go_on = asyncio.Event(), asyncio.Event()
+    offer = Subscriber.offer
+
+    async def slow_first(self: Subscriber, *args, **kwargs):
+        if self.pid == pid and not in_sfu.is_set():
+            in_sfu.set()
+            await go_on.wait()
+        return await offer(self, *args, **kwargs)
+
+    monkeypatch.setattr(Subscriber, "offer", slow_first)
+    # What reached the router for the seat's id, in order: a removal, or a subscribe
+    # with whether its rights let it receive B's audio.
+    calls: list[tuple[str, bool]] = []
+    subscribe, remove = Router.subscribe, Router.remove
+
+    async def logged_subscribe(self: Router, p: str, accept=None):
+        if p == pid:
+            calls.append(("subscribe", accept is not None and accept(bid, "audio")))
+        return await subscribe(self, p, accept)
+
+    async def logged_remove(self: Router, p: str):
+        if p == pid:
+            calls.append(("remove", True))
+        return await remove(self, p)
+
+    monkeypatch.setattr(Router, "subscribe", logged_subscribe)
+    monkeypatch.setattr(Router, "remove", logged_remove)
+    # Each network change asks for a subscribe offer; the second waits for the first.
+    assert (await page1.client.call("ice.restart", {"pc": "subscribe"}))["ok"]
+    await wait_for(in_sfu.is_set, timeout=10)
+    assert (await page1.client.call("ice.restart", {"pc": "subscribe"}))["ok"]
+    await asyncio.sleep(0.2)  # the spawned renegotiation is waiting for the first's turn
+
+    room = server.hub.room(ROOM)
+    old_sid = room.get(pid).sid
+    page2 = MediaParticipant(clients.new(), BLUE)
+    clients._media.append(page2)
+    takeover = asyncio.ensure_future(
+        page2.client.connect(server.url, token, resume=secret, fresh=True)
+    )
+    await wait_for(lambda: room.get(pid).sid != old_sid, timeout=10)  # seated, page 1 left
+    go_on.set()
+    assert await takeover, page2.client.refusal
+    await page2.client.wait("welcome")
+    await wait_for(
+        lambda: page2.frames[(bid, "video")] >= 10 and close_to(page2.colours.get(bid, ()), GREEN),
+        timeout=20,
+    )
+    after = calls[calls.index(("remove", True)) + 1 :]
+    assert after and all(allowed for _, allowed in after), calls

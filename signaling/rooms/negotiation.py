@@ -167,6 +167,12 @@ class Negotiator:
             if neg.awaiting_answer:
                 neg.pending = True
                 return
+            # Asked again now that this renegotiation has its turn: one that waited here
+            # while its connection was replaced would register a subscriber under the
+            # seat's id with the replaced page's rights (none). As in publish, no await
+            # until the router's queue, so a later removal undoes the call.
+            if live.room.get(pid) is not participant or not participant.active:
+                return
             offer = await self._router(live).subscribe(
                 pid, accept=self._accept(live.room, participant)
             )
