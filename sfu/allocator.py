@@ -309,7 +309,8 @@ class Allocator:
                     # before: the link's doing.
                     self._down_budget[v.key] = budget
             self.layers[v.key] = layer
-            self._apply(leg, v.key, layer)
+            # A move down on the tick the estimate fell leaves the old layer at once.
+            self._apply(leg, v.key, layer, at_once=fell)
         keys = {v.key for _, v in videos} | hidden
         for key in list(self.layers):
             if key not in keys:
@@ -341,13 +342,14 @@ class Allocator:
             want = max(want, budget * 1.1)
         self._want = want
 
-    def _apply(self, leg: Leg, key: str, layer: int | None) -> None:
+    def _apply(self, leg: Leg, key: str, layer: int | None, *, at_once: bool = False) -> None:
         """Cap the leg at ``layer`` (``None``: pause) and tell the page about pauses.
         Only a changed decision is applied: the cap is the allocator's, but it acts on
-        changes rather than re-asserting itself every tick."""
+        changes rather than re-asserting itself every tick. ``at_once``: the estimate
+        fell (:meth:`sfu.forwarder.Leg.set_cap`)."""
         if self._caps.get(key, UNCAPPED) != layer:
             self._caps[key] = layer
-            leg.set_cap(layer)
+            leg.set_cap(layer, at_once=at_once)
         paused = layer is None
         if paused != self._paused.get(key, False):
             self._paused[key] = paused

@@ -385,7 +385,8 @@ class Leg:
     nearest layer the publisher is actually sending. ``None`` parks the leg: no video
     packet goes to the subscriber until it wants a layer again. A change of layer waits
     for a key frame *of the target layer* (a PLI goes to that layer's SSRC) while the
-    old layer keeps flowing, then moves; the C half rebases sequence numbers and
+    old layer keeps flowing, then moves (but a move down for the link's sake stops the
+    old layer at once: :meth:`set_cap`); the C half rebases sequence numbers and
     timestamps on the new SSRC, so the subscriber sees one continuous stream.
     """
 
@@ -519,11 +520,17 @@ class Leg:
         self._view = (visible, max(0, width), max(0, height))
         self.update_layer()
 
-    def set_cap(self, layer: int | None) -> None:
+    def set_cap(self, layer: int | None, *, at_once: bool = False) -> None:
         """The allocator's limit: the highest layer index allowed, ``None`` to pause the
-        video, :data:`UNCAPPED` for no limit. Takes effect at the target's key frame."""
+        video, :data:`UNCAPPED` for no limit. Takes effect at the target's key frame.
+
+        ``at_once``: the allocator cut because the link is overfull. A move down then
+        leaves the old layer now, not at the lower layer's key frame: on a full link
+        every packet more of the old layer sits in (or is dropped from) the queue ahead
+        of that key frame, whose own packets were then lost and repaired through the
+        same queue. The picture stops until the key frame either way."""
         self.cap = layer
-        self.update_layer()
+        self.update_layer(at_once=at_once)
 
     def hold(self, held: bool) -> None:
         """Send nothing (``True``), whatever the view and the cap, or resume (``False``,
@@ -583,10 +590,10 @@ class Leg:
             return None
         return min(preferred, self.cap)
 
-    def update_layer(self) -> None:
+    def update_layer(self, *, at_once: bool = False) -> None:
         """Move towards :meth:`wanted_layer`: park, attach, or switch at a key frame.
         Called on every change of view or cap, and by the router's tick (layers start and
-        stop flowing on the publisher's side)."""
+        stop flowing on the publisher's side). ``at_once``: see :meth:`set_cap`."""
         track = self.track
         if track is None:
             return
@@ -601,6 +608,12 @@ class Leg:
             self._cancel_switch()
             return
         if self.source is None or not self.source.flowing(now) or self.kind != "video":
+            self.attach(target)
+            return
+        if at_once and _index(track.layers, target) < _index(track.layers, self.source):
+            # Nothing of the old layer from now; attach() sends nothing until the target's
+            # key frame, which it asks for.
+            self.switches += 1
             self.attach(target)
             return
         if self._switch_to is not target:
@@ -927,3 +940,8 @@ def _pick_layer(layers: list[Forwarder], want: int, now_ns: int) -> Forwarder:
         if layers[i].flowing(now_ns, FRESH_NS):
             return layers[i]
     return layers[want]
+
+
+def _index(layers: list[Forwarder], layer: Forwarder) -> int:
+    """Where ``layer`` is in ``layers`` (low → high); -1 if it is not one of them."""
+    return next((i for i, f in enumerate(layers) if f is layer), -1)

@@ -1126,9 +1126,11 @@ class _Leg:
         self.track = _Track(publisher_id, price)
         self.octets = self.packets = 0
         self.cap: int | None = None
+        self.at_once: list[bool] = []  # per cap set: whether it was the link's cut
 
-    def set_cap(self, layer: int | None) -> None:
+    def set_cap(self, layer: int | None, *, at_once: bool = False) -> None:
         self.cap = layer
+        self.at_once.append(at_once)
 
 
 class _FixedEstimate:
@@ -1174,6 +1176,45 @@ def test_the_speakers_video_gets_the_better_layer_at_an_unchanged_estimate() -> 
         assert alloc.layers == {speaker: 1, other: 0}, f"{speaker} speaks"
         run(1.0)  # and it stays so
         assert alloc.layers == {speaker: 1, other: 0}, f"{speaker} speaks"
+
+
+def test_only_a_move_down_on_a_falling_estimate_leaves_the_old_layer_at_once() -> None:
+    """The link's cut moves a video down at once (Leg.set_cap's ``at_once``: the old
+    layer stops before the lower one's key frame); the allocator's own order (the
+    speaker changed, the estimate did not) moves it at the key frame."""
+    clock = Clock()
+    ranks = {"A": 1, "B": 2}
+    legs = [_Leg("audio", "au", "A", 50_000), _Leg("video", "A", "A"), _Leg("video", "B", "B")]
+    estimate = _FixedEstimate(760_000)  # audio and both videos' high layers
+    alloc = Allocator(
+        estimate,  # type: ignore[arg-type]
+        lambda: legs,  # type: ignore[arg-type,return-value]
+        ranks.__getitem__,
+        lambda publisher, paused: None,
+        layers=lambda leg: (100_000.0, 300_000.0),
+        clock=clock,
+    )
+
+    def run(seconds: float) -> None:
+        for _ in range(round(seconds / TICK)):
+            clock.now += TICK
+            alloc.tick()
+
+    run(HOLD_UP + 1)
+    assert alloc.layers == {"A": 1, "B": 1}
+    a, b = legs[1], legs[2]
+    a.at_once.clear()
+    b.at_once.clear()
+    estimate.bps = 460_000  # one high layer fits, not two: B (lower rank) goes down
+    run(TICK)
+    assert alloc.layers == {"A": 1, "B": 0}
+    assert (a.at_once, b.at_once) == ([], [True])
+    run(HOLD_UP + 1)
+    b.at_once.clear()
+    ranks.update({"A": 2, "B": 1})  # B speaks now; same estimate
+    run(HOLD_UP + TICK)
+    assert alloc.layers == {"A": 0, "B": 1}
+    assert (a.at_once, b.at_once) == ([False], [False])
 
 
 def test_a_speaker_keeps_the_rank_through_pauses_between_words(

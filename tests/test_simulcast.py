@@ -242,6 +242,60 @@ async def test_a_hidden_tile_gets_no_video_and_unused_layers_are_stopped() -> No
         await room.close()
 
 
+async def test_a_cut_leaves_the_old_layer_at_once_a_view_change_at_the_key_frame() -> None:
+    """A move down because the link is overfull (the allocator's cut, ``at_once``) stops
+    the old layer now and sends nothing until the lower layer's key frame: every packet
+    more of the old layer would queue ahead of that key frame on the full link. A move
+    down for any other reason keeps the old layer flowing until the key frame."""
+    room, publisher, viewer, rec = await _room_with_simulcast()
+    try:
+        leg = room.router.legs_of("viewer")[0]
+        await wait_for(lambda: leg.layer == 2, timeout=20)
+        await wait_for(lambda: viewer.decoded("cam", "video") >= 5, timeout=20)
+        # The lower layers hold their key frames until the test lets them go.
+        held: dict[str, int] = {"l": 0, "m": 0}
+
+        def holding(rid: str):
+            async def on_rtcp(packet: object) -> None:
+                held[rid] += 1
+
+            return on_rtcp
+
+        for rid in held:
+            publisher.layers[rid]._handle_rtcp_packet = holding(rid)  # type: ignore[method-assign]
+
+        # Not the link (the allocator's own order, a smaller tile): h flows on.
+        leg.set_cap(1)
+        await wait_for(lambda: held["m"] > 0, timeout=5)  # m's key frame was asked for
+        mark = len(rec.packets)
+        await asyncio.sleep(0.5)
+        assert len(rec.packets) > mark + 10, "the old layer stopped before the key frame"
+        assert leg.layer == 2
+        # The link's cut: nothing more of h from now, until l's key frame.
+        leg.set_cap(0, at_once=True)
+        assert leg.layer == 0
+        await wait_for(lambda: held["l"] > 0, timeout=5)
+        await asyncio.sleep(0.3)  # what was on its way
+        mark = len(rec.packets)
+        await asyncio.sleep(0.5)
+        assert len(rec.packets) == mark, "the old layer flowed on after the cut"
+        publisher.layers["l"].keyframe_due = True
+        await wait_for(lambda: len(rec.packets) > mark + 5, timeout=10)
+        first = rec.packets[mark]
+        assert vp8_keyframe_start(first.payload)
+        assert first.payload in publisher.layers["l"].payloads or any(
+            first.payload[-20:] == x[-20:] for x in publisher.layers["l"].payloads
+        )
+        frames = viewer.decoded("cam", "video")
+        await wait_for(lambda: viewer.decoded("cam", "video") >= frames + 10, timeout=10)
+        # Continuous numbers across the cut, as across any switch.
+        seqs = [p.sequence_number for p in rec.packets]
+        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    finally:
+        await publisher.close()
+        await room.close()
+
+
 @pytest.mark.parametrize("rid_id", [0, 7])
 def test_parse_rtp_reads_the_stream_id_extensions(rid_id: int) -> None:
     from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
