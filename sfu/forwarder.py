@@ -422,6 +422,9 @@ class Leg:
         self._switch_to: Forwarder | None = None
         self.switches = 0
         self._held = False  # the connection lost ICE consent: nothing may be sent (hold)
+        # (last output seq before the source changed, monotonic s): a repair of a packet
+        # up to that one is not sent (retransmit).
+        self._left: tuple[int, float] | None = None
         # What this leg sent (both send paths), folded in by sync(): for tests and metrics.
         self.packets = 0
         self.octets = 0
@@ -490,6 +493,8 @@ class Leg:
         self.source = source
         self.track_id = source.track_id
         self._waiting_key = self.kind == "video"
+        if self.kind == "video":
+            self._left = (self._fast.last_seq, time.monotonic())
         self._fast.rebase()
         source.add_leg(self)
         self._refresh()
@@ -883,6 +888,17 @@ class Leg:
         return sent
 
     async def retransmit(self, sequence_number: int) -> None:
+        left = self._left
+        if left is not None:
+            last, at = left
+            if time.monotonic() - at > REPAIR_SPAN:
+                self._left = None
+            elif (last - sequence_number) & 0xFFFF < 0x8000:
+                # Sent before this leg moved to its source: that source starts with a
+                # key frame, which needs nothing from before it. After a move down on a
+                # full link these were the old layer's losses, and their repairs took the
+                # link's share for repairs from the key frame's own (sfu.downlink).
+                return
         data = self._fast.history(sequence_number)
         feedback = self._feedback
         if data is not None and feedback is not None:
@@ -893,6 +909,11 @@ class Leg:
                 await hooks.send_rtp(self.sender, data)
             except ConnectionError:
                 pass
+
+
+# s: how long a leg remembers where it moved to its source (Leg.retransmit); the C
+# history keeps a sent packet 2 s at most (sfu/fastpath/leg.c, HISTORY_MS).
+REPAIR_SPAN = 2.0
 
 
 def _extension_block(mid: str | None, mid_id: int | None, abs_id: int | None) -> tuple[bytes, int]:

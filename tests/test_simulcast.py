@@ -242,11 +242,14 @@ async def test_a_hidden_tile_gets_no_video_and_unused_layers_are_stopped() -> No
         await room.close()
 
 
-async def test_a_cut_leaves_the_old_layer_at_once_a_view_change_at_the_key_frame() -> None:
+async def test_a_cut_leaves_the_old_layer_at_once_a_view_change_at_the_key_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A move down because the link is overfull (the allocator's cut, ``at_once``) stops
     the old layer now and sends nothing until the lower layer's key frame: every packet
     more of the old layer would queue ahead of that key frame on the full link. A move
-    down for any other reason keeps the old layer flowing until the key frame."""
+    down for any other reason keeps the old layer flowing until the key frame. NACKs for
+    what was sent before the move are not answered (the key frame needs none of it)."""
     room, publisher, viewer, rec = await _room_with_simulcast()
     try:
         leg = room.router.legs_of("viewer")[0]
@@ -291,6 +294,17 @@ async def test_a_cut_leaves_the_old_layer_at_once_a_view_change_at_the_key_frame
         # Continuous numbers across the cut, as across any switch.
         seqs = [p.sequence_number for p in rec.packets]
         assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+        # Repairs: none for the old layer's last packet, one for the new layer's first.
+        resent: list[bytes] = []
+
+        async def send_rtp(sender: object, data: bytes) -> None:
+            resent.append(data)
+
+        monkeypatch.setattr(hooks, "send_rtp", send_rtp)
+        await leg.retransmit(rec.packets[mark - 1].sequence_number)
+        assert resent == []
+        await leg.retransmit(first.sequence_number)
+        assert len(resent) == 1
     finally:
         await publisher.close()
         await room.close()
