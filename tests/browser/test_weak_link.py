@@ -21,9 +21,13 @@ every run, at load 8-10 too (NOTES-weak4). The other goal, no freeze over 1 s, i
 and asserted at 3 s in the steady window and across the climb: a 1.5x probe that passes
 wrongly on the shaped link moves a video up for a second and freezes it about 1 s. Since
 only a probe's own SR can pass it, that held at 0 s in every run at load 2-6, but not at
-load 9-13 (NOTES-weak5: 1.33 s once, and a video paused after such an upgrade). The move
-down when the shaping starts is printed, not asserted: the freeze lasts until the low
-layer's key frame is through the link's full queue, 0.4-2.2 s per video (NOTES-weak5). The bench
+load 9-13 (NOTES-weak5: 1.33 s once, and a video paused after such an upgrade). At the
+move down when the shaping starts, the freeze lasts from the first loss on the full link
+until the low layer's key frame is decoded: 0.4-5.0 s per video (median 1.8 s) while the
+old layer kept flowing until that key frame and its losses were repaired; since the cut
+stops the old layer at once and its losses are not repaired (docs/bench.md, "Issue 15:
+the move down"), 0.36-1.49 s (median 1.0 s) in 14 runs at load 3-6, asserted at 3 s like
+the others. The bench
 (`roundtable-bench --link`) measures the same on a delayed, lossy link, and the unit test
 test_a_lifted_link_is_climbed_back_within_a_few_seconds_whenever_it_is_lifted holds the
 climb on a fake clock.
@@ -613,14 +617,14 @@ async def _shaped_and_lifted(
         f"[300 kbit/s] longest freeze in the steady window and after the climb <= {longest:.2f} s"
         " (issue 15's goal: 1 s); at the move down: "
         + " / ".join(f"{name} {down[name]['longest']:.2f} s" for name in ("caseworker", "partner"))
-        + " (printed, not asserted)"
     )
     # Switching at key frames: the video keeps decoding across each switch (a new key
     # frame on the way up, the decoder never stuck): issue 15's goal is no freeze over 1 s
-    # (the bound from getStats' count and total) in the steady window nor across the
-    # climb, printed above; asserted at 3 s (a wrongly passed probe, module docstring).
+    # (the bound from getStats' count and total) in the steady window, across the climb
+    # and at the move down, printed above; asserted at 3 s (a wrongly passed probe; the
+    # move down's detection, module docstring).
     for name in ("caseworker", "partner"):
-        for what, d in (("steady", steady[name]), ("up", up[name])):
+        for what, d in (("down", down[name]), ("steady", steady[name]), ("up", up[name])):
             assert d["longest"] < 3.0, (name, what, d)
         # Decoding went on (at least half the low layer's 15 frames a second).
         assert up[name]["frames"] >= 7 * up_seconds, (name, up[name], up_seconds)
