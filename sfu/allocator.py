@@ -164,6 +164,7 @@ class Allocator:
         self._actual_bps = 0.0  # what the legs sent over the last second (headers included)
         self._chosen: dict[str, int | None] | None = None  # the last allocation (logs)
         self._budget = 0.0  # the estimate the last allocation spent
+        self._spent = 0.0  # what the layers it chose cost (audio included)
         self._pad_at = clock()  # when padding was last sent (or due)
         self._probe_reported: tuple[object, int] = (None, 0)  # (probe, SRs sent during it)
         self._stepping = False
@@ -291,6 +292,10 @@ class Allocator:
         # while the queue stayed full.
         fell = budget < self._budget
         self._budget = budget
+        # Below what the layers chosen last cost: the link cannot carry them (a loss or
+        # REMB cut, a probe undone). Not a REMB the estimator only holds at what is sent
+        # (a lone fall, a busy receiver): that lowers the estimate to exactly this.
+        overfull = budget < self._spent
         chosen = allocate(budget, audio, [v for _, v in videos], keep=1.0 if fell else KEEP)
         used = audio
         want = audio
@@ -309,8 +314,9 @@ class Allocator:
                     # before: the link's doing.
                     self._down_budget[v.key] = budget
             self.layers[v.key] = layer
-            # A move down on the tick the estimate fell leaves the old layer at once.
-            self._apply(leg, v.key, layer, at_once=fell)
+            # A move down on a link that cannot carry what it had leaves the old layer
+            # at once.
+            self._apply(leg, v.key, layer, at_once=overfull)
         keys = {v.key for _, v in videos} | hidden
         for key in list(self.layers):
             if key not in keys:
@@ -334,6 +340,7 @@ class Allocator:
                 [(v.key, [round(r) for r in v.rates], chosen[v.key]) for _, v in videos],
             )
         estimate.sent_bps = used
+        self._spent = used
         estimate.unstamped_bps = audio
         if any_blocked:
             # Only a higher estimate unblocks a video the link moved down, and only a
@@ -346,7 +353,7 @@ class Allocator:
         """Cap the leg at ``layer`` (``None``: pause) and tell the page about pauses.
         Only a changed decision is applied: the cap is the allocator's, but it acts on
         changes rather than re-asserting itself every tick. ``at_once``: the estimate
-        fell (:meth:`sfu.forwarder.Leg.set_cap`)."""
+        fell below what the layers cost (:meth:`sfu.forwarder.Leg.set_cap`)."""
         if self._caps.get(key, UNCAPPED) != layer:
             self._caps[key] = layer
             leg.set_cap(layer, at_once=at_once)

@@ -422,7 +422,7 @@ class Leg:
         self._switch_to: Forwarder | None = None
         self.switches = 0
         self._held = False  # the connection lost ICE consent: nothing may be sent (hold)
-        # (last output seq before the source changed, monotonic s): a repair of a packet
+        # (last output seq before a cut moved it down, monotonic s): a repair of a packet
         # up to that one is not sent (retransmit).
         self._left: tuple[int, float] | None = None
         # What this leg sent (both send paths), folded in by sync(): for tests and metrics.
@@ -493,8 +493,6 @@ class Leg:
         self.source = source
         self.track_id = source.track_id
         self._waiting_key = self.kind == "video"
-        if self.kind == "video":
-            self._left = (self._fast.last_seq, time.monotonic())
         self._fast.rebase()
         source.add_leg(self)
         self._refresh()
@@ -617,8 +615,9 @@ class Leg:
             return
         if at_once and _index(track.layers, target) < _index(track.layers, self.source):
             # Nothing of the old layer from now; attach() sends nothing until the target's
-            # key frame, which it asks for.
+            # key frame, which it asks for. Its losses are not repaired either (retransmit).
             self.switches += 1
+            self._left = (self._fast.last_seq, time.monotonic())
             self.attach(target)
             return
         if self._switch_to is not target:
@@ -894,10 +893,12 @@ class Leg:
             if time.monotonic() - at > REPAIR_SPAN:
                 self._left = None
             elif (last - sequence_number) & 0xFFFF < 0x8000:
-                # Sent before this leg moved to its source: that source starts with a
-                # key frame, which needs nothing from before it. After a move down on a
-                # full link these were the old layer's losses, and their repairs took the
-                # link's share for repairs from the key frame's own (sfu.downlink).
+                # Sent before a cut moved this leg down: its new layer starts with a key
+                # frame, which needs nothing from before it. These were the old layer's
+                # losses on the full link, and their repairs took the link's share for
+                # repairs from the key frame's own (sfu.downlink). Only after a cut: the
+                # estimator's fence already leaves those losses out of its loss figure
+                # (elsewhere repairs still lower what the receiver reports lost).
                 return
         data = self._fast.history(sequence_number)
         feedback = self._feedback

@@ -1178,20 +1178,22 @@ def test_the_speakers_video_gets_the_better_layer_at_an_unchanged_estimate() -> 
         assert alloc.layers == {speaker: 1, other: 0}, f"{speaker} speaks"
 
 
-def test_only_a_move_down_on_a_falling_estimate_leaves_the_old_layer_at_once() -> None:
-    """The link's cut moves a video down at once (Leg.set_cap's ``at_once``: the old
-    layer stops before the lower one's key frame); the allocator's own order (the
-    speaker changed, the estimate did not) moves it at the key frame."""
+def test_only_a_move_down_on_an_overfull_link_leaves_the_old_layer_at_once() -> None:
+    """The link's cut (the estimate below what the chosen layers cost) moves a video down
+    at once (Leg.set_cap's ``at_once``: the old layer stops before the lower one's key
+    frame). A REMB the estimator only holds at what is sent, and the allocator's own order
+    (the speaker changed, the estimate did not), move it at the key frame."""
     clock = Clock()
     ranks = {"A": 1, "B": 2}
     legs = [_Leg("audio", "au", "A", 50_000), _Leg("video", "A", "A"), _Leg("video", "B", "B")]
     estimate = _FixedEstimate(760_000)  # audio and both videos' high layers
+    high = [300_000.0]
     alloc = Allocator(
         estimate,  # type: ignore[arg-type]
         lambda: legs,  # type: ignore[arg-type,return-value]
         ranks.__getitem__,
         lambda publisher, paused: None,
-        layers=lambda leg: (100_000.0, 300_000.0),
+        layers=lambda leg: (100_000.0, high[0]),
         clock=clock,
     )
 
@@ -1203,9 +1205,22 @@ def test_only_a_move_down_on_a_falling_estimate_leaves_the_old_layer_at_once() -
     run(HOLD_UP + 1)
     assert alloc.layers == {"A": 1, "B": 1}
     a, b = legs[1], legs[2]
+    # A hold: the estimate comes down to exactly what is sent (650k), and the high
+    # layers' price rises by 1 %: B goes down, at its key frame.
     a.at_once.clear()
     b.at_once.clear()
-    estimate.bps = 460_000  # one high layer fits, not two: B (lower rank) goes down
+    estimate.bps = 650_000
+    high[0] = 303_000.0
+    run(TICK)
+    assert alloc.layers == {"A": 1, "B": 0}
+    assert (a.at_once, b.at_once) == ([], [False])
+    high[0] = 300_000.0
+    estimate.bps = 760_000
+    run(HOLD_UP + 1)
+    assert alloc.layers == {"A": 1, "B": 1}
+    # A cut below what the layers cost: B goes down at once.
+    b.at_once.clear()
+    estimate.bps = 460_000  # one high layer fits, not two
     run(TICK)
     assert alloc.layers == {"A": 1, "B": 0}
     assert (a.at_once, b.at_once) == ([], [True])

@@ -255,6 +255,18 @@ async def test_a_cut_leaves_the_old_layer_at_once_a_view_change_at_the_key_frame
         leg = room.router.legs_of("viewer")[0]
         await wait_for(lambda: leg.layer == 2, timeout=20)
         await wait_for(lambda: viewer.decoded("cam", "video") >= 5, timeout=20)
+        resent: list[bytes] = []
+
+        async def send_rtp(sender: object, data: bytes) -> None:
+            resent.append(data)
+
+        # Repairs after a switch that was no cut (h from the start, or from below at h's
+        # key frame) are sent, as ever.
+        with monkeypatch.context() as patched:
+            patched.setattr(hooks, "send_rtp", send_rtp)
+            await leg.retransmit(rec.packets[-1].sequence_number)
+        assert len(resent) == 1
+        resent.clear()
         # The lower layers hold their key frames until the test lets them go.
         held: dict[str, int] = {"l": 0, "m": 0}
 
@@ -295,11 +307,6 @@ async def test_a_cut_leaves_the_old_layer_at_once_a_view_change_at_the_key_frame
         seqs = [p.sequence_number for p in rec.packets]
         assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
         # Repairs: none for the old layer's last packet, one for the new layer's first.
-        resent: list[bytes] = []
-
-        async def send_rtp(sender: object, data: bytes) -> None:
-            resent.append(data)
-
         monkeypatch.setattr(hooks, "send_rtp", send_rtp)
         await leg.retransmit(rec.packets[mark - 1].sequence_number)
         assert resent == []
