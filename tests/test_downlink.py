@@ -11,6 +11,7 @@ link can take it again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from prometheus_client.registry import CollectorRegistry
@@ -1145,21 +1146,19 @@ class _FixedEstimate:
         return self.bps
 
 
-def test_the_speakers_video_gets_the_better_layer_at_an_unchanged_estimate() -> None:
-    """A video moved down because another one now ranks higher (the speaker changed) was
-    not moved down by the link: at the same estimate it goes up again once it ranks
-    first (77da86f blocked it until the estimate rose, and counted the first allocation,
-    where a video 'had' the top layer by default, as a move down by the link)."""
+def _two_videos(
+    estimate: _FixedEstimate, ranks: dict[str, int], high: list[float]
+) -> tuple[list[_Leg], Allocator, Callable[[float], None]]:
+    """Audio (50k) and the videos of A and B (100k low, ``high[0]`` high) on one
+    subscriber's allocator on a fake clock, and a function that runs its ticks."""
     clock = Clock()
-    ranks = {"A": 1, "B": 2}  # A speaks
     legs = [_Leg("audio", "au", "A", 50_000), _Leg("video", "A", "A"), _Leg("video", "B", "B")]
-    # 460k: audio and both low layers, and one video's high layer, not two
     alloc = Allocator(
-        _FixedEstimate(460_000),  # type: ignore[arg-type]
+        estimate,  # type: ignore[arg-type]
         lambda: legs,  # type: ignore[arg-type,return-value]
         ranks.__getitem__,
         lambda publisher, paused: None,
-        layers=lambda leg: (100_000.0, 300_000.0),
+        layers=lambda leg: (100_000.0, high[0]),
         clock=clock,
     )
 
@@ -1168,6 +1167,17 @@ def test_the_speakers_video_gets_the_better_layer_at_an_unchanged_estimate() -> 
             clock.now += TICK
             alloc.tick()
 
+    return legs, alloc, run
+
+
+def test_the_speakers_video_gets_the_better_layer_at_an_unchanged_estimate() -> None:
+    """A video moved down because another one now ranks higher (the speaker changed) was
+    not moved down by the link: at the same estimate it goes up again once it ranks
+    first (77da86f blocked it until the estimate rose, and counted the first allocation,
+    where a video 'had' the top layer by default, as a move down by the link)."""
+    ranks = {"A": 1, "B": 2}  # A speaks
+    # 460k: audio and both low layers, and one video's high layer, not two
+    _, alloc, run = _two_videos(_FixedEstimate(460_000), ranks, [300_000.0])
     run(HOLD_UP + 1)
     assert alloc.layers == {"A": 1, "B": 0}
     for speaker, other in (("B", "A"), ("A", "B"), ("B", "A")):
@@ -1183,25 +1193,10 @@ def test_only_a_move_down_on_an_overfull_link_leaves_the_old_layer_at_once() -> 
     at once (Leg.set_cap's ``at_once``: the old layer stops before the lower one's key
     frame). A REMB the estimator only holds at what is sent, and the allocator's own order
     (the speaker changed, the estimate did not), move it at the key frame."""
-    clock = Clock()
     ranks = {"A": 1, "B": 2}
-    legs = [_Leg("audio", "au", "A", 50_000), _Leg("video", "A", "A"), _Leg("video", "B", "B")]
     estimate = _FixedEstimate(760_000)  # audio and both videos' high layers
     high = [300_000.0]
-    alloc = Allocator(
-        estimate,  # type: ignore[arg-type]
-        lambda: legs,  # type: ignore[arg-type,return-value]
-        ranks.__getitem__,
-        lambda publisher, paused: None,
-        layers=lambda leg: (100_000.0, high[0]),
-        clock=clock,
-    )
-
-    def run(seconds: float) -> None:
-        for _ in range(round(seconds / TICK)):
-            clock.now += TICK
-            alloc.tick()
-
+    legs, alloc, run = _two_videos(estimate, ranks, high)
     run(HOLD_UP + 1)
     assert alloc.layers == {"A": 1, "B": 1}
     a, b = legs[1], legs[2]

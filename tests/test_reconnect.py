@@ -207,6 +207,22 @@ async def test_self_mute_and_connection_quality_reach_everyone(
     assert bad["error"] == "invalid_payload"
 
 
+async def _take_over(
+    server: RunningServer, clients: Clients, token: str, secret: str, pid: str
+) -> tuple[MediaParticipant, asyncio.Future[bool]]:
+    """Page 2 of the same person connects with page 1's resume secret; returns once it
+    holds the seat (page 1 has left), with its connect still under way."""
+    room = server.hub.room(ROOM)
+    old_sid = room.get(pid).sid
+    page2 = MediaParticipant(clients.new(), BLUE)
+    clients._media.append(page2)
+    takeover = asyncio.ensure_future(
+        page2.client.connect(server.url, token, resume=secret, fresh=True)
+    )
+    await wait_for(lambda: room.get(pid).sid != old_sid, timeout=10)
+    return page2, takeover
+
+
 @pytest.mark.slow
 async def test_a_replaced_page_s_queued_offer_leaves_no_publisher_behind(
     server: RunningServer, clients: Clients, monkeypatch: pytest.MonkeyPatch
@@ -252,14 +268,7 @@ async def test_a_replaced_page_s_queued_offer_leaves_no_publisher_behind(
     offers = [asyncio.ensure_future(page1.client.call("publish", offer)) for _ in range(2)]
     await wait_for(lambda: in_sfu.is_set() and entered == 2, timeout=10)
 
-    room = server.hub.room(ROOM)
-    old_sid = room.get(pid).sid
-    page2 = MediaParticipant(clients.new(), BLUE)
-    clients._media.append(page2)
-    takeover = asyncio.ensure_future(
-        page2.client.connect(server.url, token, resume=secret, fresh=True)
-    )
-    await wait_for(lambda: room.get(pid).sid != old_sid, timeout=10)  # seated, page 1 left
+    page2, takeover = await _take_over(server, clients, token, secret, pid)
     # An offer page 1 sends now (its connection not yet closed) is refused at once.
     late = await page1.client.call("publish", offer)
     assert late == {"error": "forbidden", "message": "You are no longer in this session."}
@@ -335,14 +344,7 @@ async def test_a_replaced_page_s_queued_renegotiation_does_not_reach_the_sfu(
     assert (await page1.client.call("ice.restart", {"pc": "subscribe"}))["ok"]
     await asyncio.sleep(0.2)  # the spawned renegotiation is waiting for the first's turn
 
-    room = server.hub.room(ROOM)
-    old_sid = room.get(pid).sid
-    page2 = MediaParticipant(clients.new(), BLUE)
-    clients._media.append(page2)
-    takeover = asyncio.ensure_future(
-        page2.client.connect(server.url, token, resume=secret, fresh=True)
-    )
-    await wait_for(lambda: room.get(pid).sid != old_sid, timeout=10)  # seated, page 1 left
+    page2, takeover = await _take_over(server, clients, token, secret, pid)
     go_on.set()
     assert await takeover, page2.client.refusal
     await page2.client.wait("welcome")
