@@ -164,7 +164,6 @@ class Allocator:
         self._actual_bps = 0.0  # what the legs sent over the last second (headers included)
         self._chosen: dict[str, int | None] | None = None  # the last allocation (logs)
         self._budget = 0.0  # the estimate the last allocation spent
-        self._spent = 0.0  # what the layers it chose cost (audio included)
         self._pad_at = clock()  # when padding was last sent (or due)
         self._probe_reported: tuple[object, int] = (None, 0)  # (probe, SRs sent during it)
         self._stepping = False
@@ -292,10 +291,11 @@ class Allocator:
         # while the queue stayed full.
         fell = budget < self._budget
         self._budget = budget
-        # Below what the layers chosen last cost: the link cannot carry them (a loss or
-        # REMB cut, a probe undone). Not a REMB the estimator only holds at what is sent
-        # (a lone fall, a busy receiver): that lowers the estimate to exactly this.
-        overfull = budget < self._spent
+        # Below what the layers chosen last cost (sent_bps, set below each tick): the
+        # link cannot carry them (a loss or REMB cut, a probe undone). Not a REMB the
+        # estimator only holds at what is sent (a lone fall, a busy receiver): that
+        # lowers the estimate to exactly this.
+        overfull = budget < estimate.sent_bps
         chosen = allocate(budget, audio, [v for _, v in videos], keep=1.0 if fell else KEEP)
         used = audio
         want = audio
@@ -340,7 +340,6 @@ class Allocator:
                 [(v.key, [round(r) for r in v.rates], chosen[v.key]) for _, v in videos],
             )
         estimate.sent_bps = used
-        self._spent = used
         estimate.unstamped_bps = audio
         if any_blocked:
             # Only a higher estimate unblocks a video the link moved down, and only a
