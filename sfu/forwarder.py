@@ -613,7 +613,8 @@ class Leg:
         if self.source is None or not self.source.flowing(now) or self.kind != "video":
             self.attach(target)
             return
-        if at_once and _index(track.layers, target) < _index(track.layers, self.source):
+        current = self.layer
+        if at_once and current is not None and track.layers.index(target) < current:
             # Nothing of the old layer from now; attach() sends nothing until the target's
             # key frame, which it asks for. Its losses are not repaired either (retransmit).
             self.switches += 1
@@ -962,8 +963,3 @@ def _pick_layer(layers: list[Forwarder], want: int, now_ns: int) -> Forwarder:
         if layers[i].flowing(now_ns, FRESH_NS):
             return layers[i]
     return layers[want]
-
-
-def _index(layers: list[Forwarder], layer: Forwarder) -> int:
-    """Where ``layer`` is in ``layers`` (low → high); -1 if it is not one of them."""
-    return next((i for i, f in enumerate(layers) if f is layer), -1)
