@@ -240,6 +240,7 @@ class DownlinkEstimate:
         self.queue_delay = 0.0  # the latest round trip above the baseline (logs, tests)
         self._loss_cut_at = -1e9
         self._cut_at = -1e9  # the last cut below what was sent (by a REMB or loss)
+        self._blamed_at = -1e9  # the last probe shown wrong (_blame)
         self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
         self._rtx_at = clock()
         # Did the latest SR sent after the last decrease wait in a queue (None: no word)
@@ -465,6 +466,7 @@ class DownlinkEstimate:
         log.debug("downlink %s: probe to %d shown wrong", self.label, last.target)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         self._lower(now, last.before)
+        self._blamed_at = now
         return True
 
     def _drained(self, now: float) -> bool:
@@ -594,6 +596,17 @@ class DownlinkEstimate:
                 # ... unless the probe before this one passed just now: then the rate it
                 # let through is the cause.
                 return probe is not self._last_probe and self._blame(now, now)
+        if bps < self.bps:
+            # Far below what was sent just after a probe passed: the rate it let through
+            # is the cause all the same, whatever the figure. Chromium's REMB can sit far
+            # below a 300 kbit/s link that carries the low layers (~100k for good): a
+            # probe passed wrongly there, its move up overfilled the link, and that REMB
+            # cut to 193k and paused a video for 6 s, before the probe's own queue could
+            # blame it and go back to the 276k that had carried both videos for 10 s.
+            if now - self._blamed_at < REMB_AFTER_LOSS and bps >= REMB_FAR * self.bps:
+                return False  # the queue the probe just blamed built, draining
+            if self._blame(now, now):
+                return True
         if hold and now - self._last_decrease < DECREASE_HOLD:
             return False
         self._lower(now, bps)

@@ -1070,6 +1070,43 @@ def test_loss_during_the_next_probe_undoes_the_probe_that_just_passed() -> None:
     assert est.update() == start
 
 
+@pytest.mark.parametrize("next_probe", [True, False])
+def test_a_remb_far_below_just_after_a_probe_passed_undoes_the_probe_not_more(
+    next_probe: bool,
+) -> None:
+    """A 300 kbit/s link carried both low layers at 276k for 10 s while Chromium's REMB
+    sat at ~100k. A probe to 414k passed wrongly, a video moved up, the queue grew, and
+    the REMB (94k + the audio) cut the estimate to 193k: a video paused for 6 s (the
+    three-Chromium test's known failure). The probe's rate is the cause: back to before
+    it, and the falls while its queue drains cut no further; a later one still does."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)
+    est.on_remb(100_000)  # the warm-up's
+    clock.now += downlink.REMB_WARMUP
+    est.bps = est.sent_bps = 276_000.0
+    est.unstamped_bps = 96_000.0
+    pass_a_probe(clock, est, 276_000)
+    est.sent_bps = 390_000.0  # one video moved up
+    if next_probe:
+        clock.now += downlink.MIN_BACKOFF
+        assert est.padding_bps(100_000_000, sending=est.sent_bps) > 0
+    clock.now += 0.3
+    est.on_rtt(0.446, 0.0)  # the queue its move up built
+    est.update()
+    est.on_remb(88_000)  # falling, confirmed by the queue
+    assert est.bps == 276_000
+    clock.now += 0.3
+    est.on_remb(80_000)  # draining
+    assert est.update() == 276_000
+    clock.now += downlink.DRAIN_MAX
+    est.sent_bps = 276_000.0
+    est.on_rtt(0.446, 0.0)  # still queued: the link narrowed after all
+    est.update()
+    est.on_remb(72_000)
+    assert est.bps == 72_000 + 96_000
+
+
 def test_retransmissions_get_a_share_of_the_estimate_not_the_whole_link() -> None:
     clock = Clock()
     est = DownlinkEstimate(clock)
