@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from . import aiortc_hooks as hooks
@@ -131,6 +131,16 @@ RouterEvent = (
 )
 
 
+class _Turns:
+    """A participant id's lock and how many calls hold or wait for it (Router._turn)."""
+
+    __slots__ = ("calls", "lock")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.calls = 0
+
+
 class Router:
     """Forwards encoded media between the participants of one room."""
 
@@ -147,7 +157,8 @@ class Router:
         self.publishers: dict[str, Publisher] = {}
         self.subscribers: dict[str, Subscriber] = {}
         self._on_event = on_event or (lambda event: None)
-        self._locks: dict[str, asyncio.Lock] = {}
+        # pid -> (its lock, the calls holding or waiting for it): gone with the last one.
+        self._locks: dict[str, _Turns] = {}
         self._ranks: dict[str, int] = {}
         self._spoke: dict[str, float] = {}  # publisher id -> when it last spoke (monotonic s)
         self.closed = False
@@ -163,7 +174,7 @@ class Router:
     async def publish(self, pid: str, offer_sdp: str, kinds: frozenset[str] = ALL_KINDS) -> str:
         """Apply ``pid``'s publish offer (first or re-offer); returns the SFU's answer."""
         self._check_open()
-        async with self._lock(pid):
+        async with self._turn(pid):
             self._check_open()  # closed while this call waited
             publisher = self.publishers.get(pid)
             if publisher is None:
@@ -193,7 +204,7 @@ class Router:
         offer is still waiting for its answer (a new one is asked for after it).
         """
         self._check_open()
-        async with self._lock(pid):
+        async with self._turn(pid):
             self._check_open()
             subscriber = self.subscribers.get(pid)
             if subscriber is None:
@@ -221,7 +232,7 @@ class Router:
         subscriber = self.subscribers.get(pid)
         if subscriber is None:
             raise MediaError("no_offer", "There is no subscribe offer waiting for an answer.")
-        async with self._lock(pid):
+        async with self._turn(pid):
             due = await subscriber.accept_answer(answer_sdp)
         if due:
             self._emit(RenegotiationNeeded(pid))
@@ -378,9 +389,7 @@ class Router:
         into sockets nobody closes, and a call queued behind it would register a new
         one after the removal. A call made after this one starts afresh (the same
         person's new page after a seat takeover)."""
-        # The lock is kept (one per participant id until the room closes): dropped here,
-        # a call queued on it and a call made after the removal would not take turns.
-        async with self._lock(pid):
+        async with self._turn(pid):
             publisher = self.publishers.pop(pid, None)
             subscriber = self.subscribers.pop(pid, None)
             if publisher is not None:
@@ -497,11 +506,23 @@ class Router:
         except Exception:
             log.exception("router %s: event handler failed for %s", self.room_id, event)
 
-    def _lock(self, pid: str) -> asyncio.Lock:
-        lock = self._locks.get(pid)
-        if lock is None:
-            lock = self._locks[pid] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _turn(self, pid: str) -> AsyncIterator[None]:
+        """The calls for one participant id (publish, subscribe, remove) take turns. Its
+        lock lives while a call holds or waits for it: dropped while one still waits, a
+        call made then would get a new lock and not wait its turn; kept for good, a room
+        held one per id that ever joined (every reconnect and takeover a new one)."""
+        turns = self._locks.get(pid)
+        if turns is None:
+            turns = self._locks[pid] = _Turns()
+        turns.calls += 1
+        try:
+            async with turns.lock:
+                yield
+        finally:
+            turns.calls -= 1
+            if turns.calls == 0 and self._locks.get(pid) is turns:
+                del self._locks[pid]
 
     def _check_open(self) -> None:
         if self.closed:

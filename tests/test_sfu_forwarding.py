@@ -9,6 +9,7 @@ from aiortc import RTCSessionDescription
 
 from sfu import aiortc_hooks
 from sfu.errors import MediaError
+from sfu.router import Router
 from tests.media import Peer, Room, close_to, wait_for
 from tests.simulcast_peer import SimulcastPublisher
 
@@ -172,6 +173,7 @@ async def test_leaving_participant_disappears_and_nothing_is_left() -> None:
         assert "c" not in router.publishers and "c" not in router.subscribers
         assert c_pub.connectionState == "closed"
         assert all(t.publisher_id != "c" for t in router._forwarders())
+        assert "c" not in router._locks  # not one lock per id that ever joined
         legs = [leg for s in router.subscribers.values() for leg in (*s.legs.values(), *s._idle)]
         assert all(leg.source is None or leg.source.publisher_id != "c" for leg in legs)
         leg_tasks = [
@@ -185,6 +187,41 @@ async def test_leaving_participant_disappears_and_nothing_is_left() -> None:
         await wait_for(lambda: room.peers["a"].decoded("b", "video") >= before + 10, timeout=5)
     finally:
         await room.close()
+
+
+async def test_calls_for_one_participant_take_turns_and_leave_no_lock_behind() -> None:
+    """Router._turn: a call made while another for the same id holds its turn, after
+    the first holder left, still waits (the lock lives while anyone holds or waits for
+    it), and once the last one is through the id holds no lock (a long room with many
+    reconnects kept one per id that ever joined)."""
+    router = Router("r")
+    order: list[str] = []
+    go_on = {name: asyncio.Event() for name in "123"}
+    inside = {name: asyncio.Event() for name in "123"}
+
+    async def call(name: str) -> None:
+        async with router._turn("p"):
+            order.append(f"{name} in")
+            inside[name].set()
+            await go_on[name].wait()
+            order.append(f"{name} out")
+
+    try:
+        calls = [asyncio.ensure_future(call("1")), asyncio.ensure_future(call("2"))]
+        await asyncio.wait_for(inside["1"].wait(), 5)
+        go_on["1"].set()
+        await asyncio.wait_for(inside["2"].wait(), 5)  # 1 left, 2 holds
+        calls.append(asyncio.ensure_future(call("3")))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert "3 in" not in order
+        go_on["2"].set()
+        go_on["3"].set()
+        await asyncio.wait_for(asyncio.gather(*calls), 5)
+        assert order == ["1 in", "1 out", "2 in", "2 out", "3 in", "3 out"]
+        assert router._locks == {}
+    finally:
+        await router.close()
 
 
 async def test_forwarding_stops_the_moment_the_dtls_transport_closes() -> None:
