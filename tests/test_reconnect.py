@@ -301,6 +301,7 @@ async def test_a_replaced_page_s_queued_renegotiation_does_not_reach_the_sfu(
     which page 2's own renegotiation then had to undo. Page 2 receives B's picture."""
     from sfu.router import Router
     from sfu.subscriber import Subscriber
+    from signaling.rooms.negotiation import Negotiator
 
     b = await clients.join_media(server.token(room=ROOM, role="caseworker", name="B"), GREEN)
     assert (await b.publish()).get("ok")
@@ -338,11 +339,22 @@ async def test_a_replaced_page_s_queued_renegotiation_does_not_reach_the_sfu(
 
     monkeypatch.setattr(Router, "subscribe", logged_subscribe)
     monkeypatch.setattr(Router, "remove", logged_remove)
+    # The renegotiations started for the seat's id. One that started runs without an
+    # await up to the negotiation's lock, so once its task has yielded it waits there.
+    started: list[str] = []
+    renegotiate = Negotiator._renegotiate
+
+    async def counted(self: Negotiator, live, p: str) -> None:
+        if p == pid:
+            started.append(p)
+        await renegotiate(self, live, p)
+
+    monkeypatch.setattr(Negotiator, "_renegotiate", counted)
     # Each network change asks for a subscribe offer; the second waits for the first.
     assert (await page1.client.call("ice.restart", {"pc": "subscribe"}))["ok"]
     await wait_for(in_sfu.is_set, timeout=10)
     assert (await page1.client.call("ice.restart", {"pc": "subscribe"}))["ok"]
-    await asyncio.sleep(0.2)  # the spawned renegotiation is waiting for the first's turn
+    await wait_for(lambda: len(started) == 2, timeout=10)  # waiting for the first's turn
 
     page2, takeover = await _take_over(server, clients, token, secret, pid)
     go_on.set()
