@@ -4,7 +4,7 @@
  * Crosses into Python:
  * - per wakeup: the event loop calls the Reader (it is the socket's read callback,
  *   installed by sfu.aiortc_hooks / sfu.udpmux instead of asyncio's _read_ready); it
- *   reads up to BATCH datagrams, MMSG per recvmmsg(), then returns to the loop.
+ *   reads up to FP_READ_BATCH datagrams, MMSG per recvmmsg(), then returns to the loop.
  * - per SRTP packet: one attribute read of the DTLS state, then one call of the
  *   connection's on_rtp(Packet, ntp_ms) (or on_rtcp(bytes) for SRTCP).
  * - per datagram that is not SRTP (STUN, DTLS) or whose connection has no SRTP yet:
@@ -15,8 +15,8 @@
  * - with read coalescing (coalesce(loop, window), the shared socket): after a read
  *   callback, loop.remove_reader(fd) and loop.call_later(window, poll); each poll reads
  *   what arrived meanwhile and calls call_later again, or, when nothing arrived (or a
- *   full BATCH did), loop.add_reader(fd, reader). So while media flows the loop wakes
- *   for this socket once per window, not once per datagram or two.
+ *   full FP_READ_BATCH did), loop.add_reader(fd, reader). So while media flows the loop
+ *   wakes for this socket once per window, not once per datagram or two.
  */
 #include "fastpath.h"
 
@@ -25,7 +25,6 @@
 #include <netinet/in.h>
 #include <string.h>
 
-#define BATCH FP_READ_BATCH /* datagrams per read callback, at most (fastpath.h) */
 #define MMSG 16   /* datagrams per recvmmsg() */
 /* A slot per datagram of one recvmmsg(). WebRTC keeps datagrams under the path MTU
  * (media, DTLS records, STUN); one that does not fit is dropped (MSG_TRUNC). */
@@ -342,11 +341,11 @@ static void Reader_flush_counters(Reader *t)
     t->pending_packets = t->pending_bytes = 0;
 }
 
-/* One read callback: up to BATCH datagrams; their count in self->last_count. */
+/* One read callback: up to FP_READ_BATCH datagrams; their count in self->last_count. */
 static PyObject *Reader_read(Reader *self, PyObject *unused)
 {
     self->wakeups++;
-    Reader *touched[BATCH];
+    Reader *touched[FP_READ_BATCH];
     int ntouched = 0;
     self->last_count = 0;
     PyObject *r = Reader_drain(self, touched, &ntouched, &self->last_count);
@@ -405,7 +404,7 @@ static PyObject *Reader_poll(Reader *self, PyObject *unused)
     int rearm;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    if (r && self->last_count > 0 && self->last_count < BATCH)
+    if (r && self->last_count > 0 && self->last_count < FP_READ_BATCH)
         rearm = Reader_schedule(self); /* media flows: the next batch in a window */
     else
         rearm = Reader_watch(self); /* quiet (or more than a batch): the loop wakes us */
@@ -462,7 +461,7 @@ static PyObject *Reader_stop(Reader *self, PyObject *unused)
 
 static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds)
 {
-    /* The event loop's read callback: up to BATCH datagrams, then back to the loop. */
+    /* The event loop's read callback: up to FP_READ_BATCH datagrams, then back to the loop. */
     if (!self->datagram_received || !self->error_received) {
         PyErr_SetString(PyExc_RuntimeError, "Reader was not initialised");
         return NULL;
@@ -476,7 +475,7 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds)
         return r;
     /* The loop woke us for what was queued: leave the socket unwatched for a window,
      * unless a full batch says more is waiting (the loop will call again at once). */
-    if (self->last_count < BATCH && Reader_pause(self) < 0)
+    if (self->last_count < FP_READ_BATCH && Reader_pause(self) < 0)
         Py_CLEAR(r);
     return r;
 }
@@ -551,11 +550,11 @@ static Reader *Reader_route(Reader *self, const struct sockaddr_storage *addr)
     return (Reader *)found;
 }
 
-/* Up to BATCH datagrams, MMSG per recvmmsg(): one system call for what arrived
+/* Up to FP_READ_BATCH datagrams, MMSG per recvmmsg(): one system call for what arrived
  * together instead of one each. */
 static PyObject *Reader_drain(Reader *self, Reader **touched, int *ntouched, int *count)
 {
-    int budget = BATCH;
+    int budget = FP_READ_BATCH;
     while (budget > 0) {
         unsigned int want = budget < MMSG ? (unsigned int)budget : MMSG;
         for (unsigned int i = 0; i < want; i++) {
