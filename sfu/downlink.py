@@ -466,7 +466,9 @@ class DownlinkEstimate:
         log.debug("downlink %s: probe to %d shown wrong", self.label, last.target)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         self._lower(now, last.before)
-        self._blamed_at = now
+        # A cut below what is sent: REMB falls while the queue it built drains are not
+        # news (on_remb), as after any cut.
+        self._blamed_at = self._cut_at = now
         return True
 
     def _drained(self, now: float) -> bool:
@@ -596,15 +598,23 @@ class DownlinkEstimate:
                 # ... unless the probe before this one passed just now: then the rate it
                 # let through is the cause.
                 return probe is not self._last_probe and self._blame(now, now)
-        if bps < self.bps:
-            # Far below what was sent just after a probe passed: the rate it let through
+        if bps < min(self.bps, self.sent_bps or self.bps):
+            # Far below what is sent just after a probe passed: the rate it let through
             # is the cause all the same, whatever the figure. Chromium's REMB can sit far
             # below a 300 kbit/s link that carries the low layers (~100k for good): a
             # probe passed wrongly there, its move up overfilled the link, and that REMB
             # cut to 193k and paused a video for 6 s, before the probe's own queue could
             # blame it and go back to the 276k that had carried both videos for 10 s.
-            if now - self._blamed_at < REMB_AFTER_LOSS and bps >= REMB_FAR * self.bps:
-                return False  # the queue the probe just blamed built, draining
+            # (Not a lone fall on_remb only holds at what is sent: that is no cut.)
+            if (
+                not hold
+                and self.probe is not None
+                and now - self._blamed_at < REMB_AFTER_LOSS
+                and bps >= REMB_FAR * self.bps
+            ):
+                # The blamed probe's queue draining while the series' next probe still
+                # runs (on_remb's own drain rule waits for no probe to run).
+                return False
             if self._blame(now, now):
                 return True
         if hold and now - self._last_decrease < DECREASE_HOLD:

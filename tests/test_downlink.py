@@ -1094,8 +1094,11 @@ def test_a_remb_far_below_just_after_a_probe_passed_undoes_the_probe_not_more(
     clock.now += 0.3
     est.on_rtt(0.446, 0.0)  # the queue its move up built
     est.update()
-    est.on_remb(88_000)  # falling, confirmed by the queue
+    if not next_probe:  # the queue alone undid it (the old code did too)
+        assert est.bps == 276_000 and est._last_probe.failed
+    est.on_remb(88_000)  # falling
     assert est.bps == 276_000
+    assert est._last_probe.failed or est.probe.failed
     clock.now += 0.3
     est.on_remb(80_000)  # draining
     assert est.update() == 276_000
@@ -1105,6 +1108,23 @@ def test_a_remb_far_below_just_after_a_probe_passed_undoes_the_probe_not_more(
     est.update()
     est.on_remb(72_000)
     assert est.bps == 72_000 + 96_000
+
+
+def test_a_lone_remb_fall_just_after_a_probe_passed_holds_and_does_not_undo_it() -> None:
+    """One REMB fall without a queue or loss is held at what is sent (a busy receiver's
+    jitter), also within PROBE_BLAME after a probe passed: that is no cut, and the probe
+    stands (the review of 18d04cb: it was undone, and the climb backed off)."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)
+    est.on_remb(1_200_000)  # the warm-up's
+    clock.now += downlink.REMB_WARMUP
+    est.bps = est.sent_bps = 1_000_000.0
+    pass_a_probe(clock, est, 1_000_000)
+    est.sent_bps = 1_400_000.0  # the allocator spent it
+    clock.now += 0.5
+    est.on_remb(850_000)
+    assert est.bps == 1_400_000 and not est._last_probe.failed
 
 
 def test_retransmissions_get_a_share_of_the_estimate_not_the_whole_link() -> None:
