@@ -415,7 +415,6 @@ class Router:
         # Each after its calls under way (remove); those still waiting find it closed.
         for pid in list(self.publishers) + list(self.subscribers):
             await self.remove(pid)
-        self._locks.clear()
 
     # -- internals ---------------------------------------------------------------------
 
