@@ -1070,6 +1070,19 @@ def test_loss_during_the_next_probe_undoes_the_probe_that_just_passed() -> None:
     assert est.update() == start
 
 
+def _passed_after_warm_up(remb: int, estimate: float) -> tuple[Clock, DownlinkEstimate]:
+    """An estimate past the receiver's warm-up (its first REMB ``remb``), sending
+    ``estimate``, that just passed a probe to 1.5x that."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)
+    est.on_remb(remb)
+    clock.now += downlink.REMB_WARMUP
+    est.bps = est.sent_bps = estimate
+    pass_a_probe(clock, est, estimate)
+    return clock, est
+
+
 @pytest.mark.parametrize("next_probe", [True, False])
 def test_a_remb_far_below_just_after_a_probe_passed_undoes_the_probe_not_more(
     next_probe: bool,
@@ -1079,14 +1092,8 @@ def test_a_remb_far_below_just_after_a_probe_passed_undoes_the_probe_not_more(
     the REMB (94k + the audio) cut the estimate to 193k: a video paused for 6 s (the
     three-Chromium test's known failure). The probe's rate is the cause: back to before
     it, and the falls while its queue drains cut no further; a later one still does."""
-    clock = Clock()
-    est = DownlinkEstimate(clock)
-    est.on_rtt(0.002, 0.002)
-    est.on_remb(100_000)  # the warm-up's
-    clock.now += downlink.REMB_WARMUP
-    est.bps = est.sent_bps = 276_000.0
+    clock, est = _passed_after_warm_up(100_000, 276_000.0)
     est.unstamped_bps = 96_000.0
-    pass_a_probe(clock, est, 276_000)
     est.sent_bps = 390_000.0  # one video moved up
     if next_probe:
         clock.now += downlink.MIN_BACKOFF
@@ -1114,13 +1121,7 @@ def test_a_lone_remb_fall_just_after_a_probe_passed_holds_and_does_not_undo_it()
     """One REMB fall without a queue or loss is held at what is sent (a busy receiver's
     jitter), also within PROBE_BLAME after a probe passed: that is no cut, and the probe
     stands (the review of 18d04cb: it was undone, and the climb backed off)."""
-    clock = Clock()
-    est = DownlinkEstimate(clock)
-    est.on_rtt(0.002, 0.002)
-    est.on_remb(1_200_000)  # the warm-up's
-    clock.now += downlink.REMB_WARMUP
-    est.bps = est.sent_bps = 1_000_000.0
-    pass_a_probe(clock, est, 1_000_000)
+    clock, est = _passed_after_warm_up(1_200_000, 1_000_000.0)
     est.sent_bps = 1_400_000.0  # the allocator spent it
     clock.now += 0.5
     est.on_remb(850_000)
