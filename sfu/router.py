@@ -520,7 +520,7 @@ class Router:
                 yield
         finally:
             turns.calls -= 1
-            if turns.calls == 0 and self._locks.get(pid) is turns:
+            if turns.calls == 0:
                 del self._locks[pid]
 
     def _check_open(self) -> None:
