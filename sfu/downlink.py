@@ -599,8 +599,8 @@ class DownlinkEstimate:
                 # let through is the cause.
                 return probe is not self._last_probe and self._blame(now, now)
         if bps < min(self.bps, self.sent_bps or self.bps):
-            # Far below what is sent just after a probe passed: the rate it let through
-            # is the cause all the same, whatever the figure. Chromium's REMB can sit far
+            # Below what is sent just after a probe passed: the rate it let through is
+            # the cause, however low the figure. Chromium's REMB can sit far
             # below a 300 kbit/s link that carries the low layers (~100k for good): a
             # probe passed wrongly there, its move up overfilled the link, and that REMB
             # cut to 193k and paused a video for 6 s, before the probe's own queue could
