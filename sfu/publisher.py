@@ -47,8 +47,10 @@ class Publisher:
         on_state: Callable[[str], None],
         ports: MediaPorts | None = None,
         on_consent_lost: Callable[[], None] = lambda: None,
+        downlink_bps: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.pid = pid
+        self._downlink_bps = downlink_bps  # the way back for transport-cc feedback
         self.kinds = kinds
         self.forwarders: dict[str, Forwarder | Layers] = {}  # by publish-side mid
         self._simulcast: dict[str, OfferedSimulcast] = {}  # by mid, from the latest offer
@@ -156,6 +158,7 @@ class Publisher:
             recorder,
             lambda: hooks.rtcp_ssrc(receiver),
             lambda packet: hooks.send_rtcp(receiver, packet),
+            self._downlink_bps,
         )
         log.info("publisher %s: transport-cc feedback", self.pid)
 

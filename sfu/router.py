@@ -187,6 +187,7 @@ class Router:
                     on_tracks_changed=lambda: self._tracks_changed(pid),
                     on_state=lambda state: self._emit(ConnectionState(pid, "publish", state)),
                     on_consent_lost=lambda: self._emit(PublishRestartNeeded(pid)),
+                    downlink_bps=lambda: self._downlink_bps(pid),
                 )
                 self.publishers[pid] = publisher
             self._start_tick()
@@ -331,6 +332,11 @@ class Router:
             DownlinkInfo(sub.pid, sub.estimate.bps, sub.estimate.sent_bps)
             for sub in self.subscribers.values()
         ]
+
+    def _downlink_bps(self, pid: str) -> float | None:
+        """``pid``'s downlink estimate, which its publish feedback shares (sfu.twcc)."""
+        sub = self.subscribers.get(pid)
+        return sub.estimate.bps if sub is not None else None
 
     def tracks(self, pid: str) -> list[TrackInfo]:
         publisher = self.publishers.get(pid)

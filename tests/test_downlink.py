@@ -822,6 +822,38 @@ def test_a_probe_s_own_srs_hold_the_leg_s_periodic_ones_until_it_is_judged() -> 
     assert all(hold >= est.probe.settles - clock.now for hold in leg.holds), leg.holds
 
 
+def test_a_paused_links_keep_alive_padding_is_its_rate_not_more() -> None:
+    """Every video paused, no probe: the keep-alive padding is KEEPALIVE_BPS over time.
+    Rounded up per tick it was 2 packets a tick, 20 kbit/s for 16: with audio and the
+    transport-cc feedback that filled a 90 kbit/s link (the weak-link browser test's
+    voice lost 1-6 %)."""
+    from sfu.allocator import KEEPALIVE_BPS
+
+    clock = Clock()
+    sent: list[int] = []
+
+    class PausedLeg:
+        kind = "video"
+        can_pad = True
+        cap = None  # paused for the link
+
+        def pad(self, count: int) -> int:
+            sent.append(count)
+            return count * 315
+
+    est = DownlinkEstimate(clock)
+    allocator = Allocator(
+        est, lambda: [PausedLeg()], lambda p: 2, lambda p, paused: None, clock=clock
+    )
+    ticks = 40
+    for _ in range(ticks):  # 10 s of ticks
+        clock.now += TICK
+        assert not allocator._pad(0)
+    bps = sum(sent) * 315 * 8 / (ticks * TICK)
+    assert KEEPALIVE_BPS * 0.95 <= bps <= KEEPALIVE_BPS * 1.05, bps
+    assert sent[0] == 1  # the first at once
+
+
 def test_a_paused_links_probe_holds_audios_periodic_srs_until_it_is_judged_however_late() -> None:
     """Every video paused: the probe's SRs hold audio's periodic ones until the probe is
     judged (here it fails for want of audio's report). The estimate judges it on the
