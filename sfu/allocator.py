@@ -169,7 +169,8 @@ class Allocator:
         self._stepping = False
         # The probe being padded: (probe, padding bytes sent, what the legs sent then).
         self._padded: tuple[Any, int, float] = (None, 0, 0.0)
-        self._keepalive = 0.0  # keep-alive padding packets owed (the fraction carried over)
+        self._keepalive = 0.0  # keep-alive padding bytes owed (what a step left over)
+        self._keepalive_at: float | None = None  # its last step
         # The probe whose SRs hold legs' periodic ones until it is judged (_pad), when its
         # hold would have ended by the probe's waits alone (clock), and those legs.
         self._held: tuple[Any, float, list[Leg]] = (None, 0.0, [])
@@ -421,18 +422,27 @@ class Allocator:
         probing = self.estimate.probe is not None
         size = PADDING_SIZE + PACKET_OVERHEAD
         count = 0
-        if bps <= 0 and not probing and legs and all(v.cap is None for v in legs):
-            # What is owed carries over: rounded per tick, 16k went out as 21k, which
-            # with audio and the transport-cc feedback filled a 90 kbit/s link and cost
-            # the voice 1-6 % of its packets.
-            self._keepalive += KEEPALIVE_BPS * TICK / 8 / size
-            count = int(self._keepalive)
-            self._keepalive -= count
-        elif bps > 0 and interval > 0:
-            count = max(1, round(bps * interval / 8 / size))
+        keepalive = bps <= 0 and not probing and legs and all(v.cap is None for v in legs)
+        if keepalive:
+            # By the time since the last step (a late tick owes more, an extra step in
+            # between nothing), in bytes put on the wire: rounded up to whole packets per
+            # tick, 16k went out as 21k, which with audio and the transport-cc feedback
+            # filled a 90 kbit/s link and cost the voice 1-6 % of its packets.
+            now = self._clock()
+            since = TICK if self._keepalive_at is None else min(now - self._keepalive_at, 1.0)
+            self._keepalive_at = now
+            # (at most half a second's owed: a backed-up socket sends no burst after)
+            self._keepalive = min(self._keepalive + KEEPALIVE_BPS / 8 * since, KEEPALIVE_BPS / 16)
+            count = max(0, int(self._keepalive // size))
+        else:
+            self._keepalive, self._keepalive_at = 0.0, None
+            if bps > 0 and interval > 0:
+                count = max(1, round(bps * interval / 8 / size))
         if count:
             padded = leg.pad(count)
             self.padding_bytes += padded
+            if keepalive:
+                self._keepalive -= padded
             if probe is not None:
                 self._padded = (probe, self._padded[1] + padded, self._padded[2])
         if probe is not None and not probe.failed:

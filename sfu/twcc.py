@@ -10,8 +10,8 @@ RTPFB FMT 15) and Chromium's GoogCC probes and ramps the uplink up within second
 
 The C reader records (transport-wide sequence number, arrival time) for every packet of
 a publish transport that negotiated it (``sfu/fastpath/twcc.c``); a
-:class:`FeedbackSender` drains that every :data:`INTERVAL` and sends what
-:class:`FeedbackState` builds with :func:`build_feedback`.
+:class:`FeedbackSender` drains that every 50-250 ms (as the way back to the publisher
+allows) and sends what :class:`FeedbackState` builds with :func:`build_feedback`.
 """
 
 from __future__ import annotations
@@ -223,8 +223,9 @@ class FeedbackState:
 
 
 class FeedbackSender:
-    """Reports one publish transport's arrivals to the publisher, every :meth:`interval`
-    (sooner once :data:`EARLY` arrivals wait, if the way back is wide), while it lives.
+    """Reports one publish transport's arrivals to the publisher, a round every
+    :meth:`interval` (sooner once :data:`EARLY` arrivals wait, if the way back is wide),
+    while it lives.
 
     ``arrivals`` is the transport's ``sfu._fastpath.Arrivals``; ``sender_ssrc()`` the SSRC
     our RTCP goes out with (``None`` until known); ``send(packet)`` sends one RTCP packet
@@ -234,12 +235,13 @@ class FeedbackSender:
 
     The feedback travels on the publisher's downlink, beside everything the SFU forwards
     to that participant. At every :data:`INTERVAL` a publisher sending a simulcast video
-    got ~13 kbit/s of it; on a 90 kbit/s downlink that, audio and the keep-alive padding
-    filled the link and the voice lost 1-6 % of its packets. As libwebrtc's receiver
-    (``RemoteEstimatorProxy``), the rounds are spaced so that they take at most
-    :data:`SHARE` of that estimate, between :data:`INTERVAL` and :data:`MAX_INTERVAL`;
-    the size of a round is measured here (libwebrtc assumes 68 bytes; a round of a
-    Chromium simulcast publisher's packets is ~70 bytes every 50 ms, ~90 every 160 ms).
+    got ~13 kbit/s of it (~80 bytes a round); on a 90 kbit/s downlink that, the audio and
+    the keep-alive padding filled the link and the voice lost 1-6 % of its packets. As
+    libwebrtc's receiver (``RemoteEstimatorProxy``), the rounds are spaced to take
+    :data:`SHARE` of that estimate, but at least one every :data:`MAX_INTERVAL` (so a
+    publisher sending many packets up a very narrow downlink gets more: ~6 % at 60 kbit/s
+    and 200 packets/s) and at most one every :data:`INTERVAL`. The size of a round is
+    the last one's, measured (libwebrtc assumes 68 bytes).
     """
 
     def __init__(
@@ -248,23 +250,32 @@ class FeedbackSender:
         sender_ssrc: Callable[[], int | None],
         send: Callable[[bytes], None],
         path_bps: Callable[[], float | None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.arrivals = arrivals
         self.state = FeedbackState()
         self.sent = 0
-        self.sent_bytes = 0  # on the wire, headers included
         self._sender_ssrc = sender_ssrc
         self._send = send
         self._path_bps = path_bps
+        self._clock = clock
         self._round_bytes = 0  # what the last round put on the wire
         self._task = asyncio.ensure_future(self._run())
 
     def interval(self) -> float:
         """Seconds between rounds: :data:`SHARE` of the way back, within the bounds."""
         bps = self._path_bps()
-        if not bps or not self._round_bytes:
+        if not bps or bps <= 0 or not self._round_bytes:
             return INTERVAL
         return min(MAX_INTERVAL, max(INTERVAL, self._round_bytes * 8 / (SHARE * bps)))
+
+    def due(self, now: float, last: float) -> bool:
+        """Whether a round goes at ``now``, the last one having gone at ``last``."""
+        pending = self.arrivals.pending
+        if not pending:
+            return False
+        wait = self.interval()
+        return now - last >= wait or (pending >= EARLY and wait <= INTERVAL)
 
     def flush(self) -> None:
         """Report what arrived since the last report, now."""
@@ -278,23 +289,25 @@ class FeedbackSender:
             self.sent += 1
             size += len(packet) + WIRE_OVERHEAD
         if size:
-            self.sent_bytes += size
             self._round_bytes = size  # the next round waits for this one's share
 
     async def _run(self) -> None:
-        last = time.monotonic()
+        last = self._clock()
+        delay = POLL
         while True:
-            await asyncio.sleep(POLL)
-            now = time.monotonic()
-            pending = self.arrivals.pending
-            wait = self.interval()
-            if pending and (now - last >= wait or (pending >= EARLY and wait <= INTERVAL)):
-                last = now
-                try:
+            await asyncio.sleep(delay)
+            delay = POLL
+            try:
+                now = self._clock()
+                if self.due(now, last):
+                    last = now
                     self.flush()
-                except Exception:
-                    # One bad round must not end the feedback for the whole call.
-                    log.exception("transport feedback failed")
+                # Wake when the next round is due, not up to a poll after it: 250 ms is
+                # a ceiling (GoogCC counts what is unacknowledged as in flight).
+                delay = min(POLL, max(0.001, last + self.interval() - now))
+            except Exception:
+                # One bad round must not end the feedback for the whole call.
+                log.exception("transport feedback failed")
 
     async def close(self) -> None:
         self._task.cancel()

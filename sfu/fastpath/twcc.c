@@ -19,7 +19,7 @@
 
 #include <structmember.h>
 
-#define ARRIVALS_CAP 8192 /* > 1.5 s at 5000 packets/s; drained every ~50 ms */
+#define ARRIVALS_CAP 8192 /* > 1.5 s at 5000 packets/s; drained every 50-250 ms */
 
 typedef struct {
     PyObject_HEAD
