@@ -647,6 +647,13 @@ class DownlinkEstimate:
         if probe is None:
             if want <= self.bps * 1.02 or now < self._next_probe or self.loss > LOSS_LOW:
                 return 0.0
+            if now < self._loss_from and not self._drained(now):
+                # Just after a cut the loss figure is not the new rate's yet, and the
+                # queue before the cut may still be full: a REMB cut a 300 kbit/s link
+                # to 335k, a probe to 503k started 0.5 s later into that queue, half of
+                # what was sent was lost and a video froze 3.9 s. Not before the link
+                # shows it drained, or its reports describe the new rate.
+                return 0.0
             factor = NEXT_PROBE if self._streak else FIRST_PROBE
             target = min(max(want, self.bps * 1.1), self.bps * factor, MAX_BPS)
             probe = self.probe = Probe(

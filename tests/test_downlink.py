@@ -166,6 +166,43 @@ def test_a_remb_below_what_we_send_counts_in_the_warm_up_once_the_link_queues() 
     assert est.update() == 330_000
 
 
+@pytest.mark.parametrize("drained", [True, False])
+def test_no_probe_starts_into_the_queue_a_cut_left_until_it_drains(drained: bool) -> None:
+    """A REMB cut a just-shaped 300 kbit/s link to 335k (still above it, its queue
+    full); 0.5 s later a probe to 503k started into that queue, half of what was sent
+    was lost and a video froze 3.9 s (the three-Chromium test, stop 30's run V4). No
+    probe starts until an SR sent after the cut comes back without waiting, or, where
+    none does, until the reports describe the new rate (LOSS_REFRESH) and lose little."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.sent_bps, est.unstamped_bps = 500_000, 90_000
+    est.on_rtt(0.02, 0.02)
+    est.update()
+    clock.now += 0.5
+    est.on_rtt(0.45, 0.6)  # this link queues
+    est.update()
+    est.on_remb(245_000)
+    cut_at = clock.now
+    assert est.update() == 335_000
+    est.sent_bps = 330_000
+    for _ in range(3):  # past the backoff; SRs sent after the cut still wait
+        clock.now += 0.4
+        est.on_rtt(0.3, 0.3)
+        est.update()
+        assert est.padding_bps(600_000, est.sent_bps) == 0.0
+        assert est.probe is None
+    if drained:
+        clock.now += 0.3
+        est.on_rtt(0.021, 0.1)  # sent after the cut, no queue: drained
+        est.update()
+        assert clock.now < cut_at + downlink.LOSS_REFRESH
+    else:
+        clock.now = cut_at + downlink.LOSS_REFRESH + 0.01
+        est.update()
+    assert est.padding_bps(600_000, est.sent_bps) > 0
+    assert est.probe is not None and est.probe.target == pytest.approx(335_000 * 1.5)
+
+
 def test_a_remb_in_the_warm_up_without_queue_or_loss_cuts_nothing() -> None:
     """aiortc's receive estimator starts low and Chromium's settles after 5 s: falls
     below what we send in the first seconds, while our own round trips stay flat and
