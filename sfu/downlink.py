@@ -33,7 +33,8 @@ This is the other direction: what a subscriber can receive, so the allocator
   series asks for 1.5x, each success after that for 2x (libwebrtc's exponential probing),
   a failure waits twice as long before the next (up to :data:`MAX_BACKOFF`), so a
   shaped link is probed every few seconds by a little and a freed one climbs within
-  seconds.
+  seconds. No probe goes into the queue a decrease answered while it may still be full
+  (:meth:`DownlinkEstimate._draining`).
 
 Time comes from an injected clock so tests can drive it.
 """
@@ -484,6 +485,17 @@ class DownlinkEstimate:
             and now - self._queued_at < LOSS_REFRESH
         )
 
+    def _draining(self, now: float) -> bool:
+        """Whether the queue the last decrease answered may still be full, so no probe
+        may start: a REMB cut a just-shaped 300 kbit/s link to 335k, a probe to 503k
+        started 0.5 s later into that queue, half of what was sent was lost and a video
+        froze 3.9 s. Until an SR sent after the decrease comes back without waiting, or
+        :data:`LOSS_REFRESH` after it (the reports then describe the new rate, and their
+        loss can stop a probe). Not longer while SRs sent after it still wait (up to
+        :data:`DRAIN_MAX`, as the review of this gate asked): one such wait after a lift
+        held a paused video 6 s, and the climb back took 12 s (stop 30's run R5)."""
+        return now < self._loss_from and not self._drained(now)
+
     def _overfull(self, now: float, heavy: bool = False) -> bool:
         """Whether this link shows, by our own measures, that it gets more than it
         carries: the latest round trip judged (of an SR sent within :data:`LOSS_REFRESH`,
@@ -647,12 +659,7 @@ class DownlinkEstimate:
         if probe is None:
             if want <= self.bps * 1.02 or now < self._next_probe or self.loss > LOSS_LOW:
                 return 0.0
-            if now < self._loss_from and not self._drained(now):
-                # Just after a cut the loss figure is not the new rate's yet, and the
-                # queue before the cut may still be full: a REMB cut a 300 kbit/s link
-                # to 335k, a probe to 503k started 0.5 s later into that queue, half of
-                # what was sent was lost and a video froze 3.9 s. Not before the link
-                # shows it drained, or its reports describe the new rate.
+            if self._draining(now):
                 return 0.0
             factor = NEXT_PROBE if self._streak else FIRST_PROBE
             target = min(max(want, self.bps * 1.1), self.bps * factor, MAX_BPS)
