@@ -203,6 +203,15 @@ def test_the_c_recorder_reads_one_and_two_byte_extensions() -> None:
 # -- a real aiortc publisher that speaks transport-cc, through the real Router -------
 
 TWCC_ID = 5  # aiortc itself uses 1 (mid), 2 (audio level), 3 (abs-send-time)
+
+
+def twcc_rtp(seq: int, twcc_seq: int) -> bytes:
+    """An RTP header (no payload) with sequence number ``seq`` carrying transport-wide
+    sequence number ``twcc_seq`` in a one-byte header extension (id TWCC_ID)."""
+    ext = bytes([(TWCC_ID << 4) | 1]) + struct.pack("!H", twcc_seq) + b"\x00"
+    return struct.pack("!BBHII", 0x90, 96, seq, 0, 42) + b"\xbe\xde\x00\x01" + ext
+
+
 REMB_NAME = b"REMB"
 
 
@@ -372,9 +381,7 @@ def test_the_reader_records_when_each_packet_reached_the_host_not_when_it_was_re
     try:
         sent = []
         for i in range(4):
-            ext = bytes([(TWCC_ID << 4) | 1]) + struct.pack("!H", 700 + i) + b"\x00"
-            rtp = struct.pack("!BBHII", 0x90, 96, i, 0, 42) + b"\xbe\xde\x00\x01" + ext + b"x"
-            client.sendto(tx.protect(rtp), server.getsockname())
+            client.sendto(tx.protect(twcc_rtp(i, 700 + i) + b"x"), server.getsockname())
             sent.append(time.monotonic_ns() // 1000)
             time.sleep(0.03)
         time.sleep(0.2)
@@ -420,9 +427,7 @@ async def test_feedback_takes_a_twentieth_of_a_narrow_way_back_and_reports_every
     while now < seconds - 1e-9:
         now += step
         while seq < now * rate:
-            ext = bytes([(TWCC_ID << 4) | 1]) + struct.pack("!H", seq) + b"\x00"
-            rtp = struct.pack("!BBHII", 0x90, 96, seq, 0, 42) + b"\xbe\xde\x00\x01" + ext
-            arrivals.record(rtp, TWCC_ID, int(now * 1e9))
+            arrivals.record(twcc_rtp(seq, seq), TWCC_ID, int(now * 1e9))
             seq += 1
         if sender.due(now, last):
             last = now
@@ -436,7 +441,6 @@ async def test_feedback_takes_a_twentieth_of_a_narrow_way_back_and_reports_every
             assert t is not None and s not in reported, (s, t)
             reported[s] = t
     assert sorted(reported) == list(range(seq))
-    sent = rounds_sent
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert max(gaps) <= MAX_INTERVAL + step + 1e-9, gaps
     low, high = rounds if isinstance(rounds, tuple) else (rounds - 1, rounds + 1)
@@ -444,7 +448,7 @@ async def test_feedback_takes_a_twentieth_of_a_narrow_way_back_and_reports_every
     if path_bps is not None and path_bps < 1_000_000:
         # after the first round (at 50 ms: its size not known before): 5 %, or a round
         # every 250 ms where that is more
-        later = [(t, p) for t, p in sent if t > times[0]]
+        later = [(t, p) for t, p in rounds_sent if t > times[0]]
         bps = sum(len(p) + WIRE_OVERHEAD for _, p in later) * 8 / (times[-1] - times[0])
         floor = max(len(p) + WIRE_OVERHEAD for _, p in later) * 8 / MAX_INTERVAL
         assert bps <= max(SHARE * path_bps, floor) * 1.1, (bps, gaps)
