@@ -593,6 +593,7 @@ class DownlinkEstimate:
         every :data:`DECREASE_HOLD`: the same losses stay in the window for a while; a
         falling REMB is a new figure each time."""
         probe = self.probe or self._last_probe
+        carried = min(self.bps, self.sent_bps or self.bps)  # the estimate, or what is sent if less
         if probe is not None and now <= probe.settles + (PROBE_BLAME if probe.failed else 0):
             # Our own padding overfilled the link (Chromium's REMB answers it up to a few
             # seconds later): the probe failed, and what was sent before it still fits
@@ -606,11 +607,11 @@ class DownlinkEstimate:
                 # from the first cut, probes to 505k, settled audio loss 7-9 %).
                 self._lower(now, max(bps, self.sent_bps))
                 return True
-            if bps >= 0.8 * min(self.bps, self.sent_bps or self.bps):
+            if bps >= 0.8 * carried:
                 # ... unless the probe before this one passed just now: then the rate it
                 # let through is the cause.
                 return probe is not self._last_probe and self._blame(now, now)
-        if bps < min(self.bps, self.sent_bps or self.bps):
+        if bps < carried:
             # Below what is sent just after a probe passed: the rate it let through is
             # the cause, however low the figure. Chromium's REMB can sit far
             # below a 300 kbit/s link that carries the low layers (~100k for good): a

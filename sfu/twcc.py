@@ -265,7 +265,7 @@ class FeedbackSender:
     def interval(self) -> float:
         """Seconds between rounds: :data:`SHARE` of the way back, within the bounds."""
         bps = self._path_bps()
-        if not bps or bps <= 0 or not self._round_bytes:
+        if bps is None or bps <= 0 or not self._round_bytes:
             return INTERVAL
         return min(MAX_INTERVAL, max(INTERVAL, self._round_bytes * 8 / (SHARE * bps)))
 
