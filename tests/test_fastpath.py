@@ -182,7 +182,9 @@ def test_send_protects_with_the_given_session_and_counts() -> None:
         assert plain == leg.history(header(plain)[2])
         assert stats.packets_out == 1 and stats.bytes_out == len(plain)
         assert stats.latency.n == 1 and stats.latency.counts[-1] == 0
-        packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors, stale = leg.take_counters()
+        packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors, stale, thinned = (
+            leg.take_counters()
+        )
         assert (packets, octets, rtp_ts, tx_packets, errors, stale) == (
             1,
             5,
@@ -1066,3 +1068,93 @@ def test_the_nack_history_answers_with_the_bytes_that_went_out_without_copying()
     seq = header(plain)[2]
     leg.configure(96, 0xCAFE, 90000, ext, 7)
     assert leg.history(seq) is None
+
+
+def l1t3(pid: int, tl0: int, tid: int, start: bool, sync: bool = False) -> bytes:
+    """One packet of a VP8 L1T3 stream (Chromium's simulcast layers): descriptor with
+    PictureID (15 bits), TL0PICIDX and TID, starting a picture or continuing one."""
+    tk = tid << 6 | (0x20 if sync else 0)
+    return bytes([0x90 if start else 0x80, 0xE0, 0x80 | pid >> 8, pid & 0xFF, tl0, tk, 0x01])
+
+
+def l1t3_fields(data: bytes) -> tuple[int, int, int, int]:
+    """(seq, PictureID, TL0PICIDX, TID) of a packet a leg rewrote (no extension)."""
+    p = data[12:]
+    return header(data)[2], (p[2] & 0x7F) << 8 | p[3], p[4], p[5] >> 6
+
+
+def l1t3_stream(pictures: int, first_pid: int = 32760, per_picture: int = 2) -> list:
+    """(seq, payload, tid, pid) of ``pictures`` pictures as Chromium's VP8 L1T3 sends
+    them: layers 0-2-1-2, and the T2 and T1 after every other T0 refer only to it (Y
+    set; its encoded frames' dependencies show this 8-picture cycle). The picture ids
+    wrap on 15 bits."""
+    out, tl0, seq = [], 17, 40000
+    for i in range(pictures):
+        tid = (0, 2, 1, 2)[i % 4]
+        tl0 += tid == 0
+        pid = (first_pid + i) & 0x7FFF
+        for k in range(per_picture):
+            out.append((seq, l1t3(pid, tl0 & 0xFF, tid, k == 0, i % 8 in (1, 2)), tid, pid))
+            seq += 1
+    return out
+
+
+def test_temporal_thinning_leaves_no_holes_and_changes_at_picture_boundaries() -> None:
+    """Leg.temporal forwards temporal layers up to a limit (a link filling up: the frame
+    rate falls, no key frame needed). What goes out is a stream without holes, as if the
+    publisher had sent only those layers: sequence numbers and picture ids run on, the
+    TL0PICIDX is untouched. A lower limit starts at the next picture, a higher one at the
+    next picture with the Y bit (nothing after it refers to a picture left out); a
+    picture is never cut in half."""
+    leg, _ = make_leg(seq=65530)
+    leg.vp8 = True
+    stream = l1t3_stream(24)  # 48 packets
+    sent = []
+    for i, (seq, payload, _tid, _pid) in enumerate(stream):
+        if i == 9:  # the second packet of picture 4 (layer 0): thin from picture 5 on
+            leg.temporal = 0
+            assert leg.temporal == 0 and leg.temporal_now is None
+        if i == 29:  # the second packet of picture 14 (layer 1): all from picture 17 (Y) on
+            leg.temporal = None
+        if i in (30, 33):  # pictures 15 and 16 come before the next Y: still thinned
+            assert leg.temporal_now == 0
+        r = leg.rewrite(payload, False, seq, 0, 1)
+        if r is not None:
+            sent.append((i, l1t3_fields(r[0])))
+    assert leg.temporal_now is None
+    forwarded = [i for i, _ in sent]
+    want = list(range(10)) + [i for i in range(10, 34) if stream[i][2] == 0] + list(range(34, 48))
+    assert forwarded == want
+    seqs = [f[0] for _, f in sent]
+    assert seqs == [(65531 + k) & 0xFFFF for k in range(len(sent))]  # wraps, no hole
+    pids = [f[1] for _, f in sent]
+    pictures = sorted(set(pids), key=pids.index)
+    assert pictures == [(32760 + k) & 0x7FFF for k in range(len(pictures))]
+    assert [f[2] for _, f in sent] == [stream[i][1][4] for i in forwarded]  # TL0PICIDX as is
+    assert leg.take_counters()[8] == 48 - len(sent)
+
+
+def test_a_late_packet_finds_its_place_among_what_temporal_thinning_left_out() -> None:
+    """A packet that comes late (reordered, or repaired upstream) gets the sequence
+    number and picture id it would have had in order; a repeat of a packet thinned out
+    is left out too; an upstream gap stays a gap."""
+    stream = l1t3_stream(16)  # layer 0: pictures 0, 4, 8, 12 = packets 0-1, 8-9, 16-17, 24-25
+    late = {9: 14, 16: 24}  # packet -> arrives after this one
+    lost = 25  # lost upstream for good
+    order = [i for i in range(32) if i not in late and i != lost]
+    for i, after in late.items():
+        order.insert(order.index(after) + 1, i)
+    order.insert(order.index(20) + 1, 6)  # a repeat of a thinned packet (picture 3, TID 2)
+    leg, _ = make_leg(seq=100)
+    leg.vp8 = True
+    leg.temporal = 0
+    out = {}
+    for i in order:
+        r = leg.rewrite(stream[i][1], False, stream[i][0], 0, 1)
+        if r is not None:
+            out[i] = l1t3_fields(r[0])
+    # As if only layer 0 had been sent, in order: numbered by rank, the loss a gap.
+    ideal = [i for i in range(32) if stream[i][2] == 0]
+    assert sorted(out) == [i for i in ideal if i != lost]
+    for i, (seq, pid, _, tid) in out.items():
+        assert (seq, pid, tid) == (101 + ideal.index(i), 32760 + ideal.index(i) // 2, 0), i

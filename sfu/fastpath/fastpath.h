@@ -168,8 +168,21 @@ typedef struct {
 int fp_vp8_keyframe_start(const unsigned char *p, Py_ssize_t n);
 /* Shift the payload descriptor's PictureID/TL0PICIDX in place onto the leg's numbering;
  * resync: continue from the last picture sent (another SSRC, or a resume at a key
- * frame). */
-void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int resync);
+ * frame); late_adj: added to a late packet's picture id (pictures thinned out after
+ * it, leg.c). */
+void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int resync, uint16_t late_adj);
+
+/* What the temporal thinning in leg.c reads of a descriptor. */
+typedef struct {
+    int tid;       /* temporal layer (0 when the descriptor has no TID) */
+    int start;     /* the packet starts a picture (S set, partition 0) */
+    int sync;      /* Y: the picture refers only to layer 0 (a layer can start here) */
+    int key;       /* it starts a key frame */
+    int pid;       /* its PictureID as the publisher sent it, -1: none */
+    uint16_t mask; /* 0x7F or 0x7FFF: the PictureID's width */
+} FpVp8Layer;
+/* 0, or -1 for a descriptor too short to read. */
+int fp_vp8_layer(const unsigned char *p, Py_ssize_t n, FpVp8Layer *out);
 
 /* ---- leg.c ------------------------------------------------------------------------ */
 

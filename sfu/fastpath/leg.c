@@ -54,6 +54,11 @@
 /* The payload's first bytes as this leg sent them: a VP8 descriptor's PictureID and
  * TL0PICIDX (vp8.c) lie within its first 5 bytes. */
 #define HEAD 6
+/* Temporal thinning (Leg_thin): the sequence numbers and picture ids thinned out last,
+ * by which a late packet finds its place. 0.7 s of a thinned 640x360 layer; a packet
+ * later than that is dropped (its place is not known). */
+#define THINNED 64
+#define ALL_LAYERS 255
 
 /* One sent packet in the NACK history (see the top of this file). */
 typedef struct {
@@ -117,6 +122,19 @@ typedef struct {
     int64_t sr_mono_ns; /* when the last packet was sent; NTP time at take_counters() */
     int64_t now_ns;     /* the clock read of the last rewrite: one read per packet and leg */
     uint32_t sr_rtp_ts;
+    /* Temporal thinning of VP8 (Leg_thin): the highest temporal layer forwarded now and
+     * the one asked for (ALL_LAYERS: no thinning), what was thinned out since the last
+     * rebase (rings of THINNED, newest at [n - 1 % THINNED]) and the newest input
+     * sequence number seen since then. */
+    uint8_t tid_max, tid_want;
+    int have_in;
+    uint16_t last_in;
+    unsigned long long thinned_n; /* sequence numbers thinned since the rebase */
+    unsigned long long thinned_pics;
+    uint16_t thinned_seq[THINNED];
+    uint16_t thinned_pid[THINNED];
+    int last_thinned_pid; /* -1: none */
+    unsigned long long thinned; /* counter for Python (take_counters) */
     unsigned char buf[BUF_SIZE];
 } Leg;
 
@@ -170,6 +188,8 @@ static int Leg_init(Leg *self, PyObject *args, PyObject *kwds)
     self->clock_rate = 90000;
     self->first_byte = 0x80;
     self->keep_ms = HISTORY_MS;
+    self->tid_max = self->tid_want = ALL_LAYERS;
+    self->last_thinned_pid = -1;
     return 0;
 }
 
@@ -298,8 +318,95 @@ static int Leg_route_fd(Leg *self)
     return (int)fd;
 }
 
-/* Rewrite into self->buf; returns the packet length, 0 for a packet to drop (stale), or
- * -1 with an exception set. */
+/* How many of the n newest entries of a ring of THINNED are newer than v (mod mask + 1,
+ * within half the range); *same: whether v is one of them. */
+static int ring_newer(const uint16_t *ring, unsigned long long n, uint16_t v, uint16_t mask,
+                      int *same)
+{
+    int count = 0, k = n < THINNED ? (int)n : THINNED;
+    uint16_t half = (uint16_t)((mask >> 1) + 1);
+    *same = 0;
+    for (int i = 0; i < k; i++) {
+        uint16_t d = (uint16_t)(ring[i] - v) & mask;
+        if (d == 0)
+            *same = 1;
+        else if (d < half)
+            count++;
+    }
+    return count;
+}
+
+/* Temporal thinning of a VP8 stream: forward only temporal layers up to tid_max (set
+ * from Python as `temporal`), the cheap way down on a link that starts to fill up: no key
+ * frame, no switch, the frame rate falls (Chromium's VP8 simulcast layers are L1T3:
+ * layer 0 is a quarter of the frames and about 40 % of the rate). As mediasoup and
+ * LiveKit do, what the subscriber receives stays a stream without holes: every packet
+ * thinned out takes its sequence number along (seq_off), every picture its picture id
+ * (vp8.c), and TL0PICIDX needs nothing (layer 0 is never thinned). A lower limit takes
+ * effect at the next picture's start; a higher one at a key frame or at the next picture
+ * of a layer above the limit whose Y bit says it refers only to layer 0 (from there on
+ * nothing refers to a picture thinned out). Chromium's L1T3 (seen through its encoded
+ * frames' dependencies) has such a pair every 8 pictures, T2 then T1 after a T0; a T2
+ * or T1 picture elsewhere refers to the T1 before it, and starting there decoded it
+ * against a reference the subscriber never had.
+ *
+ * A packet newer than any seen since the rebase is judged by its layer. A late one
+ * (reordered, a repair) is placed by the rings: its sequence number and picture id
+ * move up by the packets and pictures thinned out after it, and a piece of a picture
+ * thinned out is thinned too. Returns 1 to drop the packet; *seq_adj and *pid_adj are
+ * a late packet's corrections. Only legs with `vp8` set come here. */
+static int Leg_thin(Leg *self, const unsigned char *p, Py_ssize_t n, uint16_t seq,
+                    uint16_t *seq_adj, uint16_t *pid_adj)
+{
+    FpVp8Layer l;
+    *seq_adj = *pid_adj = 0;
+    if (fp_vp8_layer(p, n, &l) < 0)
+        return 0;
+    if (!self->have_in || (uint16_t)(seq - self->last_in) - 1u < 0x7FFFu) {
+        self->have_in = 1;
+        self->last_in = seq;
+        if (self->tid_max == ALL_LAYERS && self->thinned_n &&
+            (uint16_t)(seq - self->thinned_seq[(self->thinned_n - 1) % THINNED]) > 0x1000) {
+            /* long past the last thinning: no late packet reaches back there */
+            self->thinned_n = self->thinned_pics = 0;
+            self->last_thinned_pid = -1;
+        }
+        if (l.start && self->tid_want != self->tid_max &&
+            (self->tid_want < self->tid_max || l.key ||
+             (l.sync && l.tid > self->tid_max && l.tid <= self->tid_want)))
+            self->tid_max = self->tid_want;
+        if (l.tid <= self->tid_max)
+            return 0;
+        self->thinned_seq[self->thinned_n++ % THINNED] = seq;
+        self->seq_off--;
+        if (l.pid >= 0 && l.pid != self->last_thinned_pid) {
+            self->thinned_pid[self->thinned_pics++ % THINNED] = (uint16_t)l.pid;
+            self->last_thinned_pid = l.pid;
+            self->vp8s.pid_off--;
+        }
+        self->thinned++;
+        return 1;
+    }
+    if (!self->thinned_n)
+        return 0; /* nothing thinned since the rebase: the offsets hold as they are */
+    int same;
+    int later = ring_newer(self->thinned_seq, self->thinned_n, seq, 0xFFFF, &same);
+    if (same)
+        return 1; /* a copy of a packet thinned out */
+    if (self->thinned_n > THINNED && later == THINNED)
+        return 1; /* older than the ring: its place is not known */
+    *seq_adj = (uint16_t)later;
+    if (l.pid >= 0 && self->thinned_pics) {
+        int pics = ring_newer(self->thinned_pid, self->thinned_pics, (uint16_t)l.pid, l.mask, &same);
+        if (same)
+            return 1; /* a piece of a picture thinned out */
+        *pid_adj = (uint16_t)pics;
+    }
+    return 0;
+}
+
+/* Rewrite into self->buf; returns the packet length, 0 for a packet to drop (stale, or
+ * thinned out), or -1 with an exception set. */
 static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uint32_t seq,
                                    uint32_t ts, uint32_t ssrc, uint32_t *out_ts_p)
 {
@@ -334,8 +441,20 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
         self->seq_off = (uint16_t)(self->last_out_seq + 1 - seq);
         self->floor = (uint16_t)(self->last_out_seq + 1);
         self->rebase = 0;
+        /* older packets are dropped at the floor now: the rings describe nothing ahead */
+        self->have_in = 0;
+        self->thinned_n = self->thinned_pics = 0;
+        self->last_thinned_pid = -1;
     }
-    uint16_t out_seq = (uint16_t)(seq + self->seq_off);
+    uint16_t seq_adj = 0, pid_adj = 0;
+    /* Not the first packet after a rebase: the offsets were just chosen from it (a
+     * rebase waits for a key frame, which is layer 0 anyway). */
+    if (self->vp8 && !rebased &&
+        (self->tid_max != ALL_LAYERS || self->tid_want != ALL_LAYERS || self->thinned_n) &&
+        Leg_thin(self, (const unsigned char *)PyBytes_AS_STRING(payload), plen, (uint16_t)seq,
+                 &seq_adj, &pid_adj))
+        return 0;
+    uint16_t out_seq = (uint16_t)(seq + self->seq_off + seq_adj);
     uint32_t out_ts = ts + self->ts_off;
     if ((int16_t)(uint16_t)(out_seq - self->floor) < 0) {
         self->stale++;
@@ -379,7 +498,7 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
          * would split one picture over two ids). */
         unsigned char *vp8 = b + 12 + self->ext_len;
         int resync = new_source || (rebased && fp_vp8_keyframe_start(vp8, plen));
-        fp_vp8_rewrite(&self->vp8s, vp8, plen, resync);
+        fp_vp8_rewrite(&self->vp8s, vp8, plen, resync, pid_adj);
     }
     *out_ts_p = out_ts;
     return len;
@@ -548,7 +667,7 @@ static PyObject *leg_send(Leg *self, PyObject *payload, int marker, uint32_t seq
     if (len < 0)
         return NULL;
     if (len == 0)
-        Py_RETURN_NONE; /* stale: dropped */
+        Py_RETURN_NONE; /* stale or thinned: dropped */
     Leg_remember(self, payload, len);
     if (!self->routed || Leg_buffered(self)) /* the route went, or asyncio holds earlier */
         return PyBytes_FromStringAndSize((const char *)self->buf, len); /* writes: queue */
@@ -692,18 +811,20 @@ static uint64_t Leg_sr_ntp(Leg *self)
 static PyObject *Leg_take_counters(Leg *self, PyObject *unused)
 {
     /* take_counters() -> (packets, octets, ntp, rtp_ts, tx_packets, tx_bytes, errors,
-     * stale) since the last call: sent by this path (ntp/rtp_ts of the last packet),
-     * failed sends, and late packets dropped at a rebase point. */
-    PyObject *out = Py_BuildValue("(KKKIKKKK)", self->sr_packets, self->sr_octets,
+     * stale, thinned) since the last call: sent by this path (ntp/rtp_ts of the last
+     * packet), failed sends, late packets dropped at a rebase point, and packets of
+     * temporal layers thinned out (Leg_thin). */
+    PyObject *out = Py_BuildValue("(KKKIKKKKK)", self->sr_packets, self->sr_octets,
                                   (unsigned long long)Leg_sr_ntp(self), self->sr_rtp_ts,
-                                  self->tx_packets, self->tx_bytes, self->errors, self->stale);
+                                  self->tx_packets, self->tx_bytes, self->errors, self->stale,
+                                  self->thinned);
     if (!out)
         return NULL;
     /* A leg that stopped sending (paused, parked) lets its history go here. */
     if (self->history_used)
         Leg_cull(self, (uint16_t)(self->last_out_seq + 1), mono_ms());
     self->sr_packets = self->sr_octets = self->tx_packets = self->tx_bytes = 0;
-    self->errors = self->stale = 0;
+    self->errors = self->stale = self->thinned = 0;
     return out;
 }
 
@@ -780,7 +901,45 @@ static PyObject *Leg_get_last_seq(Leg *self, void *closure)
     return PyLong_FromUnsignedLong(self->last_out_seq);
 }
 
+static PyObject *Leg_get_temporal(Leg *self, void *closure)
+{
+    if (self->tid_want == ALL_LAYERS)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->tid_want);
+}
+
+static int Leg_set_temporal(Leg *self, PyObject *value, void *closure)
+{
+    if (!value || value == Py_None) {
+        self->tid_want = ALL_LAYERS;
+        return 0;
+    }
+    long t = PyLong_AsLong(value);
+    if (t == -1 && PyErr_Occurred())
+        return -1;
+    if (t < 0 || t > 3) {
+        PyErr_SetString(PyExc_ValueError, "temporal: a layer 0-3, or None for all");
+        return -1;
+    }
+    if (self->tid_max == ALL_LAYERS && !self->thinned_n)
+        self->have_in = 0; /* not followed while nothing was thinned */
+    self->tid_want = (uint8_t)t;
+    return 0;
+}
+
+static PyObject *Leg_get_temporal_now(Leg *self, void *closure)
+{
+    if (self->tid_max == ALL_LAYERS)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->tid_max);
+}
+
 static PyGetSetDef Leg_getset[] = {
+    {"temporal", (getter)Leg_get_temporal, (setter)Leg_set_temporal,
+     "the highest VP8 temporal layer to forward, None for all (Leg_thin)", NULL},
+    {"temporal_now", (getter)Leg_get_temporal_now, NULL,
+     "the highest temporal layer forwarded now: `temporal` once a picture allowed the change",
+     NULL},
     {"vp8", (getter)Leg_get_vp8, (setter)Leg_set_vp8,
      "VP8 payloads: keep their picture ids continuous across sources (vp8.c)", NULL},
     {"keep_ms", (getter)Leg_get_keep_ms, (setter)Leg_set_keep_ms,

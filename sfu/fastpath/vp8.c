@@ -21,12 +21,13 @@
  */
 #include "fastpath.h"
 
-/* Offsets of the PictureID (-1: none; *wide 1 for 15 bits) and TL0PICIDX (-1: none)
- * in a descriptor, and of the VP8 payload header; 0, or -1 for a short packet. */
+/* Offsets of the PictureID (-1: none; *wide 1 for 15 bits), TL0PICIDX (-1: none) and
+ * the TID/Y/KEYIDX byte (-1: none) in a descriptor, and of the VP8 payload header; 0,
+ * or -1 for a short packet. */
 static int vp8_fields(const unsigned char *p, Py_ssize_t n, Py_ssize_t *pid, int *wide,
-                      Py_ssize_t *tl0, Py_ssize_t *hdr)
+                      Py_ssize_t *tl0, Py_ssize_t *tk, Py_ssize_t *hdr)
 {
-    *pid = *tl0 = -1;
+    *pid = *tl0 = *tk = -1;
     *wide = 0;
     if (n < 1)
         return -1;
@@ -51,8 +52,13 @@ static int vp8_fields(const unsigned char *p, Py_ssize_t n, Py_ssize_t *pid, int
             *tl0 = i;
             i += 1;
         }
-        if (x & 0x30) /* T or K: the TID/Y/KEYIDX byte */
+        if (x & 0x30) { /* T or K: the TID/Y/KEYIDX byte */
+            if (i >= n)
+                return -1;
+            if (x & 0x20) /* T: its TID is valid */
+                *tk = i;
             i += 1;
+        }
     }
     *hdr = i;
     return 0;
@@ -64,20 +70,42 @@ int fp_vp8_keyframe_start(const unsigned char *p, Py_ssize_t n)
      * clear */
     if (n < 1 || !(p[0] & 0x10) || (p[0] & 0x07))
         return 0;
-    Py_ssize_t pid, tl0, hdr;
+    Py_ssize_t pid, tl0, tk, hdr;
     int wide;
-    if (vp8_fields(p, n, &pid, &wide, &tl0, &hdr) < 0)
+    if (vp8_fields(p, n, &pid, &wide, &tl0, &tk, &hdr) < 0)
         return 0;
     return hdr < n && !(p[hdr] & 0x01);
 }
 
-void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int resync)
+int fp_vp8_layer(const unsigned char *p, Py_ssize_t n, FpVp8Layer *out)
 {
-    Py_ssize_t pid_at, tl0_at, hdr;
+    Py_ssize_t pid, tl0, tk, hdr;
+    int wide;
+    out->tid = out->start = out->sync = out->key = 0;
+    out->pid = -1;
+    out->mask = 0;
+    if (vp8_fields(p, n, &pid, &wide, &tl0, &tk, &hdr) < 0)
+        return -1;
+    if (tk >= 0) {
+        out->tid = p[tk] >> 6;
+        out->sync = (p[tk] & 0x20) != 0;
+    }
+    out->start = (p[0] & 0x10) && !(p[0] & 0x07);
+    out->key = out->start && hdr < n && !(p[hdr] & 0x01);
+    if (pid >= 0) {
+        out->mask = wide ? 0x7FFF : 0x7F;
+        out->pid = wide ? ((p[pid] & 0x7F) << 8 | p[pid + 1]) : p[pid] & 0x7F;
+    }
+    return 0;
+}
+
+void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int resync, uint16_t late_adj)
+{
+    Py_ssize_t pid_at, tl0_at, tk_at, hdr;
     int wide;
     if (resync)
         v->pending = 1; /* the offsets are chosen at its first picture id */
-    if (vp8_fields(p, n, &pid_at, &wide, &tl0_at, &hdr) < 0 || pid_at < 0)
+    if (vp8_fields(p, n, &pid_at, &wide, &tl0_at, &tk_at, &hdr) < 0 || pid_at < 0)
         return; /* no picture id: nothing a subscriber could count on */
     uint16_t pid = wide ? (uint16_t)((p[pid_at] & 0x7F) << 8 | p[pid_at + 1]) : p[pid_at] & 0x7F;
     uint16_t mask = wide ? 0x7FFF : 0x7F;
@@ -87,7 +115,7 @@ void fp_vp8_rewrite(FpVp8 *v, unsigned char *p, Py_ssize_t n, int resync)
         v->tl0_off = v->tl0_sent ? (uint8_t)(v->last_tl0 + 1 - tl0) : 0;
         v->pending = 0;
     }
-    uint16_t out = (uint16_t)(pid + v->pid_off) & mask;
+    uint16_t out = (uint16_t)(pid + v->pid_off + late_adj) & mask;
     uint8_t out_tl0 = (uint8_t)(tl0 + v->tl0_off);
     if (wide) {
         p[pid_at] = 0x80 | (uint8_t)(out >> 8);
