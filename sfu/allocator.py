@@ -19,6 +19,10 @@ once), and a video that was moved down (or paused) is not moved up
 again for :data:`HOLD_UP` seconds, nor at all (when the link moved it) before the
 estimate rose above the one it was moved down at. Moves down happen at once: they
 protect the audio.
+While the estimate brakes (:meth:`sfu.downlink.DownlinkEstimate.braking`: a REMB fell
+below what is sent and nothing has cut yet) every video above its track's lowest layer
+is thinned to temporal layer 0 (:attr:`sfu.forwarder.Leg.temporal`): the quick way down,
+no key frame needed, while the fall is confirmed.
 Moving up needs a higher estimate, which only a successful probe gives
 (:mod:`sfu.downlink`); while one runs the allocator pads the connection up to the
 probe's target (:meth:`sfu.forwarder.Leg.pad`).
@@ -293,6 +297,7 @@ class Allocator:
         # while the queue stayed full.
         fell = budget < self._budget
         self._budget = budget
+        braking = estimate.braking()
         # Below what the layers chosen last cost (sent_bps, set below each tick): the
         # link cannot carry them (a loss or REMB cut, a probe undone). Not a REMB the
         # estimator only holds at what is sent (a lone fall, a busy receiver): that
@@ -319,6 +324,10 @@ class Allocator:
             # A move down on a link that cannot carry what it had leaves the old layer
             # at once.
             self._apply(leg, v.key, layer, at_once=overfull)
+            # The brake thins what is above a track's lowest layer: that one at a quarter
+            # of its frames is no picture worth the name (and a link that cannot carry it
+            # pauses it).
+            leg.temporal = 0 if braking and (leg.layer or 0) > 0 else None
         keys = {v.key for _, v in videos} | hidden
         for key in list(self.layers):
             if key not in keys:

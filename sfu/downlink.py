@@ -66,6 +66,18 @@ REMB_WARMUP = 5.0
 # estimate at what is sent; a second within this many seconds (Chromium keeps lowering
 # while its queue keeps growing) cuts it to the figure.
 REMB_CONFIRM = 2.0
+# The brake: a falling REMB, even a lone one, thins every video of the connection to its
+# temporal layer 0 at once (sfu.forwarder.Leg.temporal: a quarter of the frames, ~40 %
+# of the rate, no key frame) for this long after the latest fall, unless a decrease
+# answers it first. A queue that starts to fill stops growing while the fall is
+# confirmed, instead of growing into loss; a busy receiver's jitter costs frames for a
+# moment, not a layer (its lone fall cuts nothing).
+BRAKE_SECONDS = 1.5
+# For this long after a brake started the receiver still measures what was sent before it
+# (the queue it answered): its figures count as ever. After that, until the brake ends,
+# they are the thinned stream's (on_remb).
+BRAKE_TRUST = 0.6
+BRAKE_MEASURE = 1.0  # s after a brake before a probe may start (Allocator._measure_sent)
 LOSS_WINDOW = 1.5  # seconds of receiver reports summed into one loss fraction
 # No RTCP at all from the subscriber for this long (it sends an RR and a REMB about every
 # second while it receives video): its network was gone (a silent cut, a reconnect, an
@@ -216,11 +228,13 @@ class DownlinkEstimate:
         sent: Callable[[], dict[int, int]] = dict,
         host: HostJumps | None = None,
         on_lower: Callable[[], None] = lambda: None,
+        on_brake: Callable[[], None] = lambda: None,
     ) -> None:
         self._clock = clock
         # Called when the estimate fell outside the periodic update (a REMB's cut): the
         # allocator acts on it now rather than at its next tick, up to 0.25 s later.
         self._on_lower = on_lower
+        self._on_brake = on_brake  # the same for the brake (BRAKE_SECONDS)
         self._host = host  # the other connections' round trips (None: judged alone)
         self.label = label  # for logs: the subscriber's id
         # What the connection's legs sent last: SSRC -> newest output sequence number.
@@ -230,6 +244,8 @@ class DownlinkEstimate:
         self._remb_at = -1e9
         self._first_remb_at: float | None = None
         self._last_remb_drop = -1e9
+        self.brake_until = -1e9  # thin the videos to temporal layer 0 until then (BRAKE_SECONDS)
+        self._brake_since = -1e9  # when the current brake started
         self.loss = 0.0  # the latest loss fraction (for logs and tests)
         self.probe: Probe | None = None
         self._last_probe: Probe | None = None  # the one before (PROBE_BLAME)
@@ -305,8 +321,6 @@ class DownlinkEstimate:
         if self._first_remb_at is None:
             self._first_remb_at = now
         evidence = self._overfull(now)
-        if now - self._first_remb_at < REMB_WARMUP and not evidence:
-            return  # the receiver's estimator is still finding its feet
         probe = self.probe
         sending = probe.target if probe is not None and now <= probe.settles else self.sent_bps
         if bps >= sending - self.unstamped_bps:
@@ -315,6 +329,24 @@ class DownlinkEstimate:
             # less (smaller tiles, a hidden one); overuse puts it below that. Taking
             # this for the link priced the next view change out (video paused on a
             # phone whose tiles had just shrunk).
+            return
+        if now < self.brake_until and now - self._brake_since > BRAKE_TRUST and not evidence:
+            # Braking: what the receiver measures now is the thinned stream, so its
+            # figure is no measure of the link (cutting by it paused a video a 300 kbit/s
+            # link carried: REMB 97k after a brake, against ~170k without). A further
+            # fall only keeps the brake on, unless the link still queues or loses.
+            if last is not None and bps < REMB_DROP * last:
+                self._brake(now, bps)
+            return
+        # Overuse again within REMB_CONFIRM after a brake ran out: the link, not a
+        # receiver's jitter or its estimator starting up.
+        evidence = evidence or 0 <= now - self.brake_until < REMB_CONFIRM
+        if now - self._first_remb_at < REMB_WARMUP and not evidence:
+            # The receiver's estimator is still finding its feet: nothing is cut (a link
+            # that did narrow loses, and loss cuts), but a figure below what we send may
+            # be that narrowing's overuse (Chromium sends no REMB before its estimator
+            # starts unless it sees overuse): brake.
+            self._brake(now, bps)
             return
         figure = bps + self.unstamped_bps
         # A receiver's first REMB with a queue or loss on its link is its overuse's (see
@@ -347,6 +379,7 @@ class DownlinkEstimate:
         # a busy receiver's jitter builds no queue on the link and loses nothing.
         confirmed = now - self._last_remb_drop <= REMB_CONFIRM or evidence
         self._last_remb_drop = now
+        self._brake(now, bps)
         if not confirmed or (
             REMB_BETA * self.sent_bps <= figure < self.sent_bps and not self._overfull(now, True)
         ):
@@ -363,6 +396,26 @@ class DownlinkEstimate:
             # Not when the figure only failed a probe (_congested kept the estimate):
             # then no queue of ours is draining, and a fall after it is news.
             self._cut_at = now
+
+    def _brake(self, now: float, bps: int) -> None:
+        """A REMB fell below what we send: thin the videos (BRAKE_SECONDS). Not in a
+        probe's time, nor while a failed one's REMB may still answer it (PROBE_BLAME): a
+        fall then is the probe's padding, which stopped (a brake there held the next
+        probe back, and the climb after a lift took 10 s)."""
+        last = self._last_probe
+        if self.probe is not None or (
+            last is not None and last.failed and now <= last.settles + PROBE_BLAME
+        ):
+            return
+        if now >= self.brake_until:
+            log.debug("downlink %s: brake (REMB %d, sending %d)", self.label, bps, self.sent_bps)
+            self._brake_since = now
+        self.brake_until = now + BRAKE_SECONDS
+        self._on_brake()
+
+    def braking(self) -> bool:
+        """Whether the videos should be thinned to temporal layer 0 now (BRAKE_SECONDS)."""
+        return self._clock() < self.brake_until
 
     def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
         """One receiver-report block for one of this connection's streams."""
@@ -644,6 +697,10 @@ class DownlinkEstimate:
             self._loss_from = now + LOSS_REFRESH
             self._fences = dict(self._sent())
         lowered = bps < self.bps
+        if bps < self.sent_bps:
+            # Below what is sent: the layers move down, and those chosen now fit at their
+            # full frame rate (not a hold at what is sent, which moves nothing).
+            self.brake_until = -1e9
         self.bps = max(MIN_BPS, min(self.bps, bps))
         self._streak = 0
         self._next_probe = max(self._next_probe, now + self._backoff)
@@ -661,6 +718,10 @@ class DownlinkEstimate:
             if want <= self.bps * 1.02 or now < self._next_probe or self.loss > LOSS_LOW:
                 return 0.0
             if self._draining(now):
+                return 0.0
+            if now < self.brake_until + BRAKE_MEASURE:
+                # The videos are thinned (or were, within what the allocator's measure of
+                # what is sent spans): a probe on top would test less than its target.
                 return 0.0
             factor = NEXT_PROBE if self._streak else FIRST_PROBE
             target = min(max(want, self.bps * 1.1), self.bps * factor, MAX_BPS)

@@ -428,6 +428,7 @@ class Leg:
         # What this leg sent (both send paths), folded in by sync(): for tests and metrics.
         self.packets = 0
         self.octets = 0
+        self.thinned = 0  # packets of temporal layers left out (temporal)
         self._feedback = feedback
         self._ext_ids: tuple[int | None, int | None] = (None, None)  # mid, abs-send-time
         self._mid: str | None = None
@@ -545,6 +546,18 @@ class Leg:
             self._fast.clear_route()
             self._route = None
         self.update_layer()
+
+    @property
+    def temporal(self) -> int | None:
+        """The highest VP8 temporal layer forwarded, ``None`` for all: the allocator's
+        quick way down on a link that starts to fill, with no key frame and no switch
+        (the frame rate falls; ``Leg_thin`` in ``sfu/fastpath/leg.c``). Takes effect at
+        the next picture going down, at the next picture of layer 0 going up."""
+        return self._fast.temporal
+
+    @temporal.setter
+    def temporal(self, layer: int | None) -> None:
+        self._fast.temporal = layer
 
     @property
     def layer(self) -> int | None:
@@ -735,7 +748,7 @@ class Leg:
             packet.payload, packet.marker, packet.sequence_number, packet.timestamp, packet.ssrc
         )
         if rewritten is None:
-            return  # older than the last rebase point: its number may be taken
+            return  # older than the last rebase point (its number may be taken), or thinned
         data = rewritten[0]
         try:
             sent_now = hooks.send_rtp_now(self.sender, data)
@@ -767,6 +780,7 @@ class Leg:
         if self._rtx is not None:
             hooks.route_rtx_feedback(self.sender)  # the transport may have changed (BUNDLE)
         packets, errors, stale = counters[0], counters[6], counters[7]
+        self.thinned += counters[8]
         self.packets += packets
         self.octets += counters[1]
         self._stats.send_errors += errors

@@ -96,6 +96,7 @@ class Subscriber:
             sent=lambda: dict(leg.sent_seq for leg in self.legs.values()),
             host=HOST,
             on_lower=lambda: self.allocator.soon(),
+            on_brake=lambda: self.allocator.soon(),
         )
         self.allocator = Allocator(
             self.estimate,

@@ -54,6 +54,81 @@ def test_a_falling_remb_lowers_the_estimate_and_a_rising_one_does_not_raise_it()
     assert est.update() == 250_000
 
 
+def test_a_falling_remb_brakes_at_once_and_a_cut_or_time_releases_it() -> None:
+    """A falling REMB, even a lone one that cuts nothing, thins the videos to temporal
+    layer 0 (``braking``) at once, for BRAKE_SECONDS after the latest fall: the queue
+    stops growing at once. Once BRAKE_TRUST into it, the receiver measures the thinned
+    stream, so a further fall keeps the brake on and cuts nothing; overuse again within REMB_CONFIRM
+    after it ran out is the link: that cuts, and the cut ends the brake (the layers then
+    chosen fit at their full frame rate). In the receiver's warm-up (its figures cut
+    nothing) a figure below what we send brakes, and one after that brake cuts."""
+    clock = Clock()
+    braked: list[float] = []
+    est = DownlinkEstimate(clock, on_brake=lambda: braked.append(clock.now))
+    est.sent_bps = 1_000_000
+    est.on_remb(2_000_000)
+    clock.now += 1
+    est.on_remb(700_000)  # warm-up: no cut, a brake, said at once
+    assert est.update() == downlink.INITIAL_BPS
+    assert est.braking() and braked == [clock.now]
+    clock.now += downlink.BRAKE_TRUST + 0.1
+    est.on_remb(400_000)  # the thinned stream's figure: the brake goes on, nothing cut
+    assert est.update() == downlink.INITIAL_BPS and len(braked) == 2
+    clock.now += downlink.BRAKE_SECONDS - 0.1
+    assert est.braking()
+    clock.now += 0.2
+    assert not est.braking()
+    clock.now += 0.3
+    assert clock.now < 101 + downlink.REMB_WARMUP
+    est.on_remb(350_000)  # overuse again after the brake, still in the warm-up: the link
+    assert est.update() == 350_000 and not est.braking()
+    # After the warm-up: a lone fall holds at what is sent and brakes; nothing more
+    # comes (a busy receiver's jitter), and the brake runs out.
+    clock.now += downlink.REMB_WARMUP + downlink.REMB_AFTER_LOSS + downlink.DRAIN_MAX
+    est.sent_bps = 300_000
+    est.on_remb(300_000)
+    clock.now += downlink.REMB_CONFIRM + 1
+    est.on_remb(240_000)
+    assert est.update() == 300_000 and est.braking()
+    clock.now += 0.3
+    est.on_remb(200_000)  # within BRAKE_TRUST: what was sent before it, the link: a cut
+    assert est.update() == 200_000 and not est.braking()
+    clock.now += downlink.REMB_AFTER_LOSS + downlink.DRAIN_MAX
+    est.sent_bps = 200_000
+    est.on_remb(200_000)
+    clock.now += downlink.REMB_CONFIRM + 1
+    est.on_remb(160_000)
+    assert est.update() == 200_000 and est.braking()
+    clock.now += downlink.BRAKE_SECONDS + downlink.REMB_CONFIRM
+    assert not est.braking()
+    est.on_remb(140_000)  # the next lone fall, long after: a brake again, no cut
+    assert est.update() == 200_000 and est.braking()
+
+
+def test_the_allocator_thins_every_shown_video_while_the_estimate_brakes() -> None:
+    """Leg.temporal follows DownlinkEstimate.braking on every tick: layer 0 while it
+    brakes, all layers after; the layers themselves do not move for it. A video on its
+    track's lowest layer is not thinned (a quarter of its frames is no picture)."""
+    estimate = _FixedEstimate(760_000)
+    legs, alloc, run = _two_videos(estimate, {"A": 1, "B": 2}, [300_000.0])
+    run(HOLD_UP + 1)
+    assert alloc.layers == {"A": 1, "B": 1}
+    assert [leg.temporal for leg in legs[1:]] == [None, None]
+    estimate.brake = True
+    run(TICK)
+    assert [leg.temporal for leg in legs[1:]] == [0, 0]
+    assert alloc.layers == {"A": 1, "B": 1}
+    estimate.brake = False
+    run(TICK)
+    assert [leg.temporal for leg in legs[1:]] == [None, None]
+    estimate.bps = 460_000  # one high layer fits: B goes down
+    run(TICK)
+    assert alloc.layers == {"A": 1, "B": 0}
+    estimate.brake = True
+    run(TICK)
+    assert [leg.temporal for leg in legs[1:]] == [0, None]
+
+
 def test_a_remb_falling_after_we_send_less_is_not_the_link() -> None:
     """The tiles shrank, we send less, and Chromium's REMB follows what arrives down
     (staying above it): the estimate keeps its figure. Below what we send it counts."""
@@ -1265,6 +1340,11 @@ class _Leg:
         self.octets = self.packets = 0
         self.cap: int | None = None
         self.at_once: list[bool] = []  # per cap set: whether it was the link's cut
+        self.temporal: int | None = None
+
+    @property
+    def layer(self) -> int | None:  # what it forwards now: the cap, here at once
+        return self.cap
 
     def set_cap(self, layer: int | None, *, at_once: bool = False) -> None:
         self.cap = layer
@@ -1278,9 +1358,13 @@ class _FixedEstimate:
 
     def __init__(self, bps: float) -> None:
         self.bps = bps
+        self.brake = False
 
     def update(self) -> float:
         return self.bps
+
+    def braking(self) -> bool:
+        return self.brake
 
 
 def _two_videos(
