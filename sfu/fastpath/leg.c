@@ -124,16 +124,16 @@ typedef struct {
     uint32_t sr_rtp_ts;
     /* Temporal thinning of VP8 (Leg_thin): the highest temporal layer forwarded now and
      * the one asked for (ALL_LAYERS: no thinning), what was thinned out since the last
-     * rebase (rings of THINNED, newest at [n - 1 % THINNED]) and the newest input
-     * sequence number seen since then. */
+     * rebase (rings of THINNED, newest at [n - 1 % THINNED]). */
     uint8_t tid_max, tid_want;
-    int have_in;
-    uint16_t last_in;
+    uint16_t last_in; /* the newest input sequence number since the rebase (VP8 legs) */
     unsigned long long thinned_n; /* sequence numbers thinned since the rebase */
     unsigned long long thinned_pics;
     uint16_t thinned_seq[THINNED];
     uint16_t thinned_pid[THINNED];
     int last_thinned_pid; /* -1: none */
+    int prev_thinned;     /* the newest packet so far was thinned out ... */
+    int prev_marker;      /* ... and ended its picture */
     unsigned long long thinned; /* counter for Python (take_counters) */
     unsigned char buf[BUF_SIZE];
 } Leg;
@@ -318,21 +318,37 @@ static int Leg_route_fd(Leg *self)
     return (int)fd;
 }
 
-/* How many of the n newest entries of a ring of THINNED are newer than v (mod mask + 1,
- * within half the range); *same: whether v is one of them. */
+/* Where v lies among the n newest entries of a ring of THINNED (mod mask + 1): how many
+ * are newer than it; *same: it is one of them; *before: it is older than every entry the
+ * ring can still vouch for (the ring overflowed, or older ones are more than half the
+ * number space behind the newest, where "newer" can no longer be told). Distances are
+ * taken back from the newest entry, so 7-bit picture ids do not alias. */
 static int ring_newer(const uint16_t *ring, unsigned long long n, uint16_t v, uint16_t mask,
-                      int *same)
+                      int *same, int *before)
 {
     int count = 0, k = n < THINNED ? (int)n : THINNED;
-    uint16_t half = (uint16_t)((mask >> 1) + 1);
-    *same = 0;
+    uint16_t half = (uint16_t)((mask >> 1) + 1), oldest = 0;
+    uint16_t newest = ring[(n - 1) % THINNED];
+    uint16_t dv = (uint16_t)(newest - v) & mask;
+    *same = *before = 0;
+    if (dv >= half)
+        return 0; /* newer than every entry */
+    int complete = n <= THINNED;
     for (int i = 0; i < k; i++) {
-        uint16_t d = (uint16_t)(ring[i] - v) & mask;
-        if (d == 0)
+        uint16_t de = (uint16_t)(newest - ring[i]) & mask;
+        if (de >= half) {
+            complete = 0; /* too far back to place */
+            continue;
+        }
+        if (de > oldest)
+            oldest = de;
+        if (de == dv)
             *same = 1;
-        else if (d < half)
+        else if (de < dv)
             count++;
     }
+    if (!complete && dv > oldest)
+        *before = 1;
     return count;
 }
 
@@ -356,27 +372,44 @@ static int ring_newer(const uint16_t *ring, unsigned long long n, uint16_t v, ui
  * thinned out is thinned too. Returns 1 to drop the packet; *seq_adj and *pid_adj are
  * a late packet's corrections. Only legs with `vp8` set come here. */
 static int Leg_thin(Leg *self, const unsigned char *p, Py_ssize_t n, uint16_t seq,
-                    uint16_t *seq_adj, uint16_t *pid_adj)
+                    uint16_t gap, int marker, uint16_t *seq_adj, uint16_t *pid_adj)
 {
     FpVp8Layer l;
     *seq_adj = *pid_adj = 0;
-    if (fp_vp8_layer(p, n, &l) < 0)
-        return 0;
-    if (!self->have_in || (uint16_t)(seq - self->last_in) - 1u < 0x7FFFu) {
-        self->have_in = 1;
-        self->last_in = seq;
+    if (fp_vp8_layer(p, n, &l) < 0 || l.mask != 0x7FFF)
+        return 0; /* only 15-bit picture ids (Chromium's): without them a receiver cannot
+                   * tell a picture left out from one lost, and 7 bits wrap within what
+                   * the rings must place */
+    /* gap: how far past the newest input sequence number seen before it (0, or over
+     * 0x7FFF: a late packet) */
+    if (gap - 1u < 0x7FFFu) {
         if (self->tid_max == ALL_LAYERS && self->thinned_n &&
             (uint16_t)(seq - self->thinned_seq[(self->thinned_n - 1) % THINNED]) > 0x1000) {
-            /* long past the last thinning: no late packet reaches back there */
+            /* long past the last thinning: no late packet reaches back there (one that
+             * would is dropped at the floor instead of mapping onto a number sent) */
             self->thinned_n = self->thinned_pics = 0;
             self->last_thinned_pid = -1;
+            self->floor = (uint16_t)(self->last_out_seq + 1);
         }
         if (l.start && self->tid_want != self->tid_max &&
             (self->tid_want < self->tid_max || l.key ||
              (l.sync && l.tid > self->tid_max && l.tid <= self->tid_want)))
             self->tid_max = self->tid_want;
-        if (l.tid <= self->tid_max)
+        /* Packets missing just before this one that belonged to a picture thinned out
+         * (the rest of it came before, or this is more of it) are thinned too: a repair
+         * of one later is left out, and its number must not stay a hole. */
+        if (gap > 1 && self->prev_thinned && l.pid >= 0 &&
+            (l.pid == self->last_thinned_pid ||
+             (!self->prev_marker && l.start &&
+              ((l.pid - self->last_thinned_pid) & l.mask) == 1))) {
+            for (uint16_t k = 1; k < gap; k++)
+                self->thinned_seq[self->thinned_n++ % THINNED] = (uint16_t)(seq - gap + k);
+            self->seq_off = (uint16_t)(self->seq_off - (gap - 1));
+        }
+        if (l.tid <= self->tid_max) {
+            self->prev_thinned = 0;
             return 0;
+        }
         self->thinned_seq[self->thinned_n++ % THINNED] = seq;
         self->seq_off--;
         if (l.pid >= 0 && l.pid != self->last_thinned_pid) {
@@ -384,24 +417,33 @@ static int Leg_thin(Leg *self, const unsigned char *p, Py_ssize_t n, uint16_t se
             self->last_thinned_pid = l.pid;
             self->vp8s.pid_off--;
         }
+        self->prev_thinned = 1;
+        self->prev_marker = marker;
         self->thinned++;
         return 1;
     }
     if (!self->thinned_n)
         return 0; /* nothing thinned since the rebase: the offsets hold as they are */
-    int same;
-    int later = ring_newer(self->thinned_seq, self->thinned_n, seq, 0xFFFF, &same);
-    if (same)
-        return 1; /* a copy of a packet thinned out */
-    if (self->thinned_n > THINNED && later == THINNED)
-        return 1; /* older than the ring: its place is not known */
+    int same, before;
+    int later = ring_newer(self->thinned_seq, self->thinned_n, seq, 0xFFFF, &same, &before);
+    if (same || before)
+        return 1; /* a copy of a packet thinned out, or too old to place */
     *seq_adj = (uint16_t)later;
     if (l.pid >= 0 && self->thinned_pics) {
-        int pics = ring_newer(self->thinned_pid, self->thinned_pics, (uint16_t)l.pid, l.mask, &same);
-        if (same)
-            return 1; /* a piece of a picture thinned out */
+        int pics = ring_newer(self->thinned_pid, self->thinned_pics, (uint16_t)l.pid, l.mask,
+                              &same, &before);
+        if (same || before)
+            return 1; /* a piece of a picture thinned out, or too old to place */
         *pid_adj = (uint16_t)pics;
     }
+    /* A whole late picture not in the ring passes whatever its layer: leaving it out
+     * would leave a hole in the picture ids, on which Chromium waits; passing it costs at
+     * most one picture decoded against an older reference. Not placed either: a late
+     * packet of a picture thinned out whose own number the ring does not have (the rest
+     * of that picture came before it with a gap the rule above could not attribute, or
+     * it is a repair of a loss upstream): the number it would have had stays a hole,
+     * which the subscriber NACKs and counts as lost (mediasoup's SeqManager has the same
+     * limit: it cannot renumber what was sent). */
     return 0;
 }
 
@@ -441,19 +483,24 @@ static Py_ssize_t Leg_rewrite_into(Leg *self, PyObject *payload, int marker, uin
         self->seq_off = (uint16_t)(self->last_out_seq + 1 - seq);
         self->floor = (uint16_t)(self->last_out_seq + 1);
         self->rebase = 0;
+        self->last_in = (uint16_t)seq;
         /* older packets are dropped at the floor now: the rings describe nothing ahead */
-        self->have_in = 0;
         self->thinned_n = self->thinned_pics = 0;
         self->last_thinned_pid = -1;
+        self->prev_thinned = 0;
     }
     uint16_t seq_adj = 0, pid_adj = 0;
-    /* Not the first packet after a rebase: the offsets were just chosen from it (a
-     * rebase waits for a key frame, which is layer 0 anyway). */
-    if (self->vp8 && !rebased &&
-        (self->tid_max != ALL_LAYERS || self->tid_want != ALL_LAYERS || self->thinned_n) &&
-        Leg_thin(self, (const unsigned char *)PyBytes_AS_STRING(payload), plen, (uint16_t)seq,
-                 &seq_adj, &pid_adj))
-        return 0;
+    if (self->vp8 && !rebased) {
+        /* (Not the first packet after a rebase: the offsets were just chosen from it, and
+         * a rebase waits for a key frame, which is layer 0 anyway.) */
+        uint16_t gap = (uint16_t)((uint16_t)seq - self->last_in);
+        if (gap - 1u < 0x7FFFu)
+            self->last_in = (uint16_t)seq;
+        if ((self->tid_max != ALL_LAYERS || self->tid_want != ALL_LAYERS || self->thinned_n) &&
+            Leg_thin(self, (const unsigned char *)PyBytes_AS_STRING(payload), plen,
+                     (uint16_t)seq, gap, marker, &seq_adj, &pid_adj))
+            return 0;
+    }
     uint16_t out_seq = (uint16_t)(seq + self->seq_off + seq_adj);
     uint32_t out_ts = ts + self->ts_off;
     if ((int16_t)(uint16_t)(out_seq - self->floor) < 0) {
@@ -921,8 +968,6 @@ static int Leg_set_temporal(Leg *self, PyObject *value, void *closure)
         PyErr_SetString(PyExc_ValueError, "temporal: a layer 0-3, or None for all");
         return -1;
     }
-    if (self->tid_max == ALL_LAYERS && !self->thinned_n)
-        self->have_in = 0; /* not followed while nothing was thinned */
     self->tid_want = (uint8_t)t;
     return 0;
 }
