@@ -428,7 +428,6 @@ class Leg:
         # What this leg sent (both send paths), folded in by sync(): for tests and metrics.
         self.packets = 0
         self.octets = 0
-        self.thinned = 0  # packets of temporal layers left out (temporal)
         self._feedback = feedback
         self._ext_ids: tuple[int | None, int | None] = (None, None)  # mid, abs-send-time
         self._mid: str | None = None
@@ -552,7 +551,8 @@ class Leg:
         """The highest VP8 temporal layer forwarded, ``None`` for all: the allocator's
         quick way down on a link that starts to fill, with no key frame and no switch
         (the frame rate falls; ``Leg_thin`` in ``sfu/fastpath/leg.c``). Takes effect at
-        the next picture going down, at the next picture of layer 0 going up."""
+        the next picture going down; going up, at a key frame or a picture whose Y bit
+        says it refers only to layer 0."""
         return self._fast.temporal
 
     @temporal.setter
@@ -780,7 +780,6 @@ class Leg:
         if self._rtx is not None:
             hooks.route_rtx_feedback(self.sender)  # the transport may have changed (BUNDLE)
         packets, errors, stale = counters[0], counters[6], counters[7]
-        self.thinned += counters[8]
         self.packets += packets
         self.octets += counters[1]
         self._stats.send_errors += errors

@@ -377,9 +377,9 @@ static int Leg_thin(Leg *self, const unsigned char *p, Py_ssize_t n, uint16_t se
     FpVp8Layer l;
     *seq_adj = *pid_adj = 0;
     if (fp_vp8_layer(p, n, &l) < 0 || l.mask != 0x7FFF)
-        return 0; /* only 15-bit picture ids (Chromium's): without them a receiver cannot
-                   * tell a picture left out from one lost, and 7 bits wrap within what
-                   * the rings must place */
+        return 0; /* only 15-bit picture ids (Chromium's; so l.pid is set below): without
+                   * them a receiver cannot tell a picture left out from one lost, and 7
+                   * bits wrap within what the rings must place */
     /* gap: how far past the newest input sequence number seen before it (0, or over
      * 0x7FFF: a late packet) */
     if (gap - 1u < 0x7FFFu) {
@@ -398,7 +398,7 @@ static int Leg_thin(Leg *self, const unsigned char *p, Py_ssize_t n, uint16_t se
         /* Packets missing just before this one that belonged to a picture thinned out
          * (the rest of it came before, or this is more of it) are thinned too: a repair
          * of one later is left out, and its number must not stay a hole. */
-        if (gap > 1 && self->prev_thinned && l.pid >= 0 &&
+        if (gap > 1 && self->prev_thinned &&
             (l.pid == self->last_thinned_pid ||
              (!self->prev_marker && l.start &&
               ((l.pid - self->last_thinned_pid) & l.mask) == 1))) {
@@ -412,7 +412,7 @@ static int Leg_thin(Leg *self, const unsigned char *p, Py_ssize_t n, uint16_t se
         }
         self->thinned_seq[self->thinned_n++ % THINNED] = seq;
         self->seq_off--;
-        if (l.pid >= 0 && l.pid != self->last_thinned_pid) {
+        if (l.pid != self->last_thinned_pid) {
             self->thinned_pid[self->thinned_pics++ % THINNED] = (uint16_t)l.pid;
             self->last_thinned_pid = l.pid;
             self->vp8s.pid_off--;
@@ -429,7 +429,7 @@ static int Leg_thin(Leg *self, const unsigned char *p, Py_ssize_t n, uint16_t se
     if (same || before)
         return 1; /* a copy of a packet thinned out, or too old to place */
     *seq_adj = (uint16_t)later;
-    if (l.pid >= 0 && self->thinned_pics) {
+    if (self->thinned_pics) {
         int pics = ring_newer(self->thinned_pid, self->thinned_pics, (uint16_t)l.pid, l.mask,
                               &same, &before);
         if (same || before)

@@ -70,11 +70,8 @@ int fp_vp8_keyframe_start(const unsigned char *p, Py_ssize_t n)
      * clear */
     if (n < 1 || !(p[0] & 0x10) || (p[0] & 0x07))
         return 0;
-    Py_ssize_t pid, tl0, tk, hdr;
-    int wide;
-    if (vp8_fields(p, n, &pid, &wide, &tl0, &tk, &hdr) < 0)
-        return 0;
-    return hdr < n && !(p[hdr] & 0x01);
+    FpVp8Layer l;
+    return fp_vp8_layer(p, n, &l) == 0 && l.key;
 }
 
 int fp_vp8_layer(const unsigned char *p, Py_ssize_t n, FpVp8Layer *out)
