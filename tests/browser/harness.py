@@ -370,6 +370,54 @@ async def inbound_rtp(browser: Browser) -> dict[str, dict[str, Any]]:
     return await browser.page.evaluate(_INBOUND_RTP_JS)
 
 
+# Every freeze of the page's inbound videos, one by one. getStats gives only a count and a
+# total (``freezeCount``, ``totalFreezesDuration``); read every 100 ms, each freeze shows
+# as its own step, since a freeze lasts at least 150 ms (Chromium: a frame interval over
+# max(3x the mean, the mean + 150 ms)) and two cannot end within one read. A step of more
+# than one freeze (a page too busy to read in time) is kept with its count.
+_FREEZE_WATCH_JS = """
+(period) => {
+  const rt = window.roundtable;
+  if (rt.freezeWatch) return;
+  const last = new Map();
+  const w = rt.freezeWatch = {log: [], busy: false};
+  w.timer = setInterval(async () => {
+    const pc = rt.pcs && rt.pcs.subscribe;
+    if (!pc || w.busy) return;
+    w.busy = true;
+    try {
+      const map = rt.call ? rt.call.trackMap : new Map();
+      const stats = await pc.getStats();
+      stats.forEach((s) => {
+        if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
+        const info = map.get(String(s.mid));
+        const n = s.freezeCount || 0, seconds = s.totalFreezesDuration || 0;
+        const before = last.get(s.ssrc);
+        last.set(s.ssrc, {n, seconds});
+        if (!info || !before || n <= before.n) return;
+        w.log.push({participant: info.participant, ssrc: s.ssrc, count: n - before.n,
+                    seconds: seconds - before.seconds, at: performance.now()});
+      });
+    } finally { w.busy = false; }
+  }, period);
+}
+"""
+
+
+async def watch_freezes(browser: Browser, period_ms: int = 100) -> None:
+    """Start logging each freeze of the page's inbound videos (``take_freezes``)."""
+    await browser.page.evaluate(_FREEZE_WATCH_JS, period_ms)
+
+
+async def take_freezes(browser: Browser) -> list[dict[str, Any]]:
+    """The freezes logged since the last take (``watch_freezes``), oldest first: each
+    ``{participant, ssrc, count, seconds}``; ``count`` > 1 only when the page read late,
+    then ``seconds`` is their sum."""
+    return await browser.page.evaluate(
+        "() => { const w = window.roundtable.freezeWatch; const l = w.log; w.log = []; return l; }"
+    )
+
+
 async def remote_videos(browser: Browser) -> dict[str, dict[str, Any]]:
     return await browser.page.evaluate(_SAMPLE_JS)
 

@@ -18,7 +18,9 @@ trips the estimator judges probes by jumped with the CPU load on every connectio
 once, and the climb took 18-60 s at load 20-30 (NOTES-weak3); since the estimator takes
 such a jump for the host's, not the link's (sfu.downlink.HostJumps), it took 3.9-8.0 s in
 every run, at load 8-10 too (NOTES-weak4). The other goal, no freeze over 1 s, is printed
-and asserted at 3 s in the steady window and across the climb: a 1.5x probe that passes
+and asserted at 3 s in the steady window and across the climb (each freeze on its own: the
+client's page reads getStats every 100 ms, harness.watch_freezes; from the totals of two
+samples alone, two freezes of 0.7 s read as "at most 1.28 s"): a 1.5x probe that passes
 wrongly on the shaped link moves a video up for a second and freezes it about 1 s. Since
 only a probe's own SR can pass it, that held at 0 s in every run at load 2-6, but not at
 load 9-13 (NOTES-weak5: 1.33 s once, and a video paused after such an upgrade). At the
@@ -57,7 +59,9 @@ from tests.browser.harness import (
     join,
     launch_inside,
     my_id,
+    take_freezes,
     wait_remote_playing,
+    watch_freezes,
 )
 from tests.netns import Netns, _run, veth_namespace
 
@@ -393,21 +397,36 @@ def video_of(sample: dict[str, dict[str, Any]], pid: str) -> dict[str, Any]:
     return out
 
 
-def video_change(before: dict[str, Any], after: dict[str, Any], pid: str) -> dict[str, Any]:
-    """What happened to ``pid``'s video between two samples, with the longest freeze
-    bounded: getStats gives only the count and total, and each freeze lasts at least
-    ~150 ms (Chromium's definition), so the longest is at most total - (n-1)*0.15 s."""
+def video_change(
+    before: dict[str, Any], after: dict[str, Any], pid: str, freezes: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What happened to ``pid``'s video between two samples. ``longest`` is its longest
+    freeze, from the page's freeze log of the same span (``take_freezes``: each freeze on
+    its own). ``bound`` is what the two samples alone allow: getStats gives only the
+    count and total, and each freeze lasts at least ~150 ms (Chromium's definition), so
+    the longest is at most total - (n-1)*0.15 s."""
     a, b = video_of(before, pid), video_of(after, pid)
     d = {k: b[k] - a[k] for k in a}
-    d["longest"] = max(0.0, d["freezeSeconds"] - max(0, d["freezes"] - 1) * 0.15)
+    d["bound"] = max(0.0, d["freezeSeconds"] - max(0, d["freezes"] - 1) * 0.15)
+    # A step of several freezes (the page read late) counts with the same bound.
+    d["longest"] = max(
+        (
+            max(0.0, f["seconds"] - (f["count"] - 1) * 0.15)
+            for f in freezes
+            if f["participant"] == pid
+        ),
+        default=0.0,
+    )
+    d["each"] = [round(f["seconds"], 2) for f in freezes if f["participant"] == pid]
     return d
 
 
 def show_change(what: str, name: str, d: dict[str, Any]) -> str:
     return (
         f"[300 kbit/s] {what}, {name}'s video: frames +{d['frames']} (key +{d['keyframes']}),"
-        f" dropped +{d['dropped']}, freezes +{d['freezes']} ({d['freezeSeconds']:.2f} s,"
-        f" longest <= {d['longest']:.2f} s), PLI +{d['pli']}, NACK +{d['nack']}"
+        f" dropped +{d['dropped']}, freezes +{d['freezes']} ({d['freezeSeconds']:.2f} s:"
+        f" {d['each']}, longest {d['longest']:.2f} s, from the totals <= {d['bound']:.2f} s),"
+        f" PLI +{d['pli']}, NACK +{d['nack']}"
     )
 
 
@@ -441,6 +460,7 @@ async def test_three_people_one_behind_300_kbits_gets_every_low_layer_with_its_v
     await asyncio.gather(
         *(wait_remote_playing(b, everyone - {ids[n]}, within=180) for n, b in pages.items())
     )
+    await watch_freezes(client)
     timeline = Timeline(server, pages, ids)
     timeline.begin()
     try:
@@ -504,6 +524,7 @@ async def _shaped_and_lifted(
 
     shape(child, "300kbit")
     before_shaping = await inbound_rtp(pages["client"])
+    await take_freezes(pages["client"])  # from here on: the move down's
     shaped_at = timeline.event("client's downlink shaped: tbf 300kbit")
     took, sample = await timeline.until(
         lambda s: on_layer(s, "client", 0), 60, "the shaped client on the low layer of every video"
@@ -518,6 +539,7 @@ async def _shaped_and_lifted(
     # excursions are counted and printed), the others on theirs.
     await asyncio.sleep(5)
     a0 = await inbound_rtp(pages["client"])
+    freezes_down = await take_freezes(pages["client"])
     window_from = timeline.event("measured window starts")
     unshaped_low: dict[str, int] = {}
     samples = on_low = unshaped_kept = 0
@@ -537,6 +559,7 @@ async def _shaped_and_lifted(
                 kept &= layer == top
         unshaped_kept += kept
     a1 = await inbound_rtp(pages["client"])
+    freezes_steady = await take_freezes(pages["client"])
     window_to = timeline.event("measured window ends")
     pids = {ids["caseworker"], ids["partner"]}
     loss = audio_loss(a0, a1, pids)
@@ -566,12 +589,12 @@ async def _shaped_and_lifted(
     print(f"[300 kbit/s] what the client received per stream (RTP level): {streams}")
     steady = {}
     for name in ("caseworker", "partner"):
-        steady[name] = video_change(a0, a1, ids[name])
+        steady[name] = video_change(a0, a1, ids[name], freezes_steady)
         print(show_change("shaped, steady 20 s", name, steady[name]))
         assert steady[name]["frames"] > 100, steady[name]  # low layer keeps playing
     down = {}
     for name in ("caseworker", "partner"):
-        down[name] = video_change(before_shaping, a0, ids[name])
+        down[name] = video_change(before_shaping, a0, ids[name], freezes_down)
         print(show_change("shaping → low layer", name, down[name]))
 
     shape(child, None)
@@ -582,10 +605,11 @@ async def _shaped_and_lifted(
     timeline.event(f"client back on layer {top} of every video ({climb:.1f} s after lifting)")
     await asyncio.sleep(3)
     after = await inbound_rtp(pages["client"])
+    freezes_up = await take_freezes(pages["client"])
     up_seconds = timeline.now() - window_to  # what `up` below spans
     up = {}
     for name in ("caseworker", "partner"):
-        up[name] = video_change(a1, after, ids[name])
+        up[name] = video_change(a1, after, ids[name], freezes_up)
         print(show_change(f"lifted → layer {top} (+3 s)", name, up[name]))
     timeline.print()
     print(
