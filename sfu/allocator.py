@@ -36,7 +36,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .downlink import AUDIO_REPORT_WAIT, NO_WORD_WAIT, PROBE_SR_SLACK, DownlinkEstimate
+from .downlink import (
+    AUDIO_REPORT_WAIT,
+    NO_WORD_WAIT,
+    PROBE_SR_SLACK,
+    RISE_SETTLE,
+    DownlinkEstimate,
+)
 from .forwarder import PACKET_OVERHEAD, PADDING_SIZE, UNCAPPED, Forwarder, Leg
 from .timers import Timer, Wheel, wheel
 
@@ -154,6 +160,8 @@ class Allocator:
         self._down_at: dict[str, float] = {}
         # track id -> the estimate at which the link moved it down (up again above it)
         self._down_budget: dict[str, float] = {}
+        self._switched: dict[str, int | None] = {}  # the layer each video was forwarding last tick
+        self._check: tuple[float, Leg | None] = (0.0, None)  # an SR due after a switch up
         self._ranks: dict[str, int] = {}  # track id -> its rank at the last tick
         self._paused: dict[str, bool] = {}  # track id -> paused for the link (told the page)
         self._caps: dict[str, int | None] = {}  # track id -> the cap last set
@@ -306,10 +314,21 @@ class Allocator:
         chosen = allocate(budget, audio, [v for _, v in videos], keep=1.0 if fell else KEEP)
         used = audio
         want = audio
+        rose = False
         for leg, v in videos:
             layer = chosen[v.key]
             # A video's first allocation is no move down: the top layer it "had" is a default.
             before = self.layers.get(v.key)
+            # Moved up now, or its switch up came since the last tick: the link's answer
+            # to the higher rate is due before the next probe (DownlinkEstimate.rose).
+            switched, self._switched[v.key] = self._switched.get(v.key), leg.layer
+            if switched is not None and leg.layer is not None and leg.layer > switched:
+                # Its key frame came: an SR once the new layer had RISE_SETTLE to fill
+                # the link (not the next periodic one, up to 1.5 s away) gives the answer.
+                rose = True
+                self._check = (now + RISE_SETTLE, leg)
+            elif before is not None and layer is not None and layer > before:
+                rose = True
             if layer is not None:
                 used += v.rates[layer]
             viewed = self._layers(leg)
@@ -328,7 +347,16 @@ class Allocator:
             # of its frames is no picture worth the name (and a link that cannot carry it
             # pauses it).
             leg.temporal = 0 if braking and (leg.layer or 0) > 0 else None
+        if rose:
+            estimate.rose()
+        check_at, check_leg = self._check
+        if check_leg is not None and now >= check_at:
+            self._check = (0.0, None)
+            check_leg.send_report()
         keys = {v.key for _, v in videos} | hidden
+        for key in list(self._switched):
+            if key not in keys:
+                del self._switched[key]
         for key in list(self.layers):
             if key not in keys:
                 del self.layers[key]

@@ -34,7 +34,8 @@ This is the other direction: what a subscriber can receive, so the allocator
   a failure waits twice as long before the next (up to :data:`MAX_BACKOFF`), so a
   shaped link is probed every few seconds by a little and a freed one climbs within
   seconds. No probe goes into the queue a decrease answered while it may still be full
-  (:meth:`DownlinkEstimate._draining`).
+  (:meth:`DownlinkEstimate._draining`), nor starts before the link was seen to carry a
+  layer the allocator moved up to (:meth:`DownlinkEstimate._settling`).
 
 Time comes from an injected clock so tests can drive it.
 """
@@ -139,6 +140,14 @@ NO_WORD_WAIT = 1.5  # s more to wait for a REMB after a probe before it counts a
 AUDIO_REPORT_WAIT = 8.0
 RETRANSMIT_SHARE = 0.15  # of the estimate, at most, for answering NACKs
 MIN_BACKOFF = 0.5
+# After a video moved up (the allocator spent a raised estimate), no probe until an SR
+# sent this long after its switch came back without waiting, or RISE_HOLD passed: a
+# probe that passed wrongly is shown wrong by the layer it bought, whose queue the next
+# probe's padding would otherwise hide as its own (a 1.5x probe passed on a 300 kbit/s
+# link, the next one failed with a 0.45 s queue of the new layer's, the estimate stayed
+# up until a REMB cut it below the low layers and paused a video).
+RISE_SETTLE = 0.3
+RISE_HOLD = 2.5
 # With the probe and its settling, a shaped link is probed every ~3.7 s, and a lifted one
 # is climbed back within ~5.5 s (issue 15 wants 10 s with the key frame and the page's
 # decoder; at 4.0 it took up to 7 s here, 8 s in the browser test).
@@ -258,6 +267,7 @@ class DownlinkEstimate:
         self._loss_cut_at = -1e9
         self._cut_at = -1e9  # the last cut below what was sent (by a REMB or loss)
         self._blamed_at = -1e9  # the last probe shown wrong (_blame)
+        self._rose_at = -1e9  # a video last moved up or switched up (rose)
         self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
         self._rtx_at = clock()
         # Did the latest SR sent after the last decrease wait in a queue (None: no word)
@@ -480,6 +490,15 @@ class DownlinkEstimate:
                 and self._host is not None
                 and self._host.elsewhere(at, self.label, queue)
             )
+            if probe is not None and sent >= probe.started and log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "downlink %s: probe to %d, SR at +%.3f s: queue %.3f s%s",
+                    self.label,
+                    probe.target,
+                    sent - probe.started,
+                    queue,
+                    " (the host's)" if host else "",
+                )
             if sent >= self._last_decrease and not host:
                 self._queued = queue > QUEUE_DELAY
                 self._queued_at = sent
@@ -556,6 +575,21 @@ class DownlinkEstimate:
         report loss above :data:`LOSS_LOW` (``heavy``: :data:`LOSS_HIGH`)."""
         queued = self._queued is True and now - self._queued_at < LOSS_REFRESH
         return queued or self.loss > (LOSS_HIGH if heavy else LOSS_LOW)
+
+    def rose(self) -> None:
+        """A video moved up: the allocator raised its cap, or its switch to the higher
+        layer came (the key frame). Probes wait until the link is seen to carry it
+        (:data:`RISE_SETTLE`, :meth:`_settling`)."""
+        self._rose_at = self._clock()
+
+    def _settling(self, now: float) -> bool:
+        """Whether a video moved up too recently for the link's answer to be in: no SR
+        sent :data:`RISE_SETTLE` after the move has come back without waiting, and
+        :data:`RISE_HOLD` has not passed. One that waited blamed the probe that bought
+        the move (:meth:`_judge`), if any."""
+        if now - self._rose_at >= RISE_HOLD:
+            return False
+        return not (self._queued is False and self._queued_at >= self._rose_at + RISE_SETTLE)
 
     def allow_retransmit(self, size: int) -> bool:
         """Whether a NACKed packet of ``size`` bytes may be sent again: at most
@@ -717,7 +751,7 @@ class DownlinkEstimate:
         if probe is None:
             if want <= self.bps * 1.02 or now < self._next_probe or self.loss > LOSS_LOW:
                 return 0.0
-            if self._draining(now):
+            if self._draining(now) or self._settling(now):
                 return 0.0
             if now < self.brake_until + BRAKE_MEASURE:
                 # The videos are thinned (or were, within what the allocator's measure of

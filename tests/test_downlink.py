@@ -741,6 +741,74 @@ def test_a_probe_that_passed_is_undone_when_its_rate_then_fills_a_queue() -> Non
     assert est.update() == start
 
 
+def test_no_probe_until_the_link_is_seen_to_carry_the_layer_a_passed_probe_bought() -> None:
+    """A probe that passed wrongly (a shaper's token bucket took its 0.5 s of padding
+    without a queue) is shown wrong by the layer it bought, if no probe's padding runs
+    meanwhile to take the blame for that layer's queue (three Chromiums, one behind
+    300 kbit/s: the next probe failed with a 0.45 s queue, the estimate stayed up until a
+    REMB cut it below both low layers, and a video paused)."""
+    for link_carries_it in (False, True):
+        clock = Clock()
+        est = DownlinkEstimate(clock)
+        est.on_rtt(0.002, 0.002)  # the empty link's round trip
+        start = est.bps
+        pass_a_probe(clock, est, start)
+        clock.now += TICK
+        est.rose()  # the allocator moved a video up on it
+        clock.now += 0.4
+        est.rose()  # ... and its key frame came: the switch
+        # An SR sent just after the switch says nothing yet; the series' next probe waits
+        # past its backoff.
+        est.on_rtt(0.003, 0.0)
+        clock.now += downlink.MIN_BACKOFF
+        est.update()
+        assert est.padding_bps(100_000_000, sending=est.bps) == 0 and est.probe is None
+        # The SR sent RISE_SETTLE after the switch: answered with or without a queue.
+        clock.now += downlink.RISE_SETTLE - downlink.MIN_BACKOFF + 0.01
+        sent_at = clock.now
+        clock.now += 0.2
+        est.on_rtt(0.003 if link_carries_it else 0.302, clock.now - sent_at)
+        est.update()
+        if link_carries_it:
+            assert est.bps == pytest.approx(1.5 * start)
+            assert est.padding_bps(100_000_000, sending=est.bps) > 0  # on with the series
+        else:
+            assert est.bps == start  # the probe is undone
+            assert est.padding_bps(100_000_000, sending=est.bps) == 0
+    # No answer at all: the hold ends after RISE_HOLD.
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.on_rtt(0.002, 0.002)
+    pass_a_probe(clock, est, est.bps)
+    est.rose()
+    clock.now += downlink.RISE_HOLD - 0.01
+    assert est.padding_bps(100_000_000, sending=est.bps) == 0
+    clock.now += 0.02
+    assert est.padding_bps(100_000_000, sending=est.bps) > 0
+
+
+def test_the_allocator_tells_the_estimate_of_a_move_up_and_asks_for_an_sr_after_the_switch() -> (
+    None
+):
+    estimate = _FixedEstimate(260_000)  # audio and both low layers
+    rose: list[float] = []
+    legs, alloc, run = _two_videos(estimate, {"A": 1, "B": 2}, [300_000.0])
+    clock = alloc._clock
+    estimate.rose = lambda: rose.append(clock())  # type: ignore[method-assign]
+    run(1.0)
+    assert alloc.layers == {"A": 0, "B": 0} and not rose
+    estimate.bps = 500_000  # a probe passed: A moves up (B's high layer does not fit)
+    run(TICK)
+    assert alloc.layers["A"] == 1 and len(rose) >= 1
+    # (the test leg switches at once: its key frame "came" at the next tick)
+    run(2 * TICK)
+    assert len(rose) == 2
+    run(downlink.RISE_SETTLE + TICK)
+    assert getattr(legs[1], "reports", 0) == 1  # one SR, RISE_SETTLE after the switch
+    run(2.0)
+    assert getattr(legs[1], "reports", 0) == 1 and len(rose) == 2
+
+
 def _probe_with_round_trips(clock: Clock, est: DownlinkEstimate, during: list[float]) -> float:
     """A probe from the current estimate whose two SRs (at 40 and 90 %, as the
     allocator sends them) come back after the round trips ``during``, a REMB after it;
@@ -1350,6 +1418,9 @@ class _Leg:
         self.cap = layer
         self.at_once.append(at_once)
 
+    def send_report(self, hold: float = 0.0) -> None:
+        self.reports = getattr(self, "reports", 0) + 1
+
 
 class _FixedEstimate:
     label = "fixed"
@@ -1365,6 +1436,9 @@ class _FixedEstimate:
 
     def braking(self) -> bool:
         return self.brake
+
+    def rose(self) -> None:
+        pass
 
 
 def _two_videos(
