@@ -15,7 +15,7 @@ most, then the rest:
 
 Hysteresis, so it does not flap: a layer a video already has is priced at
 :data:`KEEP` of its rate (in full on the tick the estimate fell: a cut takes effect at
-once), and a video that was moved down (or paused) is not moved up
+once; a layer it does not have must fit at the full rate of everything chosen), and a video that was moved down (or paused) is not moved up
 again for :data:`HOLD_UP` seconds, nor at all (when the link moved it) before the
 estimate rose above the one it was moved down at. Moves down happen at once: they
 protect the audio.
@@ -84,17 +84,25 @@ def allocate(
     and ``audio`` of them go to the voices first; a layer a video already has costs
     ``keep`` of its rate."""
     left = budget - audio
+    # What is left with every chosen layer at its full rate: a layer a video does not
+    # have yet must fit in that too. Priced against the others' discount, a move up
+    # overfilled the link it was meant for (353k: audio 97k, two low layers at 0.8 x 51k,
+    # and a middle layer of 212k, 360k in all, on a link that carried 300k).
+    full = budget - audio
     order = sorted(videos, key=lambda v: v.rank)
     out: dict[str, int | None] = {}
 
+    def held(v: Video, layer: int) -> bool:
+        return v.current is not None and layer <= v.current
+
     def cost(v: Video, layer: int) -> float:
-        held = v.current is not None and layer <= v.current
-        return v.rates[layer] * (keep if held else 1.0)
+        return v.rates[layer] * (keep if held(v, layer) else 1.0)
 
     for v in order:
-        if v.rates and cost(v, 0) <= left:
+        if v.rates and cost(v, 0) <= left and (held(v, 0) or v.rates[0] <= full):
             out[v.key] = 0
             left -= cost(v, 0)
+            full -= v.rates[0]
         else:
             out[v.key] = None
     upgraded = True
@@ -105,9 +113,11 @@ def allocate(
             if layer is None or layer + 1 >= len(v.rates):
                 continue
             extra = cost(v, layer + 1) - cost(v, layer)
-            if extra <= left:
+            more = v.rates[layer + 1] - v.rates[layer]
+            if extra <= left and (held(v, layer + 1) or more <= full):
                 out[v.key] = layer + 1
                 left -= extra
+                full -= more
                 upgraded = True
     return out
 
@@ -324,7 +334,7 @@ class Allocator:
             switched, self._switched[v.key] = self._switched.get(v.key), leg.layer
             if switched is not None and leg.layer is not None and leg.layer > switched:
                 # Its key frame came: an SR once the new layer had RISE_SETTLE to fill
-                # the link (not the next periodic one, up to 1.5 s away) gives the answer.
+                # the link (not the next periodic one, up to 1.5 s away) measures it.
                 rose = True
                 self._check = (now + RISE_SETTLE, leg)
             elif before is not None and layer is not None and layer > before:
@@ -353,6 +363,7 @@ class Allocator:
         if check_leg is not None and now >= check_at:
             self._check = (0.0, None)
             check_leg.send_report()
+            estimate.rise_checked()
         keys = {v.key for _, v in videos} | hidden
         for key in list(self._switched):
             if key not in keys:

@@ -141,12 +141,13 @@ AUDIO_REPORT_WAIT = 8.0
 RETRANSMIT_SHARE = 0.15  # of the estimate, at most, for answering NACKs
 MIN_BACKOFF = 0.5
 # After a video moved up (the allocator spent a raised estimate), no probe until an SR
-# sent this long after its switch came back without waiting, or RISE_HOLD passed: a
-# probe that passed wrongly is shown wrong by the layer it bought, whose queue the next
-# probe's padding would otherwise hide as its own (a 1.5x probe passed on a 300 kbit/s
-# link, the next one failed with a 0.45 s queue of the new layer's, the estimate stayed
-# up until a REMB cut it below the low layers and paused a video).
-RISE_SETTLE = 0.3
+# has left this long after its switch (the allocator sends one then), or RISE_HOLD
+# passed. That SR waits behind the new layer and nothing of a probe's, so its round trip
+# shows whether the link carries the layer: a probe that passed wrongly is undone by it,
+# where the next probe's padding took that queue as its own (a 1.5x probe passed on a
+# 300 kbit/s link, the next one failed with a 0.45 s queue of the new layer's, and the
+# estimate stayed up until a REMB cut it below the low layers and paused a video).
+RISE_SETTLE = 0.2
 RISE_HOLD = 2.5
 # With the probe and its settling, a shaped link is probed every ~3.7 s, and a lifted one
 # is climbed back within ~5.5 s (issue 15 wants 10 s with the key frame and the page's
@@ -268,6 +269,7 @@ class DownlinkEstimate:
         self._cut_at = -1e9  # the last cut below what was sent (by a REMB or loss)
         self._blamed_at = -1e9  # the last probe shown wrong (_blame)
         self._rose_at = -1e9  # a video last moved up or switched up (rose)
+        self._rise_checked = True  # the SR after that has left (rise_checked)
         self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
         self._rtx_at = clock()
         # Did the latest SR sent after the last decrease wait in a queue (None: no word)
@@ -520,10 +522,23 @@ class DownlinkEstimate:
             if probe is not None and not probe.failed and sent >= probe.started:
                 log.debug("downlink %s: queue %.3f s, probe failed", self.label, queue)
                 probe.failed = True
-            if probe is None or sent < probe.started:  # (during a probe: that probe's queue)
+            # During a probe: that probe's queue, unless it is more than its padding could
+            # have built on a link that carries the estimate it started from, which the
+            # probe before it set (a 1.5x probe passed at 353k on a 300 kbit/s link; the
+            # next one's SR 0.44 s in waited 0.37 s, where its padding accounts for 0.26).
+            if probe is None or sent < probe.started or queue > self._own_queue(probe, sent):
                 self._blame(now, sent)
         if hosts:
             log.debug("downlink %s: %d round trips up with the host's", self.label, hosts)
+
+    @staticmethod
+    def _own_queue(probe: Probe, sent: float) -> float:
+        """The most queue (s) ``probe``'s padding can have built by ``sent`` on a link
+        that carries the estimate it started from: its excess over that estimate for as
+        long as it ran, at that estimate's rate, and :data:`QUEUE_DELAY` of noise."""
+        ran = max(0.0, min(sent, probe.ends) - probe.started)
+        excess = max(0.0, probe.target - probe.before) / max(probe.before, MIN_BPS)
+        return QUEUE_DELAY + ran * excess
 
     def _blame(self, now: float, since: float) -> bool:
         """A queue (or loss) seen for what was sent at ``since``: if the last probe
@@ -537,6 +552,8 @@ class DownlinkEstimate:
             return False
         last.failed = True
         log.debug("downlink %s: probe to %d shown wrong", self.label, last.target)
+        if self.probe is not None:
+            self.probe.failed = True  # the next of its series started from its figure
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         self._lower(now, last.before)
         # A cut below what is sent: REMB falls while the queue it built drains are not
@@ -578,18 +595,21 @@ class DownlinkEstimate:
 
     def rose(self) -> None:
         """A video moved up: the allocator raised its cap, or its switch to the higher
-        layer came (the key frame). Probes wait until the link is seen to carry it
-        (:data:`RISE_SETTLE`, :meth:`_settling`)."""
+        layer came (the key frame). Probes wait for :meth:`rise_checked`."""
         self._rose_at = self._clock()
+        self._rise_checked = False
+
+    def rise_checked(self) -> None:
+        """An SR left :data:`RISE_SETTLE` after the latest switch up: its round trip (it
+        waits behind that layer, not behind a probe's padding sent after it) tells
+        whether the link carries it, and a queue there undoes the probe that bought the
+        move (:meth:`_judge`). Probing may go on meanwhile."""
+        self._rise_checked = True
 
     def _settling(self, now: float) -> bool:
-        """Whether a video moved up too recently for the link's answer to be in: no SR
-        sent :data:`RISE_SETTLE` after the move has come back without waiting, and
-        :data:`RISE_HOLD` has not passed. One that waited blamed the probe that bought
-        the move (:meth:`_judge`), if any."""
-        if now - self._rose_at >= RISE_HOLD:
-            return False
-        return not (self._queued is False and self._queued_at >= self._rose_at + RISE_SETTLE)
+        """Whether a video moved up and no SR has measured the link since (at most
+        :data:`RISE_HOLD`)."""
+        return not self._rise_checked and now - self._rose_at < RISE_HOLD
 
     def allow_retransmit(self, size: int) -> bool:
         """Whether a NACKed packet of ``size`` bytes may be sent again: at most

@@ -741,12 +741,12 @@ def test_a_probe_that_passed_is_undone_when_its_rate_then_fills_a_queue() -> Non
     assert est.update() == start
 
 
-def test_no_probe_until_the_link_is_seen_to_carry_the_layer_a_passed_probe_bought() -> None:
+def test_no_probe_until_an_sr_measures_the_layer_a_passed_probe_bought() -> None:
     """A probe that passed wrongly (a shaper's token bucket took its 0.5 s of padding
-    without a queue) is shown wrong by the layer it bought, if no probe's padding runs
-    meanwhile to take the blame for that layer's queue (three Chromiums, one behind
-    300 kbit/s: the next probe failed with a 0.45 s queue, the estimate stayed up until a
-    REMB cut it below both low layers, and a video paused)."""
+    without a queue) is shown wrong by the layer it bought, as long as an SR measures
+    that layer before the next probe's padding (three Chromiums, one behind 300 kbit/s:
+    the next probe took the new layer's 0.45 s queue for its own failure, the estimate
+    stayed up until a REMB cut it below both low layers, and a video paused)."""
     for link_carries_it in (False, True):
         clock = Clock()
         est = DownlinkEstimate(clock)
@@ -757,25 +757,33 @@ def test_no_probe_until_the_link_is_seen_to_carry_the_layer_a_passed_probe_bough
         est.rose()  # the allocator moved a video up on it
         clock.now += 0.4
         est.rose()  # ... and its key frame came: the switch
-        # An SR sent just after the switch says nothing yet; the series' next probe waits
-        # past its backoff.
-        est.on_rtt(0.003, 0.0)
         clock.now += downlink.MIN_BACKOFF
         est.update()
+        # The series' next probe waits past its backoff for the SR after the switch.
         assert est.padding_bps(100_000_000, sending=est.bps) == 0 and est.probe is None
-        # The SR sent RISE_SETTLE after the switch: answered with or without a queue.
-        clock.now += downlink.RISE_SETTLE - downlink.MIN_BACKOFF + 0.01
+        est.rise_checked()  # that SR left
         sent_at = clock.now
-        clock.now += 0.2
+        clock.now += 0.01
+        assert est.padding_bps(100_000_000, sending=est.bps) > 0  # the next probe
+        probe = est.probe
+        assert probe is not None
+        clock.now += 0.3
+        # Its answer: it waited behind the new layer, not behind the padding after it.
         est.on_rtt(0.003 if link_carries_it else 0.302, clock.now - sent_at)
         est.update()
         if link_carries_it:
-            assert est.bps == pytest.approx(1.5 * start)
-            assert est.padding_bps(100_000_000, sending=est.bps) > 0  # on with the series
+            assert est.bps == pytest.approx(1.5 * start) and not probe.failed
         else:
-            assert est.bps == start  # the probe is undone
-            assert est.padding_bps(100_000_000, sending=est.bps) == 0
-    # No answer at all: the hold ends after RISE_HOLD.
+            assert est.bps == start and probe.failed  # undone, and the next one with it
+            # The rest of that probe goes through unqueued: it raises nothing.
+            clock.now = probe.started + 0.9 * downlink.PROBE_SECONDS
+            est.on_rtt(0.003, 0.0)
+            clock.now = probe.ends + 0.1
+            est.on_remb(est.remb or 1_000_000)
+            clock.now = probe.settles + 0.01
+            est.update()
+            assert est.bps == start and est.probe is None
+    # No SR at all: the hold ends after RISE_HOLD.
     clock = Clock()
     est = DownlinkEstimate(clock)
     est.on_rtt(0.002, 0.002)
@@ -785,6 +793,28 @@ def test_no_probe_until_the_link_is_seen_to_carry_the_layer_a_passed_probe_bough
     assert est.padding_bps(100_000_000, sending=est.bps) == 0
     clock.now += 0.02
     assert est.padding_bps(100_000_000, sending=est.bps) > 0
+
+
+def test_a_queue_beyond_what_the_next_probes_padding_could_build_undoes_the_pass() -> None:
+    """The series' next probe fails by its own queue, but one longer than its padding
+    can have built on a link that carries the passed estimate shows that estimate wrong."""
+    for queue, undone in ((0.20, False), (0.37, True)):
+        clock = Clock()
+        est = DownlinkEstimate(clock)
+        est.on_rtt(0.002, 0.002)
+        start = est.bps
+        pass_a_probe(clock, est, start)
+        passed = est.bps
+        clock.now += downlink.MIN_BACKOFF
+        # Wanted: 1.6x the passed estimate, so the padding's excess over it is 0.6x: by
+        # 0.44 s in it accounts for 0.26 s of queue (+ 0.05 of noise) on such a link.
+        est.padding_bps(1.6 * passed, sending=passed)
+        assert est.probe is not None and est.probe.target == pytest.approx(1.6 * passed)
+        clock.now += 0.44
+        est.on_rtt(0.002 + queue, 0.0)
+        est.update()
+        assert est.probe.failed
+        assert est.bps == (start if undone else passed), queue
 
 
 def test_the_allocator_tells_the_estimate_of_a_move_up_and_asks_for_an_sr_after_the_switch() -> (
@@ -1389,6 +1419,25 @@ def test_a_layer_already_held_needs_less_headroom_to_stay() -> None:
     assert allocate(420_000, 50_000, held, keep=1.0) == {"v": 0}
 
 
+def test_a_move_up_fits_at_the_full_rate_of_everything_chosen() -> None:
+    """The discount keeps what a video has; it does not make room for another's move up
+    (353k: audio 97k, two low layers held at 0.8 x 51k, a middle layer of 212k: 360k in
+    all went to a link that carried 300k)."""
+    videos = [
+        Video("a", rank=0, rates=(51_500, 218_000), current=0),
+        Video("b", rank=2, rates=(51_500, 212_000), current=0),
+    ]
+    assert allocate(353_000, 96_600, videos) == {"a": 0, "b": 0}
+    assert allocate(362_000, 96_600, videos) == {"a": 0, "b": 1}
+    # Held, the same layers stay at the discount: 0.8 x (51.5k + 212k) + 96.6k < 330k.
+    held = [Video("a", 0, (51_500, 218_000), 0), Video("b", 2, (51_500, 212_000), 1)]
+    assert allocate(330_000, 96_600, held) == {"a": 0, "b": 1}
+    # A paused video's low layer comes back only at its full rate too.
+    paused = [Video("a", 0, (51_500, 218_000), 0), Video("b", 2, (51_500, 212_000), None)]
+    assert allocate(195_000, 96_600, paused) == {"a": 0, "b": None}
+    assert allocate(200_000, 96_600, paused) == {"a": 0, "b": 0}
+
+
 class _Track:
     def __init__(self, publisher_id: str, price: float | None = None) -> None:
         self.publisher_id = publisher_id
@@ -1438,6 +1487,9 @@ class _FixedEstimate:
         return self.brake
 
     def rose(self) -> None:
+        pass
+
+    def rise_checked(self) -> None:
         pass
 
 
