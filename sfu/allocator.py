@@ -15,7 +15,8 @@ most, then the rest:
 
 Hysteresis, so it does not flap: a layer a video already has is priced at
 :data:`KEEP` of its rate (in full on the tick the estimate fell: a cut takes effect at
-once; a layer it does not have must fit at the full rate of everything chosen), and a video that was moved down (or paused) is not moved up
+once; a layer it does not have must fit at the full rate of everything chosen), and a
+video that was moved down (or paused) is not moved up
 again for :data:`HOLD_UP` seconds, nor at all (when the link moved it) before the
 estimate rose above the one it was moved down at. Moves down happen at once: they
 protect the audio.
@@ -82,7 +83,8 @@ def allocate(
 ) -> dict[str, int | None]:
     """The layer each video gets (``None``: paused) when ``budget`` bits/s are there
     and ``audio`` of them go to the voices first; a layer a video already has costs
-    ``keep`` of its rate."""
+    ``keep`` of its rate, and a layer it does not have must also fit with every layer
+    held or chosen at its full rate."""
     left = budget - audio
     # What is left with every chosen layer at its full rate: a layer a video does not
     # have yet must fit in that too. Priced against the others' discount, a move up
@@ -119,6 +121,16 @@ def allocate(
                 left -= extra
                 full -= more
                 upgraded = True
+
+    # The check above saw only the layers chosen so far, in the order it went: a held
+    # layer added later can still leave a new one above what fits at full rate. Those
+    # new layers go again, worst rank first, until what is chosen fits.
+    def spent() -> float:
+        return sum(v.rates[layer] for v in order if (layer := out[v.key]) is not None)
+
+    for v in reversed(order):
+        while (layer := out[v.key]) is not None and not held(v, layer) and spent() > budget - audio:
+            out[v.key] = layer - 1 if layer > 0 else None
     return out
 
 
@@ -171,7 +183,8 @@ class Allocator:
         # track id -> the estimate at which the link moved it down (up again above it)
         self._down_budget: dict[str, float] = {}
         self._switched: dict[str, int | None] = {}  # the layer each video was forwarding last tick
-        self._check: tuple[float, Leg | None] = (0.0, None)  # an SR due after a switch up
+        self._check_at: float | None = None  # SRs due after a switch up (rose)
+        self._resumed: set[str] = set()  # videos resumed, their first key frame not in yet
         self._ranks: dict[str, int] = {}  # track id -> its rank at the last tick
         self._paused: dict[str, bool] = {}  # track id -> paused for the link (told the page)
         self._caps: dict[str, int | None] = {}  # track id -> the cap last set
@@ -332,13 +345,19 @@ class Allocator:
             # Moved up now, or its switch up came since the last tick: the link's answer
             # to the higher rate is due before the next probe (DownlinkEstimate.rose).
             switched, self._switched[v.key] = self._switched.get(v.key), leg.layer
-            if switched is not None and leg.layer is not None and leg.layer > switched:
-                # Its key frame came: an SR once the new layer had RISE_SETTLE to fill
-                # the link (not the next periodic one, up to 1.5 s away) measures it.
+            if leg.layer is not None and (
+                (switched is not None and leg.layer > switched) or v.key in self._resumed
+            ):
+                self._resumed.discard(v.key)
+                # Its key frame came: SRs once the new layer had RISE_SETTLE to fill the
+                # link (not the next periodic ones, up to 1.5 s away) measure it.
                 rose = True
-                self._check = (now + RISE_SETTLE, leg)
-            elif before is not None and layer is not None and layer > before:
+                self._check_at = now + RISE_SETTLE
+            elif layer is not None and before is not None and layer > before:
                 rose = True
+            elif layer is not None and before is None and v.key in self.layers:
+                rose = True  # resumed: a move up too, its switch the first key frame
+                self._resumed.add(v.key)
             if layer is not None:
                 used += v.rates[layer]
             viewed = self._layers(leg)
@@ -359,15 +378,20 @@ class Allocator:
             leg.temporal = 0 if braking and (leg.layer or 0) > 0 else None
         if rose:
             estimate.rose()
-        check_at, check_leg = self._check
-        if check_leg is not None and now >= check_at:
-            self._check = (0.0, None)
-            check_leg.send_report()
+        if self._check_at is not None and now >= self._check_at and estimate.probe is None:
+            # On every video leg that forwards: Chromium answers a stream's latest SR
+            # only, so one on the leg the next probe pads and reports on would go
+            # unanswered. Not while a probe runs: its own SR would be the one replaced.
+            self._check_at = None
+            for leg, _ in videos:
+                if leg.layer is not None:
+                    leg.send_report()
             estimate.rise_checked()
         keys = {v.key for _, v in videos} | hidden
         for key in list(self._switched):
             if key not in keys:
                 del self._switched[key]
+        self._resumed &= keys
         for key in list(self.layers):
             if key not in keys:
                 del self.layers[key]

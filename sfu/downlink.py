@@ -34,8 +34,9 @@ This is the other direction: what a subscriber can receive, so the allocator
   a failure waits twice as long before the next (up to :data:`MAX_BACKOFF`), so a
   shaped link is probed every few seconds by a little and a freed one climbs within
   seconds. No probe goes into the queue a decrease answered while it may still be full
-  (:meth:`DownlinkEstimate._draining`), nor starts before the link was seen to carry a
-  layer the allocator moved up to (:meth:`DownlinkEstimate._settling`).
+  (:meth:`DownlinkEstimate._draining`), nor before SRs have left behind a layer the
+  allocator moved up to, whose answer undoes the probe if the link queued it
+  (:meth:`DownlinkEstimate._settling`).
 
 Time comes from an injected clock so tests can drive it.
 """
@@ -140,9 +141,9 @@ NO_WORD_WAIT = 1.5  # s more to wait for a REMB after a probe before it counts a
 AUDIO_REPORT_WAIT = 8.0
 RETRANSMIT_SHARE = 0.15  # of the estimate, at most, for answering NACKs
 MIN_BACKOFF = 0.5
-# After a video moved up (the allocator spent a raised estimate), no probe until an SR
-# has left this long after its switch (the allocator sends one then), or RISE_HOLD
-# passed. That SR waits behind the new layer and nothing of a probe's, so its round trip
+# After a video moved up (the allocator spent a raised estimate), no probe until SRs
+# have left this long after its switch (the allocator sends them then, on every video
+# leg), or RISE_HOLD passed. That SR waits behind the new layer and nothing of a probe's, so its round trip
 # shows whether the link carries the layer: a probe that passed wrongly is undone by it,
 # where the next probe's padding took that queue as its own (a 1.5x probe passed on a
 # 300 kbit/s link, the next one failed with a 0.45 s queue of the new layer's, and the
@@ -600,15 +601,15 @@ class DownlinkEstimate:
         self._rise_checked = False
 
     def rise_checked(self) -> None:
-        """An SR left :data:`RISE_SETTLE` after the latest switch up: its round trip (it
-        waits behind that layer, not behind a probe's padding sent after it) tells
+        """SRs left :data:`RISE_SETTLE` after the latest switch up: their round trips
+        (they wait behind that layer, not behind a probe's padding sent after them) tell
         whether the link carries it, and a queue there undoes the probe that bought the
         move (:meth:`_judge`). Probing may go on meanwhile."""
         self._rise_checked = True
 
     def _settling(self, now: float) -> bool:
-        """Whether a video moved up and no SR has measured the link since (at most
-        :data:`RISE_HOLD`)."""
+        """Whether a video moved up and no SR has left since its switch to measure the
+        link (at most :data:`RISE_HOLD`)."""
         return not self._rise_checked and now - self._rose_at < RISE_HOLD
 
     def allow_retransmit(self, size: int) -> bool:
