@@ -143,11 +143,12 @@ RETRANSMIT_SHARE = 0.15  # of the estimate, at most, for answering NACKs
 MIN_BACKOFF = 0.5
 # After a video moved up (the allocator spent a raised estimate), no probe until SRs
 # have left this long after its switch (the allocator sends them then, on every video
-# leg), or RISE_HOLD passed. That SR waits behind the new layer and nothing of a probe's, so its round trip
-# shows whether the link carries the layer: a probe that passed wrongly is undone by it,
-# where the next probe's padding took that queue as its own (a 1.5x probe passed on a
-# 300 kbit/s link, the next one failed with a 0.45 s queue of the new layer's, and the
-# estimate stayed up until a REMB cut it below the low layers and paused a video).
+# leg), or RISE_HOLD passed. Those SRs wait behind the new layer and nothing of a
+# probe's, so their round trips show whether the link carries the layer: a probe that
+# passed wrongly is undone by them, where the next probe's padding took that queue as
+# its own (a 1.5x probe passed on a 300 kbit/s link, the next one failed with a 0.45 s
+# queue of the new layer's, and the estimate stayed up until a REMB cut it below the low
+# layers and paused a video).
 RISE_SETTLE = 0.2
 RISE_HOLD = 2.5
 # With the probe and its settling, a shaped link is probed every ~3.7 s, and a lifted one

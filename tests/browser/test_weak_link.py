@@ -408,18 +408,18 @@ def video_change(
     the longest is at most total - (n-1)*0.15 s."""
     a, b = video_of(before, pid), video_of(after, pid)
     d = {k: b[k] - a[k] for k in a}
-    d["bound"] = max(0.0, d["freezeSeconds"] - max(0, d["freezes"] - 1) * 0.15)
+    d["bound"] = longest_of(d["freezeSeconds"], d["freezes"])
+    mine = [f for f in freezes if f["participant"] == pid]
     # A step of several freezes (the page read late) counts with the same bound.
-    d["longest"] = max(
-        (
-            max(0.0, f["seconds"] - (f["count"] - 1) * 0.15)
-            for f in freezes
-            if f["participant"] == pid
-        ),
-        default=0.0,
-    )
-    d["each"] = [round(f["seconds"], 2) for f in freezes if f["participant"] == pid]
+    d["longest"] = max((longest_of(f["seconds"], f["count"]) for f in mine), default=0.0)
+    d["each"] = [round(f["seconds"], 2) for f in mine]
     return d
+
+
+def longest_of(seconds: float, count: int) -> float:
+    """The longest of ``count`` freezes lasting ``seconds`` in all, at most: each of the
+    others lasted at least ~150 ms (Chromium's definition)."""
+    return max(0.0, seconds - max(0, count - 1) * 0.15)
 
 
 def show_change(what: str, name: str, d: dict[str, Any]) -> str:
