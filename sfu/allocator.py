@@ -387,6 +387,13 @@ class Allocator:
                 if leg.layer is not None:
                     leg.send_report()
             estimate.rise_checked()
+        if estimate.reports_wanted and estimate.probe is None:
+            # A brake started: whether the fall is this link's queue (DownlinkEstimate.
+            # reports_wanted). During a probe its own SRs tell.
+            estimate.reports_wanted = False
+            for leg, _ in videos:
+                if leg.layer is not None:
+                    leg.send_report()
         keys = {v.key for _, v in videos} | hidden
         for key in list(self._switched):
             if key not in keys:

@@ -108,6 +108,15 @@ REMB_FAR = 0.5
 # long): a 300 kbit/s link's queue took 2.4 s to drain after the move down, and the REMB
 # said 88k meanwhile (weak5's T12: cut 2.6 s after the first one, a video paused).
 DRAIN_MAX = 6.0
+# ... unless the queue behind the SRs sent after the cut grows: then what the cut left
+# still overfills the link, and a further fall is news. An SR sent at least CUT_SETTLE
+# after the cut (the layers it moved have moved) waited QUEUE_GROWTH longer than the
+# first one sent after it (a 300 kbit/s link cut to 357k on the first REMB: one video
+# stayed on its middle layer, the queue grew 0.15 -> 0.21 s while REMBs of 217k, 157k
+# and 127k were taken for the drain, a probe started once the brake had hidden it, and
+# two videos froze over 1 s).
+CUT_SETTLE = 0.2
+QUEUE_GROWTH = 0.03
 # Chromium's REMB on overuse is this share of what arrives; a figure above it of what we
 # send says all of it arrives.
 REMB_BETA = 0.85
@@ -262,6 +271,9 @@ class DownlinkEstimate:
         self.probe: Probe | None = None
         self._last_probe: Probe | None = None  # the one before (PROBE_BLAME)
         self._rtts: deque[tuple[float, float]] = deque()  # (when, round trip s)
+        # Round trips of the connection's consent checks (baseline): part of the
+        # empty-queue minimum, not answers to SRs.
+        self._base_rtts: deque[tuple[float, float]] = deque()
         # Round trips not judged yet (when, SR sent, queue, the probe then): judged on the
         # next update, once the other connections' reports that a stall delayed with
         # this one have been seen too (HostJumps).
@@ -272,11 +284,18 @@ class DownlinkEstimate:
         self._blamed_at = -1e9  # the last probe shown wrong (_blame)
         self._rose_at = -1e9  # a video last moved up or switched up (rose)
         self._rise_checked = True  # the SR after that has left (rise_checked)
+        # A brake started: the allocator sends an SR on every forwarding video leg now
+        # (reports_sent), whose round trip says within ~0.5 s whether this link queues.
+        self.reports_wanted = False
         self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
         self._rtx_at = clock()
         # Did the latest SR sent after the last decrease wait in a queue (None: no word)
         self._queued: bool | None = None
         self._queued_at = -1e9  # when the SR behind it was sent
+        # The first SR sent after the last decrease (sent, queue), and whether one sent
+        # CUT_SETTLE later waited QUEUE_GROWTH longer (the cut left the link overfull).
+        self._first_after_cut: tuple[float, float] | None = None
+        self._cut_short = False
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
         self._rr_last: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq, lost)
         # Streams whose receiver had all we sent and got nothing new: the source paused
@@ -330,6 +349,10 @@ class DownlinkEstimate:
 
     def on_remb(self, bps: int) -> None:
         now = self._clock()
+        if self._unjudged:
+            # The receiver report that came in the same compound packet, before the REMB:
+            # a queue it shows confirms the fall now, not at the next update.
+            self._judge(now)
         last, self.remb = self.remb, bps
         self._remb_at = now
         if self._first_remb_at is None:
@@ -337,6 +360,14 @@ class DownlinkEstimate:
         evidence = self._overfull(now)
         probe = self.probe
         sending = probe.target if probe is not None and now <= probe.settles else self.sent_bps
+        log.debug(
+            "downlink %s: REMB %d, sending %d, estimate %d%s",
+            self.label,
+            bps,
+            sending,
+            self.bps,
+            ", evidence" if evidence else "",
+        )
         if bps >= sending - self.unstamped_bps:
             # Still above what we send with abs-send-time: Chromium's REMB follows
             # what arrives (it stays about 1.5x above it), so it falls when *we* send
@@ -376,18 +407,23 @@ class DownlinkEstimate:
         # after a probe raised ours: not the link. (Round trips as the sign of a queue
         # were tried: under load their noise cut unshaped links and slowed climbs.)
         flat = last is not None and bps <= last  # a climbing receiver's REMB rises each time
-        below = figure < REMB_DROP * self.bps and flat and self.loss > LOSS_LOW
+        # ... or while the queue behind the SRs sent after the last cut grew and still
+        # waits (CUT_SETTLE): Chromium's REMB sat flat at 129k while a cut to 395k kept one
+        # video on its middle layer of a 300 kbit/s link.
+        short = self._cut_short_of_it(now)
+        below = figure < REMB_DROP * self.bps and flat and (self.loss > LOSS_LOW or short)
         if not (fell or below):
             return
         if (
             now - self._loss_cut_at < REMB_AFTER_LOSS
             and self._last_decrease <= self._loss_cut_at  # (not since a REMB's cut)
             and figure >= REMB_FAR * self.bps
+            and not self._cut_short_of_it(now)
         ):
             return  # the overuse the loss-based cut just answered
         since = now - self._cut_at
         draining = since < REMB_AFTER_LOSS or (self._queued is not False and since < DRAIN_MAX)
-        if draining and figure >= REMB_FAR * self.bps and probe is None:
+        if draining and figure >= REMB_FAR * self.bps and probe is None and not short:
             return  # the overuse a cut just answered, its queue draining (a probe's fails it)
         # Confirmed by a second fall, or by our own round trips or the receiver reports:
         # a busy receiver's jitter builds no queue on the link and loses nothing.
@@ -424,6 +460,8 @@ class DownlinkEstimate:
         if now >= self.brake_until:
             log.debug("downlink %s: brake (REMB %d, sending %d)", self.label, bps, self.sent_bps)
             self._brake_since = now
+            # Is it the link? An SR sent now waits behind whatever queue the fall answers.
+            self.reports_wanted = True
         self.brake_until = now + BRAKE_SECONDS
         self._on_brake()
 
@@ -477,10 +515,30 @@ class DownlinkEstimate:
         rtts.append((now, rtt))
         while rtts[0][0] < now - RTT_BASE_WINDOW:
             rtts.popleft()
-        self.queue_delay = rtt - min(r for _, r in rtts)
+        base = self._base_rtts
+        while base and base[0][0] < now - RTT_BASE_WINDOW:
+            base.popleft()
+        self.queue_delay = rtt - min(
+            min(r for _, r in rtts), min((r for _, r in base), default=rtt)
+        )
+        log.debug(
+            "downlink %s: round trip %.3f s (queue %.3f s)", self.label, rtt, self.queue_delay
+        )
         if self._host is not None:  # every sample: the others' calm counts too
             self._host.note(now, self.label, self.queue_delay)
         self._unjudged.append((now, now - age, self.queue_delay, self.probe))
+
+    def baseline(self, rtt: float) -> None:
+        """The round trip of one of the connection's ICE consent checks (sfu.ice.mark):
+        a binding request waits in the link's queue as an SR does, and the first one
+        leaves as the connection comes up, before any media. So the minimum a queue is
+        measured from holds an empty-queue figure even when the link was full before the
+        first SR was answered (a link shaped a second into the call: every SR's round
+        trip was ~0.3 s, a queue of 0, and the cut waited 4 s for loss)."""
+        now = self._clock()
+        self._base_rtts.append((now, rtt))
+        while self._base_rtts[0][0] < now - RTT_BASE_WINDOW:
+            self._base_rtts.popleft()
 
     def _judge(self, now: float) -> None:
         """The round trips since the last update: did a probe's padding build a queue,
@@ -506,6 +564,21 @@ class DownlinkEstimate:
             if sent >= self._last_decrease and not host:
                 self._queued = queue > QUEUE_DELAY
                 self._queued_at = sent
+                first = self._first_after_cut
+                if first is None or self._last_decrease <= -1e9:
+                    self._first_after_cut = (sent, queue)
+                elif (
+                    not self._cut_short
+                    and sent >= self._last_decrease + CUT_SETTLE
+                    and queue > first[1] + QUEUE_GROWTH
+                ):
+                    log.debug(
+                        "downlink %s: queue grew %.3f -> %.3f s after the cut",
+                        self.label,
+                        first[1],
+                        queue,
+                    )
+                    self._cut_short = True
             if queue <= QUEUE_DELAY:
                 # Only the probe's own SR, not one sent after it, when the queue its
                 # padding built had drained (REVIEW4 #9 for a paused link; for video
@@ -587,13 +660,22 @@ class DownlinkEstimate:
         held a paused video 6 s, and the climb back took 12 s (stop 30's run R5)."""
         return now < self._loss_from and not self._drained(now)
 
+    def _queues(self, now: float) -> bool:
+        """Whether the latest SR sent after the last decrease, lately, waited in a queue
+        of this link's own."""
+        return self._queued is True and now - self._queued_at < LOSS_REFRESH
+
+    def _cut_short_of_it(self, now: float) -> bool:
+        """Whether the last cut left the link overfull: the queue behind the SRs sent
+        after it grew (CUT_SETTLE), and the latest one still waited."""
+        return self._cut_short and self._queues(now)
+
     def _overfull(self, now: float, heavy: bool = False) -> bool:
         """Whether this link shows, by our own measures, that it gets more than it
         carries: the latest round trip judged (of an SR sent within :data:`LOSS_REFRESH`,
         after the last decrease) waited in a queue of this link's own, or its receivers
         report loss above :data:`LOSS_LOW` (``heavy``: :data:`LOSS_HIGH`)."""
-        queued = self._queued is True and now - self._queued_at < LOSS_REFRESH
-        return queued or self.loss > (LOSS_HIGH if heavy else LOSS_LOW)
+        return self._queues(now) or self.loss > (LOSS_HIGH if heavy else LOSS_LOW)
 
     def rose(self) -> None:
         """A video moved up: the allocator raised its cap, or its switch to the higher
@@ -747,6 +829,8 @@ class DownlinkEstimate:
     def _lower(self, now: float, bps: float) -> None:
         self._last_decrease = now
         self._queued = None
+        self._first_after_cut = None
+        self._cut_short = False
         if bps < self.bps:
             # What the reports in flight say was sent before this decrease took effect.
             self._reports.clear()
@@ -773,7 +857,10 @@ class DownlinkEstimate:
         if probe is None:
             if want <= self.bps * 1.02 or now < self._next_probe or self.loss > LOSS_LOW:
                 return 0.0
-            if self._draining(now) or self._settling(now):
+            if self._draining(now) or self._settling(now) or self._queues(now):
+                # (A probe into a queue fails, and adds to it: a cut to 395k left one
+                # video on its middle layer of a 300 kbit/s link, an SR waited 0.16 s, and
+                # a probe to 553k started 0.2 s later: 8 % loss, a 3.5 s freeze.)
                 return 0.0
             if now < self.brake_until + BRAKE_MEASURE:
                 # The videos are thinned (or were, within what the allocator's measure of

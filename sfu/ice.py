@@ -55,6 +55,7 @@ _SFU = "_roundtable_sfu"  # marks an aioice Connection of the SFU's own
 _CONSENT = "_roundtable_consent"  # the _Consent checking an SFU connection now
 _EXPIRED = "_roundtable_expired"  # set while an SFU connection's consent has expired
 _ON_CONSENT = "_roundtable_on_consent"  # the owner's callback: consent lost / regained
+_ON_RTT = "_roundtable_on_rtt"  # the owner's callback: a consent check's round trip
 _original_query_consent = aioice.ice.Connection.query_consent
 _original_close = aioice.ice.Connection.close
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)\s*$", re.M)
@@ -84,27 +85,37 @@ def connections(pc: RTCPeerConnection) -> list[aioice.Connection]:
     return [transport._connection for transport in _transports(pc)]
 
 
-def mark(pc: RTCPeerConnection, on_consent: Callable[[bool], None] | None = None) -> None:
+def mark(
+    pc: RTCPeerConnection,
+    on_consent: Callable[[bool], None] | None = None,
+    on_rtt: Callable[[float], None] | None = None,
+) -> None:
     """Treat ``pc``'s connections as the SFU's (patient consent, restartable).
 
     Call once the transceivers exist (before or after ``setLocalDescription``: aiortc
     creates a transceiver's transports in ``addTransceiver``), before the checks succeed,
     and again after adding transceivers. ``on_consent(False)`` is called when a
     connection's consent expires (stop sending media), ``on_consent(True)`` when a
-    restart won it back; each once per change.
+    restart won it back; each once per change. ``on_rtt(seconds)`` gets the round trip
+    of each answered consent check, the first one sent as the connection comes up,
+    before any media (sfu.downlink.DownlinkEstimate.baseline).
     """
     for connection in connections(pc):
-        mark_connection(connection, on_consent)
+        mark_connection(connection, on_consent, on_rtt)
 
 
 def mark_connection(
-    connection: aioice.Connection, on_consent: Callable[[bool], None] | None = None
+    connection: aioice.Connection,
+    on_consent: Callable[[bool], None] | None = None,
+    on_rtt: Callable[[float], None] | None = None,
 ) -> None:
     """:func:`mark` for one aioice connection (a test seam: no peer connection needed)."""
     install()
     setattr(connection, _SFU, True)
     if on_consent is not None:
         setattr(connection, _ON_CONSENT, on_consent)
+    if on_rtt is not None:
+        setattr(connection, _ON_RTT, on_rtt)
 
 
 def consented(connection: aioice.Connection) -> bool:
@@ -284,7 +295,11 @@ class _Consent:
         return getattr(c, _CONSENT, None) is self and not (c._closed or c._closing)
 
     def start(self) -> None:
-        self.schedule()
+        # A first check at once, not a consent interval later: its round trip, taken
+        # before any media queues on the link, is the empty-queue baseline the
+        # subscriber's estimate measures queues against (a link shaped a second after
+        # the call started showed 0.3 s from its first SR on, and read as no queue).
+        self.check()
         self.arm(self.window())
 
     def arm(self, delay: float) -> None:
@@ -333,7 +348,13 @@ class _Consent:
         request.forget()
         self.pending.remove(request)
         if ok and self.live():
-            self.last_success = asyncio.get_running_loop().time()
+            self.last_success = now = asyncio.get_running_loop().time()
+            callback = getattr(self.connection, _ON_RTT, None)
+            if callback is not None:
+                try:
+                    callback(now - request.sent)
+                except Exception:
+                    log.exception("connection %s: round-trip callback failed", self.connection._id)
 
     def lapse(self) -> None:
         """The window since the last success may have passed: expire, or look again

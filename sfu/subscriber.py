@@ -152,7 +152,7 @@ class Subscriber:
             self._pending.append((leg, fwd))
         offer = await self.pc.createOffer()
         gather_on(self.pc, self._ports)
-        ice.mark(self.pc, self._consent)
+        ice.mark(self.pc, self._consent, self.estimate.baseline)
         await self.pc.setLocalDescription(offer)
         self.negotiating = True
         tracks = tuple(

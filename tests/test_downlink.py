@@ -241,15 +241,125 @@ def test_a_remb_below_what_we_send_counts_in_the_warm_up_once_the_link_queues() 
     assert est.update() == 330_000
 
 
+def test_a_brake_asks_for_an_sr_whose_queue_confirms_the_next_fall_in_the_warm_up() -> None:
+    """A 300 kbit/s shaping in a call's first seconds: Chromium's REMB fell below what we
+    sent 1.25 s after it (brake), then every ~0.2 s, but a warm-up fall cuts nothing
+    without our own word on the link, and the periodic SR that gave it came back 1.1 s
+    after the first fall (the move down 2.5-5 s after the shaping, a freeze of 1.2 s).
+    The brake asks for an SR at once (the allocator sends it on every video leg); the
+    receiver report that answers it comes in the compound packet before a REMB, and a
+    queue there makes that REMB's fall cut at once."""
+    clock = Clock()
+    lowered = []
+    est = DownlinkEstimate(clock, on_lower=lambda: lowered.append(est.bps))
+    est.sent_bps, est.unstamped_bps = 540_000, 95_000
+    est.on_rtt(0.002, 0.5)
+    est.update()
+    assert not est.reports_wanted
+    est.on_remb(314_000)
+    assert est.braking() and est.reports_wanted
+    est.reports_wanted = False  # the allocator sent them
+    clock.now += 0.2
+    est.on_rtt(0.002, 1.0)  # an older SR's answer: no queue
+    est.on_remb(259_000)
+    assert est.update() == downlink.INITIAL_BPS and not lowered and not est.reports_wanted
+    clock.now += 0.2
+    est.on_rtt(0.452, 0.6)  # the brake's SR waited 450 ms: this link queues
+    est.on_remb(205_000)  # the same compound packet, no update between
+    assert lowered == [300_000]
+    assert est.update() == 300_000
+
+
+@pytest.mark.parametrize("grows", [True, False])
+def test_a_fall_after_a_cut_is_news_while_the_queue_behind_it_grows(grows: bool) -> None:
+    """The first REMB with a queue cut a 300 kbit/s link to 357k, which kept one video
+    on its middle layer: the queue behind the SRs sent after the cut grew (0.15 ->
+    0.21 s) while the REMBs that followed (217k, 157k) were taken for that cut's drain;
+    a probe started once the brake had hidden the overfill, and both videos froze over
+    1 s (run C5). A queue that grows after the cut makes the next fall cut; one that
+    shrinks is the drain, and its falls cut nothing (weak5's T12)."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.sent_bps, est.unstamped_bps = 514_000, 95_000
+    est.on_rtt(0.005, 0.5)
+    est.update()
+    clock.now += 0.5
+    est.on_rtt(0.155, 0.3)  # this link queues
+    est.on_remb(262_000)
+    assert est.update() == 357_000
+    est.sent_bps = 352_000
+    clock.now += 0.15
+    est.on_rtt(0.151, 0.15)  # the first SR sent after the cut
+    est.on_remb(240_000)
+    assert est.update() == 357_000
+    clock.now += 0.35
+    est.on_rtt(0.206 if grows else 0.120, 0.25)  # sent 0.25 s after the cut
+    est.on_remb(157_000)
+    assert est.update() == (252_000 if grows else 357_000)
+
+
+def test_a_flat_remb_below_the_estimate_cuts_while_the_queue_after_the_cut_grows() -> None:
+    """Chromium's REMB sat flat at 129k after a cut to 395k that kept one video on its
+    middle layer of a 300 kbit/s link; the queue behind the SRs grew 0.06 -> 0.16 s, and
+    the flat figure, taken for the drain, cut nothing until a probe overfilled the link
+    (run E3: a 3.5 s freeze). Once the queue grew after the cut, a flat REMB well below
+    the estimate cuts, as it does while the link loses."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.baseline(0.002)
+    est.sent_bps, est.unstamped_bps = 497_000, 91_000
+    clock.now += 1.0
+    est.on_rtt(0.144, 0.3)
+    est.on_remb(304_000)
+    assert est.update() == 395_000
+    est.sent_bps = 355_000
+    clock.now += 0.2
+    est.on_rtt(0.063, 0.1)  # the first SR sent after the cut
+    est.on_remb(129_000)  # far below, falling: the drain (above half the estimate)
+    assert est.update() == 395_000
+    clock.now += 0.5
+    est.on_remb(129_000)
+    assert est.update() == 395_000
+    clock.now += 0.5
+    est.on_rtt(0.159, 0.4)  # sent 0.6 s after the cut: the queue grew
+    est.on_remb(129_000)  # flat
+    assert est.update() == 220_000
+    assert est.padding_bps(600_000, 220_000) == 0.0  # no probe into that queue
+
+
+@pytest.mark.parametrize("baseline", [True, False])
+def test_the_ice_checks_round_trip_is_the_baseline_when_the_link_was_full_from_the_first_sr(
+    baseline: bool,
+) -> None:
+    """A link shaped a second into the call: the first SR answered waited 0.31 s, and so
+    did every one after it, so none showed a queue (run D8: the cut waited 4 s for the
+    receivers' loss). The consent check sent as the connection came up came back in
+    2 ms: measured from that, the SRs wait 0.3 s, and the REMB below what we send cuts
+    at once."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    if baseline:
+        est.baseline(0.002)
+    clock.now += 1.5
+    est.sent_bps, est.unstamped_bps = 490_000, 95_000
+    est.on_rtt(0.312, 0.5)
+    est.on_remb(317_000)
+    assert est.update() == (412_000 if baseline else downlink.INITIAL_BPS)
+    clock.now += 0.2
+    est.on_rtt(0.31, 0.5)
+    est.on_remb(270_000)
+    assert est.update() == (412_000 if baseline else downlink.INITIAL_BPS)
+
+
 @pytest.mark.parametrize("after", ["drained", "no word", "still queued"])
 def test_no_probe_starts_into_the_queue_a_cut_left_until_it_drains(after: str) -> None:
     """A REMB cut a just-shaped 300 kbit/s link to 335k (still above it, its queue
     full); 0.5 s later a probe to 503k started into that queue, half of what was sent
     was lost and a video froze 3.9 s (the three-Chromium test, stop 30's run V4). No
     probe starts until an SR sent after the cut comes back without waiting, or the
-    reports describe the new rate (LOSS_REFRESH), whatever the SRs say then: holding
-    on while they still waited (up to DRAIN_MAX) held a paused video 6 s after a lift
-    (stop 30's run R5)."""
+    reports describe the new rate (LOSS_REFRESH) and no SR sent within LOSS_REFRESH
+    waited: holding on while SRs of any age still waited (up to DRAIN_MAX) held a paused
+    video 6 s after a lift (stop 30's run R5)."""
     clock = Clock()
     est = DownlinkEstimate(clock)
     est.sent_bps, est.unstamped_bps = 500_000, 90_000
@@ -279,7 +389,13 @@ def test_no_probe_starts_into_the_queue_a_cut_left_until_it_drains(after: str) -
         est.update()
     else:
         clock.now = cut_at + downlink.LOSS_REFRESH + 0.01
-        est.on_rtt(0.3, 0.3)  # still waiting: the probe's own rules judge that
+        est.on_rtt(0.3, 0.3)  # still waiting: no probe into that queue ...
+        est.update()
+        assert est.padding_bps(600_000, est.sent_bps) == 0.0 and est.probe is None
+        # ... but no longer than LOSS_REFRESH after the last SR that waited was sent (an
+        # answer that never comes, or the same old one echoed, holds nothing: a paused
+        # video held for DRAIN_MAX after a lift, stop 30's run R5)
+        clock.now += downlink.LOSS_REFRESH - 0.3
         est.update()
     assert est.padding_bps(600_000, est.sent_bps) > 0
     assert est.probe is not None and est.probe.target == pytest.approx(335_000 * 1.5)
@@ -854,6 +970,25 @@ def test_the_allocator_tells_the_estimate_of_a_move_up_and_asks_for_an_sr_after_
     assert [getattr(leg, "reports", 0) for leg in legs] == [0, 2, 2]
 
 
+def test_the_allocator_sends_the_sr_a_brake_asks_for_on_every_forwarding_video_leg() -> None:
+    estimate = _FixedEstimate(260_000)  # audio and both low layers
+    legs, alloc, run = _two_videos(estimate, {"A": 1, "B": 2}, [300_000.0])
+    run(1.0)
+    reports = [getattr(leg, "reports", 0) for leg in legs]
+    estimate.reports_wanted = True
+    estimate.probe = object()  # type: ignore[assignment]
+    run(TICK)  # a probe's own SRs tell
+    assert [getattr(leg, "reports", 0) for leg in legs] == reports and estimate.reports_wanted
+    estimate.probe = None
+    run(TICK)
+    assert [getattr(leg, "reports", 0) - r for leg, r in zip(legs, reports, strict=True)] == [
+        0,
+        1,
+        1,
+    ]
+    assert not estimate.reports_wanted
+
+
 def test_a_new_layer_fits_at_full_rate_whatever_order_the_videos_are_visited_in() -> None:
     """(review) The step-by-step check saw only the layers chosen so far: a move up of a
     better-ranked video, or a resume, passed before a held layer of a worse-ranked one
@@ -894,12 +1029,16 @@ def test_a_probe_on_a_link_with_a_standing_queue_fails_however_steady_the_queue(
     not the seconds before it: a tbf link at its rate keeps a standing queue (run a1:
     0.12 s once the shaping's 0.45 s had drained) and drops what does not fit, so a
     1.5x probe's SRs come back no later than the ones before it. Judged against those,
-    it passed on a 300 kbit/s link; the video moved up and froze 3.5 s."""
+    it passed on a 300 kbit/s link; the video moved up and froze 3.5 s. (No probe starts
+    while the latest SR waited; one that starts after the SRs stopped coming, say the
+    link's queue was gone, still fails on that queue.)"""
     clock = Clock()
     est = DownlinkEstimate(clock)
     _resting_round_trips(clock, est, [0.002] * 8)  # before the shaping
     _resting_round_trips(clock, est, [0.45] * 8 + [0.12] * 4)  # its queue, drained to 0.12
     before = est.bps
+    assert est.padding_bps(100_000_000, sending=before) == 0.0 and est.probe is None
+    clock.now += downlink.LOSS_REFRESH
     assert _probe_with_round_trips(clock, est, [0.12, 0.12]) == before
 
 
@@ -1502,6 +1641,7 @@ class _FixedEstimate:
     label = "fixed"
     probe = None
     sent_bps = unstamped_bps = 0.0
+    reports_wanted = False
 
     def __init__(self, bps: float) -> None:
         self.bps = bps

@@ -493,3 +493,24 @@ def test_a_restart_that_never_connects_still_ends_sending(
             await room.close()
 
     run_like_the_server(setup, body)
+
+
+async def test_the_first_consent_check_leaves_at_once_and_gives_the_estimate_its_baseline() -> None:
+    """The subscriber's downlink estimate measures queues from the lowest round trip it
+    saw. When a link filled before the first SR was answered (a participant who joins on
+    a narrow link, or a link shaped a second into the call), every SR's round trip had
+    the queue in it and none showed one. The first consent check leaves as the
+    connection comes up, before any media, and its round trip is that baseline; the
+    next one follows a consent interval (4-6 s) later."""
+    room = Room("room-consent-baseline", MediaConfig(media_host=MEDIA_HOST))
+    try:
+        await room.join("a", (220, 30, 30))
+        b = await room.join("b", (30, 200, 30))
+        await wait_for(lambda: b.decoded("a", "video") >= 5, 20)
+        estimate = room.router.subscribers["b"].estimate
+        base = list(estimate._base_rtts)
+        assert base, "no consent check answered yet"
+        assert all(0 < rtt < 0.5 for _, rtt in base), base
+        assert len(base) == 1  # the first one; the interval's are seconds away
+    finally:
+        await room.close()
