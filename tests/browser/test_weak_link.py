@@ -18,7 +18,7 @@ trips the estimator judges probes by jumped with the CPU load on every connectio
 once, and the climb took 18-60 s at load 20-30 (NOTES-weak3); since the estimator takes
 such a jump for the host's, not the link's (sfu.downlink.HostJumps), it took 3.9-8.0 s in
 every run, at load 8-10 too (NOTES-weak4). The other goal, no freeze over 1 s, is printed
-and asserted at 3 s in the steady window and across the climb (each freeze on its own: the
+and asserted in the steady window and across the climb (each freeze on its own: the
 client's page reads getStats every 100 ms, harness.watch_freezes; from the totals of two
 samples alone, two freezes of 0.7 s read as "at most 1.28 s"): a 1.5x probe that passes
 wrongly on the shaped link moves a video up for a second and freezes it about 1 s. Since
@@ -32,7 +32,12 @@ the move down"), 0.36-1.49 s (median 1.0 s) in 14 runs at load 3-6; since the fi
 below what is sent thins the videos to temporal layer 0 at once (the brake, docs/bench.md
 "Issue 15: the brake"), 0.23-1.05 s (median 0.45 s, 1 of 16 over 1 s) against 0.55-1.29 s
 (median 0.95 s) without it in the same half hour; measured per freeze since (stop 32),
-median 0.3 s, 1 of 60 over 1 s; asserted at 3 s like the others. The bench
+median 0.3 s, 1 of 60 over 1 s. Since the estimate takes the ICE consent check's round
+trip as the empty link's, asks for an SR when it brakes and cuts again when the queue
+grows after a cut (docs/bench.md, "Issue 15: the move down in a call's first
+seconds"), at most 0.80 s in 16 runs (32 videos), and the steady window and the climb
+at most 0.25 s. Asserted: under 1 s in the steady window and across the climb (issue
+15's goal), under 2 s at the move down (a network event before any switch). The bench
 (`roundtable-bench --link`) measures the same on a delayed, lossy link, and the unit test
 test_a_lifted_link_is_climbed_back_within_a_few_seconds_whenever_it_is_lifted holds the
 climb on a fake clock.
@@ -653,13 +658,17 @@ async def _shaped_and_lifted(
         + " / ".join(f"{name} {down[name]['longest']:.2f} s" for name in ("caseworker", "partner"))
     )
     # Switching at key frames: the video keeps decoding across each switch (a new key
-    # frame on the way up, the decoder never stuck): issue 15's goal is no freeze over 1 s
-    # (the bound from getStats' count and total) in the steady window, across the climb
-    # and at the move down, printed above; asserted at 3 s (a wrongly passed probe; the
-    # move down's detection, module docstring).
+    # frame on the way up, the decoder never stuck): issue 15's goal, no freeze over 1 s
+    # (each freeze on its own, from the page's log), in the steady window and across the
+    # climb. At the move down the freeze starts with the loss on the link the shaping
+    # narrowed, before any switch: at most 2 s (module docstring).
     for name in ("caseworker", "partner"):
-        for what, d in (("down", down[name]), ("steady", steady[name]), ("up", up[name])):
-            assert d["longest"] < 3.0, (name, what, d)
+        for what, d, most in (
+            ("down", down[name], 2.0),
+            ("steady", steady[name], 1.0),
+            ("up", up[name], 1.0),
+        ):
+            assert d["longest"] < most, (name, what, d)
         # Decoding went on (at least half the low layer's 15 frames a second).
         assert up[name]["frames"] >= 7 * up_seconds, (name, up[name], up_seconds)
         assert up[name]["keyframes"] > 0, (name, up[name])
