@@ -241,6 +241,22 @@ def test_a_remb_below_what_we_send_counts_in_the_warm_up_once_the_link_queues() 
     assert est.update() == 330_000
 
 
+def _a_link_that_queues(
+    sent: float, unstamped: float, base: float, rtt: float, age: float
+) -> tuple[Clock, DownlinkEstimate]:
+    """An estimate sending ``sent`` (``unstamped`` of it audio) whose link had a round
+    trip of ``base``; 0.5 s later an SR sent ``age`` s ago came back after ``rtt``: this
+    link queues (judged on the next update or REMB)."""
+    clock = Clock()
+    est = DownlinkEstimate(clock)
+    est.sent_bps, est.unstamped_bps = sent, unstamped
+    est.on_rtt(base, base)
+    est.update()
+    clock.now += 0.5
+    est.on_rtt(rtt, age)
+    return clock, est
+
+
 def test_a_brake_asks_for_an_sr_whose_queue_confirms_the_next_fall_in_the_warm_up() -> None:
     """A 300 kbit/s shaping in a call's first seconds: Chromium's REMB fell below what we
     sent 1.25 s after it (brake), then every ~0.2 s, but a warm-up fall cuts nothing
@@ -278,13 +294,7 @@ def test_a_fall_after_a_cut_is_news_while_the_queue_behind_it_grows(grows: bool)
     a probe started once the brake had hidden the overfill, and both videos froze over
     1 s (run C5). A queue that grows after the cut makes the next fall cut; one that
     shrinks is the drain, and its falls cut nothing (weak5's T12)."""
-    clock = Clock()
-    est = DownlinkEstimate(clock)
-    est.sent_bps, est.unstamped_bps = 514_000, 95_000
-    est.on_rtt(0.005, 0.5)
-    est.update()
-    clock.now += 0.5
-    est.on_rtt(0.155, 0.3)  # this link queues
+    clock, est = _a_link_that_queues(514_000, 95_000, 0.005, 0.155, 0.3)
     est.on_remb(262_000)
     assert est.update() == 357_000
     est.sent_bps = 352_000
@@ -360,13 +370,7 @@ def test_no_probe_starts_into_the_queue_a_cut_left_until_it_drains(after: str) -
     reports describe the new rate (LOSS_REFRESH) and no SR sent within LOSS_REFRESH
     waited: holding on while SRs of any age still waited (up to DRAIN_MAX) held a paused
     video 6 s after a lift (stop 30's run R5)."""
-    clock = Clock()
-    est = DownlinkEstimate(clock)
-    est.sent_bps, est.unstamped_bps = 500_000, 90_000
-    est.on_rtt(0.02, 0.02)
-    est.update()
-    clock.now += 0.5
-    est.on_rtt(0.45, 0.6)  # this link queues
+    clock, est = _a_link_that_queues(500_000, 90_000, 0.02, 0.45, 0.6)
     est.update()
     est.on_remb(245_000)
     cut_at = clock.now
