@@ -378,22 +378,20 @@ class Allocator:
             leg.temporal = 0 if braking and (leg.layer or 0) > 0 else None
         if rose:
             estimate.rose()
-        if self._check_at is not None and now >= self._check_at and estimate.probe is None:
-            # On every video leg that forwards: Chromium answers a stream's latest SR
-            # only, so one on the leg the next probe pads and reports on would go
-            # unanswered. Not while a probe runs: its own SR would be the one replaced.
-            self._check_at = None
-            for leg, _ in videos:
-                if leg.layer is not None:
-                    leg.send_report()
-            estimate.rise_checked()
-        if estimate.reports_wanted and estimate.probe is None:
-            # A brake started: whether the fall is this link's queue (DownlinkEstimate.
-            # reports_wanted). During a probe its own SRs tell.
+        # SRs on every video leg that forwards, after a move up (its check) or when a
+        # brake started (DownlinkEstimate.reports_wanted: is the fall this link's
+        # queue?). On every leg: Chromium answers a stream's latest SR only, so one on
+        # the leg the next probe pads and reports on would go unanswered. Not while a
+        # probe runs: its own SR would be the one replaced, and its SRs tell.
+        check = self._check_at is not None and now >= self._check_at
+        if (check or estimate.reports_wanted) and estimate.probe is None:
             estimate.reports_wanted = False
             for leg, _ in videos:
                 if leg.layer is not None:
                     leg.send_report()
+            if check:
+                self._check_at = None
+                estimate.rise_checked()
         keys = {v.key for _, v in videos} | hidden
         for key in list(self._switched):
             if key not in keys:

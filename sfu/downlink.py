@@ -168,6 +168,12 @@ FIRST_PROBE = 1.5
 NEXT_PROBE = 2.0
 
 
+def _trim(samples: deque[tuple[float, float]], now: float) -> None:
+    """Drop the (when, round trip) samples older than :data:`RTT_BASE_WINDOW`."""
+    while samples and samples[0][0] < now - RTT_BASE_WINDOW:
+        samples.popleft()
+
+
 @dataclass(slots=True)
 class Probe:
     target: float  # bits/s the connection should carry during the probe
@@ -285,16 +291,17 @@ class DownlinkEstimate:
         self._rose_at = -1e9  # a video last moved up or switched up (rose)
         self._rise_checked = True  # the SR after that has left (rise_checked)
         # A brake started: the allocator sends an SR on every forwarding video leg now
-        # (reports_sent), whose round trip says within ~0.5 s whether this link queues.
+        # (and clears this), whose round trip says within ~0.5 s whether this link queues.
         self.reports_wanted = False
         self._rtx_tokens = 0.0  # bytes of retransmission allowed now (allow_retransmit)
         self._rtx_at = clock()
         # Did the latest SR sent after the last decrease wait in a queue (None: no word)
         self._queued: bool | None = None
         self._queued_at = -1e9  # when the SR behind it was sent
-        # The first SR sent after the last decrease (sent, queue), and whether one sent
-        # CUT_SETTLE later waited QUEUE_GROWTH longer (the cut left the link overfull).
-        self._first_after_cut: tuple[float, float] | None = None
+        # The queue of the first SR sent after the last decrease, and whether one sent
+        # CUT_SETTLE after the decrease waited QUEUE_GROWTH longer (the cut left the link
+        # overfull).
+        self._first_after_cut: float | None = None
         self._cut_short = False
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
         self._rr_last: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq, lost)
@@ -418,7 +425,7 @@ class DownlinkEstimate:
             now - self._loss_cut_at < REMB_AFTER_LOSS
             and self._last_decrease <= self._loss_cut_at  # (not since a REMB's cut)
             and figure >= REMB_FAR * self.bps
-            and not self._cut_short_of_it(now)
+            and not short
         ):
             return  # the overuse the loss-based cut just answered
         since = now - self._cut_at
@@ -513,11 +520,9 @@ class DownlinkEstimate:
         now = self._clock()
         rtts = self._rtts
         rtts.append((now, rtt))
-        while rtts[0][0] < now - RTT_BASE_WINDOW:
-            rtts.popleft()
+        _trim(rtts, now)
         base = self._base_rtts
-        while base and base[0][0] < now - RTT_BASE_WINDOW:
-            base.popleft()
+        _trim(base, now)
         self.queue_delay = rtt - min(
             min(r for _, r in rtts), min((r for _, r in base), default=rtt)
         )
@@ -537,8 +542,7 @@ class DownlinkEstimate:
         trip was ~0.3 s, a queue of 0, and the cut waited 4 s for loss)."""
         now = self._clock()
         self._base_rtts.append((now, rtt))
-        while self._base_rtts[0][0] < now - RTT_BASE_WINDOW:
-            self._base_rtts.popleft()
+        _trim(self._base_rtts, now)
 
     def _judge(self, now: float) -> None:
         """The round trips since the last update: did a probe's padding build a queue,
@@ -566,16 +570,16 @@ class DownlinkEstimate:
                 self._queued_at = sent
                 first = self._first_after_cut
                 if first is None or self._last_decrease <= -1e9:
-                    self._first_after_cut = (sent, queue)
+                    self._first_after_cut = queue
                 elif (
                     not self._cut_short
                     and sent >= self._last_decrease + CUT_SETTLE
-                    and queue > first[1] + QUEUE_GROWTH
+                    and queue > first + QUEUE_GROWTH
                 ):
                     log.debug(
                         "downlink %s: queue grew %.3f -> %.3f s after the cut",
                         self.label,
-                        first[1],
+                        first,
                         queue,
                     )
                     self._cut_short = True
