@@ -111,15 +111,30 @@ DRAIN_MAX = 6.0
 # ... unless the queue behind the SRs sent after the cut grows: then what the cut left
 # still overfills the link, and a further fall is news. An SR sent at least CUT_SETTLE
 # after the cut (the layers it moved have moved) waited QUEUE_GROWTH longer than the
-# first one sent after it (a 300 kbit/s link cut to 357k on the first REMB: one video
+# least one sent after it (a 300 kbit/s link cut to 357k on the first REMB: one video
 # stayed on its middle layer, the queue grew 0.15 -> 0.21 s while REMBs of 217k, 157k
 # and 127k were taken for the drain, a probe started once the brake had hidden it, and
-# two videos froze over 1 s).
+# two videos froze over 1 s). The least, not the first: the brake drains the queue for
+# a while after the cut, and it grows again when the brake ends (a cut to 402k: 0.28 s,
+# 0.09 s while braked, 0.30 s after; from the first, no growth, and loss cut 3.9 s
+# later). Not an SR sent while a probe's padding ran: that queue is the padding's.
 CUT_SETTLE = 0.2
 QUEUE_GROWTH = 0.03
 # Chromium's REMB on overuse is this share of what arrives; a figure above it of what we
 # send says all of it arrives.
 REMB_BETA = 0.85
+# ... and so the floor of any cut a REMB figure makes: that share of what the receiver's
+# reports say arrived (every video stream's packets received over at least
+# DELIVERED_WINDOW, at its leg's bytes per packet sent meanwhile; the latest such window
+# of each stream, if younger than DELIVERED_FRESH; and the audio we send). A
+# REMB cuts only when the link queues or loses, and while its queue is not empty the
+# link delivers all it carries. Chromium's figure on a queueing link can lie far below
+# that: ~100k of video on a 300 kbit/s link, a cut by it to 198k with the voices, and a
+# video the link carried was paused (CI at 3418027; F1 of stop 33 cut to 230k so).
+DELIVERED_FRESH = 2.5
+# (Chromium reports on a video stream with every REMB, ~5 times a second: a rate over one
+# such interval counted a frame or none.)
+DELIVERED_WINDOW = 1.0
 REMB_FRESH = 1.0  # s: a REMB this recent joins a loss cut (Chromium sends one at least every ~1 s)
 # Round trips of SR -> RR: an SR waits in the subscriber's link queue like the media.
 RTT_BASE_WINDOW = 30.0  # s over which the lowest round trip is the empty-queue baseline
@@ -298,13 +313,18 @@ class DownlinkEstimate:
         # Did the latest SR sent after the last decrease wait in a queue (None: no word)
         self._queued: bool | None = None
         self._queued_at = -1e9  # when the SR behind it was sent
-        # The queue of the first SR sent after the last decrease, and whether one sent
-        # CUT_SETTLE after the decrease waited QUEUE_GROWTH longer (the cut left the link
-        # overfull).
-        self._first_after_cut: float | None = None
+        # The least queue of the SRs sent after the last decrease (not in a probe), and
+        # whether one sent CUT_SETTLE after the decrease waited QUEUE_GROWTH longer (the
+        # cut left the link overfull).
+        self._least_after_cut: float | None = None
         self._cut_short = False
         self._reports: deque[tuple[float, int, int]] = deque()  # (t, expected, lost)
         self._rr_last: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq, lost)
+        # ssrc -> (when, highest seq, lost, packets sent, wire bytes sent) at the start
+        # of its current DELIVERED_WINDOW
+        self._windows: dict[int, tuple[float, int, int, int, int]] = {}
+        # ssrc -> (when, bits/s that arrived over its latest window): DELIVERED_FRESH
+        self._arrived: dict[int, tuple[float, float]] = {}
         # Streams whose receiver had all we sent and got nothing new: the source paused
         # (a publisher cut off), so their next advancing report is a baseline.
         self._idle: set[int] = set()
@@ -346,6 +366,8 @@ class DownlinkEstimate:
         sent nothing for 2 s), so it warms up again before it counts."""
         log.debug("downlink %s: feedback again after %.1f s", self.label, now - self.heard_at)
         self._rr_last.clear()
+        self._arrived.clear()
+        self._windows.clear()
         self._idle.clear()
         self._reports.clear()
         self.loss = 0.0
@@ -368,10 +390,11 @@ class DownlinkEstimate:
         probe = self.probe
         sending = probe.target if probe is not None and now <= probe.settles else self.sent_bps
         log.debug(
-            "downlink %s: REMB %d, sending %d, estimate %d%s",
+            "downlink %s: REMB %d, sending %d, arrived %d, estimate %d%s",
             self.label,
             bps,
             sending,
+            self.delivered(),
             self.bps,
             ", evidence" if evidence else "",
         )
@@ -418,7 +441,7 @@ class DownlinkEstimate:
         # waits (CUT_SETTLE): Chromium's REMB sat flat at 129k while a cut to 395k kept one
         # video on its middle layer of a 300 kbit/s link.
         short = self._cut_short_of_it(now)
-        below = figure < REMB_DROP * self.bps and flat and (self.loss > LOSS_LOW or short)
+        below = figure < REMB_DROP * self.bps and flat and (self._losing(now) or short)
         if not (fell or below):
             return
         if (
@@ -446,6 +469,8 @@ class DownlinkEstimate:
             figure = max(figure, self.sent_bps)
             cut = False
         else:
+            if self._overfull(now):
+                figure = self._floor(figure)
             cut = figure < min(self.bps, self.sent_bps)
         before = self.bps
         self._congested(now, figure, hold=False)
@@ -476,13 +501,23 @@ class DownlinkEstimate:
         """Whether the videos should be thinned to temporal layer 0 now (BRAKE_SECONDS)."""
         return self._clock() < self.brake_until
 
-    def on_report(self, ssrc: int, highest_sequence: int, packets_lost: int) -> None:
-        """One receiver-report block for one of this connection's streams."""
+    def on_report(
+        self,
+        ssrc: int,
+        highest_sequence: int,
+        packets_lost: int,
+        counts: tuple[int, int] | None = None,
+    ) -> None:
+        """One receiver-report block for one of this connection's streams; ``counts``:
+        the packets and wire bytes its leg sent so far (video legs; what arrived)."""
+        now = self._clock()
+        if counts is not None:
+            self._count_arrived(now, ssrc, highest_sequence, packets_lost, counts)
         before = self._rr_last.get(ssrc)
         self._rr_last[ssrc] = (highest_sequence, packets_lost)
         if before is None:
             return
-        if self._clock() < self._loss_from:
+        if now < self._loss_from:
             if ssrc not in self._fences:
                 return  # not fenced: wait out LOSS_REFRESH
             fence = self._fences[ssrc]
@@ -505,7 +540,7 @@ class DownlinkEstimate:
         if ssrc in self._idle:
             self._idle.discard(ssrc)
             return  # back from a pause at the source: the baseline from here on
-        self._reports.append((self._clock(), expected, max(0, min(lost, expected))))
+        self._reports.append((now, expected, max(0, min(lost, expected))))
 
     def on_rtt(self, rtt: float, age: float) -> None:
         """A round trip from an SR sent ``age`` seconds ago and its receiver report.
@@ -568,18 +603,22 @@ class DownlinkEstimate:
             if sent >= self._last_decrease and not host:
                 self._queued = queue > QUEUE_DELAY
                 self._queued_at = sent
-                first = self._first_after_cut
-                if first is None or self._last_decrease <= -1e9:
-                    self._first_after_cut = queue
+                least = self._least_after_cut
+                # (An SR sent while a probe's padding ran waits behind that padding.)
+                padded = probe is not None and probe.started <= sent <= probe.ends + PROBE_SR_SLACK
+                if padded or self._last_decrease <= -1e9:
+                    pass
+                elif least is None or queue < least:
+                    self._least_after_cut = queue
                 elif (
                     not self._cut_short
                     and sent >= self._last_decrease + CUT_SETTLE
-                    and queue > first + QUEUE_GROWTH
+                    and queue > least + QUEUE_GROWTH
                 ):
                     log.debug(
                         "downlink %s: queue grew %.3f -> %.3f s after the cut",
                         self.label,
-                        first,
+                        least,
                         queue,
                     )
                     self._cut_short = True
@@ -678,8 +717,18 @@ class DownlinkEstimate:
         """Whether this link shows, by our own measures, that it gets more than it
         carries: the latest round trip judged (of an SR sent within :data:`LOSS_REFRESH`,
         after the last decrease) waited in a queue of this link's own, or its receivers
-        report loss above :data:`LOSS_LOW` (``heavy``: :data:`LOSS_HIGH`)."""
-        return self._queues(now) or self.loss > (LOSS_HIGH if heavy else LOSS_LOW)
+        report loss above :data:`LOSS_LOW` (``heavy``: :data:`LOSS_HIGH`) that is not
+        from before a decrease whose queue drained (:meth:`_losing`)."""
+        return self._queues(now) or self._losing(now, heavy)
+
+    def _losing(self, now: float, heavy: bool = False) -> bool:
+        """Whether the receivers' loss is above :data:`LOSS_LOW` (``heavy``:
+        :data:`LOSS_HIGH`) and not from before the last decrease: an SR sent after it
+        came back without waiting, so the link's queue is gone (:meth:`_drained`), and
+        the loss figure of the reports before the cut still stood (a flat REMB cut a
+        300 kbit/s link that carried both low layers to 186k, one video paused, 2.7 s
+        after a loss cut whose queue had drained)."""
+        return self.loss > (LOSS_HIGH if heavy else LOSS_LOW) and not self._drained(now)
 
     def rose(self) -> None:
         """A video moved up: the allocator raised its cap, or its switch to the higher
@@ -713,8 +762,43 @@ class DownlinkEstimate:
         self._rtx_tokens -= size
         return True
 
+    def _count_arrived(
+        self, now: float, ssrc: int, highest: int, lost: int, sent: tuple[int, int]
+    ) -> None:
+        """What arrived of a video stream over its last :data:`DELIVERED_WINDOW`: the
+        packets received, at the bytes per packet its leg sent meanwhile."""
+        window = self._windows.get(ssrc)
+        if window is not None and now - window[0] < DELIVERED_WINDOW:
+            return
+        self._windows[ssrc] = (now, highest, lost, *sent)
+        if window is None:
+            return
+        started, highest0, lost0, packets0, wire0 = window
+        got = (highest - highest0) - (lost - lost0)
+        packets = sent[0] - packets0
+        if packets > 0 and 0 <= got <= 0x8000:
+            size = (sent[1] - wire0) / packets
+            self._arrived[ssrc] = (now, got * size * 8 / (now - started))
+
+    def delivered(self) -> float:
+        """Bits/s the receiver's latest reports say arrived (0: no word lately): its
+        video streams', and the audio we send (Chromium reports on audio every ~5 s, too
+        seldom to measure it by; it is the smaller part, and arrives first)."""
+        now = self._clock()
+        video = [bps for at, bps in self._arrived.values() if now - at < DELIVERED_FRESH]
+        return sum(video) + self.unstamped_bps if video else 0.0
+
+    def _floor(self, figure: float) -> float:
+        """A REMB's figure for a cut, raised to :data:`REMB_BETA` of what arrived. Only
+        while the link queues or loses (it is full, so what arrives is what it
+        carries): a REMB that falls on a link with neither says the receiver sees a
+        queue ours do not yet, and its figure stands."""
+        return max(figure, REMB_BETA * self.delivered())
+
     def forget(self, ssrc: int) -> None:
         self._rr_last.pop(ssrc, None)
+        self._windows.pop(ssrc, None)
+        self._arrived.pop(ssrc, None)
         self._idle.discard(ssrc)
 
     # -- the periodic update (the allocator's tick) ----------------------------------
@@ -744,7 +828,7 @@ class DownlinkEstimate:
                     and now - self._remb_at < REMB_FRESH
                     and self.remb < REMB_DROP * stamped
                 ):
-                    figure = min(figure, self.remb + self.unstamped_bps)
+                    figure = min(figure, self._floor(self.remb + self.unstamped_bps))
                 if self._congested(now, figure):
                     self._loss_cut_at = now
                     if figure < base:
@@ -833,7 +917,7 @@ class DownlinkEstimate:
     def _lower(self, now: float, bps: float) -> None:
         self._last_decrease = now
         self._queued = None
-        self._first_after_cut = None
+        self._least_after_cut = None
         self._cut_short = False
         if bps < self.bps:
             # What the reports in flight say was sent before this decrease took effect.

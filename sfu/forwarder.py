@@ -846,7 +846,15 @@ class Leg:
         if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
             for report in packet.reports:
                 if report.ssrc == self._ssrc:
-                    feedback.on_report(report.ssrc, report.highest_sequence, report.packets_lost)
+                    feedback.on_report(
+                        report.ssrc,
+                        report.highest_sequence,
+                        report.packets_lost,
+                        # (what it sent, for the bytes per packet of what arrived)
+                        (self.packets, self.octets + self.packets * PACKET_OVERHEAD)
+                        if self.kind == "video"
+                        else None,
+                    )
                     rtt = hooks.report_rtt(self.sender, report)
                     if rtt is not None:
                         feedback.on_rtt(*rtt)
