@@ -283,6 +283,7 @@ class DownlinkEstimate:
         self._sent = sent
         self.bps = float(INITIAL_BPS)
         self.remb: int | None = None  # the latest REMB figure
+        self._remb_packet: object = None  # the RTCP packet it came in (on_remb)
         self._remb_at = -1e9
         self._first_remb_at: float | None = None
         self._last_remb_drop = -1e9
@@ -376,7 +377,13 @@ class DownlinkEstimate:
         self.remb = None
         self._first_remb_at = None
 
-    def on_remb(self, bps: int) -> None:
+    def on_remb(self, bps: int, packet: object = None) -> None:
+        """A REMB of ``bps``; ``packet``: the RTCP packet it came in, which reaches every
+        video leg it names (each leg passes it on): counted once."""
+        if packet is not None:
+            if packet is self._remb_packet:
+                return
+            self._remb_packet = packet
         now = self._clock()
         if self._unjudged:
             # The receiver report that came in the same compound packet, before the REMB:

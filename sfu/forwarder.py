@@ -866,7 +866,7 @@ class Leg:
             # While a video is paused only our padding carries abs-send-time, and then
             # Chromium's REMB names just the RTX stream.
             if self._ssrc in ssrcs or (self._rtx is not None and self._rtx[1] in ssrcs):
-                feedback.on_remb(bitrate)
+                feedback.on_remb(bitrate, packet)
 
     def send_report(self, hold: float = 0.0) -> None:
         """An extra RTCP SR now (a probe's: its round trip shows the link's queue); the

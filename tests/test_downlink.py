@@ -213,6 +213,21 @@ def test_a_remb_below_the_estimate_without_loss_or_queue_is_a_climbing_receiver(
     assert est.update() == 610_000
 
 
+def test_one_remb_packet_reaching_several_legs_counts_once() -> None:
+    """A REMB names every video stream of the connection, and aiortc hands the one
+    packet to each of those legs; each passes it on. Counted once, not once per leg."""
+    clock = Clock()
+    braked: list[float] = []
+    est = DownlinkEstimate(clock, on_brake=lambda: braked.append(clock.now))
+    est.sent_bps = 1_000_000
+    packet, other = object(), object()
+    est.on_remb(700_000, packet)  # warm-up: a brake
+    est.on_remb(700_000, packet)  # the same packet through the second leg
+    assert len(braked) == 1
+    est.on_remb(700_000, other)  # the next packet counts
+    assert len(braked) == 2
+
+
 def test_a_remb_below_what_we_send_counts_in_the_warm_up_once_the_link_queues() -> None:
     """A link that narrows in a call's first seconds (the browser test shapes the
     client's downlink ~1.4 s after its video started): Chromium's first REMB is its
@@ -1936,6 +1951,35 @@ async def test_real_peers_feedback_reaches_the_estimate_and_opus_has_fec_and_dtx
         assert value == sub.estimate.bps
         spent = registry.get_sample_value("roundtable_downlink_allocated_bps", labels)
         assert spent is not None and spent > 0
+    finally:
+        await room.close()
+
+
+async def test_a_remb_naming_two_videos_reaches_the_estimate_as_one_packet() -> None:
+    """With real peers: b receives a's and c's video, and its one REMB names both; both
+    legs pass the same packet on, so the estimate counts it once."""
+    room = Room()
+    try:
+        await room.join("a", (200, 30, 30))
+        await room.join("c", (30, 30, 200))
+        b = await room.join("b", (30, 200, 30))
+        await wait_for(
+            lambda: b.decoded("a", "video") >= 5 and b.decoded("c", "video") >= 5, timeout=20
+        )
+        est = room.router.subscribers["b"].estimate
+        seen: list[object] = []
+        real = est.on_remb
+
+        def spy(bps: int, packet: object = None) -> None:
+            if bps == 123_456:
+                seen.append(packet)
+            real(bps, packet)
+
+        est.on_remb = spy  # type: ignore[method-assign]
+        await send_remb(room, "b", 123_456)
+        await wait_for(lambda: len(seen) >= 2, timeout=5)
+        assert len(seen) == 2 and seen[0] is seen[1] is not None
+        assert est._remb_packet is seen[0]
     finally:
         await room.close()
 
