@@ -124,13 +124,13 @@ QUEUE_GROWTH = 0.03
 # send says all of it arrives.
 REMB_BETA = 0.85
 # ... and so the floor of any cut a REMB figure makes: that share of what the receiver's
-# reports say arrived (every video stream's packets received over at least
-# DELIVERED_WINDOW, at its leg's bytes per packet sent meanwhile; the latest such window
-# of each stream, if younger than DELIVERED_FRESH; and the audio we send). A
-# REMB cuts only when the link queues or loses, and while its queue is not empty the
-# link delivers all it carries. Chromium's figure on a queueing link can lie far below
-# that: ~100k of video on a 300 kbit/s link, a cut by it to 198k with the voices, and a
-# video the link carried was paused (CI at 3418027; F1 of stop 33 cut to 230k so).
+# reports say arrived while the link was full (every video stream's packets received
+# over at least DELIVERED_WINDOW that started once our SRs began to queue, at its leg's
+# bytes per packet sent meanwhile; the latest such window of each stream, if younger
+# than DELIVERED_FRESH; and the audio we send): while its queue is not empty, a link
+# delivers all it carries. Chromium's figure on a queueing link can lie far below that:
+# ~100k of video on a 300 kbit/s link, a cut by it to 198k with the voices, and a video
+# the link carried was paused (CI at 3418027; F1 of stop 33 cut to 230k so).
 DELIVERED_FRESH = 2.5
 # (Chromium reports on a video stream with every REMB, ~5 times a second: a rate over one
 # such interval counted a frame or none.)
@@ -324,8 +324,12 @@ class DownlinkEstimate:
         # ssrc -> (when, highest seq, lost, packets sent, wire bytes sent) at the start
         # of its current DELIVERED_WINDOW
         self._windows: dict[int, tuple[float, int, int, int, int]] = {}
-        # ssrc -> (when, bits/s that arrived over its latest window): DELIVERED_FRESH
-        self._arrived: dict[int, tuple[float, float]] = {}
+        # ssrc -> (when, bits/s that arrived over its latest window, when that started):
+        # DELIVERED_FRESH
+        self._arrived: dict[int, tuple[float, float, float]] = {}
+        # When the first of the SRs that waited in a row was sent (None: the latest one
+        # came straight back): the link is full since then (_floor).
+        self._full_since: float | None = None
         # Streams whose receiver had all we sent and got nothing new: the source paused
         # (a publisher cut off), so their next advancing report is a baseline.
         self._idle: set[int] = set()
@@ -476,8 +480,7 @@ class DownlinkEstimate:
             figure = max(figure, self.sent_bps)
             cut = False
         else:
-            if self._overfull(now):
-                figure = self._floor(figure)
+            figure = self._floor(figure)
             cut = figure < min(self.bps, self.sent_bps)
         before = self.bps
         self._congested(now, figure, hold=False)
@@ -607,6 +610,11 @@ class DownlinkEstimate:
                     queue,
                     " (the host's)" if host else "",
                 )
+            if not host:
+                if queue <= QUEUE_DELAY:
+                    self._full_since = None
+                elif self._full_since is None:
+                    self._full_since = sent
             if sent >= self._last_decrease and not host:
                 self._queued = queue > QUEUE_DELAY
                 self._queued_at = sent
@@ -785,22 +793,32 @@ class DownlinkEstimate:
         packets = sent[0] - packets0
         if packets > 0 and 0 <= got <= 0x8000:
             size = (sent[1] - wire0) / packets
-            self._arrived[ssrc] = (now, got * size * 8 / (now - started))
+            self._arrived[ssrc] = (now, got * size * 8 / (now - started), started)
 
-    def delivered(self) -> float:
+    def delivered(self, since: float = -1e9) -> float:
         """Bits/s the receiver's latest reports say arrived (0: no word lately): its
-        video streams', and the audio we send (Chromium reports on audio every ~5 s, too
-        seldom to measure it by; it is the smaller part, and arrives first)."""
+        video streams' (over windows that started at ``since`` or later), and the audio
+        we send (Chromium reports on audio every ~5 s, too seldom to measure it by; it
+        is the smaller part, and arrives first)."""
         now = self._clock()
-        video = [bps for at, bps in self._arrived.values() if now - at < DELIVERED_FRESH]
+        video = [
+            bps
+            for at, bps, started in self._arrived.values()
+            if now - at < DELIVERED_FRESH and started >= since
+        ]
         return sum(video) + self.unstamped_bps if video else 0.0
 
     def _floor(self, figure: float) -> float:
-        """A REMB's figure for a cut, raised to :data:`REMB_BETA` of what arrived. Only
-        while the link queues or loses (it is full, so what arrives is what it
-        carries): a REMB that falls on a link with neither says the receiver sees a
-        queue ours do not yet, and its figure stands."""
-        return max(figure, REMB_BETA * self.delivered())
+        """A REMB's figure for a cut, raised to :data:`REMB_BETA` of what arrived while
+        the link was full: over windows that started once the SRs began to queue
+        (:attr:`_full_since`), which it then delivered at its rate. None while the
+        latest SR came straight back: a REMB that falls then says the receiver sees a
+        queue ours do not yet, and its figure stands. Not a window from before: a
+        300 kbit/s shaping's first cut, 0.8 s after it, was floored by the 484k that had
+        arrived over the second before it, to 412k, and the move down took 4.9 s."""
+        if self._full_since is None:
+            return figure
+        return max(figure, REMB_BETA * self.delivered(self._full_since))
 
     def forget(self, ssrc: int) -> None:
         self._rr_last.pop(ssrc, None)

@@ -352,24 +352,37 @@ def test_a_remb_cut_goes_no_lower_than_beta_of_what_the_reports_say_arrived(
     assert est.update() == (255_000 if reported else 198_000)
 
 
-def test_a_confirmed_remb_fall_on_a_link_without_queue_or_loss_is_not_floored() -> None:
-    """What arrives is what the link carries only while it queues or loses: a second
-    fall on a link without either says the receiver sees a queue ours do not yet, and
-    its figure stands, however much arrived."""
+@pytest.mark.parametrize("when", ["before the queue", "queue gone"])
+def test_a_remb_cut_is_floored_only_by_what_arrived_while_the_link_was_full(when: str) -> None:
+    """What arrives is what the link carries only while it is full: over a window that
+    started before the SRs began to queue (a 300 kbit/s shaping's first cut was floored
+    by the 484k of the second before it, to 412k, and the move down took 4.9 s, run D4
+    of stop 34), or once an SR came straight back (the receiver sees a queue ours do not
+    yet), the REMB's figure stands, however much arrived."""
     clock = Clock()
     est = DownlinkEstimate(clock)
+    est.baseline(0.002)
     est.on_remb(2_000_000)
     clock.now += downlink.REMB_WARMUP
     est.on_remb(2_000_000)
     est.sent_bps = 1_000_000
     est.on_report(1, 1000, 0, (0, 0))
-    clock.now += 1
+    clock.now += 0.5
+    if when == "queue gone":
+        est.on_rtt(0.302, 0.6)  # sent before the window started: the link was full
+        clock.now += 0.1
+        est.on_rtt(0.004, 0.05)  # and is not now
+    else:
+        est.on_rtt(0.302, 0.3)  # sent 0.2 s after the window started: full since then
+    est.update()
+    clock.now = 101.0 + downlink.REMB_WARMUP
     est.on_report(1, 1100, 0, (100, 125_000))  # all of 1M arrived
     assert est.delivered() == pytest.approx(1_000_000)
-    est.on_remb(300_000)  # one fall: hold at what is sent
+    est.on_remb(300_000)  # (with the queue: a cut at once; without: hold at what is sent)
     clock.now += 0.5
-    est.on_remb(250_000)  # a second: the link
-    assert est.update() == 250_000
+    est.on_remb(250_000)
+    # Floored, either would have been 0.85 x 1M.
+    assert est.update() == (300_000 if when == "before the queue" else 250_000)
 
 
 @pytest.mark.parametrize("reported", [True, False])
@@ -378,9 +391,13 @@ def test_a_loss_cut_by_the_remb_goes_no_lower_than_beta_of_what_arrived(reported
     clock = Clock()
     est = DownlinkEstimate(clock)
     est.sent_bps, est.unstamped_bps = 575_000, 95_000
+    est.baseline(0.002)
     est.on_report(1, 1000, 0, (0, 0) if reported else None)
-    clock.now += 1.0
-    est.on_remb(100_000)  # in its warm-up, and no loss yet: no cut
+    clock.now += 0.2
+    est.on_remb(100_000)  # in its warm-up, and no queue or loss seen yet: no cut
+    clock.now += 0.1
+    est.on_rtt(0.302, 0.35)  # an SR sent before the window started waited: the link is full
+    clock.now += 0.7
     # 20 % lost; 160 of the 200 packets sent at 160 bytes arrived in 1 s (204.8k), with
     # the audio sent 299.8k.
     est.on_report(1, 1200, 40, (200, 32_000) if reported else None)
