@@ -30,8 +30,7 @@ This is the other direction: what a subscriber can receive, so the allocator
   :data:`PROBE_SECONDS`; if a REMB arrives after it and neither REMB falls nor loss
   shows up by :data:`PROBE_SETTLE` after it, the target becomes the estimate (no REMB
   at all: no evidence, the probe failed). The first probe of a
-  series asks for 1.5x (1.25x after a cut: :data:`AFTER_CUT_PROBE`), each success after
-  that for 2x (libwebrtc's exponential probing),
+  series asks for 1.5x, each success after that for 2x (libwebrtc's exponential probing),
   a failure waits twice as long before the next (up to :data:`MAX_BACKOFF`), so a
   shaped link is probed every few seconds by a little and a freed one climbs within
   seconds. No probe goes into the queue a decrease answered while it may still be full
@@ -182,11 +181,6 @@ RISE_HOLD = 2.5
 MAX_BACKOFF = 2.5
 FIRST_PROBE = 1.5
 NEXT_PROBE = 2.0
-# The first probe after a cut below what was sent (until a probe passes): the cut's
-# figure is the link's, so 1.5x of it overfills it by half for 0.5 s (E6 of stop 34: a
-# 300 kbit/s link cut to 327k, a probe to 490k once the queue had drained, 0.45 s of
-# queue and a 1.3 s freeze).
-AFTER_CUT_PROBE = 1.25
 
 
 def _trim(samples: deque[tuple[float, float]], now: float) -> None:
@@ -310,7 +304,6 @@ class DownlinkEstimate:
         self._loss_cut_at = -1e9
         self._cut_at = -1e9  # the last cut below what was sent (by a REMB or loss)
         self._blamed_at = -1e9  # the last probe shown wrong (_blame)
-        self._passed_at = -1e9  # the last probe passed
         self._rose_at = -1e9  # a video last moved up or switched up (rose)
         self._rise_checked = True  # the SR after that has left (rise_checked)
         # A brake started: the allocator sends an SR on every forwarding video leg now
@@ -895,7 +888,6 @@ class DownlinkEstimate:
             else:
                 self.bps = min(max(self.bps, probe.target), MAX_BPS)
                 self._streak += 1
-                self._passed_at = now
                 self._backoff = MIN_BACKOFF
             self._next_probe = now + self._backoff
         return self.bps
@@ -987,12 +979,7 @@ class DownlinkEstimate:
                 # The videos are thinned (or were, within what the allocator's measure of
                 # what is sent spans): a probe on top would test less than its target.
                 return 0.0
-            if self._streak:
-                factor = NEXT_PROBE
-            elif self._cut_at > self._passed_at:
-                factor = AFTER_CUT_PROBE
-            else:
-                factor = FIRST_PROBE
+            factor = NEXT_PROBE if self._streak else FIRST_PROBE
             target = min(max(want, self.bps * 1.1), self.bps * factor, MAX_BPS)
             probe = self.probe = Probe(
                 target=target,

@@ -499,8 +499,7 @@ def test_no_probe_starts_into_the_queue_a_cut_left_until_it_drains(after: str) -
         clock.now += downlink.LOSS_REFRESH - 0.3
         est.update()
     assert est.padding_bps(600_000, est.sent_bps) > 0
-    # (the first probe after a cut: AFTER_CUT_PROBE)
-    assert est.probe is not None and est.probe.target == pytest.approx(335_000 * 1.25)
+    assert est.probe is not None and est.probe.target == pytest.approx(335_000 * 1.5)
 
 
 def test_a_remb_in_the_warm_up_without_queue_or_loss_cuts_nothing() -> None:
@@ -691,7 +690,7 @@ def test_the_queue_after_a_cut_grows_from_the_least_one_since_not_the_first(dip:
 
 def test_a_probes_own_queue_is_no_growth_after_the_cut() -> None:
     """After a cut whose queue drained, a probe passed (186k to 279k) and the next one,
-    to 2x that, built a queue of 0.16 s with its padding: it failed, and that queue was
+    to 558k, built a queue of 0.16 s with its padding: it failed, and that queue was
     taken for the cut's grown queue, so Chromium's flat REMB (~100k on that 300 kbit/s
     link for good) undid the probe that had passed, and a video paused again (run A2 of
     stop 34). An SR sent while a probe's padding runs waits behind that padding."""
@@ -702,16 +701,16 @@ def test_a_probes_own_queue_is_no_growth_after_the_cut() -> None:
     est.update()
     clock.now += downlink.LOSS_REFRESH
     est.update()
-    pass_a_probe(clock, est, 262_000, factor=downlink.AFTER_CUT_PROBE)
-    est.sent_bps = 327_500  # a video moved up
+    pass_a_probe(clock, est, 262_000)
+    est.sent_bps = 393_000  # a video moved up
     clock.now += downlink.MIN_BACKOFF
-    assert est.padding_bps(100_000_000, sending=327_500) > 0  # the next probe, 2x
+    assert est.padding_bps(100_000_000, sending=393_000) > 0  # the next probe, 2x
     clock.now += 0.3
     est.on_rtt(0.158, 0.1)  # its padding's queue: it failed
     est.update()
     assert est.probe.failed
     est.on_remb(est.remb)  # flat, far below
-    assert est.update() == 327_500
+    assert est.update() == 393_000
 
 
 def test_a_remb_saying_all_we_send_arrives_holds_what_is_sent() -> None:
@@ -969,17 +968,16 @@ def test_probes_climb_exponentially_and_a_failed_one_backs_off() -> None:
     assert idle.padding_bps(idle.bps, sending=idle.bps) == 0
 
 
-def pass_a_probe(clock: Clock, est: DownlinkEstimate, start: float, factor: float = 1.5) -> None:
+def pass_a_probe(clock: Clock, est: DownlinkEstimate, start: float) -> None:
     """A probe from ``start`` the link takes: an SR sent 90 % into it comes straight
-    back, a REMB follows, and after the settle time the estimate is ``factor`` x
-    ``start`` (1.25 for the first probe after a cut)."""
+    back, a REMB follows, and after the settle time the estimate is 1.5 x ``start``."""
     est.padding_bps(100_000_000, sending=start)
     clock.now += 0.9 * downlink.PROBE_SECONDS
     est.on_rtt(0.004, 0.0)
     clock.now += 0.1 * downlink.PROBE_SECONDS + 0.1
     est.on_remb(est.remb or 1_000_000)
     clock.now += downlink.PROBE_SETTLE
-    assert est.update() == pytest.approx(start * factor)
+    assert est.update() == pytest.approx(start * 1.5)
 
 
 def test_a_probe_passes_only_when_an_sr_sent_late_in_it_came_back_without_queueing() -> None:
